@@ -1,0 +1,204 @@
+//! `kring-certs-dev`: writes the development PKI and configuration of a Kring
+//! demo federation. See `kring-certs-dev --help`.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use kring_certs_dev::{
+    CertsError, DEFAULT_BASE_PORT, InitSummary, IssueUserRequest, UserEntry, init_demo,
+    issue_user_into,
+};
+use kring_policy::Clearance;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Development PKI for a Kring federation: CAs, relay and user certificates, configs.
+#[derive(Debug, Parser)]
+#[command(name = "kring-certs-dev", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write the demo federation (relays bz, nctv, aivd, post-a and their users) into DIR.
+    Init {
+        /// Directory to create; must be missing or empty unless --force.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// First TCP port; relays listen on 127.0.0.1 ports P, P+1, P+2, P+3.
+        #[arg(long, value_name = "P", default_value_t = DEFAULT_BASE_PORT)]
+        base_port: u16,
+        /// Replace DIR's ca/, orgs/, relays/ and users/ if DIR is not empty.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add a user to an existing federation, signed by its home relay's organisation CA.
+    IssueUser {
+        /// The federation directory written by `init`.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The user, NAME@RELAY (RELAY must exist in DIR).
+        #[arg(long, value_name = "NAME@RELAY")]
+        user: String,
+        /// The clearance, e.g. NL:STG-GEHEIM;CMP=CYBER.
+        #[arg(long, value_name = "LABEL")]
+        clearance: String,
+        /// A role to grant (repeatable), e.g. org-admin.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// End of validity (RFC 3339, e.g. 2030-01-01T00:00:00Z); default one year.
+        #[arg(long, value_name = "RFC3339")]
+        not_after: Option<String>,
+        /// Replace the user's existing profile directory.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn print_init(s: &InitSummary) {
+    let dir = s.dir.display();
+    println!("Wrote the Kring demo federation to {dir}");
+    if s.replaced {
+        println!("  (replaced the previous ca/, orgs/, relays/ and users/)");
+    }
+    println!(
+        "  root CA   {}",
+        kring_certs_dev::root_cert_path(&s.dir).display()
+    );
+    println!("  relays");
+    for r in &s.relays {
+        println!(
+            "    {:<8} {:<17} accreditation {}",
+            r.id, r.address, r.accreditation
+        );
+    }
+    println!("  users");
+    for u in &s.users {
+        let roles = if u.roles.is_empty() {
+            String::new()
+        } else {
+            format!("  roles: {}", u.roles.join(", "))
+        };
+        println!("    {:<16} {}{roles}", u.id, u.clearance);
+    }
+    println!();
+    println!("Next: start each relay, e.g.");
+    for r in &s.relays {
+        println!("  kring-relay --config {}", r.config.display());
+    }
+    if let Some(u) = s.users.first() {
+        println!(
+            "then: kring --profile {} keys publish",
+            u.profile_dir.display()
+        );
+    }
+}
+
+fn print_user(u: &UserEntry) {
+    let roles = if u.roles.is_empty() {
+        "none".to_string()
+    } else {
+        u.roles.join(", ")
+    };
+    println!(
+        "Issued {} (organisation {}, clearance {}, roles: {roles})",
+        u.id, u.organisation, u.clearance
+    );
+    println!("  profile  {}", u.profile_dir.display());
+    println!(
+        "Next: kring --profile {} keys publish",
+        u.profile_dir.display()
+    );
+}
+
+fn parse_not_after(text: &str) -> Result<i64, CertsError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(OffsetDateTime::unix_timestamp)
+        .map_err(|e| CertsError::InvalidArgument {
+            what: "--not-after",
+            reason: format!("{text:?} is not an RFC 3339 time (e.g. 2030-01-01T00:00:00Z): {e}"),
+        })
+}
+
+fn issue_user(
+    dir: &Path,
+    user: String,
+    clearance: &str,
+    roles: Vec<String>,
+    not_after: Option<&str>,
+    force: bool,
+) -> Result<UserEntry, CertsError> {
+    let clearance = Clearance::from_str(clearance).map_err(|e| CertsError::BadClearance {
+        label: clearance.to_string(),
+        reason: e.to_string(),
+    })?;
+    let not_after = not_after.map(parse_not_after).transpose()?;
+    let now = now_unix();
+    if let Some(t) = not_after
+        && t <= now
+    {
+        eprintln!(
+            "kring-certs-dev: warning: --not-after is in the past; the certificate is already expired"
+        );
+    }
+    issue_user_into(
+        dir,
+        &IssueUserRequest {
+            user,
+            clearance,
+            roles,
+            not_after,
+            force,
+        },
+        now,
+    )
+}
+
+fn run(cli: Cli) -> Result<(), CertsError> {
+    match cli.command {
+        Command::Init {
+            out,
+            base_port,
+            force,
+        } => {
+            let summary = init_demo(&out, base_port, force, now_unix())?;
+            print_init(&summary);
+        }
+        Command::IssueUser {
+            dir,
+            user,
+            clearance,
+            roles,
+            not_after,
+            force,
+        } => {
+            let entry = issue_user(&dir, user, &clearance, roles, not_after.as_deref(), force)?;
+            print_user(&entry);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kring-certs-dev: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

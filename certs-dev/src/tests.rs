@@ -1,0 +1,544 @@
+//! Tests of the development PKI: every demo certificate reads back as intended and
+//! verifies; every quirk is caught by the specific check.
+
+use std::fs;
+use std::path::Path;
+use std::str::FromStr;
+
+use kring_policy::Clearance;
+use kring_protocol::identity::{
+    self, Identity, IdentityError, IdentityKind, RevocationCheck, RevocationDepth,
+    UnknownRevocationStatus, verify_chain, verify_chain_with_revocation,
+};
+
+use super::*;
+
+const NOW: i64 = 1_750_000_000;
+
+fn clearance(text: &str) -> Clearance {
+    Clearance::from_str(text).unwrap()
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn chain_of(path: &Path) -> Vec<Vec<u8>> {
+    identity::certificates_from_pem(read(path).as_bytes()).unwrap()
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The key file holds the private key of the certificate's public key.
+fn assert_key_matches(key_path: &Path, id: &Identity) {
+    let key = rcgen::KeyPair::from_pem(&read(key_path)).unwrap();
+    assert_eq!(
+        key.public_key_raw(),
+        id.public_key.as_slice(),
+        "{}",
+        key_path.display()
+    );
+    #[cfg(unix)]
+    assert_eq!(mode(key_path), 0o600, "{}", key_path.display());
+}
+
+fn toml_of(path: &Path) -> toml::Table {
+    toml::from_str(&read(path)).unwrap()
+}
+
+fn s<'a>(t: &'a toml::Table, key: &str) -> &'a str {
+    t.get(key)
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("missing {key}"))
+}
+
+#[test]
+fn init_writes_a_federation_that_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("fed");
+    let summary = init_demo(&out, 47_200, false, NOW).unwrap();
+    assert_eq!(summary.relays.len(), 4);
+    assert_eq!(summary.users.len(), DEMO_USERS.len());
+    assert!(!summary.replaced);
+
+    let root = chain_of(&out.join("ca/root.crt"));
+    assert_eq!(root.len(), 1);
+    #[cfg(unix)]
+    assert_eq!(mode(&out.join("ca/root.key")), 0o600);
+    for org in ["bz", "nctv", "aivd", "post-a"] {
+        let ca = chain_of(&out.join(format!("orgs/{org}/ca.crt")));
+        assert_eq!(ca.len(), 1);
+        // A CA is never an identity.
+        assert_eq!(Identity::from_der(&ca[0]).unwrap_err(), IdentityError::IsCa);
+        #[cfg(unix)]
+        assert_eq!(mode(&out.join(format!("orgs/{org}/ca.key"))), 0o600);
+    }
+    let at = NOW as u64;
+
+    for (i, (id, accreditation)) in DEMO_RELAYS.iter().enumerate() {
+        let dir = out.join("relays").join(id);
+        let chain = chain_of(&dir.join("relay.crt"));
+        assert_eq!(chain.len(), 2, "relay chain is leaf + organisation CA");
+        let parsed = Identity::from_der(&chain[0]).unwrap();
+        assert_eq!(parsed.kind, IdentityKind::Relay);
+        assert_eq!(parsed.id(), *id);
+        assert_eq!(parsed.organisation, *id);
+        assert_eq!(parsed.clearance, Some(clearance(accreditation)));
+        assert!(parsed.roles.is_empty());
+        assert_eq!(
+            verify_chain(&chain, &root, at, IdentityKind::Relay).unwrap(),
+            parsed
+        );
+        assert_eq!(
+            verify_chain(&chain, &root, at, IdentityKind::User).unwrap_err(),
+            IdentityError::WrongKind {
+                expected: IdentityKind::User,
+                found: IdentityKind::Relay
+            }
+        );
+        assert_key_matches(&dir.join("relay.key"), &parsed);
+
+        let config = toml_of(&dir.join("relay.toml"));
+        assert_eq!(s(&config, "id"), *id);
+        assert_eq!(s(&config, "listen"), format!("127.0.0.1:{}", 47_200 + i));
+        assert_eq!(s(&config, "cert"), "relay.crt");
+        assert_eq!(s(&config, "key"), "relay.key");
+        assert_eq!(s(&config, "trust_anchors"), "../../ca/root.crt");
+        assert_eq!(s(&config, "data_dir"), "data");
+        assert!(
+            config.get("accreditation").is_none(),
+            "accreditation stays commented out"
+        );
+        assert!(
+            read(&dir.join("relay.toml"))
+                .contains(&format!("# accreditation = \"{accreditation}\""))
+        );
+        let admins = config["org_admins"].as_array().unwrap();
+        assert_eq!(admins.len(), 1);
+        assert_eq!(admins[0].as_str().unwrap(), format!("admin@{id}"));
+        assert_eq!(
+            fs::canonicalize(dir.join(s(&config, "trust_anchors"))).unwrap(),
+            fs::canonicalize(out.join("ca/root.crt")).unwrap()
+        );
+        let peers = config["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 3);
+        for peer in peers {
+            let peer = peer.as_table().unwrap();
+            let pid = s(peer, "id");
+            assert_ne!(pid, *id);
+            let j = DEMO_RELAYS.iter().position(|(r, _)| *r == pid).unwrap();
+            assert_eq!(s(peer, "address"), format!("127.0.0.1:{}", 47_200 + j));
+        }
+    }
+
+    for (user, label, roles) in DEMO_USERS {
+        let dir = out.join("users").join(user);
+        let chain = chain_of(&dir.join("user.crt"));
+        assert_eq!(chain.len(), 2, "user chain is leaf + organisation CA");
+        let parsed = Identity::from_der(&chain[0]).unwrap();
+        let (name, relay) = identity::parse_user_id(user).unwrap();
+        assert_eq!(parsed.kind, IdentityKind::User);
+        assert_eq!(parsed.id(), user);
+        assert_eq!(parsed.name, name);
+        assert_eq!(parsed.home_relay, relay);
+        assert_eq!(parsed.organisation, relay);
+        assert_eq!(parsed.clearance, Some(clearance(label)));
+        assert_eq!(
+            parsed.roles,
+            roles.iter().map(|r| r.to_string()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            verify_chain(&chain, &root, at, IdentityKind::User).unwrap(),
+            parsed
+        );
+        assert_key_matches(&dir.join("user.key"), &parsed);
+
+        let profile = toml_of(&dir.join("profile.toml"));
+        assert_eq!(s(&profile, "user"), user);
+        assert_eq!(s(&profile, "relay_id"), relay);
+        let relay_config = toml_of(&out.join("relays").join(relay).join("relay.toml"));
+        assert_eq!(s(&profile, "relay"), s(&relay_config, "listen"));
+        assert_eq!(s(&profile, "cert"), "user.crt");
+        assert_eq!(s(&profile, "key"), "user.key");
+        assert_eq!(s(&profile, "trust_anchors"), "../../ca/root.crt");
+        assert_eq!(s(&profile, "state_dir"), "state");
+    }
+    // The specific demo facts of SPEC §8.
+    let analist =
+        Identity::from_der(&chain_of(&out.join("users/analist@aivd/user.crt"))[0]).unwrap();
+    assert_eq!(
+        analist.clearance.unwrap().to_string(),
+        "NL:STG-ZEER-GEHEIM;CMP=CYBER"
+    );
+    let admin = Identity::from_der(&chain_of(&out.join("users/admin@bz/user.crt"))[0]).unwrap();
+    assert!(admin.has_role("org-admin"));
+}
+
+#[test]
+fn init_refuses_to_overwrite_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An existing empty directory is fine.
+    init_demo(tmp.path(), DEFAULT_BASE_PORT, false, NOW).unwrap();
+    let before = read(&tmp.path().join("ca/root.crt"));
+    let e = init_demo(tmp.path(), DEFAULT_BASE_PORT, false, NOW).unwrap_err();
+    assert!(matches!(e, CertsError::OutputNotEmpty { .. }), "{e}");
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("--force"));
+    assert_eq!(
+        read(&tmp.path().join("ca/root.crt")),
+        before,
+        "nothing was touched"
+    );
+
+    // --force replaces the managed directories, keeps other files.
+    fs::write(tmp.path().join("notes.txt"), "keep me").unwrap();
+    fs::create_dir_all(tmp.path().join("relays/bz/data")).unwrap();
+    fs::write(tmp.path().join("relays/bz/data/stale"), "x").unwrap();
+    let summary = init_demo(tmp.path(), DEFAULT_BASE_PORT, true, NOW).unwrap();
+    assert!(summary.replaced);
+    assert_ne!(read(&tmp.path().join("ca/root.crt")), before);
+    assert_eq!(read(&tmp.path().join("notes.txt")), "keep me");
+    assert!(!tmp.path().join("relays/bz/data").exists());
+
+    // A file where the directory should be.
+    let file = tmp.path().join("notes.txt");
+    assert!(matches!(
+        init_demo(&file, DEFAULT_BASE_PORT, true, NOW),
+        Err(CertsError::NotADirectory { .. })
+    ));
+}
+
+#[test]
+fn base_port_must_leave_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in [0u16, 65_533] {
+        let e = init_demo(&tmp.path().join("x"), bad, false, NOW).unwrap_err();
+        assert!(matches!(e, CertsError::InvalidArgument { .. }), "{e}");
+        assert_eq!(e.exit_code(), 2);
+    }
+    assert!(
+        !tmp.path().join("x").exists(),
+        "nothing written on a usage error"
+    );
+    init_demo(&tmp.path().join("y"), 65_532, false, NOW).unwrap();
+}
+
+/// A PKI with organisations bz and nctv.
+fn pki() -> Pki {
+    let mut pki = Pki::new(NOW).unwrap();
+    pki.add_organisation("bz").unwrap();
+    pki.add_organisation("nctv").unwrap();
+    pki
+}
+
+fn user_spec() -> UserSpec {
+    UserSpec::new("liaison", "bz", "bz")
+        .with_clearance(clearance("NL:STG-GEHEIM"))
+        .with_role("org-admin")
+}
+
+fn relay_spec() -> RelaySpec {
+    RelaySpec::new("bz", "bz").with_accreditation(clearance("NL:STG-GEHEIM"))
+}
+
+/// Result of checking a certificate the way a relay does.
+fn check(pki: &Pki, cert: &IssuedCert, kind: IdentityKind) -> Result<Identity, IdentityError> {
+    Identity::from_der(&cert.cert_der)?;
+    verify_chain(&cert.chain_der, &pki.anchors(), NOW as u64, kind)
+}
+
+#[test]
+fn every_quirk_is_caught_by_its_check() {
+    let pki = pki();
+    for quirk in Quirk::ALL {
+        for kind in [IdentityKind::User, IdentityKind::Relay] {
+            let issued = match kind {
+                IdentityKind::User => pki.issue_user(&user_spec().with_quirk(quirk)),
+                IdentityKind::Relay => pki.issue_relay(&relay_spec().with_quirk(quirk)),
+            };
+            if !quirk.applies_to(kind) {
+                assert!(
+                    matches!(issued, Err(CertsError::QuirkNotApplicable { .. })),
+                    "{quirk} {kind}"
+                );
+                continue;
+            }
+            let cert = issued.unwrap();
+            let result = check(&pki, &cert, kind);
+            let ok = match (quirk, kind, &result) {
+                (Quirk::None, _, Ok(id)) => id.clearance == Some(clearance("NL:STG-GEHEIM")),
+                (Quirk::NoClearance, IdentityKind::User, Ok(id)) => {
+                    id.clearance.is_none() && id.roles == ["org-admin"]
+                }
+                (Quirk::NoClearance, IdentityKind::Relay, Ok(id)) => id.clearance.is_none(),
+                (Quirk::Expired, _, Err(IdentityError::Expired { .. })) => true,
+                (Quirk::NotYetValid, _, Err(IdentityError::NotYetValid { .. })) => true,
+                (Quirk::ForeignCa, _, Err(IdentityError::UnknownIssuer)) => true,
+                (Quirk::MalformedClearance, _, Err(IdentityError::BadClearance { .. })) => true,
+                (
+                    Quirk::RelayAsUser,
+                    IdentityKind::User,
+                    Err(IdentityError::EkuForbidden {
+                        kind: IdentityKind::User,
+                        ..
+                    }),
+                ) => true,
+                (
+                    Quirk::UserAsRelay,
+                    IdentityKind::Relay,
+                    Err(IdentityError::EkuMissing {
+                        kind: IdentityKind::Relay,
+                        missing: "serverAuth",
+                    }),
+                ) => true,
+                (Quirk::WrongSan, IdentityKind::User, Err(IdentityError::NameMismatch { .. })) => {
+                    true
+                }
+                (
+                    Quirk::WrongSan,
+                    IdentityKind::Relay,
+                    Err(IdentityError::DnsSanMismatch { .. }),
+                ) => true,
+                (Quirk::NoUriSan, _, Err(IdentityError::MissingSan)) => true,
+                (Quirk::NoOrganisation, _, Err(IdentityError::MissingOrganisation)) => true,
+                _ => false,
+            };
+            assert!(ok, "{quirk} on a {kind} certificate gave {result:?}");
+        }
+    }
+}
+
+#[test]
+fn relay_and_user_certificates_are_not_interchangeable() {
+    let pki = pki();
+    let relay = pki.issue_relay(&relay_spec()).unwrap();
+    let user = pki.issue_user(&user_spec()).unwrap();
+    assert!(matches!(
+        check(&pki, &relay, IdentityKind::User),
+        Err(IdentityError::WrongKind { .. })
+    ));
+    assert!(matches!(
+        check(&pki, &user, IdentityKind::Relay),
+        Err(IdentityError::WrongKind { .. })
+    ));
+}
+
+#[test]
+fn specs_are_validated() {
+    let pki = pki();
+    assert!(matches!(
+        pki.issue_user(&UserSpec::new("Bad Name", "bz", "bz")),
+        Err(CertsError::Identity(IdentityError::BadName { .. }))
+    ));
+    assert!(matches!(
+        pki.issue_user(&UserSpec::new("a", "bz", "aivd")),
+        Err(CertsError::UnknownOrganisation { .. })
+    ));
+    assert!(matches!(
+        pki.issue_user(&user_spec().with_role("Not A Role")),
+        Err(CertsError::Identity(IdentityError::BadRole { .. }))
+    ));
+    assert!(matches!(
+        pki.issue_user(&user_spec().with_validity(Validity {
+            not_before: NOW,
+            not_after: NOW
+        })),
+        Err(CertsError::InvalidArgument { .. })
+    ));
+    // A custom validity window is honoured.
+    let cert = pki
+        .issue_user(&user_spec().with_validity(Validity::days_from(NOW, 2)))
+        .unwrap();
+    let id = Identity::from_der(&cert.cert_der).unwrap();
+    assert_eq!(id.not_after, NOW + 2 * DAY);
+    assert_eq!(
+        id.serial,
+        cert.serial
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    // An organisation CA may not issue for another organisation.
+    let mut wrong_org = user_spec();
+    wrong_org.organisation = "nctv".into();
+    let cert = pki.issue_user(&wrong_org).unwrap();
+    let mut chain = cert.chain_der.clone();
+    chain[1] = pki.organisation("bz").unwrap().cert_der().to_vec();
+    assert!(verify_chain(&chain, &pki.anchors(), NOW as u64, IdentityKind::User).is_err());
+}
+
+#[test]
+fn crls_revoke() {
+    let pki = pki();
+    let cert = pki.issue_user(&user_spec()).unwrap();
+    let bz = pki.organisation("bz").unwrap();
+    let crl = bz
+        .crl(std::slice::from_ref(&cert.serial), 1, NOW - DAY, NOW + 7 * DAY)
+        .unwrap();
+    let check = RevocationCheck {
+        crls: std::slice::from_ref(&crl),
+        depth: RevocationDepth::EndEntity,
+        unknown_status: UnknownRevocationStatus::Deny,
+        enforce_next_update: true,
+    };
+    assert_eq!(
+        verify_chain_with_revocation(
+            &cert.chain_der,
+            &pki.anchors(),
+            NOW as u64,
+            IdentityKind::User,
+            Some(&check)
+        )
+        .unwrap_err(),
+        IdentityError::Revoked
+    );
+    let other = pki.issue_user(&UserSpec::new("other", "bz", "bz")).unwrap();
+    verify_chain_with_revocation(
+        &other.chain_der,
+        &pki.anchors(),
+        NOW as u64,
+        IdentityKind::User,
+        Some(&check),
+    )
+    .unwrap();
+    assert!(bz.crl(&[], 2, NOW, NOW).is_err());
+}
+
+#[test]
+fn authorities_load_back_and_keep_issuing() {
+    let pki = pki();
+    let bz = pki.organisation("bz").unwrap();
+    let loaded = Authority::load("bz", bz.cert_pem(), &bz.key_pem()).unwrap();
+    assert_eq!(loaded.cert_der(), bz.cert_der());
+    let root = Authority::load(
+        ROOT_ORGANISATION,
+        pki.root().cert_pem(),
+        &pki.root().key_pem(),
+    )
+    .unwrap();
+    let again = Pki::from_authorities(NOW, root, vec![loaded]);
+    let cert = again.issue_user(&user_spec()).unwrap();
+    check(&pki, &cert, IdentityKind::User).unwrap();
+    // Mismatched key and certificate.
+    let nctv = pki.organisation("nctv").unwrap();
+    assert!(matches!(
+        Authority::load("bz", bz.cert_pem(), &nctv.key_pem()),
+        Err(CertsError::KeyMismatch { .. })
+    ));
+    assert!(matches!(
+        Authority::load("bz", "junk", &bz.key_pem()),
+        Err(CertsError::BadFile { .. })
+    ));
+    // An issued leaf is no CA.
+    let leaf = pki.issue_user(&user_spec()).unwrap();
+    assert!(matches!(
+        Authority::load("bz", &leaf.cert_pem, &leaf.key_pem),
+        Err(CertsError::BadFile { .. })
+    ));
+}
+
+#[test]
+fn issue_user_adds_a_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_demo(dir, 47_300, false, NOW).unwrap();
+    let request = IssueUserRequest {
+        user: "consul@post-a".into(),
+        clearance: clearance("NL:STG-CONFIDENTIEEL;REL=NLD"),
+        roles: vec!["org-admin".into()],
+        not_after: Some(NOW + 30 * DAY),
+        force: false,
+    };
+    let entry = issue_user_into(dir, &request, NOW).unwrap();
+    assert_eq!(entry.organisation, "post-a");
+    let udir = dir.join("users/consul@post-a");
+    assert_eq!(entry.profile_dir, udir);
+    let chain = chain_of(&udir.join("user.crt"));
+    let root = chain_of(&dir.join("ca/root.crt"));
+    let id = verify_chain(&chain, &root, NOW as u64, IdentityKind::User).unwrap();
+    assert_eq!(id.id(), "consul@post-a");
+    assert_eq!(id.organisation, "post-a");
+    assert_eq!(
+        id.clearance,
+        Some(clearance("NL:STG-CONFIDENTIEEL;REL=NLD"))
+    );
+    assert_eq!(id.roles, ["org-admin"]);
+    assert_eq!(id.not_after, NOW + 30 * DAY);
+    assert_key_matches(&udir.join("user.key"), &id);
+    let profile = toml_of(&udir.join("profile.toml"));
+    assert_eq!(s(&profile, "relay"), "127.0.0.1:47303");
+    assert_eq!(s(&profile, "relay_id"), "post-a");
+
+    // Existing user: refused, then replaced with force.
+    let e = issue_user_into(dir, &request, NOW).unwrap_err();
+    assert!(matches!(e, CertsError::UserExists { .. }), "{e}");
+    assert_eq!(e.exit_code(), 2);
+    let forced = IssueUserRequest {
+        force: true,
+        ..request.clone()
+    };
+    issue_user_into(dir, &forced, NOW).unwrap();
+    assert_ne!(chain_of(&udir.join("user.crt"))[0], chain[0]);
+
+    // Unknown relay, bad names.
+    let e = issue_user_into(
+        dir,
+        &IssueUserRequest {
+            user: "x@nowhere".into(),
+            ..request.clone()
+        },
+        NOW,
+    )
+    .unwrap_err();
+    assert!(matches!(e, CertsError::UnknownRelay { .. }), "{e}");
+    assert!(matches!(
+        issue_user_into(
+            dir,
+            &IssueUserRequest {
+                user: "no-relay".into(),
+                ..request.clone()
+            },
+            NOW
+        ),
+        Err(CertsError::Identity(IdentityError::BadName { .. }))
+    ));
+    // An already-expired certificate can be minted for tests; it verifies only in
+    // its window.
+    let expired = issue_user_into(
+        dir,
+        &IssueUserRequest {
+            user: "old@bz".into(),
+            not_after: Some(NOW - DAY),
+            ..request.clone()
+        },
+        NOW,
+    )
+    .unwrap();
+    let chain = chain_of(&expired.profile_dir.join("user.crt"));
+    assert!(matches!(
+        verify_chain(&chain, &root, NOW as u64, IdentityKind::User),
+        Err(IdentityError::Expired { .. })
+    ));
+    // A damaged organisation CA key is detected.
+    fs::remove_file(dir.join("orgs/nctv/ca.key")).unwrap();
+    fs::write(
+        dir.join("orgs/nctv/ca.key"),
+        read(&dir.join("orgs/bz/ca.key")),
+    )
+    .unwrap();
+    assert!(matches!(
+        issue_user_into(
+            dir,
+            &IssueUserRequest {
+                user: "y@nctv".into(),
+                ..request
+            },
+            NOW
+        ),
+        Err(CertsError::KeyMismatch { .. })
+    ));
+}

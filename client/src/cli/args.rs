@@ -1,0 +1,356 @@
+//! The command line grammar (SPEC §7).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::notice::{Category, NoticeKind};
+
+/// Kring: labelled notices for closed communities, end-to-end encrypted (MLS).
+#[derive(Debug, Parser)]
+#[command(name = "kring", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The profile directory (DIR/users/NAME@RELAY); or set KRING_PROFILE.
+    #[arg(long, env = "KRING_PROFILE", global = true, value_name = "DIR")]
+    pub profile: Option<PathBuf>,
+
+    /// Log more to stderr (-v info, -vv debug). Notice content is never logged.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Key packages (so that admins can add you to communities).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Communities: create, membership, admins.
+    #[command(subcommand)]
+    Community(CommunityCommand),
+    /// Notices: file, watch, list, show, reply.
+    #[command(subcommand)]
+    Notice(NoticeCommand),
+    /// Labels: parse, explain, decide.
+    #[command(subcommand)]
+    Label(LabelCommand),
+    /// Organisation administration (not yet available).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `kring keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Publish fresh key packages (plus a last-resort one) at your home relay.
+    Publish {
+        /// How many one-time key packages to publish.
+        #[arg(long, default_value_t = 10,
+              value_parser = clap::value_parser!(u16).range(1..=100))]
+        count: u16,
+    },
+}
+
+/// `kring community ...`
+#[derive(Debug, Subcommand)]
+pub enum CommunityCommand {
+    /// Create NAME@<your home relay>; you become its first admin.
+    Create {
+        /// The community name (lower case letters, digits, '-', '_', '.').
+        name: String,
+        /// The highest label notices in the community may carry.
+        #[arg(long, value_name = "LABEL")]
+        max_label: String,
+    },
+    /// Add users (NAME@RELAY) to a community you administer.
+    Add {
+        /// Community id NAME@HUB (a bare NAME means your home relay).
+        id: String,
+        /// Users to add.
+        #[arg(required = true, value_name = "USER")]
+        users: Vec<String>,
+    },
+    /// Remove users from a community you administer.
+    Remove {
+        /// Community id NAME@HUB (a bare NAME means your home relay).
+        id: String,
+        /// Users to remove.
+        #[arg(required = true, value_name = "USER")]
+        users: Vec<String>,
+    },
+    /// The communities you are a member of.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The members of a community.
+    Members {
+        /// Community id NAME@HUB (a bare NAME means your home relay).
+        id: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Appoint or remove a community admin.
+    Admins {
+        /// Community id NAME@HUB (a bare NAME means your home relay).
+        id: String,
+        /// add or remove.
+        action: AdminAction,
+        /// The member.
+        user: String,
+    },
+}
+
+/// `community admins ID add|remove USER`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdminAction {
+    /// Appoint.
+    Add,
+    /// Remove.
+    Remove,
+}
+
+/// Where a notice body comes from.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct BodySource {
+    /// The body text (default: read from stdin).
+    #[arg(long, value_name = "TEXT")]
+    pub body: Option<String>,
+    /// Read the body from a file ('-' for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+}
+
+/// `kring notice ...`
+#[derive(Debug, Subcommand)]
+pub enum NoticeCommand {
+    /// File a notice in a community.
+    File {
+        /// Community id NAME@HUB (a bare NAME means your home relay).
+        #[arg(long, value_name = "ID")]
+        community: String,
+        /// The notice's label, e.g. NL:STG-CONFIDENTIEEL;TLP=AMBER.
+        #[arg(long)]
+        label: String,
+        /// espionage, cyber, disinformation, interference, economic or other.
+        #[arg(long, value_parser = parse_category)]
+        category: Category,
+        /// One-line title.
+        #[arg(long)]
+        title: String,
+        /// The body.
+        #[command(flatten)]
+        body: BodySource,
+        /// signal or notice.
+        #[arg(long, default_value = "signal", value_parser = parse_kind)]
+        kind: NoticeKind,
+        /// A STIX 2.1 bundle, array of objects or object to attach.
+        #[arg(long, value_name = "FILE")]
+        stix_file: Option<PathBuf>,
+    },
+    /// Show new notices as they arrive (until Ctrl-C).
+    Watch {
+        /// Only this community.
+        #[arg(long, value_name = "ID")]
+        community: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the notices on this device.
+    List {
+        /// Only this community.
+        #[arg(long, value_name = "ID")]
+        community: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one notice (and, for your own, what the relays did with it).
+    Show {
+        /// The notice id (or a unique prefix of at least 6 hex digits).
+        notice_id: String,
+        /// The notice as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reply to a notice (same community).
+    Reply {
+        /// The notice id (or a unique prefix of at least 6 hex digits).
+        notice_id: String,
+        /// The reply's label.
+        #[arg(long)]
+        label: String,
+        /// The reply's title (default: "Re: <original title>").
+        #[arg(long)]
+        title: Option<String>,
+        /// The body.
+        #[command(flatten)]
+        body: BodySource,
+    },
+    /// Forward a notice into another community (not yet available).
+    Forward {
+        /// The notice id.
+        notice_id: String,
+        /// The destination community.
+        #[arg(long, value_name = "COMMUNITY_ID")]
+        to: String,
+    },
+}
+
+/// `kring label ...`
+#[derive(Debug, Subcommand)]
+pub enum LabelCommand {
+    /// Parse and explain a label; with --clearance, decide whether it may be read.
+    Check {
+        /// The label, e.g. NL:STG-GEHEIM;REL=NLD,DEU;CMP=CYBER;TLP=AMBER.
+        label: String,
+        /// A clearance, e.g. NL:STG-GEHEIM;REL=NLD;CMP=CYBER.
+        #[arg(long)]
+        clearance: Option<String>,
+    },
+}
+
+/// `kring admin ...` (not yet available).
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Revoke a user's certificate (org-admin only).
+    Revoke {
+        /// The user.
+        user: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// The relay's audit log.
+    Audit {
+        /// Check the hash chain.
+        #[arg(long)]
+        verify: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_category(s: &str) -> Result<Category, String> {
+    s.parse()
+        .map_err(|e: crate::notice::NoticeError| e.to_string())
+}
+
+fn parse_kind(s: &str) -> Result<NoticeKind, String> {
+    match s.parse::<NoticeKind>() {
+        Ok(NoticeKind::Reply) => Err("use `kring notice reply` to file a reply".into()),
+        Ok(k) => Ok(k),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kring").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_grammar_matches_the_spec() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        let cli = parse(&[
+            "--profile",
+            "p",
+            "notice",
+            "file",
+            "--community",
+            "desinformatie@bz",
+            "--label",
+            "NL:STG-CONFIDENTIEEL",
+            "--category",
+            "disinformation",
+            "--title",
+            "T",
+            "--body",
+            "B",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Notice(NoticeCommand::File {
+                category,
+                kind,
+                body,
+                ..
+            }) => {
+                assert_eq!(category, Category::Disinformation);
+                assert_eq!(kind, NoticeKind::Signal);
+                assert_eq!(body.body.as_deref(), Some("B"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["community", "admins", "x", "add", "liaison@bz"]).is_ok());
+        assert!(parse(&["keys", "publish", "--count", "5"]).is_ok());
+        assert!(parse(&["label", "check", "TLP:RED", "--clearance", "NL:STG-GEHEIM"]).is_ok());
+    }
+
+    #[test]
+    fn bad_usage_is_refused() {
+        assert!(parse(&["notice", "file", "--community", "c"]).is_err());
+        assert!(parse(&["keys", "publish", "--count", "0"]).is_err());
+        assert!(parse(&["community", "add", "c"]).is_err(), "no users");
+        let both = parse(&[
+            "notice",
+            "file",
+            "--community",
+            "c",
+            "--label",
+            "TLP:RED",
+            "--category",
+            "cyber",
+            "--title",
+            "t",
+            "--body",
+            "b",
+            "--body-file",
+            "f",
+        ]);
+        assert!(both.is_err(), "--body and --body-file together");
+        let bad_cat = parse(&[
+            "notice",
+            "file",
+            "--community",
+            "c",
+            "--label",
+            "TLP:RED",
+            "--category",
+            "gossip",
+            "--title",
+            "t",
+        ])
+        .unwrap_err();
+        assert!(bad_cat.to_string().contains("espionage"), "{bad_cat}");
+        assert!(
+            parse(&[
+                "notice",
+                "file",
+                "--community",
+                "c",
+                "--label",
+                "TLP:RED",
+                "--category",
+                "cyber",
+                "--title",
+                "t",
+                "--kind",
+                "reply",
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,571 @@
+//! The `kring` command line: parses arguments (SPEC §7), drives a [`Client`], prints
+//! results on stdout (JSON Lines with `--json`), and one `kring: ` line per problem on
+//! stderr. [`main`] returns the process exit code.
+
+pub mod args;
+pub mod output;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+use clap::Parser;
+
+use crate::client::Client;
+use crate::community::AdminChange;
+use crate::error::{ClientError, EXIT_OK, EXIT_USAGE, Result};
+use crate::labels::LabelCheck;
+use crate::notice::{MAX_BODY, MAX_STIX_BYTES, NoticeDraft, parse_stix};
+use crate::profile::read_text;
+use crate::sync::SyncEvent;
+use args::{
+    AdminAction, AdminCommand, BodySource, Cli, Command, CommunityCommand, KeysCommand,
+    LabelCommand, NoticeCommand,
+};
+
+/// Runs the command line with the process's arguments; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(&e),
+    };
+    init_tracing(cli.verbose);
+    // `label check` needs neither a profile nor the network.
+    if let Command::Label(LabelCommand::Check { label, clearance }) = &cli.command {
+        return finish(label_check(label, clearance.as_deref(), &mut Out::stdout()));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kring: cannot start the async runtime: {e}");
+            return crate::error::EXIT_OTHER;
+        }
+    };
+    finish(runtime.block_on(run(cli, &mut Out::stdout())))
+}
+
+/// Prints a failure and maps results to exit codes.
+fn finish(result: Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kring: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Prints a clap error: help and version on stdout with exit 0, anything else as
+/// one `kring: ` line with exit 2.
+fn clap_error(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                EXIT_USAGE
+            } else {
+                EXIT_OK
+            }
+        }
+        _ => {
+            eprintln!("kring: {}; see `kring --help`", clap_message(e));
+            EXIT_USAGE
+        }
+    }
+}
+
+/// The first line of a clap error without its `error: ` prefix.
+fn clap_message(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid usage");
+    first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim()
+        .to_string()
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "error",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KRING_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// Standard output that stops quietly when the reader goes away (`| head`).
+pub struct Out {
+    sink: Box<dyn Write + Send>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Out").field("closed", &self.closed).finish()
+    }
+}
+
+impl Out {
+    /// The process's stdout.
+    pub fn stdout() -> Self {
+        Self::new(Box::new(std::io::stdout()))
+    }
+
+    /// Any writer (for tests).
+    pub fn new(sink: Box<dyn Write + Send>) -> Self {
+        Self {
+            sink,
+            closed: false,
+        }
+    }
+
+    /// Writes `text` (adding a newline if it has none) and flushes.
+    pub fn line(&mut self, text: &str) {
+        if self.closed {
+            return;
+        }
+        let nl = if text.ends_with('\n') { "" } else { "\n" };
+        if write!(self.sink, "{text}{nl}")
+            .and_then(|()| self.sink.flush())
+            .is_err()
+        {
+            self.closed = true;
+        }
+    }
+}
+
+/// `kring label check`.
+pub fn label_check(label: &str, clearance: Option<&str>, out: &mut Out) -> Result<i32> {
+    let check = LabelCheck::run(label, clearance)?;
+    out.line(&check.render());
+    Ok(check.exit_code())
+}
+
+fn open_client(profile: Option<&Path>) -> Result<Client> {
+    let dir = profile.ok_or(ClientError::NoProfile)?;
+    let mut client = Client::open(dir)?;
+    client.set_event_sink(Box::new(|e: &SyncEvent| {
+        if let Some(line) = output::event_line(e) {
+            eprintln!("kring: {line}");
+        }
+    }));
+    Ok(client)
+}
+
+/// Runs one parsed command; returns the exit code of a successful run.
+pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
+    match cli.command {
+        Command::Label(LabelCommand::Check { label, clearance }) => {
+            label_check(&label, clearance.as_deref(), out)
+        }
+        Command::Admin(AdminCommand::Revoke { .. }) => {
+            Err(ClientError::NotYetAvailable("kring admin revoke"))
+        }
+        Command::Admin(AdminCommand::Audit { .. }) => {
+            Err(ClientError::NotYetAvailable("kring admin audit"))
+        }
+        Command::Notice(NoticeCommand::Forward { .. }) => {
+            Err(ClientError::NotYetAvailable("kring notice forward"))
+        }
+        command => {
+            let mut client = open_client(cli.profile.as_deref())?;
+            let result = run_with_client(&mut client, command, out).await;
+            client.disconnect().await;
+            result
+        }
+    }
+}
+
+async fn run_with_client(client: &mut Client, command: Command, out: &mut Out) -> Result<i32> {
+    match command {
+        Command::Keys(KeysCommand::Publish { count }) => {
+            let held = client.publish_key_packages(usize::from(count)).await?;
+            out.line(&format!(
+                "published {count} key package(s) and a last-resort one; {} holds {held} for you",
+                client.relay_id()
+            ));
+        }
+        Command::Community(cmd) => community(client, cmd, out).await?,
+        Command::Notice(cmd) => notice(client, cmd, out).await?,
+        Command::Label(_) | Command::Admin(_) => {
+            return Err(ClientError::Usage("unexpected command".into()));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn community(client: &mut Client, cmd: CommunityCommand, out: &mut Out) -> Result<()> {
+    match cmd {
+        CommunityCommand::Create { name, max_label } => {
+            let r = client.create_community(&name, &max_label).await?;
+            out.line(&format!(
+                "created community {} with maximum label {}; you are its admin",
+                r.community,
+                client
+                    .store()
+                    .community(&r.community)?
+                    .map(|c| c.max_label)
+                    .unwrap_or(max_label)
+            ));
+        }
+        CommunityCommand::Add { id, users } => {
+            let r = client.add_members(&id, &users).await?;
+            out.line(&format!(
+                "added {} to {} (epoch {}, #{})",
+                r.added.join(", "),
+                r.community,
+                r.epoch,
+                r.seq
+            ));
+        }
+        CommunityCommand::Remove { id, users } => {
+            let r = client.remove_members(&id, &users).await?;
+            out.line(&format!(
+                "removed {} from {} (epoch {}, #{})",
+                r.removed.join(", "),
+                r.community,
+                r.epoch,
+                r.seq
+            ));
+        }
+        CommunityCommand::List { json } => {
+            client.sync().await?;
+            for c in client.list_communities().await? {
+                out.line(&if json {
+                    output::json_line(&c)
+                } else {
+                    output::community_line(&c)
+                });
+            }
+        }
+        CommunityCommand::Members { id, json } => {
+            let info = client.community_info(&id).await?;
+            for m in &info.members {
+                let admin = info.admins.contains(m);
+                out.line(&if json {
+                    output::json_line(&output::MemberLine { id: m, admin })
+                } else if admin {
+                    format!("{m}  (admin)")
+                } else {
+                    m.clone()
+                });
+            }
+        }
+        CommunityCommand::Admins { id, action, user } => {
+            let change = match action {
+                AdminAction::Add => AdminChange::Add,
+                AdminAction::Remove => AdminChange::Remove,
+            };
+            let r = client.set_admin(&id, change, &user).await?;
+            out.line(&format!(
+                "admins of {} are now: {} (epoch {}, #{})",
+                r.community,
+                r.admins.unwrap_or_default().join(", "),
+                r.epoch,
+                r.seq
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn notice(client: &mut Client, cmd: NoticeCommand, out: &mut Out) -> Result<()> {
+    match cmd {
+        NoticeCommand::File {
+            community,
+            label,
+            category,
+            title,
+            body,
+            kind,
+            stix_file,
+        } => {
+            let body = read_body(&body)?;
+            let stix = stix_file
+                .map(|p| {
+                    let text =
+                        read_text(&p, MAX_STIX_BYTES as u64).map_err(|r| ClientError::io(&p, r))?;
+                    parse_stix(&text).map_err(|e| ClientError::Usage(e.to_string()))
+                })
+                .transpose()?;
+            let filed = client
+                .file_notice(NoticeDraft {
+                    community,
+                    label,
+                    kind,
+                    category,
+                    title,
+                    body,
+                    in_reply_to: None,
+                    stix,
+                })
+                .await?;
+            report_filed(client, &filed, out);
+        }
+        NoticeCommand::Reply {
+            notice_id,
+            label,
+            title,
+            body,
+        } => {
+            best_effort_sync(client).await?;
+            let body = read_body(&body)?;
+            let filed = client.reply(&notice_id, &label, body, title).await?;
+            report_filed(client, &filed, out);
+        }
+        NoticeCommand::List { community, json } => {
+            let community = community
+                .map(|c| client.resolve_community(&c))
+                .transpose()?;
+            best_effort_sync(client).await?;
+            for stored in client.stored_notices(community.as_deref())? {
+                out.line(&if json {
+                    stored.notice.to_json_line()
+                } else {
+                    output::notice_line(&stored)
+                });
+            }
+        }
+        NoticeCommand::Show { notice_id, json } => {
+            best_effort_sync(client).await?;
+            let stored = client.find_notice(&notice_id)?;
+            if json {
+                out.line(&stored.notice.to_json_line());
+            } else {
+                out.line(&output::notice_full(&stored.notice, stored.seq));
+            }
+            if stored.own {
+                match client.notice_status(stored.notice.id).await {
+                    Ok(status) if json => {
+                        for r in &status.refusals {
+                            eprintln!("kring: refused at {}: {}", r.hop, r.reason);
+                        }
+                    }
+                    Ok(status) => out.line(&output::notice_status(&status)),
+                    Err(e) => eprintln!("kring: warning: no status from the relay: {e}"),
+                }
+            }
+        }
+        NoticeCommand::Watch { community, json } => {
+            let community = community
+                .map(|c| client.resolve_community(&c))
+                .transpose()?;
+            let watch = client.watch(|event| match event {
+                SyncEvent::Notice(n) => {
+                    if community.as_ref().is_none_or(|c| &n.community == c) {
+                        out.line(&if json {
+                            n.to_json_line()
+                        } else {
+                            output::notice_full(n, None)
+                        });
+                    }
+                }
+                other => {
+                    if let Some(line) = output::event_line(other) {
+                        eprintln!("kring: {line}");
+                    }
+                }
+            });
+            tokio::select! {
+                result = watch => result?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        NoticeCommand::Forward { .. } => {
+            return Err(ClientError::NotYetAvailable("kring notice forward"));
+        }
+    }
+    Ok(())
+}
+
+fn report_filed(client: &Client, filed: &crate::FiledNotice, out: &mut Out) {
+    out.line(&filed.notice.id.to_string());
+    out.line(&format!(
+        "accepted by {}: {} #{} [{}]",
+        client.relay_id(),
+        filed.notice.community,
+        filed.seq,
+        filed.notice.label
+    ));
+}
+
+/// Syncs, but carries on with local data (with a warning) if the relay cannot be
+/// reached; other failures (authentication, revocation) stop the command.
+async fn best_effort_sync(client: &mut Client) -> Result<()> {
+    match client.sync().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.exit_code() == crate::error::EXIT_UNREACHABLE => {
+            eprintln!("kring: warning: {e}; showing what this device has");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The notice body from `--body`, `--body-file` (`-` = stdin) or stdin; trailing
+/// line breaks are dropped.
+fn read_body(src: &BodySource) -> Result<String> {
+    let text = match (&src.body, &src.body_file) {
+        (Some(body), _) => body.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => read_stdin()?,
+        (None, Some(path)) => {
+            read_text(path, MAX_BODY as u64 + 1).map_err(|r| ClientError::io(path, r))?
+        }
+        (None, None) => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("kring: type the body, end with Ctrl-D");
+            }
+            read_stdin()?
+        }
+    };
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn read_stdin() -> Result<String> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_BODY as u64 + 2)
+        .read_to_end(&mut buf)
+        .map_err(|e| ClientError::io("stdin", e))?;
+    String::from_utf8(buf).map_err(|_| ClientError::io("stdin", "the body is not UTF-8 text"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn run_cli(args: &[&str]) -> (Result<i32>, String) {
+        let cli =
+            Cli::try_parse_from(std::iter::once("kring").chain(args.iter().copied())).unwrap();
+        let shared = Shared::default();
+        let mut out = Out::new(Box::new(shared.clone()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = rt.block_on(run(cli, &mut out));
+        let text = String::from_utf8(shared.0.lock().unwrap().clone()).unwrap();
+        (result, text)
+    }
+
+    #[test]
+    fn label_check_prints_the_canonical_label_and_decides() {
+        let (code, text) = run_cli(&["label", "check", "tlp:red"]);
+        assert_eq!(code.unwrap(), 0);
+        assert!(
+            text.starts_with("label      NL:ONGERUBRICEERD;TLP=RED\n"),
+            "{text}"
+        );
+
+        let (code, text) = run_cli(&[
+            "label",
+            "check",
+            "NL:STG-GEHEIM;CMP=CYBER",
+            "--clearance",
+            "NL:STG-GEHEIM",
+        ]);
+        assert_eq!(code.unwrap(), 3);
+        assert!(text.contains("DENIED"), "{text}");
+
+        let (code, _) = run_cli(&["label", "check", "NL:NOPE"]);
+        assert_eq!(code.unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn commands_needing_a_profile_say_so() {
+        let (code, _) = run_cli(&["notice", "list"]);
+        let err = code.unwrap_err();
+        assert!(matches!(err, ClientError::NoProfile), "{err}");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn unavailable_commands_are_usage_errors() {
+        for args in [
+            &["notice", "forward", "x", "--to", "c@bz"][..],
+            &["admin", "revoke", "a@bz", "--reason", "r"][..],
+            &["admin", "audit"][..],
+        ] {
+            let (code, _) = run_cli(args);
+            let err = code.unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert!(err.to_string().contains("not yet available"), "{err}");
+        }
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let err = Cli::try_parse_from(["kring", "notice", "frobnicate"]).unwrap_err();
+        let msg = clap_message(&err);
+        assert!(!msg.contains('\n'));
+        assert!(msg.contains("frobnicate"), "{msg}");
+        assert_eq!(clap_error(&err), 2);
+    }
+
+    #[test]
+    fn out_stops_quietly_on_a_closed_reader() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = Out::new(Box::new(Broken));
+        out.line("a");
+        out.line("b");
+        assert!(out.closed);
+    }
+
+    #[test]
+    fn body_comes_from_the_flag_or_a_file() {
+        let src = BodySource {
+            body: Some("tekst\n".into()),
+            body_file: None,
+        };
+        assert_eq!(read_body(&src).unwrap(), "tekst");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("body.txt");
+        std::fs::write(&path, "uit bestand\nregel 2\n").unwrap();
+        let src = BodySource {
+            body: None,
+            body_file: Some(path),
+        };
+        assert_eq!(read_body(&src).unwrap(), "uit bestand\nregel 2");
+        let src = BodySource {
+            body: None,
+            body_file: Some(dir.path().join("missing")),
+        };
+        assert!(read_body(&src).unwrap_err().to_string().contains("missing"));
+    }
+}

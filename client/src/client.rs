@@ -1,0 +1,311 @@
+//! [`Client`]: one user's device — profile, key material, local state, and the
+//! connection to the home relay. The operations live in submodules:
+//! [`sync`](crate::sync) (receiving), [`community`](crate::community) (groups) and
+//! [`filing`](crate::filing) (notices).
+
+use std::path::Path;
+
+use kring_policy::{Clearance, Label};
+use kring_protocol::identity::{Identity, IdentityKind, verify_chain};
+use kring_protocol::mls::{self, CertSigner, ClientGroup};
+use kring_protocol::mls_storage::KringProvider;
+use kring_protocol::wire::{CommunitySummary, Request, Response};
+
+use crate::conn::{Credentials, RelayConnection, Timeouts};
+use crate::error::{ClientError, Result};
+use crate::ids;
+use crate::profile::Profile;
+use crate::store::{MlsKv, Store};
+use crate::sync::SyncEvent;
+use crate::validator::{Validator, now_unix};
+
+/// Most key packages one `keys publish` uploads (besides the last-resort one).
+pub const MAX_PUBLISH: usize = kring_protocol::wire::limits::MAX_KEY_PACKAGES_PER_PUBLISH;
+/// Key packages `keys publish` uploads by default (besides the last-resort one).
+pub const DEFAULT_PUBLISH: usize = 10;
+
+/// A user's device: everything needed to talk to the home relay and keep state.
+///
+/// Methods that change state take `&mut self`; one `Client` per profile and process
+/// (the state database is locked by the process that opened it).
+pub struct Client {
+    pub(crate) profile: Profile,
+    pub(crate) creds: Credentials,
+    pub(crate) me: Identity,
+    pub(crate) signer: CertSigner,
+    pub(crate) validator: Validator,
+    pub(crate) store: Store,
+    pub(crate) provider: KringProvider<MlsKv>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) conn: Option<RelayConnection>,
+    pub(crate) event_sink: Option<EventSink>,
+}
+
+/// A callback receiving the events of every sync (see [`Client::set_event_sink`]).
+pub type EventSink = Box<dyn FnMut(&SyncEvent) + Send>;
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("user", &self.me.id())
+            .field("relay", &self.profile.relay_id)
+            .field("connected", &self.conn.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Opens the device of the profile in `profile_dir`: loads the profile, the
+    /// certificate chain and key, checks that the certificate is a user certificate
+    /// for the profile's user, and opens the local state (creating it on first use).
+    pub fn open(profile_dir: impl AsRef<Path>) -> Result<Client> {
+        Self::open_profile(Profile::load(profile_dir)?)
+    }
+
+    /// Like [`open`](Self::open), with an already loaded profile.
+    pub fn open_profile(profile: Profile) -> Result<Client> {
+        let creds = Credentials::load(&profile)?;
+        let leaf = creds.chain.first().ok_or_else(|| ClientError::Profile {
+            path: profile.cert.display().to_string(),
+            reason: "no certificate".into(),
+        })?;
+        let me = Identity::from_der(leaf).map_err(|e| ClientError::Profile {
+            path: profile.cert.display().to_string(),
+            reason: format!("not a usable Kring certificate: {e}"),
+        })?;
+        if me.kind != IdentityKind::User {
+            return Err(ClientError::Profile {
+                path: profile.cert.display().to_string(),
+                reason: format!("is a {} certificate, not a user certificate", me.kind),
+            });
+        }
+        if me.id() != profile.user {
+            return Err(ClientError::Profile {
+                path: profile.cert.display().to_string(),
+                reason: format!(
+                    "the certificate is for {}, but the profile is for {}",
+                    me.id(),
+                    profile.user
+                ),
+            });
+        }
+        let signer = CertSigner::from_pkcs8(creds.chain_der(), &creds.key_pkcs8).map_err(|e| {
+            ClientError::Profile {
+                path: profile.key.display().to_string(),
+                reason: format!("cannot be used with the certificate: {e}"),
+            }
+        })?;
+        let validator = Validator::new(creds.anchors_der());
+        let store = Store::open(&profile.state_dir)?;
+        let provider = KringProvider::new(store.mls_backend());
+        Ok(Client {
+            profile,
+            creds,
+            me,
+            signer,
+            validator,
+            store,
+            provider,
+            timeouts: Timeouts::default(),
+            conn: None,
+            event_sink: None,
+        })
+    }
+
+    /// Replaces the connection time limits (before connecting).
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// Sets a callback that sees the events of every sync, including the syncs
+    /// other operations (filing, adding members, …) run first; e.g. to show
+    /// warnings and policy refusals to the user.
+    pub fn set_event_sink(&mut self, sink: EventSink) {
+        self.event_sink = Some(sink);
+    }
+
+    /// The user's identity, `NAME@RELAY`.
+    pub fn user(&self) -> String {
+        self.me.id()
+    }
+
+    /// The home relay's id.
+    pub fn relay_id(&self) -> &str {
+        &self.profile.relay_id
+    }
+
+    /// The profile this device was opened with.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The user's clearance as certified (none: cleared for nothing).
+    pub fn clearance(&self) -> Option<&Clearance> {
+        self.me.clearance.as_ref()
+    }
+
+    /// Whether the user's clearance admits `label`; the reason says why (not).
+    pub fn check_clearance(&self, label: &Label) -> kring_policy::Decision {
+        kring_policy::decide_opt(Some(label), self.clearance())
+    }
+
+    /// Resolves a community id as typed (bare `NAME` → `NAME@<home relay>`).
+    pub fn resolve_community(&self, input: &str) -> Result<String> {
+        ids::resolve_community(input, &self.profile.relay_id)
+    }
+
+    /// Resolves a user id as typed (bare `NAME` → `NAME@<home relay>`).
+    pub fn resolve_user(&self, input: &str) -> Result<String> {
+        ids::resolve_user(input, &self.profile.relay_id)
+    }
+
+    /// The local state (notices, communities, cursors).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Connects to the home relay if not connected (or if the connection dropped).
+    pub async fn connect(&mut self) -> Result<&RelayConnection> {
+        if self.conn.as_ref().is_some_and(RelayConnection::is_closed) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            // A clear local error beats a TLS alert from the relay.
+            verify_chain(
+                &self.creds.chain_der(),
+                &self.creds.anchors_der(),
+                now_unix(),
+                IdentityKind::User,
+            )
+            .map_err(|e| ClientError::Auth(format!("this device's certificate: {e}")))?;
+            let conn = RelayConnection::connect(
+                &self.creds,
+                &self.profile.relay_addr,
+                &self.profile.relay_id,
+                self.timeouts,
+            )
+            .await?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_ref()
+            .ok_or_else(|| ClientError::Protocol("connection vanished".into()))
+    }
+
+    /// Drops the connection (gracefully).
+    pub async fn disconnect(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
+        }
+    }
+
+    /// Sends a request, connecting first if needed (a connection found closed is
+    /// re-established); a relay refusal becomes [`ClientError::Relay`]. A request
+    /// whose connection drops midway is not resent: its fate is unknown.
+    pub async fn call(&mut self, request: &Request) -> Result<Response> {
+        self.connect().await?.call(request).await
+    }
+
+    /// Checks the relay answers.
+    pub async fn ping(&mut self) -> Result<()> {
+        match self.call(&Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected("Ping", &other)),
+        }
+    }
+
+    /// Creates `count` key packages (at most [`MAX_PUBLISH`]) plus a last-resort one
+    /// and uploads them; returns how many the relay now holds.
+    pub async fn publish_key_packages(&mut self, count: usize) -> Result<u32> {
+        if count == 0 || count > MAX_PUBLISH {
+            return Err(ClientError::Usage(format!(
+                "--count must be between 1 and {MAX_PUBLISH}"
+            )));
+        }
+        self.store.begin()?;
+        let made = (|| {
+            let mut packages = Vec::with_capacity(count);
+            for _ in 0..count {
+                packages.push(mls::key_package(&self.provider, &self.signer, false)?);
+            }
+            let last_resort = mls::key_package(&self.provider, &self.signer, true)?;
+            Ok::<_, ClientError>((packages, last_resort))
+        })();
+        let (key_packages, last_resort) = match made {
+            Ok(v) => v,
+            Err(e) => {
+                self.store.rollback()?;
+                return Err(e);
+            }
+        };
+        let request = Request::PublishKeyPackages {
+            key_packages,
+            last_resort: Some(last_resort),
+        };
+        match self.call(&request).await {
+            Ok(Response::KeyPackagesStored { count }) => {
+                // Keep the private keys only once the relay holds the packages.
+                self.store.commit(crate::store::Batch::new())?;
+                Ok(count)
+            }
+            Ok(other) => {
+                self.store.rollback()?;
+                Err(unexpected("PublishKeyPackages", &other))
+            }
+            Err(e) => {
+                self.store.rollback()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Communities the user belongs to, as the home relay knows them.
+    pub async fn list_communities(&mut self) -> Result<Vec<CommunitySummary>> {
+        match self.call(&Request::ListCommunities).await? {
+            Response::Communities { communities } => Ok(communities),
+            other => Err(unexpected("ListCommunities", &other)),
+        }
+    }
+
+    /// Members, admins, epoch and maximum label of a community (members only).
+    pub async fn community_info(&mut self, community: &str) -> Result<CommunitySummary> {
+        let community = self.resolve_community(community)?;
+        match self
+            .call(&Request::CommunityInfo {
+                community: community.clone(),
+            })
+            .await?
+        {
+            Response::Community(summary) => Ok(summary),
+            other => Err(unexpected("CommunityInfo", &other)),
+        }
+    }
+
+    /// Loads this device's group of `community`; [`ClientError::Relay`]`(NotMember)`
+    /// if there is none.
+    pub(crate) fn load_group(&self, community: &str) -> Result<ClientGroup> {
+        ClientGroup::load(&self.provider, community)?
+            .ok_or_else(|| ClientError::Relay(kring_protocol::wire::ErrorCode::NotMember))
+    }
+
+    /// Drops MLS writes buffered by an operation that was cancelled midway.
+    pub(crate) fn reset_transaction(&self) -> Result<()> {
+        Ok(self.store.rollback()?)
+    }
+}
+
+/// The error for an answer that does not fit the request.
+pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
+    let name = match response {
+        Response::Ok => "Ok",
+        Response::KeyPackagesStored { .. } => "KeyPackagesStored",
+        Response::KeyPackage { .. } => "KeyPackage",
+        Response::Accepted { .. } => "Accepted",
+        Response::Communities { .. } => "Communities",
+        Response::Community(_) => "Community",
+        Response::Status(_) => "Status",
+        Response::Pong => "Pong",
+        Response::Error(_) => "Error",
+    };
+    ClientError::Protocol(format!("the relay answered {request} with {name}"))
+}

@@ -1,0 +1,523 @@
+//! The connection to the home relay: QUIC with mutual TLS 1.3 (ring), ALPN
+//! `kring/1`, one bidirectional stream per request and a long-lived subscribe stream.
+//!
+//! The relay must present a certificate chaining to the profile's trust anchors for
+//! the DNS name `RELAY_ID.relay.kring`; the client presents the user's certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kring_protocol::wire::{
+    self, ALPN_CLIENT, DEFAULT_MAX_FRAME, ErrorCode, FRAME_HEADER, Push, Request, Response,
+};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::error::{ClientError, Result};
+use crate::profile::{MAX_PEM_BYTES, Profile, read_bounded};
+
+/// Most certificates accepted in one PEM file.
+const MAX_CERTS_PER_FILE: usize = 16;
+
+/// Time limits of the connection layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Resolving the address and completing the QUIC + TLS handshake.
+    pub connect: Duration,
+    /// One request: open the stream, send, receive the answer.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The user's key material and trust anchors, loaded from the profile.
+pub struct Credentials {
+    /// DER certificates, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// PKCS#8 DER private key (Ed25519).
+    pub key_pkcs8: Vec<u8>,
+    /// DER trust anchors (federation roots).
+    pub anchors: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("chain_len", &self.chain.len())
+            .field("anchors_len", &self.anchors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Loads the certificate chain, private key and trust anchors a profile names.
+    pub fn load(profile: &Profile) -> Result<Credentials> {
+        let chain = load_certs(&profile.cert, "certificate chain")?;
+        let anchors = load_certs(&profile.trust_anchors, "trust anchors")?;
+        let key_pem =
+            read_bounded(&profile.key, MAX_PEM_BYTES).map_err(|r| bad(&profile.key, r))?;
+        let key = PrivatePkcs8KeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            bad(
+                &profile.key,
+                format!("no PKCS#8 private key in PEM form ({e})"),
+            )
+        })?;
+        Ok(Credentials {
+            chain,
+            key_pkcs8: key.secret_pkcs8_der().to_vec(),
+            anchors,
+        })
+    }
+
+    /// The chain as plain DER byte vectors, leaf first.
+    pub fn chain_der(&self) -> Vec<Vec<u8>> {
+        self.chain.iter().map(|c| c.as_ref().to_vec()).collect()
+    }
+
+    /// The trust anchors as plain DER byte vectors.
+    pub fn anchors_der(&self) -> Vec<Vec<u8>> {
+        self.anchors.iter().map(|c| c.as_ref().to_vec()).collect()
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig> {
+        let tls_err = |e: rustls::Error| ClientError::Profile {
+            path: "certificate/key".into(),
+            reason: format!("cannot be used for TLS: {e}"),
+        };
+        let mut roots = RootCertStore::empty();
+        for anchor in &self.anchors {
+            roots.add(anchor.clone()).map_err(tls_err)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()));
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(self.chain.clone(), key)
+            .map_err(tls_err)?;
+        tls.alpn_protocols = vec![ALPN_CLIENT.to_vec()];
+        tls.enable_early_data = false;
+        Ok(tls)
+    }
+}
+
+fn bad(path: &std::path::Path, reason: impl Into<String>) -> ClientError {
+    ClientError::Profile {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn load_certs(path: &std::path::Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = read_bounded(path, MAX_PEM_BYTES).map_err(|r| bad(path, r))?;
+    let mut certs = Vec::new();
+    for item in CertificateDer::pem_slice_iter(&pem) {
+        let cert = item.map_err(|e| bad(path, format!("{what}: invalid PEM ({e})")))?;
+        if certs.len() >= MAX_CERTS_PER_FILE {
+            return Err(bad(
+                path,
+                format!("{what}: more than {MAX_CERTS_PER_FILE} certificates"),
+            ));
+        }
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err(bad(path, format!("{what}: no PEM certificate found")));
+    }
+    Ok(certs)
+}
+
+/// An open, authenticated connection to the home relay.
+#[derive(Debug)]
+pub struct RelayConnection {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    relay: String,
+    timeouts: Timeouts,
+}
+
+impl RelayConnection {
+    /// Connects to `addr` (`host:port`) and authenticates the relay as `relay_id`.
+    pub async fn connect(
+        creds: &Credentials,
+        addr: &str,
+        relay_id: &str,
+        timeouts: Timeouts,
+    ) -> Result<RelayConnection> {
+        let relay = format!("{relay_id} ({addr})");
+        let unreachable = |reason: String| ClientError::Unreachable {
+            relay: relay.clone(),
+            reason,
+        };
+        let tls = creds.tls_config()?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Protocol(format!("QUIC TLS configuration: {e}")))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30))
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+        ));
+        config.transport_config(Arc::new(transport));
+
+        let server_name = format!("{relay_id}.relay.kring");
+        let fut = async {
+            let target = resolve(addr).await.map_err(unreachable)?;
+            let bind: SocketAddr = if target.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let mut endpoint = quinn::Endpoint::client(bind)
+                .map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
+            endpoint.set_default_client_config(config);
+            let connecting = endpoint
+                .connect(target, &server_name)
+                .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
+            let conn = connecting.await.map_err(|e| connection_error(&relay, &e))?;
+            Ok::<_, ClientError>((endpoint, conn))
+        };
+        let (endpoint, conn) =
+            tokio::time::timeout(timeouts.connect, fut)
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "no answer within {} s",
+                        timeouts.connect.as_secs_f32()
+                    ))
+                })??;
+        Ok(RelayConnection {
+            endpoint,
+            conn,
+            relay,
+            timeouts,
+        })
+    }
+
+    /// The relay's certificate chain as presented in the TLS handshake (leaf first).
+    pub fn peer_chain(&self) -> Vec<Vec<u8>> {
+        self.conn
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Sends one request and returns the relay's answer, whatever it is (including
+    /// [`Response::Error`]).
+    pub async fn request(&self, request: &Request) -> Result<Response> {
+        let timeout = self.timeouts.request;
+        tokio::time::timeout(timeout, self.request_inner(request))
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                relay: self.relay.clone(),
+                reason: format!("no answer within {} s", timeout.as_secs_f32()),
+            })?
+    }
+
+    /// Sends one request; a [`Response::Error`] becomes [`ClientError::Relay`].
+    pub async fn call(&self, request: &Request) -> Result<Response> {
+        match self.request(request).await? {
+            Response::Error(code) => Err(ClientError::Relay(code)),
+            other => Ok(other),
+        }
+    }
+
+    async fn request_inner(&self, request: &Request) -> Result<Response> {
+        let frame = wire::encode_frame(request, DEFAULT_MAX_FRAME)?;
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| connection_error(&self.relay, &e))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        // Finishing only fails if the stream was already closed, which the read
+        // below then reports precisely.
+        let _ = send.finish();
+        let bytes = recv
+            .read_to_end(FRAME_HEADER + DEFAULT_MAX_FRAME)
+            .await
+            .map_err(|e| match e {
+                quinn::ReadToEndError::TooLong => ClientError::Protocol(format!(
+                    "the relay's answer exceeds {DEFAULT_MAX_FRAME} bytes"
+                )),
+                quinn::ReadToEndError::Read(e) => self.read_error(e),
+            })?;
+        decode_single_frame(&bytes)
+    }
+
+    /// Opens the push channel: sends [`Request::Subscribe`] and returns the stream of
+    /// [`Push`] frames.
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        let frame = wire::encode_frame(&Request::Subscribe, DEFAULT_MAX_FRAME)?;
+        let fut = async {
+            let (mut send, recv) = self
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| connection_error(&self.relay, &e))?;
+            send.write_all(&frame)
+                .await
+                .map_err(|e| self.write_error(e))?;
+            let _ = send.finish();
+            Ok::<_, ClientError>(Subscription {
+                _send: send,
+                recv,
+                relay: self.relay.clone(),
+            })
+        };
+        tokio::time::timeout(self.timeouts.request, fut)
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                relay: self.relay.clone(),
+                reason: "could not open the push channel in time".into(),
+            })?
+    }
+
+    /// Closes the connection gracefully and waits (briefly) for the relay to hear it.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn write_error(&self, e: quinn::WriteError) -> ClientError {
+        match e {
+            quinn::WriteError::ConnectionLost(c) => connection_error(&self.relay, &c),
+            other => ClientError::Unreachable {
+                relay: self.relay.clone(),
+                reason: format!("request stream failed: {other}"),
+            },
+        }
+    }
+
+    fn read_error(&self, e: quinn::ReadError) -> ClientError {
+        read_error(&self.relay, e)
+    }
+}
+
+fn read_error(relay: &str, e: quinn::ReadError) -> ClientError {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => connection_error(relay, &c),
+        other => ClientError::Unreachable {
+            relay: relay.to_string(),
+            reason: format!("answer stream failed: {other}"),
+        },
+    }
+}
+
+/// Decodes a stream holding exactly one frame.
+fn decode_single_frame<T: serde::de::DeserializeOwned + wire::Validate>(bytes: &[u8]) -> Result<T> {
+    if bytes.is_empty() {
+        return Err(ClientError::Protocol(
+            "the relay closed the stream without answering".into(),
+        ));
+    }
+    let mut decoder = wire::FrameDecoder::new(DEFAULT_MAX_FRAME);
+    decoder.feed(bytes)?;
+    let payload = decoder.next_payload()?.ok_or(wire::WireError::Truncated {
+        got: bytes.len(),
+        want: bytes.len() + 1,
+    })?;
+    if decoder.next_payload()?.is_some() {
+        return Err(ClientError::Protocol(
+            "the relay sent more than one answer".into(),
+        ));
+    }
+    decoder.finish()?;
+    Ok(wire::decode_payload(&payload)?)
+}
+
+/// The push channel of a device.
+#[derive(Debug)]
+pub struct Subscription {
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    relay: String,
+}
+
+impl Subscription {
+    /// Waits for the next push. `Ok(None)` when the relay ended the stream cleanly.
+    pub async fn next(&mut self) -> Result<Option<Push>> {
+        let mut header = [0u8; FRAME_HEADER];
+        match self.recv.read_exact(&mut header).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+            Err(quinn::ReadExactError::FinishedEarly(n)) => {
+                return Err(ClientError::Protocol(format!(
+                    "push stream ended inside a frame header ({n} of {FRAME_HEADER} bytes)"
+                )));
+            }
+            Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(&self.relay, e)),
+        }
+        let len = wire::frame_len(header, DEFAULT_MAX_FRAME)?;
+        let mut payload = vec![0u8; len];
+        self.recv
+            .read_exact(&mut payload)
+            .await
+            .map_err(|e| match e {
+                quinn::ReadExactError::FinishedEarly(got) => ClientError::Protocol(format!(
+                    "push stream ended inside a frame ({got} of {len} bytes)"
+                )),
+                quinn::ReadExactError::ReadError(e) => read_error(&self.relay, e),
+            })?;
+        Ok(Some(wire::decode_payload(&payload)?))
+    }
+
+    /// Like [`next`](Self::next), failing with [`ClientError::Unreachable`] if
+    /// nothing arrives within `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Result<Option<Push>> {
+        let relay = self.relay.clone();
+        tokio::time::timeout(timeout, self.next())
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                relay,
+                reason: format!("no push within {} s", timeout.as_secs_f32()),
+            })?
+    }
+}
+
+async fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))
+}
+
+/// TLS alert descriptions relevant to authentication (RFC 8446 §6).
+fn tls_alert_meaning(alert: u8) -> Option<&'static str> {
+    Some(match alert {
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired",
+        46 => "certificate unknown",
+        48 => "unknown certificate authority",
+        49 => "access denied",
+        116 => "certificate required",
+        120 => "no common application protocol (ALPN kring/1)",
+        _ => return None,
+    })
+}
+
+/// Classifies a QUIC connection error: TLS refusals are authentication failures
+/// (exit 4), everything else means the relay is unreachable (exit 5).
+pub(crate) fn connection_error(relay: &str, e: &quinn::ConnectionError) -> ClientError {
+    let unreachable = |reason: String| ClientError::Unreachable {
+        relay: relay.to_string(),
+        reason,
+    };
+    let crypto = |code: quinn::TransportErrorCode| {
+        let code = u64::from(code);
+        (0x100..=0x1ff)
+            .contains(&code)
+            .then(|| (code - 0x100) as u8)
+    };
+    match e {
+        quinn::ConnectionError::TransportError(t) => match crypto(t.code) {
+            Some(alert) => ClientError::Auth(format!(
+                "TLS with relay {relay} failed ({}): {}; check the profile's trust anchors \
+                 and relay_id",
+                tls_alert_meaning(alert).unwrap_or("handshake failure"),
+                t.reason
+            )),
+            None => unreachable(format!("protocol failure: {t}")),
+        },
+        quinn::ConnectionError::ConnectionClosed(close) => match crypto(close.error_code) {
+            Some(44) => ClientError::Relay(ErrorCode::Revoked),
+            Some(alert) => ClientError::Auth(format!(
+                "relay {relay} refused this device's certificate ({})",
+                tls_alert_meaning(alert).unwrap_or("handshake failure")
+            )),
+            None => unreachable(format!("connection aborted: {close}")),
+        },
+        quinn::ConnectionError::ApplicationClosed(close) => unreachable(format!(
+            "the relay closed the connection ({})",
+            String::from_utf8_lossy(&close.reason)
+        )),
+        quinn::ConnectionError::TimedOut => unreachable("no answer (timed out)".into()),
+        quinn::ConnectionError::Reset => unreachable("connection reset by the relay".into()),
+        other => unreachable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_frames_decode_and_extra_frames_are_refused() {
+        let one = wire::encode_frame(&Response::Pong, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(
+            decode_single_frame::<Response>(&one).unwrap(),
+            Response::Pong
+        );
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        assert!(decode_single_frame::<Response>(&two).is_err());
+        assert!(decode_single_frame::<Response>(&one[..one.len() - 1]).is_err());
+        assert!(decode_single_frame::<Response>(&[]).is_err());
+    }
+
+    #[test]
+    fn tls_refusals_are_authentication_errors() {
+        let closed = quinn::ConnectionError::TimedOut;
+        assert_eq!(connection_error("bz", &closed).exit_code(), 5);
+        assert_eq!(
+            connection_error("bz", &quinn::ConnectionError::Reset).exit_code(),
+            5
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_connect_times_out_as_unreachable() {
+        // Nothing answers QUIC on a freshly bound, never-read UDP socket.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let creds = test_credentials();
+        let timeouts = Timeouts {
+            connect: Duration::from_millis(300),
+            request: Duration::from_millis(300),
+        };
+        let err = RelayConnection::connect(&creds, &addr, "bz", timeouts)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+        assert!(err.to_string().contains("unreachable"), "{err}");
+    }
+
+    fn test_credentials() -> Credentials {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["analist.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        Credentials {
+            chain: vec![cert.der().clone()],
+            key_pkcs8: key.serialize_der(),
+            anchors: vec![cert.der().clone()],
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The Kring client: a library that talks to the user's home relay, keeps the
+//! user's MLS state and notices locally, and the `kring` command line built on it.
+//!
+//! The entry point is [`Client`]: open a device from a profile directory, then
+//! [`sync`](Client::sync), [`create_community`](Client::create_community),
+//! [`add_members`](Client::add_members), [`file_notice`](Client::file_notice),
+//! [`notices`](Client::notices), [`watch`](Client::watch), … Every error is a
+//! [`ClientError`] whose [`exit_code`](ClientError::exit_code) follows SPEC §7.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+mod client;
+pub mod community;
+pub mod conn;
+pub mod error;
+pub mod filing;
+pub mod ids;
+pub mod labels;
+pub mod notice;
+pub mod profile;
+pub mod store;
+pub mod sync;
+pub mod validator;
+
+pub use client::{Client, DEFAULT_PUBLISH, MAX_PUBLISH};
+pub use community::{AdminChange, CommitReceipt};
+pub use error::{ClientError, Result};
+pub use filing::FiledNotice;
+pub use notice::{Category, Notice, NoticeDraft, NoticeKind};
+pub use sync::{SyncEvent, SyncReport};

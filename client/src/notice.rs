@@ -1,0 +1,472 @@
+//! Notices: the JSON document members exchange inside MLS application messages, and
+//! what a user fills in to file one.
+//!
+//! The JSON form is fixed by SPEC §7 — exactly these fields, in this order:
+//! `{"id","community","label","kind","category","title","body","sender","filed_at",
+//! "in_reply_to","stix"}`. The same document is the MLS plaintext, so a receiver checks
+//! it strictly ([`Notice::from_plaintext`]): unknown fields, oversized fields and
+//! malformed values are refused.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use kring_protocol::wire::check_qualified_id;
+
+/// Longest title, in bytes.
+pub const MAX_TITLE: usize = 256;
+/// Longest body, in bytes.
+pub const MAX_BODY: usize = 256 * 1024;
+/// Longest label text, in bytes.
+pub const MAX_LABEL_TEXT: usize = 1024;
+/// Most STIX objects attached to one notice.
+pub const MAX_STIX_OBJECTS: usize = 1000;
+/// Largest STIX attachment (serialised JSON), in bytes.
+pub const MAX_STIX_BYTES: usize = 256 * 1024;
+/// Largest notice plaintext, in bytes (well under the 1 MiB wire frame).
+pub const MAX_PLAINTEXT: usize = 640 * 1024;
+
+/// Why a notice or one of its parts is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoticeError {
+    /// A field is missing, empty, too long or malformed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// The document is not a notice.
+    #[error("not a valid notice document: {0}")]
+    Malformed(String),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> NoticeError {
+    NoticeError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// What a notice is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeKind {
+    /// A short report of something seen (filed by embassy staff).
+    Signal,
+    /// A longer notice.
+    Notice,
+    /// An answer to another notice (`in_reply_to` is set).
+    Reply,
+}
+
+/// The subject area of a notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    /// Espionage.
+    Espionage,
+    /// Cyber incidents.
+    Cyber,
+    /// Disinformation and influence operations.
+    Disinformation,
+    /// Interference (e.g. with a diaspora).
+    Interference,
+    /// Economic security.
+    Economic,
+    /// Anything else.
+    Other,
+}
+
+macro_rules! text_enum {
+    ($t:ty, $what:literal, [$($v:ident => $s:literal),+ $(,)?]) => {
+        impl $t {
+            /// The lower-case name used on the command line and in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$t] = &[$(Self::$v),+];
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $t {
+            type Err = NoticeError;
+            fn from_str(s: &str) -> Result<Self, NoticeError> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($s => Ok(Self::$v),)+
+                    _ => Err(invalid($what, format!(
+                        "{s:?} is not one of: {}",
+                        [$($s),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(NoticeKind, "kind", [Signal => "signal", Notice => "notice", Reply => "reply"]);
+text_enum!(Category, "category", [
+    Espionage => "espionage",
+    Cyber => "cyber",
+    Disinformation => "disinformation",
+    Interference => "interference",
+    Economic => "economic",
+    Other => "other",
+]);
+
+/// A notice as exchanged between members and shown with `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notice {
+    /// Random (v4) UUID chosen by the filer.
+    pub id: Uuid,
+    /// Community id `NAME@HUB`.
+    pub community: String,
+    /// Canonical text of the label (also bound to the ciphertext as authenticated data).
+    pub label: String,
+    /// Signal, notice or reply.
+    pub kind: NoticeKind,
+    /// Subject area.
+    pub category: Category,
+    /// One-line title.
+    pub title: String,
+    /// Free text.
+    pub body: String,
+    /// The filer, `NAME@RELAY`.
+    pub sender: String,
+    /// When it was filed, RFC 3339 in UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub filed_at: OffsetDateTime,
+    /// The notice this one answers.
+    pub in_reply_to: Option<Uuid>,
+    /// Attached STIX 2.1 objects.
+    pub stix: Option<Vec<serde_json::Value>>,
+}
+
+impl Notice {
+    /// Checks every field's form and bounds (not the label's meaning: that is policy's).
+    pub fn validate(&self) -> Result<(), NoticeError> {
+        check_qualified_id("community", &self.community)
+            .map_err(|e| invalid("community", e.to_string()))?;
+        check_qualified_id("sender", &self.sender).map_err(|e| invalid("sender", e.to_string()))?;
+        if self.label.trim().is_empty() || self.label.len() > MAX_LABEL_TEXT {
+            return Err(invalid(
+                "label",
+                format!("must be 1 to {MAX_LABEL_TEXT} bytes"),
+            ));
+        }
+        check_title(&self.title)?;
+        check_body(&self.body)?;
+        if self.filed_at.offset() != time::UtcOffset::UTC {
+            return Err(invalid("filed_at", "must be in UTC"));
+        }
+        match (self.kind, self.in_reply_to) {
+            (NoticeKind::Reply, None) => {
+                return Err(invalid(
+                    "in_reply_to",
+                    "a reply must name the notice it answers",
+                ));
+            }
+            (NoticeKind::Signal | NoticeKind::Notice, Some(_)) => {
+                return Err(invalid(
+                    "in_reply_to",
+                    "only a reply answers another notice",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(stix) = &self.stix {
+            check_stix_objects(stix)?;
+        }
+        Ok(())
+    }
+
+    /// The MLS plaintext: this notice's JSON.
+    pub fn to_plaintext(&self) -> Result<Vec<u8>, NoticeError> {
+        let bytes = serde_json::to_vec(self).map_err(|e| NoticeError::Malformed(e.to_string()))?;
+        if bytes.len() > MAX_PLAINTEXT {
+            return Err(invalid(
+                "notice",
+                format!("{} bytes; at most {MAX_PLAINTEXT} are allowed", bytes.len()),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Parses and validates a decrypted plaintext.
+    pub fn from_plaintext(bytes: &[u8]) -> Result<Notice, NoticeError> {
+        if bytes.len() > MAX_PLAINTEXT {
+            return Err(invalid(
+                "notice",
+                format!("{} bytes; at most {MAX_PLAINTEXT} are allowed", bytes.len()),
+            ));
+        }
+        let notice: Notice =
+            serde_json::from_slice(bytes).map_err(|e| NoticeError::Malformed(e.to_string()))?;
+        notice.validate()?;
+        Ok(notice)
+    }
+
+    /// The notice as one line of JSON (the `--json` form).
+    pub fn to_json_line(&self) -> String {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// Checks a title: 1 to [`MAX_TITLE`] bytes, one line, no control characters.
+pub fn check_title(title: &str) -> Result<(), NoticeError> {
+    if title.trim().is_empty() {
+        return Err(invalid("title", "must not be empty"));
+    }
+    if title.len() > MAX_TITLE {
+        return Err(invalid(
+            "title",
+            format!("{} bytes; at most {MAX_TITLE} are allowed", title.len()),
+        ));
+    }
+    if title.chars().any(char::is_control) {
+        return Err(invalid(
+            "title",
+            "must be one line without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a body: at most [`MAX_BODY`] bytes; line breaks and tabs but no other
+/// control characters.
+pub fn check_body(body: &str) -> Result<(), NoticeError> {
+    if body.len() > MAX_BODY {
+        return Err(invalid(
+            "body",
+            format!("{} bytes; at most {MAX_BODY} are allowed", body.len()),
+        ));
+    }
+    if body
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(invalid(
+            "body",
+            "contains control characters other than line breaks and tabs",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a STIX 2.1 attachment: a bundle (`{"type":"bundle","objects":[...]}`), an
+/// array of objects, or a single object. Returns the objects, each checked to have a
+/// `type` and an `id` of the form `TYPE--UUID`.
+pub fn parse_stix(text: &str) -> Result<Vec<serde_json::Value>, NoticeError> {
+    use serde_json::Value;
+    if text.len() > MAX_STIX_BYTES {
+        return Err(invalid(
+            "stix",
+            format!("{} bytes; at most {MAX_STIX_BYTES} are allowed", text.len()),
+        ));
+    }
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| invalid("stix", format!("not JSON: {e}")))?;
+    let objects = match value {
+        Value::Array(items) => items,
+        Value::Object(mut map) if map.get("type").and_then(Value::as_str) == Some("bundle") => {
+            match map.remove("objects") {
+                Some(Value::Array(items)) => items,
+                None => Vec::new(),
+                Some(_) => return Err(invalid("stix", "a bundle's \"objects\" must be an array")),
+            }
+        }
+        obj @ Value::Object(_) => vec![obj],
+        _ => {
+            return Err(invalid(
+                "stix",
+                "expected a STIX bundle, an array of STIX objects or one object",
+            ));
+        }
+    };
+    check_stix_objects(&objects)?;
+    Ok(objects)
+}
+
+fn check_stix_objects(objects: &[serde_json::Value]) -> Result<(), NoticeError> {
+    if objects.len() > MAX_STIX_OBJECTS {
+        return Err(invalid(
+            "stix",
+            format!(
+                "{} objects; at most {MAX_STIX_OBJECTS} are allowed",
+                objects.len()
+            ),
+        ));
+    }
+    for (i, obj) in objects.iter().enumerate() {
+        let ty = obj.get("type").and_then(|v| v.as_str()).unwrap_or_default();
+        let ok_type = (3..=250).contains(&ty.len())
+            && ty
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok_type || ty == "bundle" {
+            return Err(invalid(
+                "stix",
+                format!("object {i} has no valid STIX \"type\""),
+            ));
+        }
+        let id = obj.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+        let ok_id = id
+            .strip_prefix(ty)
+            .and_then(|rest| rest.strip_prefix("--"))
+            .is_some_and(|u| Uuid::parse_str(u).is_ok());
+        if !ok_id {
+            return Err(invalid(
+                "stix",
+                format!("object {i} ({ty}) has no valid \"id\" of the form {ty}--UUID"),
+            ));
+        }
+    }
+    let size = serde_json::to_vec(objects)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_STIX_BYTES {
+        return Err(invalid(
+            "stix",
+            format!("{size} bytes; at most {MAX_STIX_BYTES} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// What a user fills in to file a notice. The client adds the id, sender and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoticeDraft {
+    /// Community id (`NAME@HUB`, or a bare `NAME` for the user's own relay).
+    pub community: String,
+    /// Label text (any accepted spelling; stored canonical).
+    pub label: String,
+    /// Signal, notice or reply.
+    pub kind: NoticeKind,
+    /// Subject area.
+    pub category: Category,
+    /// One-line title.
+    pub title: String,
+    /// Free text.
+    pub body: String,
+    /// The notice this one answers (for replies).
+    pub in_reply_to: Option<Uuid>,
+    /// STIX 2.1 objects to attach.
+    pub stix: Option<Vec<serde_json::Value>>,
+}
+
+/// The current time in UTC, to the second (the `filed_at` of new notices).
+pub fn now_utc() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Notice {
+        Notice {
+            id: Uuid::from_u128(0x1234),
+            community: "desinformatie@bz".into(),
+            label: "NL:STG-CONFIDENTIEEL".into(),
+            kind: NoticeKind::Signal,
+            category: Category::Disinformation,
+            title: "Nepnieuws over verkiezingen".into(),
+            body: "Zie bijlage.\nTweede regel.".into(),
+            sender: "analist@post-a".into(),
+            filed_at: time::macros::datetime!(2025-03-01 12:30:00 UTC),
+            in_reply_to: None,
+            stix: None,
+        }
+    }
+
+    #[test]
+    fn json_has_exactly_the_spec_fields_in_order() {
+        let json = sample().to_json_line();
+        assert_eq!(
+            json,
+            "{\"id\":\"00000000-0000-0000-0000-000000001234\",\"community\":\"desinformatie@bz\",\
+             \"label\":\"NL:STG-CONFIDENTIEEL\",\"kind\":\"signal\",\"category\":\"disinformation\",\
+             \"title\":\"Nepnieuws over verkiezingen\",\"body\":\"Zie bijlage.\\nTweede regel.\",\
+             \"sender\":\"analist@post-a\",\"filed_at\":\"2025-03-01T12:30:00Z\",\
+             \"in_reply_to\":null,\"stix\":null}"
+        );
+        assert!(!json.contains('\n'));
+    }
+
+    #[test]
+    fn plaintext_round_trips_and_is_checked_strictly() {
+        let n = sample();
+        let bytes = n.to_plaintext().unwrap();
+        assert_eq!(Notice::from_plaintext(&bytes).unwrap(), n);
+
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["extra"] = serde_json::json!(1);
+        let err = Notice::from_plaintext(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(err, NoticeError::Malformed(_)), "{err}");
+
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["kind"] = serde_json::json!("rumour");
+        assert!(Notice::from_plaintext(&serde_json::to_vec(&v).unwrap()).is_err());
+    }
+
+    #[test]
+    fn field_rules_are_enforced() {
+        let mut n = sample();
+        n.title = String::new();
+        assert!(n.validate().is_err());
+        n.title = "a\nb".into();
+        assert!(n.validate().is_err());
+        n.title = "x".repeat(MAX_TITLE + 1);
+        assert!(n.validate().is_err());
+
+        let mut n = sample();
+        n.kind = NoticeKind::Reply;
+        assert!(n.validate().is_err(), "reply without in_reply_to");
+        n.in_reply_to = Some(Uuid::from_u128(1));
+        n.validate().unwrap();
+        n.kind = NoticeKind::Signal;
+        assert!(n.validate().is_err(), "signal with in_reply_to");
+
+        let mut n = sample();
+        n.body = "bell\u{7}".into();
+        assert!(n.validate().is_err());
+        n.filed_at = n.filed_at.to_offset(time::macros::offset!(+1));
+        n.body = String::new();
+        assert!(n.validate().is_err(), "non-UTC time");
+    }
+
+    #[test]
+    fn kinds_and_categories_parse_case_insensitively() {
+        assert_eq!("Signal".parse::<NoticeKind>().unwrap(), NoticeKind::Signal);
+        assert_eq!("CYBER".parse::<Category>().unwrap(), Category::Cyber);
+        let err = "gossip".parse::<Category>().unwrap_err();
+        assert!(err.to_string().contains("espionage, cyber"), "{err}");
+        assert_eq!(Category::ALL.len(), 6);
+    }
+
+    #[test]
+    fn stix_bundles_arrays_and_objects_are_accepted() {
+        let ind = r#"{"type":"indicator","spec_version":"2.1",
+            "id":"indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f","pattern":"[x]"}"#;
+        assert_eq!(parse_stix(ind).unwrap().len(), 1);
+        assert_eq!(parse_stix(&format!("[{ind},{ind}]")).unwrap().len(), 2);
+        let bundle = format!(
+            r#"{{"type":"bundle","id":"bundle--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f","objects":[{ind}]}}"#
+        );
+        assert_eq!(parse_stix(&bundle).unwrap().len(), 1);
+        assert!(parse_stix(r#"{"type":"indicator","id":"malware--x"}"#).is_err());
+        assert!(parse_stix("42").is_err());
+        assert!(parse_stix("not json").is_err());
+    }
+}

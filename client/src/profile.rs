@@ -1,0 +1,242 @@
+//! A user's profile: who they are, where their home relay is, and where their key,
+//! certificate, trust anchors and local state live.
+//!
+//! `kring-certs-dev init` writes `profile.toml` into `DIR/users/NAME@RELAY/`:
+//!
+//! ```toml
+//! user = "analist@post-a"
+//! relay = "127.0.0.1:47103"
+//! relay_id = "post-a"
+//! cert = "user.crt"                      # PEM chain: leaf, then organisation CA
+//! key = "user.key"                       # PKCS#8 Ed25519 private key, PEM
+//! trust_anchors = "../../ca/root.crt"    # PEM federation root(s)
+//! state_dir = "state"
+//! ```
+//!
+//! Relative paths are relative to the profile directory.
+
+use std::path::{Path, PathBuf};
+
+use kring_protocol::wire::{check_name, check_qualified_id};
+use serde::Deserialize;
+
+use crate::error::{ClientError, Result};
+
+/// File name of the profile inside the profile directory.
+pub const PROFILE_FILE: &str = "profile.toml";
+/// Largest profile file accepted.
+pub const MAX_PROFILE_BYTES: u64 = 64 * 1024;
+/// Largest certificate, key or trust-anchor file accepted.
+pub const MAX_PEM_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+struct RawProfile {
+    user: String,
+    relay: String,
+    relay_id: String,
+    cert: PathBuf,
+    key: PathBuf,
+    trust_anchors: PathBuf,
+    state_dir: PathBuf,
+}
+
+/// A loaded and checked profile. Paths are absolute or relative to the current
+/// directory (already joined with the profile directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// The profile directory.
+    pub dir: PathBuf,
+    /// The user's identity, `NAME@RELAY`.
+    pub user: String,
+    /// The home relay's address (`host:port`).
+    pub relay_addr: String,
+    /// The home relay's id (the `RELAY` in `NAME@RELAY`).
+    pub relay_id: String,
+    /// PEM certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM PKCS#8 private key.
+    pub key: PathBuf,
+    /// PEM trust anchors (federation root CAs).
+    pub trust_anchors: PathBuf,
+    /// Directory of the local state database.
+    pub state_dir: PathBuf,
+}
+
+impl Profile {
+    /// Loads `DIR/profile.toml` and checks it: the identity is `NAME@RELAY` with
+    /// `RELAY == relay_id`, the relay address is `host:port`, and the files it names
+    /// exist. The state directory is created on first use, not here.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Profile> {
+        let dir = dir.as_ref();
+        let file = dir.join(PROFILE_FILE);
+        let text = read_text(&file, MAX_PROFILE_BYTES).map_err(|reason| ClientError::Profile {
+            path: file.display().to_string(),
+            reason,
+        })?;
+        Self::parse(dir, &text)
+    }
+
+    /// Parses the text of a profile whose directory is `dir`.
+    pub fn parse(dir: &Path, text: &str) -> Result<Profile> {
+        let file = dir.join(PROFILE_FILE);
+        let bad = |reason: String| ClientError::Profile {
+            path: file.display().to_string(),
+            reason,
+        };
+        let raw: RawProfile =
+            toml::from_str(text).map_err(|e| bad(format!("not a valid profile: {e}")))?;
+        check_qualified_id("user", &raw.user)
+            .map_err(|e| bad(format!("user {:?}: {e}", raw.user)))?;
+        check_name("relay_id", &raw.relay_id)
+            .map_err(|e| bad(format!("relay_id {:?}: {e}", raw.relay_id)))?;
+        let home = raw.user.split_once('@').map(|(_, r)| r).unwrap_or_default();
+        if home != raw.relay_id {
+            return Err(bad(format!(
+                "user {} belongs to relay {home}, but relay_id is {}",
+                raw.user, raw.relay_id
+            )));
+        }
+        check_relay_addr(&raw.relay).map_err(|reason| bad(format!("relay: {reason}")))?;
+        let profile = Profile {
+            dir: dir.to_path_buf(),
+            user: raw.user,
+            relay_addr: raw.relay,
+            relay_id: raw.relay_id,
+            cert: dir.join(raw.cert),
+            key: dir.join(raw.key),
+            trust_anchors: dir.join(raw.trust_anchors),
+            state_dir: dir.join(raw.state_dir),
+        };
+        for (what, path) in [
+            ("cert", &profile.cert),
+            ("key", &profile.key),
+            ("trust_anchors", &profile.trust_anchors),
+        ] {
+            if !path.is_file() {
+                return Err(bad(format!(
+                    "{what} file {} does not exist; re-create the profile with \
+                     `kring-certs-dev init` or fix the path",
+                    path.display()
+                )));
+            }
+        }
+        Ok(profile)
+    }
+
+    /// The user's name without the relay (`analist` for `analist@post-a`).
+    pub fn user_name(&self) -> &str {
+        self.user.split_once('@').map_or(&self.user, |(n, _)| n)
+    }
+}
+
+fn check_relay_addr(addr: &str) -> std::result::Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not of the form HOST:PORT"))?;
+    if host.is_empty() || host.len() > 253 {
+        return Err(format!("{addr:?} has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{addr:?} has no valid port (1-65535)")),
+    }
+}
+
+/// Reads a whole file of at most `max` bytes.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut buf = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if buf.len() as u64 > max {
+        return Err(format!("larger than the limit of {max} bytes"));
+    }
+    Ok(buf)
+}
+
+/// Reads a whole UTF-8 text file of at most `max` bytes.
+pub(crate) fn read_text(path: &Path, max: u64) -> std::result::Result<String, String> {
+    String::from_utf8(read_bounded(path, max)?).map_err(|_| "not UTF-8 text".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+user = "analist@post-a"
+relay = "127.0.0.1:47103"
+relay_id = "post-a"
+cert = "user.crt"
+key = "user.key"
+trust_anchors = "ca/root.crt"
+state_dir = "state"
+"#;
+
+    fn dir_with_files() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("user.crt"), "x").unwrap();
+        std::fs::write(dir.path().join("user.key"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("ca")).unwrap();
+        std::fs::write(dir.path().join("ca/root.crt"), "x").unwrap();
+        dir
+    }
+
+    #[test]
+    fn loads_a_good_profile_relative_to_its_dir() {
+        let dir = dir_with_files();
+        std::fs::write(dir.path().join(PROFILE_FILE), GOOD).unwrap();
+        let p = Profile::load(dir.path()).unwrap();
+        assert_eq!(p.user, "analist@post-a");
+        assert_eq!(p.user_name(), "analist");
+        assert_eq!(p.relay_id, "post-a");
+        assert_eq!(p.relay_addr, "127.0.0.1:47103");
+        assert_eq!(p.cert, dir.path().join("user.crt"));
+        assert_eq!(p.trust_anchors, dir.path().join("ca/root.crt"));
+        assert_eq!(p.state_dir, dir.path().join("state"));
+    }
+
+    #[test]
+    fn missing_profile_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Profile::load(dir.path()).unwrap_err();
+        assert!(matches!(err, ClientError::Profile { .. }));
+        assert!(err.to_string().contains("profile.toml"), "{err}");
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn mismatched_relay_is_refused() {
+        let dir = dir_with_files();
+        let text = GOOD.replace("relay_id = \"post-a\"", "relay_id = \"bz\"");
+        let err = Profile::parse(dir.path(), &text).unwrap_err();
+        assert!(err.to_string().contains("belongs to relay post-a"), "{err}");
+    }
+
+    #[test]
+    fn bad_fields_are_refused_with_reasons() {
+        let dir = dir_with_files();
+        for (from, to, needle) in [
+            ("\"analist@post-a\"", "\"analist\"", "NAME@RELAY"),
+            ("\"127.0.0.1:47103\"", "\"127.0.0.1\"", "HOST:PORT"),
+            ("\"127.0.0.1:47103\"", "\"127.0.0.1:0\"", "port"),
+            ("\"user.key\"", "\"missing.key\"", "does not exist"),
+            ("state_dir = \"state\"", "", "state_dir"),
+        ] {
+            let text = GOOD.replace(from, to);
+            let err = Profile::parse(dir.path(), &text).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::write(&path, vec![b'a'; 100]).unwrap();
+        assert!(read_bounded(&path, 99).unwrap_err().contains("limit"));
+        assert_eq!(read_bounded(&path, 100).unwrap().len(), 100);
+    }
+}

@@ -1,0 +1,663 @@
+//! The client's local state: one sled database in the profile's `state_dir`.
+//!
+//! Everything lives in one sled tree, under distinct key prefixes, so that a change
+//! touching several kinds of state is one atomic sled batch:
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `m/` | openmls storage key | openmls storage value ([`MlsKv`]) |
+//! | `n/` | notice id (16 bytes) | [`StoredNotice`] as JSON |
+//! | `c/` | community id | [`CommunityRecord`] as JSON |
+//! | `s/` | community id | last processed sequence number (u64, big endian) |
+//!
+//! Processing a log entry must not half-happen: if the MLS state moved on (a key
+//! ratchet consumed) but the decrypted notice was lost, the notice could never be
+//! decrypted again. So MLS writes can be buffered ([`Store::begin`]) and committed
+//! together with the notice and the new cursor ([`Store::commit`]) in one batch,
+//! then flushed to disk.
+//!
+//! Notice content is never logged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use kring_protocol::mls_storage::{KvBackend, KvBatch};
+
+use crate::notice::Notice;
+
+const MLS: &[u8] = b"m/";
+const NOTICE: &[u8] = b"n/";
+const COMMUNITY: &[u8] = b"c/";
+const CURSOR: &[u8] = b"s/";
+/// Longest key accepted by the MLS backend (openmls keys are far shorter).
+const MAX_MLS_KEY: usize = 64 * 1024;
+/// Largest stored value accepted when reading back (corruption guard).
+const MAX_RECORD: usize = 4 * 1024 * 1024;
+/// How long [`Store::open`] waits for another `kring` process to release the database.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Errors of the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error(
+        "cannot open the local state in {path}: {reason}; check the directory's \
+         permissions and that no other kring process (e.g. `kring notice watch`) keeps it open"
+    )]
+    Open {
+        /// The state directory.
+        path: String,
+        /// The database's explanation.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error(
+        "the local state database failed: {0}; check that the disk is not full and \
+         the state directory is writable"
+    )]
+    Db(#[from] sled::Error),
+    /// A stored record does not decode.
+    #[error(
+        "a stored {what} record is corrupt ({reason}); restore the state directory from \
+         a backup"
+    )]
+    Corrupt {
+        /// The kind of record.
+        what: &'static str,
+        /// The decoder's explanation.
+        reason: String,
+    },
+    /// A buffered MLS transaction was begun twice or committed without beginning.
+    #[error("internal error: {0}")]
+    Transaction(&'static str),
+    /// A thread panicked while holding the store's lock.
+    #[error("the local state is unusable after an internal failure; restart kring")]
+    Poisoned,
+    /// A key handed to the MLS backend is unreasonably long.
+    #[error("MLS storage key of {0} bytes is too long")]
+    KeyTooLong(usize),
+}
+
+/// A notice as kept locally.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredNotice {
+    /// The notice.
+    pub notice: Notice,
+    /// Its sequence number in the community log (once known).
+    pub seq: Option<u64>,
+    /// Whether this device filed it.
+    pub own: bool,
+}
+
+/// A community this device is a member of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommunityRecord {
+    /// `NAME@HUB`.
+    pub id: String,
+    /// Canonical text of the community's maximum label.
+    pub max_label: String,
+    /// The MLS epoch at which this device joined (notices of earlier epochs were
+    /// never meant for it).
+    #[serde(default)]
+    pub joined_epoch: u64,
+    /// False once this device was removed from the community.
+    #[serde(default = "active_default")]
+    pub active: bool,
+}
+
+fn active_default() -> bool {
+    true
+}
+
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The openmls key-value backend of the client: the `m/` part of the store's tree,
+/// with optional write buffering (see [`Store::begin`]). Cheap to clone; clones share
+/// the buffer.
+#[derive(Clone)]
+pub struct MlsKv {
+    tree: sled::Tree,
+    overlay: Arc<Mutex<Option<Overlay>>>,
+}
+
+impl std::fmt::Debug for MlsKv {
+    // Values hold private keys: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsKv").finish_non_exhaustive()
+    }
+}
+
+fn prefixed(prefix: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + key.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(key);
+    k
+}
+
+impl MlsKv {
+    fn key(key: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if key.len() > MAX_MLS_KEY {
+            return Err(StoreError::KeyTooLong(key.len()));
+        }
+        Ok(prefixed(MLS, key))
+    }
+
+    fn with_overlay<R>(&self, f: impl FnOnce(&mut Option<Overlay>) -> R) -> Result<R, StoreError> {
+        let mut guard = self.overlay.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&mut guard))
+    }
+}
+
+impl KvBackend for MlsKv {
+    type Error = StoreError;
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = Self::key(key)?;
+        let buffered = self.with_overlay(|o| o.as_ref().and_then(|o| o.get(&key).cloned()))?;
+        if let Some(value) = buffered {
+            return Ok(value);
+        }
+        Ok(self.tree.get(&key)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let key = Self::key(key)?;
+        let value = self.with_overlay(|o| match o {
+            Some(o) => {
+                o.insert(key.clone(), Some(value));
+                None
+            }
+            None => Some(value),
+        })?;
+        if let Some(value) = value {
+            self.tree.insert(key, value)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        let key = Self::key(key)?;
+        let buffered = self.with_overlay(|o| match o {
+            Some(o) => {
+                o.insert(key.clone(), None);
+                true
+            }
+            None => false,
+        })?;
+        if !buffered {
+            self.tree.remove(key)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: KvBatch) -> Result<(), StoreError> {
+        let mut keyed = Vec::with_capacity(batch.len());
+        for (k, v) in batch {
+            keyed.push((Self::key(&k)?, v));
+        }
+        let direct = self.with_overlay(|o| match o {
+            Some(o) => {
+                o.extend(keyed.drain(..));
+                false
+            }
+            None => true,
+        })?;
+        if direct {
+            let mut b = sled::Batch::default();
+            for (k, v) in keyed {
+                match v {
+                    Some(v) => b.insert(k, v),
+                    None => b.remove(k),
+                }
+            }
+            self.tree.apply_batch(b)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes to commit atomically with buffered MLS state, built by the caller.
+#[derive(Debug, Default)]
+pub struct Batch {
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores a notice (the caller checked it is new).
+    pub fn put_notice(&mut self, notice: &StoredNotice) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(notice).map_err(|e| StoreError::Corrupt {
+            what: "notice",
+            reason: e.to_string(),
+        })?;
+        self.writes
+            .push((prefixed(NOTICE, notice.notice.id.as_bytes()), Some(value)));
+        Ok(())
+    }
+
+    /// Sets a community's processed sequence number.
+    pub fn put_cursor(&mut self, community: &str, seq: u64) {
+        self.writes.push((
+            prefixed(CURSOR, community.as_bytes()),
+            Some(seq.to_be_bytes().to_vec()),
+        ));
+    }
+
+    /// Stores a community record.
+    pub fn put_community(&mut self, record: &CommunityRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            what: "community",
+            reason: e.to_string(),
+        })?;
+        self.writes
+            .push((prefixed(COMMUNITY, record.id.as_bytes()), Some(value)));
+        Ok(())
+    }
+
+    /// Forgets a community (its record and cursor).
+    pub fn remove_community(&mut self, id: &str) {
+        self.writes.push((prefixed(COMMUNITY, id.as_bytes()), None));
+        self.writes.push((prefixed(CURSOR, id.as_bytes()), None));
+    }
+
+    /// Whether the batch holds no writes.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// The local state database.
+#[derive(Debug)]
+pub struct Store {
+    tree: sled::Tree,
+    mls: MlsKv,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`, waiting up to [`LOCK_WAIT`]
+    /// for another kring process to release it.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        restrict_permissions(dir);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(open_err(e.to_string())),
+            }
+        };
+        let tree = db.open_tree("kring").map_err(|e| open_err(e.to_string()))?;
+        let mls = MlsKv {
+            tree: tree.clone(),
+            overlay: Arc::new(Mutex::new(None)),
+        };
+        Ok(Store { tree, mls })
+    }
+
+    /// The openmls backend (share it with a `KringProvider`).
+    pub fn mls_backend(&self) -> MlsKv {
+        self.mls.clone()
+    }
+
+    /// Starts buffering MLS writes in memory until [`commit`](Self::commit) or
+    /// [`rollback`](Self::rollback).
+    pub fn begin(&self) -> Result<(), StoreError> {
+        self.mls.with_overlay(|o| {
+            if o.is_some() {
+                return Err(StoreError::Transaction("MLS transaction begun twice"));
+            }
+            *o = Some(Overlay::new());
+            Ok(())
+        })?
+    }
+
+    /// Whether MLS writes are being buffered.
+    pub fn in_transaction(&self) -> Result<bool, StoreError> {
+        self.mls.with_overlay(|o| o.is_some())
+    }
+
+    /// Writes the buffered MLS state (if a transaction is open) and `batch` in one
+    /// atomic sled batch, ends the transaction and flushes to disk.
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let overlay = self.mls.with_overlay(Option::take)?.unwrap_or_default();
+        let mut b = sled::Batch::default();
+        for (k, v) in overlay.into_iter().chain(batch.writes) {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.tree.apply_batch(b)?;
+        self.flush()
+    }
+
+    /// Drops buffered MLS writes (the group must be reloaded from the store).
+    pub fn rollback(&self) -> Result<(), StoreError> {
+        self.mls.with_overlay(|o| *o = None)
+    }
+
+    /// Flushes everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Whether a notice with this id is stored.
+    pub fn has_notice(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(prefixed(NOTICE, id.as_bytes()))?)
+    }
+
+    /// Stores a notice unless one with the same id is stored already; returns whether
+    /// it was new. Flushed before returning.
+    pub fn insert_notice(&self, notice: &StoredNotice) -> Result<bool, StoreError> {
+        let mut batch = Batch::new();
+        batch.put_notice(notice)?;
+        let Some((key, Some(value))) = batch.writes.pop() else {
+            return Err(StoreError::Transaction("empty notice batch"));
+        };
+        let swapped = self
+            .tree
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?;
+        let new = swapped.is_ok();
+        if new {
+            self.flush()?;
+        }
+        Ok(new)
+    }
+
+    /// Records the sequence number of a stored notice (own notices learn it from the
+    /// relay's answer).
+    pub fn set_notice_seq(&self, id: Uuid, seq: u64) -> Result<(), StoreError> {
+        if let Some(mut stored) = self.notice(id)? {
+            stored.seq = Some(seq);
+            let mut batch = Batch::new();
+            batch.put_notice(&stored)?;
+            self.commit_plain(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The stored notice with this id.
+    pub fn notice(&self, id: Uuid) -> Result<Option<StoredNotice>, StoreError> {
+        self.tree
+            .get(prefixed(NOTICE, id.as_bytes()))?
+            .map(|v| decode("notice", &v))
+            .transpose()
+    }
+
+    /// Finds stored notices whose id starts with `prefix` (hex digits, dashes
+    /// optional), for ids typed by hand. At most `limit` are returned.
+    pub fn notices_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredNotice>, StoreError> {
+        let want: String = prefix
+            .chars()
+            .filter(|c| *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(NOTICE) {
+            let (k, _) = item?;
+            let Ok(bytes) = <[u8; 16]>::try_from(&k[NOTICE.len()..]) else {
+                continue;
+            };
+            let id = Uuid::from_bytes(bytes);
+            if id.simple().to_string().starts_with(&want) {
+                if let Some(n) = self.notice(id)? {
+                    out.push(n);
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored notices, of one community or all, in community then log order (own
+    /// notices not yet ordered last, by filing time).
+    pub fn notices(&self, community: Option<&str>) -> Result<Vec<StoredNotice>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(NOTICE) {
+            let (_, v) = item?;
+            let n: StoredNotice = decode("notice", &v)?;
+            if community.is_none_or(|c| n.notice.community == c) {
+                out.push(n);
+            }
+        }
+        out.sort_by(|a, b| {
+            (
+                &a.notice.community,
+                a.seq.is_none(),
+                a.seq,
+                a.notice.filed_at,
+                a.notice.id,
+            )
+                .cmp(&(
+                    &b.notice.community,
+                    b.seq.is_none(),
+                    b.seq,
+                    b.notice.filed_at,
+                    b.notice.id,
+                ))
+        });
+        Ok(out)
+    }
+
+    /// The last processed sequence number of a community (0 if none).
+    pub fn cursor(&self, community: &str) -> Result<u64, StoreError> {
+        match self.tree.get(prefixed(CURSOR, community.as_bytes()))? {
+            None => Ok(0),
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "cursor",
+                    reason: format!("{} bytes instead of 8", v.len()),
+                })?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+        }
+    }
+
+    /// The community record with this id.
+    pub fn community(&self, id: &str) -> Result<Option<CommunityRecord>, StoreError> {
+        self.tree
+            .get(prefixed(COMMUNITY, id.as_bytes()))?
+            .map(|v| decode("community", &v))
+            .transpose()
+    }
+
+    /// All communities this device is a member of, by id.
+    pub fn communities(&self) -> Result<Vec<CommunityRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(COMMUNITY) {
+            let (_, v) = item?;
+            out.push(decode("community", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Applies `batch` (without touching buffered MLS writes) and flushes.
+    pub fn commit_plain(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.writes {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.tree.apply_batch(b)?;
+        self.flush()
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, v: &[u8]) -> Result<T, StoreError> {
+    if v.len() > MAX_RECORD {
+        return Err(StoreError::Corrupt {
+            what,
+            reason: format!("{} bytes", v.len()),
+        });
+    }
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// Keeps the state directory private to its owner (it holds MLS private keys).
+fn restrict_permissions(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot restrict the state directory's permissions");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notice::{Category, NoticeKind};
+
+    fn notice(n: u128, community: &str) -> StoredNotice {
+        StoredNotice {
+            notice: Notice {
+                id: Uuid::from_u128(n),
+                community: community.into(),
+                label: "NL:ONGERUBRICEERD".into(),
+                kind: NoticeKind::Notice,
+                category: Category::Other,
+                title: format!("t{n}"),
+                body: String::new(),
+                sender: "liaison@bz".into(),
+                filed_at: time::macros::datetime!(2025-01-01 0:00 UTC),
+                in_reply_to: None,
+                stix: None,
+            },
+            seq: Some(n as u64),
+            own: false,
+        }
+    }
+
+    #[test]
+    fn storing_the_same_notice_twice_keeps_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let n = notice(7, "c@bz");
+        assert!(store.insert_notice(&n).unwrap());
+        let mut changed = n.clone();
+        changed.notice.title = "replaced".into();
+        assert!(!store.insert_notice(&changed).unwrap());
+        let all = store.notices(None).unwrap();
+        assert_eq!(all, vec![n]);
+    }
+
+    #[test]
+    fn notices_are_listed_per_community_in_log_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (n, c) in [(3, "b@bz"), (2, "a@bz"), (1, "a@bz")] {
+            store.insert_notice(&notice(n, c)).unwrap();
+        }
+        let mut own = notice(9, "a@bz");
+        own.seq = None;
+        store.insert_notice(&own).unwrap();
+        let ids: Vec<u128> = store
+            .notices(None)
+            .unwrap()
+            .iter()
+            .map(|n| n.notice.id.as_u128())
+            .collect();
+        assert_eq!(ids, vec![1, 2, 9, 3]);
+        assert_eq!(store.notices(Some("b@bz")).unwrap().len(), 1);
+        store.set_notice_seq(Uuid::from_u128(9), 4).unwrap();
+        assert_eq!(
+            store.notice(Uuid::from_u128(9)).unwrap().unwrap().seq,
+            Some(4)
+        );
+        let found = store.notices_by_prefix("00000000-0000", 10).unwrap();
+        assert_eq!(found.len(), 4);
+    }
+
+    #[test]
+    fn buffered_mls_writes_commit_atomically_with_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kv = store.mls_backend();
+        kv.insert(b"k", b"old".to_vec()).unwrap();
+
+        store.begin().unwrap();
+        kv.insert(b"k", b"new".to_vec()).unwrap();
+        kv.remove(b"gone").unwrap();
+        assert_eq!(
+            kv.get(b"k").unwrap(),
+            Some(b"new".to_vec()),
+            "read your writes"
+        );
+        store.rollback().unwrap();
+        assert_eq!(kv.get(b"k").unwrap(), Some(b"old".to_vec()), "rolled back");
+
+        store.begin().unwrap();
+        assert!(store.begin().is_err());
+        kv.apply(vec![(b"k".to_vec(), Some(b"new".to_vec()))])
+            .unwrap();
+        let mut batch = Batch::new();
+        batch.put_cursor("c@bz", 5);
+        batch.put_notice(&notice(5, "c@bz")).unwrap();
+        store.commit(batch).unwrap();
+        assert!(!store.in_transaction().unwrap());
+        assert_eq!(kv.get(b"k").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(store.cursor("c@bz").unwrap(), 5);
+        assert!(store.has_notice(Uuid::from_u128(5)).unwrap());
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.put_community(&CommunityRecord {
+                id: "c@bz".into(),
+                max_label: "NL:STG-GEHEIM".into(),
+                joined_epoch: 1,
+                active: true,
+            })
+            .unwrap();
+            b.put_cursor("c@bz", 3);
+            store.commit_plain(b).unwrap();
+            store.mls_backend().insert(b"x", b"y".to_vec()).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.cursor("c@bz").unwrap(), 3);
+        assert_eq!(store.cursor("other@bz").unwrap(), 0);
+        assert_eq!(store.communities().unwrap().len(), 1);
+        assert_eq!(store.mls_backend().get(b"x").unwrap(), Some(b"y".to_vec()));
+        let mut b = Batch::new();
+        b.remove_community("c@bz");
+        store.commit_plain(b).unwrap();
+        assert!(store.community("c@bz").unwrap().is_none());
+        assert_eq!(store.cursor("c@bz").unwrap(), 0);
+    }
+}

@@ -1,0 +1,678 @@
+//! Receiving: the push channel, processed until the relay says it is caught up
+//! ([`Client::sync`]) or for as long as the user watches ([`Client::watch`]).
+//!
+//! Every log entry is processed exactly once: its effect on the MLS state, the
+//! decrypted notice (if any) and the community's new cursor are committed to the
+//! local store in one atomic batch before the entry is acknowledged to the relay.
+//! Entries at or below the cursor (re-delivered because an ack was lost) are only
+//! acknowledged again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kring_policy::{Label, decide_opt, within};
+use kring_protocol::mls::{ClientGroup, MlsError, Received};
+use kring_protocol::wire::{EntryKind, LogEntry, Push, Request, Response};
+use uuid::Uuid;
+
+use crate::client::{Client, unexpected};
+use crate::error::{ClientError, EXIT_UNREACHABLE, Result};
+use crate::notice::Notice;
+use crate::store::{Batch, CommunityRecord, StoredNotice};
+
+/// Longest wait between reconnection attempts of [`Client::watch`].
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Something that happened while receiving. Never carries notice content except in
+/// [`SyncEvent::Notice`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncEvent {
+    /// This device joined a community (from a Welcome).
+    Joined {
+        /// Community id.
+        community: String,
+        /// Canonical text of its maximum label.
+        max_label: String,
+    },
+    /// A new notice was decrypted, checked and stored.
+    Notice(Notice),
+    /// A notice was received but refused on this device by label policy; it was not
+    /// stored.
+    Refused {
+        /// Community id.
+        community: String,
+        /// Log sequence number.
+        seq: u64,
+        /// Notice id.
+        notice_id: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// An entry could not be read or failed a check; it was skipped.
+    Unreadable {
+        /// Community id.
+        community: String,
+        /// Log sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A commit changed the community.
+    Changed {
+        /// Community id.
+        community: String,
+        /// The epoch after the commit.
+        epoch: u64,
+        /// Who committed.
+        committer: String,
+        /// Members added.
+        added: Vec<String>,
+        /// Members removed.
+        removed: Vec<String>,
+        /// The new admin list, if it changed.
+        admins: Option<Vec<String>>,
+    },
+    /// The hub proposed removing a member; this device will commit it.
+    RemovalProposed {
+        /// Community id.
+        community: String,
+        /// The member to remove.
+        member: String,
+    },
+    /// This device committed pending removals (e.g. proposed by the hub).
+    RemovalCommitted {
+        /// Community id.
+        community: String,
+        /// Log sequence number of the commit.
+        seq: u64,
+    },
+    /// This device was removed from a community.
+    Left {
+        /// Community id.
+        community: String,
+    },
+    /// Something went wrong that did not stop receiving.
+    Warning(String),
+    /// Everything stored for this device so far has been received.
+    CaughtUp,
+    /// The connection dropped; [`Client::watch`] reconnects after a pause.
+    Reconnecting {
+        /// The pause.
+        after: Duration,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// What one [`Client::sync`] received.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncReport {
+    /// Everything that happened, in order.
+    pub events: Vec<SyncEvent>,
+}
+
+impl SyncReport {
+    /// The new notices.
+    pub fn notices(&self) -> impl Iterator<Item = &Notice> {
+        self.events.iter().filter_map(|e| match e {
+            SyncEvent::Notice(n) => Some(n),
+            _ => None,
+        })
+    }
+}
+
+/// Acks and proposal commits owed to the relay.
+#[derive(Debug, Default)]
+struct Owed {
+    acks: BTreeMap<String, u64>,
+    commit: BTreeSet<String>,
+}
+
+impl Owed {
+    fn ack(&mut self, community: &str, seq: u64) {
+        let e = self.acks.entry(community.to_string()).or_insert(0);
+        *e = (*e).max(seq);
+    }
+}
+
+/// Why a decrypted notice is not stored.
+enum Refusal {
+    Policy(String),
+    Invalid(String),
+}
+
+impl Client {
+    /// Receives everything pending for this device — welcomes, commits, notices —
+    /// until the relay says it is caught up; acknowledges what was processed and
+    /// commits removals the hub proposed.
+    ///
+    /// Events also go to the sink set with [`set_event_sink`](Self::set_event_sink),
+    /// also when another operation syncs first.
+    pub async fn sync(&mut self) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let result = self.sync_with(&mut |e| report.events.push(e)).await;
+        if let Some(sink) = self.event_sink.as_mut() {
+            for event in &report.events {
+                sink(event);
+            }
+        }
+        result.map(|()| report)
+    }
+
+    /// [`sync`](Self::sync), handing each event to `emit` as it happens.
+    pub async fn sync_with(&mut self, emit: &mut dyn FnMut(SyncEvent)) -> Result<()> {
+        self.reset_transaction()?;
+        let timeout = self.timeouts.request;
+        let mut sub = self.connect().await?.subscribe().await?;
+        let mut owed = Owed::default();
+        loop {
+            match sub.next_within(timeout).await? {
+                None => {
+                    return Err(ClientError::Protocol(
+                        "the relay ended the push channel before catching up".into(),
+                    ));
+                }
+                Some(Push::CaughtUp) => break,
+                Some(Push::Closed(code)) => return Err(ClientError::Relay(code)),
+                Some(push) => self.handle_push(push, &mut owed, emit).await?,
+            }
+        }
+        drop(sub);
+        self.settle(&mut owed, emit).await?;
+        emit(SyncEvent::CaughtUp);
+        Ok(())
+    }
+
+    /// Syncs, then keeps receiving and hands every event to `on_event` as it
+    /// happens; reconnects by itself (with a growing pause, at most [`MAX_BACKOFF`])
+    /// when the relay is unreachable or the connection drops. Returns only on an
+    /// error that reconnecting cannot fix (e.g. authentication, revocation); stop it
+    /// by dropping the future (e.g. on Ctrl-C).
+    pub async fn watch(&mut self, mut on_event: impl FnMut(&SyncEvent)) -> Result<()> {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let mut caught_up = false;
+            let result = self
+                .watch_once(&mut |e| {
+                    if e == SyncEvent::CaughtUp {
+                        caught_up = true;
+                    }
+                    on_event(&e);
+                })
+                .await;
+            if caught_up {
+                backoff = Duration::from_secs(1);
+            }
+            let reason = match result {
+                Ok(()) => "the relay closed the push channel".to_string(),
+                Err(e) if e.exit_code() == EXIT_UNREACHABLE => e.to_string(),
+                Err(e @ ClientError::Protocol(_)) => e.to_string(),
+                Err(e) => return Err(e),
+            };
+            self.conn = None;
+            on_event(&SyncEvent::Reconnecting {
+                after: backoff,
+                reason,
+            });
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn watch_once(&mut self, emit: &mut dyn FnMut(SyncEvent)) -> Result<()> {
+        self.reset_transaction()?;
+        let timeout = self.timeouts.request;
+        let mut sub = self.connect().await?.subscribe().await?;
+        let mut owed = Owed::default();
+        let mut live = false;
+        loop {
+            let push = if live {
+                // The QUIC keep-alive and idle timeout detect a dead relay.
+                sub.next().await?
+            } else {
+                sub.next_within(timeout).await?
+            };
+            match push {
+                None => return Ok(()),
+                Some(Push::CaughtUp) => {
+                    self.settle(&mut owed, emit).await?;
+                    emit(SyncEvent::CaughtUp);
+                    live = true;
+                }
+                Some(Push::Closed(code)) => return Err(ClientError::Relay(code)),
+                Some(push) => {
+                    self.handle_push(push, &mut owed, emit).await?;
+                    if live {
+                        self.settle(&mut owed, emit).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends owed acks and commits pending removal proposals.
+    async fn settle(&mut self, owed: &mut Owed, emit: &mut dyn FnMut(SyncEvent)) -> Result<()> {
+        for (community, seq) in std::mem::take(&mut owed.acks) {
+            let request = Request::Ack {
+                community: community.clone(),
+                seq,
+            };
+            match self.call(&request).await? {
+                Response::Ok => {}
+                other => return Err(unexpected("Ack", &other)),
+            }
+        }
+        for community in std::mem::take(&mut owed.commit) {
+            if let Err(e) = self.commit_pending_proposals(&community, emit).await {
+                emit(SyncEvent::Warning(format!(
+                    "could not commit the pending removals in {community}: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the hub's pending removal proposals in `community`, if any.
+    pub(crate) async fn commit_pending_proposals(
+        &mut self,
+        community: &str,
+        emit: &mut dyn FnMut(SyncEvent),
+    ) -> Result<()> {
+        let mut group = self.load_group(community)?;
+        if !group.is_active() || !group.has_pending_proposals() {
+            return Ok(());
+        }
+        if group.has_pending_commit() {
+            // Left over from an interrupted run and not accepted since (a sync ran).
+            group.commit_refused(&self.provider)?;
+        }
+        let Some(out) =
+            group.commit_pending_proposals(&self.provider, &self.signer, &self.validator)?
+        else {
+            return Ok(());
+        };
+        self.store.flush()?;
+        let request = Request::Handshake {
+            community: community.to_string(),
+            message: out.commit,
+            welcome: out.welcome,
+        };
+        match self.call(&request).await {
+            Ok(Response::Accepted { seq, .. }) => {
+                group.commit_accepted(&self.provider)?;
+                self.store.flush()?;
+                emit(SyncEvent::RemovalCommitted {
+                    community: community.to_string(),
+                    seq,
+                });
+                Ok(())
+            }
+            Ok(other) => {
+                group.commit_refused(&self.provider)?;
+                Err(unexpected("Handshake", &other))
+            }
+            Err(ClientError::Relay(code)) => {
+                // Typically WrongEpoch: another member committed first.
+                group.commit_refused(&self.provider)?;
+                Err(ClientError::Relay(code))
+            }
+            // Fate unknown: keep the pending commit; the next sync settles it.
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn handle_push(
+        &mut self,
+        push: Push,
+        owed: &mut Owed,
+        emit: &mut dyn FnMut(SyncEvent),
+    ) -> Result<()> {
+        match push {
+            Push::Welcome {
+                id,
+                community,
+                welcome,
+                ratchet_tree,
+            } => {
+                self.handle_welcome(&community, &welcome, &ratchet_tree, emit)?;
+                match self.call(&Request::AckWelcome { id }).await? {
+                    Response::Ok => Ok(()),
+                    other => Err(unexpected("AckWelcome", &other)),
+                }
+            }
+            Push::Entry(entry) => {
+                if let Some(seq) = self.handle_entry(&entry, owed, emit)? {
+                    owed.ack(&entry.community, seq);
+                }
+                Ok(())
+            }
+            Push::CaughtUp | Push::Closed(_) => Ok(()),
+        }
+    }
+
+    fn handle_welcome(
+        &mut self,
+        community: &str,
+        welcome: &[u8],
+        ratchet_tree: &[u8],
+        emit: &mut dyn FnMut(SyncEvent),
+    ) -> Result<()> {
+        if let Some(group) = ClientGroup::load(&self.provider, community)? {
+            if group.is_active() {
+                // Already joined (the ack of an earlier delivery was lost).
+                return Ok(());
+            }
+            emit(SyncEvent::Warning(format!(
+                "a welcome back into {community} arrived, but this device still holds the \
+                 group it was removed from; rejoining is not supported yet"
+            )));
+            return Ok(());
+        }
+        self.store.begin()?;
+        let tree = (!ratchet_tree.is_empty()).then_some(ratchet_tree);
+        let joined = ClientGroup::join(&self.provider, &self.validator, welcome, tree)
+            .and_then(|group| Ok((group.meta()?, group.epoch())));
+        let (meta, epoch) = match joined {
+            Ok(v) => v,
+            Err(e @ MlsError::Storage(_)) => {
+                self.store.rollback()?;
+                return Err(e.into());
+            }
+            Err(e) => {
+                self.store.rollback()?;
+                emit(SyncEvent::Warning(format!(
+                    "could not join {community}: {e}"
+                )));
+                return Ok(());
+            }
+        };
+        if meta.community_id != community {
+            self.store.rollback()?;
+            emit(SyncEvent::Warning(format!(
+                "refused a welcome announced for {community}: it is for {}",
+                meta.community_id
+            )));
+            return Ok(());
+        }
+        let max_label = match Label::from_bytes(&meta.max_label) {
+            Ok(l) => l.to_string(),
+            Err(e) => {
+                self.store.rollback()?;
+                emit(SyncEvent::Warning(format!(
+                    "refused the welcome into {community}: its maximum label is invalid ({e})"
+                )));
+                return Ok(());
+            }
+        };
+        let mut batch = Batch::new();
+        batch.put_community(&CommunityRecord {
+            id: community.to_string(),
+            max_label: max_label.clone(),
+            joined_epoch: epoch,
+            active: true,
+        })?;
+        self.store.commit(batch)?;
+        tracing::info!(community, epoch, "joined community");
+        emit(SyncEvent::Joined {
+            community: community.to_string(),
+            max_label,
+        });
+        Ok(())
+    }
+
+    /// Processes one log entry; returns the sequence number to acknowledge, if any.
+    fn handle_entry(
+        &mut self,
+        entry: &LogEntry,
+        owed: &mut Owed,
+        emit: &mut dyn FnMut(SyncEvent),
+    ) -> Result<Option<u64>> {
+        let community = entry.community.as_str();
+        let Some(record) = self.store.community(community)? else {
+            emit(SyncEvent::Warning(format!(
+                "skipped entry {} of {community}: this device has no such community",
+                entry.seq
+            )));
+            return Ok(None);
+        };
+        if entry.seq <= self.store.cursor(community)? {
+            return Ok(Some(entry.seq));
+        }
+        let mut batch = Batch::new();
+        batch.put_cursor(community, entry.seq);
+        let group = match ClientGroup::load(&self.provider, community)? {
+            Some(g) if g.is_active() && record.active => g,
+            _ => {
+                self.store.commit_plain(batch)?;
+                return Ok(Some(entry.seq));
+            }
+        };
+        match &entry.kind {
+            EntryKind::Handshake { .. } => {
+                self.process_handshake(group, entry, record, batch, owed, emit)?;
+            }
+            EntryKind::Notice {
+                notice_id,
+                label,
+                epoch,
+            } => {
+                let own = entry.sender == self.user();
+                let before_join = *epoch < record.joined_epoch;
+                if own || before_join || self.store.has_notice(*notice_id)? {
+                    // Own notices were stored when filed and cannot be decrypted by
+                    // their sender; earlier epochs were never meant for this device.
+                    self.store.commit_plain(batch)?;
+                } else {
+                    self.process_notice(group, entry, *notice_id, label, &record, batch, emit)?;
+                }
+            }
+        }
+        Ok(Some(entry.seq))
+    }
+
+    fn process_handshake(
+        &mut self,
+        mut group: ClientGroup,
+        entry: &LogEntry,
+        mut record: CommunityRecord,
+        mut batch: Batch,
+        owed: &mut Owed,
+        emit: &mut dyn FnMut(SyncEvent),
+    ) -> Result<()> {
+        let community = entry.community.clone();
+        self.store.begin()?;
+        match group.process(&self.provider, &self.validator, &entry.message) {
+            Ok(Received::Commit(summary)) => {
+                let me = self.user();
+                let removed: Vec<String> = summary.removed.iter().map(|r| r.id.clone()).collect();
+                let left = removed.contains(&me) || !group.is_active();
+                if left {
+                    record.active = false;
+                    batch.put_community(&record)?;
+                }
+                self.store.commit(batch)?;
+                emit(SyncEvent::Changed {
+                    community: community.clone(),
+                    epoch: summary.epoch_after,
+                    committer: summary.committer.clone(),
+                    added: summary.added.iter().map(|a| a.id.clone()).collect(),
+                    removed,
+                    admins: summary.new_meta.map(|m| m.admins),
+                });
+                if left {
+                    emit(SyncEvent::Left { community });
+                }
+            }
+            Ok(Received::RemovalProposal(proposal)) => {
+                self.store.commit(batch)?;
+                owed.commit.insert(community.clone());
+                emit(SyncEvent::RemovalProposed {
+                    community,
+                    member: proposal.removed.id,
+                });
+            }
+            Ok(_) => {
+                // Stale: a commit of an epoch this group already left (e.g. its own).
+                self.store.rollback()?;
+                self.store.commit_plain(batch)?;
+            }
+            Err(e @ MlsError::Storage(_)) => {
+                self.store.rollback()?;
+                return Err(e.into());
+            }
+            Err(MlsError::Evicted) => {
+                self.store.rollback()?;
+                self.store.commit_plain(batch)?;
+            }
+            Err(e) => {
+                self.store.rollback()?;
+                self.store.commit_plain(batch)?;
+                emit(SyncEvent::Unreadable {
+                    community,
+                    seq: entry.seq,
+                    reason: format!("handshake not applied: {e}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn process_notice(
+        &mut self,
+        mut group: ClientGroup,
+        entry: &LogEntry,
+        notice_id: Uuid,
+        label_bytes: &[u8],
+        record: &CommunityRecord,
+        mut batch: Batch,
+        emit: &mut dyn FnMut(SyncEvent),
+    ) -> Result<()> {
+        let community = entry.community.clone();
+        self.store.begin()?;
+        match group.process(&self.provider, &self.validator, &entry.message) {
+            Ok(Received::Application {
+                plaintext,
+                aad,
+                sender,
+                ..
+            }) => {
+                match self.check_notice(
+                    entry,
+                    notice_id,
+                    label_bytes,
+                    record,
+                    &plaintext,
+                    &aad,
+                    &sender,
+                ) {
+                    Ok(notice) => {
+                        batch.put_notice(&StoredNotice {
+                            notice: notice.clone(),
+                            seq: Some(entry.seq),
+                            own: false,
+                        })?;
+                        self.store.commit(batch)?;
+                        tracing::debug!(%community, seq = entry.seq, "notice stored");
+                        emit(SyncEvent::Notice(notice));
+                    }
+                    Err(Refusal::Policy(reason)) => {
+                        self.store.commit(batch)?;
+                        tracing::warn!(%community, seq = entry.seq, %notice_id, "notice refused by policy on this device");
+                        emit(SyncEvent::Refused {
+                            community,
+                            seq: entry.seq,
+                            notice_id,
+                            reason,
+                        });
+                    }
+                    Err(Refusal::Invalid(reason)) => {
+                        self.store.commit(batch)?;
+                        emit(SyncEvent::Unreadable {
+                            community,
+                            seq: entry.seq,
+                            reason,
+                        });
+                    }
+                }
+            }
+            Ok(_) => {
+                self.store.commit(batch)?;
+            }
+            Err(e @ MlsError::Storage(_)) => {
+                self.store.rollback()?;
+                return Err(e.into());
+            }
+            Err(e) => {
+                self.store.rollback()?;
+                self.store.commit_plain(batch)?;
+                emit(SyncEvent::Unreadable {
+                    community,
+                    seq: entry.seq,
+                    reason: format!("notice {notice_id} could not be decrypted: {e}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The receiving client's checks of a decrypted notice (SPEC §5): the label the
+    /// relays saw is the authenticated one, the document matches its envelope, and
+    /// this user's clearance and the community's maximum label admit the label.
+    #[allow(clippy::too_many_arguments)]
+    fn check_notice(
+        &self,
+        entry: &LogEntry,
+        notice_id: Uuid,
+        label_bytes: &[u8],
+        record: &CommunityRecord,
+        plaintext: &[u8],
+        aad: &[u8],
+        mls_sender: &str,
+    ) -> std::result::Result<Notice, Refusal> {
+        let invalid = |what: &str| Refusal::Invalid(format!("notice {notice_id}: {what}"));
+        if aad != label_bytes {
+            return Err(invalid(
+                "the label shown to the relays differs from the label bound to the message",
+            ));
+        }
+        let label = Label::from_bytes(aad)
+            .map_err(|e| invalid(&format!("its label does not decode ({e})")))?;
+        let notice = Notice::from_plaintext(plaintext)
+            .map_err(|e| invalid(&format!("not a valid notice ({e})")))?;
+        let inner = notice.label.parse::<Label>().ok();
+        if inner.as_ref() != Some(&label) {
+            return Err(invalid(
+                "the label inside the notice differs from its authenticated label",
+            ));
+        }
+        if notice.id != notice_id {
+            return Err(invalid(
+                "the id inside the notice differs from its envelope",
+            ));
+        }
+        if notice.community != entry.community {
+            return Err(invalid("it names another community"));
+        }
+        if notice.sender != mls_sender || entry.sender != mls_sender {
+            return Err(invalid("its sender differs from the member who signed it"));
+        }
+        let decision = decide_opt(Some(&label), self.clearance());
+        if !decision.allowed {
+            return Err(Refusal::Policy(format!(
+                "label {label} is not within your clearance: {}",
+                decision.reason()
+            )));
+        }
+        if let Ok(max) = record.max_label.parse::<Label>() {
+            let decision = within(&label, &max);
+            if !decision.allowed {
+                return Err(Refusal::Policy(format!(
+                    "label {label} is above the community's maximum label {max}: {}",
+                    decision.reason()
+                )));
+            }
+        }
+        Ok(notice)
+    }
+}

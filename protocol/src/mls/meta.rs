@@ -1,0 +1,204 @@
+//! Kring community metadata, carried as a custom group-context extension.
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _, VLBytes};
+
+use super::{MAX_ADMINS, MAX_ID_BYTES, MAX_LABEL_BYTES, MemberId, MlsError};
+
+/// Extension type of the Kring community metadata group-context extension (from the
+/// RFC 9420 private-use range `0xF000..=0xFFFF`). Listed in the group's
+/// RequiredCapabilities, so every member must support it.
+pub const KRING_EXTENSION_TYPE: u16 = 0xFF4B;
+
+/// Version byte that starts every encoded [`CommunityMeta`].
+const META_VERSION: u8 = 1;
+
+/// The community metadata every member and relay can read from the group context.
+///
+/// Invariants (checked by [`CommunityMeta::new`] and on decoding): the community id
+/// is `NAME@HUB`; the maximum label is 1..=[`MAX_LABEL_BYTES`] opaque bytes (the
+/// binary label encoding of `kring-policy`); there are 1..=[`MAX_ADMINS`] admins,
+/// sorted and without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommunityMeta {
+    /// `NAME@HUB`, e.g. `desinformatie@bz`; also the MLS group id (its UTF-8 bytes).
+    pub community_id: String,
+    /// The community's maximum label (opaque binary label bytes from kring-policy).
+    /// Fixed at creation.
+    pub max_label: Vec<u8>,
+    /// Member ids of the community admins (sorted, unique, non-empty).
+    pub admins: Vec<MemberId>,
+}
+
+impl CommunityMeta {
+    /// Builds validated metadata; `admins` are sorted and de-duplicated.
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidMeta`] if an invariant does not hold.
+    pub fn new(
+        community_id: impl Into<String>,
+        max_label: Vec<u8>,
+        mut admins: Vec<MemberId>,
+    ) -> Result<Self, MlsError> {
+        admins.sort();
+        admins.dedup();
+        let meta = Self {
+            community_id: community_id.into(),
+            max_label,
+            admins,
+        };
+        meta.check()?;
+        Ok(meta)
+    }
+
+    /// The hub relay id: the part of the community id after `@`.
+    pub fn hub(&self) -> &str {
+        self.community_id.split_once('@').map_or("", |(_, hub)| hub)
+    }
+
+    /// True if `member` is a community admin.
+    pub fn is_admin(&self, member: &str) -> bool {
+        self.admins
+            .binary_search_by(|a| a.as_str().cmp(member))
+            .is_ok()
+    }
+
+    /// A copy with another admin list (sorted, de-duplicated, validated).
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidMeta`] if the list is empty, too long or has a bad id.
+    pub fn with_admins(&self, admins: Vec<MemberId>) -> Result<Self, MlsError> {
+        Self::new(self.community_id.clone(), self.max_label.clone(), admins)
+    }
+
+    /// Deterministic encoding: `version(1) || id<V> || max_label<V> || admins<V>`
+    /// where `admins<V>` is the concatenation of `admin<V>` (MLS variable-length
+    /// vectors).
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidMeta`] if an invariant does not hold.
+    pub fn encode(&self) -> Result<Vec<u8>, MlsError> {
+        self.check()?;
+        let mut admins = Vec::new();
+        for admin in &self.admins {
+            vl(admin.as_bytes(), &mut admins)?;
+        }
+        let mut out = vec![META_VERSION];
+        vl(self.community_id.as_bytes(), &mut out)?;
+        vl(&self.max_label, &mut out)?;
+        vl(&admins, &mut out)?;
+        Ok(out)
+    }
+
+    /// Strict decoding of [`encode`](Self::encode): canonical form only, no trailing
+    /// bytes, all invariants checked.
+    ///
+    /// # Errors
+    /// [`MlsError::TooLarge`] or [`MlsError::InvalidMeta`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, MlsError> {
+        let max = 16 + MAX_ID_BYTES + MAX_LABEL_BYTES + MAX_ADMINS * (MAX_ID_BYTES + 4);
+        MlsError::check_len("community metadata", bytes.len(), max)?;
+        let (version, rest) = bytes
+            .split_first()
+            .ok_or_else(|| MlsError::InvalidMeta("empty".into()))?;
+        if *version != META_VERSION {
+            return Err(MlsError::InvalidMeta(format!(
+                "unknown metadata version {version}"
+            )));
+        }
+        let mut rest = rest;
+        let id = take_vl(&mut rest)?;
+        let max_label = take_vl(&mut rest)?;
+        let admins_bytes = take_vl(&mut rest)?;
+        if !rest.is_empty() {
+            return Err(MlsError::InvalidMeta("trailing bytes".into()));
+        }
+        let community_id = String::from_utf8(id)
+            .map_err(|_| MlsError::InvalidMeta("community id is not UTF-8".into()))?;
+        let mut admins = Vec::new();
+        let mut rest = admins_bytes.as_slice();
+        while !rest.is_empty() {
+            if admins.len() == MAX_ADMINS {
+                return Err(MlsError::InvalidMeta(format!(
+                    "more than {MAX_ADMINS} admins"
+                )));
+            }
+            let admin = take_vl(&mut rest)?;
+            admins.push(
+                String::from_utf8(admin)
+                    .map_err(|_| MlsError::InvalidMeta("admin id is not UTF-8".into()))?,
+            );
+        }
+        if admins.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(MlsError::InvalidMeta(
+                "admins are not sorted and unique".into(),
+            ));
+        }
+        let meta = Self {
+            community_id,
+            max_label,
+            admins,
+        };
+        if meta.encode()? != bytes {
+            return Err(MlsError::InvalidMeta("not canonically encoded".into()));
+        }
+        Ok(meta)
+    }
+
+    fn check(&self) -> Result<(), MlsError> {
+        check_id("community id", &self.community_id)?;
+        if self.max_label.is_empty() || self.max_label.len() > MAX_LABEL_BYTES {
+            return Err(MlsError::InvalidMeta(format!(
+                "maximum label of {} bytes (must be 1..={MAX_LABEL_BYTES})",
+                self.max_label.len()
+            )));
+        }
+        if self.admins.is_empty() || self.admins.len() > MAX_ADMINS {
+            return Err(MlsError::InvalidMeta(format!(
+                "{} admins (must be 1..={MAX_ADMINS})",
+                self.admins.len()
+            )));
+        }
+        if self.admins.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(MlsError::InvalidMeta(
+                "admins are not sorted and unique".into(),
+            ));
+        }
+        for admin in &self.admins {
+            check_id("admin id", admin)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks an id of the form `NAME@RELAY`: non-empty parts, one `@`, printable
+/// ASCII without spaces, at most [`MAX_ID_BYTES`] bytes.
+fn check_id(what: &str, id: &str) -> Result<(), MlsError> {
+    let ok = id.len() <= MAX_ID_BYTES
+        && id.bytes().all(|b| b.is_ascii_graphic())
+        && id.bytes().filter(|&b| b == b'@').count() == 1
+        && id
+            .split_once('@')
+            .is_some_and(|(name, relay)| !name.is_empty() && !relay.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(MlsError::InvalidMeta(format!(
+            "{what} {id:?} is not of the form NAME@RELAY"
+        )))
+    }
+}
+
+fn vl(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), MlsError> {
+    VLBytes::new(bytes.to_vec())
+        .tls_serialize(out)
+        .map(|_| ())
+        .map_err(|e| MlsError::InvalidMeta(format!("cannot encode: {e}")))
+}
+
+/// Reads one variable-length vector, advancing `bytes`. (Uses the `Read`-based
+/// decoder: tls_codec's slice decoder `debug_assert`s on truncated input.)
+fn take_vl(bytes: &mut &[u8]) -> Result<Vec<u8>, MlsError> {
+    let v = VLBytes::tls_deserialize(bytes)
+        .map_err(|e| MlsError::InvalidMeta(format!("bad encoding: {e}")))?;
+    Ok(v.as_slice().to_vec())
+}

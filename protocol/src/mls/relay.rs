@@ -1,0 +1,478 @@
+//! Relay side: tracks a community's MLS group from its public messages only
+//! ([`PublicGroup`]), without any group secrets.
+
+use std::collections::BTreeSet;
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::{
+    ContentType, ExternalProposal, GroupId, LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn,
+    OpenMlsCrypto, ProcessedMessageContent, ProposalStore, ProtocolMessage, PublicGroup,
+    QueuedProposal, RatchetTreeIn, SenderExtensionIndex, StagedCommit,
+};
+use openmls::storage::PublicStorageProvider;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+
+use super::context::{check_context, community_meta, external_sender_parts, group_name};
+use super::credential::{identify_credential, validate_credential};
+use super::summary::{CommitSummary, RemovalProposal, summarize_commit, summarize_proposal};
+use super::{
+    CertSigner, CommunityMeta, CredentialValidator, MAX_GROUP_STATE_BYTES, MAX_MESSAGE_BYTES,
+    MemberId, MlsError, PAST_EPOCHS,
+};
+
+/// A member of a community as seen by a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// The member's leaf index in the ratchet tree.
+    pub leaf_index: u32,
+    /// The member's identity (`NAME@RELAY`).
+    pub id: MemberId,
+    /// The member's MLS signature key (= certificate key).
+    pub signature_key: Vec<u8>,
+}
+
+/// What a verified handshake message does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// A commit; merging it moves the group to the next epoch.
+    Commit(CommitSummary),
+    /// A removal proposal by the hub; merging it queues it for the next commit.
+    RemovalProposal(RemovalProposal),
+}
+
+/// A handshake message that passed all MLS and Kring checks but is not applied yet.
+///
+/// Inspect [`summary`](Self::summary), apply policy (e.g. the label policy for each
+/// added member), then [`RelayGroup::merge`] it or drop it to refuse.
+#[derive(Debug)]
+pub struct VerifiedHandshake {
+    group_id: GroupId,
+    epoch: u64,
+    summary: Handshake,
+    pending: Pending,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Commit(Box<StagedCommit>),
+    Proposal(Box<QueuedProposal>),
+}
+
+impl VerifiedHandshake {
+    /// What the message does.
+    pub fn summary(&self) -> &Handshake {
+        &self.summary
+    }
+
+    /// The epoch the message was made for (the group's epoch when verified).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+/// What a relay can read of an application message without decrypting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplicationInfo {
+    /// The epoch the message was encrypted in.
+    pub epoch: u64,
+    /// The authenticated data: Kring puts the notice's label bytes here.
+    pub aad: Vec<u8>,
+}
+
+/// A relay's view of one community group: public state only, persisted through a
+/// [`PublicStorageProvider`] after every change.
+#[derive(Debug)]
+pub struct RelayGroup {
+    group: PublicGroup,
+}
+
+impl RelayGroup {
+    /// Starts tracking a group from a GroupInfo (an `MLSMessage`) and the ratchet
+    /// tree (TLS-encoded), as uploaded by its creator
+    /// ([`GroupUpload`](super::GroupUpload)) or exported by another relay.
+    ///
+    /// Verifies the GroupInfo signature and tree, the Kring group context (metadata,
+    /// the hub as the single external sender) and every member's credential, then
+    /// stores the state.
+    ///
+    /// # Errors
+    /// [`MlsError::Forbidden`] if the group is already tracked in `storage`;
+    /// [`MlsError::Malformed`], [`MlsError::Verification`],
+    /// [`MlsError::InvalidMeta`], [`MlsError::InvalidCredential`],
+    /// [`MlsError::Storage`].
+    pub fn from_group_info<S: PublicStorageProvider>(
+        crypto: &impl OpenMlsCrypto,
+        storage: &S,
+        validator: &impl CredentialValidator,
+        group_info: &[u8],
+        ratchet_tree: &[u8],
+    ) -> Result<Self, MlsError> {
+        MlsError::check_len("group info", group_info.len(), MAX_GROUP_STATE_BYTES)?;
+        MlsError::check_len("ratchet tree", ratchet_tree.len(), MAX_GROUP_STATE_BYTES)?;
+        let message = MlsMessageIn::tls_deserialize_exact(group_info)
+            .map_err(|e| MlsError::malformed("group info", e))?;
+        let MlsMessageBodyIn::GroupInfo(group_info) = message.extract() else {
+            return Err(MlsError::malformed("group info", "not a GroupInfo message"));
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree)
+            .map_err(|e| MlsError::malformed("ratchet tree", e))?;
+        // Cheap checks on the (not yet verified) context before touching storage.
+        check_context(group_info.group_context(), validator)?;
+        let group_id = group_info.group_id().clone();
+        if PublicGroup::load(storage, &group_id)
+            .map_err(|e| MlsError::Storage(e.to_string()))?
+            .is_some()
+        {
+            return Err(MlsError::Forbidden(format!(
+                "group {} is already tracked",
+                group_name(group_id.as_slice())
+            )));
+        }
+        let (group, _) =
+            PublicGroup::from_external(crypto, storage, tree, group_info, ProposalStore::new())
+                .map_err(|e| MlsError::Verification(format!("group info: {e}")))?;
+        let relay_group = Self { group };
+        if let Err(e) = relay_group.check_state(validator) {
+            PublicGroup::delete(storage, &group_id)
+                .map_err(|e| MlsError::Storage(e.to_string()))?;
+            return Err(e);
+        }
+        Ok(relay_group)
+    }
+
+    fn check_state(&self, validator: &impl CredentialValidator) -> Result<(), MlsError> {
+        check_context(self.group.group_context(), validator)?;
+        let mut ids = BTreeSet::new();
+        for member in self.group.members() {
+            let id = validate_credential(validator, &member.credential, &member.signature_key)?;
+            if !ids.insert(id.clone()) {
+                return Err(MlsError::AlreadyMember(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads a tracked group from storage; `None` if it is not tracked.
+    ///
+    /// # Errors
+    /// [`MlsError::Storage`].
+    pub fn load<S: PublicStorageProvider>(
+        storage: &S,
+        community_id: &str,
+    ) -> Result<Option<Self>, MlsError> {
+        let group_id = GroupId::from_slice(community_id.as_bytes());
+        Ok(PublicGroup::load(storage, &group_id)
+            .map_err(|e| MlsError::Storage(e.to_string()))?
+            .map(|group| Self { group }))
+    }
+
+    /// Forgets a tracked group.
+    ///
+    /// # Errors
+    /// [`MlsError::Storage`].
+    pub fn delete<S: PublicStorageProvider>(
+        storage: &S,
+        community_id: &str,
+    ) -> Result<(), MlsError> {
+        PublicGroup::delete(storage, &GroupId::from_slice(community_id.as_bytes()))
+            .map_err(|e| MlsError::Storage(e.to_string()))
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.group.group_context().epoch().as_u64()
+    }
+
+    /// The community id (= group id).
+    pub fn community_id(&self) -> String {
+        group_name(self.group.group_id().as_slice())
+    }
+
+    /// The community metadata of the current epoch.
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidMeta`] (cannot happen for a state this type verified).
+    pub fn meta(&self) -> Result<CommunityMeta, MlsError> {
+        community_meta(self.group.group_context())
+    }
+
+    /// The members of the current epoch, named with
+    /// [`CredentialValidator::identify`] (so revoked members are still listed; use
+    /// [`invalid_members`](Self::invalid_members) to find them).
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidCredential`] if a credential cannot be read at all.
+    pub fn members(
+        &self,
+        validator: &impl CredentialValidator,
+    ) -> Result<Vec<GroupMember>, MlsError> {
+        self.group
+            .members()
+            .map(|m| {
+                Ok(GroupMember {
+                    leaf_index: m.index.u32(),
+                    id: identify_credential(validator, &m.credential, &m.signature_key)?,
+                    signature_key: m.signature_key,
+                })
+            })
+            .collect()
+    }
+
+    /// Members whose credential no longer passes [`CredentialValidator::validate`]
+    /// (revoked, expired), with the reason; candidates for
+    /// [`propose_remove`](Self::propose_remove).
+    pub fn invalid_members(&self, validator: &impl CredentialValidator) -> Vec<(u32, String)> {
+        self.group
+            .members()
+            .filter_map(|m| {
+                validate_credential(validator, &m.credential, &m.signature_key)
+                    .err()
+                    .map(|e| (m.index.u32(), e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The ratchet tree of the current epoch (TLS-encoded), for
+    /// [`from_group_info`](Self::from_group_info) elsewhere or for joiners.
+    ///
+    /// # Errors
+    /// [`MlsError::Internal`] if encoding fails.
+    pub fn export_ratchet_tree(&self) -> Result<Vec<u8>, MlsError> {
+        self.group
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .map_err(|e| MlsError::Internal(format!("ratchet tree encoding: {e}")))
+    }
+
+    /// Verifies a handshake message (a PublicMessage commit, or a removal proposal
+    /// by the hub) against the current epoch, WITHOUT applying it.
+    ///
+    /// On success, apply policy to [`VerifiedHandshake::summary`] and call
+    /// [`merge`](Self::merge). Exactly one commit can be merged per epoch: a commit
+    /// made for another epoch fails with [`MlsError::WrongEpoch`] carrying the
+    /// current epoch, and so does [`merge`](Self::merge) of a second commit verified
+    /// in the same epoch.
+    ///
+    /// # Errors
+    /// [`MlsError::TooLarge`], [`MlsError::Malformed`], [`MlsError::WrongGroup`],
+    /// [`MlsError::WrongEpoch`], [`MlsError::Verification`],
+    /// [`MlsError::Forbidden`] (PrivateMessage handshakes, external commits, member
+    /// proposals, unsupported proposal types), [`MlsError::NotAdmin`],
+    /// [`MlsError::InvalidCredential`], [`MlsError::AlreadyMember`],
+    /// [`MlsError::NotMember`], [`MlsError::InvalidMeta`].
+    pub fn process_handshake(
+        &self,
+        crypto: &impl OpenMlsCrypto,
+        validator: &impl CredentialValidator,
+        message: &[u8],
+    ) -> Result<VerifiedHandshake, MlsError> {
+        let message = parse_protocol_message(message)?;
+        self.check_group(&message)?;
+        let ProtocolMessage::PublicMessage(_) = &message else {
+            return Err(MlsError::Forbidden(
+                "handshake messages must be MLS PublicMessages".into(),
+            ));
+        };
+        if message.content_type() == ContentType::Application {
+            return Err(MlsError::Forbidden(
+                "application messages must be MLS PrivateMessages".into(),
+            ));
+        }
+        let current = self.epoch();
+        let message_epoch = message.epoch().as_u64();
+        if message_epoch != current {
+            return Err(MlsError::WrongEpoch {
+                current,
+                message_epoch,
+            });
+        }
+        let processed = self
+            .group
+            .process_message(crypto, message)
+            .map_err(|e| MlsError::Verification(e.to_string()))?;
+        let sender = processed.sender().clone();
+        let credential = processed.credential().clone();
+        let (summary, pending) = match processed.into_content() {
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let summary =
+                    summarize_commit(&self.group, validator, &sender, &credential, &staged)?;
+                (Handshake::Commit(summary), Pending::Commit(staged))
+            }
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                let summary = summarize_proposal(&self.group, validator, &proposal)?;
+                (
+                    Handshake::RemovalProposal(summary),
+                    Pending::Proposal(proposal),
+                )
+            }
+            _ => {
+                return Err(MlsError::Forbidden(
+                    "only commits and hub removal proposals are accepted".into(),
+                ));
+            }
+        };
+        Ok(VerifiedHandshake {
+            group_id: self.group.group_id().clone(),
+            epoch: current,
+            summary,
+            pending,
+        })
+    }
+
+    /// Applies a verified handshake message and persists the new state: a commit
+    /// moves to the next epoch; a removal proposal is queued for the next commit.
+    ///
+    /// # Errors
+    /// [`MlsError::WrongEpoch`] if the group moved on since verification (another
+    /// commit won the epoch); [`MlsError::WrongGroup`]; [`MlsError::Storage`].
+    pub fn merge<S: PublicStorageProvider>(
+        &mut self,
+        storage: &S,
+        verified: VerifiedHandshake,
+    ) -> Result<(), MlsError> {
+        if &verified.group_id != self.group.group_id() {
+            return Err(MlsError::WrongGroup {
+                expected: self.community_id(),
+                got: group_name(verified.group_id.as_slice()),
+            });
+        }
+        let current = self.epoch();
+        if verified.epoch != current {
+            return Err(MlsError::WrongEpoch {
+                current,
+                message_epoch: verified.epoch,
+            });
+        }
+        match verified.pending {
+            Pending::Commit(staged) => self
+                .group
+                .merge_commit(storage, *staged)
+                .map_err(|e| MlsError::Storage(e.to_string())),
+            Pending::Proposal(proposal) => self
+                .group
+                .add_proposal(storage, *proposal)
+                .map_err(|e| MlsError::Storage(e.to_string())),
+        }
+    }
+
+    /// Reads the epoch and authenticated data (the label) of an application message
+    /// without decrypting it.
+    ///
+    /// # Errors
+    /// [`MlsError::TooLarge`], [`MlsError::Malformed`], [`MlsError::WrongGroup`],
+    /// [`MlsError::Forbidden`] (not a PrivateMessage application message),
+    /// [`MlsError::WrongEpoch`] (epoch in the future, or older than the
+    /// [`PAST_EPOCHS`] members keep).
+    pub fn read_application(&self, message: &[u8]) -> Result<ApplicationInfo, MlsError> {
+        let message = parse_protocol_message(message)?;
+        self.check_group(&message)?;
+        let ProtocolMessage::PrivateMessage(private) = &message else {
+            return Err(MlsError::Forbidden(
+                "application messages must be MLS PrivateMessages".into(),
+            ));
+        };
+        if private.content_type() != ContentType::Application {
+            return Err(MlsError::Forbidden(
+                "handshake messages must be MLS PublicMessages".into(),
+            ));
+        }
+        let current = self.epoch();
+        let message_epoch = private.epoch().as_u64();
+        if message_epoch > current || current - message_epoch > PAST_EPOCHS as u64 {
+            return Err(MlsError::WrongEpoch {
+                current,
+                message_epoch,
+            });
+        }
+        Ok(ApplicationInfo {
+            epoch: message_epoch,
+            aad: private.aad().to_vec(),
+        })
+    }
+
+    /// As the hub relay, proposes to remove `member` (e.g. after revocation or a
+    /// policy change). The proposal is verified and queued in this group like any
+    /// received one, and the returned PublicMessage must be delivered to the members;
+    /// any member then commits it (`ClientGroup::commit_pending_proposals`).
+    ///
+    /// A proposal only lives for the current epoch: if another commit wins the
+    /// epoch without covering it, propose again.
+    ///
+    /// # Errors
+    /// [`MlsError::Forbidden`] if `hub` is not this group's external sender or the
+    /// removal is already queued; [`MlsError::NotMember`]; [`MlsError::Crypto`];
+    /// plus the errors of [`process_handshake`](Self::process_handshake) and
+    /// [`merge`](Self::merge).
+    pub fn propose_remove<S: PublicStorageProvider>(
+        &mut self,
+        crypto: &impl OpenMlsCrypto,
+        storage: &S,
+        validator: &impl CredentialValidator,
+        hub: &CertSigner,
+        member: &str,
+    ) -> Result<Vec<u8>, MlsError> {
+        let is_hub = self
+            .group
+            .group_context()
+            .extensions()
+            .external_senders()
+            .and_then(|senders| senders.first())
+            .map(external_sender_parts)
+            .transpose()?
+            .is_some_and(|(_, key)| key == hub.public_key());
+        if !is_hub {
+            return Err(MlsError::Forbidden(
+                "only the community's hub relay may propose removals".into(),
+            ));
+        }
+        let leaf = self
+            .members(validator)?
+            .into_iter()
+            .find(|m| m.id == member)
+            .ok_or_else(|| MlsError::NotMember(member.to_owned()))?;
+        let queued = self
+            .group
+            .queued_proposals(storage)
+            .map_err(|e| MlsError::Storage(e.to_string()))?;
+        if queued.iter().any(|(_, q)| {
+            matches!(q.proposal(), openmls::prelude::Proposal::Remove(r)
+                if r.removed().u32() == leaf.leaf_index)
+        }) {
+            return Err(MlsError::Forbidden(format!(
+                "removal of {member} is already proposed in this epoch"
+            )));
+        }
+        let message = ExternalProposal::new_remove::<OpenMlsRustCrypto>(
+            LeafNodeIndex::new(leaf.leaf_index),
+            self.group.group_id().clone(),
+            self.group.group_context().epoch(),
+            hub,
+            SenderExtensionIndex::new(0),
+        )
+        .map_err(|e| MlsError::Crypto(e.to_string()))?
+        .to_bytes()
+        .map_err(|e| MlsError::Internal(e.to_string()))?;
+        let verified = self.process_handshake(crypto, validator, &message)?;
+        self.merge(storage, verified)?;
+        Ok(message)
+    }
+
+    fn check_group(&self, message: &ProtocolMessage) -> Result<(), MlsError> {
+        if message.group_id() != self.group.group_id() {
+            return Err(MlsError::WrongGroup {
+                expected: self.community_id(),
+                got: group_name(message.group_id().as_slice()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses a bounded `MLSMessage` that must be a PublicMessage or PrivateMessage.
+pub(crate) fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, MlsError> {
+    MlsError::check_len("MLS message", bytes.len(), MAX_MESSAGE_BYTES)?;
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| MlsError::malformed("MLS message", e))?
+        .try_into_protocol_message()
+        .map_err(|e| MlsError::malformed("MLS message", e))
+}

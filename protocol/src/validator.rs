@@ -1,0 +1,57 @@
+//! The federation's [`CredentialValidator`]: an MLS credential is valid when its
+//! X.509 chain verifies to the federation trust anchors at the given time, the leaf
+//! is a Kring user or relay certificate, and the MLS signature key is the
+//! certificate's key. Used by relays and clients alike.
+
+use crate::identity::{Identity, verify_chain};
+use crate::mls::{CredentialValidator, MemberId, leaf_key_matches};
+
+/// Validates credentials against the federation trust anchors at a fixed time.
+#[derive(Debug, Clone)]
+pub struct FederationValidator<'a> {
+    /// Trust anchors (DER).
+    pub anchors: &'a [Vec<u8>],
+    /// Unix seconds at which certificates must be valid.
+    pub now: u64,
+    /// Revoked certificate serials (lower-case hex), refused by `validate`.
+    pub revoked_serials: &'a [String],
+}
+
+impl<'a> FederationValidator<'a> {
+    /// A validator with no revocations.
+    pub fn new(anchors: &'a [Vec<u8>], now: u64) -> Self {
+        Self {
+            anchors,
+            now,
+            revoked_serials: &[],
+        }
+    }
+}
+
+fn leaf_identity(chain: &[Vec<u8>], signature_key: &[u8]) -> Result<Identity, String> {
+    let leaf = chain.first().ok_or("empty certificate chain")?;
+    let id = Identity::from_der(leaf).map_err(|e| e.to_string())?;
+    if !leaf_key_matches(signature_key, &id.public_key) {
+        return Err(format!(
+            "the MLS signature key of {} is not its certificate's key",
+            id.id()
+        ));
+    }
+    Ok(id)
+}
+
+impl CredentialValidator for FederationValidator<'_> {
+    fn validate(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
+        let claimed = leaf_identity(chain, signature_key)?;
+        let id = verify_chain(chain, self.anchors, self.now, claimed.kind)
+            .map_err(|e| format!("credential of {}: {e}", claimed.id()))?;
+        if self.revoked_serials.contains(&id.serial) {
+            return Err(format!("the certificate of {} is revoked", id.id()));
+        }
+        Ok(id.id())
+    }
+
+    fn identify(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
+        Ok(leaf_identity(chain, signature_key)?.id())
+    }
+}

@@ -1,0 +1,778 @@
+//! The client ↔ relay wire protocol (ALPN [`ALPN_CLIENT`]).
+//!
+//! # Transport
+//! A client opens one QUIC connection (mutual TLS 1.3) to its home relay. Every request
+//! travels on its own bidirectional stream: the client writes one [`Request`] frame and
+//! finishes the stream; the relay answers with one [`Response`] frame. A
+//! [`Request::Subscribe`] stream stays open instead: the relay writes a [`Push`] frame
+//! for every log entry and welcome the device has not acknowledged yet, catch-up first,
+//! then live.
+//!
+//! # Frames
+//! A frame is a big-endian `u32` length followed by that many payload bytes; the payload
+//! is a [`postcard`] encoding of a [`Versioned`] message. Decoding is strict: a length
+//! above the configured maximum ([`DEFAULT_MAX_FRAME`] unless configured) is refused
+//! before any allocation, trailing bytes after a message are refused, and every string
+//! and list is checked against the bounds in [`limits`] by [`Validate`].
+//!
+//! This module does no I/O; [`FrameDecoder`] is a push-based decoder the async layers
+//! (and the fuzz targets) feed with bytes.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+/// ALPN protocol id for client ↔ relay connections.
+pub const ALPN_CLIENT: &[u8] = b"kring/1";
+/// ALPN protocol id for relay ↔ relay (federation) connections.
+pub const ALPN_FEDERATION: &[u8] = b"kring-fed/1";
+/// Version carried in every message; a peer speaking another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Default maximum frame payload: 1 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Bytes of the length prefix.
+pub const FRAME_HEADER: usize = 4;
+
+/// Bounds on individual fields, checked by [`Validate`] after decoding.
+pub mod limits {
+    /// Longest identity string (`NAME@RELAY`) or community id (`NAME@HUB`).
+    pub const MAX_ID: usize = 128;
+    /// Most key packages in one publish request.
+    pub const MAX_KEY_PACKAGES_PER_PUBLISH: usize = 100;
+    /// Longest free-text reason (refusals, revocation reasons).
+    pub const MAX_REASON: usize = 1024;
+    /// Most entries returned in one page.
+    pub const MAX_PAGE: u32 = 1000;
+    /// Most items in any listing.
+    pub const MAX_LIST: usize = 10_000;
+}
+
+/// Errors of this module: framing and message decoding.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The frame is longer than the configured maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced payload length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Bytes follow a complete message inside its frame.
+    #[error("{0} unexpected bytes after the message")]
+    TrailingBytes(usize),
+    /// The peer speaks another protocol version.
+    #[error("unsupported protocol version {got}; this build speaks version {PROTOCOL_VERSION}")]
+    Version {
+        /// Version the peer sent.
+        got: u16,
+    },
+    /// A field is outside its bounds or has an invalid form.
+    #[error("invalid field {field}: {reason}")]
+    Invalid {
+        /// Field name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Opaque bytes (MLS messages, key packages, certificates).
+pub type Bytes = Vec<u8>;
+
+/// A message with the protocol version it was written for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned<T> {
+    /// Always [`PROTOCOL_VERSION`] when written by this build.
+    pub version: u16,
+    /// The message.
+    pub body: T,
+}
+
+/// Requests a client sends to its home relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Upload MLS key packages of the caller (consumed one per fetch); `last_resort`
+    /// is kept and handed out when no other package remains.
+    PublishKeyPackages {
+        /// TLS-serialised `KeyPackage`s (as `MlsMessageOut` bytes).
+        key_packages: Vec<Bytes>,
+        /// Optional last-resort key package.
+        last_resort: Option<Bytes>,
+    },
+    /// Take one key package of `user` (to add them to a community).
+    FetchKeyPackage {
+        /// `NAME@RELAY`.
+        user: String,
+    },
+    /// Register a new community whose hub is this relay. The group was created by the
+    /// caller; the relay checks the group context (id, maximum label, admins, external
+    /// sender) and tracks it from now on.
+    CreateCommunity {
+        /// `NAME@HUB`, HUB being this relay.
+        community: String,
+        /// `MlsMessageOut` bytes of the GroupInfo.
+        group_info: Bytes,
+        /// TLS-serialised ratchet tree.
+        ratchet_tree: Bytes,
+    },
+    /// A handshake message (commit or proposal, as PublicMessage) for a community.
+    Handshake {
+        /// Community id.
+        community: String,
+        /// `MlsMessageOut` bytes (PublicMessage).
+        message: Bytes,
+        /// Welcome for members the commit adds, if any.
+        welcome: Option<Bytes>,
+    },
+    /// File a notice: an MLS application message whose authenticated data is the
+    /// binary label.
+    FileNotice {
+        /// Community id.
+        community: String,
+        /// The notice id (also inside the ciphertext).
+        notice_id: Uuid,
+        /// `MlsMessageOut` bytes (PrivateMessage).
+        message: Bytes,
+    },
+    /// Open the push channel for this device (the stream stays open).
+    Subscribe,
+    /// Acknowledge durable receipt of everything up to `seq` in `community`.
+    Ack {
+        /// Community id.
+        community: String,
+        /// Highest sequence number processed.
+        seq: u64,
+    },
+    /// Acknowledge (and delete) a welcome delivered on the push channel.
+    AckWelcome {
+        /// Welcome id from [`Push::Welcome`].
+        id: Uuid,
+    },
+    /// Communities the caller is a member of.
+    ListCommunities,
+    /// Members, admins, epoch and maximum label of a community (members only).
+    CommunityInfo {
+        /// Community id.
+        community: String,
+    },
+    /// What the relays did with a notice the caller filed.
+    NoticeStatus {
+        /// Notice id.
+        notice_id: Uuid,
+    },
+    /// Liveness check.
+    Ping,
+}
+
+/// A relay's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The request took effect (and is durable).
+    Ok,
+    /// Number of key packages now held for the caller.
+    KeyPackagesStored {
+        /// Packages held (not counting the last-resort one).
+        count: u32,
+    },
+    /// A key package of the requested user.
+    KeyPackage {
+        /// `MlsMessageOut` bytes of the key package.
+        key_package: Bytes,
+    },
+    /// A handshake or notice was accepted and ordered.
+    Accepted {
+        /// Sequence number in the community log.
+        seq: u64,
+        /// Group epoch after the message (unchanged for notices).
+        epoch: u64,
+    },
+    /// Answer to [`Request::ListCommunities`].
+    Communities {
+        /// Communities the caller belongs to.
+        communities: Vec<CommunitySummary>,
+    },
+    /// Answer to [`Request::CommunityInfo`].
+    Community(CommunitySummary),
+    /// Answer to [`Request::NoticeStatus`].
+    Status(NoticeStatus),
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// The request was refused or failed.
+    Error(ErrorCode),
+}
+
+/// What a client knows about a community without decrypting anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommunitySummary {
+    /// `NAME@HUB`.
+    pub id: String,
+    /// Canonical text of the maximum label.
+    pub max_label: String,
+    /// Current MLS epoch at this relay.
+    pub epoch: u64,
+    /// Member ids (`NAME@RELAY`).
+    pub members: Vec<String>,
+    /// Community admins.
+    pub admins: Vec<String>,
+    /// Highest sequence number in the log.
+    pub last_seq: u64,
+}
+
+/// The fate of a filed notice as far as the relay knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeStatus {
+    /// Notice id.
+    pub notice_id: Uuid,
+    /// Community id.
+    pub community: String,
+    /// Sequence number in the hub's log, once ordered.
+    pub seq: Option<u64>,
+    /// Refusals reported by any hop, with the hop's id and reason.
+    pub refusals: Vec<HopRefusal>,
+}
+
+/// A refusal at one hop of a notice's path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopRefusal {
+    /// Relay or link that refused (e.g. `bz`, `bz->post-a`).
+    pub hop: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Frames the relay writes on a [`Request::Subscribe`] stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Push {
+    /// An entry of a community log, in sequence order.
+    Entry(LogEntry),
+    /// A Welcome into a community for this device.
+    Welcome {
+        /// Id to acknowledge with [`Request::AckWelcome`].
+        id: Uuid,
+        /// Community id.
+        community: String,
+        /// `MlsMessageOut` bytes of the Welcome.
+        welcome: Bytes,
+        /// Ratchet tree of the group at the welcome's epoch.
+        ratchet_tree: Bytes,
+    },
+    /// Catch-up is complete: everything stored for this device up to now was sent.
+    CaughtUp,
+    /// The device's access ended (e.g. revocation); the relay closes the channel.
+    Closed(ErrorCode),
+}
+
+/// One entry of a community log, as stored at a relay and pushed to devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Community id.
+    pub community: String,
+    /// Hub sequence number (1-based, gap-free).
+    pub seq: u64,
+    /// Sender identity as authenticated by its home relay.
+    pub sender: String,
+    /// Seconds since the Unix epoch when the hub ordered it.
+    pub ordered_at: i64,
+    /// What it is.
+    pub kind: EntryKind,
+    /// `MlsMessageOut` bytes.
+    pub message: Bytes,
+}
+
+/// The kind of a [`LogEntry`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A commit or proposal (PublicMessage) moving the group from `epoch`.
+    Handshake {
+        /// Epoch the message was sent in.
+        epoch: u64,
+    },
+    /// An encrypted notice.
+    Notice {
+        /// Notice id.
+        notice_id: Uuid,
+        /// Binary label (also the MLS authenticated data).
+        label: Bytes,
+        /// Epoch the message was sent in.
+        epoch: u64,
+    },
+}
+
+/// Typed refusals a client can act on. Never carries internal detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorCode {
+    /// Refused by label policy.
+    #[error("refused by policy: {reason}")]
+    PolicyDenied {
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// The caller (or the named user) is not a member of the community.
+    #[error("not a member of the community")]
+    NotMember,
+    /// Only community admins may do this.
+    #[error("only community admins may do this")]
+    NotAdmin,
+    /// The message was for an old epoch; sync and retry.
+    #[error("the community has moved on to epoch {current}; sync and retry")]
+    WrongEpoch {
+        /// The community's current epoch.
+        current: u64,
+    },
+    /// The caller is not authenticated (or not as the right kind of identity).
+    #[error("not authenticated: {reason}")]
+    Unauthenticated {
+        /// What was missing or wrong.
+        reason: String,
+    },
+    /// The caller's certificate has been revoked.
+    #[error("certificate revoked")]
+    Revoked,
+    /// The user has no key package left; they must run `kring keys publish`.
+    #[error("no key package left for {user}; they must run `kring keys publish`")]
+    KeyMaterialExhausted {
+        /// The user.
+        user: String,
+    },
+    /// The request or a field is larger than allowed.
+    #[error("too large: {what}")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+    },
+    /// Too many requests; retry later.
+    #[error("rate limited; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// Suggested wait.
+        retry_after_ms: u64,
+    },
+    /// The request was malformed.
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The thing asked for does not exist (or is not visible to the caller).
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was not found.
+        what: String,
+    },
+    /// A relay on the path (e.g. the hub) cannot be reached right now.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Which relay and why.
+        reason: String,
+    },
+    /// The relay failed internally; details are in the relay's log only.
+    #[error("internal relay error")]
+    Internal,
+}
+
+/// Checks the bounds of a decoded message.
+pub trait Validate {
+    /// Returns the first field that is out of bounds.
+    fn validate(&self) -> Result<(), WireError>;
+}
+
+fn check_id(field: &'static str, s: &str) -> Result<(), WireError> {
+    let invalid = |reason: &str| WireError::Invalid {
+        field,
+        reason: reason.to_string(),
+    };
+    if s.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if s.len() > limits::MAX_ID {
+        return Err(invalid("longer than 128 bytes"));
+    }
+    let ok = s.chars().all(|c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.' | '@')
+    });
+    if !ok {
+        return Err(invalid(
+            "only lower-case letters, digits, '-', '_', '.' and '@' are allowed",
+        ));
+    }
+    if s.matches('@').count() > 1 {
+        return Err(invalid("more than one '@'"));
+    }
+    Ok(())
+}
+
+/// Checks a `NAME@RELAY` / `NAME@HUB` identifier (two non-empty parts).
+pub fn check_qualified_id(field: &'static str, s: &str) -> Result<(), WireError> {
+    check_id(field, s)?;
+    match s.split_once('@') {
+        Some((name, relay)) if !name.is_empty() && !relay.is_empty() => Ok(()),
+        _ => Err(WireError::Invalid {
+            field,
+            reason: format!("'{s}' is not of the form NAME@RELAY"),
+        }),
+    }
+}
+
+/// Checks a bare name or relay id (no '@').
+pub fn check_name(field: &'static str, s: &str) -> Result<(), WireError> {
+    check_id(field, s)?;
+    if s.contains('@') {
+        return Err(WireError::Invalid {
+            field,
+            reason: "must not contain '@'".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Validate for Request {
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Request::PublishKeyPackages {
+                key_packages,
+                last_resort: _,
+            } => {
+                if key_packages.len() > limits::MAX_KEY_PACKAGES_PER_PUBLISH {
+                    return Err(WireError::Invalid {
+                        field: "key_packages",
+                        reason: format!(
+                            "{} packages; at most {} per request",
+                            key_packages.len(),
+                            limits::MAX_KEY_PACKAGES_PER_PUBLISH
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Request::FetchKeyPackage { user } => check_qualified_id("user", user),
+            Request::CreateCommunity { community, .. }
+            | Request::Handshake { community, .. }
+            | Request::FileNotice { community, .. }
+            | Request::Ack { community, .. }
+            | Request::CommunityInfo { community } => check_qualified_id("community", community),
+            Request::Subscribe
+            | Request::AckWelcome { .. }
+            | Request::ListCommunities
+            | Request::NoticeStatus { .. }
+            | Request::Ping => Ok(()),
+        }
+    }
+}
+
+impl Validate for Response {
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Response::Communities { communities } if communities.len() > limits::MAX_LIST => {
+                Err(WireError::Invalid {
+                    field: "communities",
+                    reason: "too many".into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Validate for Push {
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Push::Entry(e) => check_qualified_id("community", &e.community),
+            Push::Welcome { community, .. } => check_qualified_id("community", community),
+            Push::CaughtUp | Push::Closed(_) => Ok(()),
+        }
+    }
+}
+
+/// Encodes `body` as one frame (length prefix included).
+///
+/// Fails with [`WireError::TooLarge`] if the payload exceeds `max_frame`.
+pub fn encode_frame<T: Serialize>(body: &T, max_frame: usize) -> Result<Vec<u8>, WireError> {
+    let versioned = Versioned {
+        version: PROTOCOL_VERSION,
+        body,
+    };
+    let mut out = vec![0u8; FRAME_HEADER];
+    out = postcard::to_extend(&versioned, out).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = out.len() - FRAME_HEADER;
+    if len > max_frame {
+        return Err(WireError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    let len32 = u32::try_from(len).map_err(|_| WireError::TooLarge {
+        len,
+        max: max_frame,
+    })?;
+    out[..FRAME_HEADER].copy_from_slice(&len32.to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes one frame payload (without the length prefix) strictly: right version,
+/// no trailing bytes, fields within bounds.
+pub fn decode_payload<T: DeserializeOwned + Validate>(payload: &[u8]) -> Result<T, WireError> {
+    // Read the version first so a peer of another version gets a precise error even if
+    // its message layout differs.
+    let (version, _) = postcard::take_from_bytes::<u16>(payload)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version { got: version });
+    }
+    let (msg, rest) = postcard::take_from_bytes::<Versioned<T>>(payload)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    msg.body.validate()?;
+    Ok(msg.body)
+}
+
+/// Parses the length prefix of a frame, refusing lengths above `max_frame`.
+pub fn frame_len(header: [u8; FRAME_HEADER], max_frame: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max_frame {
+        return Err(WireError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    Ok(len)
+}
+
+/// A push-based frame splitter: feed it bytes as they arrive, take complete payloads.
+///
+/// Memory is bounded: it never buffers more than one frame header plus `max_frame`
+/// bytes of the frame being assembled, and refuses an oversized length before
+/// reading its payload.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max_frame: usize,
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// A decoder accepting payloads of at most `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            max_frame,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Appends received bytes. Fails if the buffered frame would exceed the maximum.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        if self.buf.len() >= FRAME_HEADER {
+            let mut hdr = [0u8; FRAME_HEADER];
+            hdr.copy_from_slice(&self.buf[..FRAME_HEADER]);
+            frame_len(hdr, self.max_frame)?;
+        }
+        let limit = FRAME_HEADER
+            .saturating_add(self.max_frame)
+            .saturating_mul(2);
+        if self.buf.len().saturating_add(bytes.len()) > limit {
+            // Take what fits; callers feed again after draining frames.
+            return Err(WireError::TooLarge {
+                len: self.buf.len() + bytes.len(),
+                max: limit,
+            });
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Returns the next complete payload, if one is buffered.
+    pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        if self.buf.len() < FRAME_HEADER {
+            return Ok(None);
+        }
+        let mut hdr = [0u8; FRAME_HEADER];
+        hdr.copy_from_slice(&self.buf[..FRAME_HEADER]);
+        let len = frame_len(hdr, self.max_frame)?;
+        if self.buf.len() < FRAME_HEADER + len {
+            return Ok(None);
+        }
+        let payload = self.buf[FRAME_HEADER..FRAME_HEADER + len].to_vec();
+        self.buf.drain(..FRAME_HEADER + len);
+        Ok(Some(payload))
+    }
+
+    /// Called at end of stream: fails if a partial frame is buffered.
+    pub fn finish(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let want = if self.buf.len() < FRAME_HEADER {
+            FRAME_HEADER
+        } else {
+            let mut hdr = [0u8; FRAME_HEADER];
+            hdr.copy_from_slice(&self.buf[..FRAME_HEADER]);
+            FRAME_HEADER + u32::from_be_bytes(hdr) as usize
+        };
+        Err(WireError::Truncated {
+            got: self.buf.len(),
+            want,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip<T: Serialize + DeserializeOwned + Validate + PartialEq + std::fmt::Debug>(msg: T) {
+        let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.feed(&frame).unwrap();
+        let payload = dec.next_payload().unwrap().unwrap();
+        assert_eq!(decode_payload::<T>(&payload).unwrap(), msg);
+        assert!(dec.next_payload().unwrap().is_none());
+        dec.finish().unwrap();
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        roundtrip(Request::Ping);
+        roundtrip(Request::FileNotice {
+            community: "desinformatie@bz".into(),
+            notice_id: Uuid::from_u128(7),
+            message: vec![1, 2, 3],
+        });
+        roundtrip(Request::Handshake {
+            community: "a@b".into(),
+            message: vec![9; 100],
+            welcome: Some(vec![4; 10]),
+        });
+    }
+
+    #[test]
+    fn responses_and_pushes_round_trip() {
+        roundtrip(Response::Error(ErrorCode::WrongEpoch { current: 4 }));
+        roundtrip(Response::Error(ErrorCode::PolicyDenied {
+            reason: "level STG-GEHEIM is above clearance STG-CONFIDENTIEEL".into(),
+        }));
+        roundtrip(Push::Entry(LogEntry {
+            community: "x@bz".into(),
+            seq: 12,
+            sender: "analist@post-a".into(),
+            ordered_at: 1_700_000_000,
+            kind: EntryKind::Notice {
+                notice_id: Uuid::from_u128(1),
+                label: vec![1, 0, 3],
+                epoch: 2,
+            },
+            message: vec![0; 64],
+        }));
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_reading_payload() {
+        let mut dec = FrameDecoder::new(16);
+        dec.feed(&(1_000_000u32).to_be_bytes()).unwrap();
+        assert_eq!(
+            dec.next_payload(),
+            Err(WireError::TooLarge {
+                len: 1_000_000,
+                max: 16
+            })
+        );
+        let big = Request::PublishKeyPackages {
+            key_packages: vec![vec![0; 64]],
+            last_resort: None,
+        };
+        assert!(matches!(
+            encode_frame(&big, 16),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_frame_is_reported() {
+        let frame = encode_frame(&Request::ListCommunities, DEFAULT_MAX_FRAME).unwrap();
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.feed(&frame[..frame.len() - 1]).unwrap();
+        assert_eq!(dec.next_payload(), Ok(None));
+        assert!(matches!(dec.finish(), Err(WireError::Truncated { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_and_wrong_version_are_refused() {
+        let frame = encode_frame(&Request::Ping, DEFAULT_MAX_FRAME).unwrap();
+        let mut payload = frame[FRAME_HEADER..].to_vec();
+        payload.push(0);
+        assert_eq!(
+            decode_payload::<Request>(&payload),
+            Err(WireError::TrailingBytes(1))
+        );
+        let other = postcard::to_stdvec(&Versioned {
+            version: 9,
+            body: Request::Ping,
+        })
+        .unwrap();
+        assert_eq!(
+            decode_payload::<Request>(&other),
+            Err(WireError::Version { got: 9 })
+        );
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        for bad in ["", "UPPER@bz", "a@b@c", "noat", "@bz", "x@", "sp ace@bz"] {
+            let r = Request::CommunityInfo {
+                community: bad.into(),
+            };
+            assert!(r.validate().is_err(), "{bad:?} accepted");
+        }
+        let long = format!("{}@bz", "a".repeat(200));
+        assert!(Request::FetchKeyPackage { user: long }.validate().is_err());
+        Request::FetchKeyPackage {
+            user: "analist@post-a".into(),
+        }
+        .validate()
+        .unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_payload::<Request>(&bytes);
+            let _ = decode_payload::<Response>(&bytes);
+            let _ = decode_payload::<Push>(&bytes);
+            let mut dec = FrameDecoder::new(256);
+            if dec.feed(&bytes).is_ok() {
+                while let Ok(Some(p)) = dec.next_payload() {
+                    let _ = decode_payload::<Request>(&p);
+                }
+            }
+        }
+
+        #[test]
+        fn split_feeding_yields_the_same_frames(split in 0usize..64, seq in any::<u64>()) {
+            let msg = Request::Ack { community: "c@bz".into(), seq };
+            let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
+            let mut two = frame.clone();
+            two.extend_from_slice(&frame);
+            let split = split.min(two.len());
+            let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+            dec.feed(&two[..split]).unwrap();
+            let mut got = Vec::new();
+            while let Some(p) = dec.next_payload().unwrap() { got.push(p); }
+            dec.feed(&two[split..]).unwrap();
+            while let Some(p) = dec.next_payload().unwrap() { got.push(p); }
+            prop_assert_eq!(got.len(), 2);
+            for p in got {
+                prop_assert_eq!(decode_payload::<Request>(&p).unwrap(), msg.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Delivery to devices: one task per open [`Request::Subscribe`] stream.
+//!
+//! The task reads from the store, never from an in-memory queue, so a slow device only
+//! slows its own task (QUIC flow control pushes back on `write`) and memory stays
+//! bounded by one page of entries. It sends pending Welcomes first, then, for every
+//! community the device belongs to, the log entries after the device's cursor, then
+//! [`Push::CaughtUp`], and then waits for the store to change.
+//!
+//! Before a notice goes out, the member's current clearance (from the certificate of
+//! this connection) must admit its label; otherwise it is withheld and audit-logged.
+//!
+//! [`Request::Subscribe`]: kring_protocol::wire::Request::Subscribe
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kring_policy::Label;
+use kring_protocol::wire::{EntryKind, ErrorCode, LogEntry, Push};
+use tracing::{debug, info};
+
+use crate::audit::{AuditEvent, AuditKind};
+use crate::decide;
+use crate::error::RelayError;
+use crate::net::push;
+use crate::records::{MemberRecord, WelcomeRecord};
+use crate::relay::{Caller, Relay};
+use crate::store::{decode, keys};
+
+/// Entries read from the store per community per round.
+const PAGE: usize = 256;
+
+/// Serves one subscription until the device goes away or the relay shuts down.
+pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: quinn::SendStream) {
+    let max = relay.limits().max_frame;
+    let mut changes = relay.changes();
+    // Highest seq sent on this stream per community (ahead of the durable cursor).
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    let mut welcomes_sent: HashSet<uuid::Uuid> = HashSet::new();
+    let mut caught_up_sent = false;
+    info!("subscription opened");
+    loop {
+        changes.mark_unchanged();
+        let more = match round(
+            &relay,
+            &caller,
+            &mut send,
+            &mut sent,
+            &mut welcomes_sent,
+            max,
+        )
+        .await
+        {
+            Ok(Some(more)) => more,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "delivery failed");
+                let _ = push(&mut send, &Push::Closed(ErrorCode::Internal), max).await;
+                return;
+            }
+        };
+        if more {
+            continue;
+        }
+        if !caught_up_sent {
+            if !push(&mut send, &Push::CaughtUp, max).await {
+                return;
+            }
+            caught_up_sent = true;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {},
+            _ = send.stopped() => { debug!("device closed the subscription"); return; }
+        }
+    }
+}
+
+/// One pass over everything pending. `Ok(Some(true))` if a page limit was hit (run
+/// again at once), `Ok(None)` if the device went away.
+async fn round(
+    relay: &Relay,
+    caller: &Caller,
+    send: &mut quinn::SendStream,
+    sent: &mut HashMap<String, u64>,
+    welcomes_sent: &mut HashSet<uuid::Uuid>,
+    max: usize,
+) -> Result<Option<bool>, RelayError> {
+    let engine = relay.engine();
+    for (k, v) in engine.scan(&keys::welcome_prefix(&caller.id), None, PAGE)? {
+        let w: WelcomeRecord = decode(&k, &v)?;
+        if !welcomes_sent.insert(w.id) {
+            continue;
+        }
+        let msg = Push::Welcome {
+            id: w.id,
+            community: w.community,
+            welcome: w.welcome,
+            ratchet_tree: w.ratchet_tree,
+        };
+        if !push(send, &msg, max).await {
+            return Ok(None);
+        }
+    }
+    let mut more = false;
+    let prefix = keys::member_prefix(&caller.id);
+    for (k, v) in engine.scan(&prefix, None, kring_protocol::wire::limits::MAX_LIST)? {
+        let m: MemberRecord = decode(&k, &v)?;
+        let community = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        let cursor = relay.cursor_of(&caller.id, &community, &m)?;
+        let from = sent.get(&community).copied().unwrap_or(0).max(cursor);
+        let end = m.removed_seq.unwrap_or(u64::MAX);
+        if from >= end {
+            continue;
+        }
+        let page = engine.scan(
+            &keys::log_prefix(&community),
+            Some(&keys::log(&community, from)),
+            PAGE,
+        )?;
+        if page.len() == PAGE {
+            more = true;
+        }
+        for (k, v) in page {
+            let entry: LogEntry = decode(&k, &v)?;
+            if entry.seq > end {
+                break;
+            }
+            sent.insert(community.clone(), entry.seq);
+            if let EntryKind::Notice {
+                notice_id, label, ..
+            } = &entry.kind
+            {
+                let allowed = match Label::from_bytes(label) {
+                    Ok(label) => {
+                        let d = decide::deliver(&label, caller.identity.clearance.as_ref());
+                        if d.allowed {
+                            Ok(())
+                        } else {
+                            Err(d.to_string())
+                        }
+                    }
+                    Err(e) => Err(format!("stored label unreadable: {e}")),
+                };
+                if let Err(reason) = allowed {
+                    relay.audit_now(AuditEvent::new(
+                        AuditKind::Withheld,
+                        relay.id(),
+                        format!("{community} notice {notice_id}"),
+                        "deliver",
+                        format!("withheld from {}: {reason}", caller.id),
+                    ));
+                    continue;
+                }
+            }
+            if !push(send, &Push::Entry(entry), max).await {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(more))
+}

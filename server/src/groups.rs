@@ -1,0 +1,325 @@
+//! MLS public-group tracking for the relay (openmls `PublicGroup` through
+//! [`kring_protocol::mls::RelayGroup`]).
+//!
+//! The group state lives in the relay's store under [`keys::MLS`]. Writes made while a
+//! request is processed go to an [`Overlay`] first; the request handler puts them into
+//! the same atomic batch as the log entry and the community record, so a crash never
+//! leaves the MLS state and the log disagreeing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kring_policy::Clearance;
+use kring_protocol::identity::Identity;
+use kring_protocol::mls::{
+    CredentialValidator, Handshake, MlsError, RelayGroup, VerifiedHandshake, verify_key_package,
+};
+use kring_protocol::mls_storage::{KvBackend, KvBatch, KvStorage};
+use kring_protocol::validator::FederationValidator;
+use kring_protocol::wire::ErrorCode;
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{MlsMessageIn, ProtocolMessage};
+use openmls_rust_crypto::RustCrypto;
+
+use crate::error::RelayError;
+use crate::store::{Batch, Engine, keys};
+
+/// Reads through to the store, keeps writes in memory until [`Overlay::into_batch`].
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    engine: Arc<dyn Engine>,
+    writes: Arc<Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+}
+
+/// Errors of the overlay backend.
+#[derive(Debug, thiserror::Error)]
+#[error("relay store: {0}")]
+pub struct OverlayError(String);
+
+impl Overlay {
+    /// An empty overlay over `engine`.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Self {
+            engine,
+            writes: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// The writes made so far, as a batch of store operations.
+    pub fn into_batch(self) -> Batch {
+        let mut batch = Batch::default();
+        if let Ok(writes) = self.writes.lock() {
+            for (k, v) in writes.iter() {
+                batch.ops.push(([keys::MLS, k].concat(), v.clone()));
+            }
+        }
+        batch
+    }
+
+    fn lock(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Option<Vec<u8>>>>, OverlayError> {
+        self.writes
+            .lock()
+            .map_err(|_| OverlayError("overlay lock poisoned".into()))
+    }
+}
+
+impl KvBackend for Overlay {
+    type Error = OverlayError;
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
+        if let Some(v) = self.lock()?.get(key) {
+            return Ok(v.clone());
+        }
+        self.engine
+            .get(&[keys::MLS, key].concat())
+            .map_err(|e| OverlayError(e.to_string()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), Self::Error> {
+        self.lock()?.insert(key.to_vec(), Some(value));
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<(), Self::Error> {
+        self.lock()?.insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    fn apply(&self, batch: KvBatch) -> Result<(), Self::Error> {
+        let mut w = self.lock()?;
+        for (k, v) in batch {
+            w.insert(k, v);
+        }
+        Ok(())
+    }
+}
+
+/// A community as tracked, after creation or a merged commit.
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    /// Current epoch.
+    pub epoch: u64,
+    /// Member ids.
+    pub members: Vec<String>,
+    /// Community admins.
+    pub admins: Vec<String>,
+    /// Binary maximum label.
+    pub max_label: Vec<u8>,
+    /// Hub relay id named by the metadata.
+    pub hub: String,
+    /// Ratchet tree (TLS-encoded), for Welcomes.
+    pub ratchet_tree: Vec<u8>,
+}
+
+fn view(group: &RelayGroup, validator: &impl CredentialValidator) -> Result<GroupView, MlsError> {
+    let meta = group.meta()?;
+    Ok(GroupView {
+        epoch: group.epoch(),
+        members: group
+            .members(validator)?
+            .into_iter()
+            .map(|m| m.id)
+            .collect(),
+        admins: meta.admins.clone(),
+        hub: meta.hub().to_string(),
+        max_label: meta.max_label.clone(),
+        ratchet_tree: group.export_ratchet_tree()?,
+    })
+}
+
+/// Maps an MLS error to what the peer is told.
+pub fn mls_refusal(e: MlsError) -> RelayError {
+    let code = match e {
+        MlsError::WrongEpoch { current, .. } => ErrorCode::WrongEpoch { current },
+        MlsError::NotAdmin(_) => ErrorCode::NotAdmin,
+        MlsError::NotMember(_) => ErrorCode::NotMember,
+        MlsError::Storage(s) => return RelayError::Store(s),
+        MlsError::Internal(s) => return RelayError::Store(s),
+        other => ErrorCode::BadRequest {
+            reason: other.to_string(),
+        },
+    };
+    RelayError::Refused(code)
+}
+
+/// Checks a key package a user publishes: valid MLS key package of our ciphersuite and
+/// capabilities, credential = the caller's own certificate chain, signature key = the
+/// certificate key, certificate valid now.
+pub fn validate_key_package(
+    bytes: &[u8],
+    caller_chain: &[Vec<u8>],
+    anchors: &[Vec<u8>],
+    now: u64,
+) -> Result<(), String> {
+    let validator = SameChain {
+        inner: FederationValidator::new(anchors, now),
+        expected_leaf: caller_chain
+            .first()
+            .map(|c| c.as_slice())
+            .unwrap_or_default(),
+    };
+    verify_key_package(&RustCrypto::default(), &validator, bytes)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+struct SameChain<'a> {
+    inner: FederationValidator<'a>,
+    expected_leaf: &'a [u8],
+}
+
+impl CredentialValidator for SameChain<'_> {
+    fn validate(&self, chain: &[Vec<u8>], key: &[u8]) -> Result<String, String> {
+        if chain.first().map(|c| c.as_slice()) != Some(self.expected_leaf) {
+            return Err("the key package's credential is not the caller's own certificate".into());
+        }
+        self.inner.validate(chain, key)
+    }
+}
+
+/// Starts tracking a new community from its creator's upload.
+pub fn create(
+    overlay: &Overlay,
+    community: &str,
+    group_info: &[u8],
+    ratchet_tree: &[u8],
+    anchors: &[Vec<u8>],
+    now: u64,
+) -> Result<GroupView, String> {
+    let storage = KvStorage::new(overlay.clone());
+    let validator = FederationValidator::new(anchors, now);
+    let group = RelayGroup::from_group_info(
+        &RustCrypto::default(),
+        &storage,
+        &validator,
+        group_info,
+        ratchet_tree,
+    )
+    .map_err(|e| e.to_string())?;
+    if group.community_id() != community {
+        return Err(format!(
+            "the group is for community {}, not {community}",
+            group.community_id()
+        ));
+    }
+    view(&group, &validator).map_err(|e| e.to_string())
+}
+
+/// A verified handshake with what it does, in relay terms.
+#[derive(Debug)]
+pub struct Staged {
+    /// The verified message, to merge if policy allows.
+    pub verified: VerifiedHandshake,
+    /// Who signed it.
+    pub sender: String,
+    /// Epoch it was made in.
+    pub epoch: u64,
+    /// Added members with their certificate clearance.
+    pub added: Vec<(String, Option<Clearance>)>,
+    /// Removed members.
+    pub removed: Vec<String>,
+    /// Removals the hub proposed.
+    pub removed_by_hub: Vec<String>,
+    /// New admin list, if changed.
+    pub new_admins: Option<Vec<String>>,
+}
+
+/// Loads the group and verifies a handshake message against it, without merging.
+pub fn process_handshake(
+    overlay: &Overlay,
+    community: &str,
+    message: &[u8],
+    anchors: &[Vec<u8>],
+    now: u64,
+) -> Result<Staged, RelayError> {
+    let storage = KvStorage::new(overlay.clone());
+    let validator = FederationValidator::new(anchors, now);
+    let group = RelayGroup::load(&storage, community)
+        .map_err(mls_refusal)?
+        .ok_or_else(|| RelayError::Store(format!("community {community} has no group state")))?;
+    let verified = group
+        .process_handshake(&RustCrypto::default(), &validator, message)
+        .map_err(mls_refusal)?;
+    let epoch = verified.epoch();
+    let Handshake::Commit(summary) = verified.summary().clone() else {
+        return Err(ErrorCode::BadRequest {
+            reason: "only the hub relay may send proposals".into(),
+        }
+        .into());
+    };
+    let mut added = Vec::new();
+    for a in &summary.added {
+        let clearance = a
+            .chain
+            .first()
+            .and_then(|leaf| Identity::from_der(leaf).ok())
+            .and_then(|id| id.clearance);
+        added.push((a.id.clone(), clearance));
+    }
+    Ok(Staged {
+        verified,
+        sender: summary.committer.clone(),
+        epoch,
+        added,
+        removed: summary.removed.iter().map(|r| r.id.clone()).collect(),
+        removed_by_hub: summary
+            .removed
+            .iter()
+            .filter(|r| r.proposed_by_hub)
+            .map(|r| r.id.clone())
+            .collect(),
+        new_admins: summary.new_meta.map(|m| m.admins),
+    })
+}
+
+/// Merges a verified commit and returns the new state.
+pub fn merge(
+    overlay: &Overlay,
+    community: &str,
+    staged: Staged,
+    anchors: &[Vec<u8>],
+    now: u64,
+) -> Result<GroupView, RelayError> {
+    let storage = KvStorage::new(overlay.clone());
+    let validator = FederationValidator::new(anchors, now);
+    let mut group = RelayGroup::load(&storage, community)
+        .map_err(mls_refusal)?
+        .ok_or_else(|| RelayError::Store(format!("community {community} has no group state")))?;
+    group
+        .merge(&storage, staged.verified)
+        .map_err(mls_refusal)?;
+    view(&group, &validator).map_err(mls_refusal)
+}
+
+/// What the relay reads of an application message without decrypting it.
+#[derive(Debug, Clone)]
+pub struct AppInfo {
+    /// Group id bytes.
+    pub group_id: Vec<u8>,
+    /// Epoch it was encrypted in.
+    pub epoch: u64,
+    /// Authenticated data (the binary label).
+    pub aad: Vec<u8>,
+}
+
+/// Parses an application message (PrivateMessage) without loading the group.
+pub fn read_application(message: &[u8]) -> Result<AppInfo, String> {
+    if message.len() > kring_protocol::mls::MAX_MESSAGE_BYTES {
+        return Err("message too large".into());
+    }
+    let msg = MlsMessageIn::tls_deserialize_exact(message).map_err(|e| e.to_string())?;
+    let proto = msg.try_into_protocol_message().map_err(|e| e.to_string())?;
+    let ProtocolMessage::PrivateMessage(private) = proto else {
+        return Err("a notice must be an MLS PrivateMessage".into());
+    };
+    if private.content_type() != openmls::prelude::ContentType::Application {
+        return Err("a notice must be an application message".into());
+    }
+    Ok(AppInfo {
+        group_id: private.group_id().as_slice().to_vec(),
+        epoch: private.epoch().as_u64(),
+        aad: private.aad().to_vec(),
+    })
+}

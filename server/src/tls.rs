@@ -1,0 +1,85 @@
+//! TLS 1.3 configuration for the relay's QUIC endpoint: mutual authentication against
+//! the federation trust anchors, ring as the only crypto provider.
+
+use std::sync::Arc;
+
+use kring_protocol::identity::Identity;
+use kring_protocol::wire::{ALPN_CLIENT, ALPN_FEDERATION};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+
+use crate::config::RelayConfig;
+use crate::error::RelayError;
+
+/// The crypto provider every TLS config of Kring uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Checks that a PKCS#8 Ed25519 key belongs to the certificate's public key.
+pub fn check_key_matches(pkcs8: &[u8], identity: &Identity) -> Result<(), String> {
+    use ring::signature::KeyPair;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+        .map_err(|_| "the private key is not a valid Ed25519 PKCS#8 key".to_string())?;
+    if pair.public_key().as_ref() != identity.public_key.as_slice() {
+        return Err("the private key does not match the certificate".into());
+    }
+    Ok(())
+}
+
+fn roots(config: &RelayConfig) -> Result<Arc<RootCertStore>, RelayError> {
+    let mut roots = RootCertStore::empty();
+    for a in &config.anchors {
+        roots
+            .add(a.clone())
+            .map_err(|e| RelayError::Tls(format!("bad trust anchor: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Server side: TLS 1.3 only, client certificate required and verified, ALPN for
+/// clients and federation peers.
+pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(config)?, provider.clone())
+        .build()
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(config.cert_chain.clone(), config.key.clone_key())
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN_CLIENT.to_vec(), ALPN_FEDERATION.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(std::time::Duration::from_millis(
+            config.limits.idle_timeout_ms,
+        ))
+        .map_err(|e| RelayError::Tls(e.to_string()))?,
+    ));
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    transport.max_concurrent_bidi_streams(64u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+/// Client side (relay → peer relay): presents the relay certificate, verifies the
+/// peer's against the trust anchors and its DNS name `ID.relay.kring`.
+pub fn peer_client_config(config: &RelayConfig) -> Result<quinn::ClientConfig, RelayError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_root_certificates(roots(config)?)
+        .with_client_auth_cert(config.cert_chain.clone(), config.key.clone_key())
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN_FEDERATION.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}

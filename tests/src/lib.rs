@@ -1,0 +1,441 @@
+//! The Kring test harness: a federation from a freshly minted development PKI, relays
+//! as real `kring-relay` processes on 127.0.0.1 with ports chosen by the OS, and
+//! in-process clients. Used by the integration tests in `tests/tests/` and by
+//! `kring-demo`.
+//!
+//! Relay processes are started from an executable that understands
+//! `<exe> relay --config FILE` (the `kring-demo` binary embeds the relay's command
+//! line for exactly this purpose), so tests and the demo need no separately built
+//! `kring-relay` binary.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors of the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// Creating the PKI failed.
+    #[error("dev PKI: {0}")]
+    Pki(String),
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A relay process failed to start or stop.
+    #[error("relay {id}: {reason}")]
+    Relay {
+        /// Relay id.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, HarnessError>;
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> HarnessError {
+    HarnessError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// How to start a relay process: a program and the arguments before `--config FILE`.
+#[derive(Debug, Clone)]
+pub struct RelayLauncher {
+    /// Program and leading arguments.
+    pub command: Vec<OsString>,
+}
+
+impl RelayLauncher {
+    /// `<exe> relay --config FILE`: for a `kring-demo` executable.
+    pub fn demo_binary(exe: impl Into<OsString>) -> Self {
+        Self {
+            command: vec![exe.into(), "relay".into()],
+        }
+    }
+}
+
+/// A running relay process.
+#[derive(Debug)]
+pub struct RelayProcess {
+    child: Child,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+}
+
+/// A local federation for tests and the demo.
+#[derive(Debug)]
+pub struct Federation {
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    launcher: RelayLauncher,
+    addrs: BTreeMap<String, std::net::SocketAddr>,
+    relays: BTreeMap<String, RelayProcess>,
+    log_dir: PathBuf,
+}
+
+pub mod demo;
+
+/// Relay ids of the demo federation (SPEC §8).
+pub const RELAYS: [&str; 4] = ["bz", "nctv", "aivd", "post-a"];
+
+/// Picks `n` distinct free UDP ports on 127.0.0.1.
+pub fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
+    let socks: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| HarnessError::Pki(format!("cannot pick a free port: {e}")))?;
+    socks
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| HarnessError::Pki(e.to_string()))
+}
+
+impl Federation {
+    /// Mints the SPEC §8 federation into a fresh temporary directory, with ports
+    /// chosen by the OS. Nothing is started yet.
+    pub fn create(launcher: RelayLauncher) -> Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix("kring-fed-")
+            .tempdir()
+            .map_err(|e| HarnessError::Pki(e.to_string()))?;
+        let dir = tmp.path().join("federation");
+        let mut fed = Self::create_in(&dir, launcher)?;
+        fed._tmp = Some(tmp);
+        Ok(fed)
+    }
+
+    /// As [`Federation::create`], in `dir` (kept afterwards).
+    pub fn create_in(dir: &Path, launcher: RelayLauncher) -> Result<Self> {
+        kring_certs_dev::init_demo(dir, 47100, false, now())
+            .map_err(|e| HarnessError::Pki(e.to_string()))?;
+        let ports = free_udp_ports(RELAYS.len())?;
+        let addrs: BTreeMap<String, std::net::SocketAddr> = RELAYS
+            .iter()
+            .zip(ports)
+            .map(|(id, p)| {
+                (
+                    id.to_string(),
+                    std::net::SocketAddr::from(([127, 0, 0, 1], p)),
+                )
+            })
+            .collect();
+        let fed = Self {
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            launcher,
+            addrs,
+            relays: BTreeMap::new(),
+            log_dir: dir.join("logs"),
+        };
+        fed.rewrite_addresses()?;
+        std::fs::create_dir_all(&fed.log_dir).map_err(|e| file_err(&fed.log_dir, e))?;
+        Ok(fed)
+    }
+
+    fn rewrite_addresses(&self) -> Result<()> {
+        for id in RELAYS {
+            let path = self.relay_config(id);
+            let mut t = read_toml(&path)?;
+            t.insert("listen".into(), self.addrs[id].to_string().into());
+            if let Some(toml::Value::Array(peers)) = t.get_mut("peers") {
+                for p in peers.iter_mut() {
+                    if let Some(tbl) = p.as_table_mut()
+                        && let Some(pid) =
+                            tbl.get("id").and_then(|v| v.as_str()).map(str::to_string)
+                        && let Some(a) = self.addrs.get(&pid)
+                    {
+                        tbl.insert("address".into(), a.to_string().into());
+                    }
+                }
+            }
+            write_toml(&path, &t)?;
+        }
+        for user in self.users()? {
+            self.rewrite_profile(&user)?;
+        }
+        Ok(())
+    }
+
+    fn rewrite_profile(&self, user: &str) -> Result<()> {
+        let path = self.user_dir(user).join("profile.toml");
+        let mut t = read_toml(&path)?;
+        let relay = t
+            .get("relay_id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        if let Some(a) = self.addrs.get(&relay) {
+            t.insert("relay".into(), a.to_string().into());
+        }
+        write_toml(&path, &t)
+    }
+
+    /// The federation directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `DIR/relays/ID/relay.toml`.
+    pub fn relay_config(&self, id: &str) -> PathBuf {
+        self.dir.join("relays").join(id).join("relay.toml")
+    }
+
+    /// `DIR/users/USER` (a profile directory).
+    pub fn user_dir(&self, user: &str) -> PathBuf {
+        self.dir.join("users").join(user)
+    }
+
+    /// The users that have a profile.
+    pub fn users(&self) -> Result<Vec<String>> {
+        let d = self.dir.join("users");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&d).map_err(|e| file_err(&d, e))? {
+            let e = e.map_err(|e| file_err(&d, e))?;
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Adds a user with the given clearance and roles (signed by the home relay's
+    /// organisation CA) and points their profile at the relay.
+    pub fn issue_user(&self, user: &str, clearance: &str, roles: &[&str]) -> Result<PathBuf> {
+        let request = kring_certs_dev::IssueUserRequest {
+            user: user.to_string(),
+            clearance: clearance
+                .parse()
+                .map_err(|e: kring_policy::PolicyError| HarnessError::Pki(e.to_string()))?,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            not_after: None,
+            force: false,
+        };
+        kring_certs_dev::issue_user_into(&self.dir, &request, now())
+            .map_err(|e| HarnessError::Pki(e.to_string()))?;
+        self.rewrite_profile(user)?;
+        Ok(self.user_dir(user))
+    }
+
+    /// The relay's address.
+    pub fn relay_addr(&self, id: &str) -> Option<std::net::SocketAddr> {
+        self.addrs.get(id).copied()
+    }
+
+    /// Starts a relay process and waits until it listens.
+    pub fn start(&mut self, id: &str) -> Result<()> {
+        if self.relays.contains_key(id) {
+            return Ok(());
+        }
+        let rerr = |reason: String| HarnessError::Relay {
+            id: id.to_string(),
+            reason,
+        };
+        let log_path = self.log_dir.join(format!("{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| file_err(&log_path, e))?;
+        let (prog, args) = self
+            .launcher
+            .command
+            .split_first()
+            .ok_or_else(|| rerr("empty launcher".into()))?;
+        let mut child = Command::new(prog)
+            .args(args)
+            .arg("--config")
+            .arg(self.relay_config(id))
+            .env(
+                "KRING_LOG",
+                std::env::var("KRING_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| rerr(format!("cannot start: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| rerr("no stdout".into()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            // Keep draining so the relay never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let line = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => break line,
+                Err(_) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    return Err(rerr(format!(
+                        "did not start within 30 s; see {}",
+                        log_path.display()
+                    )));
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                        return Err(rerr(format!("exited with {status}: {log}")));
+                    }
+                }
+            }
+        };
+        if !line.starts_with("kring-relay listening on") {
+            let _ = child.kill();
+            return Err(rerr(format!("unexpected first line: {line}")));
+        }
+        let addr = self.addrs[id];
+        self.relays
+            .insert(id.to_string(), RelayProcess { child, addr });
+        Ok(())
+    }
+
+    /// Starts every relay.
+    pub fn start_all(&mut self) -> Result<()> {
+        for id in RELAYS {
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    /// Graceful stop (SIGTERM), waiting for the process to exit.
+    pub fn stop(&mut self, id: &str) -> Result<()> {
+        let Some(mut p) = self.relays.remove(id) else {
+            return Ok(());
+        };
+        let pid = p.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                return Err(HarnessError::Relay {
+                    id: id.to_string(),
+                    reason: "did not stop within 15 s of SIGTERM; killed".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Crash stop (SIGKILL).
+    pub fn kill(&mut self, id: &str) {
+        if let Some(mut p) = self.relays.remove(id) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    /// True if the relay process is running.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.relays.contains_key(id)
+    }
+
+    /// A client for `user`.
+    pub fn client(
+        &self,
+        user: &str,
+    ) -> std::result::Result<kring_client::Client, kring_client::ClientError> {
+        kring_client::Client::open(self.user_dir(user))
+    }
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        for (_, mut p) in std::mem::take(&mut self.relays) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn read_toml(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    text.parse::<toml::Table>().map_err(|e| file_err(path, e))
+}
+
+fn write_toml(path: &Path, t: &toml::Table) -> Result<()> {
+    let text = toml::to_string(t).map_err(|e| file_err(path, e))?;
+    std::fs::write(path, text).map_err(|e| file_err(path, e))
+}
+
+/// Mints a user certificate with a deliberate defect (expired, foreign CA, relay
+/// profile, …) signed by the home relay's organisation CA, and writes a profile for
+/// it next to the others. Returns the profile directory.
+pub fn issue_quirky_user(
+    fed: &Federation,
+    user: &str,
+    quirk: kring_certs_dev::Quirk,
+) -> Result<PathBuf> {
+    let (name, relay) = user
+        .split_once('@')
+        .ok_or_else(|| HarnessError::Pki(format!("{user} is not NAME@RELAY")))?;
+    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| file_err(&p, e));
+    let root = kring_certs_dev::Authority::load(
+        kring_certs_dev::ROOT_ORGANISATION,
+        &read(fed.dir.join("ca/root.crt"))?,
+        &read(fed.dir.join("ca/root.key"))?,
+    )
+    .map_err(|e| HarnessError::Pki(e.to_string()))?;
+    let org_dir = kring_certs_dev::org_dir(&fed.dir, relay);
+    let org = kring_certs_dev::Authority::load(
+        relay,
+        &read(org_dir.join("ca.crt"))?,
+        &read(org_dir.join("ca.key"))?,
+    )
+    .map_err(|e| HarnessError::Pki(e.to_string()))?;
+    let pki = kring_certs_dev::Pki::from_authorities(now(), root, vec![org]);
+    let clearance = "NL:STG-GEHEIM"
+        .parse()
+        .map_err(|e: kring_policy::PolicyError| HarnessError::Pki(e.to_string()))?;
+    let spec = kring_certs_dev::UserSpec::new(name, relay, relay)
+        .with_clearance(clearance)
+        .with_quirk(quirk);
+    let cert = pki
+        .issue_user(&spec)
+        .map_err(|e| HarnessError::Pki(e.to_string()))?;
+    let dir = fed.user_dir(user);
+    std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
+    let template = fed
+        .users()?
+        .into_iter()
+        .find(|u| u.ends_with(&format!("@{relay}")) && u != user)
+        .ok_or_else(|| HarnessError::Pki(format!("no user of {relay} to copy a profile from")))?;
+    let mut profile = read_toml(&fed.user_dir(&template).join("profile.toml"))?;
+    profile.insert("user".into(), user.into());
+    write_toml(&dir.join("profile.toml"), &profile)?;
+    let crt = dir.join("user.crt");
+    std::fs::write(&crt, &cert.chain_pem).map_err(|e| file_err(&crt, e))?;
+    let key = dir.join("user.key");
+    std::fs::write(&key, &cert.key_pem).map_err(|e| file_err(&key, e))?;
+    Ok(dir)
+}

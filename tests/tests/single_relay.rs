@@ -1,0 +1,208 @@
+//! One relay carries a community end to end: real `kring-relay` processes, real MLS,
+//! in-process clients.
+
+use kring_client::{Category, Client, ClientError, NoticeDraft, NoticeKind};
+use kring_protocol::wire::ErrorCode;
+use kring_tests::{Federation, RelayLauncher};
+
+fn federation() -> Federation {
+    Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
+}
+
+fn draft(community: &str, label: &str, title: &str) -> NoticeDraft {
+    NoticeDraft {
+        community: community.into(),
+        label: label.into(),
+        kind: NoticeKind::Signal,
+        category: Category::Disinformation,
+        title: title.into(),
+        body: format!("body of {title}"),
+        in_reply_to: None,
+        stix: None,
+    }
+}
+
+async fn ready(fed: &Federation, user: &str) -> Client {
+    let mut c = fed.client(user).unwrap();
+    c.publish_key_packages(3).await.unwrap();
+    c
+}
+
+fn titles(c: &Client, community: &str) -> Vec<String> {
+    c.notices(Some(community))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.title)
+        .collect()
+}
+
+fn relay_code(e: &ClientError) -> Option<&ErrorCode> {
+    match e {
+        ClientError::Relay(code) => Some(code),
+        _ => None,
+    }
+}
+
+/// Three users on relay `bz`: an admin creates a community, adds two members, files;
+/// a member offline during filing gets the notice on reconnect, exactly once; the
+/// relay is restarted between filing and reading and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_add_file_deliver_restart() {
+    let mut fed = federation();
+    fed.issue_user("analist@bz", "NL:STG-GEHEIM", &[]).unwrap();
+    fed.start("bz").unwrap();
+
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    let mut late = ready(&fed, "analist@bz").await;
+
+    let created = admin
+        .create_community("desinformatie", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    assert_eq!(created.community, "desinformatie@bz");
+    let added = admin
+        .add_members(
+            "desinformatie@bz",
+            &["admin@bz".to_string(), "analist@bz".to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.added.len(), 2);
+
+    member.sync().await.unwrap();
+    let filed = admin
+        .file_notice(draft("desinformatie", "NL:DEP-VERTROUWELIJK", "first"))
+        .await
+        .unwrap();
+    assert!(filed.seq > 0);
+    let report = member.sync().await.unwrap();
+    let got: Vec<_> = report.notices().map(|n| n.title.clone()).collect();
+    assert_eq!(got, vec!["first".to_string()]);
+    assert_eq!(report.notices().next().unwrap().sender, "liaison@bz");
+
+    // `late` has been offline the whole time; the relay restarts before it reads.
+    admin
+        .file_notice(draft("desinformatie", "NL:STG-CONFIDENTIEEL", "second"))
+        .await
+        .unwrap();
+    admin.disconnect().await;
+    member.disconnect().await;
+    fed.stop("bz").unwrap();
+    fed.start("bz").unwrap();
+
+    late.sync().await.unwrap();
+    assert_eq!(titles(&late, "desinformatie@bz"), vec!["first", "second"]);
+    // Syncing again delivers nothing new: exactly once.
+    let again = late.sync().await.unwrap();
+    assert_eq!(again.notices().count(), 0);
+    assert_eq!(titles(&late, "desinformatie@bz"), vec!["first", "second"]);
+
+    member.sync().await.unwrap();
+    assert_eq!(titles(&member, "desinformatie@bz"), vec!["first", "second"]);
+}
+
+/// Every single-relay refusal, each with its typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals() {
+    let mut fed = federation();
+    fed.issue_user("laag@bz", "NL:DEP-VERTROUWELIJK", &[])
+        .unwrap();
+    fed.issue_user("buiten@bz", "NL:STG-GEHEIM", &[]).unwrap();
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    let _low = ready(&fed, "laag@bz").await;
+    let mut outsider = ready(&fed, "buiten@bz").await;
+    admin
+        .create_community("c", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    admin
+        .add_members("c", &["admin@bz".to_string()])
+        .await
+        .unwrap();
+    member.sync().await.unwrap();
+
+    // Filing above the community maximum: refused by the client (exit 3).
+    let e = admin
+        .file_notice(draft("c", "NL:STG-GEHEIM", "too high"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+
+    // An under-cleared member cannot be added; the reason names them.
+    let e = admin
+        .add_members("c", &["laag@bz".to_string()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+    assert!(e.to_string().contains("laag@bz"), "{e}");
+
+    // A non-admin member cannot add.
+    let e = member
+        .add_members("c", &["buiten@bz".to_string()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+
+    // A non-member cannot file.
+    let e = outsider
+        .file_notice(draft("c@bz", "NL:ONGERUBRICEERD", "intruder"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+
+    // Nothing refused reached anybody.
+    member.sync().await.unwrap();
+    assert!(titles(&member, "c@bz").is_empty());
+}
+
+/// Two admins commit for the same epoch: one wins, the other gets WrongEpoch from
+/// the relay, syncs, retries and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_one_wins_other_retries() {
+    let mut fed = federation();
+    for u in ["a1@bz", "a2@bz", "x@bz", "y@bz"] {
+        fed.issue_user(u, "NL:STG-GEHEIM", &[]).unwrap();
+    }
+    fed.start("bz").unwrap();
+    let mut a1 = ready(&fed, "a1@bz").await;
+    let mut a2 = ready(&fed, "a2@bz").await;
+    let _x = ready(&fed, "x@bz").await;
+    let _y = ready(&fed, "y@bz").await;
+    a1.create_community("c", "NL:STG-GEHEIM").await.unwrap();
+    a1.add_members("c", &["a2@bz".to_string()]).await.unwrap();
+    a1.set_admin("c", kring_client::AdminChange::Add, "a2@bz")
+        .await
+        .unwrap();
+    a2.sync().await.unwrap();
+    // Both are at the same epoch; both commit.
+    let (x, y) = (["x@bz".to_string()], ["y@bz".to_string()]);
+    let (r1, r2) = tokio::join!(a1.add_members("c@bz", &x), a2.add_members("c@bz", &y));
+    r1.unwrap();
+    r2.unwrap();
+    let info = a1.community_info("c@bz").await.unwrap();
+    let mut members = info.members.clone();
+    members.sort();
+    assert_eq!(members, vec!["a1@bz", "a2@bz", "x@bz", "y@bz"]);
+}
+
+/// Certificates that must not get in: a relay certificate used as a user, an expired
+/// certificate, one from a foreign CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_certificates_are_refused() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    for (user, quirk) in [
+        ("relaycert@bz", kring_certs_dev::Quirk::RelayAsUser),
+        ("verlopen@bz", kring_certs_dev::Quirk::Expired),
+        ("vreemd@bz", kring_certs_dev::Quirk::ForeignCa),
+    ] {
+        let dir = kring_tests::issue_quirky_user(&fed, user, quirk).unwrap();
+        let mut c = Client::open(&dir).unwrap();
+        let e = c.ping().await.unwrap_err();
+        assert_eq!(e.exit_code(), 4, "{user}: {e}");
+        let _ = relay_code(&e);
+    }
+}
