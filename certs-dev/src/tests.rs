@@ -377,7 +377,12 @@ fn crls_revoke() {
     let cert = pki.issue_user(&user_spec()).unwrap();
     let bz = pki.organisation("bz").unwrap();
     let crl = bz
-        .crl(std::slice::from_ref(&cert.serial), 1, NOW - DAY, NOW + 7 * DAY)
+        .crl(
+            std::slice::from_ref(&cert.serial),
+            1,
+            NOW - DAY,
+            NOW + 7 * DAY,
+        )
         .unwrap();
     let check = RevocationCheck {
         crls: std::slice::from_ref(&crl),

@@ -309,3 +309,89 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
     };
     ClientError::Protocol(format!("the relay answered {request} with {name}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notice::{Category, NoticeDraft, NoticeKind};
+    use crate::testpki::Fed;
+
+    fn analist() -> (tempfile::TempDir, Client) {
+        let dir = tempfile::tempdir().unwrap();
+        let fed = Fed::new("post-a");
+        let leaf = fed.user("post-a", "analist", "post-a", "NL:STG-CONFIDENTIEEL");
+        let profile = fed.profile(dir.path(), "analist@post-a", "post-a", &leaf);
+        let client = Client::open(&profile).unwrap();
+        (dir, client)
+    }
+
+    #[test]
+    fn opens_a_device_and_reads_the_clearance_from_the_certificate() {
+        let (_dir, client) = analist();
+        assert_eq!(client.user(), "analist@post-a");
+        assert_eq!(client.relay_id(), "post-a");
+        assert_eq!(
+            client.clearance().unwrap().to_string(),
+            "NL:STG-CONFIDENTIEEL"
+        );
+        let secret: Label = "NL:STG-GEHEIM".parse().unwrap();
+        assert!(!client.check_clearance(&secret).allowed);
+        assert_eq!(client.resolve_community("cyber").unwrap(), "cyber@post-a");
+        assert!(client.notices(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_certificate_for_someone_else_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fed = Fed::new("bz");
+        let leaf = fed.user("bz", "liaison", "bz", "NL:STG-GEHEIM");
+        let profile = fed.profile(dir.path(), "admin@bz", "bz", &leaf);
+        let err = Client::open(&profile).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the certificate is for liaison@bz"),
+            "{err}"
+        );
+
+        let relay = fed.relay("bz", "bz", "NL:STG-GEHEIM");
+        let profile = fed.profile(dir.path(), "bz@bz", "bz", &relay);
+        let err = Client::open(&profile).unwrap_err();
+        assert!(err.to_string().contains("not a user certificate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn policy_is_checked_before_anything_is_sent() {
+        // The profile points at a port nobody listens on: reaching the network would
+        // fail with exit 5, so exit 3 proves the refusal came first.
+        let (_dir, mut client) = analist();
+        let err = client
+            .create_community("hoog", "NL:STG-GEHEIM")
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(err.to_string().contains("STG-GEHEIM"), "{err}");
+
+        let err = client
+            .file_notice(NoticeDraft {
+                community: "desinformatie@bz".into(),
+                label: "NL:STG-GEHEIM;TLP=AMBER".into(),
+                kind: NoticeKind::Signal,
+                category: Category::Disinformation,
+                title: "t".into(),
+                body: String::new(),
+                in_reply_to: None,
+                stix: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+
+        let err = client.publish_key_packages(0).await.unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        let err = client
+            .create_community("Bad Name", "TLP:GREEN")
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+    }
+}

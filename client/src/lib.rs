@@ -20,6 +20,8 @@ pub mod notice;
 pub mod profile;
 pub mod store;
 pub mod sync;
+#[cfg(test)]
+mod testpki;
 pub mod validator;
 
 pub use client::{Client, DEFAULT_PUBLISH, MAX_PUBLISH};

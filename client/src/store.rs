@@ -19,7 +19,7 @@
 //! Notice content is never logged.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,8 +121,53 @@ type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 /// the buffer.
 #[derive(Clone)]
 pub struct MlsKv {
-    tree: sled::Tree,
-    overlay: Arc<Mutex<Option<Overlay>>>,
+    shared: Arc<Shared>,
+}
+
+/// The database handle (opened on demand, released on request) and the MLS write
+/// buffer, shared by the [`Store`] and its [`MlsKv`].
+struct Shared {
+    dir: PathBuf,
+    tree: Mutex<Option<sled::Tree>>,
+    overlay: Mutex<Option<Overlay>>,
+}
+
+impl Shared {
+    /// The open tree, opening the database if it was released.
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        let mut guard = self.tree.lock().map_err(|_| StoreError::Poisoned)?;
+        if let Some(tree) = guard.as_ref() {
+            return Ok(tree.clone());
+        }
+        let tree = open_tree(&self.dir)?;
+        *guard = Some(tree.clone());
+        Ok(tree)
+    }
+}
+
+/// Opens the database in `dir`, waiting up to [`LOCK_WAIT`] for another kring
+/// process to release it.
+fn open_tree(dir: &Path) -> Result<sled::Tree, StoreError> {
+    let open_err = |reason: String| StoreError::Open {
+        path: dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+    restrict_permissions(dir);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => break db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(open_err(e.to_string())),
+        }
+    };
+    db.open_tree("kring").map_err(|e| open_err(e.to_string()))
 }
 
 impl std::fmt::Debug for MlsKv {
@@ -148,7 +193,11 @@ impl MlsKv {
     }
 
     fn with_overlay<R>(&self, f: impl FnOnce(&mut Option<Overlay>) -> R) -> Result<R, StoreError> {
-        let mut guard = self.overlay.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut guard = self
+            .shared
+            .overlay
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
         Ok(f(&mut guard))
     }
 }
@@ -162,7 +211,7 @@ impl KvBackend for MlsKv {
         if let Some(value) = buffered {
             return Ok(value);
         }
-        Ok(self.tree.get(&key)?.map(|v| v.to_vec()))
+        Ok(self.shared.tree()?.get(&key)?.map(|v| v.to_vec()))
     }
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
@@ -175,7 +224,7 @@ impl KvBackend for MlsKv {
             None => Some(value),
         })?;
         if let Some(value) = value {
-            self.tree.insert(key, value)?;
+            self.shared.tree()?.insert(key, value)?;
         }
         Ok(())
     }
@@ -190,7 +239,7 @@ impl KvBackend for MlsKv {
             None => false,
         })?;
         if !buffered {
-            self.tree.remove(key)?;
+            self.shared.tree()?.remove(key)?;
         }
         Ok(())
     }
@@ -215,7 +264,7 @@ impl KvBackend for MlsKv {
                     None => b.remove(k),
                 }
             }
-            self.tree.apply_batch(b)?;
+            self.shared.tree()?.apply_batch(b)?;
         }
         Ok(())
     }
@@ -276,41 +325,51 @@ impl Batch {
 }
 
 /// The local state database.
-#[derive(Debug)]
 pub struct Store {
-    tree: sled::Tree,
+    shared: Arc<Shared>,
     mls: MlsKv,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`, waiting up to [`LOCK_WAIT`]
     /// for another kring process to release it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let open_err = |reason: String| StoreError::Open {
-            path: dir.display().to_string(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        restrict_permissions(dir);
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match sled::Config::new().path(dir).open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(open_err(e.to_string())),
-            }
-        };
-        let tree = db.open_tree("kring").map_err(|e| open_err(e.to_string()))?;
+        let tree = open_tree(dir)?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            tree: Mutex::new(Some(tree)),
+            overlay: Mutex::new(None),
+        });
         let mls = MlsKv {
-            tree: tree.clone(),
-            overlay: Arc::new(Mutex::new(None)),
+            shared: Arc::clone(&shared),
         };
-        Ok(Store { tree, mls })
+        Ok(Store { shared, mls })
+    }
+
+    /// Flushes and closes the database so that other kring processes of this user
+    /// can use it (e.g. while `kring notice watch` waits); the next access reopens
+    /// it. Does nothing while MLS writes are buffered.
+    pub fn release(&self) -> Result<(), StoreError> {
+        if self.in_transaction()? {
+            return Ok(());
+        }
+        let mut guard = self.shared.tree.lock().map_err(|_| StoreError::Poisoned)?;
+        if let Some(tree) = guard.take() {
+            tree.flush()?;
+        }
+        Ok(())
+    }
+
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        self.shared.tree()
     }
 
     /// The openmls backend (share it with a `KringProvider`).
@@ -346,7 +405,7 @@ impl Store {
                 None => b.remove(k),
             }
         }
-        self.tree.apply_batch(b)?;
+        self.tree()?.apply_batch(b)?;
         self.flush()
     }
 
@@ -357,13 +416,13 @@ impl Store {
 
     /// Flushes everything written so far to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.tree.flush()?;
+        self.tree()?.flush()?;
         Ok(())
     }
 
     /// Whether a notice with this id is stored.
     pub fn has_notice(&self, id: Uuid) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(prefixed(NOTICE, id.as_bytes()))?)
+        Ok(self.tree()?.contains_key(prefixed(NOTICE, id.as_bytes()))?)
     }
 
     /// Stores a notice unless one with the same id is stored already; returns whether
@@ -375,7 +434,7 @@ impl Store {
             return Err(StoreError::Transaction("empty notice batch"));
         };
         let swapped = self
-            .tree
+            .tree()?
             .compare_and_swap(key, None as Option<&[u8]>, Some(value))?;
         let new = swapped.is_ok();
         if new {
@@ -398,7 +457,7 @@ impl Store {
 
     /// The stored notice with this id.
     pub fn notice(&self, id: Uuid) -> Result<Option<StoredNotice>, StoreError> {
-        self.tree
+        self.tree()?
             .get(prefixed(NOTICE, id.as_bytes()))?
             .map(|v| decode("notice", &v))
             .transpose()
@@ -417,7 +476,7 @@ impl Store {
             .map(|c| c.to_ascii_lowercase())
             .collect();
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(NOTICE) {
+        for item in self.tree()?.scan_prefix(NOTICE) {
             let (k, _) = item?;
             let Ok(bytes) = <[u8; 16]>::try_from(&k[NOTICE.len()..]) else {
                 continue;
@@ -439,7 +498,7 @@ impl Store {
     /// notices not yet ordered last, by filing time).
     pub fn notices(&self, community: Option<&str>) -> Result<Vec<StoredNotice>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(NOTICE) {
+        for item in self.tree()?.scan_prefix(NOTICE) {
             let (_, v) = item?;
             let n: StoredNotice = decode("notice", &v)?;
             if community.is_none_or(|c| n.notice.community == c) {
@@ -467,7 +526,7 @@ impl Store {
 
     /// The last processed sequence number of a community (0 if none).
     pub fn cursor(&self, community: &str) -> Result<u64, StoreError> {
-        match self.tree.get(prefixed(CURSOR, community.as_bytes()))? {
+        match self.tree()?.get(prefixed(CURSOR, community.as_bytes()))? {
             None => Ok(0),
             Some(v) => {
                 let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
@@ -481,7 +540,7 @@ impl Store {
 
     /// The community record with this id.
     pub fn community(&self, id: &str) -> Result<Option<CommunityRecord>, StoreError> {
-        self.tree
+        self.tree()?
             .get(prefixed(COMMUNITY, id.as_bytes()))?
             .map(|v| decode("community", &v))
             .transpose()
@@ -490,7 +549,7 @@ impl Store {
     /// All communities this device is a member of, by id.
     pub fn communities(&self) -> Result<Vec<CommunityRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(COMMUNITY) {
+        for item in self.tree()?.scan_prefix(COMMUNITY) {
             let (_, v) = item?;
             out.push(decode("community", &v)?);
         }
@@ -506,7 +565,7 @@ impl Store {
                 None => b.remove(k),
             }
         }
-        self.tree.apply_batch(b)?;
+        self.tree()?.apply_batch(b)?;
         self.flush()
     }
 }
@@ -630,6 +689,29 @@ mod tests {
         assert_eq!(kv.get(b"k").unwrap(), Some(b"new".to_vec()));
         assert_eq!(store.cursor("c@bz").unwrap(), 5);
         assert!(store.has_notice(Uuid::from_u128(5)).unwrap());
+    }
+
+    #[test]
+    fn a_released_store_lets_another_handle_in_and_reopens_on_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_notice(&notice(1, "c@bz")).unwrap();
+        store.release().unwrap();
+        {
+            // Another process would be refused the lock unless it was released.
+            let other = Store::open(dir.path()).unwrap();
+            assert!(other.has_notice(Uuid::from_u128(1)).unwrap());
+            other.insert_notice(&notice(2, "c@bz")).unwrap();
+        }
+        assert!(
+            store.has_notice(Uuid::from_u128(2)).unwrap(),
+            "reopened on use"
+        );
+        // Buffered MLS writes keep the database open.
+        store.begin().unwrap();
+        store.release().unwrap();
+        assert!(store.in_transaction().unwrap());
+        store.rollback().unwrap();
     }
 
     #[test]

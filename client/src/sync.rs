@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::client::{Client, unexpected};
 use crate::error::{ClientError, EXIT_UNREACHABLE, Result};
 use crate::notice::Notice;
-use crate::store::{Batch, CommunityRecord, StoredNotice};
+use crate::store::{Batch, CommunityRecord, StoreError, StoredNotice};
 
 /// Longest wait between reconnection attempts of [`Client::watch`].
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -206,7 +206,11 @@ impl Client {
             let reason = match result {
                 Ok(()) => "the relay closed the push channel".to_string(),
                 Err(e) if e.exit_code() == EXIT_UNREACHABLE => e.to_string(),
-                Err(e @ ClientError::Protocol(_)) => e.to_string(),
+                // Garbled frames or another kring process holding the state for too
+                // long: start over (unacknowledged entries come again).
+                Err(
+                    e @ (ClientError::Protocol(_) | ClientError::Store(StoreError::Open { .. })),
+                ) => e.to_string(),
                 Err(e) => return Err(e),
             };
             self.conn = None;
@@ -227,6 +231,8 @@ impl Client {
         let mut live = false;
         loop {
             let push = if live {
+                // Let other kring processes of this user use the state while idle.
+                self.store.release()?;
                 // The QUIC keep-alive and idle timeout detect a dead relay.
                 sub.next().await?
             } else {
@@ -357,18 +363,21 @@ impl Client {
         ratchet_tree: &[u8],
         emit: &mut dyn FnMut(SyncEvent),
     ) -> Result<()> {
-        if let Some(group) = ClientGroup::load(&self.provider, community)? {
-            if group.is_active() {
-                // Already joined (the ack of an earlier delivery was lost).
-                return Ok(());
-            }
-            emit(SyncEvent::Warning(format!(
-                "a welcome back into {community} arrived, but this device still holds the \
-                 group it was removed from; rejoining is not supported yet"
-            )));
-            return Ok(());
-        }
+        let rejoin = match ClientGroup::load(&self.provider, community)? {
+            // Already joined (the ack of an earlier delivery was lost).
+            Some(group) if group.is_active() => return Ok(()),
+            Some(_) => true,
+            None => false,
+        };
         self.store.begin()?;
+        if rejoin {
+            // Added again after a removal: the old, inactive group state goes (in the
+            // same transaction as the join, so a failed join keeps it).
+            if let Err(e) = self.delete_group_state(community) {
+                self.store.rollback()?;
+                return Err(e);
+            }
+        }
         let tree = (!ratchet_tree.is_empty()).then_some(ratchet_tree);
         let joined = ClientGroup::join(&self.provider, &self.validator, welcome, tree)
             .and_then(|group| Ok((group.meta()?, group.epoch())));
@@ -417,6 +426,22 @@ impl Client {
             community: community.to_string(),
             max_label,
         });
+        Ok(())
+    }
+
+    /// Deletes this device's MLS state of a community (used before rejoining).
+    fn delete_group_state(&self, community: &str) -> Result<()> {
+        use openmls::prelude::{GroupId, MlsGroup};
+        use openmls_traits::OpenMlsProvider as _;
+        let storage = self.provider.storage();
+        let id = GroupId::from_slice(community.as_bytes());
+        if let Some(mut group) =
+            MlsGroup::load(storage, &id).map_err(|e| MlsError::Storage(e.to_string()))?
+        {
+            group
+                .delete(storage)
+                .map_err(|e| MlsError::Storage(e.to_string()))?;
+        }
         Ok(())
     }
 

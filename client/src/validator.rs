@@ -80,6 +80,49 @@ impl CredentialValidator for Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testpki::Fed;
+
+    fn key_of(leaf: &crate::testpki::Leaf) -> Vec<u8> {
+        Identity::from_der(&leaf.chain[0]).unwrap().public_key
+    }
+
+    #[test]
+    fn users_and_relays_validate_to_their_ids() {
+        let fed = Fed::new("post-a");
+        let v = Validator::new(vec![fed.root_der.clone()]);
+        let user = fed.user("post-a", "analist", "post-a", "NL:STG-CONFIDENTIEEL");
+        assert_eq!(
+            v.validate(&user.chain, &key_of(&user)).unwrap(),
+            "analist@post-a"
+        );
+        let relay = fed.relay("post-a", "post-a", "NL:STG-CONFIDENTIEEL");
+        assert_eq!(v.validate(&relay.chain, &key_of(&relay)).unwrap(), "post-a");
+        assert_eq!(
+            v.identify(&user.chain, &key_of(&user)).unwrap(),
+            "analist@post-a"
+        );
+    }
+
+    #[test]
+    fn a_foreign_key_or_federation_is_refused() {
+        let fed = Fed::new("bz");
+        let v = Validator::new(vec![fed.root_der.clone()]);
+        let user = fed.user("bz", "liaison", "bz", "NL:STG-GEHEIM");
+        let other = fed.user("bz", "admin", "bz", "NL:STG-GEHEIM");
+        let err = v.validate(&user.chain, &key_of(&other)).unwrap_err();
+        assert!(err.contains("not its certificate's key"), "{err}");
+        assert!(v.identify(&user.chain, &key_of(&other)).is_err());
+
+        let stranger = Fed::new("bz");
+        let foreign = Validator::new(vec![stranger.root_der.clone()]);
+        assert!(foreign.validate(&user.chain, &key_of(&user)).is_err());
+        // Expired by the time it is checked.
+        let later = now_unix() + 400 * 86_400;
+        let err = v
+            .validate_at(&user.chain, &key_of(&user), later)
+            .unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+    }
 
     #[test]
     fn empty_chains_and_garbage_are_refused_with_reasons() {

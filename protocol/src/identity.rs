@@ -443,7 +443,7 @@ impl Identity {
 
         let sans = subject_alt_names(&cert)?;
         let (kind, name, home_relay) = kring_uri(&sans)?;
-        check_subject_name(cert.subject(), kind, &name)?;
+        check_subject_name(cert.subject(), &name)?;
         let organisation = single_subject_attr(cert.subject(), Attr::O)?
             .ok_or(IdentityError::MissingOrganisation)?;
         validate_organisation(&organisation).map_err(|e| IdentityError::BadSubject {
@@ -718,11 +718,8 @@ fn single_subject_attr(name: &X509Name<'_>, attr: Attr) -> Result<Option<String>
     }
 }
 
-fn check_subject_name(
-    subject: &X509Name<'_>,
-    _kind: IdentityKind,
-    name: &str,
-) -> Result<(), IdentityError> {
+/// The subject must have exactly one CN, equal to the user name / relay id.
+fn check_subject_name(subject: &X509Name<'_>, name: &str) -> Result<(), IdentityError> {
     let cn = single_subject_attr(subject, Attr::Cn)?.ok_or_else(|| {
         IdentityError::MissingCommonName {
             expected: name.to_string(),

@@ -86,22 +86,21 @@ mod client;
 mod context;
 mod credential;
 mod error;
+mod key_package;
 mod meta;
 mod relay;
 mod summary;
 #[cfg(test)]
 mod tests;
 
-pub use client::{
-    ClientGroup, CommitOutput, GroupUpload, KeyPackageInfo, Received, key_package,
-    verify_key_package,
-};
+pub use client::{ClientGroup, CommitOutput, GroupUpload, Received};
 pub use context::community_meta;
 pub use credential::{
     CertSigner, CredentialValidator, credential_chain, leaf_key_matches, leaf_public_key,
     x509_credential,
 };
 pub use error::MlsError;
+pub use key_package::{KeyPackageInfo, key_package, verify_key_package};
 pub use meta::{CommunityMeta, KRING_EXTENSION_TYPE};
 pub use relay::{ApplicationInfo, GroupMember, Handshake, RelayGroup, VerifiedHandshake};
 pub use summary::{AddedMember, CommitSummary, RemovalProposal, RemovedMember};

@@ -24,11 +24,13 @@ use openmls_rust_crypto::RustCrypto;
 use crate::error::RelayError;
 use crate::store::{Batch, Engine, keys};
 
+type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// Reads through to the store, keeps writes in memory until [`Overlay::into_batch`].
 #[derive(Debug, Clone)]
 pub struct Overlay {
     engine: Arc<dyn Engine>,
-    writes: Arc<Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+    writes: Arc<Mutex<Writes>>,
 }
 
 /// Errors of the overlay backend.
@@ -58,7 +60,7 @@ impl Overlay {
 
     fn lock(
         &self,
-    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Option<Vec<u8>>>>, OverlayError> {
+    ) -> Result<std::sync::MutexGuard<'_, Writes>, OverlayError> {
         self.writes
             .lock()
             .map_err(|_| OverlayError("overlay lock poisoned".into()))

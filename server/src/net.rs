@@ -117,10 +117,19 @@ fn peer_chain(conn: &quinn::Connection) -> Option<Vec<Vec<u8>>> {
 
 async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
     let timeout = Duration::from_millis(relay.limits().handshake_timeout_ms);
+    let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(timeout, async { incoming.accept()?.await }).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
+            // Certificates refused by TLS (expired, unknown issuer, ...) end here.
             debug!(error = %e, "handshake failed");
+            relay.audit_now(AuditEvent::new(
+                AuditKind::Connection,
+                "-",
+                remote.to_string(),
+                "handshake",
+                format!("TLS handshake refused: {e}"),
+            ));
             return;
         }
         Err(_) => {

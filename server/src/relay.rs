@@ -449,7 +449,7 @@ impl Relay {
 
     fn member_community(&self, caller: &Caller, id: &str) -> Result<CommunityRecord, RelayError> {
         match self.community(id)? {
-            Some(rec) if rec.members.iter().any(|m| *m == caller.id) => Ok(rec),
+            Some(rec) if rec.members.contains(&caller.id) => Ok(rec),
             // A non-member learns nothing about whether the community exists.
             _ => Err(ErrorCode::NotMember.into()),
         }

@@ -49,6 +49,9 @@ impl Batch {
     }
 }
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// An ordered key-value engine with atomic batches and explicit durability.
 pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// Reads one key.
@@ -59,9 +62,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RelayError>;
+    ) -> Result<Vec<Pair>, RelayError>;
     /// The last key with `prefix`, if any.
-    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, RelayError>;
+    fn last(&self, prefix: &[u8]) -> Result<Option<Pair>, RelayError>;
     /// Applies all writes atomically (visible to readers at once, durable after `flush`).
     fn apply(&self, batch: Batch) -> Result<(), RelayError>;
     /// Makes every applied batch durable (fsync).
@@ -118,7 +121,7 @@ impl Engine for SledEngine {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RelayError> {
+    ) -> Result<Vec<Pair>, RelayError> {
         use std::ops::Bound;
         let start = match after {
             Some(a) => Bound::Excluded(a.to_vec()),
@@ -136,7 +139,7 @@ impl Engine for SledEngine {
         Ok(out)
     }
 
-    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, RelayError> {
+    fn last(&self, prefix: &[u8]) -> Result<Option<Pair>, RelayError> {
         match self.tree.scan_prefix(prefix).next_back() {
             Some(item) => {
                 let (k, v) = item?;

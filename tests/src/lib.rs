@@ -112,7 +112,12 @@ impl Federation {
             .map_err(|e| HarnessError::Pki(e.to_string()))?;
         let dir = tmp.path().join("federation");
         let mut fed = Self::create_in(&dir, launcher)?;
-        fed._tmp = Some(tmp);
+        if std::env::var_os("KRING_TEST_KEEP").is_some() {
+            // Keep the directory (logs, stores) for a post-mortem.
+            eprintln!("kring test federation kept in {}", tmp.keep().display());
+        } else {
+            fed._tmp = Some(tmp);
+        }
         Ok(fed)
     }
 
@@ -438,4 +443,73 @@ pub fn issue_quirky_user(
     let key = dir.join("user.key");
     std::fs::write(&key, &cert.key_pem).map_err(|e| file_err(&key, e))?;
     Ok(dir)
+}
+
+/// Connects to relay `relay_id` with an arbitrary certificate chain and key (PEM
+/// files), bypassing every client-side check, and sends one `Ping`. Returns the
+/// relay's answer, or why the connection failed. Used to prove the relay itself
+/// refuses bad certificates.
+pub async fn raw_ping(
+    fed: &Federation,
+    relay_id: &str,
+    chain_pem: &Path,
+    key_pem: &Path,
+) -> std::result::Result<kring_protocol::wire::Response, String> {
+    use kring_protocol::wire::{self, Request, Response};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain_pem)
+        .map_err(|e| e.to_string())?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for a in
+        CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| e.to_string())?
+    {
+        roots
+            .add(a.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![wire::ALPN_CLIENT.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut endpoint = quinn::Endpoint::client(
+        "127.0.0.1:0"
+            .parse()
+            .map_err(|e: std::net::AddrParseError| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    let addr = fed.relay_addr(relay_id).ok_or("unknown relay")?;
+    let conn = endpoint
+        .connect(addr, &format!("{relay_id}.relay.kring"))
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("handshake refused: {e}"))?;
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let frame = wire::encode_frame(&Request::Ping, wire::DEFAULT_MAX_FRAME)
+            .map_err(|e| e.to_string())?;
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let bytes = recv
+            .read_to_end(wire::DEFAULT_MAX_FRAME + 4)
+            .await
+            .map_err(|e| e.to_string())?;
+        if bytes.len() < 4 {
+            return Err(format!("connection closed: {:?}", conn.close_reason()));
+        }
+        wire::decode_payload::<Response>(&bytes[4..]).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "timed out".to_string())?
 }

@@ -181,15 +181,56 @@ pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             Err(ClientError::NotYetAvailable("kring notice forward"))
         }
         command => {
+            // Read the user's input before taking the state database, so a slow
+            // typist does not keep other kring processes of this user waiting.
+            let input = read_input(&command)?;
             let mut client = open_client(cli.profile.as_deref())?;
-            let result = run_with_client(&mut client, command, out).await;
+            let result = run_with_client(&mut client, command, input, out).await;
             client.disconnect().await;
             result
         }
     }
 }
 
-async fn run_with_client(client: &mut Client, command: Command, out: &mut Out) -> Result<i32> {
+/// Input read from files or stdin before the command runs.
+#[derive(Debug, Default)]
+struct Input {
+    body: String,
+    stix: Option<Vec<serde_json::Value>>,
+}
+
+fn read_input(command: &Command) -> Result<Input> {
+    match command {
+        Command::Notice(NoticeCommand::File {
+            body, stix_file, ..
+        }) => {
+            let stix = stix_file
+                .as_ref()
+                .map(|p| {
+                    let text =
+                        read_text(p, MAX_STIX_BYTES as u64).map_err(|r| ClientError::io(p, r))?;
+                    parse_stix(&text).map_err(|e| ClientError::Usage(e.to_string()))
+                })
+                .transpose()?;
+            Ok(Input {
+                body: read_body(body)?,
+                stix,
+            })
+        }
+        Command::Notice(NoticeCommand::Reply { body, .. }) => Ok(Input {
+            body: read_body(body)?,
+            stix: None,
+        }),
+        _ => Ok(Input::default()),
+    }
+}
+
+async fn run_with_client(
+    client: &mut Client,
+    command: Command,
+    input: Input,
+    out: &mut Out,
+) -> Result<i32> {
     match command {
         Command::Keys(KeysCommand::Publish { count }) => {
             let held = client.publish_key_packages(usize::from(count)).await?;
@@ -199,7 +240,7 @@ async fn run_with_client(client: &mut Client, command: Command, out: &mut Out) -
             ));
         }
         Command::Community(cmd) => community(client, cmd, out).await?,
-        Command::Notice(cmd) => notice(client, cmd, out).await?,
+        Command::Notice(cmd) => notice(client, cmd, input, out).await?,
         Command::Label(_) | Command::Admin(_) => {
             return Err(ClientError::Usage("unexpected command".into()));
         }
@@ -282,25 +323,21 @@ async fn community(client: &mut Client, cmd: CommunityCommand, out: &mut Out) ->
     Ok(())
 }
 
-async fn notice(client: &mut Client, cmd: NoticeCommand, out: &mut Out) -> Result<()> {
+async fn notice(
+    client: &mut Client,
+    cmd: NoticeCommand,
+    input: Input,
+    out: &mut Out,
+) -> Result<()> {
     match cmd {
         NoticeCommand::File {
             community,
             label,
             category,
             title,
-            body,
             kind,
-            stix_file,
+            ..
         } => {
-            let body = read_body(&body)?;
-            let stix = stix_file
-                .map(|p| {
-                    let text =
-                        read_text(&p, MAX_STIX_BYTES as u64).map_err(|r| ClientError::io(&p, r))?;
-                    parse_stix(&text).map_err(|e| ClientError::Usage(e.to_string()))
-                })
-                .transpose()?;
             let filed = client
                 .file_notice(NoticeDraft {
                     community,
@@ -308,9 +345,9 @@ async fn notice(client: &mut Client, cmd: NoticeCommand, out: &mut Out) -> Resul
                     kind,
                     category,
                     title,
-                    body,
+                    body: input.body,
                     in_reply_to: None,
-                    stix,
+                    stix: input.stix,
                 })
                 .await?;
             report_filed(client, &filed, out);
@@ -319,11 +356,10 @@ async fn notice(client: &mut Client, cmd: NoticeCommand, out: &mut Out) -> Resul
             notice_id,
             label,
             title,
-            body,
+            ..
         } => {
             best_effort_sync(client).await?;
-            let body = read_body(&body)?;
-            let filed = client.reply(&notice_id, &label, body, title).await?;
+            let filed = client.reply(&notice_id, &label, input.body, title).await?;
             report_filed(client, &filed, out);
         }
         NoticeCommand::List { community, json } => {

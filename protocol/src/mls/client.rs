@@ -5,26 +5,25 @@ use std::collections::BTreeSet;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    CommitMessageBundle, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
-    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, OpenMlsCrypto, ProcessMessageError,
-    ProcessedMessageContent, Proposal, ProtocolMessage, ProtocolVersion, RatchetTreeIn, Sender,
-    StagedWelcome,
+    CommitMessageBundle, GroupId, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn,
+    MlsMessageOut, ProcessMessageError, ProcessedMessageContent, Proposal, ProtocolMessage,
+    RatchetTreeIn, Sender, StagedWelcome,
 };
 use openmls::storage::OpenMlsProvider;
 
 use super::context::{
     check_context, community_meta, create_config, extensions_with_meta, group_name,
-    initial_extensions, join_config, leaf_capabilities,
+    initial_extensions, join_config,
 };
 use super::credential::{
     credential_chain, identify_credential, leaf_public_key, validate_credential, x509_credential,
 };
+use super::key_package::parse_key_package;
 use super::relay::{GroupMember, parse_protocol_message};
 use super::summary::{CommitSummary, RemovalProposal, summarize_commit, summarize_proposal};
 use super::{
-    CIPHERSUITE, CertSigner, CommunityMeta, CredentialValidator, MAX_AAD_BYTES, MAX_BATCH_MEMBERS,
-    MAX_GROUP_STATE_BYTES, MAX_KEY_PACKAGE_BYTES, MAX_MESSAGE_BYTES, MAX_PLAINTEXT_BYTES, MemberId,
-    MlsError,
+    CertSigner, CommunityMeta, CredentialValidator, MAX_AAD_BYTES, MAX_BATCH_MEMBERS,
+    MAX_GROUP_STATE_BYTES, MAX_MESSAGE_BYTES, MAX_PLAINTEXT_BYTES, MemberId, MlsError,
 };
 
 /// What the creator of a community uploads to the hub so it can track the group
@@ -49,17 +48,6 @@ pub struct CommitOutput {
     pub group_info: Option<Vec<u8>>,
     /// What the commit does (already checked against the Kring rules locally).
     pub summary: CommitSummary,
-}
-
-/// A verified key package.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyPackageInfo {
-    /// The identity of the key package's owner.
-    pub id: MemberId,
-    /// True if it is a last-resort key package (may be used more than once).
-    pub last_resort: bool,
-    /// The key package reference (hash), a stable id for storage and de-duplication.
-    pub hash_ref: Vec<u8>,
 }
 
 /// The result of processing a message from the hub.
@@ -98,102 +86,6 @@ pub enum Received {
         /// The message's epoch.
         epoch: u64,
     },
-}
-
-/// Creates a key package for `signer` (x509 credential, Kring capabilities), stores
-/// its private keys in the provider, and returns it as an `MLSMessage`.
-///
-/// A `last_resort` key package may be used for several joins; publish one so that
-/// the user can always be added.
-///
-/// # Errors
-/// [`MlsError::Crypto`] or [`MlsError::Storage`].
-pub fn key_package<P: OpenMlsProvider>(
-    provider: &P,
-    signer: &CertSigner,
-    last_resort: bool,
-) -> Result<Vec<u8>, MlsError> {
-    let mut builder = KeyPackage::builder().leaf_node_capabilities(leaf_capabilities());
-    if last_resort {
-        builder = builder.mark_as_last_resort();
-    }
-    let bundle = builder
-        .build(CIPHERSUITE, provider, signer, signer.credential_with_key()?)
-        .map_err(|e| MlsError::Crypto(format!("key package: {e}")))?;
-    MlsMessageOut::from(bundle.key_package().clone())
-        .to_bytes()
-        .map_err(|e| MlsError::Internal(e.to_string()))
-}
-
-/// Verifies a key package (`MLSMessage`): signature, ciphersuite, Kring
-/// capabilities and the owner's credential. For relays storing published keys and
-/// for clients before adding.
-///
-/// # Errors
-/// [`MlsError::TooLarge`], [`MlsError::Malformed`], [`MlsError::Verification`],
-/// [`MlsError::Forbidden`] (wrong ciphersuite or capabilities),
-/// [`MlsError::InvalidCredential`].
-pub fn verify_key_package(
-    crypto: &impl OpenMlsCrypto,
-    validator: &impl CredentialValidator,
-    bytes: &[u8],
-) -> Result<KeyPackageInfo, MlsError> {
-    let (key_package, id) = parse_key_package(crypto, validator, bytes)?;
-    Ok(KeyPackageInfo {
-        id,
-        last_resort: key_package.last_resort(),
-        hash_ref: key_package
-            .hash_ref(crypto)
-            .map_err(|e| MlsError::Internal(e.to_string()))?
-            .as_slice()
-            .to_vec(),
-    })
-}
-
-fn parse_key_package(
-    crypto: &impl OpenMlsCrypto,
-    validator: &impl CredentialValidator,
-    bytes: &[u8],
-) -> Result<(KeyPackage, MemberId), MlsError> {
-    MlsError::check_len("key package", bytes.len(), MAX_KEY_PACKAGE_BYTES)?;
-    let message = MlsMessageIn::tls_deserialize_exact(bytes)
-        .map_err(|e| MlsError::malformed("key package", e))?;
-    let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
-        return Err(MlsError::malformed(
-            "key package",
-            "not a KeyPackage message",
-        ));
-    };
-    let key_package: KeyPackage =
-        KeyPackageIn::validate(key_package, crypto, ProtocolVersion::Mls10)
-            .map_err(|e| MlsError::Verification(format!("key package: {e}")))?;
-    if key_package.ciphersuite() != CIPHERSUITE {
-        return Err(MlsError::Forbidden(format!(
-            "key package ciphersuite {:?} is not {CIPHERSUITE:?}",
-            key_package.ciphersuite()
-        )));
-    }
-    let leaf = key_package.leaf_node();
-    let wanted = leaf_capabilities();
-    if !wanted
-        .extensions()
-        .iter()
-        .all(|e| leaf.capabilities().extensions().contains(e))
-        || !wanted
-            .credentials()
-            .iter()
-            .all(|c| leaf.capabilities().credentials().contains(c))
-    {
-        return Err(MlsError::Forbidden(
-            "key package lacks the Kring capabilities".into(),
-        ));
-    }
-    let id = validate_credential(
-        validator,
-        leaf.credential(),
-        leaf.signature_key().as_slice(),
-    )?;
-    Ok((key_package, id))
 }
 
 /// A member's community group.
@@ -436,7 +328,7 @@ impl ClientGroup {
     /// # Errors
     /// [`MlsError::NotAdmin`], [`MlsError::AlreadyMember`], [`MlsError::TooLarge`]
     /// (more than [`MAX_BATCH_MEMBERS`]), key package errors (see
-    /// [`verify_key_package`]), [`MlsError::PendingCommit`], [`MlsError::Evicted`],
+    /// [`verify_key_package`](super::verify_key_package)), [`MlsError::PendingCommit`], [`MlsError::Evicted`],
     /// [`MlsError::Verification`].
     pub fn add_members<P: OpenMlsProvider>(
         &mut self,
