@@ -281,17 +281,24 @@ impl Client {
         }
     }
 
-    /// Loads this device's group of `community`; [`ClientError::Relay`]`(NotMember)`
-    /// if there is none.
+    /// Loads this device's group of `community`; [`ClientError::Auth`] (exit 4) if
+    /// there is none.
     pub(crate) fn load_group(&self, community: &str) -> Result<ClientGroup> {
-        ClientGroup::load(&self.provider, community)?
-            .ok_or_else(|| ClientError::Relay(kring_protocol::wire::ErrorCode::NotMember))
+        ClientGroup::load(&self.provider, community)?.ok_or_else(|| not_member(community))
     }
 
     /// Drops MLS writes buffered by an operation that was cancelled midway.
     pub(crate) fn reset_transaction(&self) -> Result<()> {
         Ok(self.store.rollback()?)
     }
+}
+
+/// The error for a community this device is not (or no longer) a member of.
+pub(crate) fn not_member(community: &str) -> ClientError {
+    ClientError::Auth(format!(
+        "this device is not a member of {community}; an admin of the community must add you \
+         (and you must have published key packages with `kring keys publish`)"
+    ))
 }
 
 /// The error for an answer that does not fit the request.
@@ -308,6 +315,27 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
         Response::Error(_) => "Error",
     };
     ClientError::Protocol(format!("the relay answered {request} with {name}"))
+}
+
+/// Compile-time check: the client's operations can run in spawned tasks.
+#[allow(dead_code)]
+fn futures_are_send(client: &mut Client) {
+    fn send<T: Send>(_: T) {}
+    send(client.sync());
+    send(client.watch(|_| {}));
+    send(client.publish_key_packages(1));
+    send(client.create_community("c", "TLP:GREEN"));
+    send(client.add_members("c", &["u"]));
+    send(client.file_notice(crate::notice::NoticeDraft {
+        community: String::new(),
+        label: String::new(),
+        kind: crate::notice::NoticeKind::Signal,
+        category: crate::notice::Category::Other,
+        title: String::new(),
+        body: String::new(),
+        in_reply_to: None,
+        stix: None,
+    }));
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use kring_protocol::identity::{Identity, IdentityKind, verify_chain};
 use kring_protocol::mls::{ClientGroup, CommitOutput, CommunityMeta, MlsError, leaf_public_key};
 use kring_protocol::wire::{ErrorCode, Request, Response};
 
-use crate::client::{Client, unexpected};
+use crate::client::{Client, not_member, unexpected};
 use crate::error::{ClientError, Result};
 use crate::ids;
 use crate::labels::parse_label;
@@ -160,10 +160,10 @@ impl Client {
     /// relay): fetches one key package of each, checks locally that each user's
     /// clearance admits the community's maximum label (exit 3 otherwise), and
     /// commits the add.
-    pub async fn add_members(
+    pub async fn add_members<S: AsRef<str>>(
         &mut self,
         community: &str,
-        users: &[String],
+        users: &[S],
     ) -> Result<CommitReceipt> {
         self.reset_transaction()?;
         let community = self.resolve_community(community)?;
@@ -192,10 +192,10 @@ impl Client {
     }
 
     /// As a community admin, removes `users` from the community.
-    pub async fn remove_members(
+    pub async fn remove_members<S: AsRef<str>>(
         &mut self,
         community: &str,
-        users: &[String],
+        users: &[S],
     ) -> Result<CommitReceipt> {
         self.reset_transaction()?;
         let community = self.resolve_community(community)?;
@@ -247,13 +247,13 @@ impl Client {
             .await
     }
 
-    fn resolve_users(&self, users: &[String]) -> Result<Vec<String>> {
+    fn resolve_users<S: AsRef<str>>(&self, users: &[S]) -> Result<Vec<String>> {
         if users.is_empty() {
             return Err(ClientError::Usage("name at least one user".into()));
         }
         let mut out = Vec::with_capacity(users.len());
         for u in users {
-            let id = self.resolve_user(u)?;
+            let id = self.resolve_user(u.as_ref())?;
             if out.contains(&id) {
                 return Err(ClientError::Usage(format!("{id} is named twice")));
             }
@@ -264,11 +264,16 @@ impl Client {
 
     fn check_admin(&self, group: &ClientGroup) -> Result<()> {
         if !group.is_active() {
-            return Err(ClientError::Relay(ErrorCode::NotMember));
+            return Err(not_member(&group.community_id()));
         }
         let me = self.user();
-        if !group.meta()?.is_admin(&me) {
-            return Err(ClientError::Relay(ErrorCode::NotAdmin));
+        let meta = group.meta()?;
+        if !meta.is_admin(&me) {
+            return Err(ClientError::Auth(format!(
+                "only admins of {} may do this; its admins are {}",
+                meta.community_id,
+                meta.admins.join(", ")
+            )));
         }
         Ok(())
     }

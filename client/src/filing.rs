@@ -8,7 +8,7 @@ use kring_policy::{Label, within};
 use kring_protocol::wire::{ErrorCode, NoticeStatus, Request, Response};
 use uuid::Uuid;
 
-use crate::client::{Client, unexpected};
+use crate::client::{Client, not_member, unexpected};
 use crate::community::COMMIT_ATTEMPTS;
 use crate::error::{ClientError, Result};
 use crate::labels::parse_label;
@@ -50,7 +50,7 @@ impl Client {
             .store
             .community(&community)?
             .filter(|r| r.active)
-            .ok_or(ClientError::Relay(ErrorCode::NotMember))?;
+            .ok_or_else(|| not_member(&community))?;
         let max: Label = record.max_label.parse().map_err(|e| {
             ClientError::Protocol(format!("stored maximum label of {community}: {e}"))
         })?;
@@ -86,6 +86,10 @@ impl Client {
         loop {
             attempt += 1;
             let mut group = self.load_group(&community)?;
+            if group.has_pending_commit() {
+                // Left over from an interrupted commit, not accepted since (we synced).
+                group.commit_refused(&self.provider)?;
+            }
             if group.has_pending_proposals() {
                 self.commit_pending_proposals(&community, &mut |_| {})
                     .await?;

@@ -160,7 +160,7 @@ impl Client {
     }
 
     /// [`sync`](Self::sync), handing each event to `emit` as it happens.
-    pub async fn sync_with(&mut self, emit: &mut dyn FnMut(SyncEvent)) -> Result<()> {
+    pub async fn sync_with(&mut self, emit: &mut (dyn FnMut(SyncEvent) + Send)) -> Result<()> {
         self.reset_transaction()?;
         let timeout = self.timeouts.request;
         let mut sub = self.connect().await?.subscribe().await?;
@@ -188,7 +188,7 @@ impl Client {
     /// when the relay is unreachable or the connection drops. Returns only on an
     /// error that reconnecting cannot fix (e.g. authentication, revocation); stop it
     /// by dropping the future (e.g. on Ctrl-C).
-    pub async fn watch(&mut self, mut on_event: impl FnMut(&SyncEvent)) -> Result<()> {
+    pub async fn watch(&mut self, mut on_event: impl FnMut(&SyncEvent) + Send) -> Result<()> {
         let mut backoff = Duration::from_secs(1);
         loop {
             let mut caught_up = false;
@@ -223,7 +223,7 @@ impl Client {
         }
     }
 
-    async fn watch_once(&mut self, emit: &mut dyn FnMut(SyncEvent)) -> Result<()> {
+    async fn watch_once(&mut self, emit: &mut (dyn FnMut(SyncEvent) + Send)) -> Result<()> {
         self.reset_transaction()?;
         let timeout = self.timeouts.request;
         let mut sub = self.connect().await?.subscribe().await?;
@@ -257,7 +257,11 @@ impl Client {
     }
 
     /// Sends owed acks and commits pending removal proposals.
-    async fn settle(&mut self, owed: &mut Owed, emit: &mut dyn FnMut(SyncEvent)) -> Result<()> {
+    async fn settle(
+        &mut self,
+        owed: &mut Owed,
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
+    ) -> Result<()> {
         for (community, seq) in std::mem::take(&mut owed.acks) {
             let request = Request::Ack {
                 community: community.clone(),
@@ -282,7 +286,7 @@ impl Client {
     pub(crate) async fn commit_pending_proposals(
         &mut self,
         community: &str,
-        emit: &mut dyn FnMut(SyncEvent),
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<()> {
         let mut group = self.load_group(community)?;
         if !group.is_active() || !group.has_pending_proposals() {
@@ -331,7 +335,7 @@ impl Client {
         &mut self,
         push: Push,
         owed: &mut Owed,
-        emit: &mut dyn FnMut(SyncEvent),
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<()> {
         match push {
             Push::Welcome {
@@ -361,7 +365,7 @@ impl Client {
         community: &str,
         welcome: &[u8],
         ratchet_tree: &[u8],
-        emit: &mut dyn FnMut(SyncEvent),
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<()> {
         let rejoin = match ClientGroup::load(&self.provider, community)? {
             // Already joined (the ack of an earlier delivery was lost).
@@ -450,7 +454,7 @@ impl Client {
         &mut self,
         entry: &LogEntry,
         owed: &mut Owed,
-        emit: &mut dyn FnMut(SyncEvent),
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<Option<u64>> {
         let community = entry.community.as_str();
         let Some(record) = self.store.community(community)? else {
@@ -502,7 +506,7 @@ impl Client {
         mut record: CommunityRecord,
         mut batch: Batch,
         owed: &mut Owed,
-        emit: &mut dyn FnMut(SyncEvent),
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<()> {
         let community = entry.community.clone();
         self.store.begin()?;
@@ -571,7 +575,7 @@ impl Client {
         label_bytes: &[u8],
         record: &CommunityRecord,
         mut batch: Batch,
-        emit: &mut dyn FnMut(SyncEvent),
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<()> {
         let community = entry.community.clone();
         self.store.begin()?;

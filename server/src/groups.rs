@@ -58,9 +58,7 @@ impl Overlay {
         batch
     }
 
-    fn lock(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, Writes>, OverlayError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Writes>, OverlayError> {
         self.writes
             .lock()
             .map_err(|_| OverlayError("overlay lock poisoned".into()))

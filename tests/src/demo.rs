@@ -101,7 +101,10 @@ async fn story(options: &Options) -> Result<(), String> {
 
     step("1. A development PKI for the demo federation");
     let mut fed = Federation::create(RelayLauncher::demo_binary(exe)).map_err(|x| e(&x))?;
-    say(format!("federation root, 4 organisation CAs, relays and users in {}", fed.dir().display()));
+    say(format!(
+        "federation root, 4 organisation CAs, relays and users in {}",
+        fed.dir().display()
+    ));
     fed.issue_user("stagiair@bz", "NL:DEP-VERTROUWELIJK", &[])
         .map_err(|x| e(&x))?;
     say("an extra user stagiair@bz with clearance NL:DEP-VERTROUWELIJK");
@@ -139,7 +142,9 @@ async fn story(options: &Options) -> Result<(), String> {
     for id in crate::RELAYS {
         say(format!(
             "relay {id:<7} listening on {}",
-            fed.relay_addr(id).map(|a| a.to_string()).unwrap_or_default()
+            fed.relay_addr(id)
+                .map(|a| a.to_string())
+                .unwrap_or_default()
         ));
     }
 
@@ -159,7 +164,9 @@ async fn story(options: &Options) -> Result<(), String> {
         .add_members("desinformatie", &["admin@bz".to_string()])
         .await
         .map_err(|x| e(&x))?;
-    say("liaison@bz added admin@bz: the relay checked the commit (MLS PublicGroup) and the label policy");
+    say(
+        "liaison@bz added admin@bz: the relay checked the commit (MLS PublicGroup) and the label policy",
+    );
     match liaison
         .add_members("desinformatie", &["stagiair@bz".to_string()])
         .await
@@ -186,20 +193,31 @@ async fn story(options: &Options) -> Result<(), String> {
     let report = admin.sync().await.map_err(|x| e(&x))?;
     let got: Vec<_> = report.notices().map(|n| n.title.clone()).collect();
     expect(got.len() == 1, "admin@bz to receive exactly one notice")?;
-    say(format!("admin@bz decrypted it on their device: {:?}", got[0]));
+    say(format!(
+        "admin@bz decrypted it on their device: {:?}",
+        got[0]
+    ));
 
     step("6. Policy refuses what exceeds the community's maximum");
     match liaison
         .file_notice(draft("desinformatie", "NL:STG-GEHEIM", "te hoog", "-"))
         .await
     {
-        Err(err) => say(format!("filing NL:STG-GEHEIM is refused (exit {}): {err}", err.exit_code())),
+        Err(err) => say(format!(
+            "filing NL:STG-GEHEIM is refused (exit {}): {err}",
+            err.exit_code()
+        )),
         Ok(_) => return Err("a notice above the community maximum was accepted".into()),
     }
 
     step("7. Store and forward: the relay restarts; nothing acknowledged is lost");
     liaison
-        .file_notice(draft("desinformatie", "NL:STG-CONFIDENTIEEL", "Benadering diaspora", "-"))
+        .file_notice(draft(
+            "desinformatie",
+            "NL:STG-CONFIDENTIEEL",
+            "Benadering diaspora",
+            "-",
+        ))
         .await
         .map_err(|x| e(&x))?;
     say("liaison@bz filed a second notice while admin@bz is offline");
@@ -211,7 +229,10 @@ async fn story(options: &Options) -> Result<(), String> {
     say("relay bz restarted");
     let report = admin.sync().await.map_err(|x| e(&x))?;
     let got: Vec<_> = report.notices().map(|n| n.title.clone()).collect();
-    expect(got == ["Benadering diaspora"], "admin@bz to catch up on exactly the missed notice")?;
+    expect(
+        got == ["Benadering diaspora"],
+        "admin@bz to catch up on exactly the missed notice",
+    )?;
     say(format!("admin@bz caught up, exactly once: {got:?}"));
 
     step("Summary");

@@ -8,7 +8,7 @@ use crate::notice::{Category, NoticeKind};
 
 /// Kring: labelled notices for closed communities, end-to-end encrypted (MLS).
 #[derive(Debug, Parser)]
-#[command(name = "kring", version, about, propagate_version = true)]
+#[command(name = "kring", version, propagate_version = true)]
 pub struct Cli {
     /// The profile directory (DIR/users/NAME@RELAY); or set KRING_PROFILE.
     #[arg(long, env = "KRING_PROFILE", global = true, value_name = "DIR")]
