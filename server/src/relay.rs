@@ -86,6 +86,7 @@ impl Drop for Registration {
 #[derive(Debug)]
 pub struct Relay {
     id: String,
+    organisation: String,
     accreditation: Clearance,
     anchors: Vec<Vec<u8>>,
     limits: Limits,
@@ -118,6 +119,7 @@ impl Relay {
         let (changes, _) = watch::channel(0);
         Ok(Arc::new(Self {
             id: config.identity.name.clone(),
+            organisation: config.identity.organisation.clone(),
             accreditation: config.accreditation.clone(),
             anchors: config.anchors.iter().map(|a| a.to_vec()).collect(),
             limits: config.limits.clone(),
@@ -168,10 +170,27 @@ impl Relay {
         chain: &[Vec<u8>],
         expected: IdentityKind,
     ) -> Result<Identity, ErrorCode> {
-        kring_protocol::identity::verify_chain(chain, &self.anchors, now() as u64, expected)
-            .map_err(|e| ErrorCode::Unauthenticated {
-                reason: e.to_string(),
-            })
+        let id =
+            kring_protocol::identity::verify_chain(chain, &self.anchors, now() as u64, expected)
+                .map_err(|e| ErrorCode::Unauthenticated {
+                    reason: e.to_string(),
+                })?;
+        // A user connects to their home relay only, and a relay serves only users of
+        // its own organisation: another organisation's CA cannot mint users here.
+        if id.kind == IdentityKind::User
+            && (id.home_relay != self.id || id.organisation != self.organisation)
+        {
+            return Err(ErrorCode::Unauthenticated {
+                reason: format!(
+                    "{} (organisation {}) is not a user of relay {} (organisation {})",
+                    id.id(),
+                    id.organisation,
+                    self.id,
+                    self.organisation
+                ),
+            });
+        }
+        Ok(id)
     }
 
     /// Registers a live client connection.

@@ -503,7 +503,7 @@ pub async fn raw_ping(
         let bytes = recv
             .read_to_end(wire::DEFAULT_MAX_FRAME + 4)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{e} ({:?})", conn.close_reason()))?;
         if bytes.len() < 4 {
             return Err(format!("connection closed: {:?}", conn.close_reason()));
         }

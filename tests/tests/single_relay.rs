@@ -195,6 +195,19 @@ async fn bad_certificates_are_refused_by_the_relay() {
         .unwrap();
     assert_eq!(ok, kring_protocol::wire::Response::Pong);
 
+    // A user of another relay (and organisation) is not served here.
+    let other = fed.user_dir("liaison@nctv");
+    let r =
+        kring_tests::raw_ping(&fed, "bz", &other.join("user.crt"), &other.join("user.key")).await;
+    // The refusal reaches the peer as an `Unauthenticated` answer or as the reason of
+    // the connection close (code 4), depending on timing.
+    let text = format!("{r:?}");
+    assert!(
+        !matches!(r, Ok(kring_protocol::wire::Response::Pong))
+            && text.contains("not a user of relay bz"),
+        "foreign user: {text}"
+    );
+
     // The relay's own certificate presented as a user's.
     let relay = fed.dir().join("relays/bz");
     let r = kring_tests::raw_ping(
