@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use kring_client::{Category, Client, NoticeDraft, NoticeKind};
+use kring_client::Client;
 use kring_policy::{Clearance, Label, decide};
 
 use crate::{Federation, RelayLauncher};
@@ -79,19 +79,6 @@ fn expect(cond: bool, what: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("expected {what}"))
-    }
-}
-
-fn draft(community: &str, label: &str, title: &str, body: &str) -> NoticeDraft {
-    NoticeDraft {
-        community: community.into(),
-        label: label.into(),
-        kind: NoticeKind::Signal,
-        category: Category::Disinformation,
-        title: title.into(),
-        body: body.into(),
-        in_reply_to: None,
-        stix: None,
     }
 }
 
@@ -178,7 +165,7 @@ async fn story(options: &Options) -> Result<(), String> {
     step("5. A signal is filed and read");
     admin.sync().await.map_err(|x| e(&x))?;
     let filed = liaison
-        .file_notice(draft(
+        .file_notice(crate::signal(
             "desinformatie",
             "NL:DEP-VERTROUWELIJK",
             "Gecoördineerde berichten over verkiezingen",
@@ -200,7 +187,12 @@ async fn story(options: &Options) -> Result<(), String> {
 
     step("6. Policy refuses what exceeds the community's maximum");
     match liaison
-        .file_notice(draft("desinformatie", "NL:STG-GEHEIM", "te hoog", "-"))
+        .file_notice(crate::signal(
+            "desinformatie",
+            "NL:STG-GEHEIM",
+            "te hoog",
+            "-",
+        ))
         .await
     {
         Err(err) => say(format!(
@@ -212,7 +204,7 @@ async fn story(options: &Options) -> Result<(), String> {
 
     step("7. Store and forward: the relay restarts; nothing acknowledged is lost");
     liaison
-        .file_notice(draft(
+        .file_notice(crate::signal(
             "desinformatie",
             "NL:STG-CONFIDENTIEEL",
             "Benadering diaspora",

@@ -513,3 +513,17 @@ pub async fn raw_ping(
         .await
         .map_err(|_| "timed out".to_string())?
 }
+
+/// A signal draft in the disinformation category.
+pub fn signal(community: &str, label: &str, title: &str, body: &str) -> kring_client::NoticeDraft {
+    kring_client::NoticeDraft {
+        community: community.into(),
+        label: label.into(),
+        kind: kring_client::NoticeKind::Signal,
+        category: kring_client::Category::Disinformation,
+        title: title.into(),
+        body: body.into(),
+        in_reply_to: None,
+        stix: None,
+    }
+}

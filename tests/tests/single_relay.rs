@@ -2,7 +2,7 @@
 //! in-process clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
 
-use kring_client::{Category, Client, NoticeDraft, NoticeKind};
+use kring_client::{Client, NoticeDraft};
 use kring_tests::{Federation, RelayLauncher};
 
 fn federation() -> Federation {
@@ -10,16 +10,7 @@ fn federation() -> Federation {
 }
 
 fn draft(community: &str, label: &str, title: &str) -> NoticeDraft {
-    NoticeDraft {
-        community: community.into(),
-        label: label.into(),
-        kind: NoticeKind::Signal,
-        category: Category::Disinformation,
-        title: title.into(),
-        body: format!("body of {title}"),
-        in_reply_to: None,
-        stix: None,
-    }
+    kring_tests::signal(community, label, title, &format!("body of {title}"))
 }
 
 async fn ready(fed: &Federation, user: &str) -> Client {
