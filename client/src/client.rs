@@ -308,6 +308,7 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
         Response::KeyPackagesStored { .. } => "KeyPackagesStored",
         Response::KeyPackage { .. } => "KeyPackage",
         Response::Accepted { .. } => "Accepted",
+        Response::Queued { .. } => "Queued",
         Response::Communities { .. } => "Communities",
         Response::Community(_) => "Community",
         Response::Status(_) => "Status",

@@ -190,6 +190,15 @@ pub enum Response {
         /// `MlsMessageOut` bytes of the key package.
         key_package: Bytes,
     },
+    /// A notice is durable at the filer's home relay and queued for the community's
+    /// hub (another relay), which orders it. Poll [`Request::NoticeStatus`] for the
+    /// hub's sequence number or refusals.
+    Queued {
+        /// The notice id.
+        notice_id: Uuid,
+        /// The hub relay that will order it.
+        hub: String,
+    },
     /// A handshake or notice was accepted and ordered.
     Accepted {
         /// Sequence number in the community log.
@@ -380,6 +389,108 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// Requests one relay sends another over a federation link (ALPN
+/// [`ALPN_FEDERATION`]). Same framing as client requests: one request per stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FedRequest {
+    /// Durable items from the sender's outbox to this relay, in outbox order. The
+    /// receiver applies each item exactly once (items at or below the last applied
+    /// `seq` from this peer are skipped) and answers [`FedResponse::Ack`] once they
+    /// are durable.
+    Deliver {
+        /// Items, ascending `seq`.
+        items: Vec<FedItem>,
+    },
+    /// A member's handshake, forwarded by their home relay to the community's hub;
+    /// the hub answers with its verdict (like [`Request::Handshake`]).
+    Handshake {
+        /// Community id (hubbed at the receiver).
+        community: String,
+        /// The member (a user of the sending relay).
+        sender: String,
+        /// `MlsMessageOut` bytes (PublicMessage).
+        message: Bytes,
+        /// Welcome for added members, if any.
+        welcome: Option<Bytes>,
+    },
+    /// Take one key package of a user of the receiving relay.
+    FetchKeyPackage {
+        /// `NAME@RELAY` (RELAY = the receiver).
+        user: String,
+        /// Who asks (a user of the sending relay), for the audit log.
+        requester: String,
+    },
+}
+
+/// Answers to [`FedRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FedResponse {
+    /// Every item up to and including `upto` is durable (or was already applied).
+    Ack {
+        /// Highest item `seq` applied.
+        upto: u64,
+    },
+    /// The answer to a forwarded handshake or key package fetch.
+    Response(Response),
+}
+
+/// One item of a relay-to-relay outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FedItem {
+    /// Position in the sender's outbox for this peer (1-based, gap-free).
+    pub seq: u64,
+    /// What it carries.
+    pub body: FedBody,
+}
+
+/// The content of a [`FedItem`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FedBody {
+    /// Home relay → hub: a notice filed by a user of the home relay.
+    Notice {
+        /// Community id.
+        community: String,
+        /// Notice id.
+        notice_id: Uuid,
+        /// The filer.
+        sender: String,
+        /// `MlsMessageOut` bytes (PrivateMessage).
+        message: Bytes,
+    },
+    /// Hub → member relays: the next entry of a community log, with the community
+    /// as it stands after it. `entry` is `None` when the hub withheld the entry from
+    /// this relay (its label is above the relay's accreditation): the sequence
+    /// number is still consumed so logs stay gap-free.
+    Entry {
+        /// The community after this entry.
+        community: CommunitySummary,
+        /// Sequence number.
+        seq: u64,
+        /// The entry, unless withheld.
+        entry: Option<LogEntry>,
+    },
+    /// Hub → a member's home relay: a Welcome for that member.
+    Welcome {
+        /// The new member.
+        user: String,
+        /// Community id.
+        community: String,
+        /// Welcome bytes.
+        welcome: Bytes,
+        /// Ratchet tree at the welcome's epoch.
+        ratchet_tree: Bytes,
+    },
+    /// Any hop → the hub, and hub → the filer's home relay: a notice was refused.
+    Refusal {
+        /// Notice id.
+        notice_id: Uuid,
+        /// Who refused (`RELAY` or `FROM->TO`).
+        hop: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Checks the bounds of a decoded message.
 pub trait Validate {
     /// Returns the first field that is out of bounds.
@@ -479,6 +590,61 @@ impl Validate for Response {
                 })
             }
             _ => Ok(()),
+        }
+    }
+}
+
+impl Validate for FedRequest {
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            FedRequest::Deliver { items } => {
+                if items.len() > limits::MAX_PAGE as usize {
+                    return Err(WireError::Invalid {
+                        field: "items",
+                        reason: "too many items in one delivery".into(),
+                    });
+                }
+                for item in items {
+                    match &item.body {
+                        FedBody::Notice {
+                            community, sender, ..
+                        } => {
+                            check_qualified_id("community", community)?;
+                            check_qualified_id("sender", sender)?;
+                        }
+                        FedBody::Entry { community, .. } => {
+                            check_qualified_id("community", &community.id)?
+                        }
+                        FedBody::Welcome {
+                            user, community, ..
+                        } => {
+                            check_qualified_id("user", user)?;
+                            check_qualified_id("community", community)?;
+                        }
+                        FedBody::Refusal { .. } => {}
+                    }
+                }
+                Ok(())
+            }
+            FedRequest::Handshake {
+                community, sender, ..
+            } => {
+                check_qualified_id("community", community)?;
+                check_qualified_id("sender", sender)
+            }
+            FedRequest::FetchKeyPackage { user, requester } => {
+                check_qualified_id("user", user)?;
+                check_qualified_id("requester", requester)
+            }
+        }
+    }
+}
+
+impl Validate for FedResponse {
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            FedResponse::Ack { .. } => Ok(()),
+            FedResponse::Response(r) => r.validate(),
         }
     }
 }
