@@ -1,22 +1,850 @@
 //! Relay-to-relay federation (ALPN `kring-fed/1`).
 //!
-//! Not enabled yet: a peer relay that connects is told so and disconnected.
+//! - **Links**: one QUIC connection per pair of relays, dialled by the relay with the
+//!   smaller id and re-dialled with backoff after a cut; either side opens request
+//!   streams on it. Only configured peers are accepted, and a peer's id must match
+//!   its certificate. A peer's accreditation is its certificate's Clearance, lowered
+//!   by the `accreditation` of its `[[peers]]` entry if set.
+//! - **Outboxes**: everything a relay must tell a peer is written as a [`FedItem`]
+//!   under `o/PEER\0SEQ` in the same atomic batch as the change that caused it, and
+//!   sent in order until the peer acknowledges durable receipt. The receiver applies
+//!   each item exactly once (`r/PEER` holds the last applied seq, updated in the same
+//!   batch as the item's effect).
+//! - **Synchronous calls**: commits are forwarded to the hub and key package fetches
+//!   to the user's home relay as request/response on the link, with a deadline.
+//!
+//! Policy at every hop: the hub withholds a notice from a relay whose accreditation
+//! does not admit it ([`Relay::relay_accreditation`]); a receiving relay checks every
+//! notice against its own accreditation and the sending peer's, accepts entries only
+//! from the community's hub and notices only from the filer's home relay, and learns
+//! about a community only when one of its users is a member.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use kring_protocol::identity::Identity;
+use kring_policy::{Clearance, Label, decide};
+use kring_protocol::identity::{Identity, IdentityKind};
+use kring_protocol::wire::{
+    CommunitySummary, EntryKind, ErrorCode, FedBody, FedItem, FedRequest, FedResponse, LogEntry,
+    Response,
+};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::relay::Relay;
+use crate::error::RelayError;
+use crate::groups;
+use crate::net::{read_frame, write_frame};
+use crate::records::{CommunityRecord, NoticeRecord, WelcomeRecord};
+use crate::relay::{Relay, Writer, home_relay, now};
+use crate::store::{Batch, Engine, decode, get_obj};
 
-/// Serves one peer relay connection.
-pub async fn serve_peer(relay: Arc<Relay>, conn: quinn::Connection, peer: Identity) {
+/// How long a forwarded commit or key package fetch may take, link set-up included.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Items per delivery.
+const BATCH: usize = 64;
+/// Longest wait between dial attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+mod keys {
+    pub fn outbox(peer: &str, seq: u64) -> Vec<u8> {
+        [b"o/", peer.as_bytes(), b"\0", &seq.to_be_bytes()].concat()
+    }
+    pub fn outbox_prefix(peer: &str) -> Vec<u8> {
+        [b"o/", peer.as_bytes(), b"\0"].concat()
+    }
+    /// Next outbox seq for a peer (kept even when the outbox is empty).
+    pub fn outbox_next(peer: &str) -> Vec<u8> {
+        [b"O/", peer.as_bytes()].concat()
+    }
+    /// Last item seq applied from a peer.
+    pub fn applied(peer: &str) -> Vec<u8> {
+        [b"r/", peer.as_bytes()].concat()
+    }
+    /// A peer's last known accreditation (canonical text).
+    pub fn accreditation(peer: &str) -> Vec<u8> {
+        [b"p/", peer.as_bytes()].concat()
+    }
+}
+
+fn get_u64(engine: &dyn Engine, key: &[u8]) -> Result<u64, RelayError> {
+    Ok(get_obj::<u64>(engine, key)?.unwrap_or(0))
+}
+
+/// A configured federation peer and its link.
+#[derive(Debug)]
+pub struct Peer {
+    /// Peer relay id.
+    pub id: String,
+    /// Where to dial it.
+    pub address: SocketAddr,
+    cap: Option<Clearance>,
+    accreditation: Mutex<Option<Clearance>>,
+    conn: Mutex<Option<quinn::Connection>>,
+    link: watch::Sender<u64>,
+}
+
+impl Peer {
+    /// A peer from configuration; its last known accreditation comes from the store.
+    pub fn new(id: &str, address: SocketAddr, cap: Option<Clearance>, engine: &dyn Engine) -> Self {
+        let known = get_obj::<String>(engine, &keys::accreditation(id))
+            .ok()
+            .flatten()
+            .and_then(|t| t.parse().ok());
+        let (link, _) = watch::channel(0);
+        Self {
+            id: id.to_string(),
+            address,
+            cap,
+            accreditation: Mutex::new(known),
+            conn: Mutex::new(None),
+            link,
+        }
+    }
+
+    /// The peer's effective accreditation, if known.
+    pub fn accreditation(&self) -> Option<Clearance> {
+        self.accreditation.lock().ok().and_then(|a| a.clone())
+    }
+
+    fn effective(&self, granted: Option<Clearance>) -> Option<Clearance> {
+        match (granted, &self.cap) {
+            (Some(g), Some(cap)) => kring_policy::meet(&g, cap).ok(),
+            (g, _) => g,
+        }
+    }
+
+    /// The live connection, if the link is up.
+    pub fn conn(&self) -> Option<quinn::Connection> {
+        self.conn
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|c| c.close_reason().is_none())
+    }
+
+    fn set_conn(&self, conn: Option<quinn::Connection>) {
+        if let Ok(mut c) = self.conn.lock() {
+            *c = conn;
+        }
+        self.link.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    async fn wait_conn(&self, deadline: Duration) -> Option<quinn::Connection> {
+        let mut rx = self.link.subscribe();
+        let wait = async {
+            loop {
+                if let Some(c) = self.conn() {
+                    return Some(c);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(deadline, wait).await.ok().flatten()
+    }
+}
+
+/// Loads the next outbox sequence number of every peer.
+pub fn load_outbox_heads(
+    engine: &dyn Engine,
+    peers: &[crate::config::PeerToml],
+) -> Result<std::collections::HashMap<String, u64>, RelayError> {
+    let mut out = std::collections::HashMap::new();
+    for p in peers {
+        let next = get_u64(engine, &keys::outbox_next(&p.id))?.max(1);
+        out.insert(p.id.clone(), next);
+    }
+    Ok(out)
+}
+
+/// Adds an item for `peer` to the batch (durable with it).
+pub fn enqueue(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    body: FedBody,
+) -> Result<(), RelayError> {
+    if !relay.peers.contains_key(peer) {
+        return Err(ErrorCode::Unavailable {
+            reason: format!("relay {peer} is not a federation peer of {}", relay.id()),
+        }
+        .into());
+    }
+    let next = w.outbox_next.entry(peer.to_string()).or_insert(1);
+    let seq = *next;
+    *next += 1;
+    b.put_obj(keys::outbox(peer, seq), &FedItem { seq, body })?;
+    b.put_obj(keys::outbox_next(peer), &(seq + 1))?;
+    Ok(())
+}
+
+/// Starts the dialler and the outbox sender of every peer.
+pub fn start_links(relay: &Arc<Relay>) {
+    for peer in relay.peers.values() {
+        let span = info_span!("link", peer = %peer.id);
+        if relay.id() < peer.id.as_str() {
+            tokio::spawn(dial_loop(relay.clone(), peer.clone()).instrument(span.clone()));
+        }
+        tokio::spawn(outbox_loop(relay.clone(), peer.clone()).instrument(span));
+    }
+}
+
+async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Some(c) = peer.conn() {
+            c.closed().await;
+            continue;
+        }
+        let Some((endpoint, config)) = relay.endpoint.get() else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let name = format!("{}.relay.kring", peer.id);
+        let attempt = match endpoint.connect_with(config.clone(), peer.address, &name) {
+            Ok(connecting) => tokio::time::timeout(Duration::from_secs(5), connecting)
+                .await
+                .map_err(|_| "timed out".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+            Err(e) => Err(e.to_string()),
+        };
+        match attempt {
+            Ok(conn) => match authenticate_peer(&relay, &conn, Some(&peer.id)) {
+                Ok(identity) => {
+                    backoff = Duration::from_millis(100);
+                    run_link(relay.clone(), peer.clone(), conn, identity).await;
+                }
+                Err(reason) => {
+                    warn!(%reason, "peer refused");
+                    conn.close(4u32.into(), reason.as_bytes());
+                }
+            },
+            Err(e) => debug!(error = %e, "dial failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn authenticate_peer(
+    relay: &Relay,
+    conn: &quinn::Connection,
+    expected: Option<&str>,
+) -> Result<Identity, String> {
+    let chain: Vec<Vec<u8>> = conn
+        .peer_identity()
+        .and_then(|a| {
+            a.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+        .ok_or("no peer certificate")?;
+    let identity = relay
+        .authenticate(&chain, IdentityKind::Relay)
+        .map_err(|e| e.to_string())?;
+    if !relay.peers.contains_key(&identity.name) {
+        return Err(format!("relay {} is not a configured peer", identity.name));
+    }
+    if let Some(expected) = expected
+        && identity.name != expected
+    {
+        return Err(format!(
+            "dialled {expected} but the certificate is for relay {}",
+            identity.name
+        ));
+    }
+    Ok(identity)
+}
+
+/// Serves a peer relay that connected to us.
+pub async fn serve_peer(relay: Arc<Relay>, conn: quinn::Connection, identity: Identity) {
+    let peer = match relay.peers.get(&identity.name) {
+        Some(p) => p.clone(),
+        None => {
+            relay.audit_now(AuditEvent::new(
+                AuditKind::Link,
+                identity.name.clone(),
+                relay.id(),
+                "link-refused",
+                "not a configured peer",
+            ));
+            conn.close(4u32.into(), b"not a configured peer");
+            return;
+        }
+    };
+    run_link(relay, peer, conn, identity).await;
+}
+
+async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, identity: Identity) {
+    let accreditation = peer.effective(identity.clearance.clone());
+    if let Ok(mut a) = peer.accreditation.lock() {
+        *a = accreditation.clone();
+    }
+    let text = accreditation
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "none".into());
+    let _ = relay.write(|w, b| {
+        if let Some(a) = &accreditation {
+            b.put_obj(keys::accreditation(&peer.id), &a.to_string())?;
+        }
+        w.audit.append(
+            b,
+            now(),
+            AuditEvent::new(
+                AuditKind::Link,
+                relay.id(),
+                peer.id.clone(),
+                "link-up",
+                format!("accreditation {text}"),
+            ),
+        )
+    });
+    peer.set_conn(Some(conn.clone()));
+    info!(accreditation = %text, "link up");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let relay = relay.clone();
+                let peer_id = peer.id.clone();
+                tokio::spawn(
+                    handle_stream(relay, peer_id, send, recv).instrument(info_span!("fed-req")),
+                );
+            }
+            Err(e) => {
+                info!(reason = %e, "link down");
+                break;
+            }
+        }
+    }
+    // Only clear the slot if it still holds this connection.
+    if peer
+        .conn
+        .lock()
+        .ok()
+        .and_then(|c| c.as_ref().map(|c| c.stable_id()))
+        == Some(conn.stable_id())
+    {
+        peer.set_conn(None);
+    }
     relay.audit_now(AuditEvent::new(
         AuditKind::Link,
-        peer.id(),
         relay.id(),
-        "link-refused",
-        "federation is not enabled on this relay",
+        peer.id.clone(),
+        "link-down",
+        conn.close_reason()
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
     ));
-    conn.close(4u32.into(), b"federation not enabled");
+}
+
+async fn handle_stream(
+    relay: Arc<Relay>,
+    peer: String,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let max = relay.limits().max_frame;
+    let request: FedRequest = match read_frame(&mut recv, max).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(code) => {
+            relay.audit_refusal(&peer, "-", "federation-decode", &code);
+            let _ = write_frame(
+                &mut send,
+                &FedResponse::Response(Response::Error(code)),
+                max,
+            )
+            .await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let response = match request {
+        FedRequest::Deliver { items } => match apply_items(&relay, &peer, items).await {
+            Ok(upto) => FedResponse::Ack { upto },
+            Err(e) => {
+                tracing::error!(error = %e, "applying federation items failed");
+                FedResponse::Response(Response::Error(e.to_code()))
+            }
+        },
+        FedRequest::Handshake {
+            community,
+            sender,
+            message,
+            welcome,
+        } => {
+            let r = if home_relay(&sender) != peer {
+                Err(RelayError::Refused(ErrorCode::Unauthenticated {
+                    reason: format!("{sender} is not a user of relay {peer}"),
+                }))
+            } else {
+                relay
+                    .handshake_at_hub(&sender, Some(&peer), &community, &message, welcome)
+                    .await
+            };
+            FedResponse::Response(match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let code = e.to_code();
+                    relay.audit_refusal(&sender, &community, "handshake", &code);
+                    Response::Error(code)
+                }
+            })
+        }
+        FedRequest::FetchKeyPackage { user, requester } => {
+            let r = if home_relay(&requester) != peer || home_relay(&user) != relay.id() {
+                Err(RelayError::Refused(ErrorCode::BadRequest {
+                    reason: "key packages are fetched from the user's home relay by the requester's home relay".into(),
+                }))
+            } else {
+                relay.take_key_package(&requester, &user).await
+            };
+            FedResponse::Response(r.unwrap_or_else(|e| Response::Error(e.to_code())))
+        }
+    };
+    let _ = write_frame(&mut send, &response, max).await;
+    let _ = send.finish();
+}
+
+/// One request/response on a link.
+async fn call(
+    conn: &quinn::Connection,
+    request: &FedRequest,
+    max: usize,
+    deadline: Duration,
+) -> Result<FedResponse, String> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, request, max)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match read_frame::<FedResponse>(&mut recv, max).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err("the peer closed the stream without answering".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    tokio::time::timeout(deadline, exchange)
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+}
+
+async fn forward(relay: &Relay, to: &str, request: FedRequest) -> Result<Response, RelayError> {
+    let unavailable = |why: String| {
+        RelayError::Refused(ErrorCode::Unavailable {
+            reason: format!("relay {to} unreachable: {why}"),
+        })
+    };
+    let peer = relay
+        .peers
+        .get(to)
+        .ok_or_else(|| unavailable("not a federation peer".into()))?;
+    let started = tokio::time::Instant::now();
+    let conn = peer
+        .wait_conn(FORWARD_TIMEOUT)
+        .await
+        .ok_or_else(|| unavailable(format!("no link within {} s", FORWARD_TIMEOUT.as_secs())))?;
+    let left = FORWARD_TIMEOUT.saturating_sub(started.elapsed());
+    match call(&conn, &request, relay.limits().max_frame, left).await {
+        Ok(FedResponse::Response(Response::Error(code))) => Err(code.into()),
+        Ok(FedResponse::Response(r)) => Ok(r),
+        Ok(FedResponse::Ack { .. }) => Err(unavailable("unexpected answer".into())),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Sends a member's commit to the community's hub and returns its verdict.
+pub async fn forward_handshake(
+    relay: &Relay,
+    hub: &str,
+    sender: &str,
+    community: &str,
+    message: &[u8],
+    welcome: Option<Vec<u8>>,
+) -> Result<Response, RelayError> {
+    forward(
+        relay,
+        hub,
+        FedRequest::Handshake {
+            community: community.to_string(),
+            sender: sender.to_string(),
+            message: message.to_vec(),
+            welcome,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        RelayError::Refused(ErrorCode::Unavailable { reason }) => {
+            RelayError::Refused(ErrorCode::Unavailable {
+                reason: format!("hub unreachable: {reason}"),
+            })
+        }
+        other => other,
+    })
+}
+
+/// Fetches a key package of a user of another relay from that relay.
+pub async fn forward_fetch_key_package(
+    relay: &Relay,
+    home: &str,
+    requester: &str,
+    user: &str,
+) -> Result<Response, RelayError> {
+    forward(
+        relay,
+        home,
+        FedRequest::FetchKeyPackage {
+            user: user.to_string(),
+            requester: requester.to_string(),
+        },
+    )
+    .await
+}
+
+async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
+    let mut changes = relay.changes();
+    let mut link = peer.link.subscribe();
+    loop {
+        changes.mark_unchanged();
+        let Some(conn) = peer.conn() else {
+            let _ = link.changed().await;
+            continue;
+        };
+        let items = match pending(&relay, &peer.id) {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read outbox");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = link.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            continue;
+        }
+        let request = FedRequest::Deliver { items };
+        match call(
+            &conn,
+            &request,
+            relay.limits().max_frame,
+            Duration::from_secs(15),
+        )
+        .await
+        {
+            Ok(FedResponse::Ack { upto }) => {
+                if let Err(e) = relay.write(|_, b| {
+                    if let FedRequest::Deliver { items } = &request {
+                        for item in items.iter().filter(|i| i.seq <= upto) {
+                            b.delete(keys::outbox(&peer.id, item.seq));
+                        }
+                    }
+                    Ok(())
+                }) {
+                    tracing::error!(error = %e, "cannot trim outbox");
+                }
+            }
+            Ok(other) => {
+                warn!(answer = ?other, "peer did not acknowledge; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                debug!(error = %e, "delivery to peer failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
+    relay
+        .engine()
+        .scan(&keys::outbox_prefix(peer), None, BATCH)?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
+}
+
+/// Applies items from `peer` exactly once each, then makes them durable.
+async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u64, RelayError> {
+    let mut upto = get_u64(relay.engine(), &keys::applied(peer))?;
+    for item in items {
+        if item.seq <= upto {
+            continue; // already applied: a retry after a lost ack
+        }
+        let seq = item.seq;
+        relay.write(|w, b| {
+            apply_item(relay, w, b, peer, item.body)?;
+            b.put_obj(keys::applied(peer), &seq)?;
+            Ok(())
+        })?;
+        upto = seq;
+    }
+    relay.durable().await?;
+    Ok(upto)
+}
+
+fn refuse(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    what: &str,
+    reason: String,
+) -> Result<(), RelayError> {
+    w.audit.append(
+        b,
+        now(),
+        AuditEvent::new(AuditKind::Refusal, peer, what, "federation-item", reason),
+    )?;
+    let _ = relay;
+    Ok(())
+}
+
+fn apply_item(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    body: FedBody,
+) -> Result<(), RelayError> {
+    match body {
+        FedBody::Notice {
+            community,
+            notice_id,
+            sender,
+            message,
+        } => {
+            if home_relay(&sender) != peer {
+                return refuse(
+                    relay,
+                    w,
+                    b,
+                    peer,
+                    &community,
+                    format!("{sender} is not a user of relay {peer}"),
+                );
+            }
+            let result = groups::read_application(&message)
+                .map_err(|reason| {
+                    RelayError::Refused(ErrorCode::BadRequest {
+                        reason: format!("not an MLS application message: {reason}"),
+                    })
+                })
+                .and_then(|app| {
+                    relay.order_notice(
+                        w,
+                        b,
+                        &sender,
+                        None,
+                        Some(peer),
+                        &community,
+                        notice_id,
+                        app,
+                        message,
+                    )
+                });
+            match result {
+                Ok(_) => Ok(()),
+                Err(RelayError::Refused(code)) => {
+                    // The refusal goes back to the filer's home relay with the reason.
+                    relay.record_refusal_for(
+                        w,
+                        b,
+                        &notice_id,
+                        &community,
+                        &sender,
+                        relay.id(),
+                        &code.to_string(),
+                    )
+                }
+                Err(other) => Err(other),
+            }
+        }
+        FedBody::Entry {
+            community,
+            seq,
+            entry,
+        } => apply_entry(relay, w, b, peer, community, seq, entry),
+        FedBody::Welcome {
+            user,
+            community,
+            welcome,
+            ratchet_tree,
+        } => {
+            if home_relay(&user) != relay.id() || home_relay(&community) != peer {
+                return refuse(
+                    relay,
+                    w,
+                    b,
+                    peer,
+                    &community,
+                    format!("welcome for {user} not routed via its hub to its home relay"),
+                );
+            }
+            let id = uuid::Uuid::new_v4();
+            b.put_obj(
+                crate::store::keys::welcome(&user, &id),
+                &WelcomeRecord {
+                    id,
+                    community,
+                    welcome,
+                    ratchet_tree,
+                },
+            )
+        }
+        FedBody::Refusal {
+            notice_id,
+            hop,
+            reason,
+        } => {
+            let rec: Option<NoticeRecord> =
+                get_obj(relay.engine(), &crate::store::keys::notice(&notice_id))?;
+            let (community, sender) = rec.map(|r| (r.community, r.sender)).unwrap_or_default();
+            relay.record_refusal_for(w, b, &notice_id, &community, &sender, &hop, &reason)
+        }
+    }
+}
+
+fn apply_entry(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    summary: CommunitySummary,
+    seq: u64,
+    entry: Option<LogEntry>,
+) -> Result<(), RelayError> {
+    let id = summary.id.clone();
+    if home_relay(&id) != peer {
+        return refuse(
+            relay,
+            w,
+            b,
+            peer,
+            &id,
+            format!("relay {peer} is not the hub of {id}"),
+        );
+    }
+    let has_local = |members: &[String]| members.iter().any(|m| home_relay(m) == relay.id());
+    let existing = relay.community(&id)?;
+    let mut rec = match existing {
+        Some(rec) => rec,
+        None => {
+            if !has_local(&summary.members) {
+                return refuse(
+                    relay,
+                    w,
+                    b,
+                    peer,
+                    &id,
+                    "no user of this relay is a member".into(),
+                );
+            }
+            let max: Label =
+                summary
+                    .max_label
+                    .parse()
+                    .map_err(|e: kring_policy::PolicyError| {
+                        RelayError::Refused(ErrorCode::BadRequest {
+                            reason: e.to_string(),
+                        })
+                    })?;
+            CommunityRecord {
+                id: id.clone(),
+                hub: peer.to_string(),
+                max_label: max.to_bytes(),
+                admins: Vec::new(),
+                members: Vec::new(),
+                epoch: 0,
+                last_seq: seq.saturating_sub(1),
+                created_by: String::new(),
+                created_at: now(),
+            }
+        }
+    };
+    if seq <= rec.last_seq {
+        return Ok(()); // already have it
+    }
+    if let Some(entry) = entry {
+        let mut keep = true;
+        if let EntryKind::Notice {
+            notice_id, label, ..
+        } = &entry.kind
+        {
+            let verdict = Label::from_bytes(label)
+                .map_err(|e| format!("unreadable label: {e}"))
+                .and_then(|label| {
+                    let own = decide(&label, relay.accreditation());
+                    if !own.allowed {
+                        return Err(format!(
+                            "relay {} is not accredited for {label}: {own}",
+                            relay.id()
+                        ));
+                    }
+                    let theirs = kring_policy::decide_opt(
+                        Some(&label),
+                        relay.relay_accreditation(peer).as_ref(),
+                    );
+                    if !theirs.allowed {
+                        return Err(format!(
+                            "relay {peer} is not accredited for {label}: {theirs}"
+                        ));
+                    }
+                    Ok(())
+                });
+            if let Err(reason) = verdict {
+                keep = false;
+                let hop = format!("{peer}->{}", relay.id());
+                w.audit.append(
+                    b,
+                    now(),
+                    AuditEvent::new(
+                        AuditKind::Withheld,
+                        peer,
+                        format!("{id} notice {notice_id}"),
+                        "receive",
+                        reason.clone(),
+                    ),
+                )?;
+                enqueue(
+                    relay,
+                    w,
+                    b,
+                    peer,
+                    FedBody::Refusal {
+                        notice_id: *notice_id,
+                        hop,
+                        reason,
+                    },
+                )?;
+            } else {
+                // The filer's home relay learns the hub's ordering.
+                let key = crate::store::keys::notice(notice_id);
+                if let Some(mut n) = get_obj::<NoticeRecord>(relay.engine(), &key)? {
+                    n.seq = Some(seq);
+                    b.put_obj(key, &n)?;
+                }
+            }
+        }
+        if keep {
+            b.put_obj(crate::store::keys::log(&id, seq), &entry)?;
+        }
+    }
+    let before = rec.members.clone();
+    rec.members = summary.members;
+    rec.admins = summary.admins;
+    rec.epoch = summary.epoch;
+    rec.last_seq = seq;
+    b.put_obj(crate::store::keys::community(&id), &rec)?;
+    relay.update_local_members(b, &rec, &before, seq)
 }

@@ -70,6 +70,10 @@ pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
             reason: format!("cannot bind {}: {e}", config.listen),
         })?;
     let local_addr = endpoint.local_addr()?;
+    let _ = relay
+        .endpoint
+        .set((endpoint.clone(), tls::peer_client_config(&config)?));
+    federation::start_links(&relay);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         net::serve(relay.clone(), endpoint, async {

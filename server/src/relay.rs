@@ -12,7 +12,7 @@ use std::time::Instant;
 use kring_policy::{Clearance, Label};
 use kring_protocol::identity::{Identity, IdentityKind};
 use kring_protocol::wire::{
-    CommunitySummary, EntryKind, ErrorCode, LogEntry, NoticeStatus, Request, Response,
+    CommunitySummary, EntryKind, ErrorCode, FedBody, LogEntry, NoticeStatus, Request, Response,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -53,6 +53,8 @@ impl Caller {
 pub struct Writer {
     /// Audit chain head.
     pub audit: AuditHead,
+    /// Next outbox sequence number per peer.
+    pub outbox_next: HashMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,10 @@ pub struct Relay {
     changes: watch::Sender<u64>,
     conns: Mutex<HashMap<String, Vec<(usize, quinn::Connection)>>>,
     rate: Mutex<HashMap<String, Bucket>>,
+    /// Federation peers by id.
+    pub peers: std::collections::BTreeMap<String, Arc<crate::federation::Peer>>,
+    /// The QUIC endpoint (for dialling peers), set once bound.
+    pub endpoint: std::sync::OnceLock<(quinn::Endpoint, quinn::ClientConfig)>,
 }
 
 /// Seconds since the Unix epoch.
@@ -125,12 +131,25 @@ impl Relay {
             limits: config.limits.clone(),
             cert_chain: config.cert_chain.iter().map(|c| c.to_vec()).collect(),
             key_pkcs8: config.key_pkcs8.clone(),
-            engine,
+            engine: engine.clone(),
             durability,
-            writer: Mutex::new(Writer { audit }),
+            writer: Mutex::new(Writer {
+                audit,
+                outbox_next: crate::federation::load_outbox_heads(engine.as_ref(), &config.peers)?,
+            }),
             changes,
             conns: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
+            peers: config
+                .peers
+                .iter()
+                .map(|p| {
+                    let cap = p.accreditation.as_ref().and_then(|a| a.parse().ok());
+                    let peer = crate::federation::Peer::new(&p.id, p.address, cap, engine.as_ref());
+                    (p.id.clone(), Arc::new(peer))
+                })
+                .collect(),
+            endpoint: std::sync::OnceLock::new(),
         }))
     }
 
@@ -423,13 +442,26 @@ impl Relay {
     }
 
     async fn fetch_key_package(&self, caller: &Caller, user: &str) -> Result<Response, RelayError> {
-        let home = user.rsplit_once('@').map(|(_, r)| r).unwrap_or_default();
+        let home = home_relay(user);
         if home != self.id {
-            return Err(ErrorCode::NotFound {
-                what: format!("{user} is not a user of relay {}", self.id),
+            if !self.peers.contains_key(home) {
+                return Err(ErrorCode::NotFound {
+                    what: format!("{user}: relay {home} is not a peer of relay {}", self.id),
+                }
+                .into());
             }
-            .into());
+            return crate::federation::forward_fetch_key_package(self, home, &caller.id, user)
+                .await;
         }
+        self.take_key_package(&caller.id, user).await
+    }
+
+    /// Hands out one key package of a local user (consumed; the last-resort one is kept).
+    pub async fn take_key_package(
+        &self,
+        requester: &str,
+        user: &str,
+    ) -> Result<Response, RelayError> {
         let kp = self.write(|w, b| {
             let found = self.engine.scan(&keys::key_package_prefix(user), None, 1)?;
             let kp = if let Some((k, v)) = found.into_iter().next() {
@@ -448,7 +480,7 @@ impl Relay {
                 now(),
                 AuditEvent::new(
                     AuditKind::Membership,
-                    &caller.id,
+                    requester,
                     user,
                     "fetch-key-package",
                     "key package handed out",
@@ -462,7 +494,8 @@ impl Relay {
 
     // ----- communities ---------------------------------------------------------------
 
-    fn community(&self, id: &str) -> Result<Option<CommunityRecord>, RelayError> {
+    /// The community record, if this relay takes part in the community.
+    pub fn community(&self, id: &str) -> Result<Option<CommunityRecord>, RelayError> {
         get_obj(self.engine.as_ref(), &keys::community(id))
     }
 
@@ -474,12 +507,14 @@ impl Relay {
         }
     }
 
-    /// The clearance that limits what a member's home relay may receive.
-    fn relay_accreditation(&self, relay: &str) -> Option<Clearance> {
+    /// The clearance that limits what a relay may receive: this relay's own, or a
+    /// peer's (from its certificate, lowered by configuration); `None` for a relay
+    /// that is not a configured peer or whose certificate has not been seen yet.
+    pub fn relay_accreditation(&self, relay: &str) -> Option<Clearance> {
         if relay == self.id {
             Some(self.accreditation.clone())
         } else {
-            None
+            self.peers.get(relay).and_then(|p| p.accreditation())
         }
     }
 
@@ -587,8 +622,33 @@ impl Relay {
         message: &[u8],
         welcome: Option<Vec<u8>>,
     ) -> Result<Response, RelayError> {
+        let rec = self.member_community(caller, community)?;
+        if rec.hub != self.id {
+            // The hub orders every commit: forward it and wait for the verdict.
+            return crate::federation::forward_handshake(
+                self, &rec.hub, &caller.id, community, message, welcome,
+            )
+            .await;
+        }
+        self.handshake_at_hub(&caller.id, None, community, message, welcome)
+            .await
+    }
+
+    /// Verifies, decides and orders a handshake at this relay, the community's hub.
+    /// `origin` is the peer relay that forwarded it (the sender's home relay), if any.
+    pub async fn handshake_at_hub(
+        &self,
+        sender: &str,
+        origin: Option<&str>,
+        community: &str,
+        message: &[u8],
+        welcome: Option<Vec<u8>>,
+    ) -> Result<Response, RelayError> {
         let (seq, epoch) = self.write(|w, b| {
-            let mut rec = self.member_community(caller, community)?;
+            let mut rec = match self.community(community)? {
+                Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => rec,
+                _ => return Err(ErrorCode::NotMember.into()),
+            };
             let overlay = groups::Overlay::new(self.engine.clone());
             let staged = groups::process_handshake(
                 &overlay,
@@ -597,11 +657,11 @@ impl Relay {
                 &self.anchors,
                 now() as u64,
             )?;
-            if staged.sender != caller.id {
+            if staged.sender != sender {
                 return Err(ErrorCode::Unauthenticated {
                     reason: format!(
-                        "the handshake is signed by {} but the connection is {}",
-                        staged.sender, caller.id
+                        "the handshake is signed by {} but was sent by {sender}",
+                        staged.sender
                     ),
                 }
                 .into());
@@ -611,7 +671,7 @@ impl Relay {
                 .added
                 .iter()
                 .map(|(id, clearance)| {
-                    let home = id.rsplit_once('@').map(|(_, r)| r).unwrap_or_default();
+                    let home = home_relay(id);
                     (
                         id.clone(),
                         clearance.clone(),
@@ -621,7 +681,7 @@ impl Relay {
                 .collect();
             decide::commit(
                 &rec,
-                &caller.id,
+                sender,
                 &max_label,
                 &added_clearances,
                 &staged.removed,
@@ -644,7 +704,7 @@ impl Relay {
             let entry = LogEntry {
                 community: community.to_string(),
                 seq,
-                sender: caller.id.clone(),
+                sender: sender.to_string(),
                 ordered_at: now(),
                 kind: EntryKind::Handshake {
                     epoch: epoch_before,
@@ -654,31 +714,12 @@ impl Relay {
             b.extend(overlay.into_batch());
             b.put_obj(keys::log(community, seq), &entry)?;
             for (user, _) in &added {
-                b.put_obj(
-                    keys::member(user, community),
-                    &MemberRecord {
-                        joined_seq: seq,
-                        removed_seq: None,
-                    },
-                )?;
-                if let Some(welcome) = &welcome {
-                    let id = Uuid::new_v4();
-                    b.put_obj(
-                        keys::welcome(user, &id),
-                        &WelcomeRecord {
-                            id,
-                            community: community.to_string(),
-                            welcome: welcome.clone(),
-                            ratchet_tree: merged.ratchet_tree.clone(),
-                        },
-                    )?;
-                }
                 w.audit.append(
                     b,
                     now(),
                     AuditEvent::new(
                         AuditKind::Membership,
-                        &caller.id,
+                        sender,
                         community,
                         "add-member",
                         format!("{user} added at epoch {}", merged.epoch),
@@ -686,20 +727,12 @@ impl Relay {
                 )?;
             }
             for user in &removed {
-                let key = keys::member(user, community);
-                let mut m: MemberRecord =
-                    get_obj(self.engine.as_ref(), &key)?.unwrap_or(MemberRecord {
-                        joined_seq: 0,
-                        removed_seq: None,
-                    });
-                m.removed_seq = Some(seq);
-                b.put_obj(key, &m)?;
                 w.audit.append(
                     b,
                     now(),
                     AuditEvent::new(
                         AuditKind::Membership,
-                        &caller.id,
+                        sender,
                         community,
                         "remove-member",
                         format!("{user} removed at epoch {}", merged.epoch),
@@ -712,22 +745,238 @@ impl Relay {
                     now(),
                     AuditEvent::new(
                         AuditKind::Admin,
-                        &caller.id,
+                        sender,
                         community,
                         "set-admins",
                         format!("admins now {}", admins.join(", ")),
                     ),
                 )?;
             }
+            let before: Vec<String> = rec.members.clone();
             rec.epoch = merged.epoch;
             rec.members = merged.members;
             rec.admins = merged.admins;
             rec.last_seq = seq;
             b.put_obj(keys::community(community), &rec)?;
+            self.update_local_members(b, &rec, &before, seq)?;
+            let removed_relays: Vec<String> =
+                removed.iter().map(|u| home_relay(u).to_string()).collect();
+            self.fan_out(w, b, &rec, &entry, &removed_relays)?;
+            for (user, _) in &added {
+                if let Some(welcome) = &welcome {
+                    self.route_welcome(w, b, user, community, welcome, &merged.ratchet_tree)?;
+                }
+            }
+            let _ = origin;
             Ok((seq, rec.epoch))
         })?;
         self.durable().await?;
         Ok(Response::Accepted { seq, epoch })
+    }
+
+    /// Membership records of this relay's own users after `rec` changed at `seq`:
+    /// new local members join at `seq`, departed ones leave at `seq`.
+    pub fn update_local_members(
+        &self,
+        b: &mut Batch,
+        rec: &CommunityRecord,
+        before: &[String],
+        seq: u64,
+    ) -> Result<(), RelayError> {
+        for user in rec.members.iter().filter(|u| home_relay(u) == self.id) {
+            let key = keys::member(user, &rec.id);
+            let current: Option<MemberRecord> = get_obj(self.engine.as_ref(), &key)?;
+            let active = current.is_some_and(|m| m.removed_seq.is_none());
+            if !before.contains(user) || !active {
+                b.put_obj(
+                    key,
+                    &MemberRecord {
+                        joined_seq: seq,
+                        removed_seq: None,
+                    },
+                )?;
+                // A re-joining member starts afresh at the commit that added them.
+                b.delete(keys::cursor(user, &rec.id));
+            }
+        }
+        for user in before
+            .iter()
+            .filter(|u| home_relay(u) == self.id && !rec.members.contains(u))
+        {
+            let key = keys::member(user, &rec.id);
+            let mut m: MemberRecord =
+                get_obj(self.engine.as_ref(), &key)?.unwrap_or(MemberRecord {
+                    joined_seq: 0,
+                    removed_seq: None,
+                });
+            m.removed_seq = Some(seq);
+            b.put_obj(key, &m)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a Welcome for a local user, or queues it for the user's home relay.
+    fn route_welcome(
+        &self,
+        w: &mut Writer,
+        b: &mut Batch,
+        user: &str,
+        community: &str,
+        welcome: &[u8],
+        ratchet_tree: &[u8],
+    ) -> Result<(), RelayError> {
+        let home = home_relay(user);
+        if home == self.id {
+            let id = Uuid::new_v4();
+            b.put_obj(
+                keys::welcome(user, &id),
+                &WelcomeRecord {
+                    id,
+                    community: community.to_string(),
+                    welcome: welcome.to_vec(),
+                    ratchet_tree: ratchet_tree.to_vec(),
+                },
+            )
+        } else {
+            crate::federation::enqueue(
+                self,
+                w,
+                b,
+                home,
+                FedBody::Welcome {
+                    user: user.to_string(),
+                    community: community.to_string(),
+                    welcome: welcome.to_vec(),
+                    ratchet_tree: ratchet_tree.to_vec(),
+                },
+            )
+        }
+    }
+
+    /// At the hub: queues a new log entry for every other relay with members in the
+    /// community (and `extra` relays, e.g. of members just removed), withholding a
+    /// notice from a relay whose accreditation does not admit its label.
+    fn fan_out(
+        &self,
+        w: &mut Writer,
+        b: &mut Batch,
+        rec: &CommunityRecord,
+        entry: &LogEntry,
+        extra: &[String],
+    ) -> Result<(), RelayError> {
+        let mut targets: std::collections::BTreeSet<&str> =
+            rec.members.iter().map(|m| home_relay(m)).collect();
+        targets.extend(extra.iter().map(|s| s.as_str()));
+        targets.remove(self.id.as_str());
+        let summary = summary(rec);
+        for peer in targets {
+            let mut withheld = None;
+            if let EntryKind::Notice {
+                notice_id, label, ..
+            } = &entry.kind
+            {
+                let label = Label::from_bytes(label).map_err(internal)?;
+                let d = match self.relay_accreditation(peer) {
+                    Some(accr) => kring_policy::decide(&label, &accr),
+                    None => kring_policy::decide_opt(Some(&label), None),
+                };
+                if !d.allowed {
+                    let reason = format!("relay {peer} is not accredited for {label}: {d}");
+                    withheld = Some(());
+                    self.record_refusal_for(
+                        w,
+                        b,
+                        notice_id,
+                        &rec.id,
+                        &entry.sender,
+                        &format!("{}->{peer}", self.id),
+                        &reason,
+                    )?;
+                }
+            }
+            crate::federation::enqueue(
+                self,
+                w,
+                b,
+                peer,
+                FedBody::Entry {
+                    community: summary.clone(),
+                    seq: entry.seq,
+                    entry: if withheld.is_some() {
+                        None
+                    } else {
+                        Some(entry.clone())
+                    },
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records that `hop` refused a notice: in the notice's record here, in the audit
+    /// log, and towards the filer's home relay if that is another relay.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_refusal_for(
+        &self,
+        w: &mut Writer,
+        b: &mut Batch,
+        notice_id: &Uuid,
+        community: &str,
+        sender: &str,
+        hop: &str,
+        reason: &str,
+    ) -> Result<(), RelayError> {
+        let key = keys::notice(notice_id);
+        let pending: Option<NoticeRecord> = b
+            .ops
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.as_ref())
+            .and_then(|v| postcard::from_bytes(v).ok());
+        let mut rec = match pending {
+            Some(r) => r,
+            None => get_obj::<NoticeRecord>(self.engine.as_ref(), &key)?.unwrap_or(NoticeRecord {
+                community: community.to_string(),
+                sender: sender.to_string(),
+                seq: None,
+                refusals: Vec::new(),
+            }),
+        };
+        if rec.refusals.iter().any(|r| r.hop == hop) {
+            return Ok(());
+        }
+        rec.refusals.push(kring_protocol::wire::HopRefusal {
+            hop: hop.to_string(),
+            reason: reason.to_string(),
+        });
+        b.put_obj(key, &rec)?;
+        w.audit.append(
+            b,
+            now(),
+            AuditEvent::new(
+                AuditKind::Refusal,
+                hop,
+                format!("{} notice {notice_id}", rec.community),
+                "notice-hop",
+                reason,
+            ),
+        )?;
+        let home = home_relay(&rec.sender);
+        if !rec.sender.is_empty() && home != self.id {
+            crate::federation::enqueue(
+                self,
+                w,
+                b,
+                home,
+                FedBody::Refusal {
+                    notice_id: *notice_id,
+                    hop: hop.to_string(),
+                    reason: reason.to_string(),
+                },
+            )?;
+        }
+        Ok(())
     }
 
     // ----- notices -------------------------------------------------------------------
@@ -742,73 +991,190 @@ impl Relay {
         let app = groups::read_application(&message).map_err(|reason| ErrorCode::BadRequest {
             reason: format!("not an MLS application message: {reason}"),
         })?;
-        let (seq, epoch) = self.write(|w, b| {
-            let mut rec = self.member_community(caller, community)?;
+        let rec = self.member_community(caller, community)?;
+        if rec.hub == self.id {
+            return self
+                .notice_at_hub(
+                    &caller.id,
+                    caller.identity.clearance.as_ref(),
+                    None,
+                    community,
+                    notice_id,
+                    app,
+                    message,
+                )
+                .await;
+        }
+        // A spoke: check, store durably with the outbox item for the hub, acknowledge.
+        let hub = rec.hub.clone();
+        let queued = self.write(|w, b| {
+            let rec = self.member_community(caller, community)?;
             if let Some(prev) =
                 get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
             {
-                // A retried filing gets the same answer; anything else is a replay.
-                return match prev.seq {
-                    Some(seq) if prev.sender == caller.id && prev.community == community => {
-                        Ok((seq, rec.epoch))
-                    }
-                    _ => Err(ErrorCode::BadRequest {
+                return if prev.sender == caller.id && prev.community == community {
+                    Ok(prev.seq)
+                } else {
+                    Err(ErrorCode::BadRequest {
                         reason: format!("notice {notice_id} was already filed"),
                     }
-                    .into()),
+                    .into())
                 };
             }
-            if app.group_id != community.as_bytes() {
-                return Err(ErrorCode::BadRequest {
-                    reason: "the message belongs to another group".into(),
+            let label = check_notice_label(
+                &app,
+                community,
+                &rec,
+                caller.identity.clearance.as_ref(),
+                &self.accreditation,
+            )?;
+            let hub_accr = self.relay_accreditation(&rec.hub);
+            let d = kring_policy::decide_opt(Some(&label), hub_accr.as_ref());
+            if !d.allowed {
+                return Err(ErrorCode::PolicyDenied {
+                    reason: format!("hub relay {} is not accredited for {label}: {d}", rec.hub),
                 }
                 .into());
             }
-            let label = Label::from_bytes(&app.aad).map_err(|e| ErrorCode::BadRequest {
-                reason: format!("the notice carries no valid label: {e}"),
-            })?;
-            let max = Label::from_bytes(&rec.max_label).map_err(internal)?;
-            let d = decide::file_notice(
-                &label,
-                &max,
-                caller.identity.clearance.as_ref(),
-                &self.accreditation,
-                app.epoch,
-                rec.epoch,
-            );
-            if let Err(code) = d {
-                return Err(code.into());
-            }
-            let seq = rec.last_seq + 1;
-            let entry = LogEntry {
-                community: community.to_string(),
-                seq,
-                sender: caller.id.clone(),
-                ordered_at: now(),
-                kind: EntryKind::Notice {
-                    notice_id,
-                    label: app.aad.clone(),
-                    epoch: app.epoch,
-                },
-                message: message.clone(),
-            };
-            b.put_obj(keys::log(community, seq), &entry)?;
             b.put_obj(
                 keys::notice(&notice_id),
                 &NoticeRecord {
                     community: community.to_string(),
                     sender: caller.id.clone(),
-                    seq: Some(seq),
+                    seq: None,
                     refusals: Vec::new(),
                 },
             )?;
-            rec.last_seq = seq;
-            b.put_obj(keys::community(community), &rec)?;
-            let _ = w;
-            Ok((seq, rec.epoch))
+            crate::federation::enqueue(
+                self,
+                w,
+                b,
+                &rec.hub,
+                FedBody::Notice {
+                    community: community.to_string(),
+                    notice_id,
+                    sender: caller.id.clone(),
+                    message: message.clone(),
+                },
+            )?;
+            Ok(None)
+        })?;
+        self.durable().await?;
+        match queued {
+            Some(seq) => Ok(Response::Accepted {
+                seq,
+                epoch: rec.epoch,
+            }),
+            None => Ok(Response::Queued { notice_id, hub }),
+        }
+    }
+
+    /// Orders a notice at this relay, the community's hub (a local filer).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn notice_at_hub(
+        &self,
+        sender: &str,
+        sender_clearance: Option<&Clearance>,
+        origin: Option<&str>,
+        community: &str,
+        notice_id: Uuid,
+        app: groups::AppInfo,
+        message: Vec<u8>,
+    ) -> Result<Response, RelayError> {
+        let (seq, epoch) = self.write(|w, b| {
+            self.order_notice(
+                w,
+                b,
+                sender,
+                sender_clearance,
+                origin,
+                community,
+                notice_id,
+                app,
+                message,
+            )
         })?;
         self.durable().await?;
         Ok(Response::Accepted { seq, epoch })
+    }
+
+    /// Checks and orders a notice at the hub inside the writer's critical section.
+    /// `origin` is the peer that forwarded it (the filer's home relay); a forwarded
+    /// notice is checked against that relay's accreditation instead of the filer's
+    /// clearance (which the home relay checked).
+    #[allow(clippy::too_many_arguments)]
+    pub fn order_notice(
+        &self,
+        w: &mut Writer,
+        b: &mut Batch,
+        sender: &str,
+        sender_clearance: Option<&Clearance>,
+        origin: Option<&str>,
+        community: &str,
+        notice_id: Uuid,
+        app: groups::AppInfo,
+        message: Vec<u8>,
+    ) -> Result<(u64, u64), RelayError> {
+        let mut rec = match self.community(community)? {
+            Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => rec,
+            _ => return Err(ErrorCode::NotMember.into()),
+        };
+        if let Some(prev) =
+            get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
+        {
+            // A retried filing gets the same answer; anything else is a replay.
+            return match prev.seq {
+                Some(seq) if prev.sender == sender && prev.community == community => {
+                    Ok((seq, rec.epoch))
+                }
+                _ => Err(ErrorCode::BadRequest {
+                    reason: format!("notice {notice_id} was already filed"),
+                }
+                .into()),
+            };
+        }
+        match origin {
+            None => {
+                check_notice_label(&app, community, &rec, sender_clearance, &self.accreditation)?;
+            }
+            Some(peer) => {
+                let peer_accr = self.relay_accreditation(peer);
+                check_notice_label(
+                    &app,
+                    community,
+                    &rec,
+                    peer_accr.as_ref(),
+                    &self.accreditation,
+                )?;
+            }
+        }
+        let seq = rec.last_seq + 1;
+        let entry = LogEntry {
+            community: community.to_string(),
+            seq,
+            sender: sender.to_string(),
+            ordered_at: now(),
+            kind: EntryKind::Notice {
+                notice_id,
+                label: app.aad.clone(),
+                epoch: app.epoch,
+            },
+            message,
+        };
+        b.put_obj(keys::log(community, seq), &entry)?;
+        b.put_obj(
+            keys::notice(&notice_id),
+            &NoticeRecord {
+                community: community.to_string(),
+                sender: sender.to_string(),
+                seq: Some(seq),
+                refusals: Vec::new(),
+            },
+        )?;
+        rec.last_seq = seq;
+        b.put_obj(keys::community(community), &rec)?;
+        self.fan_out(w, b, &rec, &entry, &[])?;
+        Ok((seq, rec.epoch))
     }
 
     async fn ack(
@@ -937,4 +1303,32 @@ fn request_subject(r: &Request) -> String {
         Request::AckWelcome { id } => id.to_string(),
         _ => "-".into(),
     }
+}
+
+/// The home relay of `NAME@RELAY` (empty if malformed).
+pub fn home_relay(user: &str) -> &str {
+    user.rsplit_once('@').map(|(_, r)| r).unwrap_or_default()
+}
+
+/// The label of an application message, checked against the community (right group,
+/// within the maximum, epoch window), a clearance and this relay's accreditation.
+fn check_notice_label(
+    app: &groups::AppInfo,
+    community: &str,
+    rec: &CommunityRecord,
+    clearance: Option<&Clearance>,
+    accreditation: &Clearance,
+) -> Result<Label, RelayError> {
+    if app.group_id != community.as_bytes() {
+        return Err(ErrorCode::BadRequest {
+            reason: "the message belongs to another group".into(),
+        }
+        .into());
+    }
+    let label = Label::from_bytes(&app.aad).map_err(|e| ErrorCode::BadRequest {
+        reason: format!("the notice carries no valid label: {e}"),
+    })?;
+    let max = Label::from_bytes(&rec.max_label).map_err(internal)?;
+    decide::file_notice(&label, &max, clearance, accreditation, app.epoch, rec.epoch)?;
+    Ok(label)
 }

@@ -175,7 +175,8 @@ async fn story(options: &Options) -> Result<(), String> {
         .map_err(|x| e(&x))?;
     say(format!(
         "liaison@bz filed notice {} (label NL:DEP-VERTROUWELIJK): relay acknowledged it durably as seq {}",
-        filed.notice.id, filed.seq
+        filed.notice.id,
+        filed.seq.unwrap_or_default()
     ));
     let report = admin.sync().await.map_err(|x| e(&x))?;
     let got: Vec<_> = report.notices().map(|n| n.title.clone()).collect();

@@ -59,7 +59,7 @@ async fn create_add_file_deliver_restart() {
         .file_notice(draft("desinformatie", "NL:DEP-VERTROUWELIJK", "first"))
         .await
         .unwrap();
-    assert!(filed.seq > 0);
+    assert!(filed.seq.is_some_and(|s| s > 0));
     let report = member.sync().await.unwrap();
     let got: Vec<_> = report.notices().map(|n| n.title.clone()).collect();
     assert_eq!(got, vec!["first".to_string()]);

@@ -1,0 +1,205 @@
+//! Four relays of four organisations share communities (SPEC §8): hub ordering,
+//! federated membership, policy at every hop, store-and-forward across a stopped spoke.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
+
+use std::time::{Duration, Instant};
+
+use kring_client::{Client, NoticeDraft};
+use kring_tests::{Federation, RelayLauncher};
+
+fn federation() -> Federation {
+    Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
+}
+
+fn draft(community: &str, label: &str, title: &str) -> NoticeDraft {
+    kring_tests::signal(community, label, title, &format!("body of {title}"))
+}
+
+async fn ready(fed: &Federation, user: &str) -> Client {
+    let mut c = fed.client(user).unwrap();
+    c.publish_key_packages(3).await.unwrap();
+    c
+}
+
+fn titles(c: &Client, community: &str) -> Vec<String> {
+    c.notices(Some(community))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.title)
+        .collect()
+}
+
+/// Syncs until `want` titles are there (deliveries cross relays asynchronously).
+async fn sync_until(c: &mut Client, community: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.sync().await.unwrap();
+        let got = titles(c, community);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: have {got:?}, want {want:?}",
+            c.user()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Syncs until the client has joined `community`.
+async fn join(c: &mut Client, community: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.sync().await.unwrap();
+        if c.list_communities()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.id == community)
+            && c.community_info(community).await.is_ok()
+        {
+            // Joined when the local group exists: a notice list does not fail.
+            if c.notices(Some(community)).is_ok() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never joined {community}",
+            c.user()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_story_across_four_relays() {
+    let mut fed = federation();
+    fed.start_all().unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut nctv = ready(&fed, "liaison@nctv").await;
+    let mut aivd = ready(&fed, "analist@aivd").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+
+    // A disinformation community hubbed at bz, with members at all four relays.
+    bz.create_community("desinformatie", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    let added = bz
+        .add_members(
+            "desinformatie@bz",
+            &["analist@post-a", "liaison@nctv", "analist@aivd"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.added.len(), 3);
+    for c in [&mut nctv, &mut aivd, &mut post] {
+        join(c, "desinformatie@bz").await;
+    }
+
+    // The embassy analyst files a signal: durable at post-a, ordered by the hub bz.
+    let filed = post
+        .file_notice(draft(
+            "desinformatie@bz",
+            "NL:DEP-VERTROUWELIJK",
+            "signal 1",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        filed.seq.is_some(),
+        "not ordered by the hub: {:?}",
+        filed.ordering
+    );
+    for c in [&mut bz, &mut nctv, &mut aivd] {
+        sync_until(c, "desinformatie@bz", &["signal 1"]).await;
+        let n = &c.notices(Some("desinformatie@bz")).unwrap()[0];
+        assert_eq!(n.sender, "analist@post-a");
+    }
+
+    // A state-actors community hubbed at nctv (max STG-GEHEIM) refuses the embassy
+    // analyst: neither their clearance nor post-a's accreditation admits it.
+    nctv.create_community("statelijke-actoren", "NL:STG-GEHEIM")
+        .await
+        .unwrap();
+    let e = nctv
+        .add_members("statelijke-actoren@nctv", &["analist@post-a"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+    assert!(e.to_string().contains("analist@post-a"), "{e}");
+    // bz's liaison can be added across relays.
+    nctv.add_members("statelijke-actoren@nctv", &["liaison@bz"])
+        .await
+        .unwrap();
+    join(&mut bz, "statelijke-actoren@nctv").await;
+
+    // STG-GEHEIM above the disinformation community's maximum: refused.
+    let e = bz
+        .file_notice(draft("desinformatie@bz", "NL:STG-GEHEIM", "too high"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+
+    // post-a goes down; notices filed meanwhile reach the analist once it is back.
+    post.disconnect().await;
+    fed.stop("post-a").unwrap();
+    for t in ["while down 1", "while down 2"] {
+        bz.file_notice(draft("desinformatie@bz", "NL:STG-CONFIDENTIEEL", t))
+            .await
+            .unwrap();
+    }
+    fed.start("post-a").unwrap();
+    sync_until(
+        &mut post,
+        "desinformatie@bz",
+        &["signal 1", "while down 1", "while down 2"],
+    )
+    .await;
+    // Exactly once: another sync changes nothing.
+    post.sync().await.unwrap();
+    assert_eq!(
+        titles(&post, "desinformatie@bz"),
+        vec!["signal 1", "while down 1", "while down 2"]
+    );
+    sync_until(
+        &mut aivd,
+        "desinformatie@bz",
+        &["signal 1", "while down 1", "while down 2"],
+    )
+    .await;
+}
+
+/// The hub down: a spoke keeps a filed notice queued and delivers it once the hub is
+/// back; a commit fails with "hub unreachable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_down_notices_queue_and_commits_fail_clearly() {
+    let mut fed = federation();
+    fed.start_all().unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut nctv = ready(&fed, "liaison@nctv").await;
+    let _aivd = ready(&fed, "analist@aivd").await;
+    bz.create_community("c", "NL:STG-GEHEIM").await.unwrap();
+    bz.add_members("c@bz", &["liaison@nctv"]).await.unwrap();
+    bz.set_admin("c@bz", kring_client::AdminChange::Add, "liaison@nctv")
+        .await
+        .unwrap();
+    join(&mut nctv, "c@bz").await;
+
+    bz.disconnect().await;
+    fed.stop("bz").unwrap();
+    let mut quick = draft("c@bz", "NL:STG-GEHEIM", "queued");
+    quick.body = "while the hub is down".into();
+    let filed = nctv.file_notice(quick).await.unwrap();
+    assert!(filed.seq.is_none(), "ordered although the hub is down");
+    let e = nctv
+        .add_members("c@bz", &["analist@aivd"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 5, "{e}");
+    assert!(e.to_string().contains("hub unreachable"), "{e}");
+
+    fed.start("bz").unwrap();
+    sync_until(&mut bz, "c@bz", &["queued"]).await;
+}
