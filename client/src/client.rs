@@ -112,9 +112,16 @@ impl Client {
         })
     }
 
-    /// Replaces the connection time limits (before connecting).
+    /// Replaces the time limits. `connect` and `request` apply from the next
+    /// connection on (set them before connecting); `handshake` and `ordering` from
+    /// the next operation that uses them.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.timeouts = timeouts;
+    }
+
+    /// The current time limits.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// Sets a callback that sees the events of every sync, including the syncs
@@ -204,6 +211,24 @@ impl Client {
     /// whose connection drops midway is not resent: its fate is unknown.
     pub async fn call(&mut self, request: &Request) -> Result<Response> {
         self.connect().await?.call(request).await
+    }
+
+    /// [`call`](Self::call) with its own time limit for the answer.
+    pub(crate) async fn call_within(
+        &mut self,
+        request: &Request,
+        timeout: std::time::Duration,
+    ) -> Result<Response> {
+        self.connect().await?.call_within(request, timeout).await
+    }
+
+    /// Hands a warning to the event sink (see [`set_event_sink`](Self::set_event_sink))
+    /// and the log.
+    pub(crate) fn warn(&mut self, warning: String) {
+        tracing::warn!("{warning}");
+        if let Some(sink) = self.event_sink.as_mut() {
+            sink(&SyncEvent::Warning(warning));
+        }
     }
 
     /// Checks the relay answers.

@@ -4,7 +4,10 @@
 //! sync (to be at the group's current epoch), build the commit, send it with
 //! [`Request::Handshake`]; on acceptance merge it, on
 //! [`ErrorCode::WrongEpoch`] (another commit won the epoch) discard it, sync and
-//! retry — at most [`COMMIT_ATTEMPTS`] times.
+//! retry — at most [`COMMIT_ATTEMPTS`] times. For a community hubbed at another
+//! relay the home relay forwards the commit and waits for the hub; if the hub cannot
+//! be reached the commit is discarded and [`ClientError::HubUnreachable`] (exit 5)
+//! returned, so that the command can be run again.
 
 use kring_policy::{Label, decide_opt};
 use kring_protocol::identity::{Identity, IdentityKind, verify_chain};
@@ -327,7 +330,8 @@ impl Client {
                 message: out.commit.clone(),
                 welcome: out.welcome.clone(),
             };
-            match self.call(&request).await {
+            let limit = self.timeouts.handshake;
+            match self.call_within(&request, limit).await {
                 Ok(Response::Accepted { seq, epoch }) => {
                     group.commit_accepted(&self.provider)?;
                     self.store.flush()?;
@@ -359,9 +363,11 @@ impl Client {
                     self.sync().await?;
                 }
                 Err(ClientError::Relay(code)) => {
+                    // Refused (or, for a remote hub, not delivered to it in time):
+                    // discard the commit so that running the command again works.
                     group.commit_refused(&self.provider)?;
                     self.store.flush()?;
-                    return Err(ClientError::Relay(code));
+                    return Err(ClientError::handshake_refused(community, code));
                 }
                 // Fate unknown (connection lost): keep the pending commit; the next
                 // sync merges it if the hub accepted it.

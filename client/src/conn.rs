@@ -21,13 +21,20 @@ use crate::profile::{MAX_PEM_BYTES, Profile, read_bounded};
 /// Most certificates accepted in one PEM file.
 const MAX_CERTS_PER_FILE: usize = 16;
 
-/// Time limits of the connection layer.
+/// Time limits of the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Resolving the address and completing the QUIC + TLS handshake.
     pub connect: Duration,
     /// One request: open the stream, send, receive the answer.
     pub request: Duration,
+    /// One handshake (commit) request. Longer than `request`: for a community hubbed
+    /// at another relay, the home relay forwards the commit and waits (about 10 s)
+    /// for the hub's verdict before it answers.
+    pub handshake: Duration,
+    /// How long filing a notice in a community hubbed at another relay waits for
+    /// the hub's ordering after the home relay queued it (zero: do not wait).
+    pub ordering: Duration,
 }
 
 impl Default for Timeouts {
@@ -35,6 +42,8 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(5),
             request: Duration::from_secs(10),
+            handshake: Duration::from_secs(25),
+            ordering: crate::ordering::DEFAULT_ORDERING_WAIT,
         }
     }
 }
@@ -223,7 +232,12 @@ impl RelayConnection {
     /// Sends one request and returns the relay's answer, whatever it is (including
     /// [`Response::Error`]).
     pub async fn request(&self, request: &Request) -> Result<Response> {
-        let timeout = self.timeouts.request;
+        self.request_within(request, self.timeouts.request).await
+    }
+
+    /// [`request`](Self::request) with its own time limit (e.g. for a handshake the
+    /// relay forwards to a remote hub).
+    pub async fn request_within(&self, request: &Request, timeout: Duration) -> Result<Response> {
         tokio::time::timeout(timeout, self.request_inner(request))
             .await
             .map_err(|_| ClientError::Unreachable {
@@ -234,7 +248,12 @@ impl RelayConnection {
 
     /// Sends one request; a [`Response::Error`] becomes [`ClientError::Relay`].
     pub async fn call(&self, request: &Request) -> Result<Response> {
-        match self.request(request).await? {
+        self.call_within(request, self.timeouts.request).await
+    }
+
+    /// [`call`](Self::call) with its own time limit.
+    pub async fn call_within(&self, request: &Request, timeout: Duration) -> Result<Response> {
+        match self.request_within(request, timeout).await? {
             Response::Error(code) => Err(ClientError::Relay(code)),
             other => Ok(other),
         }
@@ -500,6 +519,7 @@ mod tests {
         let timeouts = Timeouts {
             connect: Duration::from_millis(300),
             request: Duration::from_millis(300),
+            ..Timeouts::default()
         };
         let err = RelayConnection::connect(&creds, &addr, "bz", timeouts)
             .await

@@ -63,6 +63,32 @@ pub enum ClientError {
         reason: String,
     },
 
+    /// The community's hub is another relay and the home relay could not reach it in
+    /// time; a commit sent to it was not applied (and has been discarded on this
+    /// device, so the command can simply be run again).
+    #[error(
+        "hub {hub} of {community} unreachable: {reason}; the change was not made, \
+         run the command again when the hub is reachable"
+    )]
+    HubUnreachable {
+        /// The hub relay.
+        hub: String,
+        /// The community.
+        community: String,
+        /// What the home relay reported.
+        reason: String,
+    },
+
+    /// A hop (relay or link) on a filed notice's path refused it; the notice is
+    /// withheld from that hop on.
+    #[error("refused by {hop}: {reason}")]
+    RefusedAtHop {
+        /// The relay or link that refused it.
+        hop: String,
+        /// Why.
+        reason: String,
+    },
+
     /// The relay answered with a refusal.
     #[error("the relay refused the request: {0}")]
     Relay(ErrorCode),
@@ -106,9 +132,11 @@ impl ClientError {
             | ClientError::NoProfile
             | ClientError::InvalidLabel { .. }
             | ClientError::NotYetAvailable(_) => EXIT_USAGE,
-            ClientError::PolicyDenied(_) => EXIT_POLICY,
+            ClientError::PolicyDenied(_) | ClientError::RefusedAtHop { .. } => EXIT_POLICY,
             ClientError::Auth(_) => EXIT_AUTH,
-            ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+            ClientError::Unreachable { .. } | ClientError::HubUnreachable { .. } => {
+                EXIT_UNREACHABLE
+            }
             ClientError::Relay(code) => relay_exit_code(code),
             ClientError::Mls(e) => mls_exit_code(e),
             ClientError::Profile { .. }
@@ -116,6 +144,20 @@ impl ClientError {
             | ClientError::Store(_)
             | ClientError::NotFound(_)
             | ClientError::Io { .. } => EXIT_OTHER,
+        }
+    }
+
+    /// The error for a relay's refusal of a handshake in `community`: a hub the home
+    /// relay could not reach ([`ErrorCode::Unavailable`]) becomes
+    /// [`ClientError::HubUnreachable`], anything else [`ClientError::Relay`].
+    pub fn handshake_refused(community: &str, code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::Unavailable { reason } => ClientError::HubUnreachable {
+                hub: crate::ids::hub_of(community).to_string(),
+                community: community.to_string(),
+                reason,
+            },
+            other => ClientError::Relay(other),
         }
     }
 
@@ -227,6 +269,39 @@ mod tests {
         assert_eq!(
             ClientError::NotYetAvailable("notice forward").exit_code(),
             2
+        );
+    }
+
+    #[test]
+    fn an_unreachable_hub_refusing_a_commit_is_exit_5_and_says_so() {
+        let e = ClientError::handshake_refused(
+            "desinformatie@bz",
+            ErrorCode::Unavailable {
+                reason: "no answer from bz within 10 s".into(),
+            },
+        );
+        assert_eq!(e.exit_code(), 5);
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("hub bz of desinformatie@bz unreachable: no answer from bz"),
+            "{msg}"
+        );
+        assert!(msg.contains("run the command again"), "{msg}");
+        let other = ClientError::handshake_refused("c@bz", ErrorCode::NotAdmin);
+        assert!(matches!(other, ClientError::Relay(ErrorCode::NotAdmin)));
+        assert_eq!(other.exit_code(), 4);
+    }
+
+    #[test]
+    fn a_refusal_at_a_hop_is_a_policy_refusal() {
+        let e = ClientError::RefusedAtHop {
+            hop: "bz".into(),
+            reason: "label above the community maximum".into(),
+        };
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(
+            e.to_string(),
+            "refused by bz: label above the community maximum"
         );
     }
 

@@ -18,6 +18,12 @@ pub fn resolve_user(input: &str, home_relay: &str) -> Result<String> {
     resolve("user id", input, home_relay)
 }
 
+/// The hub of a community id `NAME@HUB` (the part after the last `@`); the whole
+/// input if it has no `@` (ids are checked before they get here).
+pub fn hub_of(community: &str) -> &str {
+    community.rsplit_once('@').map_or(community, |(_, hub)| hub)
+}
+
 /// Checks a bare community name (for `community create`).
 pub fn check_community_name(input: &str) -> Result<String> {
     let name = input.trim().to_ascii_lowercase();
@@ -53,6 +59,13 @@ fn reason_of(msg: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hub_is_the_part_after_the_at() {
+        assert_eq!(hub_of("desinformatie@bz"), "bz");
+        assert_eq!(hub_of("cyber@post-a"), "post-a");
+        assert_eq!(hub_of("bare"), "bare");
+    }
 
     #[test]
     fn bare_names_resolve_to_the_home_relay() {

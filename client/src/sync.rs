@@ -135,6 +135,17 @@ impl Owed {
     }
 }
 
+/// The stored own notice with the sequence number of its ordered `entry`, if it
+/// did not have one yet (it was queued for a remote hub when filed) and the entry is
+/// indeed that notice in its community.
+fn ordered_own(mut stored: StoredNotice, entry: &LogEntry) -> Option<StoredNotice> {
+    if !stored.own || stored.seq.is_some() || stored.notice.community != entry.community {
+        return None;
+    }
+    stored.seq = Some(entry.seq);
+    Some(stored)
+}
+
 /// Why a decrypted notice is not stored.
 enum Refusal {
     Policy(String),
@@ -307,7 +318,8 @@ impl Client {
             message: out.commit,
             welcome: out.welcome,
         };
-        match self.call(&request).await {
+        let limit = self.timeouts.handshake;
+        match self.call_within(&request, limit).await {
             Ok(Response::Accepted { seq, .. }) => {
                 group.commit_accepted(&self.provider)?;
                 self.store.flush()?;
@@ -322,9 +334,11 @@ impl Client {
                 Err(unexpected("Handshake", &other))
             }
             Err(ClientError::Relay(code)) => {
-                // Typically WrongEpoch: another member committed first.
+                // Typically WrongEpoch: another member committed first; or a remote
+                // hub was unreachable. Either way the commit is discarded.
                 group.commit_refused(&self.provider)?;
-                Err(ClientError::Relay(code))
+                self.store.flush()?;
+                Err(ClientError::handshake_refused(community, code))
             }
             // Fate unknown: keep the pending commit; the next sync settles it.
             Err(e) => Err(e),
@@ -490,6 +504,14 @@ impl Client {
                 if own || before_join || self.store.has_notice(*notice_id)? {
                     // Own notices were stored when filed and cannot be decrypted by
                     // their sender; earlier epochs were never meant for this device.
+                    // An own notice queued for a remote hub learns its sequence
+                    // number here, together with the cursor.
+                    if own
+                        && let Some(stored) = self.store.notice(*notice_id)?
+                        && let Some(update) = ordered_own(stored, entry)
+                    {
+                        batch.put_notice(&update)?;
+                    }
                     self.store.commit_plain(batch)?;
                 } else {
                     self.process_notice(group, entry, *notice_id, label, &record, batch, emit)?;
@@ -703,5 +725,90 @@ impl Client {
             }
         }
         Ok(notice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notice::{Category, NoticeKind};
+
+    fn stored(seq: Option<u64>, own: bool) -> StoredNotice {
+        StoredNotice {
+            notice: Notice {
+                id: Uuid::from_u128(42),
+                community: "desinformatie@bz".into(),
+                label: "NL:ONGERUBRICEERD".into(),
+                kind: NoticeKind::Signal,
+                category: Category::Other,
+                title: "t".into(),
+                body: String::new(),
+                sender: "analist@post-a".into(),
+                filed_at: time::macros::datetime!(2025-01-01 0:00 UTC),
+                in_reply_to: None,
+                stix: None,
+            },
+            seq,
+            own,
+        }
+    }
+
+    fn entry(community: &str, seq: u64) -> LogEntry {
+        LogEntry {
+            community: community.into(),
+            seq,
+            sender: "analist@post-a".into(),
+            ordered_at: 0,
+            kind: EntryKind::Notice {
+                notice_id: Uuid::from_u128(42),
+                label: Vec::new(),
+                epoch: 1,
+            },
+            message: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_queued_own_notice_learns_its_seq_from_the_ordered_entry() {
+        let got = ordered_own(stored(None, true), &entry("desinformatie@bz", 17)).unwrap();
+        assert_eq!(got.seq, Some(17));
+        assert!(got.own);
+        assert_eq!(got.notice, stored(None, true).notice);
+    }
+
+    #[test]
+    fn known_seqs_foreign_notices_and_other_communities_are_left_alone() {
+        assert_eq!(
+            ordered_own(stored(Some(3), true), &entry("desinformatie@bz", 17)),
+            None
+        );
+        assert_eq!(
+            ordered_own(stored(None, false), &entry("desinformatie@bz", 17)),
+            None
+        );
+        assert_eq!(
+            ordered_own(stored(None, true), &entry("cyber@bz", 17)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_store_keeps_one_copy_when_the_seq_arrives_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        assert!(store.insert_notice(&stored(None, true)).unwrap());
+        let mut batch = Batch::new();
+        batch.put_cursor("desinformatie@bz", 17);
+        let update = ordered_own(
+            store.notice(Uuid::from_u128(42)).unwrap().unwrap(),
+            &entry("desinformatie@bz", 17),
+        )
+        .unwrap();
+        batch.put_notice(&update).unwrap();
+        store.commit_plain(batch).unwrap();
+        let all = store.notices(None).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].seq, Some(17));
+        assert_eq!(store.cursor("desinformatie@bz").unwrap(), 17);
     }
 }

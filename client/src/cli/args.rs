@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::notice::{Category, NoticeKind};
+use crate::ordering::MAX_ORDERING_WAIT_SECS;
 
 /// Kring: labelled notices for closed communities, end-to-end encrypted (MLS).
 #[derive(Debug, Parser)]
@@ -128,6 +129,24 @@ pub struct BodySource {
     pub body_file: Option<PathBuf>,
 }
 
+/// How long filing waits for the hub's ordering.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitTimeout {
+    /// For a community hubbed at another relay: how long to wait for the hub to
+    /// order the notice once your home relay has queued it (0: do not wait). The
+    /// notice is durable either way.
+    #[arg(long = "wait-timeout", value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_ORDERING_WAIT_SECS))]
+    pub seconds: u64,
+}
+
+impl WaitTimeout {
+    /// The wait as a duration.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.seconds)
+    }
+}
+
 /// `kring notice ...`
 #[derive(Debug, Subcommand)]
 pub enum NoticeCommand {
@@ -154,6 +173,9 @@ pub enum NoticeCommand {
         /// A STIX 2.1 bundle, array of objects or object to attach.
         #[arg(long, value_name = "FILE")]
         stix_file: Option<PathBuf>,
+        /// The hub's ordering.
+        #[command(flatten)]
+        wait: WaitTimeout,
     },
     /// Show new notices as they arrive (until Ctrl-C).
     Watch {
@@ -194,6 +216,9 @@ pub enum NoticeCommand {
         /// The body.
         #[command(flatten)]
         body: BodySource,
+        /// The hub's ordering.
+        #[command(flatten)]
+        wait: WaitTimeout,
     },
     /// Forward a notice into another community (not yet available).
     Forward {
@@ -297,6 +322,55 @@ mod tests {
         assert!(parse(&["community", "admins", "x", "add", "liaison@bz"]).is_ok());
         assert!(parse(&["keys", "publish", "--count", "5"]).is_ok());
         assert!(parse(&["label", "check", "TLP:RED", "--clearance", "NL:STG-GEHEIM"]).is_ok());
+    }
+
+    #[test]
+    fn the_wait_timeout_defaults_to_10_s_and_is_bounded() {
+        let file = |extra: &[&str]| {
+            let mut args = vec![
+                "notice",
+                "file",
+                "--community",
+                "c@bz",
+                "--label",
+                "TLP:GREEN",
+                "--category",
+                "cyber",
+                "--title",
+                "t",
+            ];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        match file(&[]).unwrap().command {
+            Command::Notice(NoticeCommand::File { wait, .. }) => {
+                assert_eq!(wait.seconds, 10);
+                assert_eq!(wait.duration(), std::time::Duration::from_secs(10));
+            }
+            other => panic!("{other:?}"),
+        }
+        match file(&["--wait-timeout", "0"]).unwrap().command {
+            Command::Notice(NoticeCommand::File { wait, .. }) => assert_eq!(wait.seconds, 0),
+            other => panic!("{other:?}"),
+        }
+        assert!(file(&["--wait-timeout", "601"]).is_err());
+        assert!(file(&["--wait-timeout", "-1"]).is_err());
+        assert!(file(&["--wait-timeout", "soon"]).is_err());
+        match parse(&[
+            "notice",
+            "reply",
+            "abcdef12",
+            "--label",
+            "TLP:GREEN",
+            "--wait-timeout",
+            "3",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Notice(NoticeCommand::Reply { wait, .. }) => assert_eq!(wait.seconds, 3),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

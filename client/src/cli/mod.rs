@@ -336,8 +336,10 @@ async fn notice(
             category,
             title,
             kind,
+            wait,
             ..
         } => {
+            set_ordering_wait(client, wait.duration());
             let filed = client
                 .file_notice(NoticeDraft {
                     community,
@@ -350,17 +352,19 @@ async fn notice(
                     stix: input.stix,
                 })
                 .await?;
-            report_filed(client, &filed, out);
+            report_filed(&filed, out)?;
         }
         NoticeCommand::Reply {
             notice_id,
             label,
             title,
+            wait,
             ..
         } => {
             best_effort_sync(client).await?;
+            set_ordering_wait(client, wait.duration());
             let filed = client.reply(&notice_id, &label, input.body, title).await?;
-            report_filed(client, &filed, out);
+            report_filed(&filed, out)?;
         }
         NoticeCommand::List { community, json } => {
             let community = community
@@ -386,11 +390,15 @@ async fn notice(
             if stored.own {
                 match client.notice_status(stored.notice.id).await {
                     Ok(status) if json => {
+                        if status.seq.is_none() && status.refusals.is_empty() {
+                            let line = output::status_summary(&status, client.relay_id());
+                            eprintln!("kring: {line}");
+                        }
                         for r in &status.refusals {
                             eprintln!("kring: refused at {}: {}", r.hop, r.reason);
                         }
                     }
-                    Ok(status) => out.line(&output::notice_status(&status)),
+                    Ok(status) => out.line(&output::notice_status(&status, client.relay_id())),
                     Err(e) => eprintln!("kring: warning: no status from the relay: {e}"),
                 }
             }
@@ -427,15 +435,22 @@ async fn notice(
     Ok(())
 }
 
-fn report_filed(client: &Client, filed: &crate::FiledNotice, out: &mut Out) {
+/// Sets how long filing waits for a remote hub's ordering.
+fn set_ordering_wait(client: &mut Client, wait: std::time::Duration) {
+    let mut timeouts = client.timeouts();
+    timeouts.ordering = wait;
+    client.set_timeouts(timeouts);
+}
+
+/// Prints the id of a filed notice and what became of it; a refusal at a hop is
+/// the command's error (exit 3), other refusals are warnings on stderr.
+fn report_filed(filed: &crate::FiledNotice, out: &mut Out) -> Result<()> {
     out.line(&filed.notice.id.to_string());
-    out.line(&format!(
-        "accepted by {}: {} #{} [{}]",
-        client.relay_id(),
-        filed.notice.community,
-        filed.seq,
-        filed.notice.label
-    ));
+    for warning in output::filed_warnings(filed) {
+        eprintln!("kring: {warning}");
+    }
+    out.line(&output::filed_line(filed)?);
+    Ok(())
 }
 
 /// Syncs, but carries on with local data (with a warning) if the relay cannot be

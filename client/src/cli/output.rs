@@ -3,7 +3,11 @@
 use kring_protocol::wire::{CommunitySummary, NoticeStatus};
 use serde::Serialize;
 
+use crate::error::ClientError;
+use crate::filing::FiledNotice;
+use crate::ids::hub_of;
 use crate::notice::Notice;
+use crate::ordering::{Ordering, seconds};
 use crate::store::StoredNotice;
 use crate::sync::SyncEvent;
 
@@ -72,15 +76,71 @@ pub fn notice_line(s: &StoredNotice) -> String {
     )
 }
 
-/// The relays' account of an own notice.
-pub fn notice_status(status: &NoticeStatus) -> String {
-    let mut out = match status.seq {
-        Some(seq) => format!(
-            "status: ordered by the hub as #{seq} in {}\n",
-            status.community
+/// The line `notice file` and `notice reply` print after the notice id, or the
+/// error (exit 3) when a hop refused the notice.
+pub fn filed_line(filed: &FiledNotice) -> Result<String, ClientError> {
+    let n = &filed.notice;
+    let (home, hub) = (&filed.home, &filed.hub);
+    match &filed.ordering {
+        Ordering::Ordered { seq } if filed.hub_is_home() => Ok(format!(
+            "accepted by {home}: {} #{seq} [{}]",
+            n.community, n.label
+        )),
+        Ordering::Ordered { seq } => Ok(format!(
+            "queued at {home}; ordered by hub {hub} as {} #{seq} [{}]",
+            n.community, n.label
+        )),
+        Ordering::Queued { waited } if waited.is_zero() => Ok(format!(
+            "queued at {home}; not waiting for hub {hub} to order it — it stays queued and \
+             will be delivered once the hub has ordered it"
+        )),
+        Ordering::Queued { waited } => Ok(format!(
+            "queued at {home}; hub {hub} has not ordered it within {} s — it stays queued \
+             and will be delivered when the hub is reachable",
+            seconds(*waited)
+        )),
+        Ordering::Refused { hop, reason } => Err(ClientError::RefusedAtHop {
+            hop: hop.clone(),
+            reason: reason.clone(),
+        }),
+    }
+}
+
+/// Warnings (for stderr) about refusals [`filed_line`] does not report: hops after
+/// the hub that withhold an ordered notice, and further refusals of a refused one.
+pub fn filed_warnings(filed: &FiledNotice) -> Vec<String> {
+    let skip = usize::from(filed.ordering.is_refused());
+    filed
+        .refusals
+        .iter()
+        .skip(skip)
+        .map(|r| {
+            format!(
+                "warning: refused by {}: {}; the notice is withheld from that hop on",
+                r.hop, r.reason
+            )
+        })
+        .collect()
+}
+
+/// One line on where an own notice stands: ordered, refused, or still queued at
+/// the home relay `home` for the community's hub.
+pub fn status_summary(status: &NoticeStatus, home: &str) -> String {
+    let hub = hub_of(&status.community);
+    match (status.seq, status.refusals.first()) {
+        (Some(seq), _) => format!("ordered by hub {hub} as #{seq} in {}", status.community),
+        (None, Some(r)) => format!(
+            "not ordered in {}: refused by {}: {}",
+            status.community, r.hop, r.reason
         ),
-        None => format!("status: not (yet) ordered in {}\n", status.community),
-    };
+        (None, None) => format!("queued at {home}, not yet ordered by {hub}"),
+    }
+}
+
+/// The relays' account of an own notice, for `notice show` (`home`: this user's
+/// home relay).
+pub fn notice_status(status: &NoticeStatus, home: &str) -> String {
+    let mut out = format!("status: {}\n", status_summary(status, home));
     if status.refusals.is_empty() {
         out.push_str("  no hop refused it\n");
     }
@@ -187,6 +247,8 @@ pub fn event_line(event: &SyncEvent) -> Option<String> {
 mod tests {
     use super::*;
     use crate::notice::{Category, NoticeKind};
+    use kring_protocol::wire::HopRefusal;
+    use std::time::Duration;
 
     fn sample() -> Notice {
         Notice {
@@ -232,6 +294,149 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.contains("[NL:STG-CONFIDENTIEEL;TLP=AMBER]"), "{line}");
         assert!(line.contains("Nepnieuws"), "{line}");
+    }
+
+    fn filed(home: &str, ordering: Ordering, refusals: &[(&str, &str)]) -> FiledNotice {
+        FiledNotice {
+            notice: sample(),
+            seq: ordering.seq(),
+            epoch: 2,
+            home: home.into(),
+            hub: "bz".into(),
+            ordering,
+            refusals: refusals
+                .iter()
+                .map(|(hop, reason)| HopRefusal {
+                    hop: (*hop).into(),
+                    reason: (*reason).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_local_hub_accepts_at_once() {
+        let f = filed("bz", Ordering::Ordered { seq: 12 }, &[]);
+        assert_eq!(
+            filed_line(&f).unwrap(),
+            "accepted by bz: desinformatie@bz #12 [NL:STG-CONFIDENTIEEL;TLP=AMBER]"
+        );
+        assert!(filed_warnings(&f).is_empty());
+    }
+
+    #[test]
+    fn a_remote_hub_orders_after_the_home_relay_queued() {
+        let f = filed("post-a", Ordering::Ordered { seq: 4 }, &[]);
+        assert_eq!(
+            filed_line(&f).unwrap(),
+            "queued at post-a; ordered by hub bz as desinformatie@bz #4 \
+             [NL:STG-CONFIDENTIEEL;TLP=AMBER]"
+        );
+    }
+
+    #[test]
+    fn an_unordered_notice_stays_queued_and_is_not_an_error() {
+        let f = filed(
+            "post-a",
+            Ordering::Queued {
+                waited: Duration::from_secs(10),
+            },
+            &[],
+        );
+        assert_eq!(
+            filed_line(&f).unwrap(),
+            "queued at post-a; hub bz has not ordered it within 10 s — it stays queued and \
+             will be delivered when the hub is reachable"
+        );
+        let f = filed(
+            "post-a",
+            Ordering::Queued {
+                waited: Duration::ZERO,
+            },
+            &[],
+        );
+        let line = filed_line(&f).unwrap();
+        assert!(
+            line.starts_with("queued at post-a; not waiting for hub bz"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_exit_3_naming_the_hop() {
+        let f = filed(
+            "post-a",
+            Ordering::Refused {
+                hop: "bz".into(),
+                reason: "label above the community maximum".into(),
+            },
+            &[
+                ("bz", "label above the community maximum"),
+                ("post-a->bz", "link accreditation"),
+            ],
+        );
+        let err = filed_line(&f).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "refused by bz: label above the community maximum"
+        );
+        assert_eq!(
+            filed_warnings(&f),
+            vec![
+                "warning: refused by post-a->bz: link accreditation; the notice is withheld \
+                 from that hop on"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_after_the_hub_are_warnings_on_an_ordered_notice() {
+        let f = filed(
+            "post-a",
+            Ordering::Ordered { seq: 5 },
+            &[("bz->aivd", "accreditation")],
+        );
+        assert!(filed_line(&f).is_ok());
+        assert_eq!(filed_warnings(&f).len(), 1);
+        assert!(filed_warnings(&f)[0].contains("bz->aivd"));
+    }
+
+    fn status(seq: Option<u64>, refusals: &[(&str, &str)]) -> NoticeStatus {
+        NoticeStatus {
+            notice_id: uuid::Uuid::from_u128(1),
+            community: "desinformatie@bz".into(),
+            seq,
+            refusals: refusals
+                .iter()
+                .map(|(hop, reason)| HopRefusal {
+                    hop: (*hop).into(),
+                    reason: (*reason).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn show_says_where_an_own_notice_stands() {
+        let queued = notice_status(&status(None, &[]), "post-a");
+        assert_eq!(
+            queued,
+            "status: queued at post-a, not yet ordered by bz\n  no hop refused it\n"
+        );
+        let ordered = notice_status(&status(Some(8), &[]), "post-a");
+        assert!(
+            ordered.starts_with("status: ordered by hub bz as #8 in desinformatie@bz\n"),
+            "{ordered}"
+        );
+        let refused = notice_status(&status(None, &[("bz", "too high")]), "post-a");
+        assert!(
+            refused.starts_with("status: not ordered in desinformatie@bz: refused by bz"),
+            "{refused}"
+        );
+        assert!(refused.contains("  REFUSED at bz: too high\n"), "{refused}");
+        assert!(!refused.contains("queued"), "{refused}");
     }
 
     #[test]
