@@ -83,6 +83,23 @@ impl Ordering {
     }
 }
 
+impl std::fmt::Display for Ordering {
+    /// `ordered as #4`, `queued, not ordered within 10 s`, `not waited for`,
+    /// `refused by bz: REASON`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ordering::Ordered { seq } => write!(f, "ordered as #{seq}"),
+            Ordering::Queued { waited } if waited.is_zero() => {
+                write!(f, "queued, ordering not waited for")
+            }
+            Ordering::Queued { waited } => {
+                write!(f, "queued, not ordered within {} s", seconds(*waited))
+            }
+            Ordering::Refused { hop, reason } => write!(f, "refused by {hop}: {reason}"),
+        }
+    }
+}
+
 /// Pauses between status requests: [`FIRST_POLL`], doubling up to [`MAX_POLL`].
 #[derive(Debug, Clone)]
 pub struct PollSchedule {
@@ -246,6 +263,33 @@ mod tests {
         };
         assert!(!queued.is_refused());
         assert_eq!(queued.seq(), None);
+    }
+
+    #[test]
+    fn outcomes_read_as_one_phrase() {
+        assert_eq!(Ordering::Ordered { seq: 4 }.to_string(), "ordered as #4");
+        assert_eq!(
+            Ordering::Queued {
+                waited: Duration::from_secs(10)
+            }
+            .to_string(),
+            "queued, not ordered within 10 s"
+        );
+        assert_eq!(
+            Ordering::Queued {
+                waited: Duration::ZERO
+            }
+            .to_string(),
+            "queued, ordering not waited for"
+        );
+        assert_eq!(
+            Ordering::Refused {
+                hop: "bz".into(),
+                reason: "too high".into()
+            }
+            .to_string(),
+            "refused by bz: too high"
+        );
     }
 
     #[test]

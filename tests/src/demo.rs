@@ -1,6 +1,7 @@
-//! The story `kring-demo` tells. It grows with the product: today it shows the label
-//! rule for the demo users and a whole community life on one relay (federation links
-//! between relays come with the federation work).
+//! The story `kring-demo` tells (SPEC §8): the label rule for the demo users, then a
+//! federation of four relays: a community spanning four organisations, an embassy
+//! signal reaching the ministries, refusals that say why, and a relay outage that
+//! loses nothing.
 //!
 //! Every step checks what happened; the demo exits non-zero if anything did not go as
 //! narrated.
@@ -124,114 +125,167 @@ async fn story(options: &Options) -> Result<(), String> {
         }
     }
 
-    step("3. The relays start (separate kring-relay processes, TLS 1.3 mutual auth)");
+    step("3. Four relays of four organisations federate (QUIC, mutual TLS 1.3)");
     fed.start_all().map_err(|x| e(&x))?;
     for id in crate::RELAYS {
         say(format!(
-            "relay {id:<7} listening on {}",
+            "relay {id:<7} on {}",
             fed.relay_addr(id)
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         ));
     }
-
-    step("4. A trusted community on relay bz");
     let mut liaison = client(&fed, "liaison@bz").await?;
-    let mut admin = client(&fed, "admin@bz").await?;
+    let mut nctv = client(&fed, "liaison@nctv").await?;
+    let mut aivd = client(&fed, "analist@aivd").await?;
+    let mut analist = client(&fed, "analist@post-a").await?;
     let _stagiair = client(&fed, "stagiair@bz").await?;
-    let created = liaison
-        .create_community("desinformatie", "NL:STG-CONFIDENTIEEL")
+    say(
+        "liaison@bz, liaison@nctv, analist@aivd and analist@post-a published MLS key packages at their home relays",
+    );
+
+    step("4. A disinformation community, hub bz, members at all four relays");
+    let max = "NL:STG-CONFIDENTIEEL";
+    liaison
+        .create_community("desinformatie", max)
         .await
         .map_err(|x| e(&x))?;
     say(format!(
-        "liaison@bz created {} with maximum label NL:STG-CONFIDENTIEEL (an MLS group; bz is its hub)",
-        created.community
+        "liaison@bz created desinformatie@bz (an MLS group) with maximum label {max}"
     ));
+    let members = ["analist@post-a", "liaison@nctv", "analist@aivd"];
+    let max_label: Label = max.parse().map_err(|x| e(&x))?;
+    // (member, their clearance, their home relay's accreditation) as in SPEC §8.
+    let admitted = [
+        (
+            "analist@post-a",
+            "NL:STG-CONFIDENTIEEL",
+            "NL:STG-CONFIDENTIEEL",
+        ),
+        ("liaison@nctv", "NL:STG-GEHEIM", "NL:STG-GEHEIM"),
+        (
+            "analist@aivd",
+            "NL:STG-ZEER-GEHEIM;CMP=CYBER",
+            "NL:STG-ZEER-GEHEIM",
+        ),
+    ];
+    for (m, clearance, accreditation) in admitted {
+        let home = m.rsplit_once('@').map(|(_, r)| r).unwrap_or_default();
+        let c: Clearance = clearance.parse().map_err(|x| e(&x))?;
+        let a: Clearance = accreditation.parse().map_err(|x| e(&x))?;
+        let (dc, da) = (decide(&max_label, &c), decide(&max_label, &a));
+        say(format!(
+            "policy for {m}: clearance {c} {}, relay {home} ({a}) {}",
+            if dc.allowed { "admits" } else { "REFUSES" },
+            if da.allowed { "admits" } else { "REFUSES" },
+        ));
+    }
     liaison
-        .add_members("desinformatie", &["admin@bz".to_string()])
+        .add_members("desinformatie@bz", &members)
         .await
         .map_err(|x| e(&x))?;
     say(
-        "liaison@bz added admin@bz: the relay checked the commit (MLS PublicGroup) and the label policy",
+        "one MLS commit, verified by hub bz (PublicGroup); Welcomes routed to post-a, nctv and aivd",
     );
-    match liaison
-        .add_members("desinformatie", &["stagiair@bz".to_string()])
-        .await
-    {
+    for c in [&mut analist, &mut nctv, &mut aivd] {
+        wait_joined(c, "desinformatie@bz").await?;
+        say(format!(
+            "{} joined from the Welcome its home relay delivered",
+            c.user()
+        ));
+    }
+    match liaison.add_members("desinformatie", &["stagiair@bz"]).await {
         Err(err) => say(format!("adding stagiair@bz is refused: {err}")),
         Ok(_) => return Err("an under-cleared member was added".into()),
     }
 
-    step("5. A signal is filed and read");
-    admin.sync().await.map_err(|x| e(&x))?;
-    let filed = liaison
+    step("5. The embassy analyst files a signal");
+    let filed = analist
         .file_notice(crate::signal(
-            "desinformatie",
+            "desinformatie@bz",
             "NL:DEP-VERTROUWELIJK",
             "Gecoördineerde berichten over verkiezingen",
             "Netwerk van accounts verspreidt identieke berichten.",
         ))
         .await
         .map_err(|x| e(&x))?;
+    say("analist@post-a's device checked the label against their clearance and encrypted it");
+    let seq = filed.seq.ok_or("the hub did not order the signal")?;
+    say(
+        "post-a checked member, maximum and accreditation, stored it durably and queued it for hub bz",
+    );
     say(format!(
-        "liaison@bz filed notice {} (label NL:DEP-VERTROUWELIJK): relay acknowledged it durably as seq {}",
-        filed.notice.id,
-        filed.seq.unwrap_or_default()
+        "hub bz checked it again (post-a's and its own accreditation) and ordered it as #{seq}"
     ));
-    let report = admin.sync().await.map_err(|x| e(&x))?;
-    let got: Vec<_> = report.notices().map(|n| n.title.clone()).collect();
-    expect(got.len() == 1, "admin@bz to receive exactly one notice")?;
-    say(format!(
-        "admin@bz decrypted it on their device: {:?}",
-        got[0]
-    ));
+    for c in [&mut liaison, &mut nctv, &mut aivd] {
+        let got = wait_titles(c, "desinformatie@bz", 1).await?;
+        say(format!(
+            "{:<14} received and decrypted: {:?} (its relay checked the label against its accreditation and the sender relay's)",
+            c.user(),
+            got[0]
+        ));
+    }
 
-    step("6. Policy refuses what exceeds the community's maximum");
+    step("6. A state-actors community at nctv (max NL:STG-GEHEIM) refuses the embassy analyst");
+    nctv.create_community("statelijke-actoren", "NL:STG-GEHEIM")
+        .await
+        .map_err(|x| e(&x))?;
+    match nctv
+        .add_members("statelijke-actoren@nctv", &["analist@post-a"])
+        .await
+    {
+        Err(err) => say(format!("refused: {err}")),
+        Ok(_) => return Err("the embassy analyst was added to a STG-GEHEIM community".into()),
+    }
+
+    step("7. A STG-GEHEIM notice does not go into the disinformation community");
     match liaison
         .file_notice(crate::signal(
-            "desinformatie",
+            "desinformatie@bz",
             "NL:STG-GEHEIM",
             "te hoog",
             "-",
         ))
         .await
     {
-        Err(err) => say(format!(
-            "filing NL:STG-GEHEIM is refused (exit {}): {err}",
-            err.exit_code()
-        )),
+        Err(err) => say(format!("refused (exit {}): {err}", err.exit_code())),
         Ok(_) => return Err("a notice above the community maximum was accepted".into()),
     }
 
-    step("7. Store and forward: the relay restarts; nothing acknowledged is lost");
-    liaison
-        .file_notice(crate::signal(
-            "desinformatie",
-            "NL:STG-CONFIDENTIEEL",
-            "Benadering diaspora",
-            "-",
-        ))
-        .await
-        .map_err(|x| e(&x))?;
-    say("liaison@bz filed a second notice while admin@bz is offline");
-    liaison.disconnect().await;
-    admin.disconnect().await;
-    fed.stop("bz").map_err(|x| e(&x))?;
-    say("relay bz stopped (drained, store flushed)");
-    fed.start("bz").map_err(|x| e(&x))?;
-    say("relay bz restarted");
-    let report = admin.sync().await.map_err(|x| e(&x))?;
-    let got: Vec<_> = report.notices().map(|n| n.title.clone()).collect();
+    step("8. The embassy's relay goes down; nothing is lost");
+    analist.disconnect().await;
+    fed.stop("post-a").map_err(|x| e(&x))?;
+    say("relay post-a stopped");
+    for t in ["Benadering diaspora", "Phishing bij partnerorganisatie"] {
+        liaison
+            .file_notice(crate::signal(
+                "desinformatie@bz",
+                "NL:STG-CONFIDENTIEEL",
+                t,
+                "-",
+            ))
+            .await
+            .map_err(|x| e(&x))?;
+        say(format!(
+            "liaison@bz filed {t:?}; hub bz keeps it in its outbox for post-a"
+        ));
+    }
+    fed.start("post-a").map_err(|x| e(&x))?;
+    say("relay post-a restarted; the link comes back and bz delivers what post-a missed");
+    let got = wait_titles(&mut analist, "desinformatie@bz", 3).await?;
     expect(
-        got == ["Benadering diaspora"],
-        "admin@bz to catch up on exactly the missed notice",
+        got[1..] == ["Benadering diaspora", "Phishing bij partnerorganisatie"],
+        "the analist to catch up in hub order",
     )?;
-    say(format!("admin@bz caught up, exactly once: {got:?}"));
+    say(format!(
+        "analist@post-a caught up, in order, exactly once: {:?}",
+        &got[1..]
+    ));
 
     step("Summary");
-    say("labels decided with reasons; a community as an MLS group; policy at the relay and");
-    say("the client; durable store-and-forward across a relay restart. Federation between");
-    say("relays (post-a -> bz -> nctv/aivd) is the next chapter of this demo.");
+    say("labels decided with reasons at every hop; communities as MLS groups spanning four");
+    say("organisations; hub ordering; refusals that say why; durable store-and-forward across");
+    say("a relay outage. Every refusal is in the relays' hash-chained audit logs.");
 
     if options.keep_running {
         step("The relays keep running. Try, in another terminal:");
@@ -242,6 +296,40 @@ async fn story(options: &Options) -> Result<(), String> {
         let _ = tokio::signal::ctrl_c().await;
     }
     Ok(())
+}
+
+async fn wait_joined(c: &mut Client, community: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        c.sync().await.map_err(|x| x.to_string())?;
+        if c.community_info(community).await.is_ok() && c.notices(Some(community)).is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{} did not join {community}", c.user()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_titles(c: &mut Client, community: &str, n: usize) -> Result<Vec<String>, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        c.sync().await.map_err(|x| x.to_string())?;
+        let got: Vec<String> = c
+            .notices(Some(community))
+            .map_err(|x| x.to_string())?
+            .into_iter()
+            .map(|n| n.title)
+            .collect();
+        if got.len() >= n {
+            return Ok(got);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{} has {} of {n} notices", c.user(), got.len()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn client(fed: &Federation, user: &str) -> Result<Client, String> {
