@@ -558,7 +558,9 @@ async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => {
-                debug!(error = %e, "delivery to peer failed; retrying");
+                // Treat the link as broken: the dialler reconnects.
+                debug!(error = %e, "delivery to peer failed; closing the link and retrying");
+                conn.close(1u32.into(), b"delivery failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -582,11 +584,30 @@ async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u
             continue; // already applied: a retry after a lost ack
         }
         let seq = item.seq;
-        relay.write(|w, b| {
+        let applied = relay.write(|w, b| {
             apply_item(relay, w, b, peer, item.body)?;
             b.put_obj(keys::applied(peer), &seq)?;
             Ok(())
-        })?;
+        });
+        match applied {
+            Ok(()) => {}
+            // A refused item is recorded and skipped: it must not block the link.
+            Err(RelayError::Refused(code)) => relay.write(|w, b| {
+                w.audit.append(
+                    b,
+                    now(),
+                    AuditEvent::new(
+                        AuditKind::Refusal,
+                        peer,
+                        format!("item {seq}"),
+                        "federation-item",
+                        code.to_string(),
+                    ),
+                )?;
+                b.put_obj(keys::applied(peer), &seq)
+            })?,
+            Err(other) => return Err(other),
+        }
         upto = seq;
     }
     relay.durable().await?;

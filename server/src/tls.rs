@@ -11,6 +11,9 @@ use rustls::server::WebPkiClientVerifier;
 use crate::config::RelayConfig;
 use crate::error::RelayError;
 
+/// Idle timeout of relay-to-relay links (keep-alives every quarter of it).
+pub const PEER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The crypto provider every TLS config of Kring uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -81,5 +84,15 @@ pub fn peer_client_config(config: &RelayConfig) -> Result<quinn::ClientConfig, R
     tls.alpn_protocols = vec![ALPN_FEDERATION.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| RelayError::Tls(e.to_string()))?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    // A peer that dies without closing (kill -9, a cut cable) is noticed within a few
+    // seconds, so the link is re-dialled and its outbox drains again.
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(PEER_IDLE_TIMEOUT)
+            .map_err(|e| RelayError::Tls(e.to_string()))?,
+    ));
+    transport.keep_alive_interval(Some(PEER_IDLE_TIMEOUT / 4));
+    client.transport_config(Arc::new(transport));
+    Ok(client)
 }

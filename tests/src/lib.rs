@@ -527,3 +527,65 @@ pub fn signal(community: &str, label: &str, title: &str, body: &str) -> kring_cl
         stix: None,
     }
 }
+
+/// Connects to relay `to` as relay `as_relay` (with that relay's own certificate and
+/// key, ALPN `kring-fed/1`) and sends one federation request, bypassing every check
+/// `as_relay` itself would make. Models a compromised or buggy peer relay.
+pub async fn raw_federation_call(
+    fed: &Federation,
+    as_relay: &str,
+    to: &str,
+    request: &kring_protocol::wire::FedRequest,
+) -> std::result::Result<kring_protocol::wire::FedResponse, String> {
+    use kring_protocol::wire::{self, FedResponse};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = fed.dir.join("relays").join(as_relay);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("relay.crt"))
+        .map_err(|e| e.to_string())?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("relay.key")).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for a in CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| e.to_string())? {
+        roots.add(a.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![wire::ALPN_FEDERATION.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    let addr = fed.relay_addr(to).ok_or("unknown relay")?;
+    let conn = endpoint
+        .connect(addr, &format!("{to}.relay.kring"))
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("handshake refused: {e}"))?;
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let frame = wire::encode_frame(request, wire::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?;
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let bytes = recv
+            .read_to_end(wire::DEFAULT_MAX_FRAME + 4)
+            .await
+            .map_err(|e| format!("{e} ({:?})", conn.close_reason()))?;
+        if bytes.len() < 4 {
+            return Err(format!("connection closed: {:?}", conn.close_reason()));
+        }
+        wire::decode_payload::<FedResponse>(&bytes[4..]).map_err(|e| e.to_string())
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out".to_string())?;
+    conn.close(0u32.into(), b"done");
+    r
+}

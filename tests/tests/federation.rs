@@ -203,3 +203,125 @@ async fn hub_down_notices_queue_and_commits_fail_clearly() {
     fed.start("bz").unwrap();
     sync_until(&mut bz, "c@bz", &["queued"]).await;
 }
+
+/// A hub that skips its own checks and pushes a STG-GEHEIM notice to post-a (accredited
+/// only up to STG-CONFIDENTIEEL): post-a refuses it at receipt and its analyst never
+/// sees it; a forged entry for a community post-a has no member in is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_label_notice_from_a_peer_is_refused_at_receipt() {
+    use kring_protocol::wire::{
+        CommunitySummary, EntryKind, FedBody, FedItem, FedRequest, FedResponse, LogEntry,
+    };
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("post-a").unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    bz.create_community("d", "NL:STG-CONFIDENTIEEL").await.unwrap();
+    bz.add_members("d@bz", &["analist@post-a"]).await.unwrap();
+    join(&mut post, "d@bz").await;
+    bz.file_notice(draft("d@bz", "NL:DEP-VERTROUWELIJK", "legit"))
+        .await
+        .unwrap();
+    sync_until(&mut post, "d@bz", &["legit"]).await;
+    let info = bz.community_info("d@bz").await.unwrap();
+
+    // Stop the real bz so the forged link is the only one.
+    bz.disconnect().await;
+    fed.stop("bz").unwrap();
+    let label: kring_policy::Label = "NL:STG-GEHEIM".parse().unwrap();
+    let forged = |community: CommunitySummary, seq: u64, item_seq: u64| FedRequest::Deliver {
+        items: vec![FedItem {
+            seq: item_seq,
+            body: FedBody::Entry {
+                community: community.clone(),
+                seq,
+                entry: Some(LogEntry {
+                    community: community.id.clone(),
+                    seq,
+                    sender: "liaison@bz".into(),
+                    ordered_at: 0,
+                    kind: EntryKind::Notice {
+                        notice_id: uuid_from(seq),
+                        label: label.to_bytes(),
+                        epoch: info.epoch,
+                    },
+                    message: vec![0; 64],
+                }),
+            },
+        }],
+    };
+    let next = info.last_seq + 1;
+    let r = kring_tests::raw_federation_call(&fed, "bz", "post-a", &forged(info.clone(), next, 1_000_000))
+        .await
+        .unwrap();
+    assert!(matches!(r, FedResponse::Ack { upto: 1_000_000 }), "{r:?}");
+    // A community post-a takes no part in.
+    let mut other = info.clone();
+    other.id = "geheim@bz".into();
+    other.members = vec!["liaison@bz".into()];
+    let r = kring_tests::raw_federation_call(&fed, "bz", "post-a", &forged(other, 1, 1_000_001))
+        .await
+        .unwrap();
+    assert!(matches!(r, FedResponse::Ack { .. }), "{r:?}");
+
+    // The analyst's device gets nothing: no notice, nothing unreadable.
+    let report = post.sync().await.unwrap();
+    for event in &report.events {
+        assert!(
+            !matches!(
+                event,
+                kring_client::SyncEvent::Notice(_)
+                    | kring_client::SyncEvent::Unreadable { .. }
+                    | kring_client::SyncEvent::Refused { .. }
+            ),
+            "forged entry reached the device: {event:?}"
+        );
+    }
+    assert_eq!(titles(&post, "d@bz"), vec!["legit"]);
+    assert!(
+        post.list_communities()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.id != "geheim@bz"),
+        "post-a learned about a community it has no member in"
+    );
+}
+
+fn uuid_from(n: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u128(0xdead_0000_0000_0000_0000_0000_0000_0000 | u128::from(n))
+}
+
+/// A spoke killed with SIGKILL mid-stream and restarted catches up in hub order with
+/// no duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoke_killed_mid_stream_catches_up_in_order() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("post-a").unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    bz.create_community("d", "NL:STG-CONFIDENTIEEL").await.unwrap();
+    bz.add_members("d@bz", &["analist@post-a"]).await.unwrap();
+    join(&mut post, "d@bz").await;
+    let mut want = Vec::new();
+    for round in 0..3 {
+        for i in 0..8 {
+            let t = format!("n{round}-{i}");
+            bz.file_notice(draft("d@bz", "NL:DEP-VERTROUWELIJK", &t))
+                .await
+                .unwrap();
+            want.push(t);
+            if round < 2 && i == 3 {
+                post.disconnect().await;
+                fed.kill("post-a");
+            }
+        }
+        fed.start("post-a").unwrap();
+    }
+    let want: Vec<&str> = want.iter().map(|s| s.as_str()).collect();
+    sync_until(&mut post, "d@bz", &want).await;
+    post.sync().await.unwrap();
+    assert_eq!(titles(&post, "d@bz"), want);
+}
