@@ -62,7 +62,7 @@ mod keys {
     pub fn applied(peer: &str) -> Vec<u8> {
         [b"r/", peer.as_bytes()].concat()
     }
-    /// A peer's last known accreditation (canonical text).
+    /// What a peer's certificate granted when last seen (canonical text).
     pub fn accreditation(peer: &str) -> Vec<u8> {
         [b"p/", peer.as_bytes()].concat()
     }
@@ -103,9 +103,11 @@ impl Peer {
         }
     }
 
-    /// The peer's effective accreditation, if known.
+    /// The peer's effective accreditation, if known: what its certificate grants
+    /// (as last seen), lowered by this relay's configuration.
     pub fn accreditation(&self) -> Option<Clearance> {
-        self.accreditation.lock().ok().and_then(|a| a.clone())
+        let granted = self.accreditation.lock().ok().and_then(|a| a.clone());
+        self.effective(granted)
     }
 
     fn effective(&self, granted: Option<Clearance>) -> Option<Clearance> {
@@ -280,16 +282,17 @@ pub async fn serve_peer(relay: Arc<Relay>, conn: quinn::Connection, identity: Id
 }
 
 async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, identity: Identity) {
-    let accreditation = peer.effective(identity.clearance.clone());
+    let granted = identity.clearance.clone();
     if let Ok(mut a) = peer.accreditation.lock() {
-        *a = accreditation.clone();
+        *a = granted.clone();
     }
+    let accreditation = peer.accreditation();
     let text = accreditation
         .as_ref()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "none".into());
     let _ = relay.write(|w, b| {
-        if let Some(a) = &accreditation {
+        if let Some(a) = &granted {
             b.put_obj(keys::accreditation(&peer.id), &a.to_string())?;
         }
         w.audit.append(

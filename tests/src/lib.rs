@@ -547,8 +547,12 @@ pub async fn raw_federation_call(
         .map_err(|e| e.to_string())?;
     let key = PrivateKeyDer::from_pem_file(dir.join("relay.key")).map_err(|e| e.to_string())?;
     let mut roots = rustls::RootCertStore::empty();
-    for a in CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| e.to_string())? {
-        roots.add(a.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    for a in
+        CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| e.to_string())?
+    {
+        roots
+            .add(a.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     }
     let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -571,7 +575,8 @@ pub async fn raw_federation_call(
         .map_err(|e| format!("handshake refused: {e}"))?;
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let frame = wire::encode_frame(request, wire::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?;
+        let frame =
+            wire::encode_frame(request, wire::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?;
         send.write_all(&frame).await.map_err(|e| e.to_string())?;
         let _ = send.finish();
         let bytes = recv
@@ -588,4 +593,23 @@ pub async fn raw_federation_call(
         .map_err(|_| "timed out".to_string())?;
     conn.close(0u32.into(), b"done");
     r
+}
+
+impl Federation {
+    /// Lowers, in `relay`'s configuration, the accreditation it grants `peer`
+    /// (`[[peers]] accreditation`). Takes effect when `relay` (re)starts.
+    pub fn set_peer_accreditation(&self, relay: &str, peer: &str, label: &str) -> Result<()> {
+        let path = self.relay_config(relay);
+        let mut t = read_toml(&path)?;
+        if let Some(toml::Value::Array(peers)) = t.get_mut("peers") {
+            for p in peers.iter_mut() {
+                if let Some(tbl) = p.as_table_mut()
+                    && tbl.get("id").and_then(|v| v.as_str()) == Some(peer)
+                {
+                    tbl.insert("accreditation".into(), label.into());
+                }
+            }
+        }
+        write_toml(&path, &t)
+    }
 }

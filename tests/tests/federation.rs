@@ -217,7 +217,9 @@ async fn over_label_notice_from_a_peer_is_refused_at_receipt() {
     fed.start("post-a").unwrap();
     let mut bz = ready(&fed, "liaison@bz").await;
     let mut post = ready(&fed, "analist@post-a").await;
-    bz.create_community("d", "NL:STG-CONFIDENTIEEL").await.unwrap();
+    bz.create_community("d", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
     bz.add_members("d@bz", &["analist@post-a"]).await.unwrap();
     join(&mut post, "d@bz").await;
     bz.file_notice(draft("d@bz", "NL:DEP-VERTROUWELIJK", "legit"))
@@ -252,9 +254,14 @@ async fn over_label_notice_from_a_peer_is_refused_at_receipt() {
         }],
     };
     let next = info.last_seq + 1;
-    let r = kring_tests::raw_federation_call(&fed, "bz", "post-a", &forged(info.clone(), next, 1_000_000))
-        .await
-        .unwrap();
+    let r = kring_tests::raw_federation_call(
+        &fed,
+        "bz",
+        "post-a",
+        &forged(info.clone(), next, 1_000_000),
+    )
+    .await
+    .unwrap();
     assert!(matches!(r, FedResponse::Ack { upto: 1_000_000 }), "{r:?}");
     // A community post-a takes no part in.
     let mut other = info.clone();
@@ -302,7 +309,9 @@ async fn spoke_killed_mid_stream_catches_up_in_order() {
     fed.start("post-a").unwrap();
     let mut bz = ready(&fed, "liaison@bz").await;
     let mut post = ready(&fed, "analist@post-a").await;
-    bz.create_community("d", "NL:STG-CONFIDENTIEEL").await.unwrap();
+    bz.create_community("d", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
     bz.add_members("d@bz", &["analist@post-a"]).await.unwrap();
     join(&mut post, "d@bz").await;
     let mut want = Vec::new();
@@ -324,4 +333,65 @@ async fn spoke_killed_mid_stream_catches_up_in_order() {
     sync_until(&mut post, "d@bz", &want).await;
     post.sync().await.unwrap();
     assert_eq!(titles(&post, "d@bz"), want);
+}
+
+/// Adding a member is refused when the hub's view of their home relay's accreditation
+/// does not admit the community's maximum; and when a relay's accreditation is
+/// lowered after it joined, the hub withholds notices above it from that relay,
+/// tells the filer's home relay, and the filer sees the refusal while the rest of
+/// the community gets the notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_at_a_later_hop_reaches_the_filer() {
+    let mut fed = federation();
+    fed.set_peer_accreditation("bz", "nctv", "NL:DEP-VERTROUWELIJK")
+        .unwrap();
+    fed.start_all().unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut aivd = ready(&fed, "analist@aivd").await;
+    let mut nctv = ready(&fed, "liaison@nctv").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    bz.create_community("d", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    let e = bz.add_members("d@bz", &["liaison@nctv"]).await.unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+    assert!(e.to_string().contains("nctv"), "{e}");
+    bz.add_members("d@bz", &["analist@post-a", "analist@aivd"])
+        .await
+        .unwrap();
+    join(&mut post, "d@bz").await;
+    join(&mut aivd, "d@bz").await;
+    let _ = &mut nctv;
+
+    // bz now lets aivd hold only DEP-VERTROUWELIJK.
+    bz.disconnect().await;
+    fed.stop("bz").unwrap();
+    fed.set_peer_accreditation("bz", "aivd", "NL:DEP-VERTROUWELIJK")
+        .unwrap();
+    fed.start("bz").unwrap();
+    let filed = post
+        .file_notice(draft("d@bz", "NL:STG-CONFIDENTIEEL", "not for aivd"))
+        .await
+        .unwrap();
+    let seq = filed.seq.expect("ordered by the hub");
+    post.file_notice(draft("d@bz", "NL:DEP-VERTROUWELIJK", "for all"))
+        .await
+        .unwrap();
+    sync_until(&mut bz, "d@bz", &["not for aivd", "for all"]).await;
+    sync_until(&mut aivd, "d@bz", &["for all"]).await;
+    // The filer's home relay learns of the refusal at the hub → aivd hop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = post.notice_status(filed.notice.id).await.unwrap();
+        assert_eq!(status.seq, Some(seq));
+        if let Some(r) = status.refusals.iter().find(|r| r.hop == "bz->aivd") {
+            assert!(r.reason.contains("aivd"), "{r:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal reported: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
