@@ -395,3 +395,64 @@ async fn refusal_at_a_later_hop_reaches_the_filer() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A remote member removed by the hub's admin: their home relay learns it, their
+/// device leaves the group, and later notices never reach them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_removal() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("post-a").unwrap();
+    fed.start("nctv").unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    let mut nctv = ready(&fed, "liaison@nctv").await;
+    bz.create_community("d", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    bz.add_members("d@bz", &["analist@post-a", "liaison@nctv"])
+        .await
+        .unwrap();
+    join(&mut post, "d@bz").await;
+    join(&mut nctv, "d@bz").await;
+    bz.file_notice(draft("d@bz", "NL:DEP-VERTROUWELIJK", "before"))
+        .await
+        .unwrap();
+    sync_until(&mut post, "d@bz", &["before"]).await;
+
+    let removed = bz
+        .remove_members("d@bz", &["analist@post-a"])
+        .await
+        .unwrap();
+    assert_eq!(removed.removed, vec!["analist@post-a".to_string()]);
+    bz.file_notice(draft("d@bz", "NL:DEP-VERTROUWELIJK", "after"))
+        .await
+        .unwrap();
+    sync_until(&mut nctv, "d@bz", &["before", "after"]).await;
+    // post-a no longer lists the community for the analyst, who gets nothing new.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        post.sync().await.unwrap();
+        if post
+            .list_communities()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.id != "d@bz")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "post-a still lists the analyst as a member"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post.sync().await.unwrap();
+    assert_eq!(titles(&post, "d@bz"), vec!["before"]);
+    let e = post
+        .file_notice(draft("d@bz", "NL:DEP-VERTROUWELIJK", "ghost"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.exit_code(), 3 | 4), "{e}");
+}
