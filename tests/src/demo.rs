@@ -289,13 +289,34 @@ async fn story(options: &Options) -> Result<(), String> {
 
     if options.keep_running {
         step("The relays keep running. Try, in another terminal:");
-        let p = fed.user_dir("liaison@bz");
-        say(format!("kring --profile {} community list", p.display()));
-        say(format!("kring --profile {} notice list", p.display()));
-        say("Press Ctrl-C to stop.");
+        say("(build the CLI first: cargo build --release --bin kring)");
+        for user in [
+            "liaison@bz",
+            "analist@post-a",
+            "liaison@nctv",
+            "analist@aivd",
+        ] {
+            say(format!(
+                "export {}={}",
+                profile_var(user),
+                fed.user_dir(user).display()
+            ));
+        }
+        say("kring --profile $LIAISON_BZ community list");
+        say("kring --profile $ANALIST_POST_A notice list");
+        say("kring --profile $LIAISON_NCTV notice watch --json");
+        say(
+            "echo tekst | kring --profile $ANALIST_POST_A notice file --community desinformatie@bz \\",
+        );
+        say("     --label NL:DEP-VERTROUWELIJK --category disinformation --title 'Nieuw signaal'");
+        say("Press Ctrl-C to stop the federation (its directory is then removed).");
         let _ = tokio::signal::ctrl_c().await;
     }
     Ok(())
+}
+
+fn profile_var(user: &str) -> String {
+    user.replace(['@', '-'], "_").to_uppercase()
 }
 
 async fn wait_joined(c: &mut Client, community: &str) -> Result<(), String> {
