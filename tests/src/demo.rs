@@ -287,6 +287,8 @@ async fn story(options: &Options) -> Result<(), String> {
     say("organisations; hub ordering; refusals that say why; durable store-and-forward across");
     say("a relay outage. Every refusal is in the relays' hash-chained audit logs.");
 
+    // Release the demo users' local stores so `kring` can use the same profiles.
+    drop((liaison, nctv, aivd, analist));
     if options.keep_running {
         step("The relays keep running. Try, in another terminal:");
         say("(build the CLI first: cargo build --release --bin kring)");

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! kring-certs-dev init --out /tmp/fed
-//! openssl pkey -in /tmp/fed/users/admin@bz/user.key -outform DER -out /tmp/admin.pk8
+//! sed '/-----/d' /tmp/fed/users/admin@bz/user.key | base64 -d > /tmp/admin.pk8
 //! kring-fuzz-seedgen /tmp/fed /tmp/admin.pk8 fuzz/seeds
 //! ```
 //!
