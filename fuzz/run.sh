@@ -52,8 +52,8 @@ for target in $(cargo fuzz list); do
     if [[ "$status" -ne 0 ]]; then
         failed+=("$target")
         summary+=("$(printf '%-14s FAILED (exit %s), executions %s' "$target" "$status" "${execs:-?}")")
-        echo "   FAILED (exit $status); last lines of the log:"
-        tail -n 40 "$log" | sed 's/^/   | /'
+        echo "   FAILED (exit $status); end of the log:"
+        grep -v '^stat::' "$log" | tail -n 60 | sed 's/^/   | /'
     else
         summary+=("$(printf '%-14s ok, executions %s | %s' "$target" "${execs:-?}" "$final")")
     fi
