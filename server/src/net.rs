@@ -171,6 +171,8 @@ async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
                 let _ =
                     write_frame(&mut send, &Response::Error(code), relay.limits().max_frame).await;
                 let _ = send.finish();
+                // Let the peer read the refusal (and close) before the connection goes.
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             }
             conn.close(4u32.into(), why.as_bytes());
             return;
