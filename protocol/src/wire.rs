@@ -171,6 +171,17 @@ pub enum Request {
         /// Notice id.
         notice_id: Uuid,
     },
+    /// The relay's audit log (org-admins of the relay's organisation only), records
+    /// from `from` (1-based), at most `limit`; with `verify`, the whole hash chain is
+    /// checked too.
+    AuditLog {
+        /// First record wanted.
+        from: u64,
+        /// Most records to return (capped at [`limits::MAX_PAGE`]).
+        limit: u32,
+        /// Check the whole chain.
+        verify: bool,
+    },
     /// Liveness check.
     Ping,
 }
@@ -215,6 +226,8 @@ pub enum Response {
     Community(CommunitySummary),
     /// Answer to [`Request::NoticeStatus`].
     Status(NoticeStatus),
+    /// Answer to [`Request::AuditLog`].
+    AuditLog(AuditPage),
     /// Answer to [`Request::Ping`].
     Pong,
     /// The request was refused or failed.
@@ -236,6 +249,52 @@ pub struct CommunitySummary {
     pub admins: Vec<String>,
     /// Highest sequence number in the log.
     pub last_seq: u64,
+}
+
+/// A page of a relay's audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// The relay.
+    pub relay: String,
+    /// Number of records in the log.
+    pub total: u64,
+    /// The records asked for.
+    pub records: Vec<AuditRecordView>,
+    /// The chain check, if asked for.
+    pub verify: Option<AuditVerdict>,
+}
+
+/// One audit record as shown to an org-admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecordView {
+    /// 1-based position.
+    pub seq: u64,
+    /// Seconds since the Unix epoch.
+    pub at: i64,
+    /// Category (`refusal`, `membership`, `withheld`, `admin`, `link`, `revocation`,
+    /// `connection`).
+    pub kind: String,
+    /// Who acted.
+    pub actor: String,
+    /// What it concerned.
+    pub subject: String,
+    /// Action name.
+    pub action: String,
+    /// Reason or detail.
+    pub detail: String,
+    /// The record's chain hash (hex).
+    pub hash: String,
+}
+
+/// The result of checking an audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerdict {
+    /// Records checked.
+    pub records: u64,
+    /// The first bad record, if any.
+    pub first_bad: Option<u64>,
+    /// What is wrong with it.
+    pub reason: Option<String>,
 }
 
 /// The fate of a filed notice as far as the relay knows it.
@@ -575,6 +634,7 @@ impl Validate for Request {
             | Request::AckWelcome { .. }
             | Request::ListCommunities
             | Request::NoticeStatus { .. }
+            | Request::AuditLog { .. }
             | Request::Ping => Ok(()),
         }
     }
@@ -583,6 +643,12 @@ impl Validate for Request {
 impl Validate for Response {
     fn validate(&self) -> Result<(), WireError> {
         match self {
+            Response::AuditLog(page) if page.records.len() > limits::MAX_PAGE as usize => {
+                Err(WireError::Invalid {
+                    field: "records",
+                    reason: "too many".into(),
+                })
+            }
             Response::Communities { communities } if communities.len() > limits::MAX_LIST => {
                 Err(WireError::Invalid {
                     field: "communities",

@@ -128,6 +128,11 @@ impl AuditHead {
         }
     }
 
+    /// Number of records in the chain.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Chains `event` and adds it to `batch`. The head advances; if the batch is then
     /// not applied, the caller must reload the head.
     pub fn append(

@@ -254,6 +254,7 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::ListCommunities => "list-communities",
         Request::CommunityInfo { .. } => "community-info",
         Request::NoticeStatus { .. } => "notice-status",
+        Request::AuditLog { .. } => "audit-log",
         Request::Ping => "ping",
     }
 }

@@ -388,6 +388,11 @@ impl Relay {
                 Ok(Response::Community(summary(&rec)))
             }
             Request::NoticeStatus { notice_id } => self.notice_status(caller, notice_id),
+            Request::AuditLog {
+                from,
+                limit,
+                verify,
+            } => self.audit_log(caller, from, limit, verify),
             Request::Subscribe => Err(ErrorCode::BadRequest {
                 reason: "subscribe is handled on its own stream".into(),
             }
@@ -1249,6 +1254,65 @@ impl Relay {
             }
         }
         Ok(Response::Communities { communities: out })
+    }
+
+    fn audit_log(
+        &self,
+        caller: &Caller,
+        from: u64,
+        limit: u32,
+        verify: bool,
+    ) -> Result<Response, RelayError> {
+        if !caller
+            .identity
+            .has_role(kring_protocol::identity::ROLE_ORG_ADMIN)
+            || caller.identity.organisation != self.organisation
+        {
+            return Err(ErrorCode::Unauthenticated {
+                reason: format!(
+                    "the audit log of relay {} is for org-admins of organisation {}",
+                    self.id, self.organisation
+                ),
+            }
+            .into());
+        }
+        let limit = limit.min(kring_protocol::wire::limits::MAX_PAGE) as usize;
+        let records = crate::audit::read(self.engine.as_ref(), from.max(1), limit)?
+            .into_iter()
+            .map(|r| kring_protocol::wire::AuditRecordView {
+                seq: r.seq,
+                at: r.at,
+                kind: r.event.kind.to_string(),
+                actor: r.event.actor,
+                subject: r.event.subject,
+                action: r.event.action,
+                detail: r.event.detail,
+                hash: hex::encode(r.hash),
+            })
+            .collect();
+        let total = crate::audit::AuditHead::load(self.engine.as_ref())?.seq();
+        let verify = if verify {
+            Some(match crate::audit::verify(self.engine.as_ref())? {
+                Ok(n) => kring_protocol::wire::AuditVerdict {
+                    records: n,
+                    first_bad: None,
+                    reason: None,
+                },
+                Err(b) => kring_protocol::wire::AuditVerdict {
+                    records: b.seq.saturating_sub(1),
+                    first_bad: Some(b.seq),
+                    reason: Some(b.reason),
+                },
+            })
+        } else {
+            None
+        };
+        Ok(Response::AuditLog(kring_protocol::wire::AuditPage {
+            relay: self.id.clone(),
+            total,
+            records,
+            verify,
+        }))
     }
 
     fn notice_status(&self, caller: &Caller, notice_id: Uuid) -> Result<Response, RelayError> {
