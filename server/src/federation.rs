@@ -618,7 +618,6 @@ async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u
 }
 
 fn refuse(
-    relay: &Relay,
     w: &mut Writer,
     b: &mut Batch,
     peer: &str,
@@ -630,7 +629,6 @@ fn refuse(
         now(),
         AuditEvent::new(AuditKind::Refusal, peer, what, "federation-item", reason),
     )?;
-    let _ = relay;
     Ok(())
 }
 
@@ -650,7 +648,6 @@ fn apply_item(
         } => {
             if home_relay(&sender) != peer {
                 return refuse(
-                    relay,
                     w,
                     b,
                     peer,
@@ -707,7 +704,6 @@ fn apply_item(
         } => {
             if home_relay(&user) != relay.id() || home_relay(&community) != peer {
                 return refuse(
-                    relay,
                     w,
                     b,
                     peer,
@@ -751,7 +747,6 @@ fn apply_entry(
     let id = summary.id.clone();
     if home_relay(&id) != peer {
         return refuse(
-            relay,
             w,
             b,
             peer,
@@ -765,14 +760,7 @@ fn apply_entry(
         Some(rec) => rec,
         None => {
             if !has_local(&summary.members) {
-                return refuse(
-                    relay,
-                    w,
-                    b,
-                    peer,
-                    &id,
-                    "no user of this relay is a member".into(),
-                );
+                return refuse(w, b, peer, &id, "no user of this relay is a member".into());
             }
             let max: Label =
                 summary

@@ -700,6 +700,9 @@ impl Relay {
                 }
                 .into());
             }
+            let via = origin
+                .map(|o| format!(" (forwarded by relay {o})"))
+                .unwrap_or_default();
             let epoch_before = staged.epoch;
             let added = staged.added.clone();
             let removed = staged.removed.clone();
@@ -727,7 +730,7 @@ impl Relay {
                         sender,
                         community,
                         "add-member",
-                        format!("{user} added at epoch {}", merged.epoch),
+                        format!("{user} added at epoch {}{via}", merged.epoch),
                     ),
                 )?;
             }
@@ -740,7 +743,7 @@ impl Relay {
                         sender,
                         community,
                         "remove-member",
-                        format!("{user} removed at epoch {}", merged.epoch),
+                        format!("{user} removed at epoch {}{via}", merged.epoch),
                     ),
                 )?;
             }
@@ -772,7 +775,6 @@ impl Relay {
                     self.route_welcome(w, b, user, community, welcome, &merged.ratchet_tree)?;
                 }
             }
-            let _ = origin;
             Ok((seq, rec.epoch))
         })?;
         self.durable().await?;

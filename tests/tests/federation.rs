@@ -348,7 +348,7 @@ async fn refusal_at_a_later_hop_reaches_the_filer() {
     fed.start_all().unwrap();
     let mut bz = ready(&fed, "liaison@bz").await;
     let mut aivd = ready(&fed, "analist@aivd").await;
-    let mut nctv = ready(&fed, "liaison@nctv").await;
+    let _nctv = ready(&fed, "liaison@nctv").await;
     let mut post = ready(&fed, "analist@post-a").await;
     bz.create_community("d", "NL:STG-CONFIDENTIEEL")
         .await
@@ -361,7 +361,6 @@ async fn refusal_at_a_later_hop_reaches_the_filer() {
         .unwrap();
     join(&mut post, "d@bz").await;
     join(&mut aivd, "d@bz").await;
-    let _ = &mut nctv;
 
     // bz now lets aivd hold only DEP-VERTROUWELIJK.
     bz.disconnect().await;
