@@ -351,6 +351,8 @@ fn futures_are_send(client: &mut Client) {
     send(client.sync());
     send(client.watch(|_| {}));
     send(client.publish_key_packages(1));
+    send(client.audit_log(1, 1, false));
+    send(client.audit_all(true));
     send(client.create_community("c", "TLP:GREEN"));
     send(client.add_members("c", &["u"]));
     send(client.file_notice(crate::notice::NoticeDraft {

@@ -8,6 +8,7 @@
 //! [`ClientError`] whose [`exit_code`](ClientError::exit_code) follows SPEC §7.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 mod client;
 pub mod community;
@@ -25,6 +26,7 @@ pub mod sync;
 mod testpki;
 pub mod validator;
 
+pub use audit::AuditSummary;
 pub use client::{Client, DEFAULT_PUBLISH, MAX_PUBLISH};
 pub use community::{AdminChange, CommitReceipt};
 pub use error::{ClientError, Result};

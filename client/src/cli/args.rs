@@ -39,7 +39,7 @@ pub enum Command {
     /// Labels: parse, explain, decide.
     #[command(subcommand)]
     Label(LabelCommand),
-    /// Organisation administration (not yet available).
+    /// Organisation administration: the relay's audit log (revoke: not yet available).
     #[command(subcommand)]
     Admin(AdminCommand),
 }
@@ -243,10 +243,10 @@ pub enum LabelCommand {
     },
 }
 
-/// `kring admin ...` (not yet available).
+/// `kring admin ...`.
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Revoke a user's certificate (org-admin only).
+    /// Revoke a user's certificate (org-admin only; not yet available).
     Revoke {
         /// The user.
         user: String,
@@ -254,9 +254,10 @@ pub enum AdminCommand {
         #[arg(long)]
         reason: String,
     },
-    /// The relay's audit log.
+    /// Your home relay's audit log, one line per record (org-admins of the relay's
+    /// organisation only).
     Audit {
-        /// Check the hash chain.
+        /// Also have the relay check the whole hash chain (exit 1 if broken).
         #[arg(long)]
         verify: bool,
         /// One JSON object per line.

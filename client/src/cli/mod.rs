@@ -3,6 +3,7 @@
 //! stderr. [`main`] returns the process exit code.
 
 pub mod args;
+pub mod audit;
 pub mod output;
 
 use std::io::{IsTerminal, Read, Write};
@@ -174,9 +175,6 @@ pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         Command::Admin(AdminCommand::Revoke { .. }) => {
             Err(ClientError::NotYetAvailable("kring admin revoke"))
         }
-        Command::Admin(AdminCommand::Audit { .. }) => {
-            Err(ClientError::NotYetAvailable("kring admin audit"))
-        }
         Command::Notice(NoticeCommand::Forward { .. }) => {
             Err(ClientError::NotYetAvailable("kring notice forward"))
         }
@@ -241,7 +239,10 @@ async fn run_with_client(
         }
         Command::Community(cmd) => community(client, cmd, out).await?,
         Command::Notice(cmd) => notice(client, cmd, input, out).await?,
-        Command::Label(_) | Command::Admin(_) => {
+        Command::Admin(AdminCommand::Audit { verify, json }) => {
+            return audit::run(client, verify, json, out).await;
+        }
+        Command::Label(_) | Command::Admin(AdminCommand::Revoke { .. }) => {
             return Err(ClientError::Usage("unexpected command".into()));
         }
     }
@@ -552,10 +553,15 @@ mod tests {
 
     #[test]
     fn commands_needing_a_profile_say_so() {
-        let (code, _) = run_cli(&["notice", "list"]);
-        let err = code.unwrap_err();
-        assert!(matches!(err, ClientError::NoProfile), "{err}");
-        assert_eq!(err.exit_code(), 2);
+        for args in [
+            &["notice", "list"][..],
+            &["admin", "audit", "--verify", "--json"][..],
+        ] {
+            let (code, _) = run_cli(args);
+            let err = code.unwrap_err();
+            assert!(matches!(err, ClientError::NoProfile), "{args:?}: {err}");
+            assert_eq!(err.exit_code(), 2);
+        }
     }
 
     #[test]
@@ -563,7 +569,6 @@ mod tests {
         for args in [
             &["notice", "forward", "x", "--to", "c@bz"][..],
             &["admin", "revoke", "a@bz", "--reason", "r"][..],
-            &["admin", "audit"][..],
         ] {
             let (code, _) = run_cli(args);
             let err = code.unwrap_err();
