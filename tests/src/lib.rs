@@ -445,75 +445,6 @@ pub fn issue_quirky_user(
     Ok(dir)
 }
 
-/// Connects to relay `relay_id` with an arbitrary certificate chain and key (PEM
-/// files), bypassing every client-side check, and sends one `Ping`. Returns the
-/// relay's answer, or why the connection failed. Used to prove the relay itself
-/// refuses bad certificates.
-pub async fn raw_ping(
-    fed: &Federation,
-    relay_id: &str,
-    chain_pem: &Path,
-    key_pem: &Path,
-) -> std::result::Result<kring_protocol::wire::Response, String> {
-    use kring_protocol::wire::{self, Request, Response};
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain_pem)
-        .map_err(|e| e.to_string())?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| e.to_string())?;
-    let mut roots = rustls::RootCertStore::empty();
-    for a in
-        CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| e.to_string())?
-    {
-        roots
-            .add(a.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![wire::ALPN_CLIENT.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-    let mut endpoint = quinn::Endpoint::client(
-        "127.0.0.1:0"
-            .parse()
-            .map_err(|e: std::net::AddrParseError| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
-    let addr = fed.relay_addr(relay_id).ok_or("unknown relay")?;
-    let conn = endpoint
-        .connect(addr, &format!("{relay_id}.relay.kring"))
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| format!("handshake refused: {e}"))?;
-    let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let frame = wire::encode_frame(&Request::Ping, wire::DEFAULT_MAX_FRAME)
-            .map_err(|e| e.to_string())?;
-        send.write_all(&frame).await.map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        let bytes = recv
-            .read_to_end(wire::DEFAULT_MAX_FRAME + 4)
-            .await
-            .map_err(|e| format!("{e} ({:?})", conn.close_reason()))?;
-        if bytes.len() < 4 {
-            return Err(format!("connection closed: {:?}", conn.close_reason()));
-        }
-        wire::decode_payload::<Response>(&bytes[4..]).map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| "timed out".to_string())?
-}
-
 /// A signal draft in the disinformation category.
 pub fn signal(community: &str, label: &str, title: &str, body: &str) -> kring_client::NoticeDraft {
     kring_client::NoticeDraft {
@@ -528,6 +459,96 @@ pub fn signal(community: &str, label: &str, title: &str, body: &str) -> kring_cl
     }
 }
 
+/// One request/response exchange with relay `to`, presenting an arbitrary
+/// certificate chain and key (PEM files) with the given ALPN, bypassing every check
+/// the client library or a peer relay would make. The answer, or why the
+/// connection failed.
+async fn raw_exchange<
+    Q: serde::Serialize,
+    A: serde::de::DeserializeOwned + kring_protocol::wire::Validate,
+>(
+    fed: &Federation,
+    to: &str,
+    chain_pem: &Path,
+    key_pem: &Path,
+    alpn: &[u8],
+    request: &Q,
+) -> std::result::Result<A, String> {
+    use kring_protocol::wire;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain_pem)
+        .map_err(|e| s(&e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| s(&e))?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| s(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for a in CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| s(&e))? {
+        roots.add(a.map_err(|e| s(&e))?).map_err(|e| s(&e))?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| s(&e))?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .map_err(|e| s(&e))?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| s(&e))?;
+    let mut endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| s(&e))?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    let addr = fed.relay_addr(to).ok_or("unknown relay")?;
+    let conn = endpoint
+        .connect(addr, &format!("{to}.relay.kring"))
+        .map_err(|e| s(&e))?
+        .await
+        .map_err(|e| format!("handshake refused: {e}"))?;
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| s(&e))?;
+        let frame = wire::encode_frame(request, wire::DEFAULT_MAX_FRAME).map_err(|e| s(&e))?;
+        send.write_all(&frame).await.map_err(|e| s(&e))?;
+        let _ = send.finish();
+        let bytes = recv
+            .read_to_end(wire::DEFAULT_MAX_FRAME + 4)
+            .await
+            .map_err(|e| format!("{e} ({:?})", conn.close_reason()))?;
+        if bytes.len() < 4 {
+            return Err(format!("connection closed: {:?}", conn.close_reason()));
+        }
+        wire::decode_payload::<A>(&bytes[4..]).map_err(|e| s(&e))
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out".to_string())?;
+    conn.close(0u32.into(), b"done");
+    answer
+}
+
+/// Connects to relay `relay_id` with an arbitrary certificate chain and key (PEM
+/// files), bypassing every client-side check, and sends one `Ping`. Returns the
+/// relay's answer, or why the connection failed. Used to prove the relay itself
+/// refuses bad certificates.
+pub async fn raw_ping(
+    fed: &Federation,
+    relay_id: &str,
+    chain_pem: &Path,
+    key_pem: &Path,
+) -> std::result::Result<kring_protocol::wire::Response, String> {
+    use kring_protocol::wire::{ALPN_CLIENT, Request};
+    raw_exchange(
+        fed,
+        relay_id,
+        chain_pem,
+        key_pem,
+        ALPN_CLIENT,
+        &Request::Ping,
+    )
+    .await
+}
+
 /// Connects to relay `to` as relay `as_relay` (with that relay's own certificate and
 /// key, ALPN `kring-fed/1`) and sends one federation request, bypassing every check
 /// `as_relay` itself would make. Models a compromised or buggy peer relay.
@@ -537,62 +558,17 @@ pub async fn raw_federation_call(
     to: &str,
     request: &kring_protocol::wire::FedRequest,
 ) -> std::result::Result<kring_protocol::wire::FedResponse, String> {
-    use kring_protocol::wire::{self, FedResponse};
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let dir = fed.dir.join("relays").join(as_relay);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("relay.crt"))
-        .map_err(|e| e.to_string())?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_file(dir.join("relay.key")).map_err(|e| e.to_string())?;
-    let mut roots = rustls::RootCertStore::empty();
-    for a in
-        CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| e.to_string())?
-    {
-        roots
-            .add(a.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![wire::ALPN_FEDERATION.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-    let mut endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
-    let addr = fed.relay_addr(to).ok_or("unknown relay")?;
-    let conn = endpoint
-        .connect(addr, &format!("{to}.relay.kring"))
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| format!("handshake refused: {e}"))?;
-    let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let frame =
-            wire::encode_frame(request, wire::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?;
-        send.write_all(&frame).await.map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        let bytes = recv
-            .read_to_end(wire::DEFAULT_MAX_FRAME + 4)
-            .await
-            .map_err(|e| format!("{e} ({:?})", conn.close_reason()))?;
-        if bytes.len() < 4 {
-            return Err(format!("connection closed: {:?}", conn.close_reason()));
-        }
-        wire::decode_payload::<FedResponse>(&bytes[4..]).map_err(|e| e.to_string())
-    };
-    let r = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| "timed out".to_string())?;
-    conn.close(0u32.into(), b"done");
-    r
+    let (crt, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    raw_exchange(
+        fed,
+        to,
+        &crt,
+        &key,
+        kring_protocol::wire::ALPN_FEDERATION,
+        request,
+    )
+    .await
 }
 
 impl Federation {
