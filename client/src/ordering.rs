@@ -206,23 +206,29 @@ pub fn seconds(d: Duration) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kring_protocol::wire::HopRefusal;
     use uuid::Uuid;
 
-    fn status(seq: Option<u64>, refusals: &[(&str, &str)]) -> NoticeStatus {
+    /// Test fixture: hop refusals from `(hop, reason)` pairs.
+    pub(crate) fn hop_refusals(refusals: &[(&str, &str)]) -> Vec<HopRefusal> {
+        refusals
+            .iter()
+            .map(|(hop, reason)| HopRefusal {
+                hop: (*hop).into(),
+                reason: (*reason).into(),
+            })
+            .collect()
+    }
+
+    /// Test fixture: a notice status in `desinformatie@bz`.
+    pub(crate) fn status(seq: Option<u64>, refusals: &[(&str, &str)]) -> NoticeStatus {
         NoticeStatus {
             notice_id: Uuid::from_u128(1),
             community: "desinformatie@bz".into(),
             seq,
-            refusals: refusals
-                .iter()
-                .map(|(hop, reason)| HopRefusal {
-                    hop: (*hop).into(),
-                    reason: (*reason).into(),
-                })
-                .collect(),
+            refusals: hop_refusals(refusals),
         }
     }
 

@@ -247,7 +247,6 @@ pub fn event_line(event: &SyncEvent) -> Option<String> {
 mod tests {
     use super::*;
     use crate::notice::{Category, NoticeKind};
-    use kring_protocol::wire::HopRefusal;
     use std::time::Duration;
 
     fn sample() -> Notice {
@@ -304,13 +303,7 @@ mod tests {
             home: home.into(),
             hub: "bz".into(),
             ordering,
-            refusals: refusals
-                .iter()
-                .map(|(hop, reason)| HopRefusal {
-                    hop: (*hop).into(),
-                    reason: (*reason).into(),
-                })
-                .collect(),
+            refusals: crate::ordering::tests::hop_refusals(refusals),
         }
     }
 
@@ -403,20 +396,7 @@ mod tests {
         assert!(filed_warnings(&f)[0].contains("bz->aivd"));
     }
 
-    fn status(seq: Option<u64>, refusals: &[(&str, &str)]) -> NoticeStatus {
-        NoticeStatus {
-            notice_id: uuid::Uuid::from_u128(1),
-            community: "desinformatie@bz".into(),
-            seq,
-            refusals: refusals
-                .iter()
-                .map(|(hop, reason)| HopRefusal {
-                    hop: (*hop).into(),
-                    reason: (*reason).into(),
-                })
-                .collect(),
-        }
-    }
+    use crate::ordering::tests::status;
 
     #[test]
     fn show_says_where_an_own_notice_stands() {
