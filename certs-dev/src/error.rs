@@ -74,6 +74,23 @@ pub enum CertsError {
         /// The federation directory.
         dir: PathBuf,
     },
+    /// The user has no profile directory in the federation directory.
+    #[error("user {user:?} does not exist in {} (no users/{user}/ directory)", dir.display())]
+    UnknownUser {
+        /// The user id.
+        user: String,
+        /// The federation directory.
+        dir: PathBuf,
+    },
+    /// A freshly signed CRL failed its own verification (a bug or a damaged
+    /// federation directory).
+    #[error("self-check of {what} failed: {reason}")]
+    CrlCheck {
+        /// What was checked.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The user already has a profile directory.
     #[error("{} already exists; pass --force to replace that user's certificate and key", dir.display())]
     UserExists {
@@ -126,6 +143,7 @@ impl CertsError {
             | Self::InvalidArgument { .. }
             | Self::BadClearance { .. }
             | Self::UnknownRelay { .. }
+            | Self::UnknownUser { .. }
             | Self::UserExists { .. }
             | Self::NotADirectory { .. } => 2,
             _ => 1,

@@ -1,17 +1,26 @@
 //! Writing a federation to disk: `kring-certs-dev init` (the SPEC §8 demo
-//! federation) and `kring-certs-dev issue-user`.
+//! federation) and `kring-certs-dev issue-user`; `kring-certs-dev revoke-cert`
+//! lives in [`crate::revoke`].
 //!
 //! Layout under `DIR` (other tools rely on it exactly):
 //!
 //! ```text
 //! ca/root.crt, ca/root.key                      federation root CA
 //! orgs/ORG/ca.crt, orgs/ORG/ca.key              one CA per organisation
+//! orgs/ORG/crl.pem                              the organisation's CRL (signed by its CA)
+//! orgs/ORG/crl.log                              why certificates were revoked (revoke-cert)
 //! relays/ID/relay.toml, relay.crt, relay.key    relay config, chain (relay, org CA), key
 //! users/NAME@RELAY/profile.toml, user.crt, user.key
 //! ```
 //!
 //! Keys are PKCS#8 PEM, mode 0600. Certificate files are PEM; `relay.crt` and
-//! `user.crt` hold the leaf followed by its organisation CA.
+//! `user.crt` hold the leaf followed by its organisation CA. `crl.pem` is a PEM
+//! `X509 CRL`: `init` writes an empty one (CRL number 1, thisUpdate = now,
+//! nextUpdate = now + [`CRL_DAYS`] days) and `revoke-cert` replaces it atomically
+//! (CRL number + 1, thisUpdate strictly later). Each `relay.toml` lists its own
+//! organisation's CRL under `crls`; the relay re-reads it when it changes.
+//! `crl.log` is written only by `revoke-cert`: one tab-separated line per
+//! revocation (time, serial, user, reason), for people; relays do not read it.
 
 use std::fs;
 use std::io::Write as _;
@@ -51,6 +60,11 @@ pub const DEMO_USERS: [(&str, &str, &[&str]); 9] = [
     ("admin@aivd", "NL:STG-ZEER-GEHEIM", &[ROLE_ORG_ADMIN]),
     ("admin@post-a", "NL:STG-CONFIDENTIEEL", &[ROLE_ORG_ADMIN]),
 ];
+
+/// Validity of a CRL written by `init` or `revoke-cert` (nextUpdate - thisUpdate), days.
+pub const CRL_DAYS: i64 = 30;
+/// The file name of an organisation's CRL in `orgs/ORG/`.
+pub const CRL_FILE: &str = "crl.pem";
 
 /// The sub-directories `init --force` replaces.
 const MANAGED_DIRS: [&str; 4] = ["ca", "orgs", "relays", "users"];
@@ -113,12 +127,17 @@ pub fn org_dir(dir: &Path, org: &str) -> PathBuf {
     dir.join("orgs").join(org)
 }
 
+/// `DIR/orgs/ORG/crl.pem`.
+pub fn crl_path(dir: &Path, org: &str) -> PathBuf {
+    org_dir(dir, org).join(CRL_FILE)
+}
+
 /// `DIR/ca/root.crt`.
 pub fn root_cert_path(dir: &Path) -> PathBuf {
     dir.join("ca").join("root.crt")
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CertsError {
+pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CertsError {
     let path = path.to_path_buf();
     move |source| CertsError::Io {
         action,
@@ -140,7 +159,7 @@ fn toml_str(s: &str) -> String {
 }
 
 /// Writes a new file with the given Unix permission bits (fails if it exists).
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -156,8 +175,8 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError>
     Ok(())
 }
 
-const KEY_MODE: u32 = 0o600;
-const PUBLIC_MODE: u32 = 0o644;
+pub(crate) const KEY_MODE: u32 = 0o600;
+pub(crate) const PUBLIC_MODE: u32 = 0o644;
 
 fn create_dir(path: &Path) -> Result<(), CertsError> {
     fs::create_dir_all(path).map_err(io("cannot create directory", path))
@@ -255,6 +274,7 @@ fn cert_expired(cert: &IssuedCert, now: i64) -> bool {
 
 fn relay_toml(
     id: &str,
+    organisation: &str,
     address: &str,
     accreditation: &str,
     peers: &[(String, String)],
@@ -271,6 +291,8 @@ fn relay_toml(
          #   cert           PEM chain: this relay's certificate, then its organisation CA\n\
          #   key            the certificate's private key (PKCS#8 PEM, Ed25519; keep it 0600)\n\
          #   trust_anchors  PEM file with the federation root CA certificate(s)\n\
+         #   crls           CRL files (PEM or DER) of organisation CAs; re-read every\n\
+         #                  second when changed (kring-certs-dev revoke-cert updates them)\n\
          #   data_dir       the relay's durable state (created when missing)\n\
          #   accreditation  optional clearance label; may only LOWER the accreditation\n\
          #                  carried in the certificate ({accreditation}), never raise it\n\
@@ -283,11 +305,13 @@ fn relay_toml(
          cert = \"relay.crt\"\n\
          key = \"relay.key\"\n\
          trust_anchors = \"../../ca/root.crt\"\n\
+         crls = [{}]\n\
          data_dir = \"data\"\n\
          # accreditation = {}\n\
          org_admins = [{}]\n",
         toml_str(id),
         toml_str(address),
+        toml_str(&format!("../../orgs/{organisation}/{CRL_FILE}")),
         toml_str(accreditation),
         org_admins
             .iter()
@@ -353,6 +377,8 @@ fn address(port: u16) -> String {
 /// Everything `init` writes, generated in memory first.
 struct Planned {
     pki: Pki,
+    /// (organisation, empty CRL PEM).
+    crls: Vec<(String, String)>,
     relays: Vec<(RelayEntry, IssuedCert, String)>,
     users: Vec<(UserEntry, IssuedCert, String)>,
 }
@@ -393,7 +419,7 @@ fn plan_demo(base_port: u16, now: i64) -> Result<Planned, CertsError> {
             })
             .map(|(u, _, _)| u.to_string())
             .collect();
-        let config = relay_toml(id, addr, &acc.to_string(), &peers, &admins);
+        let config = relay_toml(id, id, addr, &acc.to_string(), &peers, &admins);
         relays.push((
             RelayEntry {
                 id: id.to_string(),
@@ -435,7 +461,23 @@ fn plan_demo(base_port: u16, now: i64) -> Result<Planned, CertsError> {
             profile,
         ));
     }
-    Ok(Planned { pki, relays, users })
+    let mut crls = Vec::new();
+    for org in pki.organisations() {
+        let ca = pki
+            .organisation(org)
+            .ok_or_else(|| CertsError::UnknownOrganisation {
+                org: org.to_string(),
+            })?;
+        let crl = ca.crl_with_entries(&[], 1, now, now + CRL_DAYS * DAY)?;
+        crate::revoke::check_crl(&crl.der, ca.cert_der(), &anchors, now, &[], org)?;
+        crls.push((org.to_string(), crl.pem));
+    }
+    Ok(Planned {
+        pki,
+        crls,
+        relays,
+        users,
+    })
 }
 
 fn write_authority(
@@ -463,7 +505,8 @@ fn write_user(dir: &Path, cert: &IssuedCert, profile: &str) -> Result<(), CertsE
 /// `kring-certs-dev init`: writes the SPEC §8 demo federation into `out`.
 ///
 /// All certificates are generated and self-checked (chain to the root, identity,
-/// clearance and roles read back) before anything is written. An existing,
+/// clearance and roles read back), and each organisation's empty CRL verified as
+/// a relay verifies it, before anything is written. An existing,
 /// non-empty `out` is refused unless `force`, which replaces its `ca/`, `orgs/`,
 /// `relays/` and `users/` (other files are left alone).
 ///
@@ -484,6 +527,9 @@ pub fn init_demo(
         if let Some(ca) = planned.pki.organisation(org) {
             write_authority(&org_dir(out, org), "ca.crt", "ca.key", ca)?;
         }
+    }
+    for (org, crl_pem) in &planned.crls {
+        write_file(&crl_path(out, org), crl_pem.as_bytes(), PUBLIC_MODE)?;
     }
     let mut relays = Vec::new();
     for (mut entry, cert, config) in planned.relays {
@@ -534,11 +580,16 @@ struct RelayConfigPeek {
     listen: String,
 }
 
-fn read_text(path: &Path) -> Result<String, CertsError> {
+pub(crate) fn read_text(path: &Path) -> Result<String, CertsError> {
     fs::read_to_string(path).map_err(io("cannot read", path))
 }
 
-fn load_authority(dir: &Path, name: &str, cert: &str, key: &str) -> Result<Authority, CertsError> {
+pub(crate) fn load_authority(
+    dir: &Path,
+    name: &str,
+    cert: &str,
+    key: &str,
+) -> Result<Authority, CertsError> {
     let cert_path = dir.join(cert);
     let key_path = dir.join(key);
     Authority::load(name, &read_text(&cert_path)?, &read_text(&key_path)?).map_err(|e| match e {

@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use kring_certs_dev::{
-    CertsError, DEFAULT_BASE_PORT, InitSummary, IssueUserRequest, UserEntry, init_demo,
-    issue_user_into,
+    CertsError, DEFAULT_BASE_PORT, InitSummary, IssueUserRequest, RevokedEntry, UserEntry,
+    init_demo, issue_user_into, revoke_user_certificate_with_reason,
 };
 use kring_policy::Clearance;
 use time::OffsetDateTime;
@@ -58,6 +58,19 @@ enum Command {
         /// Replace the user's existing profile directory.
         #[arg(long)]
         force: bool,
+    },
+    /// Revoke a user's current certificate: add its serial number to the CRL of its
+    /// organisation (DIR/orgs/ORG/crl.pem), which relays re-read within a second.
+    RevokeCert {
+        /// The federation directory written by `init`.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The user, NAME@RELAY (its certificate is DIR/users/NAME@RELAY/user.crt).
+        #[arg(value_name = "NAME@RELAY")]
+        user: String,
+        /// Why (recorded in DIR/orgs/ORG/crl.log; the CRL says keyCompromise).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
 }
 
@@ -124,6 +137,41 @@ fn print_user(u: &UserEntry) {
     );
 }
 
+fn print_revoked(r: &RevokedEntry) {
+    if r.already_revoked {
+        println!(
+            "The certificate of {} (serial {}) is already revoked; nothing changed",
+            r.user, r.serial
+        );
+    } else {
+        println!(
+            "Revoked the certificate of {} (organisation {}, serial {})",
+            r.user, r.organisation, r.serial
+        );
+    }
+    let when = |t: i64| {
+        OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| t.to_string())
+    };
+    println!(
+        "  CRL      {} (number {}, {} revoked certificate{}, thisUpdate {}, nextUpdate {})",
+        r.crl_path.display(),
+        r.crl_number,
+        r.entries,
+        if r.entries == 1 { "" } else { "s" },
+        when(r.this_update),
+        when(r.next_update)
+    );
+    if !r.already_revoked {
+        println!(
+            "Relays that list this CRL under `crls` pick it up within a second. To re-admit \
+             the person, issue a new certificate (issue-user --force)."
+        );
+    }
+}
+
 fn parse_not_after(text: &str) -> Result<i64, CertsError> {
     OffsetDateTime::parse(text, &Rfc3339)
         .map(OffsetDateTime::unix_timestamp)
@@ -187,6 +235,11 @@ fn run(cli: Cli) -> Result<(), CertsError> {
         } => {
             let entry = issue_user(&dir, user, &clearance, roles, not_after.as_deref(), force)?;
             print_user(&entry);
+        }
+        Command::RevokeCert { dir, user, reason } => {
+            let entry =
+                revoke_user_certificate_with_reason(&dir, &user, reason.as_deref(), now_unix())?;
+            print_revoked(&entry);
         }
     }
     Ok(())

@@ -365,29 +365,130 @@ impl Authority {
         this_update: i64,
         next_update: i64,
     ) -> Result<Vec<u8>, CertsError> {
+        let entries: Vec<CrlEntry> = revoked_serials
+            .iter()
+            .map(|s| CrlEntry::key_compromise(s.clone(), this_update))
+            .collect();
+        Ok(self
+            .signed_crl(&entries, crl_number, this_update, next_update)?
+            .der()
+            .to_vec())
+    }
+
+    /// Creates a CRL signed by this CA with the given entries (each keeps its own
+    /// revocation time and reason code), as DER and PEM (`-----BEGIN X509 CRL-----`).
+    ///
+    /// # Errors
+    /// [`CertsError::Generate`] if rcgen refuses (e.g. `next_update <= this_update`),
+    /// [`CertsError::InvalidArgument`] for an unrepresentable time or reason code.
+    pub fn crl_with_entries(
+        &self,
+        entries: &[CrlEntry],
+        crl_number: u64,
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<SignedCrl, CertsError> {
+        let crl = self.signed_crl(entries, crl_number, this_update, next_update)?;
+        let pem = crl
+            .pem()
+            .map_err(generate(format!("PEM of the CRL of {}", self.name)))?;
+        Ok(SignedCrl {
+            der: crl.der().to_vec(),
+            pem,
+        })
+    }
+
+    fn signed_crl(
+        &self,
+        entries: &[CrlEntry],
+        crl_number: u64,
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<rcgen::CertificateRevocationList, CertsError> {
+        if next_update <= this_update {
+            return Err(CertsError::Generate {
+                what: format!("CRL of {}", self.name),
+                reason: "nextUpdate must be later than thisUpdate".to_string(),
+            });
+        }
         let params = CertificateRevocationListParams {
             this_update: time_at(this_update)?,
             next_update: time_at(next_update)?,
             crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
             issuing_distribution_point: None,
-            revoked_certs: revoked_serials
+            revoked_certs: entries
                 .iter()
-                .map(|s| {
+                .map(|e| {
                     Ok(RevokedCertParams {
-                        serial_number: SerialNumber::from_slice(s),
-                        revocation_time: time_at(this_update)?,
-                        reason_code: Some(RevocationReason::KeyCompromise),
+                        serial_number: SerialNumber::from_slice(&e.serial),
+                        revocation_time: time_at(e.revoked_at)?,
+                        reason_code: e.reason_code.map(revocation_reason).transpose()?,
                         invalidity_date: None,
                     })
                 })
                 .collect::<Result<_, CertsError>>()?,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        let crl = params
+        params
             .signed_by(&self.issuer)
-            .map_err(generate(format!("CRL of {}", self.name)))?;
-        Ok(crl.der().to_vec())
+            .map_err(generate(format!("CRL of {}", self.name)))
     }
+}
+
+/// One revoked certificate in a CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlEntry {
+    /// The serial number: the content bytes of its DER INTEGER (positive).
+    pub serial: Vec<u8>,
+    /// When it was revoked (revocationDate), unix seconds.
+    pub revoked_at: i64,
+    /// The RFC 5280 reasonCode value (1 = keyCompromise), or `None` for no
+    /// reasonCode extension.
+    pub reason_code: Option<u8>,
+}
+
+impl CrlEntry {
+    /// RFC 5280 reasonCode keyCompromise.
+    pub const KEY_COMPROMISE: u8 = 1;
+
+    /// An entry revoking `serial` at `revoked_at` for key compromise.
+    pub fn key_compromise(serial: Vec<u8>, revoked_at: i64) -> CrlEntry {
+        CrlEntry {
+            serial,
+            revoked_at,
+            reason_code: Some(Self::KEY_COMPROMISE),
+        }
+    }
+}
+
+/// A signed CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCrl {
+    /// DER.
+    pub der: Vec<u8>,
+    /// PEM (`-----BEGIN X509 CRL-----`).
+    pub pem: String,
+}
+
+fn revocation_reason(code: u8) -> Result<RevocationReason, CertsError> {
+    Ok(match code {
+        0 => RevocationReason::Unspecified,
+        1 => RevocationReason::KeyCompromise,
+        2 => RevocationReason::CaCompromise,
+        3 => RevocationReason::AffiliationChanged,
+        4 => RevocationReason::Superseded,
+        5 => RevocationReason::CessationOfOperation,
+        6 => RevocationReason::CertificateHold,
+        8 => RevocationReason::RemoveFromCrl,
+        9 => RevocationReason::PrivilegeWithdrawn,
+        10 => RevocationReason::AaCompromise,
+        _ => {
+            return Err(CertsError::InvalidArgument {
+                what: "CRL reason code",
+                reason: format!("{code} is not an RFC 5280 reasonCode"),
+            });
+        }
+    })
 }
 
 fn time_at(unix: i64) -> Result<OffsetDateTime, CertsError> {

@@ -10,6 +10,9 @@ use kring_protocol::identity::{
     self, Identity, IdentityError, IdentityKind, RevocationCheck, RevocationDepth,
     UnknownRevocationStatus, verify_chain, verify_chain_with_revocation,
 };
+use kring_protocol::revocation::{Revocations, VerifiedCrl, verify_crl};
+use x509_parser::prelude::FromDer as _;
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::*;
 
@@ -124,6 +127,18 @@ fn init_writes_a_federation_that_reads_back() {
             fs::canonicalize(dir.join(s(&config, "trust_anchors"))).unwrap(),
             fs::canonicalize(out.join("ca/root.crt")).unwrap()
         );
+        // The relay's own organisation's CRL (demo relay id = organisation id).
+        let crls = config["crls"].as_array().unwrap();
+        assert_eq!(crls.len(), 1);
+        assert_eq!(
+            crls[0].as_str().unwrap(),
+            format!("../../orgs/{id}/crl.pem")
+        );
+        assert_eq!(
+            fs::canonicalize(dir.join(crls[0].as_str().unwrap())).unwrap(),
+            fs::canonicalize(out.join(format!("orgs/{id}/crl.pem"))).unwrap()
+        );
+        assert!(read(&dir.join("relay.toml")).contains("\n#   crls "));
         let peers = config["peers"].as_array().unwrap();
         assert_eq!(peers.len(), 3);
         for peer in peers {
@@ -546,4 +561,301 @@ fn issue_user_adds_a_profile() {
         ),
         Err(CertsError::KeyMismatch { .. })
     ));
+}
+
+/// The DER of a PEM `X509 CRL` file.
+fn crl_der_of(path: &Path) -> Vec<u8> {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (rest, pem) = x509_parser::pem::parse_x509_pem(&bytes).unwrap();
+    assert!(rest.iter().all(u8::is_ascii_whitespace), "one PEM block");
+    assert_eq!(pem.label, "X509 CRL");
+    pem.contents
+}
+
+/// The organisation CA (DER) and the root (DER) of a federation directory.
+fn ca_and_root(dir: &Path, org: &str) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let ca = chain_of(&dir.join(format!("orgs/{org}/ca.crt")));
+    (ca[0].clone(), chain_of(&dir.join("ca/root.crt")))
+}
+
+/// Verifies `DIR/orgs/ORG/crl.pem` the way a relay does.
+fn verified_crl(dir: &Path, org: &str, now: i64) -> VerifiedCrl {
+    let (ca, root) = ca_and_root(dir, org);
+    verify_crl(
+        &crl_der_of(&dir.join(format!("orgs/{org}/crl.pem"))),
+        &ca,
+        &root,
+        now,
+    )
+    .unwrap()
+}
+
+/// (CRL number, nextUpdate, [(serial hex, revocationDate)]) of a CRL file.
+fn crl_details(path: &Path) -> (u64, i64, Vec<(String, i64)>) {
+    let der = crl_der_of(path);
+    let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
+    let number = u64::try_from(crl.crl_number().unwrap()).unwrap();
+    let next = crl.next_update().unwrap().timestamp();
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            let hex: String = r.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
+            (hex, r.revocation_date.timestamp())
+        })
+        .collect();
+    (number, next, entries)
+}
+
+fn leaf_of(dir: &Path, user: &str) -> Identity {
+    Identity::from_der(&chain_of(&dir.join(format!("users/{user}/user.crt")))[0]).unwrap()
+}
+
+#[test]
+fn init_writes_empty_crls_that_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_demo(dir, 47_500, false, NOW).unwrap();
+    for (org, _) in DEMO_RELAYS {
+        let crl = verified_crl(dir, org, NOW);
+        assert_eq!(crl.organisation, org);
+        assert!(crl.serials.is_empty());
+        assert_eq!(crl.this_update, NOW);
+        let path = crl_path(dir, org);
+        assert_eq!(path, dir.join(format!("orgs/{org}/crl.pem")));
+        let (number, next, entries) = crl_details(&path);
+        assert_eq!(number, 1);
+        assert_eq!(next, NOW + CRL_DAYS * DAY);
+        assert!(entries.is_empty());
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o644);
+        // Signed by its own organisation's CA only.
+        let (other_ca, root) = ca_and_root(dir, if org == "bz" { "nctv" } else { "bz" });
+        assert!(verify_crl(&crl_der_of(&path), &other_ca, &root, NOW).is_err());
+    }
+}
+
+#[test]
+fn revoke_cert_adds_the_serial_once_and_is_always_newer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_demo(dir, 47_600, false, NOW).unwrap();
+    let bz_crl = crl_path(dir, "bz");
+    let mut enforced = Revocations::new();
+    assert_eq!(
+        enforced.add_crl(&verified_crl(dir, "bz", NOW)),
+        Some(Vec::new())
+    );
+
+    // In the same second as init: thisUpdate still moves forward.
+    let liaison = leaf_of(dir, "liaison@bz");
+    let first = revoke_user_certificate(dir, "liaison@bz", NOW).unwrap();
+    assert_eq!(first.user, "liaison@bz");
+    assert_eq!(first.organisation, "bz");
+    assert_eq!(first.serial, liaison.serial);
+    assert_eq!(first.crl_path, bz_crl);
+    assert_eq!(first.crl_number, 2);
+    assert_eq!(first.this_update, NOW + 1);
+    assert_eq!(first.next_update, NOW + 1 + CRL_DAYS * DAY);
+    assert_eq!(first.entries, 1);
+    assert!(!first.already_revoked);
+    let crl = verified_crl(dir, "bz", NOW);
+    assert_eq!(crl.serials, vec![liaison.serial.clone()]);
+    assert_eq!(crl.this_update, NOW + 1);
+    assert_eq!(enforced.add_crl(&crl), Some(vec![liaison.serial.clone()]));
+    assert!(enforced.check(&liaison).is_err());
+    assert!(enforced.check(&leaf_of(dir, "admin@bz")).is_ok());
+    let (number, next, _) = crl_details(&bz_crl);
+    assert_eq!((number, next), (2, NOW + 1 + CRL_DAYS * DAY));
+
+    // Again: nothing changes, and it says so.
+    let before = fs::read(&bz_crl).unwrap();
+    let again = revoke_user_certificate(dir, "liaison@bz", NOW + 10).unwrap();
+    assert!(again.already_revoked);
+    assert_eq!(again.serial, liaison.serial);
+    assert_eq!((again.crl_number, again.entries), (2, 1));
+    assert_eq!(again.this_update, NOW + 1);
+    assert_eq!(
+        fs::read(&bz_crl).unwrap(),
+        before,
+        "the CRL is not rewritten"
+    );
+
+    // A second revocation in the same second: number and thisUpdate grow again.
+    let admin = leaf_of(dir, "admin@bz");
+    let second =
+        revoke_user_certificate_with_reason(dir, "admin@bz", Some("left the service"), NOW)
+            .unwrap();
+    assert_eq!(second.serial, admin.serial);
+    assert_eq!((second.crl_number, second.this_update), (3, NOW + 2));
+    assert_eq!(second.entries, 2);
+    let crl = verified_crl(dir, "bz", NOW);
+    assert_eq!(
+        crl.serials,
+        vec![liaison.serial.clone(), admin.serial.clone()]
+    );
+    assert_eq!(crl.this_update, NOW + 2);
+    assert_eq!(enforced.add_crl(&crl), Some(vec![admin.serial.clone()]));
+    assert!(enforced.check(&admin).is_err() && enforced.check(&liaison).is_err());
+
+    // The CRL also works for chain verification with revocation.
+    let crl_der = crl_der_of(&bz_crl);
+    let root = chain_of(&dir.join("ca/root.crt"));
+    let check = RevocationCheck {
+        crls: std::slice::from_ref(&crl_der),
+        depth: RevocationDepth::EndEntity,
+        unknown_status: UnknownRevocationStatus::Deny,
+        enforce_next_update: true,
+    };
+    let verify = |user: &str| {
+        verify_chain_with_revocation(
+            &chain_of(&dir.join(format!("users/{user}/user.crt"))),
+            &root,
+            NOW as u64,
+            IdentityKind::User,
+            Some(&check),
+        )
+    };
+    assert_eq!(verify("liaison@bz").unwrap_err(), IdentityError::Revoked);
+    assert_eq!(verify("admin@bz").unwrap_err(), IdentityError::Revoked);
+
+    // Re-issued later, then revoked later: old entries keep their revocation time.
+    issue_user_into(
+        dir,
+        &IssueUserRequest {
+            user: "liaison@bz".into(),
+            clearance: clearance("NL:STG-GEHEIM"),
+            roles: Vec::new(),
+            not_after: None,
+            force: true,
+        },
+        NOW + 50,
+    )
+    .unwrap();
+    let renewed = leaf_of(dir, "liaison@bz");
+    assert_ne!(renewed.serial, liaison.serial);
+    assert!(
+        enforced.check(&renewed).is_ok(),
+        "a new certificate is not revoked"
+    );
+    let third = revoke_user_certificate(dir, "liaison@bz", NOW + 50).unwrap();
+    assert_eq!((third.crl_number, third.this_update), (4, NOW + 50));
+    assert_eq!(third.entries, 3);
+    let (_, _, entries) = crl_details(&bz_crl);
+    assert_eq!(
+        entries,
+        vec![
+            (liaison.serial.clone(), NOW),
+            (admin.serial.clone(), NOW),
+            (renewed.serial.clone(), NOW + 50)
+        ]
+    );
+    // Other organisations' CRLs are untouched.
+    assert!(verified_crl(dir, "nctv", NOW).serials.is_empty());
+
+    // The reasons are recorded for people.
+    let log = read(&dir.join("orgs/bz/crl.log"));
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(lines[0].contains(&liaison.serial) && lines[0].ends_with("(no reason given)"));
+    assert!(lines[1].contains(&admin.serial) && lines[1].ends_with("\tadmin@bz\tleft the service"));
+    assert!(lines[2].contains(&renewed.serial));
+    // No temporary file is left behind.
+    let names: Vec<String> = fs::read_dir(dir.join("orgs/bz"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["ca.crt", "ca.key", "crl.log", "crl.pem"]);
+}
+
+#[test]
+fn revoke_cert_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fed");
+    init_demo(&dir, 47_700, false, NOW).unwrap();
+    let usage = |e: CertsError| {
+        assert_eq!(e.exit_code(), 2, "{e}");
+        e
+    };
+
+    let e = usage(revoke_user_certificate(&dir, "nobody@bz", NOW).unwrap_err());
+    assert!(matches!(e, CertsError::UnknownUser { .. }), "{e}");
+    assert!(e.to_string().contains("nobody@bz"), "{e}");
+    for bad in ["no-relay", "../../ca", "a@b@c", ""] {
+        let e = usage(revoke_user_certificate(&dir, bad, NOW).unwrap_err());
+        assert!(
+            matches!(e, CertsError::InvalidArgument { .. }),
+            "{bad}: {e}"
+        );
+    }
+    for reason in ["line\nbreak", &"x".repeat(513)] {
+        let e = usage(
+            revoke_user_certificate_with_reason(&dir, "liaison@bz", Some(reason), NOW).unwrap_err(),
+        );
+        assert!(
+            matches!(
+                e,
+                CertsError::InvalidArgument {
+                    what: "--reason",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    // Nothing was revoked by the refused calls.
+    assert!(verified_crl(&dir, "bz", NOW).serials.is_empty());
+
+    // A missing CRL starts a new one (number 1).
+    fs::remove_file(crl_path(&dir, "nctv")).unwrap();
+    let r = revoke_user_certificate(&dir, "liaison@nctv", NOW).unwrap();
+    assert_eq!((r.crl_number, r.this_update, r.entries), (1, NOW, 1));
+    assert_eq!(
+        verified_crl(&dir, "nctv", NOW).serials,
+        vec![leaf_of(&dir, "liaison@nctv").serial]
+    );
+
+    // A CRL of another CA is refused, and left alone.
+    let bz_crl = fs::read(crl_path(&dir, "bz")).unwrap();
+    fs::write(crl_path(&dir, "aivd"), &bz_crl).unwrap();
+    let e = revoke_user_certificate(&dir, "analist@aivd", NOW).unwrap_err();
+    assert!(matches!(e, CertsError::BadFile { .. }), "{e}");
+    assert_eq!(e.exit_code(), 1);
+    assert_eq!(fs::read(crl_path(&dir, "aivd")).unwrap(), bz_crl);
+    fs::write(crl_path(&dir, "aivd"), "-----BEGIN X509 CRL-----\njunk\n").unwrap();
+    assert!(matches!(
+        revoke_user_certificate(&dir, "analist@aivd", NOW),
+        Err(CertsError::BadFile { .. })
+    ));
+
+    // A certificate from another federation (not issued by this org CA).
+    let other = tmp.path().join("other");
+    init_demo(&other, 47_800, false, NOW).unwrap();
+    fs::copy(
+        other.join("users/admin@post-a/user.crt"),
+        dir.join("users/admin@post-a/user.crt"),
+    )
+    .unwrap();
+    let e = revoke_user_certificate(&dir, "admin@post-a", NOW).unwrap_err();
+    assert!(
+        matches!(&e, CertsError::BadFile { reason, .. } if reason.contains("not issued by")),
+        "{e}"
+    );
+    // A certificate of someone else in the user's directory.
+    fs::copy(
+        dir.join("users/analist@post-a/user.crt"),
+        dir.join("users/attache@post-a/user.crt"),
+    )
+    .unwrap();
+    assert!(matches!(
+        revoke_user_certificate(&dir, "attache@post-a", NOW),
+        Err(CertsError::BadFile { .. })
+    ));
+    // A missing organisation CA key.
+    fs::remove_file(dir.join("orgs/post-a/ca.key")).unwrap();
+    let e = revoke_user_certificate(&dir, "analist@post-a", NOW).unwrap_err();
+    assert!(matches!(e, CertsError::Io { .. }), "{e}");
+    assert_eq!(e.exit_code(), 1);
+    assert!(verified_crl(&dir, "post-a", NOW).serials.is_empty());
 }

@@ -126,3 +126,81 @@ fn issue_user_and_usage_errors() {
         assert!(!text(&o.stderr).is_empty());
     }
 }
+
+#[test]
+fn revoke_cert_prints_what_it_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    assert_eq!(run(&["init", "--out", path(out)]).status.code(), Some(0));
+    let crl = out.join("orgs/bz/crl.pem");
+    assert!(
+        std::fs::read_to_string(&crl)
+            .unwrap()
+            .starts_with("-----BEGIN X509 CRL-----")
+    );
+
+    let args = [
+        "revoke-cert",
+        "--dir",
+        path(out),
+        "liaison@bz",
+        "--reason",
+        "laptop lost",
+    ];
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("Revoked the certificate of liaison@bz"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(path(&crl)), "{stdout}");
+    assert!(
+        stdout.contains("number 2, 1 revoked certificate,"),
+        "{stdout}"
+    );
+    // The serial printed is the one a relay compares (16 random bytes, hex).
+    let serial = stdout
+        .split("serial ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap();
+    assert_eq!(serial.len(), 32, "{stdout}");
+    assert!(
+        std::fs::read_to_string(out.join("orgs/bz/crl.log"))
+            .unwrap()
+            .contains(&format!("{serial}\tliaison@bz\tlaptop lost"))
+    );
+
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("already revoked") && stdout.contains(serial),
+        "{stdout}"
+    );
+
+    // Usage errors: unknown user, malformed user, missing USER, bad reason.
+    for args in [
+        &["revoke-cert", "--dir", path(out), "nobody@bz"][..],
+        &["revoke-cert", "--dir", path(out), "nobody"],
+        &["revoke-cert", "--dir", path(out)],
+        &[
+            "revoke-cert",
+            "--dir",
+            path(out),
+            "admin@bz",
+            "--reason",
+            "a\tb",
+        ],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(!text(&o.stderr).is_empty());
+    }
+    // Other errors: the organisation's CA key is missing.
+    std::fs::remove_file(out.join("orgs/bz/ca.key")).unwrap();
+    let o = run(&["revoke-cert", "--dir", path(out), "admin@bz"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("ca.key"), "{}", text(&o.stderr));
+}

@@ -161,6 +161,8 @@ mod tests {
                 records: 10,
                 first_bad: None,
                 reason: None,
+                checkpoints: 1,
+                unsigned_tail: 0,
             }),
         }
     }

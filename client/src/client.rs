@@ -340,6 +340,7 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
         Response::Status(_) => "Status",
         Response::Pong => "Pong",
         Response::Error(_) => "Error",
+        Response::Revoked { .. } => "Revoked",
     };
     ClientError::Protocol(format!("the relay answered {request} with {name}"))
 }

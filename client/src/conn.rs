@@ -398,7 +398,15 @@ impl Subscription {
                 )),
                 quinn::ReadExactError::ReadError(e) => read_error(&self.relay, e),
             })?;
-        Ok(Some(wire::decode_payload(&payload)?))
+        match wire::decode_payload::<Push>(&payload) {
+            Ok(push) => Ok(Some(push)),
+            // A relay that refuses the connection itself (revoked or unknown
+            // certificate) answers the first stream with a Response::Error.
+            Err(e) => match wire::decode_payload::<Response>(&payload) {
+                Ok(Response::Error(code)) => Err(ClientError::Relay(code)),
+                _ => Err(e.into()),
+            },
+        }
     }
 
     /// Like [`next`](Self::next), failing with [`ClientError::Unreachable`] if
@@ -441,6 +449,9 @@ fn tls_alert_meaning(alert: u8) -> Option<&'static str> {
     })
 }
 
+/// QUIC application close code a relay uses when it cuts off a revoked identity.
+pub const REVOKED_CLOSE_CODE: u32 = 7;
+
 /// Classifies a QUIC connection error: TLS refusals are authentication failures
 /// (exit 4), everything else means the relay is unreachable (exit 5).
 pub(crate) fn connection_error(relay: &str, e: &quinn::ConnectionError) -> ClientError {
@@ -472,6 +483,11 @@ pub(crate) fn connection_error(relay: &str, e: &quinn::ConnectionError) -> Clien
             )),
             None => unreachable(format!("connection aborted: {close}")),
         },
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(REVOKED_CLOSE_CODE) =>
+        {
+            ClientError::Relay(ErrorCode::Revoked)
+        }
         quinn::ConnectionError::ApplicationClosed(close) => unreachable(format!(
             "the relay closed the connection ({})",
             String::from_utf8_lossy(&close.reason)

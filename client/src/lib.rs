@@ -20,6 +20,7 @@ pub mod labels;
 pub mod notice;
 pub mod ordering;
 pub mod profile;
+pub mod revoke;
 pub mod store;
 pub mod sync;
 #[cfg(test)]

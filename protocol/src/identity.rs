@@ -838,4 +838,4 @@ fn check_other_sans(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,5 +9,6 @@
 pub mod identity;
 pub mod mls;
 pub mod mls_storage;
+pub mod revocation;
 pub mod validator;
 pub mod wire;

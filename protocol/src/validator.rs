@@ -5,6 +5,7 @@
 
 use crate::identity::{Identity, verify_chain};
 use crate::mls::{CredentialValidator, MemberId, leaf_key_matches};
+use crate::revocation::Revocations;
 
 /// Validates credentials against the federation trust anchors at a fixed time.
 #[derive(Debug, Clone)]
@@ -13,8 +14,8 @@ pub struct FederationValidator<'a> {
     pub anchors: &'a [Vec<u8>],
     /// Unix seconds at which certificates must be valid.
     pub now: u64,
-    /// Revoked certificate serials (lower-case hex), refused by `validate`.
-    pub revoked_serials: &'a [String],
+    /// Revoked identities and certificates, refused by `validate`.
+    pub revoked: &'a Revocations,
 }
 
 impl<'a> FederationValidator<'a> {
@@ -23,7 +24,16 @@ impl<'a> FederationValidator<'a> {
         Self {
             anchors,
             now,
-            revoked_serials: &[],
+            revoked: Revocations::empty(),
+        }
+    }
+
+    /// A validator that also refuses what `revoked` revokes.
+    pub fn with_revocations(anchors: &'a [Vec<u8>], now: u64, revoked: &'a Revocations) -> Self {
+        Self {
+            anchors,
+            now,
+            revoked,
         }
     }
 }
@@ -45,9 +55,7 @@ impl CredentialValidator for FederationValidator<'_> {
         let claimed = leaf_identity(chain, signature_key)?;
         let id = verify_chain(chain, self.anchors, self.now, claimed.kind)
             .map_err(|e| format!("credential of {}: {e}", claimed.id()))?;
-        if self.revoked_serials.contains(&id.serial) {
-            return Err(format!("the certificate of {} is revoked", id.id()));
-        }
+        self.revoked.check(&id)?;
         Ok(id.id())
     }
 

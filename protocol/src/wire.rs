@@ -21,6 +21,8 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+use crate::revocation::RevocationStatement;
+
 /// ALPN protocol id for client ↔ relay connections.
 pub const ALPN_CLIENT: &[u8] = b"kring/1";
 /// ALPN protocol id for relay ↔ relay (federation) connections.
@@ -184,6 +186,13 @@ pub enum Request {
     },
     /// Liveness check.
     Ping,
+    /// Revoke a user of the caller's organisation (org-admins only): the statement is
+    /// signed by the caller's certificate key, accepted by the user's home relay and
+    /// spread to every relay of the federation.
+    Revoke {
+        /// The signed statement.
+        statement: RevocationStatement,
+    },
 }
 
 /// A relay's answer to one [`Request`].
@@ -232,6 +241,15 @@ pub enum Response {
     Pong,
     /// The request was refused or failed.
     Error(ErrorCode),
+    /// A revocation took effect at this relay (durable) and is on its way to `peers`.
+    Revoked {
+        /// The revoked user.
+        user: String,
+        /// Federation peers it was queued for.
+        peers: Vec<String>,
+        /// Communities hubbed here from which the user's removal is being proposed.
+        removals: Vec<String>,
+    },
 }
 
 /// What a client knows about a community without decrypting anything.
@@ -295,6 +313,10 @@ pub struct AuditVerdict {
     pub first_bad: Option<u64>,
     /// What is wrong with it.
     pub reason: Option<String>,
+    /// Signed checkpoints whose relay signature verified.
+    pub checkpoints: u64,
+    /// Records after the last signed checkpoint (hash chain only).
+    pub unsigned_tail: u64,
 }
 
 /// The fate of a filed notice as far as the relay knows it.
@@ -548,6 +570,38 @@ pub enum FedBody {
         /// Why.
         reason: String,
     },
+    /// Any relay → its peers: a revocation statement (flooded: a relay passes on
+    /// what is new to it).
+    Revocation {
+        /// The signed statement.
+        statement: RevocationStatement,
+    },
+    /// Any relay → its peers: an organisation CA's CRL with the CA certificate that
+    /// signed it (flooded like revocations).
+    Crl {
+        /// CRL, DER.
+        crl: Bytes,
+        /// The issuing organisation CA certificate, DER.
+        issuer: Bytes,
+    },
+}
+
+fn check_statement(s: &RevocationStatement) -> Result<(), WireError> {
+    check_qualified_id("user", &s.user)?;
+    check_name("organisation", &s.organisation)?;
+    if s.reason.len() > limits::MAX_REASON {
+        return Err(WireError::Invalid {
+            field: "reason",
+            reason: "too long".into(),
+        });
+    }
+    if s.revoker_chain.len() > 4 || s.signature.len() > 128 {
+        return Err(WireError::Invalid {
+            field: "revoker_chain",
+            reason: "too many certificates or signature too long".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks the bounds of a decoded message.
@@ -636,6 +690,7 @@ impl Validate for Request {
             | Request::NoticeStatus { .. }
             | Request::AuditLog { .. }
             | Request::Ping => Ok(()),
+            Request::Revoke { statement } => check_statement(statement),
         }
     }
 }
@@ -687,7 +742,8 @@ impl Validate for FedRequest {
                             check_qualified_id("user", user)?;
                             check_qualified_id("community", community)?;
                         }
-                        FedBody::Refusal { .. } => {}
+                        FedBody::Refusal { .. } | FedBody::Crl { .. } => {}
+                        FedBody::Revocation { statement } => check_statement(statement)?,
                     }
                 }
                 Ok(())

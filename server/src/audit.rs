@@ -5,6 +5,14 @@
 //! `hash(n) = SHA-256("kring-audit-v1" ‖ hash(n-1) ‖ postcard(record n without hash))`,
 //! with `hash(0)` all zeroes. Records never contain notice content: only ids, labels,
 //! identities and reasons.
+//!
+//! **Signed checkpoints**: every [`CHECKPOINT_EVERY`] records, every
+//! [`CHECKPOINT_INTERVAL`] of activity and at shutdown, the relay appends a
+//! `checkpoint` record whose detail carries an Ed25519 signature with the relay's
+//! certificate key over `"kring-audit-checkpoint-v1" ‖ relay id ‖ n ‖ hash(n)`: whoever
+//! rewrites the chain before a checkpoint must also hold the relay's key. The relay's
+//! certificate is kept in the store (`A/cert`) so that [`verify_signed`] can check
+//! the signatures offline.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +20,13 @@ use crate::error::RelayError;
 use crate::store::{Batch, Engine, decode, keys};
 
 const DOMAIN: &[u8] = b"kring-audit-v1";
+const CHECKPOINT_DOMAIN: &[u8] = b"kring-audit-checkpoint-v1";
+/// A signed checkpoint at least every this many records.
+pub const CHECKPOINT_EVERY: u64 = 64;
+/// ... and at least this often while records are written.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Store key of the relay's certificate chain (leaf first), for offline checks.
+pub const CERT_KEY: &[u8] = b"A/cert";
 
 /// What an audit record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +45,8 @@ pub enum AuditKind {
     Revocation,
     /// A connection refused at the TLS/identity layer.
     Connection,
+    /// A signed checkpoint of the chain.
+    Checkpoint,
 }
 
 impl std::fmt::Display for AuditKind {
@@ -42,6 +59,7 @@ impl std::fmt::Display for AuditKind {
             AuditKind::Link => "link",
             AuditKind::Revocation => "revocation",
             AuditKind::Connection => "connection",
+            AuditKind::Checkpoint => "checkpoint",
         })
     }
 }
@@ -106,11 +124,50 @@ fn record_hash(seq: u64, at: i64, event: &AuditEvent, prev: &[u8; 32]) -> [u8; 3
     out
 }
 
+/// Signs checkpoints with the relay's key.
+pub struct CheckpointSigner {
+    relay: String,
+    key: ring::signature::Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSigner")
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointSigner {
+    /// From the relay id and its certificate's PKCS#8 key.
+    pub fn new(relay: &str, pkcs8: &[u8]) -> Result<Self, RelayError> {
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+            .map_err(|e| RelayError::Store(format!("checkpoint key: {e}")))?;
+        Ok(Self {
+            relay: relay.to_string(),
+            key,
+        })
+    }
+}
+
+fn checkpoint_message(relay: &str, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    [
+        CHECKPOINT_DOMAIN,
+        &(relay.len() as u32).to_be_bytes(),
+        relay.as_bytes(),
+        &seq.to_be_bytes(),
+        hash,
+    ]
+    .concat()
+}
+
 /// The head of the chain, kept in memory by the writer.
 #[derive(Debug, Clone, Default)]
 pub struct AuditHead {
     seq: u64,
     hash: [u8; 32],
+    last_checkpoint: u64,
+    signer: Option<std::sync::Arc<CheckpointSigner>>,
 }
 
 impl AuditHead {
@@ -123,9 +180,64 @@ impl AuditHead {
                 Ok(Self {
                     seq: r.seq,
                     hash: r.hash,
+                    last_checkpoint: if r.event.kind == AuditKind::Checkpoint {
+                        r.seq
+                    } else {
+                        0
+                    },
+                    signer: None,
                 })
             }
         }
+    }
+
+    /// Signs checkpoints from now on.
+    pub fn with_signer(mut self, signer: std::sync::Arc<CheckpointSigner>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Re-reads the head from the store (after a batch was not applied), keeping
+    /// the signer.
+    pub fn reload(&mut self, engine: &dyn Engine) -> Result<(), RelayError> {
+        let signer = self.signer.take();
+        *self = Self::load(engine)?;
+        self.signer = signer;
+        Ok(())
+    }
+
+    /// Whether records were written since the last checkpoint.
+    pub fn unsigned(&self) -> bool {
+        self.seq > self.last_checkpoint
+    }
+
+    /// Appends a signed checkpoint over everything so far (if there is a signer
+    /// and anything new).
+    pub fn checkpoint(&mut self, batch: &mut Batch, at: i64) -> Result<(), RelayError> {
+        let Some(signer) = self.signer.clone() else {
+            return Ok(());
+        };
+        if !self.unsigned() {
+            return Ok(());
+        }
+        let n = self.seq;
+        let sig = signer
+            .key
+            .sign(&checkpoint_message(&signer.relay, n, &self.hash));
+        let event = AuditEvent::new(
+            AuditKind::Checkpoint,
+            signer.relay.clone(),
+            "-",
+            "checkpoint",
+            format!(
+                "signed by relay {} over records 1..={n}: {}",
+                signer.relay,
+                hex::encode(sig.as_ref())
+            ),
+        );
+        self.push(batch, at, event)?;
+        self.last_checkpoint = self.seq;
+        Ok(())
     }
 
     /// Number of records in the chain.
@@ -141,6 +253,14 @@ impl AuditHead {
         at: i64,
         event: AuditEvent,
     ) -> Result<(), RelayError> {
+        self.push(batch, at, event)?;
+        if self.seq - self.last_checkpoint >= CHECKPOINT_EVERY {
+            self.checkpoint(batch, at)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, batch: &mut Batch, at: i64, event: AuditEvent) -> Result<(), RelayError> {
         let seq = self.seq + 1;
         let hash = record_hash(seq, at, &event, &self.hash);
         tracing::info!(target: "kring::audit", seq, kind = %event.kind, actor = %event.actor,
@@ -169,15 +289,44 @@ pub struct AuditBreak {
     pub reason: String,
 }
 
+/// What [`verify_signed`] found in an intact chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Records in the chain.
+    pub records: u64,
+    /// Signed checkpoints whose signature verified.
+    pub checkpoints: u64,
+    /// Records after the last checkpoint (protected by the hash chain only).
+    pub unsigned_tail: u64,
+}
+
 /// Checks the whole chain; returns the number of records, or the first bad one.
 pub fn verify(engine: &dyn Engine) -> Result<Result<u64, AuditBreak>, RelayError> {
+    Ok(verify_signed(engine)?.map(|s| s.records))
+}
+
+/// Checks the whole chain and every checkpoint's signature against the relay
+/// certificate kept in the store; names the first bad record.
+pub fn verify_signed(engine: &dyn Engine) -> Result<Result<ChainSummary, AuditBreak>, RelayError> {
+    let key: Option<(String, Vec<u8>)> = engine
+        .get(CERT_KEY)?
+        .and_then(|v| postcard::from_bytes::<Vec<Vec<u8>>>(&v).ok())
+        .and_then(|chain| chain.first().cloned())
+        .and_then(|leaf| kring_protocol::identity::Identity::from_der(&leaf).ok())
+        .map(|id| (id.name, id.public_key));
+    let mut checkpoints = 0u64;
+    let mut last_checkpoint = 0u64;
     let mut prev = [0u8; 32];
     let mut expected = 1u64;
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = engine.scan(keys::AUDIT, after.as_deref(), 1000)?;
         if page.is_empty() {
-            return Ok(Ok(expected - 1));
+            return Ok(Ok(ChainSummary {
+                records: expected - 1,
+                checkpoints,
+                unsigned_tail: expected - 1 - last_checkpoint,
+            }));
         }
         for (k, v) in &page {
             let rec: AuditRecord = match postcard::from_bytes(v) {
@@ -210,11 +359,41 @@ pub fn verify(engine: &dyn Engine) -> Result<Result<u64, AuditBreak>, RelayError
                     reason: "content does not match its hash (edited)".into(),
                 }));
             }
+            if rec.event.kind == AuditKind::Checkpoint {
+                if let Err(reason) = check_checkpoint(&rec, key.as_ref()) {
+                    return Ok(Err(AuditBreak {
+                        seq: expected,
+                        reason,
+                    }));
+                }
+                checkpoints += 1;
+                last_checkpoint = rec.seq;
+            }
             prev = rec.hash;
             expected += 1;
         }
         after = page.last().map(|(k, _)| k.clone());
     }
+}
+
+fn check_checkpoint(rec: &AuditRecord, key: Option<&(String, Vec<u8>)>) -> Result<(), String> {
+    let Some((relay, public_key)) = key else {
+        return Err(
+            "signed checkpoint, but the store holds no relay certificate to check it".into(),
+        );
+    };
+    let sig = rec
+        .event
+        .detail
+        .rsplit(' ')
+        .next()
+        .and_then(|h| hex::decode(h).ok())
+        .ok_or("checkpoint without a readable signature")?;
+    let n = rec.seq - 1;
+    let msg = checkpoint_message(relay, n, &rec.prev);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(&msg, &sig)
+        .map_err(|_| format!("checkpoint signature over records 1..={n} does not verify with relay {relay}'s key (forged or re-signed)"))
 }
 
 /// Reads records `from..` (at most `limit`).
@@ -297,6 +476,79 @@ mod tests {
         b.delete(keys::audit(2));
         e.apply(b).unwrap();
         assert_eq!(verify(&e).unwrap().unwrap_err().seq, 2);
+    }
+
+    /// A log written by a relay with a real certificate and key (dev PKI), with
+    /// signed checkpoints.
+    fn signed_log(n: u64) -> (tempfile::TempDir, SledEngine, Vec<u8>) {
+        let now = 1_800_000_000;
+        let mut pki = kring_certs_dev::Pki::new(now).unwrap();
+        pki.add_organisation("bz").unwrap();
+        let cert = pki
+            .issue_relay(&kring_certs_dev::RelaySpec::new("bz", "bz"))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = SledEngine::open(dir.path()).unwrap();
+        use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+        let pkcs8 = match PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap() {
+            PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+            _ => panic!("not PKCS#8"),
+        };
+        let signer = std::sync::Arc::new(CheckpointSigner::new("bz", &pkcs8).unwrap());
+        let mut b = Batch::default();
+        b.put_obj(CERT_KEY.to_vec(), &vec![cert.cert_der.clone()])
+            .unwrap();
+        e.apply(b).unwrap();
+        let mut head = AuditHead::load(&e).unwrap().with_signer(signer);
+        for i in 0..n {
+            let mut b = Batch::default();
+            head.append(
+                &mut b,
+                1000 + i as i64,
+                AuditEvent::new(AuditKind::Admin, "a@bz", "c@bz", "x", format!("r{i}")),
+            )
+            .unwrap();
+            e.apply(b).unwrap();
+        }
+        (dir, e, pkcs8)
+    }
+
+    #[test]
+    fn checkpoints_are_signed_and_verified() {
+        let (_d, e, _) = signed_log(CHECKPOINT_EVERY * 2 + 5);
+        let s = verify_signed(&e).unwrap().unwrap();
+        assert_eq!(s.checkpoints, 2);
+        assert_eq!(s.records, CHECKPOINT_EVERY * 2 + 5 + 2);
+        assert_eq!(s.unsigned_tail, 5);
+        // A final checkpoint (as at shutdown) covers the tail.
+        let mut head = AuditHead::load(&e).unwrap();
+        assert!(head.unsigned());
+        let mut b = Batch::default();
+        head.checkpoint(&mut b, 1).unwrap();
+        assert!(b.is_empty(), "no signer: no checkpoint");
+    }
+
+    #[test]
+    fn a_rewritten_chain_fails_at_its_checkpoint() {
+        // Someone without the relay key edits record 3 and recomputes every hash
+        // after it: the chain links again, but the checkpoint signature breaks.
+        let (_d, e, _) = signed_log(CHECKPOINT_EVERY + 3);
+        let mut prev = [0u8; 32];
+        let mut b = Batch::default();
+        for rec in read(&e, 1, 10_000).unwrap() {
+            let mut rec = rec;
+            if rec.seq == 3 {
+                rec.event.detail = "rewritten".into();
+            }
+            rec.prev = prev;
+            rec.hash = record_hash(rec.seq, rec.at, &rec.event, &rec.prev);
+            prev = rec.hash;
+            b.put_obj(keys::audit(rec.seq), &rec).unwrap();
+        }
+        e.apply(b).unwrap();
+        let err = verify_signed(&e).unwrap().unwrap_err();
+        assert_eq!(err.seq, CHECKPOINT_EVERY + 1, "{err}");
+        assert!(err.reason.contains("does not verify"), "{err}");
     }
 
     #[test]

@@ -113,9 +113,12 @@ fn audit_verify(data: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match crate::audit::verify(&engine) {
-        Ok(Ok(n)) => {
-            println!("audit log intact: {n} records");
+    match crate::audit::verify_signed(&engine) {
+        Ok(Ok(s)) => {
+            println!(
+                "audit log intact: {} records, {} signed checkpoint(s) verified, {} record(s) after the last one",
+                s.records, s.checkpoints, s.unsigned_tail
+            );
             ExitCode::SUCCESS
         }
         Ok(Err(b)) => {

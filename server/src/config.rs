@@ -18,6 +18,7 @@
 //! | `idle_timeout_ms` | idle connection timeout (default 60 000) |
 //! | `requests_per_second` | per-identity rate limit (default 200, burst 2× that) |
 //! | `key_packages_per_user` | cap on stored key packages per user (default 100) |
+//! | `crls` | CRL files (DER or PEM) of organisation CAs, re-read when they change |
 //! | `[[peers]]` `id`, `address` | federation peers (used by federation) |
 
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ pub struct RelayToml {
     pub requests_per_second: Option<u32>,
     /// Key package cap per user.
     pub key_packages_per_user: Option<usize>,
+    /// CRL files of organisation CAs.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
     /// Federation peers.
     #[serde(default)]
     pub peers: Vec<PeerToml>,
@@ -103,6 +107,8 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Federation peers.
     pub peers: Vec<PeerToml>,
+    /// CRL files (resolved paths); they may not exist yet.
+    pub crls: Vec<PathBuf>,
 }
 
 /// Resource limits of a relay.
@@ -269,6 +275,7 @@ impl RelayConfig {
             data_dir: resolve(&raw.data_dir),
             limits,
             peers: raw.peers,
+            crls: raw.crls.iter().map(|p| resolve(p)).collect(),
         })
     }
 }

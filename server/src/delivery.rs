@@ -41,6 +41,11 @@ pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: 
     info!("subscription opened");
     loop {
         changes.mark_unchanged();
+        if relay.revocations().check(&caller.identity).is_err() {
+            info!("subscription closed: identity revoked");
+            let _ = push(&mut send, &Push::Closed(ErrorCode::Revoked), max).await;
+            return;
+        }
         let more = match round(
             &relay,
             &caller,

@@ -38,6 +38,7 @@ use crate::groups;
 use crate::net::{read_frame, write_frame};
 use crate::records::{CommunityRecord, NoticeRecord, WelcomeRecord};
 use crate::relay::{Relay, Writer, home_relay, now};
+use crate::revocation::PeerInfo;
 use crate::store::{Batch, Engine, decode, get_obj};
 
 /// How long a forwarded commit or key package fetch may take, link set-up included.
@@ -83,6 +84,7 @@ pub struct Peer {
     accreditation: Mutex<Option<Clearance>>,
     conn: Mutex<Option<quinn::Connection>>,
     link: watch::Sender<u64>,
+    info: Mutex<Option<PeerInfo>>,
 }
 
 impl Peer {
@@ -93,7 +95,11 @@ impl Peer {
             .flatten()
             .and_then(|t| t.parse().ok());
         let (link, _) = watch::channel(0);
+        let info = get_obj::<PeerInfo>(engine, &crate::revocation::keys::peer_info(id))
+            .ok()
+            .flatten();
         Self {
+            info: Mutex::new(info),
             id: id.to_string(),
             address,
             cap,
@@ -115,6 +121,11 @@ impl Peer {
             (Some(g), Some(cap)) => kring_policy::meet(&g, cap).ok(),
             (g, _) => g,
         }
+    }
+
+    /// The peer's organisation and CA as its certificate said when last seen.
+    pub fn info(&self) -> Option<PeerInfo> {
+        self.info.lock().ok().and_then(|i| i.clone())
     }
 
     /// The live connection, if the link is up.
@@ -286,6 +297,15 @@ async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, i
     if let Ok(mut a) = peer.accreditation.lock() {
         *a = granted.clone();
     }
+    let info = PeerInfo {
+        organisation: identity.organisation.clone(),
+        ca: crate::net::peer_chain(&conn)
+            .and_then(|c| c.get(1).cloned())
+            .unwrap_or_default(),
+    };
+    if let Ok(mut i) = peer.info.lock() {
+        *i = Some(info.clone());
+    }
     let accreditation = peer.accreditation();
     let text = accreditation
         .as_ref()
@@ -295,6 +315,7 @@ async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, i
         if let Some(a) = &granted {
             b.put_obj(keys::accreditation(&peer.id), &a.to_string())?;
         }
+        b.put_obj(crate::revocation::keys::peer_info(&peer.id), &info)?;
         w.audit.append(
             b,
             now(),
@@ -582,11 +603,14 @@ fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
 /// Applies items from `peer` exactly once each, then makes them durable.
 async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u64, RelayError> {
     let mut upto = get_u64(relay.engine(), &keys::applied(peer))?;
+    let mut revocations_changed = false;
     for item in items {
         if item.seq <= upto {
             continue; // already applied: a retry after a lost ack
         }
         let seq = item.seq;
+        revocations_changed |=
+            matches!(item.body, FedBody::Revocation { .. } | FedBody::Crl { .. });
         let applied = relay.write(|w, b| {
             apply_item(relay, w, b, peer, item.body)?;
             b.put_obj(keys::applied(peer), &seq)?;
@@ -614,6 +638,9 @@ async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u
         upto = seq;
     }
     relay.durable().await?;
+    if revocations_changed {
+        relay.enforce_soon();
+    }
     Ok(upto)
 }
 
@@ -721,6 +748,12 @@ fn apply_item(
                     ratchet_tree,
                 },
             )
+        }
+        FedBody::Revocation { statement } => {
+            crate::revocation::apply_statement(relay, w, b, peer, &statement)
+        }
+        FedBody::Crl { crl, issuer } => {
+            crate::revocation::accept_crl(relay, w, b, &crl, &issuer, Some(peer)).map(|_| ())
         }
         FedBody::Refusal {
             notice_id,

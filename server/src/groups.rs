@@ -15,6 +15,7 @@ use kring_protocol::mls::{
     CredentialValidator, Handshake, MlsError, RelayGroup, VerifiedHandshake, verify_key_package,
 };
 use kring_protocol::mls_storage::{KvBackend, KvBatch, KvStorage};
+use kring_protocol::revocation::Revocations;
 use kring_protocol::validator::FederationValidator;
 use kring_protocol::wire::ErrorCode;
 use openmls::prelude::tls_codec::Deserialize as _;
@@ -233,9 +234,10 @@ pub fn process_handshake(
     message: &[u8],
     anchors: &[Vec<u8>],
     now: u64,
+    revoked: &Revocations,
 ) -> Result<Staged, RelayError> {
     let storage = KvStorage::new(overlay.clone());
-    let validator = FederationValidator::new(anchors, now);
+    let validator = FederationValidator::with_revocations(anchors, now, revoked);
     let group = RelayGroup::load(&storage, community)
         .map_err(mls_refusal)?
         .ok_or_else(|| RelayError::Store(format!("community {community} has no group state")))?;
@@ -322,4 +324,80 @@ pub fn read_application(message: &[u8]) -> Result<AppInfo, String> {
         epoch: private.epoch().as_u64(),
         aad: private.aad().to_vec(),
     })
+}
+
+/// A removal the hub proposed as the community's external sender.
+#[derive(Debug, Clone)]
+pub struct ProposedRemoval {
+    /// The member to remove.
+    pub member: String,
+    /// Why (the credential check that failed: revoked, expired).
+    pub reason: String,
+    /// The proposal (PublicMessage bytes) to append to the log.
+    pub message: Vec<u8>,
+    /// The epoch it was proposed in.
+    pub epoch: u64,
+}
+
+/// As the hub: proposes the removal of every member whose credential no longer
+/// passes the federation validator with `revoked` (revoked identity or certificate,
+/// expired certificate), unless already proposed in this epoch. The proposals are
+/// queued in the group state in `overlay`.
+pub fn propose_invalid_removals(
+    overlay: &Overlay,
+    community: &str,
+    anchors: &[Vec<u8>],
+    now: u64,
+    revoked: &Revocations,
+    hub: &kring_protocol::mls::CertSigner,
+) -> Result<Vec<ProposedRemoval>, RelayError> {
+    let storage = KvStorage::new(overlay.clone());
+    let validator = FederationValidator::with_revocations(anchors, now, revoked);
+    let Some(mut group) = RelayGroup::load(&storage, community).map_err(mls_refusal)? else {
+        return Ok(Vec::new());
+    };
+    let invalid = group.invalid_members(&validator);
+    if invalid.is_empty() {
+        return Ok(Vec::new());
+    }
+    let members = group.members(&validator).map_err(mls_refusal)?;
+    let mut out = Vec::new();
+    for (leaf, reason) in invalid {
+        let Some(member) = members.iter().find(|m| m.leaf_index == leaf) else {
+            continue;
+        };
+        let epoch = group.epoch();
+        match group.propose_remove(
+            &RustCrypto::default(),
+            &storage,
+            &validator,
+            hub,
+            &member.id,
+        ) {
+            Ok(message) => out.push(ProposedRemoval {
+                member: member.id.clone(),
+                reason,
+                message,
+                epoch,
+            }),
+            // Already proposed in this epoch: nothing to do until the next one.
+            Err(MlsError::Forbidden(_)) => {}
+            Err(e) => return Err(mls_refusal(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a stored key package before handing it out: still a valid key package
+/// whose credential is neither revoked nor expired.
+pub fn check_key_package_credential(
+    bytes: &[u8],
+    anchors: &[Vec<u8>],
+    now: u64,
+    revoked: &Revocations,
+) -> Result<(), String> {
+    let validator = FederationValidator::with_revocations(anchors, now, revoked);
+    verify_key_package(&RustCrypto::default(), &validator, bytes)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

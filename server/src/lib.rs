@@ -25,6 +25,7 @@ pub mod groups;
 pub mod net;
 pub mod records;
 pub mod relay;
+pub mod revocation;
 pub mod store;
 pub mod tls;
 
@@ -74,6 +75,20 @@ pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
         .endpoint
         .set((endpoint.clone(), tls::peer_client_config(&config)?));
     federation::start_links(&relay);
+    tokio::spawn(revocation::enforce_loop(relay.clone(), config.crls.clone()));
+    tokio::spawn({
+        let relay = relay.clone();
+        async move {
+            let mut tick = tokio::time::interval(audit::CHECKPOINT_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = relay.checkpoint().await {
+                    tracing::error!(error = %e, "cannot write an audit checkpoint");
+                }
+            }
+        }
+    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         net::serve(relay.clone(), endpoint, async {

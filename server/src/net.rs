@@ -107,7 +107,7 @@ pub async fn serve(
         .ok();
 }
 
-fn peer_chain(conn: &quinn::Connection) -> Option<Vec<Vec<u8>>> {
+pub(crate) fn peer_chain(conn: &quinn::Connection) -> Option<Vec<Vec<u8>>> {
     let any = conn.peer_identity()?;
     let certs = any
         .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
@@ -256,6 +256,7 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::NoticeStatus { .. } => "notice-status",
         Request::AuditLog { .. } => "audit-log",
         Request::Ping => "ping",
+        Request::Revoke { .. } => "revoke",
     }
 }
 

@@ -6,11 +6,12 @@
 //! tasks. Decisions themselves are plain functions in [`crate::decide`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use kring_policy::{Clearance, Label};
 use kring_protocol::identity::{Identity, IdentityKind};
+use kring_protocol::revocation::Revocations;
 use kring_protocol::wire::{
     CommunitySummary, EntryKind, ErrorCode, FedBody, LogEntry, NoticeStatus, Request, Response,
 };
@@ -63,6 +64,9 @@ struct Bucket {
     last: Instant,
 }
 
+/// A registered client connection: its id, the connection, and who it is.
+type LiveConnection = (usize, quinn::Connection, Identity);
+
 /// Keeps a connection registered while it lives (for revocation cut-off).
 #[derive(Debug)]
 pub struct Registration {
@@ -76,7 +80,7 @@ impl Drop for Registration {
         if let Ok(mut conns) = self.relay.conns.lock()
             && let Some(list) = conns.get_mut(&self.id)
         {
-            list.retain(|(id, _)| *id != self.conn_id);
+            list.retain(|(id, _, _)| *id != self.conn_id);
             if list.is_empty() {
                 conns.remove(&self.id);
             }
@@ -100,13 +104,18 @@ pub struct Relay {
     durability: Durability,
     writer: Mutex<Writer>,
     changes: watch::Sender<u64>,
-    conns: Mutex<HashMap<String, Vec<(usize, quinn::Connection)>>>,
+    conns: Mutex<HashMap<String, Vec<LiveConnection>>>,
+    revocations: RwLock<Revocations>,
+    enforce: watch::Sender<u64>,
     rate: Mutex<HashMap<String, Bucket>>,
     /// Federation peers by id.
     pub peers: std::collections::BTreeMap<String, Arc<crate::federation::Peer>>,
     /// The QUIC endpoint (for dialling peers), set once bound.
     pub endpoint: std::sync::OnceLock<(quinn::Endpoint, quinn::ClientConfig)>,
 }
+
+/// QUIC application close code of a connection cut off by revocation.
+pub const REVOKED_CLOSE_CODE: u32 = 7;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
@@ -120,14 +129,25 @@ fn internal(e: impl std::fmt::Display) -> RelayError {
 impl Relay {
     /// Opens the store and builds the relay. Must run inside a tokio runtime.
     pub fn open(config: &RelayConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>, RelayError> {
-        let audit = AuditHead::load(engine.as_ref())?;
+        let signer = Arc::new(crate::audit::CheckpointSigner::new(
+            &config.identity.name,
+            &config.key_pkcs8,
+        )?);
+        let audit = AuditHead::load(engine.as_ref())?.with_signer(signer);
+        let chain: Vec<Vec<u8>> = config.cert_chain.iter().map(|c| c.to_vec()).collect();
+        let mut cert_batch = Batch::default();
+        cert_batch.put_obj(crate::audit::CERT_KEY.to_vec(), &chain)?;
+        engine.apply(cert_batch)?;
+        let anchors: Vec<Vec<u8>> = config.anchors.iter().map(|a| a.to_vec()).collect();
+        let revocations = crate::revocation::load(engine.as_ref(), &anchors)?;
+        let (enforce, _) = watch::channel(0);
         let durability = Durability::start(engine.clone());
         let (changes, _) = watch::channel(0);
         Ok(Arc::new(Self {
             id: config.identity.name.clone(),
             organisation: config.identity.organisation.clone(),
             accreditation: config.accreditation.clone(),
-            anchors: config.anchors.iter().map(|a| a.to_vec()).collect(),
+            anchors,
             limits: config.limits.clone(),
             cert_chain: config.cert_chain.iter().map(|c| c.to_vec()).collect(),
             key_pkcs8: config.key_pkcs8.clone(),
@@ -140,6 +160,8 @@ impl Relay {
             changes,
             conns: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
+            revocations: RwLock::new(revocations),
+            enforce,
             peers: config
                 .peers
                 .iter()
@@ -173,13 +195,84 @@ impl Relay {
     pub fn anchors(&self) -> &[Vec<u8>] {
         &self.anchors
     }
+    /// This relay's organisation.
+    pub fn organisation(&self) -> &str {
+        &self.organisation
+    }
+    /// The store, shared.
+    pub fn engine_arc(&self) -> Arc<dyn Engine> {
+        self.engine.clone()
+    }
+    /// The revocations this relay enforces.
+    pub fn revocations(&self) -> RwLockReadGuard<'_, Revocations> {
+        self.revocations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    /// The revocation set, for [`crate::revocation`] to extend (never shrink).
+    pub fn revocations_mut(&self) -> RwLockWriteGuard<'_, Revocations> {
+        self.revocations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    /// Asks the enforcement task to run (after a revocation or a hub commit).
+    pub fn enforce_soon(&self) {
+        self.enforce.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    /// What the enforcement task waits on.
+    pub fn enforce_signal(&self) -> watch::Receiver<u64> {
+        self.enforce.subscribe()
+    }
+    /// Organisation CA certificates this relay knows: its own and its peers'.
+    pub fn known_cas(&self) -> Vec<Vec<u8>> {
+        let mut cas: Vec<Vec<u8>> = self.cert_chain.iter().skip(1).cloned().collect();
+        cas.extend(
+            self.peers
+                .values()
+                .filter_map(|p| p.info())
+                .map(|i| i.ca)
+                .filter(|ca| !ca.is_empty()),
+        );
+        cas
+    }
+    /// Closes every live connection whose certificate is now revoked; returns who
+    /// was cut off and why. Their delivery tasks end with the connection.
+    pub fn cut_off_revoked(&self) -> Vec<(String, String)> {
+        let revoked = self.revocations();
+        let mut out = Vec::new();
+        if let Ok(conns) = self.conns.lock() {
+            for (id, list) in conns.iter() {
+                for (_, conn, identity) in list {
+                    if let Err(why) = revoked.check(identity) {
+                        conn.close(REVOKED_CLOSE_CODE.into(), b"revoked");
+                        out.push((id.clone(), why));
+                    }
+                }
+            }
+        }
+        drop(revoked);
+        if !out.is_empty() {
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        out
+    }
     /// A receiver that changes whenever a log, welcome or cursor changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
+    /// Appends a signed audit checkpoint if records were written since the last one,
+    /// and makes it durable.
+    pub async fn checkpoint(&self) -> Result<(), RelayError> {
+        self.write(|w, b| w.audit.checkpoint(b, now()))?;
+        self.durable().await
+    }
+
     /// Flushes and stops the store (graceful shutdown).
     pub async fn shutdown(&self) -> Result<(), RelayError> {
+        if let Err(e) = self.write(|w, b| w.audit.checkpoint(b, now())) {
+            tracing::error!(error = %e, "cannot write the final audit checkpoint");
+        }
         self.durability.stop().await
     }
 
@@ -194,6 +287,17 @@ impl Relay {
                 .map_err(|e| ErrorCode::Unauthenticated {
                     reason: e.to_string(),
                 })?;
+        let revoked = self.revocations().check(&id);
+        if let Err(why) = revoked {
+            self.audit_now(AuditEvent::new(
+                AuditKind::Revocation,
+                id.id(),
+                self.id.clone(),
+                "connect-refused",
+                why,
+            ));
+            return Err(ErrorCode::Revoked);
+        }
         // A user connects to their home relay only, and a relay serves only users of
         // its own organisation: another organisation's CA cannot mint users here.
         if id.kind == IdentityKind::User
@@ -220,10 +324,11 @@ impl Relay {
     ) -> Registration {
         let conn_id = conn.stable_id();
         if let Ok(mut conns) = self.conns.lock() {
-            conns
-                .entry(caller.id.clone())
-                .or_default()
-                .push((conn_id, conn));
+            conns.entry(caller.id.clone()).or_default().push((
+                conn_id,
+                conn,
+                caller.identity.clone(),
+            ));
         }
         Registration {
             relay: self.clone(),
@@ -281,14 +386,14 @@ impl Relay {
                 if !batch.is_empty()
                     && let Err(e) = self.engine.apply(batch)
                 {
-                    w.audit = AuditHead::load(self.engine.as_ref())?;
+                    w.audit.reload(self.engine.as_ref())?;
                     return Err(e);
                 }
                 Ok(v)
             }
             Err(e) => {
                 // Nothing was applied: the audit head may have advanced in memory.
-                w.audit = AuditHead::load(self.engine.as_ref())?;
+                w.audit.reload(self.engine.as_ref())?;
                 Err(e)
             }
         }
@@ -324,7 +429,11 @@ impl Relay {
     pub async fn handle(&self, caller: &Caller, request: Request) -> Response {
         let action = crate::net::request_kind(&request);
         let subject = request_subject(&request);
-        let result = self.dispatch(caller, request).await;
+        let result = if self.revocations().check(&caller.identity).is_err() {
+            Err(RelayError::Refused(ErrorCode::Revoked))
+        } else {
+            self.dispatch(caller, request).await
+        };
         match result {
             Ok(r) => r,
             Err(e) => {
@@ -393,6 +502,9 @@ impl Relay {
                 limit,
                 verify,
             } => self.audit_log(caller, from, limit, verify),
+            Request::Revoke { statement } => {
+                crate::revocation::revoke(self, caller, statement).await
+            }
             Request::Subscribe => Err(ErrorCode::BadRequest {
                 reason: "subscribe is handled on its own stream".into(),
             }
@@ -467,6 +579,9 @@ impl Relay {
         requester: &str,
         user: &str,
     ) -> Result<Response, RelayError> {
+        if self.revocations().user_revoked(user).is_some() {
+            return Err(ErrorCode::Revoked.into());
+        }
         let kp = self.write(|w, b| {
             let found = self.engine.scan(&keys::key_package_prefix(user), None, 1)?;
             let kp = if let Some((k, v)) = found.into_iter().next() {
@@ -494,6 +609,22 @@ impl Relay {
             Ok(kp)
         })?;
         self.durable().await?;
+        // A key package whose certificate was revoked (CRL) or expired since it was
+        // published is not handed out.
+        let checked = {
+            let revoked = self.revocations();
+            groups::check_key_package_credential(&kp, &self.anchors, now() as u64, &revoked)
+        };
+        if let Err(reason) = checked {
+            self.audit_now(AuditEvent::new(
+                AuditKind::Refusal,
+                requester,
+                user,
+                "fetch-key-package",
+                format!("stored key package withheld: {reason}"),
+            ));
+            return Err(ErrorCode::Revoked.into());
+        }
         Ok(Response::KeyPackage { key_package: kp })
     }
 
@@ -654,14 +785,21 @@ impl Relay {
                 Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => rec,
                 _ => return Err(ErrorCode::NotMember.into()),
             };
+            if self.revocations().user_revoked(sender).is_some() {
+                return Err(ErrorCode::Revoked.into());
+            }
             let overlay = groups::Overlay::new(self.engine.clone());
-            let staged = groups::process_handshake(
-                &overlay,
-                community,
-                message,
-                &self.anchors,
-                now() as u64,
-            )?;
+            let staged = {
+                let revoked = self.revocations();
+                groups::process_handshake(
+                    &overlay,
+                    community,
+                    message,
+                    &self.anchors,
+                    now() as u64,
+                    &revoked,
+                )?
+            };
             if staged.sender != sender {
                 return Err(ErrorCode::Unauthenticated {
                     reason: format!(
@@ -778,6 +916,9 @@ impl Relay {
             Ok((seq, rec.epoch))
         })?;
         self.durable().await?;
+        // A commit starts a new epoch: removals proposed in the old one are void and
+        // must be proposed again if still due.
+        self.enforce_soon();
         Ok(Response::Accepted { seq, epoch })
     }
 
@@ -863,6 +1004,17 @@ impl Relay {
     /// At the hub: queues a new log entry for every other relay with members in the
     /// community (and `extra` relays, e.g. of members just removed), withholding a
     /// notice from a relay whose accreditation does not admit its label.
+    /// [`Self::fan_out`] of a new entry to the relays with members.
+    pub fn fan_out_entry(
+        &self,
+        w: &mut Writer,
+        b: &mut Batch,
+        rec: &CommunityRecord,
+        entry: &LogEntry,
+    ) -> Result<(), RelayError> {
+        self.fan_out(w, b, rec, entry, &[])
+    }
+
     fn fan_out(
         &self,
         w: &mut Writer,
@@ -1126,6 +1278,9 @@ impl Relay {
             Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => rec,
             _ => return Err(ErrorCode::NotMember.into()),
         };
+        if self.revocations().user_revoked(sender).is_some() {
+            return Err(ErrorCode::Revoked.into());
+        }
         if let Some(prev) =
             get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
         {
@@ -1294,16 +1449,20 @@ impl Relay {
             .collect();
         let total = crate::audit::AuditHead::load(self.engine.as_ref())?.seq();
         let verify = if verify {
-            Some(match crate::audit::verify(self.engine.as_ref())? {
-                Ok(n) => kring_protocol::wire::AuditVerdict {
-                    records: n,
+            Some(match crate::audit::verify_signed(self.engine.as_ref())? {
+                Ok(s) => kring_protocol::wire::AuditVerdict {
+                    records: s.records,
                     first_bad: None,
                     reason: None,
+                    checkpoints: s.checkpoints,
+                    unsigned_tail: s.unsigned_tail,
                 },
                 Err(b) => kring_protocol::wire::AuditVerdict {
                     records: b.seq.saturating_sub(1),
                     first_bad: Some(b.seq),
                     reason: Some(b.reason),
+                    checkpoints: 0,
+                    unsigned_tail: 0,
                 },
             })
         } else {

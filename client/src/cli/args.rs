@@ -39,7 +39,7 @@ pub enum Command {
     /// Labels: parse, explain, decide.
     #[command(subcommand)]
     Label(LabelCommand),
-    /// Organisation administration: the relay's audit log (revoke: not yet available).
+    /// Organisation administration: revoke a user, read the relay's audit log.
     #[command(subcommand)]
     Admin(AdminCommand),
 }
@@ -246,11 +246,13 @@ pub enum LabelCommand {
 /// `kring admin ...`.
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Revoke a user's certificate (org-admin only; not yet available).
+    /// Revoke a user of your organisation everywhere in the federation (org-admin
+    /// only): their connections are closed, they cannot reconnect, and they are
+    /// removed from every community they were in.
     Revoke {
-        /// The user.
+        /// The user, NAME@RELAY.
         user: String,
-        /// Why.
+        /// Why (written to every relay's audit log).
         #[arg(long)]
         reason: String,
     },

@@ -65,7 +65,10 @@ pub fn record_line(r: &AuditRecordView) -> String {
 /// The last line of `--verify`.
 pub fn verdict_line(v: &AuditVerdict) -> String {
     match v.first_bad {
-        None => format!("audit chain intact: {} records", v.records),
+        None => format!(
+            "audit chain intact: {} records, {} signed checkpoint(s) verified, {} record(s) after the last one",
+            v.records, v.checkpoints, v.unsigned_tail
+        ),
         Some(bad) => format!(
             "audit chain BROKEN at record {bad}: {}",
             printable(v.reason.as_deref().unwrap_or("no reason given"))
@@ -178,10 +181,12 @@ mod tests {
             records: 12,
             first_bad: None,
             reason: None,
+            checkpoints: 2,
+            unsigned_tail: 3,
         };
         assert_eq!(
             json_line(&VerdictLine { verify: &intact }),
-            r#"{"verify":{"records":12,"first_bad":null,"reason":null}}"#
+            r#"{"verify":{"records":12,"first_bad":null,"reason":null,"checkpoints":2,"unsigned_tail":3}}"#
         );
     }
 
@@ -191,12 +196,19 @@ mod tests {
             records: 12,
             first_bad: None,
             reason: None,
+            checkpoints: 2,
+            unsigned_tail: 3,
         };
-        assert_eq!(verdict_line(&intact), "audit chain intact: 12 records");
+        assert_eq!(
+            verdict_line(&intact),
+            "audit chain intact: 12 records, 2 signed checkpoint(s) verified, 3 record(s) after the last one"
+        );
         let broken = AuditVerdict {
             records: 4,
             first_bad: Some(5),
             reason: Some("hash mismatch".into()),
+            checkpoints: 0,
+            unsigned_tail: 0,
         };
         assert_eq!(
             verdict_line(&broken),

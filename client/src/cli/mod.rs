@@ -172,9 +172,6 @@ pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         Command::Label(LabelCommand::Check { label, clearance }) => {
             label_check(&label, clearance.as_deref(), out)
         }
-        Command::Admin(AdminCommand::Revoke { .. }) => {
-            Err(ClientError::NotYetAvailable("kring admin revoke"))
-        }
         Command::Notice(NoticeCommand::Forward { .. }) => {
             Err(ClientError::NotYetAvailable("kring notice forward"))
         }
@@ -242,7 +239,28 @@ async fn run_with_client(
         Command::Admin(AdminCommand::Audit { verify, json }) => {
             return audit::run(client, verify, json, out).await;
         }
-        Command::Label(_) | Command::Admin(AdminCommand::Revoke { .. }) => {
+        Command::Admin(AdminCommand::Revoke { user, reason }) => {
+            let r = client.revoke(&user, &reason).await?;
+            out.line(&format!(
+                "revoked {}: relay {} has cut them off and refuses them from now on",
+                r.user, r.relay
+            ));
+            if r.peers.is_empty() {
+                out.line("no federation peers to tell");
+            } else {
+                out.line(&format!(
+                    "the revocation is on its way to relay(s) {}",
+                    r.peers.join(", ")
+                ));
+            }
+            if !r.removals.is_empty() {
+                out.line(&format!(
+                    "removal proposed in {} (committed by the first member online)",
+                    r.removals.join(", ")
+                ));
+            }
+        }
+        Command::Label(_) => {
             return Err(ClientError::Usage("unexpected command".into()));
         }
     }
@@ -566,15 +584,10 @@ mod tests {
 
     #[test]
     fn unavailable_commands_are_usage_errors() {
-        for args in [
-            &["notice", "forward", "x", "--to", "c@bz"][..],
-            &["admin", "revoke", "a@bz", "--reason", "r"][..],
-        ] {
-            let (code, _) = run_cli(args);
-            let err = code.unwrap_err();
-            assert_eq!(err.exit_code(), 2, "{args:?}");
-            assert!(err.to_string().contains("not yet available"), "{err}");
-        }
+        let (code, _) = run_cli(&["notice", "forward", "x", "--to", "c@bz"]);
+        let err = code.unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("not yet available"), "{err}");
     }
 
     #[test]

@@ -13,24 +13,24 @@ use time::OffsetDateTime;
 use super::der::{self, tag};
 use super::*;
 
-const NOW: u64 = 1_750_000_000;
-const DAY: i64 = 86_400;
+pub(crate) const NOW: u64 = 1_750_000_000;
+pub(crate) const DAY: i64 = 86_400;
 
-fn at(unix: i64) -> OffsetDateTime {
+pub(crate) fn at(unix: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix).unwrap()
 }
 
-fn clearance(text: &str) -> Clearance {
+pub(crate) fn clearance(text: &str) -> Clearance {
     Clearance::from_str(text).unwrap()
 }
 
-struct Ca {
-    der: Vec<u8>,
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
+pub(crate) struct Ca {
+    pub(crate) der: Vec<u8>,
+    pub(crate) pem: String,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
 }
 
-fn ca_params(cn: &str, org: &str, path_len: u8) -> CertificateParams {
+pub(crate) fn ca_params(cn: &str, org: &str, path_len: u8) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -43,7 +43,7 @@ fn ca_params(cn: &str, org: &str, path_len: u8) -> CertificateParams {
     p
 }
 
-fn root(name: &str) -> Ca {
+pub(crate) fn root(name: &str) -> Ca {
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let params = ca_params(name, "federation", 1);
     let cert = params.self_signed(&key).unwrap();
@@ -54,7 +54,7 @@ fn root(name: &str) -> Ca {
     }
 }
 
-fn org_ca(root: &Ca, org: &str) -> Ca {
+pub(crate) fn org_ca(root: &Ca, org: &str) -> Ca {
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let mut params = ca_params(&format!("CA {org}"), org, 0);
     params.use_authority_key_identifier_extension = true;
@@ -67,28 +67,28 @@ fn org_ca(root: &Ca, org: &str) -> Ca {
 }
 
 /// A test federation: a root and two organisation CAs.
-struct Fed {
-    root: Ca,
-    bz: Ca,
-    nctv: Ca,
+pub(crate) struct Fed {
+    pub(crate) root: Ca,
+    pub(crate) bz: Ca,
+    pub(crate) nctv: Ca,
 }
 
-fn fed() -> Fed {
+pub(crate) fn fed() -> Fed {
     let root = root("Test root");
     let bz = org_ca(&root, "bz");
     let nctv = org_ca(&root, "nctv");
     Fed { root, bz, nctv }
 }
 
-fn uri(s: &str) -> SanType {
+pub(crate) fn uri(s: &str) -> SanType {
     SanType::URI(s.to_string().try_into().unwrap())
 }
 
-fn dns(s: &str) -> SanType {
+pub(crate) fn dns(s: &str) -> SanType {
     SanType::DnsName(s.to_string().try_into().unwrap())
 }
 
-fn sda(clearance: Option<&str>, roles: &[&str]) -> Option<CustomExtension> {
+pub(crate) fn sda(clearance: Option<&str>, roles: &[&str]) -> Option<CustomExtension> {
     let c = clearance.map(self::clearance);
     let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
     encode_subject_directory_attributes(c.as_ref(), &roles)
@@ -96,7 +96,7 @@ fn sda(clearance: Option<&str>, roles: &[&str]) -> Option<CustomExtension> {
         .map(|v| CustomExtension::from_oid_content(&OID_SUBJECT_DIRECTORY_ATTRIBUTES, v))
 }
 
-fn user_params(name: &str, relay: &str, org: &str) -> CertificateParams {
+pub(crate) fn user_params(name: &str, relay: &str, org: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -115,7 +115,7 @@ fn user_params(name: &str, relay: &str, org: &str) -> CertificateParams {
     p
 }
 
-fn relay_params(id: &str, org: &str) -> CertificateParams {
+pub(crate) fn relay_params(id: &str, org: &str) -> CertificateParams {
     let mut p = user_params(id, id, org);
     p.subject_alt_names = vec![
         uri(&format!("kring:relay:{id}")),
@@ -126,12 +126,12 @@ fn relay_params(id: &str, org: &str) -> CertificateParams {
     p
 }
 
-struct Leaf {
-    der: Vec<u8>,
-    key: KeyPair,
+pub(crate) struct Leaf {
+    pub(crate) der: Vec<u8>,
+    pub(crate) key: KeyPair,
 }
 
-fn sign(params: &CertificateParams, ca: &Ca) -> Leaf {
+pub(crate) fn sign(params: &CertificateParams, ca: &Ca) -> Leaf {
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let der = params.signed_by(&key, &ca.issuer).unwrap().der().to_vec();
     Leaf { der, key }
@@ -1173,7 +1173,7 @@ fn organisation_ca_may_only_issue_for_its_organisation() {
     );
 }
 
-fn crl(ca: &Ca, revoked: &[&[u8]], next_update: i64) -> Vec<u8> {
+pub(crate) fn crl(ca: &Ca, revoked: &[&[u8]], next_update: i64) -> Vec<u8> {
     CertificateRevocationListParams {
         this_update: at(NOW as i64 - DAY),
         next_update: at(next_update),

@@ -1,0 +1,450 @@
+//! Revocation (SPEC §2, §4): signed revocation statements by org-admins, CRLs
+//! published by organisation CAs, and the set of revocations a relay enforces.
+//!
+//! * A [`RevocationStatement`] revokes a **user identity** (`NAME@RELAY`) for good:
+//!   every certificate of that identity, past and future. It is signed with the
+//!   org-admin's certificate key and carries the org-admin's chain, so any relay of
+//!   the federation can check it on its own ([`RevocationStatement::verify`]).
+//!   Re-admitting the person means a new user name.
+//! * A CRL revokes **certificates** (by issuer organisation and serial number). A
+//!   relay accepts one only with its issuing organisation CA, verified against the
+//!   federation anchors ([`verify_crl`]).
+//! * [`Revocations`] is what a relay enforces: it answers "is this identity
+//!   revoked, and why" for a certificate ([`Revocations::check`]) or, where only the
+//!   id is known, for a user id ([`Revocations::user_revoked`]).
+//!
+//! Everything here is pure: callers pass bytes and the current time in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+use x509_parser::time::ASN1Time;
+
+use crate::identity::{
+    self, Identity, IdentityKind, MAX_CERT_DER_LEN, MAX_CHAIN_LEN, MAX_CRL_LEN, ROLE_ORG_ADMIN,
+};
+
+/// Domain separator of the signed bytes of a statement.
+const DOMAIN: &[u8] = b"kring-revocation-v1";
+/// Longest reason accepted (bytes).
+pub const MAX_REASON_LEN: usize = 512;
+/// Most revoked serial numbers accepted in one CRL.
+pub const MAX_CRL_ENTRIES: usize = 100_000;
+/// How far in the future a statement's time may lie (clock skew), seconds.
+pub const MAX_CLOCK_SKEW: i64 = 300;
+
+/// What is wrong with a revocation statement or a CRL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevocationError {
+    /// A field is empty, too long or malformed.
+    #[error("invalid revocation statement: {0}")]
+    Invalid(String),
+    /// The org-admin's certificate chain does not verify.
+    #[error("the revoker's certificate is not valid: {0}")]
+    Revoker(String),
+    /// The signer is not an org-admin.
+    #[error("{0} is not an org-admin (the certificate has no org-admin role)")]
+    NotOrgAdmin(String),
+    /// The user belongs to another organisation than the org-admin's.
+    #[error(
+        "{user} is a user of organisation {user_org}; only org-admins of {user_org} may revoke it (the revoker is of {revoker_org})"
+    )]
+    OtherOrganisation {
+        /// The revoked user.
+        user: String,
+        /// Their organisation.
+        user_org: String,
+        /// The revoker's organisation.
+        revoker_org: String,
+    },
+    /// The signature does not match.
+    #[error("the revocation statement's signature does not verify")]
+    BadSignature,
+    /// The CRL or its issuer is not acceptable.
+    #[error("CRL refused: {0}")]
+    Crl(String),
+}
+
+/// A signed statement by an org-admin: `user` is revoked, for `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationStatement {
+    /// The revoked user, `NAME@RELAY`.
+    pub user: String,
+    /// The revoked user's organisation (= the revoker's).
+    pub organisation: String,
+    /// Why (shown to administrators and written to audit logs).
+    pub reason: String,
+    /// When it was signed, unix seconds.
+    pub revoked_at: i64,
+    /// The org-admin's certificate chain, leaf first (DER).
+    pub revoker_chain: Vec<Vec<u8>>,
+    /// Ed25519 signature by the revoker's certificate key over [`Self::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl RevocationStatement {
+    /// The bytes the revoker signs.
+    pub fn signed_bytes(
+        user: &str,
+        organisation: &str,
+        reason: &str,
+        revoked_at: i64,
+        revoker_leaf: &[u8],
+    ) -> Vec<u8> {
+        let body = postcard::to_stdvec(&(user, organisation, reason, revoked_at, revoker_leaf))
+            .unwrap_or_default();
+        [DOMAIN, &body].concat()
+    }
+
+    /// Builds and signs a statement with an org-admin's chain and signing function
+    /// (the certificate key; see `mls::CertSigner`).
+    ///
+    /// # Errors
+    /// [`RevocationError::Invalid`] for a bad user id or reason or an unreadable
+    /// chain; [`RevocationError::NotOrgAdmin`] if the certificate has no org-admin
+    /// role.
+    pub fn sign(
+        revoker_chain: Vec<Vec<u8>>,
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+        user: &str,
+        reason: &str,
+        revoked_at: i64,
+    ) -> Result<Self, RevocationError> {
+        check_fields(user, reason)?;
+        let leaf = revoker_chain
+            .first()
+            .ok_or_else(|| RevocationError::Invalid("empty revoker chain".into()))?;
+        let revoker =
+            Identity::from_der(leaf).map_err(|e| RevocationError::Revoker(e.to_string()))?;
+        if !revoker.has_role(ROLE_ORG_ADMIN) {
+            return Err(RevocationError::NotOrgAdmin(revoker.id()));
+        }
+        let organisation = revoker.organisation.clone();
+        let bytes = Self::signed_bytes(user, &organisation, reason, revoked_at, leaf);
+        let signature = sign(&bytes);
+        Ok(Self {
+            user: user.to_string(),
+            organisation,
+            reason: reason.to_string(),
+            revoked_at,
+            revoker_chain,
+            signature,
+        })
+    }
+
+    /// Checks the statement on its own: fields in bounds, the revoker's chain valid
+    /// at `revoked_at` (so a statement stays valid after the revoker's certificate
+    /// expires) and `revoked_at` not in the future, the revoker an org-admin of
+    /// `organisation`, not revoking themselves, and the signature. Returns the
+    /// revoker.
+    ///
+    /// Whether `user` really belongs to `organisation` depends on where the user's
+    /// home relay belongs; the caller checks that ([`Self::check_home`]).
+    ///
+    /// # Errors
+    /// The [`RevocationError`] that says what is wrong.
+    pub fn verify(&self, anchors: &[Vec<u8>], now: i64) -> Result<Identity, RevocationError> {
+        check_fields(&self.user, &self.reason)?;
+        if self.revoker_chain.is_empty()
+            || self.revoker_chain.len() > MAX_CHAIN_LEN
+            || self
+                .revoker_chain
+                .iter()
+                .any(|c| c.len() > MAX_CERT_DER_LEN)
+        {
+            return Err(RevocationError::Invalid(
+                "the revoker chain is empty or too large".into(),
+            ));
+        }
+        if self.signature.len() != 64 {
+            return Err(RevocationError::BadSignature);
+        }
+        if self.revoked_at > now + MAX_CLOCK_SKEW || self.revoked_at < 0 {
+            return Err(RevocationError::Invalid(format!(
+                "signed at {}, which is in the future",
+                self.revoked_at
+            )));
+        }
+        let revoker = identity::verify_chain(
+            &self.revoker_chain,
+            anchors,
+            self.revoked_at as u64,
+            IdentityKind::User,
+        )
+        .map_err(|e| RevocationError::Revoker(e.to_string()))?;
+        if !revoker.has_role(ROLE_ORG_ADMIN) {
+            return Err(RevocationError::NotOrgAdmin(revoker.id()));
+        }
+        if revoker.organisation != self.organisation {
+            return Err(RevocationError::OtherOrganisation {
+                user: self.user.clone(),
+                user_org: self.organisation.clone(),
+                revoker_org: revoker.organisation.clone(),
+            });
+        }
+        if revoker.id() == self.user {
+            return Err(RevocationError::Invalid(
+                "an org-admin cannot revoke themselves; ask another org-admin".into(),
+            ));
+        }
+        let leaf = self
+            .revoker_chain
+            .first()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let bytes = Self::signed_bytes(
+            &self.user,
+            &self.organisation,
+            &self.reason,
+            self.revoked_at,
+            leaf,
+        );
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &revoker.public_key)
+            .verify(&bytes, &self.signature)
+            .map_err(|_| RevocationError::BadSignature)?;
+        Ok(revoker)
+    }
+
+    /// Checks that the revoked user's home relay belongs to the statement's
+    /// organisation, given that relay's organisation as this relay knows it.
+    ///
+    /// # Errors
+    /// [`RevocationError::OtherOrganisation`].
+    pub fn check_home(&self, home_relay_org: &str) -> Result<(), RevocationError> {
+        if home_relay_org != self.organisation {
+            return Err(RevocationError::OtherOrganisation {
+                user: self.user.clone(),
+                user_org: home_relay_org.to_string(),
+                revoker_org: self.organisation.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The revoked user's home relay.
+    pub fn home_relay(&self) -> &str {
+        self.user
+            .split_once('@')
+            .map(|(_, r)| r)
+            .unwrap_or_default()
+    }
+}
+
+fn check_fields(user: &str, reason: &str) -> Result<(), RevocationError> {
+    identity::parse_user_id(user).map_err(|e| RevocationError::Invalid(e.to_string()))?;
+    if reason.trim().is_empty() {
+        return Err(RevocationError::Invalid(
+            "a revocation needs a reason (--reason TEXT)".into(),
+        ));
+    }
+    if reason.len() > MAX_REASON_LEN {
+        return Err(RevocationError::Invalid(format!(
+            "the reason is longer than {MAX_REASON_LEN} bytes"
+        )));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(RevocationError::Invalid(
+            "the reason must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A CRL whose signature verified against its organisation CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCrl {
+    /// The issuing organisation (the CA's subject O).
+    pub organisation: String,
+    /// Revoked serial numbers, lower-case hex as in [`Identity::serial`].
+    pub serials: Vec<String>,
+    /// thisUpdate, unix seconds (newer CRLs of the same issuer replace older ones).
+    pub this_update: i64,
+}
+
+fn subject_org(cert: &X509Certificate<'_>) -> Option<String> {
+    cert.subject()
+        .iter_organization()
+        .next()
+        .and_then(|o| o.as_str().ok())
+        .map(str::to_string)
+}
+
+/// Verifies a CRL (DER) and its issuing organisation CA certificate (DER): the CA
+/// is a CA, valid at `now`, signed by one of the federation `anchors`; the CRL is
+/// issued by that CA and signed by its key. An expired CRL (past nextUpdate) is
+/// still accepted: its entries stay revoked.
+///
+/// # Errors
+/// [`RevocationError::Crl`] saying what is wrong.
+pub fn verify_crl(
+    crl_der: &[u8],
+    issuer_der: &[u8],
+    anchors: &[Vec<u8>],
+    now: i64,
+) -> Result<VerifiedCrl, RevocationError> {
+    let bad = |s: String| RevocationError::Crl(s);
+    if crl_der.len() > MAX_CRL_LEN || issuer_der.len() > MAX_CERT_DER_LEN {
+        return Err(bad("CRL or issuer certificate too large".into()));
+    }
+    let (rest, ca) = X509Certificate::from_der(issuer_der)
+        .map_err(|e| bad(format!("issuer certificate unreadable: {e}")))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes after the issuer certificate".into()));
+    }
+    if !ca.is_ca() {
+        return Err(bad("the issuer certificate is not a CA".into()));
+    }
+    let at = ASN1Time::from_timestamp(now).map_err(|e| bad(e.to_string()))?;
+    if !ca.validity().is_valid_at(at) {
+        return Err(bad("the issuer CA certificate is not valid now".into()));
+    }
+    let anchored = anchors.iter().any(|a| {
+        X509Certificate::from_der(a).is_ok_and(|(_, root)| {
+            root.subject() == ca.issuer() && ca.verify_signature(Some(root.public_key())).is_ok()
+        })
+    });
+    if !anchored {
+        return Err(bad(
+            "the issuer CA is not signed by a federation trust anchor".into(),
+        ));
+    }
+    let organisation = subject_org(&ca).ok_or_else(|| bad("the issuer CA has no O".into()))?;
+    let (rest, crl) = CertificateRevocationList::from_der(crl_der)
+        .map_err(|e| bad(format!("CRL unreadable: {e}")))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes after the CRL".into()));
+    }
+    if crl.issuer() != ca.subject() {
+        return Err(bad(format!(
+            "the CRL is issued by {}, not by the given CA {}",
+            crl.issuer(),
+            ca.subject()
+        )));
+    }
+    crl.verify_signature(ca.public_key())
+        .map_err(|e| bad(format!("the CRL signature does not verify: {e}")))?;
+    let serials: Vec<String> = crl
+        .iter_revoked_certificates()
+        .take(MAX_CRL_ENTRIES + 1)
+        .map(|r| hex(r.raw_serial()))
+        .collect();
+    if serials.len() > MAX_CRL_ENTRIES {
+        return Err(bad(format!("more than {MAX_CRL_ENTRIES} entries")));
+    }
+    Ok(VerifiedCrl {
+        organisation,
+        serials,
+        this_update: crl.last_update().timestamp(),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The revocations a relay enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocations {
+    users: BTreeMap<String, String>,
+    certs: BTreeSet<(String, String)>,
+    crl_updates: BTreeMap<String, (i64, Vec<String>)>,
+}
+
+static EMPTY: Revocations = Revocations::new();
+
+impl Revocations {
+    /// No revocations.
+    pub const fn new() -> Self {
+        Self {
+            users: BTreeMap::new(),
+            certs: BTreeSet::new(),
+            crl_updates: BTreeMap::new(),
+        }
+    }
+
+    /// A shared empty set.
+    pub fn empty() -> &'static Self {
+        &EMPTY
+    }
+
+    /// Records a verified statement; `false` if the user was already revoked.
+    pub fn add_statement(&mut self, s: &RevocationStatement) -> bool {
+        if self.users.contains_key(&s.user) {
+            return false;
+        }
+        self.users.insert(s.user.clone(), s.reason.clone());
+        true
+    }
+
+    /// Records a verified CRL; returns the serials that are newly revoked (empty if
+    /// the CRL is not newer than the one held for its organisation). Entries of an
+    /// older CRL stay revoked: a CRL never un-revokes a certificate here.
+    pub fn add_crl(&mut self, crl: &VerifiedCrl) -> Option<Vec<String>> {
+        if let Some((t, _)) = self.crl_updates.get(&crl.organisation)
+            && *t >= crl.this_update
+        {
+            return None;
+        }
+        self.crl_updates.insert(
+            crl.organisation.clone(),
+            (crl.this_update, crl.serials.clone()),
+        );
+        let mut new = Vec::new();
+        for s in &crl.serials {
+            if self.certs.insert((crl.organisation.clone(), s.clone())) {
+                new.push(s.clone());
+            }
+        }
+        Some(new)
+    }
+
+    /// Why `user` (`NAME@RELAY`) is revoked, if a statement revoked them.
+    pub fn user_revoked(&self, user: &str) -> Option<&str> {
+        self.users.get(user).map(String::as_str)
+    }
+
+    /// Whether the certificate `id` may be used: `Err` with a reason a person can
+    /// read if its identity was revoked by a statement or the certificate by a CRL.
+    ///
+    /// # Errors
+    /// The reason.
+    pub fn check(&self, id: &Identity) -> Result<(), String> {
+        if id.kind == IdentityKind::User
+            && let Some(reason) = self.user_revoked(&id.id())
+        {
+            return Err(format!("{} is revoked: {reason}", id.id()));
+        }
+        if self
+            .certs
+            .contains(&(id.organisation.clone(), id.serial.clone()))
+        {
+            return Err(format!(
+                "the certificate of {} (serial {}) is revoked by the CRL of {}",
+                id.id(),
+                id.serial,
+                id.organisation
+            ));
+        }
+        Ok(())
+    }
+
+    /// Users revoked by statements.
+    pub fn users(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.users.iter().map(|(u, r)| (u.as_str(), r.as_str()))
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.certs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! Revocation across the federation (issue 5): an org-admin revokes a user of their
+//! organisation; every relay cuts them off, refuses them, and the hubs of their
+//! communities have them removed by the first admin online, while the others carry
+//! on without a gap. Also: who may revoke, and CRL entries.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
+
+use std::time::{Duration, Instant};
+
+use kring_client::{Client, NoticeDraft, SyncEvent};
+use kring_tests::{Federation, RelayLauncher};
+
+fn federation() -> Federation {
+    Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
+}
+
+fn draft(community: &str, label: &str, title: &str) -> NoticeDraft {
+    kring_tests::signal(community, label, title, &format!("body of {title}"))
+}
+
+async fn ready(fed: &Federation, user: &str) -> Client {
+    let mut c = fed.client(user).unwrap();
+    c.publish_key_packages(3).await.unwrap();
+    c
+}
+
+fn titles(c: &Client, community: &str) -> Vec<String> {
+    c.notices(Some(community))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.title)
+        .collect()
+}
+
+async fn sync_until(c: &mut Client, community: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.sync().await.unwrap();
+        let got = titles(c, community);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: have {got:?}, want {want:?}",
+            c.user()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn join(c: &mut Client, community: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.sync().await.unwrap();
+        if c.notices(Some(community)).is_ok() && c.community_info(community).await.is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never joined {community}",
+            c.user()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Syncs `admin` (which commits pending removals) until `user` is no longer a
+/// member of `community`; returns the epoch then.
+async fn removed(admin: &mut Client, community: &str, user: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        admin.sync().await.unwrap();
+        let info = admin.community_info(community).await.unwrap();
+        if !info.members.iter().any(|m| m == user) {
+            return info.epoch;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} still a member of {community}: {:?}",
+            info.members
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a relay's audit log as its org-admin and returns the records' lines.
+async fn audit_lines(c: &mut Client) -> Vec<String> {
+    let mut lines = Vec::new();
+    c.audit_each(false, |r| {
+        lines.push(format!(
+            "{} {} {} {} {}",
+            r.kind, r.actor, r.subject, r.action, r.detail
+        ))
+    })
+    .await
+    .unwrap();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_member_is_cut_off_everywhere_and_removed_from_every_community() {
+    let mut fed = federation();
+    fed.start_all().unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut nctv = ready(&fed, "liaison@nctv").await;
+    let mut aivd = ready(&fed, "analist@aivd").await;
+
+    // liaison@nctv is in two communities, hubbed at bz and at aivd.
+    bz.create_community("kring", "NL:STG-GEHEIM").await.unwrap();
+    bz.add_members("kring@bz", &["liaison@nctv", "analist@aivd"])
+        .await
+        .unwrap();
+    aivd.create_community("analyse", "NL:STG-GEHEIM")
+        .await
+        .unwrap();
+    aivd.add_members("analyse@aivd", &["liaison@nctv", "liaison@bz"])
+        .await
+        .unwrap();
+    join(&mut nctv, "kring@bz").await;
+    join(&mut nctv, "analyse@aivd").await;
+    join(&mut aivd, "kring@bz").await;
+    join(&mut bz, "analyse@aivd").await;
+    bz.file_notice(draft("kring@bz", "NL:STG-CONFIDENTIEEL", "before"))
+        .await
+        .unwrap();
+    sync_until(&mut nctv, "kring@bz", &["before"]).await;
+
+    // The liaison's device is connected to nctv and watching.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let result = nctv
+            .watch(|e| {
+                if *e == SyncEvent::CaughtUp
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            })
+            .await;
+        (Instant::now(), result)
+    });
+    tokio::time::timeout(Duration::from_secs(20), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The nctv org-admin revokes the liaison.
+    let mut admin = fed.client("admin@nctv").unwrap();
+    let started = Instant::now();
+    let r = admin
+        .revoke("liaison@nctv", "device lost in transit")
+        .await
+        .unwrap();
+    assert_eq!(r.user, "liaison@nctv");
+    let mut peers = r.peers.clone();
+    peers.sort();
+    assert_eq!(peers, vec!["aivd", "bz", "post-a"]);
+
+    // Cut off: the watch ends with "revoked" (exit 4), well within a generous bound.
+    let (ended, result) = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the revoked device was not cut off within 10 s")
+        .unwrap();
+    let cut_off = ended.duration_since(started);
+    eprintln!("revoked device cut off {cut_off:?} after the revocation was acknowledged");
+    assert!(cut_off < Duration::from_secs(5), "{cut_off:?}");
+    let e = result.unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+
+    // It cannot reconnect.
+    let mut again = fed.client("liaison@nctv").unwrap();
+    let e = again.sync().await.unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+
+    // Removed from both communities once their admins come online (their clients
+    // commit the hubs' removal proposals without being asked).
+    let epoch_kring = removed(&mut bz, "kring@bz", "liaison@nctv").await;
+    let epoch_analyse = removed(&mut aivd, "analyse@aivd", "liaison@nctv").await;
+    assert!(epoch_kring >= 2 && epoch_analyse >= 2);
+
+    // Nobody can add the revoked user again: the home relay refuses its key packages.
+    let e = bz
+        .add_members("kring@bz", &["liaison@nctv"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+
+    // The others carry on without a gap; the notice is encrypted in an epoch the
+    // revoked member's keys never reach.
+    aivd.file_notice(draft("kring@bz", "NL:STG-CONFIDENTIEEL", "after"))
+        .await
+        .unwrap();
+    sync_until(&mut bz, "kring@bz", &["before", "after"]).await;
+    sync_until(&mut aivd, "kring@bz", &["before", "after"]).await;
+    let info = bz.community_info("kring@bz").await.unwrap();
+    assert!(info.epoch >= epoch_kring);
+    assert!(!info.members.iter().any(|m| m == "liaison@nctv"));
+
+    // Every relay's audit log says so: the home relay the revocation and the cut-off,
+    // the hub the statement received from nctv and its removal proposal.
+    let at_nctv = audit_lines(&mut admin).await;
+    assert!(
+        at_nctv
+            .iter()
+            .any(|l| l.contains("revocation admin@nctv liaison@nctv revoke device lost")),
+        "{at_nctv:#?}"
+    );
+    assert!(
+        at_nctv.iter().any(|l| l.contains("cut-off")),
+        "{at_nctv:#?}"
+    );
+    let at_bz = audit_lines(&mut fed.client("admin@bz").unwrap()).await;
+    assert!(
+        at_bz
+            .iter()
+            .any(|l| l.contains("liaison@nctv revoke") && l.contains("received from relay nctv")),
+        "{at_bz:#?}"
+    );
+    assert!(
+        at_bz
+            .iter()
+            .any(|l| l.contains("propose-removal") && l.contains("liaison@nctv")),
+        "{at_bz:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_org_admins_of_the_users_organisation_may_revoke() {
+    let mut fed = federation();
+    fed.start_all().unwrap();
+    let mut target = ready(&fed, "liaison@nctv").await;
+
+    // An org-admin of another organisation: refused (exit 4), whether or not bz has
+    // seen nctv's certificate yet.
+    let mut bz_admin = fed.client("admin@bz").unwrap();
+    let e = bz_admin
+        .revoke("liaison@nctv", "not mine to revoke")
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    assert!(e.to_string().contains("organisation"), "{e}");
+
+    // A user without the org-admin role: refused before anything is sent.
+    let mut liaison = fed.client("liaison@bz").unwrap();
+    let e = liaison
+        .revoke("analist@bz", "I am not an admin")
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    assert!(e.to_string().contains("org-admin"), "{e}");
+
+    // Usage errors: oneself, no reason, not a user id.
+    for (user, reason) in [("admin@bz", "me"), ("liaison@bz", " "), ("not-a-user", "x")] {
+        let e = bz_admin.revoke(user, reason).await.unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{user}: {e}");
+    }
+
+    // Nothing was revoked: the target still works.
+    target.sync().await.unwrap();
+    target.publish_key_packages(1).await.unwrap();
+}
