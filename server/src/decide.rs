@@ -100,7 +100,12 @@ pub fn commit(
         .map(|a| a.iter().collect())
         .unwrap_or_else(|| rec.admins.iter().collect());
     let remaining: Vec<&&String> = admins.iter().filter(|a| !removed.contains(a)).collect();
-    if remaining.is_empty() {
+    // The hub's removal of revoked members is never blocked: a community whose every
+    // admin was revoked carries on without admin changes (its members' org-admins
+    // can set up a new one).
+    let only_revocations =
+        !removed.is_empty() && removed.iter().all(|r| removed_by_hub.contains(r));
+    if remaining.is_empty() && !only_revocations {
         return Err(ErrorCode::BadRequest {
             reason: "a community cannot be left without an admin".into(),
         });
@@ -244,6 +249,9 @@ mod tests {
         assert!(commit(&r, "y@bz", &max, &[], &rm(&["x@bz"]), &rm(&["x@bz"]), None).is_ok());
         let e = commit(&r, "liaison@bz", &max, &[], &rm(&["liaison@bz"]), &[], None);
         assert!(reason(e.unwrap_err()).contains("without an admin"));
+        // ... unless the hub removes a revoked last admin: that is never blocked.
+        let sole = rm(&["liaison@bz"]);
+        assert!(commit(&r, "y@bz", &max, &[], &sole, &sole, None).is_ok());
         let admins = rm(&["liaison@bz", "y@bz"]);
         assert!(commit(&r, "liaison@bz", &max, &[], &[], &[], Some(&admins)).is_ok());
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The story `kring-demo` tells (SPEC §8): the label rule for the demo users, then a
 //! federation of four relays: a community spanning four organisations, an embassy
-//! signal reaching the ministries, refusals that say why, and a relay outage that
-//! loses nothing.
+//! signal reaching the ministries, refusals that say why, a relay outage that
+//! loses nothing, and a lost device revoked everywhere.
 //!
 //! Every step checks what happened; the demo exits non-zero if anything did not go as
 //! narrated.
@@ -282,10 +282,102 @@ async fn story(options: &Options) -> Result<(), String> {
         &got[1..]
     ));
 
+    step("9. A liaison's device is lost: nctv's org-admin revokes it");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let watch = tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let result = nctv
+            .watch(|ev| {
+                if *ev == kring_client::SyncEvent::CaughtUp
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            })
+            .await;
+        (nctv, std::time::Instant::now(), result)
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(20), ready_rx)
+        .await
+        .map_err(|_| "liaison@nctv's device did not come online".to_string())?
+        .map_err(|x| e(&x))?;
+    say("liaison@nctv's device is online at relay nctv, watching for notices");
+    let mut admin = fed.client("admin@nctv").map_err(|x| e(&x))?;
+    let started = std::time::Instant::now();
+    let revoked = admin
+        .revoke("liaison@nctv", "device lost during a mission abroad")
+        .await
+        .map_err(|x| e(&x))?;
+    say(format!(
+        "admin@nctv signed a revocation statement with their certificate key; relay nctv made it \
+         durable and is passing it to {}",
+        revoked.peers.join(", ")
+    ));
+    let (mut nctv, ended, result) = tokio::time::timeout(std::time::Duration::from_secs(10), watch)
+        .await
+        .map_err(|_| "the revoked device was not cut off within 10 s".to_string())?
+        .map_err(|x| e(&x))?;
+    match result {
+        Err(err) if err.exit_code() == 4 => say(format!(
+            "liaison@nctv's device was cut off {} ms later: {err}",
+            ended.duration_since(started).as_millis()
+        )),
+        other => return Err(format!("the revoked device was not cut off: {other:?}")),
+    }
+    match nctv.sync().await {
+        Err(err) if err.exit_code() == 4 => say(format!("it cannot reconnect: {err}")),
+        other => return Err(format!("the revoked device reconnected: {other:?}")),
+    }
+    for community in ["desinformatie@bz"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            liaison.sync().await.map_err(|x| e(&x))?;
+            let info = liaison.community_info(community).await.map_err(|x| e(&x))?;
+            if !info.members.iter().any(|m| m == "liaison@nctv") {
+                say(format!(
+                    "hub {} proposed the removal from {community} as the group's external sender; \
+                     liaison@bz's client committed it (epoch {}): members now {}",
+                    community
+                        .rsplit_once('@')
+                        .map(|(_, h)| h)
+                        .unwrap_or_default(),
+                    info.epoch,
+                    info.members.join(", ")
+                ));
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("liaison@nctv was not removed from {community}"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    analist
+        .file_notice(crate::signal(
+            "desinformatie@bz",
+            "NL:DEP-VERTROUWELIJK",
+            "Nieuwe golf van nepaccounts",
+            "-",
+        ))
+        .await
+        .map_err(|x| e(&x))?;
+    for c in [&mut liaison, &mut aivd] {
+        let got = wait_titles(c, "desinformatie@bz", 4).await?;
+        say(format!(
+            "{:<14} received {:?}: the community carries on without a gap",
+            c.user(),
+            got[3]
+        ));
+    }
+    say("the new notice is encrypted for the next epoch: the revoked device holds no key for it");
+
     step("Summary");
     say("labels decided with reasons at every hop; communities as MLS groups spanning four");
     say("organisations; hub ordering; refusals that say why; durable store-and-forward across");
-    say("a relay outage. Every refusal is in the relays' hash-chained audit logs.");
+    say("a relay outage; revocation that cuts a device off everywhere and removes it from its");
+    say(
+        "communities. Every refusal and revocation is in the relays' signed, hash-chained audit logs.",
+    );
 
     // Release the demo users' local stores so `kring` can use the same profiles.
     drop((liaison, nctv, aivd, analist));

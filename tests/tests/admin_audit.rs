@@ -99,3 +99,100 @@ async fn an_org_admin_reads_a_verified_log_with_the_refusals() {
     assert!(page.records.is_empty());
     assert_eq!(page.verify.unwrap().first_bad, None);
 }
+
+async fn joined(c: &mut kring_client::Client, community: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c.notices(Some(community)).is_err() || c.community_info(community).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never joined");
+        c.sync().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Community admins across relays: only admins change membership or admins; an admin
+/// appoints an admin at another relay, who then takes over; the last admin cannot
+/// step down; every change is a commit the hub verified and audit-logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn community_admins_are_appointed_and_dropped_across_relays() {
+    use kring_client::community::AdminChange;
+    let mut fed =
+        Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap();
+    fed.start_all().unwrap();
+    let mut bz = fed.client("liaison@bz").unwrap();
+    let mut nctv = fed.client("liaison@nctv").unwrap();
+    let mut aivd = fed.client("analist@aivd").unwrap();
+    for c in [&mut bz, &mut nctv, &mut aivd] {
+        c.publish_key_packages(2).await.unwrap();
+    }
+    bz.create_community("beheer", "NL:STG-GEHEIM")
+        .await
+        .unwrap();
+    bz.add_members("beheer@bz", &["liaison@nctv"])
+        .await
+        .unwrap();
+    joined(&mut nctv, "beheer@bz").await;
+
+    // Not an admin (yet): no adds, no admin changes.
+    let e = nctv
+        .add_members("beheer@bz", &["analist@aivd"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    let e = nctv
+        .set_admin("beheer@bz", AdminChange::Add, "liaison@nctv")
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+
+    // The creator appoints the nctv liaison, who takes over from another relay.
+    bz.set_admin("beheer@bz", AdminChange::Add, "liaison@nctv")
+        .await
+        .unwrap();
+    let info = bz.community_info("beheer@bz").await.unwrap();
+    assert_eq!(info.admins, vec!["liaison@bz", "liaison@nctv"]);
+    nctv.add_members("beheer@bz", &["analist@aivd"])
+        .await
+        .unwrap();
+    joined(&mut aivd, "beheer@bz").await;
+    nctv.set_admin("beheer@bz", AdminChange::Remove, "liaison@bz")
+        .await
+        .unwrap();
+    let info = nctv.community_info("beheer@bz").await.unwrap();
+    assert_eq!(info.admins, vec!["liaison@nctv"]);
+    // The former admin cannot change anything any more; the last admin cannot step down.
+    let e = bz
+        .remove_members("beheer@bz", &["analist@aivd"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    let e = nctv
+        .set_admin("beheer@bz", AdminChange::Remove, "liaison@nctv")
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(e.to_string().contains("last admin"), "{e}");
+    nctv.remove_members("beheer@bz", &["analist@aivd"])
+        .await
+        .unwrap();
+    let info = nctv.community_info("beheer@bz").await.unwrap();
+    assert_eq!(info.members.len(), 2, "{:?}", info.members);
+    assert!(!info.members.contains(&"analist@aivd".to_string()));
+
+    // The hub audit-logged each change, with the relay that forwarded it.
+    let mut admin = fed.client("admin@bz").unwrap();
+    let log = admin.audit_all(true).await.unwrap();
+    let admin_changes: Vec<&AuditRecordView> = log
+        .records
+        .iter()
+        .filter(|r| r.action == "set-admins")
+        .collect();
+    assert_eq!(admin_changes.len(), 2, "{admin_changes:#?}");
+    assert_eq!(admin_changes[0].actor, "liaison@bz");
+    assert_eq!(admin_changes[1].actor, "liaison@nctv");
+    let removal = find(&log.records, "membership", "liaison@nctv", "remove-member");
+    assert!(
+        removal.detail.contains("forwarded by relay nctv"),
+        "{removal:?}"
+    );
+    assert_eq!(log.verify.as_ref().and_then(|v| v.first_bad), None);
+}

@@ -261,3 +261,68 @@ async fn only_org_admins_of_the_users_organisation_may_revoke() {
     target.sync().await.unwrap();
     target.publish_key_packages(1).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_entry_cuts_off_and_removes_like_a_revocation() {
+    let mut fed = federation();
+    fed.start_all().unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut nctv = ready(&fed, "liaison@nctv").await;
+    nctv.create_community("statelijke-actoren", "NL:STG-GEHEIM")
+        .await
+        .unwrap();
+    nctv.add_members("statelijke-actoren@nctv", &["liaison@bz"])
+        .await
+        .unwrap();
+    join(&mut bz, "statelijke-actoren@nctv").await;
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let result = bz
+            .watch(|e| {
+                if *e == SyncEvent::CaughtUp
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            })
+            .await;
+        (Instant::now(), result)
+    });
+    tokio::time::timeout(Duration::from_secs(20), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // bz's CA publishes a new CRL with the liaison's certificate; relay bz reads
+    // its configured CRL file when it changes.
+    let started = Instant::now();
+    let entry =
+        kring_certs_dev::revoke_user_certificate(fed.dir(), "liaison@bz", kring_tests::now())
+            .unwrap();
+    assert!(!entry.already_revoked);
+    let (ended, result) = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the device with a CRL-revoked certificate was not cut off within 10 s")
+        .unwrap();
+    eprintln!(
+        "CRL-revoked device cut off {:?} after the CRL file was written",
+        ended.duration_since(started)
+    );
+    let e = result.unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    let e = fed.client("liaison@bz").unwrap().sync().await.unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+
+    // The CRL spread to nctv, the community's hub, which proposed the removal; the
+    // admin's client commits it.
+    removed(&mut nctv, "statelijke-actoren@nctv", "liaison@bz").await;
+    let at_nctv = audit_lines(&mut fed.client("admin@nctv").unwrap()).await;
+    assert!(
+        at_nctv
+            .iter()
+            .any(|l| l.contains("ca:bz crl:bz crl") && l.contains(&entry.serial)),
+        "{at_nctv:#?}"
+    );
+}
