@@ -302,6 +302,7 @@ impl RelayConnection {
                 _send: send,
                 recv,
                 relay: self.relay.clone(),
+                decoder: wire::FrameDecoder::new(DEFAULT_MAX_FRAME),
             })
         };
         tokio::time::timeout(self.timeouts.request, fut)
@@ -371,41 +372,40 @@ pub struct Subscription {
     _send: quinn::SendStream,
     recv: quinn::RecvStream,
     relay: String,
+    decoder: wire::FrameDecoder,
 }
+
+/// Most bytes taken from the push stream per read.
+const PUSH_READ_CHUNK: usize = 64 * 1024;
 
 impl Subscription {
     /// Waits for the next push. `Ok(None)` when the relay ended the stream cleanly.
+    ///
+    /// Cancel-safe: bytes read so far stay buffered in the subscription, so the
+    /// future may be dropped (e.g. by a timeout) and `next` called again.
     pub async fn next(&mut self) -> Result<Option<Push>> {
-        let mut header = [0u8; FRAME_HEADER];
-        match self.recv.read_exact(&mut header).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(quinn::ReadExactError::FinishedEarly(n)) => {
-                return Err(ClientError::Protocol(format!(
-                    "push stream ended inside a frame header ({n} of {FRAME_HEADER} bytes)"
-                )));
+        loop {
+            if let Some(payload) = self.decoder.next_payload()? {
+                return match wire::decode_payload::<Push>(&payload) {
+                    Ok(push) => Ok(Some(push)),
+                    // A relay that refuses the connection itself (revoked or unknown
+                    // certificate) answers the first stream with a Response::Error.
+                    Err(e) => match wire::decode_payload::<Response>(&payload) {
+                        Ok(Response::Error(code)) => Err(ClientError::Relay(code)),
+                        _ => Err(e.into()),
+                    },
+                };
             }
-            Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(&self.relay, e)),
-        }
-        let len = wire::frame_len(header, DEFAULT_MAX_FRAME)?;
-        let mut payload = vec![0u8; len];
-        self.recv
-            .read_exact(&mut payload)
-            .await
-            .map_err(|e| match e {
-                quinn::ReadExactError::FinishedEarly(got) => ClientError::Protocol(format!(
-                    "push stream ended inside a frame ({got} of {len} bytes)"
-                )),
-                quinn::ReadExactError::ReadError(e) => read_error(&self.relay, e),
-            })?;
-        match wire::decode_payload::<Push>(&payload) {
-            Ok(push) => Ok(Some(push)),
-            // A relay that refuses the connection itself (revoked or unknown
-            // certificate) answers the first stream with a Response::Error.
-            Err(e) => match wire::decode_payload::<Response>(&payload) {
-                Ok(Response::Error(code)) => Err(ClientError::Relay(code)),
-                _ => Err(e.into()),
-            },
+            match self.recv.read_chunk(PUSH_READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.decoder.feed(&chunk.bytes)?,
+                Ok(None) => {
+                    self.decoder.finish().map_err(|e| {
+                        ClientError::Protocol(format!("push stream ended inside a frame: {e}"))
+                    })?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(read_error(&self.relay, e)),
+            }
         }
     }
 

@@ -130,6 +130,8 @@ struct Shared {
     dir: PathBuf,
     tree: Mutex<Option<sled::Tree>>,
     overlay: Mutex<Option<Overlay>>,
+    /// While set, commits are applied but not flushed; [`Store::flush`] flushes.
+    defer_flush: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -347,6 +349,7 @@ impl Store {
             dir: dir.to_path_buf(),
             tree: Mutex::new(Some(tree)),
             overlay: Mutex::new(None),
+            defer_flush: std::sync::atomic::AtomicBool::new(false),
         });
         let mls = MlsKv {
             shared: Arc::clone(&shared),
@@ -406,6 +409,27 @@ impl Store {
             }
         }
         self.tree()?.apply_batch(b)?;
+        self.flush_unless_deferred()
+    }
+
+    /// While `on`, [`commit`](Self::commit) and [`commit_plain`](Self::commit_plain)
+    /// apply their batch atomically but leave the fsync to the next
+    /// [`flush`](Self::flush): the sync loop flushes once before it acknowledges a
+    /// run of entries (a crash before that only makes the relay deliver them again).
+    pub fn defer_flush(&self, on: bool) {
+        self.shared
+            .defer_flush
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn flush_unless_deferred(&self) -> Result<(), StoreError> {
+        if self
+            .shared
+            .defer_flush
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
         self.flush()
     }
 
@@ -556,7 +580,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies `batch` (without touching buffered MLS writes) and flushes.
+    /// Applies `batch` (without touching buffered MLS writes) and flushes (unless
+    /// deferred, see [`defer_flush`](Self::defer_flush)).
     pub fn commit_plain(&self, batch: Batch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (k, v) in batch.writes {
@@ -566,7 +591,7 @@ impl Store {
             }
         }
         self.tree()?.apply_batch(b)?;
-        self.flush()
+        self.flush_unless_deferred()
     }
 }
 

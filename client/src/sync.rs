@@ -121,6 +121,13 @@ impl SyncReport {
     }
 }
 
+/// Log entries applied (events held back) before the local store is flushed.
+const FLUSH_EVERY: usize = 256;
+/// How long a live device waits for more pushes before it flushes and acknowledges.
+const ACK_DELAY: Duration = Duration::from_millis(2);
+/// How long a live device stays idle before it releases its local store.
+const IDLE_RELEASE: Duration = Duration::from_millis(500);
+
 /// Acks and proposal commits owed to the relay.
 #[derive(Debug, Default)]
 struct Owed {
@@ -129,6 +136,10 @@ struct Owed {
 }
 
 impl Owed {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.commit.is_empty()
+    }
+
     fn ack(&mut self, community: &str, seq: u64) {
         let e = self.acks.entry(community.to_string()).or_insert(0);
         *e = (*e).max(seq);
@@ -176,21 +187,78 @@ impl Client {
         let timeout = self.timeouts.request;
         let mut sub = self.connect().await?.subscribe().await?;
         let mut owed = Owed::default();
-        loop {
-            match sub.next_within(timeout).await? {
-                None => {
-                    return Err(ClientError::Protocol(
-                        "the relay ended the push channel before catching up".into(),
-                    ));
+        let mut held = Vec::new();
+        let result = async {
+            loop {
+                match sub.next_within(timeout).await? {
+                    None => {
+                        return Err(ClientError::Protocol(
+                            "the relay ended the push channel before catching up".into(),
+                        ));
+                    }
+                    Some(Push::CaughtUp) => return Ok(()),
+                    Some(Push::Closed(code)) => return Err(ClientError::Relay(code)),
+                    Some(push) => {
+                        self.take_push(push, &mut owed, &mut held, emit).await?;
+                        if held.len() >= FLUSH_EVERY {
+                            self.release_held(&mut held, emit)?;
+                        }
+                    }
                 }
-                Some(Push::CaughtUp) => break,
-                Some(Push::Closed(code)) => return Err(ClientError::Relay(code)),
-                Some(push) => self.handle_push(push, &mut owed, emit).await?,
             }
         }
+        .await;
+        self.release_held(&mut held, emit)?;
+        result?;
         drop(sub);
         self.settle(&mut owed, emit).await?;
         emit(SyncEvent::CaughtUp);
+        Ok(())
+    }
+
+    /// Handles one push. Log entries are applied without an fsync each and their
+    /// events held back; [`release_held`](Self::release_held) flushes once and then
+    /// emits them, so a user never sees a notice that a crash could take back, and
+    /// the relay gets no ack before the flush ([`settle`](Self::settle) releases
+    /// first).
+    async fn take_push(
+        &mut self,
+        push: Push,
+        owed: &mut Owed,
+        held: &mut Vec<SyncEvent>,
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
+    ) -> Result<()> {
+        match push {
+            Push::Entry(_) => {
+                self.store.defer_flush(true);
+                let result = self.handle_push(push, owed, &mut |e| held.push(e)).await;
+                self.store.defer_flush(false);
+                if result.is_err() {
+                    self.release_held(held, emit)?;
+                }
+                result
+            }
+            other => {
+                // Keep the order of events: what is held goes first.
+                self.release_held(held, emit)?;
+                self.handle_push(other, owed, emit).await
+            }
+        }
+    }
+
+    /// Flushes the local store and emits the events held back since the last flush.
+    fn release_held(
+        &mut self,
+        held: &mut Vec<SyncEvent>,
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
+    ) -> Result<()> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.store.flush()?;
+        for event in held.drain(..) {
+            emit(event);
+        }
         Ok(())
     }
 
@@ -239,32 +307,59 @@ impl Client {
         let timeout = self.timeouts.request;
         let mut sub = self.connect().await?.subscribe().await?;
         let mut owed = Owed::default();
+        let mut held = Vec::new();
         let mut live = false;
-        loop {
-            let push = if live {
-                // Let other kring processes of this user use the state while idle.
-                self.store.release()?;
-                // The QUIC keep-alive and idle timeout detect a dead relay.
-                sub.next().await?
-            } else {
-                sub.next_within(timeout).await?
-            };
-            match push {
-                None => return Ok(()),
-                Some(Push::CaughtUp) => {
-                    self.settle(&mut owed, emit).await?;
-                    emit(SyncEvent::CaughtUp);
-                    live = true;
-                }
-                Some(Push::Closed(code)) => return Err(ClientError::Relay(code)),
-                Some(push) => {
-                    self.handle_push(push, &mut owed, emit).await?;
-                    if live {
+        let result = async {
+            loop {
+                let push = if !live {
+                    sub.next_within(timeout).await?
+                } else if held.is_empty() && owed.is_empty() {
+                    // Idle: after a pause, let other kring processes of this user use
+                    // the local state. (`next` is cancel-safe.) The QUIC keep-alive
+                    // and idle timeout detect a dead relay.
+                    match tokio::time::timeout(IDLE_RELEASE, sub.next()).await {
+                        Ok(push) => push?,
+                        Err(_) => {
+                            self.store.release()?;
+                            sub.next().await?
+                        }
+                    }
+                } else {
+                    // A run of pushes: take what arrives within ACK_DELAY of the last
+                    // one, then flush once, emit, and acknowledge.
+                    match tokio::time::timeout(ACK_DELAY, sub.next()).await {
+                        Ok(push) => push?,
+                        Err(_) => {
+                            self.release_held(&mut held, emit)?;
+                            self.settle(&mut owed, emit).await?;
+                            continue;
+                        }
+                    }
+                };
+                match push {
+                    None => return Ok(()),
+                    Some(Push::CaughtUp) => {
+                        self.release_held(&mut held, emit)?;
                         self.settle(&mut owed, emit).await?;
+                        emit(SyncEvent::CaughtUp);
+                        live = true;
+                    }
+                    Some(Push::Closed(code)) => return Err(ClientError::Relay(code)),
+                    Some(push) => {
+                        self.take_push(push, &mut owed, &mut held, emit).await?;
+                        if held.len() >= FLUSH_EVERY {
+                            self.release_held(&mut held, emit)?;
+                            if live {
+                                self.settle(&mut owed, emit).await?;
+                            }
+                        }
                     }
                 }
             }
         }
+        .await;
+        self.release_held(&mut held, emit)?;
+        result
     }
 
     /// Sends owed acks and commits pending removal proposals.
