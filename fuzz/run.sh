@@ -30,6 +30,11 @@ fi
 
 echo "== building fuzz targets"
 cargo fuzz build
+# Run the binaries just built, not `cargo fuzz run`: that rebuilds whenever a source
+# file changed meanwhile (minutes per target with the sanitizer) and would fuzz code
+# of another moment than the build.
+triple="$(rustc -vV | sed -n 's/^host: //p')"
+bin_dir="$fuzz_dir/target/$triple/release"
 
 logs="$fuzz_dir/target/logs"
 mkdir -p "$logs"
@@ -44,9 +49,10 @@ for target in $(cargo fuzz list); do
     log="$logs/$target.log"
     echo "== $target: ${secs}s (log: $log)"
     status=0
-    cargo fuzz run "$target" "${dirs[@]}" -- \
+    mkdir -p "$fuzz_dir/artifacts/$target"
+    "$bin_dir/$target" -artifact_prefix="$fuzz_dir/artifacts/$target/" \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "$@" \
-        >"$log" 2>&1 || status=$?
+        "${dirs[@]}" >"$log" 2>&1 || status=$?
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
     final="$(grep -E '^#[0-9]+[[:space:]]' "$log" | tail -n 1 || true)"
     if [[ "$status" -ne 0 ]]; then

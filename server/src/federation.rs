@@ -388,6 +388,17 @@ async fn handle_stream(
             return;
         }
     };
+    if let Err(code) = crate::net::expect_end(&mut recv).await {
+        relay.audit_refusal(&peer, "-", "federation-decode", &code);
+        let _ = write_frame(
+            &mut send,
+            &FedResponse::Response(Response::Error(code)),
+            max,
+        )
+        .await;
+        let _ = send.finish();
+        return;
+    }
     let response = match request {
         FedRequest::Deliver { items } => match apply_items(&relay, &peer, items).await {
             Ok(upto) => FedResponse::Ack { upto },

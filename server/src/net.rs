@@ -229,6 +229,12 @@ async fn handle_stream(
         crate::delivery::run_subscription(relay, caller, send).await;
         return;
     }
+    if let Err(code) = expect_end(&mut recv).await {
+        relay.audit_refusal(&caller.id, "-", "decode", &code);
+        let _ = write_frame(&mut send, &Response::Error(code), max).await;
+        let _ = send.finish();
+        return;
+    }
     let response = match relay.check_rate(&caller.id) {
         Err(code) => Response::Error(code),
         Ok(()) => relay.handle(&caller, request).await,
@@ -238,6 +244,25 @@ async fn handle_stream(
     }
     let _ = write_frame(&mut send, &response, max).await;
     let _ = send.finish();
+}
+
+/// How long a peer may take to finish a request stream after its frame.
+const END_OF_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request stream carries exactly one frame: after it, the stream must end.
+pub async fn expect_end(recv: &mut quinn::RecvStream) -> Result<(), ErrorCode> {
+    match tokio::time::timeout(END_OF_REQUEST_TIMEOUT, recv.read_to_end(0)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(quinn::ReadToEndError::TooLong)) => Err(ErrorCode::BadRequest {
+            reason: "bytes after the request frame (one request per stream)".into(),
+        }),
+        Ok(Err(quinn::ReadToEndError::Read(e))) => Err(ErrorCode::BadRequest {
+            reason: format!("stream error after the request frame: {e}"),
+        }),
+        Err(_) => Err(ErrorCode::BadRequest {
+            reason: "the request stream was not finished after its frame".into(),
+        }),
+    }
 }
 
 /// Short name of a request for spans and audit records (never its content).

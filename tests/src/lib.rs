@@ -84,6 +84,8 @@ pub struct Federation {
     log_dir: PathBuf,
 }
 
+pub mod bench_support;
+pub mod chaos;
 pub mod demo;
 
 /// Relay ids of the demo federation (SPEC §8).

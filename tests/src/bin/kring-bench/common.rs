@@ -1,0 +1,194 @@
+//! Shared pieces of the bench: the result table, percentiles, bodies, process
+//! memory, the sibling `kring-demo` binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Body size of every notice / MQTT payload, in bytes.
+pub const BODY_BYTES: usize = 1024;
+/// Clearance of every bench user and the communities' maximum label.
+pub const CLEARANCE: &str = "NL:STG-GEHEIM";
+/// Label of every filed notice.
+pub const LABEL: &str = "NL:DEP-VERTROUWELIJK";
+
+/// Whether a goal of issue 7 was met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Met,
+    NotMet,
+    /// Not a goal, or not decidable from this run (e.g. a reduced size in `--quick`).
+    Info,
+}
+
+/// One line of the result table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: &'static str,
+    pub metric: String,
+    pub value: String,
+    pub goal: String,
+    pub verdict: Verdict,
+}
+
+/// The result table.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+impl Table {
+    pub fn info(&mut self, scenario: &'static str, metric: impl Into<String>, value: String) {
+        self.rows.push(Row {
+            scenario,
+            metric: metric.into(),
+            value,
+            goal: String::new(),
+            verdict: Verdict::Info,
+        });
+    }
+
+    pub fn goal(
+        &mut self,
+        scenario: &'static str,
+        metric: impl Into<String>,
+        value: String,
+        goal: impl Into<String>,
+        verdict: Verdict,
+    ) {
+        self.rows.push(Row {
+            scenario,
+            metric: metric.into(),
+            value,
+            goal: goal.into(),
+            verdict,
+        });
+    }
+
+    pub fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+
+    pub fn print(&self) {
+        let w_s = self
+            .rows
+            .iter()
+            .map(|r| r.scenario.len())
+            .max()
+            .unwrap_or(8);
+        let w_m = self.rows.iter().map(|r| r.metric.len()).max().unwrap_or(6);
+        let w_v = self.rows.iter().map(|r| r.value.len()).max().unwrap_or(5);
+        println!();
+        println!(
+            "{:<w_s$}  {:<w_m$}  {:<w_v$}  goal (issue 7)",
+            "scenario", "metric", "value"
+        );
+        println!("{}", "-".repeat(w_s + w_m + w_v + 30));
+        let mut last = "";
+        for r in &self.rows {
+            let scenario = if r.scenario == last { "" } else { r.scenario };
+            last = r.scenario;
+            let verdict = match r.verdict {
+                Verdict::Met => "  [met]",
+                Verdict::NotMet => "  [NOT met]",
+                Verdict::Info => "",
+            };
+            println!(
+                "{scenario:<w_s$}  {:<w_m$}  {:<w_v$}  {}{verdict}",
+                r.metric, r.value, r.goal
+            );
+        }
+        if !self.notes.is_empty() {
+            println!();
+            for n in &self.notes {
+                let mut line = String::from("note:");
+                for word in n.split_whitespace() {
+                    if line.len() + word.len() + 1 > 100 {
+                        println!("{line}");
+                        line = String::from("     ");
+                    }
+                    line.push(' ');
+                    line.push_str(word);
+                }
+                println!("{line}");
+            }
+        }
+    }
+}
+
+pub fn verdict(met: bool) -> Verdict {
+    if met { Verdict::Met } else { Verdict::NotMet }
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ms(d: Duration) -> String {
+    let m = d.as_secs_f64() * 1000.0;
+    if m < 10.0 {
+        format!("{m:.2} ms")
+    } else {
+        format!("{m:.1} ms")
+    }
+}
+
+/// Median of a list of durations.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    percentile(&v, 50.0)
+}
+
+/// A 1 KiB body of printable text.
+pub fn body() -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..BODY_BYTES)
+        .map(|i| char::from(alphabet[i % alphabet.len()]))
+        .collect()
+}
+
+/// The `kring-demo` executable next to this one.
+pub fn demo_binary() -> Result<PathBuf, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find this executable's path: {e}"))?;
+    let demo = exe.with_file_name(format!("kring-demo{}", std::env::consts::EXE_SUFFIX));
+    if demo.is_file() {
+        Ok(demo)
+    } else {
+        Err(format!(
+            "{} not found: relays run as processes of kring-demo; build it next to \
+             kring-bench with `cargo build --release --bin kring-demo --bin kring-bench`",
+            demo.display()
+        ))
+    }
+}
+
+/// Resident set size of process `pid` in bytes (`VmRSS` of `/proc/PID/status`).
+pub fn rss_bytes(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| format!("{path}: no VmRSS line"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{path}: unreadable VmRSS line {line:?}"))?;
+    Ok(kib * 1024)
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    kring_tests::now()
+}

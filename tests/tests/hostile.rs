@@ -1,0 +1,742 @@
+//! Hostile input against a real relay: broken frames, floods, idle and half-open
+//! connections, a device that never reads its pushes, malformed and replayed MLS
+//! messages, and a malicious peer relay rewriting a notice's label. Each case gets a
+//! typed error (or is refused by every recipient) and the relay keeps serving others.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
+
+use std::time::{Duration, Instant};
+
+use kring_client::{Client, SyncEvent};
+use kring_protocol::wire::{
+    self, DEFAULT_MAX_FRAME, EntryKind, ErrorCode, FedBody, FedItem, FedRequest, FedResponse,
+    LogEntry, Request, Response,
+};
+use kring_tests::chaos::{
+    XorShift, decode_answer, files_containing, raw_endpoint, raw_request, raw_stream,
+    raw_user_connect, stored_log,
+};
+use kring_tests::{Federation, RelayLauncher};
+use uuid::Uuid;
+
+fn federation() -> Federation {
+    Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
+}
+
+async fn ready(fed: &Federation, user: &str) -> Client {
+    let mut c = fed.client(user).unwrap();
+    c.publish_key_packages(3).await.unwrap();
+    c
+}
+
+/// Another user of the relay still gets an answer.
+async fn others_are_served(fed: &Federation, relay: &str, user: &str) {
+    let dir = fed.user_dir(user);
+    let r = kring_tests::raw_ping(fed, relay, &dir.join("user.crt"), &dir.join("user.key")).await;
+    assert_eq!(r, Ok(Response::Pong), "{user} at {relay} after the attack");
+}
+
+fn ping_frame() -> Vec<u8> {
+    wire::encode_frame(&Request::Ping, DEFAULT_MAX_FRAME).unwrap()
+}
+
+fn error_of(answer: &[u8]) -> ErrorCode {
+    match decode_answer::<Response>(answer) {
+        Ok(Response::Error(code)) => code,
+        other => panic!("expected a typed error, got {other:?}"),
+    }
+}
+
+async fn audit(fed: &Federation, admin: &str) -> Vec<wire::AuditRecordView> {
+    let mut a = fed.client(admin).unwrap();
+    let page = a.audit_all(true).await.unwrap();
+    assert_eq!(page.verify.unwrap().first_bad, None, "audit chain broken");
+    a.disconnect().await;
+    page.records
+}
+
+async fn join(c: &mut Client, community: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.sync().await.unwrap();
+        if c.notices(Some(community)).is_ok()
+            && c.list_communities()
+                .await
+                .unwrap()
+                .iter()
+                .any(|s| s.id == community)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never joined", c.user());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Oversized, truncated and garbled frames, garbage after a valid frame, and a
+/// wrong protocol version: each answered with a typed error on its stream, audited;
+/// the same connection and other users are served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_frames_get_typed_errors() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    let (_ep, conn) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+
+    // A length header above the 1 MiB cap: refused before any allocation.
+    for len in [DEFAULT_MAX_FRAME as u32 + 1, u32::MAX] {
+        let answer = raw_stream(&conn, &len.to_be_bytes(), false).await.unwrap();
+        assert!(
+            matches!(error_of(&answer), ErrorCode::TooLarge { .. }),
+            "header {len}"
+        );
+    }
+    // An oversized frame actually sent (2 MiB of payload behind its header).
+    let mut big = (2u32 << 20).to_be_bytes().to_vec();
+    big.extend(vec![0u8; 2 << 20]);
+    let answer = raw_stream(&conn, &big, true).await.unwrap();
+    assert!(matches!(error_of(&answer), ErrorCode::TooLarge { .. }));
+
+    // Truncated: inside the header, inside the payload.
+    let frame = ping_frame();
+    let answer = raw_stream(&conn, &frame[..2], true).await.unwrap();
+    assert!(
+        matches!(error_of(&answer), ErrorCode::BadRequest { ref reason } if reason.contains("header")),
+        "{:?}",
+        error_of(&answer)
+    );
+    let mut long = 100u32.to_be_bytes().to_vec();
+    long.extend_from_slice(&frame[4..]);
+    let answer = raw_stream(&conn, &long, true).await.unwrap();
+    assert!(
+        matches!(error_of(&answer), ErrorCode::BadRequest { ref reason } if reason.contains("ended inside a frame")),
+        "{:?}",
+        error_of(&answer)
+    );
+    // Random payloads of random sizes.
+    let mut rng = XorShift::new(0x5eed);
+    for _ in 0..20 {
+        let n = 1 + rng.below(300) as usize;
+        let mut f = (n as u32).to_be_bytes().to_vec();
+        f.extend(rng.bytes(n));
+        let answer = raw_stream(&conn, &f, true).await.unwrap();
+        assert!(
+            matches!(error_of(&answer), ErrorCode::BadRequest { .. }),
+            "{:?}",
+            error_of(&answer)
+        );
+    }
+    // Another protocol version.
+    let mut v2 = frame.clone();
+    v2[4] = 2;
+    let answer = raw_stream(&conn, &v2, true).await.unwrap();
+    assert!(
+        matches!(error_of(&answer), ErrorCode::BadRequest { ref reason } if reason.contains("version")),
+        "{:?}",
+        error_of(&answer)
+    );
+    // Garbage inside the frame, after a valid message.
+    let mut trailing = frame[4..].to_vec();
+    trailing.extend_from_slice(b"garbage");
+    let mut f = (trailing.len() as u32).to_be_bytes().to_vec();
+    f.extend(trailing);
+    let answer = raw_stream(&conn, &f, true).await.unwrap();
+    assert!(
+        matches!(error_of(&answer), ErrorCode::BadRequest { ref reason } if reason.contains("after the message")),
+        "{:?}",
+        error_of(&answer)
+    );
+
+    // The connection itself still works, and so does everybody else.
+    assert_eq!(raw_request(&conn, &Request::Ping).await, Ok(Response::Pong));
+    others_are_served(&fed, "bz", "admin@bz").await;
+    let records = audit(&fed, "admin@bz").await;
+    let decode_refusals = records
+        .iter()
+        .filter(|r| r.kind == "refusal" && r.actor == "liaison@bz" && r.action == "decode")
+        .count();
+    assert!(
+        decode_refusals >= 26,
+        "{decode_refusals} decode refusals audited"
+    );
+}
+
+/// Bytes after a complete request frame on the same stream (one request per stream):
+/// a protocol violation that must be refused, not silently ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_a_valid_frame_is_refused() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    let (_ep, conn) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+    let mut f = ping_frame();
+    f.extend_from_slice(b"\x00\x00\x00\x05hello and more garbage");
+    let answer = raw_stream(&conn, &f, true).await.unwrap();
+    assert!(
+        matches!(
+            decode_answer::<Response>(&answer),
+            Ok(Response::Error(ErrorCode::BadRequest { .. }))
+        ),
+        "{:?}",
+        decode_answer::<Response>(&answer)
+    );
+    others_are_served(&fed, "bz", "admin@bz").await;
+}
+
+/// One identity floods the relay: beyond its burst it gets `RateLimited` with a
+/// retry time (audited), while another user is served at the same time; after the
+/// wait it is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_is_rate_limited_per_identity() {
+    let mut fed = federation();
+    fed.set_relay_option("bz", "requests_per_second", 20.into())
+        .unwrap();
+    fed.start("bz").unwrap();
+    let (_ep, conn) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+    let (mut pong, mut limited, mut retry) = (0u64, 0u64, 0u64);
+    let flood = Instant::now();
+    for _ in 0..300 {
+        match raw_request(&conn, &Request::Ping).await.unwrap() {
+            Response::Pong => pong += 1,
+            Response::Error(ErrorCode::RateLimited { retry_after_ms }) => {
+                limited += 1;
+                retry = retry.max(retry_after_ms);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let took = flood.elapsed();
+    eprintln!("flood: {pong} served, {limited} rate limited (retry ≤ {retry} ms) in {took:?}");
+    // A burst of 2 s worth (40), then 20 per second.
+    let allowed = 40 + (took.as_secs_f64() * 20.0).ceil() as u64 + 1;
+    assert!(pong >= 40, "the burst was not served: {pong}");
+    assert!(
+        pong <= allowed,
+        "{pong} served in {took:?}, the limit allows {allowed}"
+    );
+    assert_eq!(pong + limited, 300);
+    assert!(retry > 0 && retry <= 1000, "retry_after_ms {retry}");
+    // Someone else is not affected.
+    others_are_served(&fed, "bz", "admin@bz").await;
+    // The flooder is served again after waiting.
+    tokio::time::sleep(Duration::from_millis(retry + 100)).await;
+    assert_eq!(raw_request(&conn, &Request::Ping).await, Ok(Response::Pong));
+    let records = audit(&fed, "admin@bz").await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "refusal" && r.actor == "liaison@bz" && r.action == "rate-limit"),
+        "no rate-limit record"
+    );
+}
+
+/// Idle authenticated connections up to the cap: the next connection is refused
+/// clearly; idle connections are closed after the idle timeout, and the relay serves
+/// again. Then hundreds of half-open handshakes (a client whose packets reach the
+/// relay but never hear back): refused beyond the cap, dropped after the handshake
+/// timeout; the relay serves again within seconds and its memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_open_connections_are_capped_and_time_out() {
+    const CAP: usize = 40;
+    let mut fed = federation();
+    fed.set_relay_option("bz", "max_connections", (CAP as i64).into())
+        .unwrap();
+    fed.set_relay_option("bz", "idle_timeout_ms", 2000.into())
+        .unwrap();
+    fed.set_relay_option("bz", "handshake_timeout_ms", 1000.into())
+        .unwrap();
+    fed.start("bz").unwrap();
+    let rss_before = fed.rss_kib("bz").unwrap();
+
+    let mut idle = Vec::new();
+    for _ in 0..CAP {
+        idle.push(raw_user_connect(&fed, "liaison@bz").await.unwrap());
+    }
+    let dir = fed.user_dir("admin@bz");
+    let refused =
+        kring_tests::raw_ping(&fed, "bz", &dir.join("user.crt"), &dir.join("user.key")).await;
+    // QUIC CONNECTION_REFUSED, before any TLS work.
+    assert!(
+        matches!(&refused, Err(e) if e.contains("server refused to accept a new connection")),
+        "connection {} above the cap: {refused:?}",
+        CAP + 1
+    );
+    // The idle timeout frees the slots.
+    let started = Instant::now();
+    loop {
+        let r =
+            kring_tests::raw_ping(&fed, "bz", &dir.join("user.crt"), &dir.join("user.key")).await;
+        if r == Ok(Response::Pong) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "idle connections never timed out: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Every idle connection is closed by the relay's idle timeout.
+    loop {
+        let closed = idle
+            .iter()
+            .filter(|(_, c)| c.close_reason().is_some())
+            .count();
+        if closed == CAP {
+            eprintln!(
+                "all {CAP} idle connections closed after {:?}",
+                started.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{closed} of {CAP} idle connections closed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(idle);
+
+    let cap_refusals = |fed: &Federation| {
+        std::fs::read_to_string(fed.log_file("bz"))
+            .unwrap()
+            .matches("connection cap reached")
+            .count()
+    };
+    let refusals_before = cap_refusals(&fed);
+    // Half-open handshakes through a one-way forwarder: client → relay only.
+    let relay_addr = fed.relay_addr("bz").unwrap();
+    let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let forwarder = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = hole.recv_from(&mut buf).await {
+            if from != relay_addr {
+                let _ = hole.send_to(&buf[..n], relay_addr).await;
+            }
+        }
+    });
+    let ep = raw_endpoint(
+        &fed,
+        &dir.join("user.crt"),
+        &dir.join("user.key"),
+        wire::ALPN_CLIENT,
+    )
+    .unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..300 {
+        let connecting = ep.connect(hole_addr, "bz.relay.kring").unwrap();
+        pending.push(tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(3), connecting).await;
+        }));
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    ep.close(0u32.into(), b"");
+    forwarder.abort();
+    let started = Instant::now();
+    loop {
+        let r =
+            kring_tests::raw_ping(&fed, "bz", &dir.join("user.crt"), &dir.join("user.key")).await;
+        if r == Ok(Response::Pong) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "relay still refuses after the half-open flood: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let refused = cap_refusals(&fed) - refusals_before;
+    eprintln!(
+        "half-open flood of 300: {refused} Initial packets refused at the cap; served again after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        refused > 0,
+        "no half-open connection was refused at the cap"
+    );
+    let rss_after = fed.rss_kib("bz").unwrap();
+    eprintln!("relay RSS {rss_before} KiB before, {rss_after} KiB after the connection floods");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+/// Devices that open their push channel and never read it: the relay's memory does
+/// not grow with what it cannot deliver (delivery reads from the store, QUIC flow
+/// control holds the sender back), and other members get everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_do_not_grow_relay_memory() {
+    const SLOW: usize = 10;
+    const NOTICES: usize = 120;
+    const BODY: usize = 60 * 1024;
+    let mut fed = federation();
+    let slow: Vec<String> = (0..SLOW).map(|i| format!("traag{i}@bz")).collect();
+    for u in &slow {
+        fed.issue_user(u, "NL:STG-GEHEIM", &[]).unwrap();
+    }
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut reader = ready(&fed, "admin@bz").await;
+    let mut members = vec!["admin@bz".to_string()];
+    let mut slow_clients = Vec::new();
+    for u in &slow {
+        slow_clients.push(ready(&fed, u).await);
+        members.push(u.clone());
+    }
+    admin.create_community("c", "NL:STG-GEHEIM").await.unwrap();
+    admin.add_members("c@bz", &members).await.unwrap();
+    join(&mut reader, "c@bz").await;
+    for c in slow_clients.iter_mut() {
+        join(c, "c@bz").await;
+        c.disconnect().await;
+    }
+    // Each slow device subscribes and then never reads.
+    let mut subs = Vec::new();
+    for u in &slow {
+        let (ep, conn) = raw_user_connect(&fed, u).await.unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&wire::encode_frame(&Request::Subscribe, DEFAULT_MAX_FRAME).unwrap())
+            .await
+            .unwrap();
+        subs.push((ep, conn, send, recv));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = fed.rss_kib("bz").unwrap();
+    let body = "x".repeat(BODY);
+    for i in 0..NOTICES {
+        admin
+            .file_notice(kring_tests::signal(
+                "c@bz",
+                "NL:DEP-VERTROUWELIJK",
+                &format!("big {i}"),
+                &body,
+            ))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = fed.rss_kib("bz").unwrap();
+    let data_kib = (NOTICES * BODY / 1024) as u64;
+    eprintln!(
+        "relay RSS {rss_before} KiB before, {rss_after} KiB after filing {data_kib} KiB \
+         to {SLOW} devices that never read"
+    );
+    // Buffering what the slow devices did not read would need SLOW × data_kib more;
+    // the store's cache of the log itself is allowed for (measured: about 2 × data).
+    assert!(
+        rss_after < rss_before + data_kib * 3 + 8 * 1024,
+        "relay memory grew from {rss_before} to {rss_after} KiB"
+    );
+    // A reading member gets everything.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        reader.sync().await.unwrap();
+        let n = reader.notices(Some("c@bz")).unwrap().len();
+        if n == NOTICES {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reader has {n} of {NOTICES}");
+    }
+    others_are_served(&fed, "bz", "liaison@bz").await;
+    drop(subs);
+}
+
+/// Malformed MLS messages, a commit sent by a non-member, a commit replayed, a
+/// notice replayed (same id, another member, a new id): typed errors from the relay,
+/// or refused and reported by every recipient; nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_replayed_mls_messages() {
+    let mut fed = federation();
+    for u in ["lezer@bz", "buiten@bz"] {
+        fed.issue_user(u, "NL:STG-GEHEIM", &[]).unwrap();
+    }
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    let mut reader = ready(&fed, "lezer@bz").await;
+    let _outsider = ready(&fed, "buiten@bz").await;
+    admin.create_community("c", "NL:STG-GEHEIM").await.unwrap();
+    admin
+        .add_members("c@bz", &["admin@bz", "lezer@bz"])
+        .await
+        .unwrap();
+    join(&mut member, "c@bz").await;
+    join(&mut reader, "c@bz").await;
+    let filed = admin
+        .file_notice(kring_tests::signal(
+            "c@bz",
+            "NL:DEP-VERTROUWELIJK",
+            "original",
+            "the original",
+        ))
+        .await
+        .unwrap();
+    let seq = filed.seq.unwrap();
+    reader.sync().await.unwrap();
+    assert_eq!(reader.notices(Some("c@bz")).unwrap().len(), 1);
+
+    // Capture the commit and the notice from the relay's store.
+    admin.disconnect().await;
+    member.disconnect().await;
+    reader.disconnect().await;
+    fed.stop("bz").unwrap();
+    let log = stored_log(&fed.open_store("bz").unwrap(), "c@bz").unwrap();
+    let commit = log
+        .iter()
+        .find(|e| matches!(e.kind, EntryKind::Handshake { .. }))
+        .unwrap()
+        .message
+        .clone();
+    let notice = log.iter().find(|e| e.seq == seq).unwrap().message.clone();
+    fed.start("bz").unwrap();
+
+    let (_e1, as_admin) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+    let (_e2, as_member) = raw_user_connect(&fed, "admin@bz").await.unwrap();
+    let (_e3, as_outsider) = raw_user_connect(&fed, "buiten@bz").await.unwrap();
+    let req = |message: Vec<u8>, notice_id: Uuid| Request::FileNotice {
+        community: "c@bz".into(),
+        notice_id,
+        message,
+    };
+    let handshake = |message: Vec<u8>| Request::Handshake {
+        community: "c@bz".into(),
+        message,
+        welcome: None,
+    };
+
+    // Malformed MLS: random bytes as a notice and as a commit; a commit as a notice.
+    let mut rng = XorShift::new(7);
+    for n in [0usize, 1, 40, 700] {
+        let r = raw_request(&as_admin, &req(rng.bytes(n), Uuid::new_v4()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, Response::Error(ErrorCode::BadRequest { reason }) if reason.contains("MLS")),
+            "{n} random bytes as a notice: {r:?}"
+        );
+        let r = raw_request(&as_admin, &handshake(rng.bytes(n)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, Response::Error(ErrorCode::BadRequest { .. })),
+            "{n} random bytes as a commit: {r:?}"
+        );
+    }
+    let r = raw_request(&as_admin, &req(commit.clone(), Uuid::new_v4()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, Response::Error(ErrorCode::BadRequest { .. })),
+        "a commit as a notice: {r:?}"
+    );
+    // A truncated notice.
+    let r = raw_request(
+        &as_admin,
+        &req(notice[..notice.len() / 2].to_vec(), Uuid::new_v4()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&r, Response::Error(ErrorCode::BadRequest { .. })),
+        "a truncated notice: {r:?}"
+    );
+
+    // A commit sent by a non-member.
+    let r = raw_request(&as_outsider, &handshake(commit.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Response::Error(ErrorCode::NotMember),
+        "non-member commit"
+    );
+    // The same commit replayed by its author: the community has moved on.
+    let r = raw_request(&as_admin, &handshake(commit.clone()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Response::Error(ErrorCode::WrongEpoch { .. })),
+        "replayed commit: {r:?}"
+    );
+    // The notice replayed by its filer under its own id: the same answer, no new entry.
+    let r = raw_request(&as_admin, &req(notice.clone(), filed.notice.id))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Response::Accepted { seq: s, .. } if s == seq),
+        "retried filing: {r:?}"
+    );
+    // By another member under the same id: refused.
+    let r = raw_request(&as_member, &req(notice.clone(), filed.notice.id))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, Response::Error(ErrorCode::BadRequest { reason }) if reason.contains("already filed")),
+        "replay under the same id: {r:?}"
+    );
+    // By another member under a new id: the relay cannot tell (it cannot decrypt),
+    // but every recipient refuses the reused message and reports it.
+    let replay = raw_request(&as_member, &req(notice.clone(), Uuid::new_v4()))
+        .await
+        .unwrap();
+    let report = reader.sync().await.unwrap();
+    eprintln!(
+        "another member's message replayed under a new id: relay {replay:?}, recipient {:?}",
+        report.events
+    );
+    match replay {
+        Response::Accepted { seq: s2, .. } => {
+            assert!(s2 > seq);
+            assert!(
+                report.events.iter().any(|e| matches!(e,
+                    SyncEvent::Unreadable { seq: s, .. } | SyncEvent::Refused { seq: s, .. } if *s == s2)),
+                "the replay was not reported: {:?}",
+                report.events
+            );
+        }
+        Response::Error(_) => {}
+        other => panic!("replay under a new id: {other:?}"),
+    }
+    assert!(
+        !report
+            .events
+            .iter()
+            .any(|e| matches!(e, SyncEvent::Notice(_))),
+        "a replay was stored as a notice: {:?}",
+        report.events
+    );
+    let titles: Vec<String> = reader
+        .notices(Some("c@bz"))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.title)
+        .collect();
+    assert_eq!(titles, vec!["original"]);
+
+    others_are_served(&fed, "bz", "lezer@bz").await;
+    drop(member); // its store: audit() opens admin@bz's profile
+    let records = audit(&fed, "admin@bz").await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "refusal" && r.actor == "buiten@bz"),
+        "the non-member's commit was not audited"
+    );
+}
+
+/// A malicious relay (holding the hub's certificate, federation ALPN) delivers real
+/// notices with the label rewritten: once in the entry the relays read, once inside
+/// the MLS message's authenticated data. The receiving relay stores and pushes what
+/// it is given, but the recipient device refuses both, reports them, and no
+/// plaintext is stored anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_rewritten_in_transit_is_refused_by_every_recipient() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("post-a").unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    bz.create_community("d", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    bz.add_members("d@bz", &["analist@post-a"]).await.unwrap();
+    join(&mut post, "d@bz").await;
+
+    // Two notices post-a has not received yet.
+    post.disconnect().await;
+    fed.stop("post-a").unwrap();
+    let marker = "MARKER-7f3a9c-plaintext";
+    let mut seqs = Vec::new();
+    for i in 0..2 {
+        let f = bz
+            .file_notice(kring_tests::signal(
+                "d@bz",
+                "NL:DEP-VERTROUWELIJK",
+                &format!("rewritten {i}"),
+                &format!("{marker} {i}"),
+            ))
+            .await
+            .unwrap();
+        seqs.push(f.seq.unwrap());
+    }
+    let info = bz.community_info("d@bz").await.unwrap();
+    bz.disconnect().await;
+    fed.stop("bz").unwrap();
+    let log = stored_log(&fed.open_store("bz").unwrap(), "d@bz").unwrap();
+    let entry = |seq: u64| log.iter().find(|e| e.seq == seq).unwrap().clone();
+    fed.start("post-a").unwrap();
+
+    let real: kring_policy::Label = "NL:DEP-VERTROUWELIJK".parse().unwrap();
+    // A lowered label for the entry; a raised one of the same encoded length for
+    // the authenticated data inside the message (so the message still parses).
+    let lowered: kring_policy::Label = "NL:ONGERUBRICEERD".parse().unwrap();
+    let raised: kring_policy::Label = "NL:STG-CONFIDENTIEEL".parse().unwrap();
+    let (real_b, lowered_b, fake_b) = (real.to_bytes(), lowered.to_bytes(), raised.to_bytes());
+    assert_eq!(real_b.len(), fake_b.len(), "labels of equal encoded length");
+
+    // 1: the label relays read differs from the authenticated data.
+    let mut e1: LogEntry = entry(seqs[0]);
+    if let EntryKind::Notice { label, .. } = &mut e1.kind {
+        assert_eq!(label, &real_b);
+        *label = lowered_b.clone();
+    }
+    // 2: the authenticated data inside the message rewritten (and the entry's label
+    // to match it).
+    let mut e2: LogEntry = entry(seqs[1]);
+    let at = e2
+        .message
+        .windows(real_b.len())
+        .position(|w| w == real_b.as_slice())
+        .expect("the label is in the message");
+    e2.message[at..at + real_b.len()].copy_from_slice(&fake_b);
+    if let EntryKind::Notice { label, .. } = &mut e2.kind {
+        *label = fake_b.clone();
+    }
+    for (i, e) in [e1, e2].into_iter().enumerate() {
+        let item_seq = 2_000_000 + i as u64;
+        let req = FedRequest::Deliver {
+            items: vec![FedItem {
+                seq: item_seq,
+                body: FedBody::Entry {
+                    community: info.clone(),
+                    seq: e.seq,
+                    entry: Some(e),
+                },
+            }],
+        };
+        let r = kring_tests::raw_federation_call(&fed, "bz", "post-a", &req)
+            .await
+            .unwrap();
+        assert!(matches!(r, FedResponse::Ack { .. }), "{r:?}");
+    }
+
+    let report = post.sync().await.unwrap();
+    for seq in &seqs {
+        assert!(
+            report.events.iter().any(|e| matches!(e,
+                SyncEvent::Unreadable { seq: s, .. } | SyncEvent::Refused { seq: s, .. } if s == seq)),
+            "seq {seq}: no refusal reported: {:?}",
+            report.events
+        );
+    }
+    assert!(
+        !report
+            .events
+            .iter()
+            .any(|e| matches!(e, SyncEvent::Notice(_))),
+        "a rewritten notice was accepted: {:?}",
+        report.events
+    );
+    assert!(post.notices(Some("d@bz")).unwrap().is_empty());
+    post.disconnect().await;
+    // No plaintext at the recipient, nor at either relay.
+    for dir in [
+        fed.user_dir("analist@post-a"),
+        fed.data_dir("post-a"),
+        fed.data_dir("bz"),
+    ] {
+        let found = files_containing(&dir, marker.as_bytes());
+        assert!(found.is_empty(), "plaintext in {found:?}");
+    }
+    others_are_served(&fed, "post-a", "analist@post-a").await;
+}
