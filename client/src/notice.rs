@@ -26,7 +26,7 @@ pub const MAX_LABEL_TEXT: usize = 1024;
 pub const MAX_STIX_OBJECTS: usize = 1000;
 /// Largest STIX attachment (serialised JSON), in bytes.
 pub const MAX_STIX_BYTES: usize = 256 * 1024;
-/// Largest notice plaintext, in bytes (well under the 1 MiB wire frame).
+/// Largest notice plaintext, in bytes (well under the 8 MiB wire frame).
 pub const MAX_PLAINTEXT: usize = 640 * 1024;
 
 /// Why a notice or one of its parts is invalid.

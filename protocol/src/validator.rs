@@ -38,9 +38,37 @@ impl<'a> FederationValidator<'a> {
     }
 }
 
+/// Certificates already read, by the SHA-256 of their DER. Reading every member's
+/// certificate dominated verifying a commit in a large community (1,000 leaves per
+/// commit, twice); the result of [`Identity::from_der`] depends only on the bytes,
+/// so it is kept. Bounded: cleared when full.
+static IDENTITIES: std::sync::Mutex<std::collections::BTreeMap<[u8; 32], Identity>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// Most certificates kept in [`IDENTITIES`].
+const MAX_CACHED_IDENTITIES: usize = 16_384;
+
+fn read_identity(leaf: &[u8]) -> Result<Identity, String> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    if let Ok(cache) = IDENTITIES.lock()
+        && let Some(id) = cache.get(&key)
+    {
+        return Ok(id.clone());
+    }
+    let id = Identity::from_der(leaf).map_err(|e| e.to_string())?;
+    if let Ok(mut cache) = IDENTITIES.lock() {
+        if cache.len() >= MAX_CACHED_IDENTITIES {
+            cache.clear();
+        }
+        cache.insert(key, id.clone());
+    }
+    Ok(id)
+}
+
 fn leaf_identity(chain: &[Vec<u8>], signature_key: &[u8]) -> Result<Identity, String> {
     let leaf = chain.first().ok_or("empty certificate chain")?;
-    let id = Identity::from_der(leaf).map_err(|e| e.to_string())?;
+    let id = read_identity(leaf)?;
     if !leaf_key_matches(signature_key, &id.public_key) {
         return Err(format!(
             "the MLS signature key of {} is not its certificate's key",

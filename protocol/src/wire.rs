@@ -29,8 +29,11 @@ pub const ALPN_CLIENT: &[u8] = b"kring/1";
 pub const ALPN_FEDERATION: &[u8] = b"kring-fed/1";
 /// Version carried in every message; a peer speaking another version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
-/// Default maximum frame payload: 1 MiB.
-pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Default maximum frame payload: 8 MiB. A Welcome into a community of N members
+/// carries its ratchet tree (about 1 KiB per member), and an MLS message may be up
+/// to `mls::MAX_MESSAGE_BYTES`; relays read a frame as it arrives, never allocating
+/// what a header merely claims.
+pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER: usize = 4;
 

@@ -12,7 +12,7 @@
 //! | `trust_anchors` | PEM file with the federation root CA(s) |
 //! | `data_dir` | directory of the relay's store |
 //! | `accreditation` | optional label text; may only lower what the certificate grants |
-//! | `max_frame` | largest accepted frame in bytes (default 1 MiB) |
+//! | `max_frame` | largest accepted frame in bytes (default 8 MiB; a Welcome carries the ratchet tree, about 1 KiB per member) |
 //! | `max_connections` | connection cap (default 10 000) |
 //! | `handshake_timeout_ms` | TLS handshake deadline (default 5 000) |
 //! | `idle_timeout_ms` | idle connection timeout (default 60 000) |

@@ -16,6 +16,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::relay::{Caller, Relay};
 
+/// Initial buffer for a frame being read.
+const FRAME_READ_CHUNK: usize = 64 * 1024;
+
 /// Reads one frame from a QUIC stream. `Ok(None)` at a clean end of stream.
 pub async fn read_frame<T: DeserializeOwned + wire::Validate>(
     recv: &mut quinn::RecvStream,
@@ -39,15 +42,27 @@ pub async fn read_frame<T: DeserializeOwned + wire::Validate>(
     let len = wire::frame_len(hdr, max_frame).map_err(|e| ErrorCode::TooLarge {
         what: e.to_string(),
     })?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(got) => ErrorCode::BadRequest {
-            reason: format!("stream ended inside a frame ({got} of {len} bytes)"),
-        },
-        quinn::ReadExactError::ReadError(e) => ErrorCode::BadRequest {
-            reason: format!("stream error: {e}"),
-        },
-    })?;
+    // Grow the buffer as bytes arrive (QUIC flow control bounds how fast), rather
+    // than allocating what the header claims before the peer has sent anything.
+    let mut payload = Vec::with_capacity(len.min(FRAME_READ_CHUNK));
+    while payload.len() < len {
+        match recv.read_chunk(len - payload.len(), true).await {
+            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(ErrorCode::BadRequest {
+                    reason: format!(
+                        "stream ended inside a frame ({} of {len} bytes)",
+                        payload.len()
+                    ),
+                });
+            }
+            Err(e) => {
+                return Err(ErrorCode::BadRequest {
+                    reason: format!("stream error: {e}"),
+                });
+            }
+        }
+    }
     wire::decode_payload(&payload)
         .map(Some)
         .map_err(|e| ErrorCode::BadRequest {

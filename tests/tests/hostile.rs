@@ -89,9 +89,9 @@ async fn broken_frames_get_typed_errors() {
             "header {len}"
         );
     }
-    // An oversized frame actually sent (2 MiB of payload behind its header).
-    let mut big = (2u32 << 20).to_be_bytes().to_vec();
-    big.extend(vec![0u8; 2 << 20]);
+    // An oversized frame actually sent (its payload behind its header).
+    let mut big = (DEFAULT_MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
+    big.extend(vec![0u8; DEFAULT_MAX_FRAME + 1]);
     let answer = raw_stream(&conn, &big, true).await.unwrap();
     assert!(matches!(error_of(&answer), ErrorCode::TooLarge { .. }));
 
