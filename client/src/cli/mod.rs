@@ -312,6 +312,9 @@ async fn community(client: &mut Client, cmd: CommunityCommand, out: &mut Out) ->
             }
         }
         CommunityCommand::Members { id, json } => {
+            // Sync first: it also commits removals the hub proposed (revocations), so
+            // the list is current.
+            client.sync().await?;
             let info = client.community_info(&id).await?;
             for m in &info.members {
                 let admin = info.admins.contains(m);
