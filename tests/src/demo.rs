@@ -283,24 +283,9 @@ async fn story(options: &Options) -> Result<(), String> {
     ));
 
     step("9. A liaison's device is lost: nctv's org-admin revokes it");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let watch = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        let result = nctv
-            .watch(|ev| {
-                if *ev == kring_client::SyncEvent::CaughtUp
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            })
-            .await;
-        (nctv, std::time::Instant::now(), result)
-    });
-    tokio::time::timeout(std::time::Duration::from_secs(20), ready_rx)
+    let watch = crate::steps::watch_online(nctv)
         .await
-        .map_err(|_| "liaison@nctv's device did not come online".to_string())?
-        .map_err(|x| e(&x))?;
+        .map_err(|x| format!("liaison@nctv: {x}"))?;
     say("liaison@nctv's device is online at relay nctv, watching for notices");
     let mut admin = fed.client("admin@nctv").map_err(|x| e(&x))?;
     let started = std::time::Instant::now();

@@ -87,6 +87,7 @@ pub struct Federation {
 pub mod bench_support;
 pub mod chaos;
 pub mod demo;
+pub mod steps;
 
 /// Relay ids of the demo federation (SPEC §8).
 pub const RELAYS: [&str; 4] = ["bz", "nctv", "aivd", "post-a"];
@@ -477,31 +478,8 @@ async fn raw_exchange<
     request: &Q,
 ) -> std::result::Result<A, String> {
     use kring_protocol::wire;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let s = |e: &dyn std::fmt::Display| e.to_string();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain_pem)
-        .map_err(|e| s(&e))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| s(&e))?;
-    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| s(&e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for a in CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| s(&e))? {
-        roots.add(a.map_err(|e| s(&e))?).map_err(|e| s(&e))?;
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| s(&e))?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .map_err(|e| s(&e))?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| s(&e))?;
-    let mut endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(|e| s(&e))?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    let endpoint = chaos::raw_endpoint(fed, chain_pem, key_pem, alpn)?;
     let addr = fed.relay_addr(to).ok_or("unknown relay")?;
     let conn = endpoint
         .connect(addr, &format!("{to}.relay.kring"))

@@ -4,73 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use kring_client::{Client, NoticeDraft};
+use kring_tests::steps::{draft, join, ready, sync_until, titles};
 use kring_tests::{Federation, RelayLauncher};
 
 fn federation() -> Federation {
     Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
-}
-
-fn draft(community: &str, label: &str, title: &str) -> NoticeDraft {
-    kring_tests::signal(community, label, title, &format!("body of {title}"))
-}
-
-async fn ready(fed: &Federation, user: &str) -> Client {
-    let mut c = fed.client(user).unwrap();
-    c.publish_key_packages(3).await.unwrap();
-    c
-}
-
-fn titles(c: &Client, community: &str) -> Vec<String> {
-    c.notices(Some(community))
-        .unwrap()
-        .into_iter()
-        .map(|n| n.title)
-        .collect()
-}
-
-/// Syncs until `want` titles are there (deliveries cross relays asynchronously).
-async fn sync_until(c: &mut Client, community: &str, want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        c.sync().await.unwrap();
-        let got = titles(c, community);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: have {got:?}, want {want:?}",
-            c.user()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Syncs until the client has joined `community`.
-async fn join(c: &mut Client, community: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        c.sync().await.unwrap();
-        if c.list_communities()
-            .await
-            .unwrap()
-            .iter()
-            .any(|s| s.id == community)
-            && c.community_info(community).await.is_ok()
-        {
-            // Joined when the local group exists: a notice list does not fail.
-            if c.notices(Some(community)).is_ok() {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never joined {community}",
-            c.user()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

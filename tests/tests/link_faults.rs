@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use kring_client::Client;
 use kring_tests::chaos::UdpLink;
+use kring_tests::steps::{join, titles};
 use kring_tests::{Federation, RelayLauncher};
 
 fn federation() -> Federation {
@@ -22,32 +23,6 @@ async fn ready(fed: &Federation, user: &str) -> Client {
     });
     c.publish_key_packages(3).await.unwrap();
     c
-}
-
-fn titles(c: &Client, community: &str) -> Vec<String> {
-    c.notices(Some(community))
-        .unwrap()
-        .into_iter()
-        .map(|n| n.title)
-        .collect()
-}
-
-async fn join(c: &mut Client, community: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        c.sync().await.unwrap();
-        if c.notices(Some(community)).is_ok()
-            && c.list_communities()
-                .await
-                .unwrap()
-                .iter()
-                .any(|s| s.id == community)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} never joined", c.user());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Syncs until `c` has a notice titled `title`; how long that took.

@@ -6,62 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use kring_client::{Client, NoticeDraft, SyncEvent};
+use kring_client::Client;
+use kring_tests::steps::{draft, join, ready, sync_until, watch_online};
 use kring_tests::{Federation, RelayLauncher};
 
 fn federation() -> Federation {
     Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
-}
-
-fn draft(community: &str, label: &str, title: &str) -> NoticeDraft {
-    kring_tests::signal(community, label, title, &format!("body of {title}"))
-}
-
-async fn ready(fed: &Federation, user: &str) -> Client {
-    let mut c = fed.client(user).unwrap();
-    c.publish_key_packages(3).await.unwrap();
-    c
-}
-
-fn titles(c: &Client, community: &str) -> Vec<String> {
-    c.notices(Some(community))
-        .unwrap()
-        .into_iter()
-        .map(|n| n.title)
-        .collect()
-}
-
-async fn sync_until(c: &mut Client, community: &str, want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        c.sync().await.unwrap();
-        let got = titles(c, community);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: have {got:?}, want {want:?}",
-            c.user()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn join(c: &mut Client, community: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        c.sync().await.unwrap();
-        if c.notices(Some(community)).is_ok() && c.community_info(community).await.is_ok() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never joined {community}",
-            c.user()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Syncs `admin` (which commits pending removals) until `user` is no longer a
@@ -126,24 +76,7 @@ async fn a_revoked_member_is_cut_off_everywhere_and_removed_from_every_community
     sync_until(&mut nctv, "kring@bz", &["before"]).await;
 
     // The liaison's device is connected to nctv and watching.
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let watcher = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        let result = nctv
-            .watch(|e| {
-                if *e == SyncEvent::CaughtUp
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            })
-            .await;
-        (Instant::now(), result)
-    });
-    tokio::time::timeout(Duration::from_secs(20), ready_rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let watcher = watch_online(nctv).await.unwrap();
 
     // The nctv org-admin revokes the liaison.
     let mut admin = fed.client("admin@nctv").unwrap();
@@ -158,7 +91,7 @@ async fn a_revoked_member_is_cut_off_everywhere_and_removed_from_every_community
     assert_eq!(peers, vec!["aivd", "bz", "post-a"]);
 
     // Cut off: the watch ends with "revoked" (exit 4), well within a generous bound.
-    let (ended, result) = tokio::time::timeout(Duration::from_secs(10), watcher)
+    let (_, ended, result) = tokio::time::timeout(Duration::from_secs(10), watcher)
         .await
         .expect("the revoked device was not cut off within 10 s")
         .unwrap();
@@ -278,24 +211,7 @@ async fn a_crl_entry_cuts_off_and_removes_like_a_revocation() {
         .unwrap();
     join(&mut bz, "statelijke-actoren@nctv").await;
 
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let watcher = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        let result = bz
-            .watch(|e| {
-                if *e == SyncEvent::CaughtUp
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            })
-            .await;
-        (Instant::now(), result)
-    });
-    tokio::time::timeout(Duration::from_secs(20), ready_rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let watcher = watch_online(bz).await.unwrap();
 
     // bz's CA publishes a new CRL with the liaison's certificate; relay bz reads
     // its configured CRL file when it changes.
@@ -304,7 +220,7 @@ async fn a_crl_entry_cuts_off_and_removes_like_a_revocation() {
         kring_certs_dev::revoke_user_certificate(fed.dir(), "liaison@bz", kring_tests::now())
             .unwrap();
     assert!(!entry.already_revoked);
-    let (ended, result) = tokio::time::timeout(Duration::from_secs(10), watcher)
+    let (_, ended, result) = tokio::time::timeout(Duration::from_secs(10), watcher)
         .await
         .expect("the device with a CRL-revoked certificate was not cut off within 10 s")
         .unwrap();

@@ -2,29 +2,12 @@
 //! in-process clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
 
-use kring_client::{Client, NoticeDraft};
+use kring_client::Client;
+use kring_tests::steps::{draft, ready, titles};
 use kring_tests::{Federation, RelayLauncher};
 
 fn federation() -> Federation {
     Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
-}
-
-fn draft(community: &str, label: &str, title: &str) -> NoticeDraft {
-    kring_tests::signal(community, label, title, &format!("body of {title}"))
-}
-
-async fn ready(fed: &Federation, user: &str) -> Client {
-    let mut c = fed.client(user).unwrap();
-    c.publish_key_packages(3).await.unwrap();
-    c
-}
-
-fn titles(c: &Client, community: &str) -> Vec<String> {
-    c.notices(Some(community))
-        .unwrap()
-        .into_iter()
-        .map(|n| n.title)
-        .collect()
 }
 
 /// Three users on relay `bz`: an admin creates a community, adds two members, files;

@@ -17,6 +17,7 @@ use kring_client::Client;
 use kring_client::conn::Timeouts;
 use kring_protocol::wire::EntryKind;
 use kring_tests::chaos::{XorShift, env_count, stored_log};
+use kring_tests::steps::join;
 use kring_tests::{Federation, RelayLauncher};
 use uuid::Uuid;
 
@@ -37,24 +38,6 @@ async fn ready(fed: &Federation, user: &str) -> Client {
     });
     c.publish_key_packages(3).await.unwrap();
     c
-}
-
-async fn join(c: &mut Client, community: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        c.sync().await.unwrap();
-        if c.notices(Some(community)).is_ok()
-            && c.list_communities()
-                .await
-                .unwrap()
-                .iter()
-                .any(|s| s.id == community)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} never joined", c.user());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A notice acknowledged to its filer.

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use kring_client::{Client, SyncEvent};
+use kring_client::SyncEvent;
 use kring_tests::{Federation, RelayLauncher};
 
 use crate::common::{CLEARANCE, demo_binary};
@@ -27,28 +27,6 @@ pub struct RevocationTimes {
 
 fn e(x: impl std::fmt::Display) -> String {
     x.to_string()
-}
-
-async fn watching(mut c: Client) -> Result<tokio::task::JoinHandle<Instant>, String> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let _ = c
-            .watch(|ev| {
-                if *ev == SyncEvent::CaughtUp
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            })
-            .await;
-        Instant::now()
-    });
-    tokio::time::timeout(Duration::from_secs(30), rx)
-        .await
-        .map_err(|_| "a device did not come online within 30 s".to_string())?
-        .map_err(e)?;
-    Ok(task)
 }
 
 /// Runs `rounds` revocations.
@@ -99,13 +77,13 @@ pub async fn run(rounds: usize) -> Result<RevocationTimes, String> {
         removed_at_hub: Vec::new(),
     };
     for (u, device) in users.iter().zip(devices) {
-        let watch = watching(device).await?;
+        let watch = kring_tests::steps::watch_online(device).await?;
         let sent = Instant::now();
         org_admin
             .revoke(u, "benchmark")
             .await
             .map_err(|x| format!("revoking {u}: {x}"))?;
-        let closed = tokio::time::timeout(Duration::from_secs(10), watch)
+        let (_, closed, _) = tokio::time::timeout(Duration::from_secs(10), watch)
             .await
             .map_err(|_| format!("{u} was not cut off within 10 s"))?
             .map_err(e)?;
