@@ -334,6 +334,7 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
         Response::KeyPackage { .. } => "KeyPackage",
         Response::Accepted { .. } => "Accepted",
         Response::Queued { .. } => "Queued",
+        Response::Filed { .. } => "Filed",
         Response::AuditLog(_) => "AuditLog",
         Response::Communities { .. } => "Communities",
         Response::Community(_) => "Community",

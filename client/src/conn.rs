@@ -20,6 +20,8 @@ use crate::profile::{MAX_PEM_BYTES, Profile, read_bounded};
 
 /// Most certificates accepted in one PEM file.
 const MAX_CERTS_PER_FILE: usize = 16;
+/// How long a request refused as over the relay's rate limit is retried.
+pub const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Time limits of the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,10 +254,25 @@ impl RelayConnection {
     }
 
     /// [`call`](Self::call) with its own time limit.
+    ///
+    /// A request the relay refuses as over its rate limit is sent again after the
+    /// pause the relay names (it was refused before it was looked at), for at most
+    /// [`RATE_LIMIT_PATIENCE`]; then the refusal is returned.
     pub async fn call_within(&self, request: &Request, timeout: Duration) -> Result<Response> {
-        match self.request_within(request, timeout).await? {
-            Response::Error(code) => Err(ClientError::Relay(code)),
-            other => Ok(other),
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.request_within(request, timeout).await? {
+                Response::Error(ErrorCode::RateLimited { retry_after_ms })
+                    if waited < RATE_LIMIT_PATIENCE =>
+                {
+                    let pause = Duration::from_millis(retry_after_ms.clamp(1, 1000));
+                    tracing::debug!(?pause, "rate limited by the relay; sending again");
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+                Response::Error(code) => return Err(ClientError::Relay(code)),
+                other => return Ok(other),
+            }
         }
     }
 

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use kring_policy::{Label, within};
-use kring_protocol::wire::{ErrorCode, HopRefusal, NoticeStatus, Request, Response};
+use kring_protocol::wire::limits::MAX_NOTICES_PER_FILING;
+use kring_protocol::wire::{ErrorCode, HopRefusal, NoticeStatus, NoticeUpload, Request, Response};
 use uuid::Uuid;
 
 use crate::client::{Client, not_member, unexpected};
@@ -17,6 +18,13 @@ use crate::labels::parse_label;
 use crate::notice::{MAX_TITLE, Notice, NoticeDraft, NoticeKind, now_utc};
 use crate::ordering::{Ordering, StatusSource, await_ordering};
 use crate::store::StoredNotice;
+
+/// A checked draft, ready to encrypt.
+struct Prepared {
+    notice: Notice,
+    label: Label,
+    plaintext: Vec<u8>,
+}
 
 /// Shortest notice id prefix accepted in place of a full id.
 pub const MIN_ID_PREFIX: usize = 6;
@@ -55,9 +63,12 @@ impl FiledNotice {
 
 impl Client {
     /// Files a notice: checks the label against the user's clearance and the
-    /// community's maximum label (exit 3 with the reason), syncs, encrypts the
-    /// notice JSON with the binary label as authenticated data, sends it, and stores
-    /// it locally once the home relay has acknowledged it (it is durable there).
+    /// community's maximum label (exit 3 with the reason), encrypts the notice JSON
+    /// with the binary label as authenticated data in the current epoch, sends it,
+    /// and stores it locally once the home relay has acknowledged it (it is durable
+    /// there). It syncs only when needed: for a community this device has not
+    /// joined yet, after an interrupted commit, or when the relay answers that the
+    /// device's epoch is behind (`WrongEpoch`; then it encrypts again).
     ///
     /// For a community hubbed at the home relay the acknowledgement is the hub's
     /// ordering ([`Ordering::Ordered`]). For a community hubbed at another relay the
@@ -68,17 +79,45 @@ impl Client {
     /// [`Ordering::Queued`] (not ordered yet; it stays queued). A refusal is an `Ok`
     /// outcome here: the notice was filed; the caller decides how to report it.
     pub async fn file_notice(&mut self, draft: NoticeDraft) -> Result<FiledNotice> {
-        self.reset_transaction()?;
-        let community = self.resolve_community(&draft.community)?;
-        let label = parse_label(&draft.label)?;
-        let decision = self.check_clearance(&label);
-        if !decision.allowed {
-            return Err(ClientError::PolicyDenied(format!(
-                "label {label} is not within your clearance: {}",
-                decision.reason()
+        let mut filed = self.file_notices(vec![draft]).await?;
+        match (filed.pop(), filed.is_empty()) {
+            (Some(one), true) => Ok(one),
+            _ => Err(ClientError::Protocol(
+                "one notice filed, but not one answer".into(),
+            )),
+        }
+    }
+
+    /// Files several notices of one community in one request, in this order, all
+    /// or none: like [`file_notice`](Self::file_notice), but with one group load,
+    /// one local flush, one round trip and one fsync at the relay for all of them (at
+    /// most [`MAX_NOTICES_PER_FILING`]). With an ordering wait, it waits for the
+    /// last notice (the hub orders a relay's notices in filing order) and then asks
+    /// once for each other one still queued.
+    pub async fn file_notices(&mut self, drafts: Vec<NoticeDraft>) -> Result<Vec<FiledNotice>> {
+        let Some(first) = drafts.first() else {
+            return Ok(Vec::new());
+        };
+        if drafts.len() > MAX_NOTICES_PER_FILING {
+            return Err(ClientError::Usage(format!(
+                "{} notices in one filing; at most {MAX_NOTICES_PER_FILING}",
+                drafts.len()
             )));
         }
-        self.sync().await?;
+        self.reset_transaction()?;
+        let community = self.resolve_community(&first.community)?;
+        let mut prepared = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            prepared.push(self.prepare(&community, draft)?);
+        }
+        // No sync first: the home relay refuses a filing in an epoch older than the
+        // one it knows (WrongEpoch), and then this device syncs and encrypts again.
+        // A community this device has not joined yet needs a sync to be found.
+        let mut synced = false;
+        if !self.store.community(&community)?.is_some_and(|r| r.active) {
+            self.sync().await?;
+            synced = true;
+        }
         let record = self
             .store
             .community(&community)?
@@ -87,16 +126,88 @@ impl Client {
         let max: Label = record.max_label.parse().map_err(|e| {
             ClientError::Protocol(format!("stored maximum label of {community}: {e}"))
         })?;
-        let decision = within(&label, &max);
+        for p in &prepared {
+            let decision = within(&p.label, &max);
+            if !decision.allowed {
+                return Err(ClientError::PolicyDenied(format!(
+                    "label {} is above the maximum label {max} of {community}: {}",
+                    p.label,
+                    decision.reason()
+                )));
+            }
+        }
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut group = self.load_group(&community)?;
+            if group.has_pending_commit() {
+                if !synced {
+                    // An interrupted commit: a sync learns whether the hub took it.
+                    self.sync().await?;
+                    synced = true;
+                    continue;
+                }
+                // Left over from an interrupted commit, not accepted since (we synced).
+                group.commit_refused(&self.provider)?;
+            }
+            if group.has_pending_proposals() {
+                self.commit_pending_proposals(&community, &mut |_| {})
+                    .await?;
+                group = self.load_group(&community)?;
+            }
+            let epoch = group.epoch();
+            let mut notices = Vec::with_capacity(prepared.len());
+            for p in &prepared {
+                let aad = p.label.to_bytes();
+                notices.push(NoticeUpload {
+                    notice_id: p.notice.id,
+                    message: group.encrypt(&self.provider, &self.signer, &aad, &p.plaintext)?,
+                });
+            }
+            // The advanced ratchet is on disk before anything leaves the device.
+            self.store.flush()?;
+            let request = Request::FileNotices {
+                community: community.clone(),
+                notices,
+            };
+            match self.call(&request).await {
+                Ok(Response::Filed { hub, seqs, .. }) if seqs.len() == prepared.len() => {
+                    let notices = prepared.into_iter().map(|p| p.notice).collect();
+                    return self.filed(notices, epoch, hub, seqs).await;
+                }
+                Ok(other) => return Err(unexpected("FileNotices", &other)),
+                Err(ClientError::Relay(ErrorCode::WrongEpoch { .. }))
+                    if attempt < COMMIT_ATTEMPTS =>
+                {
+                    self.sync().await?;
+                    synced = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Checks a draft of `community` against the user's clearance and turns it into
+    /// a notice and its plaintext.
+    fn prepare(&self, community: &str, draft: NoticeDraft) -> Result<Prepared> {
+        if self.resolve_community(&draft.community)? != community {
+            return Err(ClientError::Usage(format!(
+                "one filing is for one community: {} is not {community}",
+                draft.community
+            )));
+        }
+        let label = parse_label(&draft.label)?;
+        let decision = self.check_clearance(&label);
         if !decision.allowed {
             return Err(ClientError::PolicyDenied(format!(
-                "label {label} is above the maximum label {max} of {community}: {}",
+                "label {label} is not within your clearance: {}",
                 decision.reason()
             )));
         }
         let notice = Notice {
             id: Uuid::new_v4(),
-            community: community.clone(),
+            community: community.to_string(),
             label: label.to_string(),
             kind: draft.kind,
             category: draft.category,
@@ -113,111 +224,114 @@ impl Client {
         let plaintext = notice
             .to_plaintext()
             .map_err(|e| ClientError::Usage(e.to_string()))?;
-        let aad = label.to_bytes();
-
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut group = self.load_group(&community)?;
-            if group.has_pending_commit() {
-                // Left over from an interrupted commit, not accepted since (we synced).
-                group.commit_refused(&self.provider)?;
-            }
-            if group.has_pending_proposals() {
-                self.commit_pending_proposals(&community, &mut |_| {})
-                    .await?;
-                group = self.load_group(&community)?;
-            }
-            let epoch = group.epoch();
-            let message = group.encrypt(&self.provider, &self.signer, &aad, &plaintext)?;
-            self.store.flush()?;
-            let request = Request::FileNotice {
-                community: community.clone(),
-                notice_id: notice.id,
-                message,
-            };
-            match self.call(&request).await {
-                Ok(Response::Accepted { seq, epoch }) => {
-                    self.store.insert_notice(&StoredNotice {
-                        notice: notice.clone(),
-                        seq: Some(seq),
-                        own: true,
-                    })?;
-                    tracing::info!(%community, seq, notice_id = %notice.id, "notice filed");
-                    return Ok(FiledNotice {
-                        seq: Some(seq),
-                        epoch,
-                        home: self.profile.relay_id.clone(),
-                        hub: crate::ids::hub_of(&notice.community).to_string(),
-                        notice,
-                        ordering: Ordering::Ordered { seq },
-                        refusals: Vec::new(),
-                    });
-                }
-                Ok(Response::Queued { notice_id, hub }) => {
-                    return self.queued(notice, epoch, notice_id, hub).await;
-                }
-                Ok(other) => return Err(unexpected("FileNotice", &other)),
-                Err(ClientError::Relay(ErrorCode::WrongEpoch { .. }))
-                    if attempt < COMMIT_ATTEMPTS =>
-                {
-                    self.sync().await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        Ok(Prepared {
+            notice,
+            label,
+            plaintext,
+        })
     }
 
-    /// The home relay queued `notice` for the community's hub: stores it (its
-    /// sequence number unknown yet; the ordered entry, when it comes back, fills it
-    /// in instead of storing a second copy) and waits for the hub's ordering.
-    async fn queued(
+    /// The home relay acknowledged `notices` (durable there): stores them (one
+    /// flush) and, for a community hubbed elsewhere, waits for the hub's ordering.
+    /// A notice whose sequence number is not known yet is filled in by its ordered
+    /// entry when that comes back, instead of storing a second copy.
+    async fn filed(
         &mut self,
-        notice: Notice,
+        notices: Vec<Notice>,
         epoch: u64,
-        notice_id: Uuid,
         hub: String,
-    ) -> Result<FiledNotice> {
-        let expected_hub = crate::ids::hub_of(&notice.community);
-        if notice_id != notice.id || hub != expected_hub {
+        seqs: Vec<Option<u64>>,
+    ) -> Result<Vec<FiledNotice>> {
+        let home = self.profile.relay_id.clone();
+        let expected_hub = crate::ids::hub_of(&notices[0].community).to_string();
+        if hub != expected_hub {
             return Err(ClientError::Protocol(format!(
-                "the relay queued notice {notice_id} for hub {hub}, but this device filed \
-                 notice {} in {} (hub {expected_hub})",
-                notice.id, notice.community
+                "the relay filed notices of {} for hub {hub}, not {expected_hub}",
+                notices[0].community
             )));
         }
-        self.store.insert_notice(&StoredNotice {
-            notice: notice.clone(),
-            seq: None,
-            own: true,
-        })?;
-        let home = self.profile.relay_id.clone();
-        tracing::info!(community = %notice.community, notice_id = %notice.id, %home, %hub,
-            "notice queued for the hub");
+        self.store.defer_flush(true);
+        let stored: Result<()> = notices.iter().zip(&seqs).try_for_each(|(notice, seq)| {
+            self.store.insert_notice(&StoredNotice {
+                notice: notice.clone(),
+                seq: *seq,
+                own: true,
+            })?;
+            Ok(())
+        });
+        self.store.defer_flush(false);
+        stored?;
+        self.store.flush()?;
+        let mut out: Vec<FiledNotice> = notices
+            .into_iter()
+            .zip(seqs)
+            .map(|(notice, seq)| {
+                tracing::info!(community = %notice.community, notice_id = %notice.id, ?seq,
+                    %home, %hub, "notice filed");
+                FiledNotice {
+                    seq,
+                    epoch,
+                    home: home.clone(),
+                    hub: hub.clone(),
+                    ordering: match seq {
+                        Some(seq) => Ordering::Ordered { seq },
+                        None => Ordering::Queued {
+                            waited: Duration::ZERO,
+                        },
+                    },
+                    refusals: Vec::new(),
+                    notice,
+                }
+            })
+            .collect();
         let (wait, limit) = (self.timeouts.ordering, self.timeouts.request);
-        let waited = await_ordering(self, notice.id, wait, limit).await;
-        if let Some(e) = waited.failure {
+        let Some(last) = out.last().filter(|f| f.seq.is_none()) else {
+            return Ok(out);
+        };
+        if wait.is_zero() {
+            return Ok(out);
+        }
+        // The hub orders this relay's notices in filing order: once the last is
+        // settled, the others are too (or still queued behind a cut link).
+        let last_id = last.notice.id;
+        let waited = await_ordering(self, last_id, wait, limit).await;
+        if let Some(e) = &waited.failure {
             self.warn(format!(
-                "notice {} is queued at {home}, but whether hub {hub} ordered it could not \
-                 be learned: {e}",
-                notice.id
+                "notice {last_id} is queued at {home}, but whether hub {hub} ordered it could \
+                 not be learned: {e}"
             ));
         }
-        let (ordering, refusals) = (waited.ordering, waited.refusals);
-        if let Ordering::Ordered { seq } = ordering {
-            self.store.set_notice_seq(notice.id, seq)?;
-            tracing::info!(community = %notice.community, seq, notice_id = %notice.id,
-                "notice ordered by the hub");
+        let n = out.len();
+        for (i, f) in out.iter_mut().enumerate() {
+            let (ordering, refusals) = if i + 1 == n {
+                (waited.ordering.clone(), waited.refusals.clone())
+            } else if waited.failure.is_none() {
+                match self.status(f.notice.id, limit).await {
+                    Ok(status) if status.notice_id == f.notice.id => {
+                        let queued = Ordering::Queued { waited: wait };
+                        (
+                            Ordering::from_status(&status).unwrap_or(queued),
+                            status.refusals,
+                        )
+                    }
+                    _ => continue,
+                }
+            } else {
+                continue;
+            };
+            if let Ordering::Ordered { seq } = ordering {
+                self.store.set_notice_seq(f.notice.id, seq)?;
+                f.seq = Some(seq);
+                tracing::info!(community = %f.notice.community, seq, notice_id = %f.notice.id,
+                    "notice ordered by the hub");
+            }
+            f.ordering = match ordering {
+                Ordering::Queued { .. } => Ordering::Queued { waited: wait },
+                other => other,
+            };
+            f.refusals = refusals;
         }
-        Ok(FiledNotice {
-            seq: ordering.seq(),
-            notice,
-            epoch,
-            home,
-            hub,
-            ordering,
-            refusals,
-        })
+        Ok(out)
     }
 
     /// Files a reply to a stored notice: same community and category, kind `reply`,

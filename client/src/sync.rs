@@ -578,6 +578,27 @@ impl Client {
         }
         let mut batch = Batch::new();
         batch.put_cursor(community, entry.seq);
+        if let EntryKind::Notice {
+            notice_id, epoch, ..
+        } = &entry.kind
+        {
+            let own = entry.sender == self.user();
+            let before_join = *epoch < record.joined_epoch;
+            if own || before_join || self.store.has_notice(*notice_id)? {
+                // Own notices were stored when filed and cannot be decrypted by
+                // their sender; earlier epochs were never meant for this device.
+                // An own notice queued for a remote hub learns its sequence number
+                // here, together with the cursor. No MLS state is needed for this.
+                if own
+                    && let Some(stored) = self.store.notice(*notice_id)?
+                    && let Some(update) = ordered_own(stored, entry)
+                {
+                    batch.put_notice(&update)?;
+                }
+                self.store.commit_plain(batch)?;
+                return Ok(Some(entry.seq));
+            }
+        }
         let group = match ClientGroup::load(&self.provider, community)? {
             Some(g) if g.is_active() && record.active => g,
             _ => {
@@ -590,27 +611,9 @@ impl Client {
                 self.process_handshake(group, entry, record, batch, owed, emit)?;
             }
             EntryKind::Notice {
-                notice_id,
-                label,
-                epoch,
+                notice_id, label, ..
             } => {
-                let own = entry.sender == self.user();
-                let before_join = *epoch < record.joined_epoch;
-                if own || before_join || self.store.has_notice(*notice_id)? {
-                    // Own notices were stored when filed and cannot be decrypted by
-                    // their sender; earlier epochs were never meant for this device.
-                    // An own notice queued for a remote hub learns its sequence
-                    // number here, together with the cursor.
-                    if own
-                        && let Some(stored) = self.store.notice(*notice_id)?
-                        && let Some(update) = ordered_own(stored, entry)
-                    {
-                        batch.put_notice(&update)?;
-                    }
-                    self.store.commit_plain(batch)?;
-                } else {
-                    self.process_notice(group, entry, *notice_id, label, &record, batch, emit)?;
-                }
+                self.process_notice(group, entry, *notice_id, label, &record, batch, emit)?;
             }
         }
         Ok(Some(entry.seq))

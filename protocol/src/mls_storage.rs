@@ -28,14 +28,30 @@
 //!
 //! where `LABEL` is an ASCII name of the kind of entry (for example `Tree` or
 //! `QueuedProposal`), so that entries of different kinds or storage versions can
-//! never collide. Values are JSON (a self-describing format, as openmls requires
-//! so that its stored types can evolve); list-valued entries are JSON arrays.
+//! never collide. Keys are small, so their JSON costs nothing worth saving.
+//!
+//! Every value is stored as
+//!
+//! ```text
+//! 0xC1 || MessagePack(openmls value)
+//! ```
+//!
+//! MessagePack is self-describing, as openmls requires so that its stored types
+//! can evolve; structs are written as maps keyed by field name, list-valued
+//! entries as arrays, and every sequence of `u8` (keys, signatures, credentials:
+//! openmls's `Vec<u8>`s) as one MessagePack byte string (`bin`), so a ratchet
+//! tree takes little more than its raw bytes (JSON spent about 3.6 characters per
+//! byte, written and parsed one number at a time). Sequences of numbers
+//! are still read too. `0xC1` is a byte MessagePack never uses and no JSON text
+//! starts with: values without it are the JSON that earlier versions wrote, still
+//! read and rewritten in MessagePack when next stored.
 //!
 //! The stored values include private keys and epoch secrets in the clear:
 //! protecting the store at rest (file permissions, disk encryption) is the
 //! backend owner's responsibility.
 
 mod backend;
+mod compact;
 mod error;
 mod provider;
 mod storage;

@@ -49,6 +49,8 @@ pub mod limits {
     pub const MAX_PAGE: u32 = 1000;
     /// Most items in any listing.
     pub const MAX_LIST: usize = 10_000;
+    /// Most notices in one [`Request::FileNotices`](super::Request::FileNotices).
+    pub const MAX_NOTICES_PER_FILING: usize = 256;
 }
 
 /// Errors of this module: framing and message decoding.
@@ -113,6 +115,7 @@ pub enum Request {
         /// TLS-serialised `KeyPackage`s (as `MlsMessageOut` bytes).
         key_packages: Vec<Bytes>,
         /// Optional last-resort key package.
+        #[serde(with = "serde_bytes")]
         last_resort: Option<Bytes>,
     },
     /// Take one key package of `user` (to add them to a community).
@@ -127,8 +130,10 @@ pub enum Request {
         /// `NAME@HUB`, HUB being this relay.
         community: String,
         /// `MlsMessageOut` bytes of the GroupInfo.
+        #[serde(with = "serde_bytes")]
         group_info: Bytes,
         /// TLS-serialised ratchet tree.
+        #[serde(with = "serde_bytes")]
         ratchet_tree: Bytes,
     },
     /// A handshake message (commit or proposal, as PublicMessage) for a community.
@@ -136,8 +141,10 @@ pub enum Request {
         /// Community id.
         community: String,
         /// `MlsMessageOut` bytes (PublicMessage).
+        #[serde(with = "serde_bytes")]
         message: Bytes,
         /// Welcome for members the commit adds, if any.
+        #[serde(with = "serde_bytes")]
         welcome: Option<Bytes>,
     },
     /// File a notice: an MLS application message whose authenticated data is the
@@ -148,7 +155,17 @@ pub enum Request {
         /// The notice id (also inside the ciphertext).
         notice_id: Uuid,
         /// `MlsMessageOut` bytes (PrivateMessage).
+        #[serde(with = "serde_bytes")]
         message: Bytes,
+    },
+    /// File several notices of one community at once, in this order: one atomic
+    /// write and one fsync at the relay. Either all are accepted or none (the
+    /// refusal names the notice). At most [`limits::MAX_NOTICES_PER_FILING`].
+    FileNotices {
+        /// Community id.
+        community: String,
+        /// The notices, in filing order.
+        notices: Vec<NoticeUpload>,
     },
     /// Open the push channel for this device (the stream stays open).
     Subscribe,
@@ -198,6 +215,16 @@ pub enum Request {
     },
 }
 
+/// One notice of a [`Request::FileNotices`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeUpload {
+    /// The notice id (also inside the ciphertext).
+    pub notice_id: Uuid,
+    /// `MlsMessageOut` bytes (PrivateMessage).
+    #[serde(with = "serde_bytes")]
+    pub message: Bytes,
+}
+
 /// A relay's answer to one [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -211,6 +238,7 @@ pub enum Response {
     /// A key package of the requested user.
     KeyPackage {
         /// `MlsMessageOut` bytes of the key package.
+        #[serde(with = "serde_bytes")]
         key_package: Bytes,
     },
     /// A notice is durable at the filer's home relay and queued for the community's
@@ -228,6 +256,16 @@ pub enum Response {
         seq: u64,
         /// Group epoch after the message (unchanged for notices).
         epoch: u64,
+    },
+    /// Answer to [`Request::FileNotices`]: every notice is durable at this relay.
+    Filed {
+        /// The community's hub.
+        hub: String,
+        /// The group epoch (unchanged by notices).
+        epoch: u64,
+        /// One per notice, in request order: its sequence number when this relay is
+        /// the hub (ordered), `None` when it is queued for the hub.
+        seqs: Vec<Option<u64>>,
     },
     /// Answer to [`Request::ListCommunities`].
     Communities {
@@ -356,8 +394,10 @@ pub enum Push {
         /// Community id.
         community: String,
         /// `MlsMessageOut` bytes of the Welcome.
+        #[serde(with = "serde_bytes")]
         welcome: Bytes,
         /// Ratchet tree of the group at the welcome's epoch.
+        #[serde(with = "serde_bytes")]
         ratchet_tree: Bytes,
     },
     /// Catch-up is complete: everything stored for this device up to now was sent.
@@ -380,6 +420,7 @@ pub struct LogEntry {
     /// What it is.
     pub kind: EntryKind,
     /// `MlsMessageOut` bytes.
+    #[serde(with = "serde_bytes")]
     pub message: Bytes,
 }
 
@@ -396,6 +437,7 @@ pub enum EntryKind {
         /// Notice id.
         notice_id: Uuid,
         /// Binary label (also the MLS authenticated data).
+        #[serde(with = "serde_bytes")]
         label: Bytes,
         /// Epoch the message was sent in.
         epoch: u64,
@@ -493,8 +535,10 @@ pub enum FedRequest {
         /// The member (a user of the sending relay).
         sender: String,
         /// `MlsMessageOut` bytes (PublicMessage).
+        #[serde(with = "serde_bytes")]
         message: Bytes,
         /// Welcome for added members, if any.
+        #[serde(with = "serde_bytes")]
         welcome: Option<Bytes>,
     },
     /// Take one key package of a user of the receiving relay.
@@ -539,6 +583,7 @@ pub enum FedBody {
         /// The filer.
         sender: String,
         /// `MlsMessageOut` bytes (PrivateMessage).
+        #[serde(with = "serde_bytes")]
         message: Bytes,
     },
     /// Hub → member relays: the next entry of a community log, with the community
@@ -560,8 +605,10 @@ pub enum FedBody {
         /// Community id.
         community: String,
         /// Welcome bytes.
+        #[serde(with = "serde_bytes")]
         welcome: Bytes,
         /// Ratchet tree at the welcome's epoch.
+        #[serde(with = "serde_bytes")]
         ratchet_tree: Bytes,
     },
     /// Any hop → the hub, and hub → the filer's home relay: a notice was refused.
@@ -583,8 +630,10 @@ pub enum FedBody {
     /// signed it (flooded like revocations).
     Crl {
         /// CRL, DER.
+        #[serde(with = "serde_bytes")]
         crl: Bytes,
         /// The issuing organisation CA certificate, DER.
+        #[serde(with = "serde_bytes")]
         issuer: Bytes,
     },
 }
@@ -694,6 +743,20 @@ impl Validate for Request {
             | Request::AuditLog { .. }
             | Request::Ping => Ok(()),
             Request::Revoke { statement } => check_statement(statement),
+            Request::FileNotices { community, notices } => {
+                check_qualified_id("community", community)?;
+                if notices.is_empty() || notices.len() > limits::MAX_NOTICES_PER_FILING {
+                    return Err(WireError::Invalid {
+                        field: "notices",
+                        reason: format!(
+                            "{} notices; 1 to {} per request",
+                            notices.len(),
+                            limits::MAX_NOTICES_PER_FILING
+                        ),
+                    });
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -704,6 +767,12 @@ impl Validate for Response {
             Response::AuditLog(page) if page.records.len() > limits::MAX_PAGE as usize => {
                 Err(WireError::Invalid {
                     field: "records",
+                    reason: "too many".into(),
+                })
+            }
+            Response::Filed { seqs, .. } if seqs.len() > limits::MAX_NOTICES_PER_FILING => {
+                Err(WireError::Invalid {
+                    field: "seqs",
                     reason: "too many".into(),
                 })
             }
@@ -939,6 +1008,18 @@ mod tests {
             notice_id: Uuid::from_u128(7),
             message: vec![1, 2, 3],
         });
+        roundtrip(Request::FileNotices {
+            community: "desinformatie@bz".into(),
+            notices: vec![NoticeUpload {
+                notice_id: Uuid::from_u128(8),
+                message: vec![4, 5],
+            }],
+        });
+        roundtrip(Response::Filed {
+            hub: "bz".into(),
+            epoch: 3,
+            seqs: vec![Some(4), None],
+        });
         roundtrip(Request::Handshake {
             community: "a@b".into(),
             message: vec![9; 100],
@@ -1031,6 +1112,27 @@ mod tests {
         }
         .validate()
         .unwrap();
+    }
+
+    #[test]
+    fn filings_are_bounded() {
+        let filing = |n: usize| Request::FileNotices {
+            community: "x@bz".into(),
+            notices: (0..n)
+                .map(|i| NoticeUpload {
+                    notice_id: Uuid::from_u128(i as u128),
+                    message: vec![1],
+                })
+                .collect(),
+        };
+        assert!(filing(0).validate().is_err());
+        filing(1).validate().unwrap();
+        filing(limits::MAX_NOTICES_PER_FILING).validate().unwrap();
+        assert!(
+            filing(limits::MAX_NOTICES_PER_FILING + 1)
+                .validate()
+                .is_err()
+        );
     }
 
     proptest! {

@@ -151,6 +151,19 @@ pub fn file_notice(
     require(decide(label, relay), "relay accreditation")
 }
 
+/// A device files in the epoch its home relay knows as current. An older epoch (which
+/// [`file_notice`] would still accept from a federation peer, for notices in flight
+/// during a membership change) means the device has not seen the latest commit and
+/// may not encrypt to every member: it must sync and encrypt again.
+pub fn fresh_filing(msg_epoch: u64, current_epoch: u64) -> Result<(), ErrorCode> {
+    if msg_epoch < current_epoch {
+        return Err(ErrorCode::WrongEpoch {
+            current: current_epoch,
+        });
+    }
+    Ok(())
+}
+
 /// Delivery of a notice to one device: the member's current clearance must admit it.
 pub fn deliver(label: &Label, member: Option<&Clearance>) -> Decision {
     kring_policy::decide_opt(Some(label), member)
@@ -162,6 +175,17 @@ mod tests {
 
     fn l(s: &str) -> Label {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_device_files_in_the_current_epoch() {
+        assert_eq!(fresh_filing(4, 4), Ok(()));
+        assert_eq!(
+            fresh_filing(3, 4),
+            Err(ErrorCode::WrongEpoch { current: 4 })
+        );
+        // Newer than the relay knows: file_notice decides (WrongEpoch as well).
+        assert_eq!(fresh_filing(5, 4), Ok(()));
     }
     fn c(s: &str) -> Clearance {
         s.parse().unwrap()

@@ -33,7 +33,7 @@ const PAGE: usize = 256;
 /// Serves one subscription until the device goes away or the relay shuts down.
 pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: quinn::SendStream) {
     let max = relay.limits().max_frame;
-    let mut changes = relay.changes();
+    let mut changes = relay.visible();
     // Highest seq sent on this stream per community (ahead of the durable cursor).
     let mut sent: HashMap<String, u64> = HashMap::new();
     let mut welcomes_sent: HashSet<uuid::Uuid> = HashSet::new();

@@ -615,6 +615,10 @@ fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
 async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u64, RelayError> {
     let mut upto = get_u64(relay.engine(), &keys::applied(peer))?;
     let mut revocations_changed = false;
+    // Entries of a hub's log may reach this relay's devices before the flush.
+    let only_entries = items
+        .iter()
+        .all(|i| matches!(i.body, FedBody::Entry { .. }));
     for item in items {
         if item.seq <= upto {
             continue; // already applied: a retry after a lost ack
@@ -647,6 +651,9 @@ async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u
             Err(other) => return Err(other),
         }
         upto = seq;
+    }
+    if only_entries {
+        relay.deliver_early();
     }
     relay.durable().await?;
     if revocations_changed {
@@ -700,13 +707,14 @@ fn apply_item(
                     })
                 })
                 .and_then(|app| {
+                    let mut rec = relay.hub_community(&community, &sender)?;
                     relay.order_notice(
                         w,
                         b,
+                        &mut rec,
                         &sender,
                         None,
                         Some(peer),
-                        &community,
                         notice_id,
                         app,
                         message,

@@ -110,11 +110,16 @@ pub struct GroupView {
     pub max_label: Vec<u8>,
     /// Hub relay id named by the metadata.
     pub hub: String,
-    /// Ratchet tree (TLS-encoded), for Welcomes.
+    /// Ratchet tree (TLS-encoded), for Welcomes; empty after a merged commit that
+    /// added nobody (exporting a 1,000-member tree is not free and nobody needs it).
     pub ratchet_tree: Vec<u8>,
 }
 
-fn view(group: &RelayGroup, validator: &impl CredentialValidator) -> Result<GroupView, MlsError> {
+fn view(
+    group: &RelayGroup,
+    validator: &impl CredentialValidator,
+    with_tree: bool,
+) -> Result<GroupView, MlsError> {
     let meta = group.meta()?;
     Ok(GroupView {
         epoch: group.epoch(),
@@ -126,7 +131,11 @@ fn view(group: &RelayGroup, validator: &impl CredentialValidator) -> Result<Grou
         admins: meta.admins.clone(),
         hub: meta.hub().to_string(),
         max_label: meta.max_label.clone(),
-        ratchet_tree: group.export_ratchet_tree()?,
+        ratchet_tree: if with_tree {
+            group.export_ratchet_tree()?
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -205,7 +214,7 @@ pub fn create(
             group.community_id()
         ));
     }
-    view(&group, &validator).map_err(|e| e.to_string())
+    view(&group, &validator, true).map_err(|e| e.to_string())
 }
 
 /// A verified handshake with what it does, in relay terms.
@@ -225,6 +234,11 @@ pub struct Staged {
     pub removed_by_hub: Vec<String>,
     /// New admin list, if changed.
     pub new_admins: Option<Vec<String>>,
+    /// The group the message was verified against, merged into by [`merge`] (so
+    /// the ~1 MB state of a large community is read from the store once).
+    group: RelayGroup,
+    /// The community it belongs to.
+    community: String,
 }
 
 /// Loads the group and verifies a handshake message against it, without merging.
@@ -273,10 +287,14 @@ pub fn process_handshake(
             .map(|r| r.id.clone())
             .collect(),
         new_admins: summary.new_meta.map(|m| m.admins),
+        group,
+        community: community.to_owned(),
     })
 }
 
-/// Merges a verified commit and returns the new state.
+/// Merges a verified commit into the group it was verified against and returns
+/// the new state. `overlay` must be the one `staged` was verified over, with no
+/// MLS writes since (the relay's writer does both in one critical section).
 pub fn merge(
     overlay: &Overlay,
     community: &str,
@@ -284,15 +302,31 @@ pub fn merge(
     anchors: &[Vec<u8>],
     now: u64,
 ) -> Result<GroupView, RelayError> {
+    if staged.community != community {
+        return Err(RelayError::Store(format!(
+            "a commit verified for community {} cannot be merged into {community}",
+            staged.community
+        )));
+    }
     let storage = KvStorage::new(overlay.clone());
-    let validator = FederationValidator::new(anchors, now);
-    let mut group = RelayGroup::load(&storage, community)
+    // Exactly one commit per epoch: the stored group must still be at the epoch
+    // the commit was verified in (reading the small group context suffices).
+    let stored = RelayGroup::stored_epoch(&storage, community)
         .map_err(mls_refusal)?
         .ok_or_else(|| RelayError::Store(format!("community {community} has no group state")))?;
+    if stored != staged.epoch {
+        return Err(mls_refusal(MlsError::WrongEpoch {
+            current: stored,
+            message_epoch: staged.epoch,
+        }));
+    }
+    let validator = FederationValidator::new(anchors, now);
+    let added = !staged.added.is_empty();
+    let mut group = staged.group;
     group
         .merge(&storage, staged.verified)
         .map_err(mls_refusal)?;
-    view(&group, &validator).map_err(mls_refusal)
+    view(&group, &validator, added).map_err(mls_refusal)
 }
 
 /// What the relay reads of an application message without decrypting it.

@@ -288,6 +288,7 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::CreateCommunity { .. } => "create-community",
         Request::Handshake { .. } => "handshake",
         Request::FileNotice { .. } => "file-notice",
+        Request::FileNotices { .. } => "file-notices",
         Request::Subscribe => "subscribe",
         Request::Ack { .. } => "ack",
         Request::AckWelcome { .. } => "ack-welcome",

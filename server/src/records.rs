@@ -13,6 +13,7 @@ pub struct CommunityRecord {
     /// Hub relay id.
     pub hub: String,
     /// Binary maximum label.
+    #[serde(with = "serde_bytes")]
     pub max_label: Bytes,
     /// Community admins.
     pub admins: Vec<String>,
@@ -58,7 +59,9 @@ pub struct WelcomeRecord {
     /// Community id.
     pub community: String,
     /// Welcome bytes.
+    #[serde(with = "serde_bytes")]
     pub welcome: Bytes,
     /// Ratchet tree at the welcome's epoch.
+    #[serde(with = "serde_bytes")]
     pub ratchet_tree: Bytes,
 }

@@ -13,7 +13,8 @@ use kring_policy::{Clearance, Label};
 use kring_protocol::identity::{Identity, IdentityKind};
 use kring_protocol::revocation::Revocations;
 use kring_protocol::wire::{
-    CommunitySummary, EntryKind, ErrorCode, FedBody, LogEntry, NoticeStatus, Request, Response,
+    CommunitySummary, EntryKind, ErrorCode, FedBody, LogEntry, NoticeStatus, NoticeUpload, Request,
+    Response,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -104,6 +105,7 @@ pub struct Relay {
     durability: Durability,
     writer: Mutex<Writer>,
     changes: watch::Sender<u64>,
+    visible: watch::Sender<u64>,
     conns: Mutex<HashMap<String, Vec<LiveConnection>>>,
     revocations: RwLock<Revocations>,
     enforce: watch::Sender<u64>,
@@ -143,6 +145,7 @@ impl Relay {
         let (enforce, _) = watch::channel(0);
         let durability = Durability::start(engine.clone());
         let (changes, _) = watch::channel(0);
+        let (visible, _) = watch::channel(0);
         Ok(Arc::new(Self {
             id: config.identity.name.clone(),
             organisation: config.identity.organisation.clone(),
@@ -158,6 +161,7 @@ impl Relay {
                 outbox_next: crate::federation::load_outbox_heads(engine.as_ref(), &config.peers)?,
             }),
             changes,
+            visible,
             conns: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
             revocations: RwLock::new(revocations),
@@ -252,13 +256,35 @@ impl Relay {
         }
         drop(revoked);
         if !out.is_empty() {
-            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+            self.changed();
         }
         out
     }
-    /// A receiver that changes whenever a log, welcome or cursor changes.
+
+    /// A receiver that changes whenever a log, welcome or cursor changes durably
+    /// (outbox senders wait on it: an outbox item leaves only once it is on disk).
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// A receiver for delivery tasks: changes whenever [`changes`](Self::changes)
+    /// does, and also when [`deliver_early`](Self::deliver_early) shows log entries
+    /// before they are on disk.
+    pub fn visible(&self) -> watch::Receiver<u64> {
+        self.visible.subscribe()
+    }
+
+    /// Wakes delivery tasks for entries applied but not yet flushed. Only for what a
+    /// crash cannot change: a member relay's copy of entries its hub ordered (the
+    /// hub keeps the item until this relay acknowledges it durably and then sends
+    /// the same entries again).
+    pub fn deliver_early(&self) {
+        self.visible.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        self.visible.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Appends a signed audit checkpoint if records were written since the last one,
@@ -402,7 +428,7 @@ impl Relay {
     /// Waits until everything applied so far is on disk, then wakes delivery tasks.
     pub async fn durable(&self) -> Result<(), RelayError> {
         self.durability.wait().await?;
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        self.changed();
         Ok(())
     }
 
@@ -481,6 +507,9 @@ impl Relay {
             } => {
                 self.file_notice(caller, &community, notice_id, message)
                     .await
+            }
+            Request::FileNotices { community, notices } => {
+                self.file_notices(caller, &community, notices).await
             }
             Request::Ack { community, seq } => self.ack(caller, &community, seq).await,
             Request::AckWelcome { id } => {
@@ -1140,6 +1169,7 @@ impl Relay {
 
     // ----- notices -------------------------------------------------------------------
 
+    /// One notice ([`Request::FileNotice`]): a filing of one.
     async fn file_notice(
         &self,
         caller: &Caller,
@@ -1147,137 +1177,173 @@ impl Relay {
         notice_id: Uuid,
         message: Vec<u8>,
     ) -> Result<Response, RelayError> {
-        let app = groups::read_application(&message).map_err(|reason| ErrorCode::BadRequest {
-            reason: format!("not an MLS application message: {reason}"),
-        })?;
-        let rec = self.member_community(caller, community)?;
-        if rec.hub == self.id {
-            return self
-                .notice_at_hub(
-                    &caller.id,
-                    caller.identity.clearance.as_ref(),
-                    None,
-                    community,
-                    notice_id,
-                    app,
-                    message,
-                )
-                .await;
-        }
-        // A spoke: check, store durably with the outbox item for the hub, acknowledge.
-        let hub = rec.hub.clone();
-        let queued = self.write(|w, b| {
-            let rec = self.member_community(caller, community)?;
-            if let Some(prev) =
-                get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
-            {
-                return if prev.sender == caller.id && prev.community == community {
-                    Ok(prev.seq)
-                } else {
-                    Err(ErrorCode::BadRequest {
-                        reason: format!("notice {notice_id} was already filed"),
-                    }
-                    .into())
-                };
-            }
-            let label = check_notice_label(
-                &app,
-                community,
-                &rec,
-                caller.identity.clearance.as_ref(),
-                &self.accreditation,
-            )?;
-            let hub_accr = self.relay_accreditation(&rec.hub);
-            let d = kring_policy::decide_opt(Some(&label), hub_accr.as_ref());
-            if !d.allowed {
-                return Err(ErrorCode::PolicyDenied {
-                    reason: format!("hub relay {} is not accredited for {label}: {d}", rec.hub),
-                }
-                .into());
-            }
-            b.put_obj(
-                keys::notice(&notice_id),
-                &NoticeRecord {
-                    community: community.to_string(),
-                    sender: caller.id.clone(),
-                    seq: None,
-                    refusals: Vec::new(),
-                },
-            )?;
-            crate::federation::enqueue(
-                self,
-                w,
-                b,
-                &rec.hub,
-                FedBody::Notice {
-                    community: community.to_string(),
-                    notice_id,
-                    sender: caller.id.clone(),
-                    message: message.clone(),
-                },
-            )?;
-            Ok(None)
-        })?;
-        self.durable().await?;
-        match queued {
-            Some(seq) => Ok(Response::Accepted {
-                seq,
-                epoch: rec.epoch,
+        let upload = NoticeUpload { notice_id, message };
+        match self.file_notices(caller, community, vec![upload]).await? {
+            Response::Filed { hub, epoch, seqs } => Ok(match seqs.first() {
+                Some(Some(seq)) => Response::Accepted { seq: *seq, epoch },
+                _ => Response::Queued { notice_id, hub },
             }),
-            None => Ok(Response::Queued { notice_id, hub }),
+            other => Ok(other),
         }
     }
 
-    /// Orders a notice at this relay, the community's hub (a local filer).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn notice_at_hub(
+    /// Files notices of one community, in order, all or none: at the hub they are
+    /// ordered; at a spoke each is stored with an outbox item for the hub. One
+    /// atomic batch and one fsync for all of them.
+    async fn file_notices(
         &self,
-        sender: &str,
-        sender_clearance: Option<&Clearance>,
-        origin: Option<&str>,
+        caller: &Caller,
         community: &str,
-        notice_id: Uuid,
-        app: groups::AppInfo,
-        message: Vec<u8>,
+        notices: Vec<NoticeUpload>,
     ) -> Result<Response, RelayError> {
-        let (seq, epoch) = self.write(|w, b| {
-            self.order_notice(
-                w,
-                b,
-                sender,
-                sender_clearance,
-                origin,
-                community,
-                notice_id,
-                app,
-                message,
-            )
+        let mut apps = Vec::with_capacity(notices.len());
+        for n in &notices {
+            let app = groups::read_application(&n.message).map_err(|reason| {
+                name_notice(
+                    ErrorCode::BadRequest {
+                        reason: format!("not an MLS application message: {reason}"),
+                    },
+                    n.notice_id,
+                    notices.len(),
+                )
+            })?;
+            apps.push(app);
+        }
+        let mut ids = std::collections::HashSet::with_capacity(notices.len());
+        if let Some(dup) = notices.iter().find(|n| !ids.insert(n.notice_id)) {
+            return Err(ErrorCode::BadRequest {
+                reason: format!("notice {} appears twice in one filing", dup.notice_id),
+            }
+            .into());
+        }
+        let count = notices.len();
+        let (hub, epoch, seqs) = self.write(|w, b| {
+            let mut rec = self.member_community(caller, community)?;
+            for app in &apps {
+                decide::fresh_filing(app.epoch, rec.epoch)?;
+            }
+            let mut seqs = Vec::with_capacity(count);
+            for (n, app) in notices.into_iter().zip(apps) {
+                let id = n.notice_id;
+                let seq = if rec.hub == self.id {
+                    let clearance = caller.identity.clearance.as_ref();
+                    self.order_notice(
+                        w, b, &mut rec, &caller.id, clearance, None, id, app, n.message,
+                    )
+                    .map(Some)
+                } else {
+                    self.queue_notice(w, b, caller, &rec, id, &app, n.message)
+                };
+                seqs.push(seq.map_err(|e| match e {
+                    RelayError::Refused(code) => name_notice(code, id, count).into(),
+                    other => other,
+                })?);
+            }
+            Ok((rec.hub, rec.epoch, seqs))
         })?;
         self.durable().await?;
-        Ok(Response::Accepted { seq, epoch })
+        Ok(Response::Filed { hub, epoch, seqs })
     }
 
-    /// Checks and orders a notice at the hub inside the writer's critical section.
-    /// `origin` is the peer that forwarded it (the filer's home relay); a forwarded
-    /// notice is checked against that relay's accreditation instead of the filer's
-    /// clearance (which the home relay checked).
+    /// A spoke: checks a notice and stores it with an outbox item for the hub
+    /// (`Some(seq)` for a retried filing the hub has ordered already).
+    #[allow(clippy::too_many_arguments)]
+    fn queue_notice(
+        &self,
+        w: &mut Writer,
+        b: &mut Batch,
+        caller: &Caller,
+        rec: &CommunityRecord,
+        notice_id: Uuid,
+        app: &groups::AppInfo,
+        message: Vec<u8>,
+    ) -> Result<Option<u64>, RelayError> {
+        let community = rec.id.as_str();
+        if let Some(prev) =
+            get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
+        {
+            return if prev.sender == caller.id && prev.community == community {
+                Ok(prev.seq)
+            } else {
+                Err(ErrorCode::BadRequest {
+                    reason: format!("notice {notice_id} was already filed"),
+                }
+                .into())
+            };
+        }
+        let label = check_notice_label(
+            app,
+            community,
+            rec,
+            caller.identity.clearance.as_ref(),
+            &self.accreditation,
+        )?;
+        let hub_accr = self.relay_accreditation(&rec.hub);
+        let d = kring_policy::decide_opt(Some(&label), hub_accr.as_ref());
+        if !d.allowed {
+            return Err(ErrorCode::PolicyDenied {
+                reason: format!("hub relay {} is not accredited for {label}: {d}", rec.hub),
+            }
+            .into());
+        }
+        b.put_obj(
+            keys::notice(&notice_id),
+            &NoticeRecord {
+                community: community.to_string(),
+                sender: caller.id.clone(),
+                seq: None,
+                refusals: Vec::new(),
+            },
+        )?;
+        crate::federation::enqueue(
+            self,
+            w,
+            b,
+            &rec.hub,
+            FedBody::Notice {
+                community: community.to_string(),
+                notice_id,
+                sender: caller.id.clone(),
+                message,
+            },
+        )?;
+        Ok(None)
+    }
+
+    /// The community record of a community hubbed here, if `sender` is a member.
+    pub fn hub_community(
+        &self,
+        community: &str,
+        sender: &str,
+    ) -> Result<CommunityRecord, RelayError> {
+        match self.community(community)? {
+            Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => Ok(rec),
+            _ => Err(ErrorCode::NotMember.into()),
+        }
+    }
+
+    /// Checks and orders a notice at the hub inside the writer's critical section,
+    /// updating `rec` (written to the batch). `origin` is the peer that forwarded it
+    /// (the filer's home relay); a forwarded notice is checked against that relay's
+    /// accreditation instead of the filer's clearance (which the home relay checked).
     #[allow(clippy::too_many_arguments)]
     pub fn order_notice(
         &self,
         w: &mut Writer,
         b: &mut Batch,
+        rec: &mut CommunityRecord,
         sender: &str,
         sender_clearance: Option<&Clearance>,
         origin: Option<&str>,
-        community: &str,
         notice_id: Uuid,
         app: groups::AppInfo,
         message: Vec<u8>,
-    ) -> Result<(u64, u64), RelayError> {
-        let mut rec = match self.community(community)? {
-            Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => rec,
-            _ => return Err(ErrorCode::NotMember.into()),
-        };
+    ) -> Result<u64, RelayError> {
+        if rec.hub != self.id || !rec.members.iter().any(|m| m == sender) {
+            return Err(ErrorCode::NotMember.into());
+        }
+        let community = rec.id.clone();
+        let community = community.as_str();
         if self.revocations().user_revoked(sender).is_some() {
             return Err(ErrorCode::Revoked.into());
         }
@@ -1286,9 +1352,7 @@ impl Relay {
         {
             // A retried filing gets the same answer; anything else is a replay.
             return match prev.seq {
-                Some(seq) if prev.sender == sender && prev.community == community => {
-                    Ok((seq, rec.epoch))
-                }
+                Some(seq) if prev.sender == sender && prev.community == community => Ok(seq),
                 _ => Err(ErrorCode::BadRequest {
                     reason: format!("notice {notice_id} was already filed"),
                 }
@@ -1297,14 +1361,14 @@ impl Relay {
         }
         match origin {
             None => {
-                check_notice_label(&app, community, &rec, sender_clearance, &self.accreditation)?;
+                check_notice_label(&app, community, rec, sender_clearance, &self.accreditation)?;
             }
             Some(peer) => {
                 let peer_accr = self.relay_accreditation(peer);
                 check_notice_label(
                     &app,
                     community,
-                    &rec,
+                    rec,
                     peer_accr.as_ref(),
                     &self.accreditation,
                 )?;
@@ -1334,9 +1398,9 @@ impl Relay {
             },
         )?;
         rec.last_seq = seq;
-        b.put_obj(keys::community(community), &rec)?;
-        self.fan_out(w, b, &rec, &entry, &[])?;
-        Ok((seq, rec.epoch))
+        b.put_obj(keys::community(community), &*rec)?;
+        self.fan_out(w, b, rec, &entry, &[])?;
+        Ok(seq)
     }
 
     async fn ack(
@@ -1527,9 +1591,30 @@ fn request_subject(r: &Request) -> String {
             notice_id,
             ..
         } => format!("{community} notice {notice_id}"),
+        Request::FileNotices { community, notices } => match notices.as_slice() {
+            [one] => format!("{community} notice {}", one.notice_id),
+            more => format!("{community} {} notices", more.len()),
+        },
         Request::NoticeStatus { notice_id } => notice_id.to_string(),
         Request::AckWelcome { id } => id.to_string(),
         _ => "-".into(),
+    }
+}
+
+/// A refusal of one notice of a filing of `count`, naming the notice when there
+/// are several (the whole filing is refused).
+fn name_notice(code: ErrorCode, notice_id: Uuid, count: usize) -> ErrorCode {
+    if count < 2 {
+        return code;
+    }
+    match code {
+        ErrorCode::BadRequest { reason } => ErrorCode::BadRequest {
+            reason: format!("notice {notice_id}: {reason}"),
+        },
+        ErrorCode::PolicyDenied { reason } => ErrorCode::PolicyDenied {
+            reason: format!("notice {notice_id}: {reason}"),
+        },
+        other => other,
     }
 }
 

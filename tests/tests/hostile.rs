@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kring_client::{Client, SyncEvent};
 use kring_protocol::wire::{
     self, DEFAULT_MAX_FRAME, EntryKind, ErrorCode, FedBody, FedItem, FedRequest, FedResponse,
-    LogEntry, Request, Response,
+    LogEntry, NoticeUpload, Request, Response,
 };
 use kring_tests::chaos::{
     XorShift, decode_answer, files_containing, raw_endpoint, raw_request, raw_stream,
@@ -565,6 +565,43 @@ async fn malformed_and_replayed_mls_messages() {
     assert!(
         matches!(r, Response::Accepted { seq: s, .. } if s == seq),
         "retried filing: {r:?}"
+    );
+    // A filing of several notices is all or none: the same notice twice, or a good
+    // notice with a malformed one, is refused whole (naming the notice), and an
+    // empty filing is refused; nothing is ordered (the replay below gets the next seq).
+    let many = |items: Vec<(Vec<u8>, Uuid)>| Request::FileNotices {
+        community: "c@bz".into(),
+        notices: items
+            .into_iter()
+            .map(|(message, notice_id)| NoticeUpload { notice_id, message })
+            .collect(),
+    };
+    let twice = Uuid::new_v4();
+    let r = raw_request(
+        &as_admin,
+        &many(vec![(notice.clone(), twice), (notice.clone(), twice)]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&r, Response::Error(ErrorCode::BadRequest { reason }) if reason.contains("twice")),
+        "the same notice twice in one filing: {r:?}"
+    );
+    let bad = Uuid::new_v4();
+    let r = raw_request(
+        &as_admin,
+        &many(vec![(notice.clone(), Uuid::new_v4()), (rng.bytes(40), bad)]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&r, Response::Error(ErrorCode::BadRequest { reason }) if reason.contains(&bad.to_string())),
+        "a malformed notice in a filing: {r:?}"
+    );
+    let r = raw_request(&as_admin, &many(Vec::new())).await.unwrap();
+    assert!(
+        matches!(&r, Response::Error(ErrorCode::BadRequest { .. })),
+        "an empty filing: {r:?}"
     );
     // By another member under the same id: refused.
     let r = raw_request(&as_member, &req(notice.clone(), filed.notice.id))

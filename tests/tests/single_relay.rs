@@ -125,6 +125,59 @@ async fn refusals() {
     assert!(titles(&member, "c@bz").is_empty());
 }
 
+/// A device that missed a commit files in the new epoch: its home relay refuses the
+/// stale epoch (it would leave out the member the commit added), the device syncs
+/// and encrypts again. Several notices filed together keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_filer_catches_up_and_a_filing_keeps_its_order() {
+    let mut fed = federation();
+    fed.issue_user("analist@bz", "NL:STG-GEHEIM", &[]).unwrap();
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    let mut newcomer = ready(&fed, "analist@bz").await;
+    admin
+        .create_community("c", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    admin
+        .add_members("c", &["admin@bz".to_string()])
+        .await
+        .unwrap();
+    member.sync().await.unwrap();
+    let added = admin
+        .add_members("c", &["analist@bz".to_string()])
+        .await
+        .unwrap();
+
+    // `member` has not seen that commit.
+    let drafts = ["one", "two", "three"]
+        .map(|t| draft("c", "NL:DEP-VERTROUWELIJK", t))
+        .to_vec();
+    let filed = member.file_notices(drafts).await.unwrap();
+    assert_eq!(filed.len(), 3);
+    assert!(filed.iter().all(|f| f.epoch == added.epoch), "{filed:?}");
+    let seqs: Vec<u64> = filed.iter().map(|f| f.seq.unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+    newcomer.sync().await.unwrap();
+    assert_eq!(titles(&newcomer, "c@bz"), ["one", "two", "three"]);
+    admin.sync().await.unwrap();
+    assert_eq!(titles(&admin, "c@bz"), ["one", "two", "three"]);
+    assert_eq!(titles(&member, "c@bz"), ["one", "two", "three"]);
+
+    // A filing is checked whole before anything is sent: one label above the
+    // maximum refuses all of it (exit 3), and nothing reaches anybody.
+    let drafts = vec![
+        draft("c", "NL:DEP-VERTROUWELIJK", "fine"),
+        draft("c", "NL:STG-GEHEIM", "too high"),
+    ];
+    let e = member.file_notices(drafts).await.unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+    newcomer.sync().await.unwrap();
+    assert_eq!(titles(&newcomer, "c@bz"), ["one", "two", "three"]);
+}
+
 /// Two admins commit for the same epoch: one wins, the other gets WrongEpoch from
 /// the relay, syncs, retries and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

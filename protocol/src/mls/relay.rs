@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    ContentType, ExternalProposal, GroupId, LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn,
-    OpenMlsCrypto, ProcessedMessageContent, ProposalStore, ProtocolMessage, PublicGroup,
-    QueuedProposal, RatchetTreeIn, SenderExtensionIndex, StagedCommit,
+    ContentType, ExternalProposal, GroupContext, GroupId, LeafNodeIndex, MlsMessageBodyIn,
+    MlsMessageIn, OpenMlsCrypto, ProcessedMessageContent, ProposalStore, ProtocolMessage,
+    PublicGroup, QueuedProposal, RatchetTreeIn, SenderExtensionIndex, StagedCommit,
 };
 use openmls::storage::PublicStorageProvider;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -164,6 +164,23 @@ impl RelayGroup {
         Ok(PublicGroup::load(storage, &group_id)
             .map_err(|e| MlsError::Storage(e.to_string()))?
             .map(|group| Self { group }))
+    }
+
+    /// The epoch of a tracked group as stored, without loading its ratchet tree;
+    /// `None` if it is not tracked. Lets a caller that verified a handshake against
+    /// a loaded group check cheaply that the stored group has not moved on since.
+    ///
+    /// # Errors
+    /// [`MlsError::Storage`].
+    pub fn stored_epoch<S: PublicStorageProvider>(
+        storage: &S,
+        community_id: &str,
+    ) -> Result<Option<u64>, MlsError> {
+        let group_id = GroupId::from_slice(community_id.as_bytes());
+        let context: Option<GroupContext> = storage
+            .group_context(&group_id)
+            .map_err(|e| MlsError::Storage(e.to_string()))?;
+        Ok(context.map(|c| c.epoch().as_u64()))
     }
 
     /// Forgets a tracked group.

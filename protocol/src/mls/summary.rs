@@ -106,13 +106,20 @@ pub(crate) fn summarize_commit(
     )?;
     let old_meta = community_meta(old.group_context())?;
 
+    // The current members' ids, only needed to refuse adding a member twice
+    // (naming every leaf of a large community is not free).
+    let adds = staged
+        .queued_proposals()
+        .any(|queued| matches!(queued.proposal(), Proposal::Add(_)));
     let mut existing = BTreeSet::new();
-    for member in old.members() {
-        existing.insert(identify_credential(
-            validator,
-            &member.credential,
-            &member.signature_key,
-        )?);
+    if adds {
+        for member in old.members() {
+            existing.insert(identify_credential(
+                validator,
+                &member.credential,
+                &member.signature_key,
+            )?);
+        }
     }
 
     let mut added = Vec::new();

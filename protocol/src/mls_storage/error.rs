@@ -19,16 +19,16 @@ pub enum MlsStorageError {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
-    /// A key or value could not be encoded as JSON.
+    /// A key (JSON) or value (MessagePack) could not be encoded.
     #[error("could not encode the {what} for the MLS state store: {source}")]
     Encode {
         /// The kind of entry (its storage label).
         what: &'static str,
         /// The encoder's error.
-        source: serde_json::Error,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
-    /// A stored value is not valid JSON for the type openmls expects.
+    /// A stored value does not decode to the type openmls expects.
     #[error(
         "the stored {what} is corrupt or was written by an incompatible version and \
          cannot be decoded ({source}); restore the MLS state from a backup or leave and \
@@ -38,7 +38,7 @@ pub enum MlsStorageError {
         /// The kind of entry (its storage label).
         what: &'static str,
         /// The decoder's error.
-        source: serde_json::Error,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
     /// An encoded key is longer than [`MAX_KEY_LEN`](super::MAX_KEY_LEN).

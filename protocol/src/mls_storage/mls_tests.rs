@@ -344,7 +344,7 @@ fn pending_proposals_survive_restart() {
 }
 
 #[test]
-fn stored_entries_are_namespaced_json() {
+fn stored_entries_are_namespaced_msgpack() {
     let (alice, mut alice_group, bob, _bob_group) = alice_and_bob();
     let _ = alice.send(&mut alice_group, "something");
 
@@ -363,8 +363,10 @@ fn stored_entries_are_namespaced_json() {
             );
             serde_json::from_slice::<serde_json::Value>(&key[nul + 3..])
                 .unwrap_or_else(|e| panic!("{label} key is not JSON: {e}"));
-            serde_json::from_slice::<serde_json::Value>(value)
-                .unwrap_or_else(|e| panic!("{label} value is not JSON: {e}"));
+            let (&marker, body) = value.split_first().expect("a non-empty value");
+            assert_eq!(marker, 0xC1, "{label} value is not marked MessagePack");
+            rmp_serde::from_slice::<serde::de::IgnoredAny>(body)
+                .unwrap_or_else(|e| panic!("{label} value is not MessagePack: {e}"));
             labels.insert(label.to_string());
         }
         for expected in [

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 
 use super::backend::{KvBackend, KvBatch};
+use super::compact::{Compact, CompactDe};
 use super::error::MlsStorageError;
 
 /// The longest encoded storage key accepted, in bytes (label, version and JSON
@@ -21,8 +22,11 @@ use super::error::MlsStorageError;
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 
 /// The longest encoded value accepted or read back, in bytes. Ratchet trees of
-/// large groups are the biggest values.
-pub const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
+/// large groups are the biggest values: a tree at the protocol's limit
+/// (`mls::MAX_GROUP_STATE_BYTES`, 8 MiB in TLS encoding) takes a little more in
+/// MessagePack (field names), and about 3.6 times as much in the JSON of earlier
+/// versions, which must still be read.
+pub const MAX_VALUE_LEN: usize = 32 * 1024 * 1024;
 
 /// The most items a list-valued entry (a group's proposal queue or own leaf
 /// nodes) may hold.
@@ -88,7 +92,7 @@ mod label {
 /// [`PublicStorageProvider`](openmls_traits::public_storage::PublicStorageProvider))
 /// keeping its entries in a [`KvBackend`].
 ///
-/// Values are JSON. Updates of list entries are read-modify-write and are
+/// Values are MessagePack (see the module's storage layout). Updates of list entries are read-modify-write and are
 /// serialised by a lock inside this value, so share one `KvStorage` (for example
 /// through a [`KringProvider`](super::KringProvider)) rather than opening two
 /// over the same backend; updates that touch several keys go to the backend as
@@ -276,7 +280,7 @@ fn storage_key<K: Serialize + ?Sized>(label: &'static str, key: &K) -> Result<Ve
     out.extend_from_slice(&CURRENT_VERSION.to_be_bytes());
     serde_json::to_writer(&mut out, key).map_err(|source| MlsStorageError::Encode {
         what: label,
-        source,
+        source: source.into(),
     })?;
     if out.len() > MAX_KEY_LEN {
         return Err(MlsStorageError::KeyTooLarge {
@@ -288,23 +292,52 @@ fn storage_key<K: Serialize + ?Sized>(label: &'static str, key: &K) -> Result<Ve
     Ok(out)
 }
 
-/// Encodes a value as JSON, within [`MAX_VALUE_LEN`].
+/// The first byte of every value this version writes: MessagePack follows.
+///
+/// `0xC1` is the one byte MessagePack never uses and cannot start UTF-8 text, so
+/// it tells these values from the JSON values earlier versions wrote (which
+/// [`decode`] still reads; they are rewritten in MessagePack when next stored).
+const MSGPACK: u8 = 0xC1;
+
+/// Encodes a value as `MSGPACK || MessagePack(value)`, within [`MAX_VALUE_LEN`].
+///
+/// Structs are maps keyed by field name (as in JSON), so openmls' stored types
+/// may gain defaulted fields or reorder them between versions.
 fn encode<V: Serialize + ?Sized>(label: &'static str, value: &V) -> Result<Vec<u8>> {
-    let bytes = serde_json::to_vec(value).map_err(|source| MlsStorageError::Encode {
-        what: label,
-        source,
-    })?;
+    let mut bytes = vec![MSGPACK];
+    value
+        .serialize(Compact(
+            &mut rmp_serde::Serializer::new(&mut bytes).with_struct_map(),
+        ))
+        .map_err(|source| MlsStorageError::Encode {
+            what: label,
+            source: source.into(),
+        })?;
     check_value_len(label, bytes.len())?;
     Ok(bytes)
 }
 
-/// Decodes a stored JSON value, refusing values over [`MAX_VALUE_LEN`].
+/// Decodes a stored value (MessagePack behind the [`MSGPACK`] byte, or the JSON
+/// of earlier versions), refusing values over [`MAX_VALUE_LEN`] and trailing
+/// bytes.
 fn decode<V: DeserializeOwned>(label: &'static str, bytes: &[u8]) -> Result<V> {
     check_value_len(label, bytes.len())?;
-    serde_json::from_slice(bytes).map_err(|source| MlsStorageError::Decode {
+    let decode_error = |source: Box<dyn std::error::Error + Send + Sync>| MlsStorageError::Decode {
         what: label,
         source,
-    })
+    };
+    let Some((&MSGPACK, body)) = bytes.split_first() else {
+        return serde_json::from_slice(bytes).map_err(|e| decode_error(e.into()));
+    };
+    let mut deserializer = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
+    let value = V::deserialize(CompactDe(&mut deserializer)).map_err(|e| decode_error(e.into()))?;
+    let read = deserializer.position();
+    if read != body.len() as u64 {
+        return Err(decode_error(
+            format!("{} bytes after the value", body.len() as u64 - read).into(),
+        ));
+    }
+    Ok(value)
 }
 
 fn check_value_len(label: &'static str, len: usize) -> Result<()> {

@@ -213,9 +213,10 @@ fn keys_are_namespaced_by_label_and_version() {
     let mut expected_tree_key = b"Tree\0".to_vec();
     expected_tree_key.extend_from_slice(&CURRENT_VERSION.to_be_bytes());
     expected_tree_key.extend_from_slice(&serde_json::to_vec(&g).unwrap());
+    // 0xC1, then MessagePack: the byte sequence as a bin 8 of length 4.
     assert_eq!(
         entries.get(&expected_tree_key),
-        Some(&serde_json::to_vec(&Tree(b"tree".to_vec())).unwrap())
+        Some(&vec![0xC1, 0xC4, 4, b't', b'r', b'e', b'e'])
     );
 
     // No label is a prefix of another once the separator is included.
@@ -283,6 +284,60 @@ fn corrupt_values_are_errors_not_panics() {
         )
         .unwrap_err();
     assert!(matches!(err, MlsStorageError::Decode { .. }), "{err:?}");
+}
+
+#[test]
+fn json_values_of_earlier_versions_are_read_and_rewritten() {
+    let g = group("g");
+    let storage = KvStorage::new(MemoryKv::new());
+    let tree_key = storage_key(label::TREE, &g).unwrap();
+    let leaf = Leaf {
+        key: vec![1, 200],
+        name: "a".into(),
+    };
+    storage
+        .backend()
+        .insert(
+            &tree_key,
+            serde_json::to_vec(&Tree(b"old".to_vec())).unwrap(),
+        )
+        .unwrap();
+    let leaves_key = storage_key(label::OWN_LEAF_NODES, &g).unwrap();
+    storage
+        .backend()
+        .insert(&leaves_key, serde_json::to_vec(&[&leaf]).unwrap())
+        .unwrap();
+
+    let tree: Option<Tree> = storage.tree(&g).unwrap();
+    assert_eq!(tree, Some(Tree(b"old".to_vec())));
+    // Appending to a JSON list rewrites the whole list in MessagePack.
+    storage.append_own_leaf_node(&g, &leaf).unwrap();
+    let stored = storage.backend().get(&leaves_key).unwrap().unwrap();
+    assert_eq!(stored.first(), Some(&MSGPACK));
+    let leaves: Vec<Leaf> = storage.own_leaf_nodes(&g).unwrap();
+    assert_eq!(leaves, vec![leaf.clone(), leaf]);
+}
+
+#[test]
+fn truncated_or_padded_msgpack_values_are_errors() {
+    let g = group("g");
+    let storage = KvStorage::new(MemoryKv::new());
+    storage.write_tree(&g, &Tree(b"tree".to_vec())).unwrap();
+    let tree_key = storage_key(label::TREE, &g).unwrap();
+    let good = storage.backend().get(&tree_key).unwrap().unwrap();
+    for bad in [
+        good[..good.len() - 1].to_vec(),
+        [good.as_slice(), &[0]].concat(),
+        vec![MSGPACK],
+        vec![MSGPACK, MSGPACK],
+    ] {
+        storage.backend().insert(&tree_key, bad).unwrap();
+        let err = storage.tree::<GroupId, Tree>(&g).unwrap_err();
+        assert!(
+            matches!(err, MlsStorageError::Decode { what: "Tree", .. }),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]
@@ -420,7 +475,7 @@ fn debug_hides_the_backend() {
     let printed = format!("{storage:?}");
     assert!(printed.contains("KvStorage"), "{printed}");
     assert!(printed.contains("MemoryKv"), "{printed}");
-    // No byte of the stored value (JSON numbers) is printed.
+    // No byte of the stored value is printed.
     assert!(!printed.contains("118"), "{printed}"); // 'v' of the secret
 }
 

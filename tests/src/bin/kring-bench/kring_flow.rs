@@ -1,12 +1,13 @@
 //! Kring filing -> delivery across two federated relays.
 //!
 //! The community `bench@bz` is hubbed at `bz`. Its filers are users of `nctv`
-//! (`filer0@nctv`, ...), each an in-process [`Client`] filing one notice at a time
-//! (the client API files sequentially per device: `file_notice` takes `&mut self`).
+//! (`filer0@nctv`, ...), each an in-process [`Client`] filing `window` notices per
+//! request (`Client::file_notices`: one sync, one round trip, one fsync per filing;
+//! the client API files sequentially per device: it takes `&mut self`).
 //! Ten devices are split across both relays (`dev0..4@bz`, `dev5..9@nctv`); each is
 //! a raw QUIC connection with the user's certificate that subscribes, receives
-//! every pushed entry and acknowledges it (`Request::Ack`, what a real device sends
-//! once it has stored the entry) without decrypting: decryption runs on each
+//! every pushed entry and acknowledges runs of them (`Request::Ack`, what a real
+//! device sends once it has stored them) without decrypting: decryption runs on each
 //! member's own hardware and is measured separately (`client-cost`).
 //!
 //! Path of every notice: filer -> nctv (durable, `Queued` = the filer's ack) ->
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use kring_client::conn::{Credentials, RelayConnection, Timeouts};
 use kring_client::profile::Profile;
 use kring_client::{Client, SyncEvent};
+use kring_protocol::wire::limits::MAX_NOTICES_PER_FILING;
 use kring_protocol::wire::{EntryKind, Push, Request, Response};
 use kring_tests::{Federation, RelayLauncher};
 use uuid::Uuid;
@@ -100,13 +102,40 @@ pub async fn raw_connect(dir: &std::path::Path) -> Result<RelayConnection, Strin
 }
 
 /// A device that receives and acknowledges every entry and welcome, recording
-/// when each notice arrived.
+/// when each notice arrived. Like the real client (`kring_client` sync), it
+/// acknowledges a run of entries once: when the push stream pauses for
+/// [`ACK_DELAY`] or after [`ACK_EVERY`] entries, one `Ack` of the highest sequence
+/// number acknowledges every entry up to it.
 async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
     let result: Result<(), String> = async {
         let conn = raw_connect(&dir).await?;
         let mut sub = conn.subscribe().await.map_err(|e| e.to_string())?;
+        // (community, highest unacknowledged seq, entries since the last ack)
+        let mut owed: Option<(String, u64, usize)> = None;
         loop {
-            let push = sub.next().await.map_err(|e| e.to_string())?;
+            let push = match &owed {
+                Some((_, _, n)) if *n < ACK_EVERY => {
+                    match tokio::time::timeout(ACK_DELAY, sub.next()).await {
+                        Ok(p) => Some(p.map_err(|e| e.to_string())?),
+                        Err(_) => None,
+                    }
+                }
+                Some(_) => None,
+                None => Some(sub.next().await.map_err(|e| e.to_string())?),
+            };
+            let Some(push) = push else {
+                if let Some((community, seq, _)) = owed.take() {
+                    match conn
+                        .call(&Request::Ack { community, seq })
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        Response::Ok => {}
+                        other => return Err(format!("Ack answered {other:?}")),
+                    }
+                }
+                continue;
+            };
             match push {
                 None => return Err("the relay closed the push channel".to_string()),
                 Some(Push::Entry(entry)) => {
@@ -118,14 +147,11 @@ async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
                             log.received.push((notice_id, now));
                         }
                     }
-                    let ack = Request::Ack {
-                        community: entry.community,
-                        seq: entry.seq,
+                    let n = match &owed {
+                        Some((c, _, n)) if *c == entry.community => n + 1,
+                        _ => 1,
                     };
-                    match conn.call(&ack).await.map_err(|e| e.to_string())? {
-                        Response::Ok => {}
-                        other => return Err(format!("Ack answered {other:?}")),
-                    }
+                    owed = Some((entry.community, entry.seq, n));
                 }
                 Some(Push::Welcome { id, .. }) => {
                     conn.call(&Request::AckWelcome { id })
@@ -151,6 +177,12 @@ async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
         log.error = Some(e);
     }
 }
+
+/// A raw device acknowledges when its push stream pauses this long (the real
+/// client's delay).
+const ACK_DELAY: Duration = Duration::from_millis(2);
+/// ... or after this many entries.
+const ACK_EVERY: usize = 256;
 
 impl KringSetup {
     /// Mints the federation, starts `bz` and `nctv`, creates `bench@bz` with
@@ -262,16 +294,19 @@ impl KringSetup {
         self.filers.len()
     }
 
-    /// Files `total` notices. With `rate` (notices/s) the filings are scheduled
-    /// open-loop at fixed intervals (a filer takes the next scheduled notice when it
-    /// is free; latency counts from the scheduled instant, so a backlog shows) and
-    /// scheduling stops `max_wall` after the start; without, every filer files its
-    /// share back to back (closed loop). Then waits for every device to receive
-    /// every filed notice.
+    /// Files `total` notices, at most `window` per filing (one request, one fsync).
+    /// With `rate` (notices/s) the notices are scheduled open-loop at fixed
+    /// intervals: a free filer takes every notice that is due (at least the next
+    /// one, at most `window`) and files them together; latency counts from each
+    /// notice's scheduled instant, so a backlog shows; scheduling stops `max_wall`
+    /// after the start. Without `rate`, every filer files `window` notices at a
+    /// time back to back (closed loop). Then waits for every device to receive every
+    /// filed notice.
     pub async fn run(
         &mut self,
         total: usize,
         rate: Option<f64>,
+        window: usize,
         max_wall: Duration,
     ) -> Result<FlowResult, String> {
         for l in lock(&self.logs)?.iter_mut() {
@@ -280,6 +315,7 @@ impl KringSetup {
         let body = body();
         let next = Arc::new(AtomicUsize::new(0));
         let t0 = Instant::now() + Duration::from_millis(50);
+        let window = window.clamp(1, MAX_NOTICES_PER_FILING);
         let mut handles = Vec::new();
         for mut filer in std::mem::take(&mut self.filers) {
             let next = Arc::clone(&next);
@@ -290,23 +326,32 @@ impl KringSetup {
                 let mut filed: Vec<(Uuid, Instant, Instant, Instant)> = Vec::new();
                 let mut error = None;
                 loop {
-                    let i = next.fetch_add(1, AtomicOrdering::SeqCst);
-                    if i >= total {
-                        break;
-                    }
-                    let scheduled = match rate {
-                        Some(r) => t0 + Duration::from_secs_f64(i as f64 / r),
-                        None => Instant::now(),
-                    };
                     if Instant::now().saturating_duration_since(t0) > max_wall {
                         break;
                     }
-                    tokio::time::sleep_until(scheduled.into()).await;
-                    let draft =
-                        kring_tests::signal(&community, LABEL, &format!("bench {i}"), &body);
+                    let Some((from, to)) = claim(&next, total, window, rate, t0).await else {
+                        break;
+                    };
+                    let now = Instant::now();
+                    let scheduled: Vec<Instant> = (from..to)
+                        .map(|i| match rate {
+                            Some(r) => t0 + Duration::from_secs_f64(i as f64 / r),
+                            None => now,
+                        })
+                        .collect();
+                    let drafts = (from..to)
+                        .map(|i| {
+                            kring_tests::signal(&community, LABEL, &format!("bench {i}"), &body)
+                        })
+                        .collect();
                     let start = Instant::now();
-                    match filer.file_notice(draft).await {
-                        Ok(f) => filed.push((f.notice.id, scheduled, start, Instant::now())),
+                    match filer.file_notices(drafts).await {
+                        Ok(f) => {
+                            let acked = Instant::now();
+                            for (f, s) in f.into_iter().zip(scheduled) {
+                                filed.push((f.notice.id, s, start, acked));
+                            }
+                        }
                         Err(e) => {
                             error = Some(format!("{}: filing: {e}", filer.user()));
                             break;
@@ -407,6 +452,40 @@ impl KringSetup {
             filing,
             problems,
         })
+    }
+}
+
+/// Claims the next notices to file, `[from, to)`: closed loop, the next `window`;
+/// open loop, waits until the next notice is due and takes every notice due by then
+/// (at most `window`). `None` when all are taken.
+async fn claim(
+    next: &AtomicUsize,
+    total: usize,
+    window: usize,
+    rate: Option<f64>,
+    t0: Instant,
+) -> Option<(usize, usize)> {
+    loop {
+        let from = next.load(AtomicOrdering::SeqCst);
+        if from >= total {
+            return None;
+        }
+        let to = match rate {
+            None => (from + window).min(total),
+            Some(r) => {
+                tokio::time::sleep_until((t0 + Duration::from_secs_f64(from as f64 / r)).into())
+                    .await;
+                let due =
+                    (Instant::now().saturating_duration_since(t0).as_secs_f64() * r) as usize + 1;
+                due.clamp(from + 1, from + window).min(total)
+            }
+        };
+        if next
+            .compare_exchange(from, to, AtomicOrdering::SeqCst, AtomicOrdering::SeqCst)
+            .is_ok()
+        {
+            return Some((from, to));
+        }
     }
 }
 

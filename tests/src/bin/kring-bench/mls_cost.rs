@@ -6,8 +6,12 @@
 //!   body, one thread (= one core);
 //! - membership: adding and removing one member of an N-member community, for the
 //!   committer (`ClientGroup::add_members` / `remove_members`) and for the relay's
-//!   verification and merge (`RelayGroup::process_handshake` + `merge`).
+//!   verification and merge as a relay does it for a `Commit` request
+//!   (`kring_relay::groups::process_handshake` + `merge` over an `Overlay`, the
+//!   batch applied to the store), with the group state in an in-memory store.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kring_certs_dev::{Pki, RelaySpec, UserSpec};
@@ -16,7 +20,11 @@ use kring_policy::Label;
 use kring_protocol::mls::{
     CertSigner, ClientGroup, CommunityMeta, Received, RelayGroup, key_package,
 };
+use kring_protocol::revocation::Revocations;
 use kring_protocol::validator::FederationValidator;
+use kring_relay::RelayError;
+use kring_relay::groups::{self, Overlay};
+use kring_relay::store::{Batch, Engine, Pair};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use rustls_pki_types::PrivatePkcs8KeyDer;
@@ -241,6 +249,18 @@ pub fn membership(members: usize, repetitions: usize) -> Result<Membership, Stri
         &upload.ratchet_tree,
     )
     .map_err(e)?;
+    // The same hub as a relay runs it: group state in its store, loaded per request.
+    let engine = Arc::new(MemEngine::default());
+    let overlay = Overlay::new(engine.clone());
+    groups::create(
+        &overlay,
+        COMMUNITY,
+        &upload.group_info,
+        &upload.ratchet_tree,
+        &w.anchors,
+        w.now,
+    )?;
+    engine.apply(overlay.into_batch()).map_err(e)?;
     let build = build_start.elapsed();
     if relay.epoch() != group.epoch() {
         return Err("relay and committer disagree on the epoch".into());
@@ -250,6 +270,8 @@ pub fn membership(members: usize, repetitions: usize) -> Result<Membership, Stri
     let mut add_r = Vec::new();
     let mut rem_c = Vec::new();
     let mut rem_r = Vec::new();
+    let mut add_g = Vec::new();
+    let mut rem_g = Vec::new();
     let mut add_commit_bytes = 0;
     let mut welcome_bytes = 0;
     for _ in 0..repetitions {
@@ -268,6 +290,9 @@ pub fn membership(members: usize, repetitions: usize) -> Result<Membership, Stri
             .process_handshake(rp.crypto(), &v, &out.commit)
             .map_err(e)?;
         relay.merge(rp.storage(), verified).map_err(e)?;
+        add_g.push(t.elapsed());
+        let t = Instant::now();
+        relay_commit(&engine, &w, &out.commit)?;
         add_r.push(t.elapsed());
         group.commit_accepted(&pa).map_err(e)?;
 
@@ -281,10 +306,20 @@ pub fn membership(members: usize, repetitions: usize) -> Result<Membership, Stri
             .process_handshake(rp.crypto(), &v, &out.commit)
             .map_err(e)?;
         relay.merge(rp.storage(), verified).map_err(e)?;
+        rem_g.push(t.elapsed());
+        let t = Instant::now();
+        relay_commit(&engine, &w, &out.commit)?;
         rem_r.push(t.elapsed());
         group.commit_accepted(&pa).map_err(e)?;
     }
     use crate::common::median;
+    // The relay's MLS work alone (no store), for comparison with earlier runs.
+    eprintln!(
+        "kring-bench: membership: RelayGroup::process_handshake + merge in memory \
+         (no store): add {:.1} ms, remove {:.1} ms",
+        median(add_g).as_secs_f64() * 1e3,
+        median(rem_g).as_secs_f64() * 1e3
+    );
     Ok(Membership {
         members,
         build,
@@ -296,4 +331,82 @@ pub fn membership(members: usize, repetitions: usize) -> Result<Membership, Stri
         welcome_bytes,
         repetitions,
     })
+}
+
+/// What a hub relay does with a commit's MLS message: load and verify it, merge it,
+/// apply the resulting state batch to the store.
+fn relay_commit(engine: &Arc<MemEngine>, w: &World, commit: &[u8]) -> Result<(), String> {
+    let overlay = Overlay::new(engine.clone());
+    let staged = groups::process_handshake(
+        &overlay,
+        COMMUNITY,
+        commit,
+        &w.anchors,
+        w.now,
+        Revocations::empty(),
+    )
+    .map_err(e)?;
+    groups::merge(&overlay, COMMUNITY, staged, &w.anchors, w.now).map_err(e)?;
+    engine.apply(overlay.into_batch()).map_err(e)
+}
+
+type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// An in-memory relay store.
+#[derive(Debug, Default)]
+struct MemEngine {
+    entries: Mutex<Entries>,
+}
+
+impl MemEngine {
+    fn entries(&self) -> Result<std::sync::MutexGuard<'_, Entries>, RelayError> {
+        self.entries
+            .lock()
+            .map_err(|_| RelayError::Store("bench store lock poisoned".into()))
+    }
+}
+
+impl Engine for MemEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+        Ok(self.entries()?.get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Pair>, RelayError> {
+        Ok(self
+            .entries()?
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_slice() > a))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn last(&self, prefix: &[u8]) -> Result<Option<Pair>, RelayError> {
+        Ok(self
+            .entries()?
+            .iter()
+            .rev()
+            .find(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), RelayError> {
+        let mut entries = self.entries()?;
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => entries.insert(k, v),
+                None => entries.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), RelayError> {
+        Ok(())
+    }
 }

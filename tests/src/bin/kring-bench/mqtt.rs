@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration,
+    Transport,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::pem::PemObject;
@@ -164,6 +165,7 @@ impl Broker {
              autosave_on_changes {on_changes}\n\
              max_queued_messages 1000000\n\
              max_inflight_messages 100\n\
+             set_tcp_nodelay true\n\
              log_dest file {log}\n\
              log_type error\n\
              log_type warning\n\
@@ -294,6 +296,20 @@ fn options(fed_dir: &Path, user: &str, port: u16) -> Result<MqttOptions, String>
     Ok(o)
 }
 
+/// An MQTT client with Nagle's algorithm off (as mosquitto's listener is
+/// configured): small packets such as PUBACKs must not wait for a delayed TCP ack.
+fn connect_client(
+    fed_dir: &Path,
+    user: &str,
+    port: u16,
+) -> Result<(AsyncClient, EventLoop), String> {
+    let (client, mut el) = AsyncClient::new(options(fed_dir, user, port)?, 1000);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    el.set_network_options(network);
+    Ok((client, el))
+}
+
 /// Per subscriber: (run tag, index, arrival).
 type SubLogs = Arc<Mutex<Vec<Vec<(u8, u64, Instant)>>>>;
 
@@ -396,7 +412,7 @@ impl MqttSetup {
         let mut tasks = Vec::new();
         let (sub_tx, mut sub_rx) = tokio::sync::mpsc::unbounded_channel();
         for (s, u) in sub_users.iter().enumerate() {
-            let (client, el) = AsyncClient::new(options(fed_dir, u, port)?, 1000);
+            let (client, el) = connect_client(fed_dir, u, port)?;
             client
                 .subscribe(TOPIC, QoS::AtLeastOnce)
                 .await
@@ -429,7 +445,7 @@ impl MqttSetup {
         }
         let mut publishers = Vec::new();
         for u in pub_users {
-            let (client, el) = AsyncClient::new(options(fed_dir, u, port)?, 1000);
+            let (client, el) = connect_client(fed_dir, u, port)?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tasks.push(tokio::spawn(drive_publisher(el, tx, Arc::clone(&errors))));
             publishers.push((client, rx));
@@ -452,8 +468,10 @@ impl MqttSetup {
         &mut self,
         total: usize,
         rate: Option<f64>,
+        window: usize,
         max_wall: Duration,
     ) -> Result<crate::kring_flow::FlowResult, String> {
+        let window = window.max(1);
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         let next = Arc::new(AtomicUsize::new(0));
@@ -465,40 +483,51 @@ impl MqttSetup {
                 let mut sent: Vec<(u64, Instant, Instant, Instant)> = Vec::new();
                 let mut error = None;
                 while acks.try_recv().is_ok() {}
-                loop {
-                    let i = next.fetch_add(1, AtomicOrdering::SeqCst);
-                    if i >= total {
+                'publishing: loop {
+                    // Closed loop: a window of `window` messages, then their PUBACKs.
+                    // Open loop: one message at its scheduled instant.
+                    let step = if rate.is_some() { 1 } else { window };
+                    let from = next.fetch_add(step, AtomicOrdering::SeqCst);
+                    if from >= total {
                         break;
                     }
-                    let scheduled = match rate {
-                        Some(r) => t0 + Duration::from_secs_f64(i as f64 / r),
-                        None => Instant::now(),
-                    };
+                    let to = (from + step).min(total);
                     if Instant::now().saturating_duration_since(t0) > max_wall {
                         break;
                     }
-                    tokio::time::sleep_until(scheduled.into()).await;
-                    let mut payload = vec![b'x'; BODY_BYTES];
-                    payload[0] = tag;
-                    payload[1..9].copy_from_slice(&(i as u64).to_be_bytes());
-                    let start = Instant::now();
-                    if let Err(e) = client
-                        .publish(TOPIC, QoS::AtLeastOnce, false, payload)
-                        .await
-                    {
-                        error = Some(format!("publish: {e}"));
-                        break;
+                    let mut batch = Vec::with_capacity(to - from);
+                    for i in from..to {
+                        let scheduled = match rate {
+                            Some(r) => t0 + Duration::from_secs_f64(i as f64 / r),
+                            None => Instant::now(),
+                        };
+                        tokio::time::sleep_until(scheduled.into()).await;
+                        let mut payload = vec![b'x'; BODY_BYTES];
+                        payload[0] = tag;
+                        payload[1..9].copy_from_slice(&(i as u64).to_be_bytes());
+                        let start = Instant::now();
+                        if let Err(e) = client
+                            .publish(TOPIC, QoS::AtLeastOnce, false, payload)
+                            .await
+                        {
+                            error = Some(format!("publish: {e}"));
+                            break 'publishing;
+                        }
+                        batch.push((i as u64, scheduled, start));
                     }
                     if rate.is_none() {
-                        match tokio::time::timeout(Duration::from_secs(30), acks.recv()).await {
-                            Ok(Some(_)) => {}
-                            _ => {
-                                error = Some("no PUBACK within 30 s".to_string());
-                                break;
+                        for _ in from..to {
+                            match tokio::time::timeout(Duration::from_secs(30), acks.recv()).await {
+                                Ok(Some(_)) => {}
+                                _ => {
+                                    error = Some("no PUBACK within 30 s".to_string());
+                                    break 'publishing;
+                                }
                             }
                         }
                     }
-                    sent.push((i as u64, scheduled, start, Instant::now()));
+                    let acked = Instant::now();
+                    sent.extend(batch.into_iter().map(|(i, s, st)| (i, s, st, acked)));
                 }
                 ((client, acks), sent, error)
             }));
