@@ -36,7 +36,7 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::error::RelayError;
 use crate::groups;
 use crate::net::{read_frame, write_frame};
-use crate::records::{CommunityRecord, NoticeRecord, WelcomeRecord};
+use crate::records::{CommunityRecord, NoticeRecord, OutboxRecord, Outgoing, WelcomeRecord};
 use crate::relay::{Relay, Writer, home_relay, now};
 use crate::revocation::PeerInfo;
 use crate::store::{Batch, Engine, decode, get_obj};
@@ -181,6 +181,33 @@ pub fn enqueue(
     peer: &str,
     body: FedBody,
 ) -> Result<(), RelayError> {
+    store_outgoing(relay, w, b, peer, Outgoing::Body(body))
+}
+
+/// Adds entry `seq` of this hub's log of `summary.id` for `peer` to the batch: the
+/// entry itself is read from the log when it is sent.
+pub fn enqueue_log_entry(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    summary: CommunitySummary,
+    seq: u64,
+) -> Result<(), RelayError> {
+    let item = Outgoing::LogEntry {
+        community: summary,
+        seq,
+    };
+    store_outgoing(relay, w, b, peer, item)
+}
+
+fn store_outgoing(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    item: Outgoing,
+) -> Result<(), RelayError> {
     if !relay.peers.contains_key(peer) {
         return Err(ErrorCode::Unavailable {
             reason: format!("relay {peer} is not a federation peer of {}", relay.id()),
@@ -190,7 +217,7 @@ pub fn enqueue(
     let next = w.outbox_next.entry(peer.to_string()).or_insert(1);
     let seq = *next;
     *next += 1;
-    b.put_obj(keys::outbox(peer, seq), &FedItem { seq, body })?;
+    b.put_obj(keys::outbox(peer, seq), &OutboxRecord { seq, item })?;
     b.put_obj(keys::outbox_next(peer), &(seq + 1))?;
     Ok(())
 }
@@ -603,12 +630,32 @@ async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
 }
 
 fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
-    relay
-        .engine()
-        .scan(&keys::outbox_prefix(peer), None, BATCH)?
-        .into_iter()
-        .map(|(k, v)| decode(&k, &v))
-        .collect()
+    let engine = relay.engine();
+    let mut items = Vec::new();
+    for (k, v) in engine.scan(&keys::outbox_prefix(peer), None, BATCH)? {
+        let stored: OutboxRecord = decode(&k, &v)?;
+        let body = match stored.item {
+            Outgoing::Body(body) => body,
+            Outgoing::LogEntry { community, seq } => {
+                let key = crate::store::keys::log(&community.id, seq);
+                let entry: LogEntry =
+                    get_obj(engine, &key)?.ok_or_else(|| RelayError::Corrupt {
+                        key: format!("outbox {peer} {}", stored.seq),
+                        reason: format!("entry {seq} of {} is not in the log", community.id),
+                    })?;
+                FedBody::Entry {
+                    community,
+                    seq,
+                    entry: Some(entry),
+                }
+            }
+        };
+        items.push(FedItem {
+            seq: stored.seq,
+            body,
+        });
+    }
+    Ok(items)
 }
 
 /// Applies items from `peer` exactly once each, then makes them durable.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use kring_protocol::wire::{Bytes, HopRefusal};
+use kring_protocol::wire::{Bytes, CommunitySummary, FedBody, HopRefusal};
 
 /// Kring's view of a community, next to the MLS public group state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,4 +64,30 @@ pub struct WelcomeRecord {
     /// Ratchet tree at the welcome's epoch.
     #[serde(with = "serde_bytes")]
     pub ratchet_tree: Bytes,
+}
+
+/// An outbox item as stored (`o/PEER\0SEQ`); sent as a
+/// [`FedItem`](kring_protocol::wire::FedItem) with the same `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    /// Position in the peer's outbox.
+    pub seq: u64,
+    /// What to send.
+    pub item: Outgoing,
+}
+
+/// What an outbox item sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outgoing {
+    /// This body.
+    Body(FedBody),
+    /// Entry `seq` of this hub's log of `community` (read from the log when sent, so
+    /// a hub stores each notice once, not once more per member relay), with the
+    /// community as it was when the entry was ordered.
+    LogEntry {
+        /// The community at that entry.
+        community: CommunitySummary,
+        /// The entry's sequence number.
+        seq: u64,
+    },
 }

@@ -1082,21 +1082,17 @@ impl Relay {
                     )?;
                 }
             }
-            crate::federation::enqueue(
-                self,
-                w,
-                b,
-                peer,
-                FedBody::Entry {
+            if withheld.is_some() {
+                let body = FedBody::Entry {
                     community: summary.clone(),
                     seq: entry.seq,
-                    entry: if withheld.is_some() {
-                        None
-                    } else {
-                        Some(entry.clone())
-                    },
-                },
-            )?;
+                    entry: None,
+                };
+                crate::federation::enqueue(self, w, b, peer, body)?;
+            } else {
+                let summary = summary.clone();
+                crate::federation::enqueue_log_entry(self, w, b, peer, summary, entry.seq)?;
+            }
         }
         Ok(())
     }

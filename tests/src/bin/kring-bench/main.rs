@@ -52,7 +52,7 @@ const USAGE: &str = "kring-bench [--quick] [--only SCENARIO,...] [options]\n\n\
     \x20   cargo build --release --bin kring-demo --bin kring-bench\n\n\
     --quick            smaller counts, finishes in under 2 minutes on 2 cores\n\
     --only LIST        comma-separated scenarios\n\
-    --notices N        throughput: notices (default 1000, quick 200)\n\
+    --notices N        throughput: notices (default 5000, quick 500)\n\
     --filers N         filers at nctv / MQTT publishers (default 1)\n\
     --latency-secs S   latency: seconds of offered load (default 5, quick 2)\n\
     --rate R           latency: offered notices/s (default 1000)\n\
@@ -83,7 +83,7 @@ fn parse_args() -> Result<Option<Options>, String> {
     let mut o = Options {
         quick,
         only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
-        notices: if quick { 200 } else { 1000 },
+        notices: if quick { 500 } else { 5000 },
         filers: 1,
         latency_secs: if quick { 2.0 } else { 5.0 },
         rate: 1000.0,
