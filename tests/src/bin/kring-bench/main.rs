@@ -641,7 +641,7 @@ async fn flows(o: &Options, t: &mut Table) -> Result<(Option<f64>, bool), String
     t.note(format!(
         "throughput/latency: {} filer(s) at {FILER_RELAY} file into a community hubbed at {HUB}. Throughput is \
          closed loop with the same number in flight on both sides: a filer files W notices in one filing \
-         (Client::file_notices: one sync, one request, one fsync at the relay; it takes &mut self) and waits \
+         (Client::file_notices: one group load, one request, one fsync at the relay; it takes &mut self) and waits \
          for the answer; a publisher publishes W messages and waits for their W PUBACKs. A filing is \
          acknowledged when durable (fsync'd) at {FILER_RELAY} (Queued); mosquitto acknowledges from memory. \
          Devices dev0-4@{HUB}, dev5-9@{FILER_RELAY} are raw QUIC connections (user certificates) that receive \
