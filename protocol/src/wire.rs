@@ -158,15 +158,6 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         message: Bytes,
     },
-    /// File several notices of one community at once, in this order: one atomic
-    /// write and one fsync at the relay. Either all are accepted or none (the
-    /// refusal names the notice). At most [`limits::MAX_NOTICES_PER_FILING`].
-    FileNotices {
-        /// Community id.
-        community: String,
-        /// The notices, in filing order.
-        notices: Vec<NoticeUpload>,
-    },
     /// Open the push channel for this device (the stream stays open).
     Subscribe,
     /// Acknowledge durable receipt of everything up to `seq` in `community`.
@@ -213,6 +204,17 @@ pub enum Request {
         /// The signed statement.
         statement: RevocationStatement,
     },
+    // New variants go last: postcard numbers variants by position, and older
+    // peers must keep decoding the ones they know.
+    /// File several notices of one community at once, in this order: one atomic
+    /// write and one fsync at the relay. Either all are accepted or none (the
+    /// refusal names the notice). At most [`limits::MAX_NOTICES_PER_FILING`].
+    FileNotices {
+        /// Community id.
+        community: String,
+        /// The notices, in filing order.
+        notices: Vec<NoticeUpload>,
+    },
 }
 
 /// One notice of a [`Request::FileNotices`].
@@ -257,16 +259,6 @@ pub enum Response {
         /// Group epoch after the message (unchanged for notices).
         epoch: u64,
     },
-    /// Answer to [`Request::FileNotices`]: every notice is durable at this relay.
-    Filed {
-        /// The community's hub.
-        hub: String,
-        /// The group epoch (unchanged by notices).
-        epoch: u64,
-        /// One per notice, in request order: its sequence number when this relay is
-        /// the hub (ordered), `None` when it is queued for the hub.
-        seqs: Vec<Option<u64>>,
-    },
     /// Answer to [`Request::ListCommunities`].
     Communities {
         /// Communities the caller belongs to.
@@ -290,6 +282,16 @@ pub enum Response {
         peers: Vec<String>,
         /// Communities hubbed here from which the user's removal is being proposed.
         removals: Vec<String>,
+    },
+    /// Answer to [`Request::FileNotices`]: every notice is durable at this relay.
+    Filed {
+        /// The community's hub.
+        hub: String,
+        /// The group epoch (unchanged by notices).
+        epoch: u64,
+        /// One per notice, in request order: its sequence number when this relay is
+        /// the hub (ordered), `None` when it is queued for the hub.
+        seqs: Vec<Option<u64>>,
     },
 }
 
@@ -1112,6 +1114,29 @@ mod tests {
         }
         .validate()
         .unwrap();
+    }
+
+    /// Postcard numbers enum variants by position: a variant added in the middle
+    /// would make an older peer read one request as another. New ones go last.
+    #[test]
+    fn variant_positions_are_stable() {
+        let tag = |frame: Vec<u8>| frame[FRAME_HEADER + 1];
+        let frame = |r: &Request| encode_frame(r, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(tag(frame(&Request::Subscribe)), 5);
+        assert_eq!(tag(frame(&Request::Ping)), 12);
+        let filing = Request::FileNotices {
+            community: "x@bz".into(),
+            notices: Vec::new(),
+        };
+        assert_eq!(tag(frame(&filing)), 14);
+        let answer = |r: &Response| encode_frame(r, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(tag(answer(&Response::Pong)), 9);
+        let filed = Response::Filed {
+            hub: "bz".into(),
+            epoch: 1,
+            seqs: Vec::new(),
+        };
+        assert_eq!(tag(answer(&filed)), 12);
     }
 
     #[test]
