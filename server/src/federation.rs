@@ -5,9 +5,11 @@
 //!   streams on it. Only configured peers are accepted, and a peer's id must match
 //!   its certificate. A peer's accreditation is its certificate's Clearance, lowered
 //!   by the `accreditation` of its `[[peers]]` entry if set.
-//! - **Outboxes**: everything a relay must tell a peer is written as a [`FedItem`]
-//!   under `o/PEER\0SEQ` in the same atomic batch as the change that caused it, and
-//!   sent in order until the peer acknowledges durable receipt. The receiver applies
+//! - **Outboxes**: everything a relay must tell a peer is written as an
+//!   [`OutboxRecord`] under `o/PEER\0SEQ` in the same atomic batch as the change that
+//!   caused it (a hub's log entries by reference: the entry is read from the log when
+//!   sent), and sent as [`FedItem`]s in order, only once durable, until the peer
+//!   acknowledges durable receipt. The receiver applies
 //!   each item exactly once (`r/PEER` holds the last applied seq, updated in the same
 //!   batch as the item's effect).
 //! - **Synchronous calls**: commits are forwarded to the hub and key package fetches
