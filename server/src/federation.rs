@@ -402,10 +402,15 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
 ) {
     let max = relay.limits().max_frame;
-    let request: FedRequest = match read_frame(&mut recv, max).await {
-        Ok(Some(r)) => r,
+    let read = match read_frame(&mut recv, max).await {
+        Ok(Some(r)) => crate::net::expect_end(&mut recv).await.map(|()| r),
         Ok(None) => return,
+        Err(code) => Err(code),
+    };
+    let request: FedRequest = match read {
+        Ok(r) => r,
         Err(code) => {
+            // A frame that does not decode, or bytes after it: refused and audited.
             relay.audit_refusal(&peer, "-", "federation-decode", &code);
             let _ = write_frame(
                 &mut send,
@@ -417,17 +422,6 @@ async fn handle_stream(
             return;
         }
     };
-    if let Err(code) = crate::net::expect_end(&mut recv).await {
-        relay.audit_refusal(&peer, "-", "federation-decode", &code);
-        let _ = write_frame(
-            &mut send,
-            &FedResponse::Response(Response::Error(code)),
-            max,
-        )
-        .await;
-        let _ = send.finish();
-        return;
-    }
     let response = match request {
         FedRequest::Deliver { items } => match apply_items(&relay, &peer, items).await {
             Ok(upto) => FedResponse::Ack { upto },

@@ -10,6 +10,20 @@ fn federation() -> Federation {
     Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
 }
 
+/// `admin` (liaison@bz) creates `c@bz` (maximum NL:STG-CONFIDENTIEEL) and adds
+/// `member` (admin@bz), who joins.
+async fn community_c(admin: &mut Client, member: &mut Client) {
+    admin
+        .create_community("c", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    admin
+        .add_members("c", &["admin@bz".to_string()])
+        .await
+        .unwrap();
+    member.sync().await.unwrap();
+}
+
 /// Three users on relay `bz`: an admin creates a community, adds two members, files;
 /// a member offline during filing gets the notice on reconnect, exactly once; the
 /// relay is restarted between filing and reading and loses nothing.
@@ -81,15 +95,7 @@ async fn refusals() {
     let mut member = ready(&fed, "admin@bz").await;
     let _low = ready(&fed, "laag@bz").await;
     let mut outsider = ready(&fed, "buiten@bz").await;
-    admin
-        .create_community("c", "NL:STG-CONFIDENTIEEL")
-        .await
-        .unwrap();
-    admin
-        .add_members("c", &["admin@bz".to_string()])
-        .await
-        .unwrap();
-    member.sync().await.unwrap();
+    community_c(&mut admin, &mut member).await;
 
     // Filing above the community maximum: refused by the client (exit 3).
     let e = admin
@@ -136,15 +142,7 @@ async fn a_stale_filer_catches_up_and_a_filing_keeps_its_order() {
     let mut admin = ready(&fed, "liaison@bz").await;
     let mut member = ready(&fed, "admin@bz").await;
     let mut newcomer = ready(&fed, "analist@bz").await;
-    admin
-        .create_community("c", "NL:STG-CONFIDENTIEEL")
-        .await
-        .unwrap();
-    admin
-        .add_members("c", &["admin@bz".to_string()])
-        .await
-        .unwrap();
-    member.sync().await.unwrap();
+    community_c(&mut admin, &mut member).await;
     let added = admin
         .add_members("c", &["analist@bz".to_string()])
         .await
