@@ -15,6 +15,7 @@ use kring_tests::chaos::{
     XorShift, decode_answer, files_containing, raw_endpoint, raw_request, raw_stream,
     raw_user_connect, stored_log,
 };
+use kring_tests::steps::join;
 use kring_tests::{Federation, RelayLauncher};
 use uuid::Uuid;
 
@@ -52,24 +53,6 @@ async fn audit(fed: &Federation, admin: &str) -> Vec<wire::AuditRecordView> {
     assert_eq!(page.verify.unwrap().first_bad, None, "audit chain broken");
     a.disconnect().await;
     page.records
-}
-
-async fn join(c: &mut Client, community: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        c.sync().await.unwrap();
-        if c.notices(Some(community)).is_ok()
-            && c.list_communities()
-                .await
-                .unwrap()
-                .iter()
-                .any(|s| s.id == community)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} never joined", c.user());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Oversized, truncated and garbled frames, garbage after a valid frame, and a
