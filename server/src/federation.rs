@@ -655,45 +655,36 @@ fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
 }
 
 /// Applies items from `peer` exactly once each, then makes them durable.
+///
+/// Items that only touch the store are applied in one batch (reads inside see the
+/// batch's earlier writes); a revocation or CRL, which also changes the relay's
+/// memory, gets a batch of its own. A refused item is rolled back, recorded and
+/// skipped: it must not block the link.
 async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u64, RelayError> {
-    let mut upto = get_u64(relay.engine(), &keys::applied(peer))?;
-    let mut revocations_changed = false;
+    let touches_memory =
+        |body: &FedBody| matches!(body, FedBody::Revocation { .. } | FedBody::Crl { .. });
+    let revocations_changed = items.iter().any(|i| touches_memory(&i.body));
     // Entries of a hub's log may reach this relay's devices before the flush.
     let only_entries = items
         .iter()
         .all(|i| matches!(i.body, FedBody::Entry { .. }));
-    for item in items {
-        if item.seq <= upto {
-            continue; // already applied: a retry after a lost ack
-        }
-        let seq = item.seq;
-        revocations_changed |=
-            matches!(item.body, FedBody::Revocation { .. } | FedBody::Crl { .. });
-        let applied = relay.write(|w, b| {
-            apply_item(relay, w, b, peer, item.body)?;
-            b.put_obj(keys::applied(peer), &seq)?;
-            Ok(())
-        });
-        match applied {
-            Ok(()) => {}
-            // A refused item is recorded and skipped: it must not block the link.
-            Err(RelayError::Refused(code)) => relay.write(|w, b| {
-                w.audit.append(
-                    b,
-                    now(),
-                    AuditEvent::new(
-                        AuditKind::Refusal,
-                        peer,
-                        format!("item {seq}"),
-                        "federation-item",
-                        code.to_string(),
-                    ),
-                )?;
-                b.put_obj(keys::applied(peer), &seq)
-            })?,
-            Err(other) => return Err(other),
-        }
-        upto = seq;
+    let mut upto = get_u64(relay.engine(), &keys::applied(peer))?;
+    let mut items = items.into_iter().peekable();
+    while let Some(first) = items.next() {
+        let alone = touches_memory(&first.body);
+        upto = relay.write(|w, b| {
+            let mut upto = b
+                .get_obj::<u64>(relay.engine(), &keys::applied(peer))?
+                .unwrap_or(0);
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                upto = apply_once(relay, w, b, peer, upto, item)?;
+                if !alone {
+                    next = items.next_if(|i| !touches_memory(&i.body));
+                }
+            }
+            Ok(upto)
+        })?;
     }
     if only_entries {
         relay.deliver_early();
@@ -703,6 +694,45 @@ async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u
         relay.enforce_soon();
     }
     Ok(upto)
+}
+
+/// Applies `item` into `b` unless `upto` (the last item applied) covers it; returns
+/// the new `upto`.
+fn apply_once(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    upto: u64,
+    item: FedItem,
+) -> Result<u64, RelayError> {
+    let seq = item.seq;
+    if seq <= upto {
+        return Ok(upto); // already applied: a retry after a lost ack
+    }
+    let mark = b.mark();
+    let saved = w.clone();
+    match apply_item(relay, w, b, peer, item.body) {
+        Ok(()) => {}
+        Err(RelayError::Refused(code)) => {
+            b.rollback(mark);
+            *w = saved;
+            w.audit.append(
+                b,
+                now(),
+                AuditEvent::new(
+                    AuditKind::Refusal,
+                    peer,
+                    format!("item {seq}"),
+                    "federation-item",
+                    code.to_string(),
+                ),
+            )?;
+        }
+        Err(other) => return Err(other),
+    }
+    b.put_obj(keys::applied(peer), &seq)?;
+    Ok(seq)
 }
 
 fn refuse(
@@ -750,7 +780,7 @@ fn apply_item(
                     })
                 })
                 .and_then(|app| {
-                    let mut rec = relay.hub_community(&community, &sender)?;
+                    let mut rec = relay.hub_community(b, &community, &sender)?;
                     relay.order_notice(
                         w,
                         b,
@@ -823,7 +853,7 @@ fn apply_item(
             reason,
         } => {
             let rec: Option<NoticeRecord> =
-                get_obj(relay.engine(), &crate::store::keys::notice(&notice_id))?;
+                b.get_obj(relay.engine(), &crate::store::keys::notice(&notice_id))?;
             let (community, sender) = rec.map(|r| (r.community, r.sender)).unwrap_or_default();
             relay.record_refusal_for(w, b, &notice_id, &community, &sender, &hop, &reason)
         }
@@ -850,7 +880,8 @@ fn apply_entry(
         );
     }
     let has_local = |members: &[String]| members.iter().any(|m| home_relay(m) == relay.id());
-    let existing = relay.community(&id)?;
+    let existing: Option<CommunityRecord> =
+        b.get_obj(relay.engine(), &crate::store::keys::community(&id))?;
     let mut rec = match existing {
         Some(rec) => rec,
         None => {
@@ -937,7 +968,7 @@ fn apply_entry(
             } else {
                 // The filer's home relay learns the hub's ordering.
                 let key = crate::store::keys::notice(notice_id);
-                if let Some(mut n) = get_obj::<NoticeRecord>(relay.engine(), &key)? {
+                if let Some(mut n) = b.get_obj::<NoticeRecord>(relay.engine(), &key)? {
                     n.seq = Some(seq);
                     b.put_obj(key, &n)?;
                 }
@@ -947,11 +978,15 @@ fn apply_entry(
             b.put_obj(crate::store::keys::log(&id, seq), &entry)?;
         }
     }
-    let before = rec.members.clone();
-    rec.members = summary.members;
+    // Membership changes only with a commit; most entries leave it as it was.
+    let members_changed = rec.members != summary.members;
+    let before = std::mem::replace(&mut rec.members, summary.members);
     rec.admins = summary.admins;
     rec.epoch = summary.epoch;
     rec.last_seq = seq;
     b.put_obj(crate::store::keys::community(&id), &rec)?;
-    relay.update_local_members(b, &rec, &before, seq)
+    if members_changed {
+        relay.update_local_members(b, &rec, &before, seq)?;
+    }
+    Ok(())
 }

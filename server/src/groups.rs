@@ -53,7 +53,7 @@ impl Overlay {
         let mut batch = Batch::default();
         if let Ok(writes) = self.writes.lock() {
             for (k, v) in writes.iter() {
-                batch.ops.push(([keys::MLS, k].concat(), v.clone()));
+                batch.set([keys::MLS, k].concat(), v.clone());
             }
         }
         batch

@@ -51,7 +51,7 @@ impl Caller {
 }
 
 /// State only the writer touches.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Writer {
     /// Audit chain head.
     pub audit: AuditHead,
@@ -962,7 +962,7 @@ impl Relay {
     ) -> Result<(), RelayError> {
         for user in rec.members.iter().filter(|u| home_relay(u) == self.id) {
             let key = keys::member(user, &rec.id);
-            let current: Option<MemberRecord> = get_obj(self.engine.as_ref(), &key)?;
+            let current: Option<MemberRecord> = b.get_obj(self.engine.as_ref(), &key)?;
             let active = current.is_some_and(|m| m.removed_seq.is_none());
             if !before.contains(user) || !active {
                 b.put_obj(
@@ -982,10 +982,11 @@ impl Relay {
         {
             let key = keys::member(user, &rec.id);
             let mut m: MemberRecord =
-                get_obj(self.engine.as_ref(), &key)?.unwrap_or(MemberRecord {
-                    joined_seq: 0,
-                    removed_seq: None,
-                });
+                b.get_obj(self.engine.as_ref(), &key)?
+                    .unwrap_or(MemberRecord {
+                        joined_seq: 0,
+                        removed_seq: None,
+                    });
             m.removed_seq = Some(seq);
             b.put_obj(key, &m)?;
         }
@@ -1111,22 +1112,14 @@ impl Relay {
         reason: &str,
     ) -> Result<(), RelayError> {
         let key = keys::notice(notice_id);
-        let pending: Option<NoticeRecord> = b
-            .ops
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| v.as_ref())
-            .and_then(|v| postcard::from_bytes(v).ok());
-        let mut rec = match pending {
-            Some(r) => r,
-            None => get_obj::<NoticeRecord>(self.engine.as_ref(), &key)?.unwrap_or(NoticeRecord {
+        let mut rec = b
+            .get_obj::<NoticeRecord>(self.engine.as_ref(), &key)?
+            .unwrap_or(NoticeRecord {
                 community: community.to_string(),
                 sender: sender.to_string(),
                 seq: None,
                 refusals: Vec::new(),
-            }),
-        };
+            });
         if rec.refusals.iter().any(|r| r.hop == hop) {
             return Ok(());
         }
@@ -1256,7 +1249,7 @@ impl Relay {
     ) -> Result<Option<u64>, RelayError> {
         let community = rec.id.as_str();
         if let Some(prev) =
-            get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
+            b.get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
         {
             return if prev.sender == caller.id && prev.community == community {
                 Ok(prev.seq)
@@ -1309,10 +1302,11 @@ impl Relay {
     /// The community record of a community hubbed here, if `sender` is a member.
     pub fn hub_community(
         &self,
+        b: &Batch,
         community: &str,
         sender: &str,
     ) -> Result<CommunityRecord, RelayError> {
-        match self.community(community)? {
+        match b.get_obj::<CommunityRecord>(self.engine.as_ref(), &keys::community(community))? {
             Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => Ok(rec),
             _ => Err(ErrorCode::NotMember.into()),
         }
@@ -1344,7 +1338,7 @@ impl Relay {
             return Err(ErrorCode::Revoked.into());
         }
         if let Some(prev) =
-            get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
+            b.get_obj::<NoticeRecord>(self.engine.as_ref(), &keys::notice(&notice_id))?
         {
             // A retried filing gets the same answer; anything else is a replay.
             return match prev.seq {

@@ -10,6 +10,7 @@
 //! waiters share one flush (group commit): the flusher takes every waiter queued so far,
 //! flushes once, and wakes them all.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -17,17 +18,30 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::RelayError;
 
-/// One atomic set of writes.
+/// One atomic set of writes that can also be read: [`Batch::get`] answers as if the
+/// batch were already applied, so code that builds one batch from many steps (a whole
+/// federation delivery) sees its own earlier writes.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Key → new value (`None` deletes).
-    pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Key → new value (`None` deletes), in order; a later write of a key wins.
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Key → index in `ops` of its latest write.
+    latest: HashMap<Vec<u8>, usize>,
 }
 
+/// A point in a [`Batch`] to roll back to ([`Batch::mark`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark(usize);
+
 impl Batch {
+    /// Sets `key` to `value` (`None` deletes it).
+    pub fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.latest.insert(key.clone(), self.ops.len());
+        self.ops.push((key, value));
+    }
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push((key, Some(value)));
+        self.set(key, Some(value));
     }
     /// Sets `key` to the postcard encoding of `value`.
     pub fn put_obj<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), RelayError> {
@@ -37,15 +51,60 @@ impl Batch {
     }
     /// Deletes `key`.
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.ops.push((key, None));
+        self.set(key, None);
     }
     /// Appends another batch.
     pub fn extend(&mut self, other: Batch) {
-        self.ops.extend(other.ops);
+        for (k, v) in other.ops {
+            self.set(k, v);
+        }
     }
     /// True if there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+    /// The writes, in order.
+    pub fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.ops
+    }
+    /// What this batch writes to `key`: `None` if it does not touch it,
+    /// `Some(None)` if it deletes it.
+    pub fn pending(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        let i = *self.latest.get(key)?;
+        Some(self.ops.get(i)?.1.as_deref())
+    }
+    /// Reads `key` as it will be once this batch is applied over `engine`.
+    pub fn get(&self, engine: &dyn Engine, key: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+        match self.pending(key) {
+            Some(v) => Ok(v.map(<[u8]>::to_vec)),
+            None => engine.get(key),
+        }
+    }
+    /// Reads and decodes one record as it will be once this batch is applied.
+    pub fn get_obj<T: DeserializeOwned>(
+        &self,
+        engine: &dyn Engine,
+        key: &[u8],
+    ) -> Result<Option<T>, RelayError> {
+        match self.get(engine, key)? {
+            Some(v) => Ok(Some(decode(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+    /// The current end of the batch.
+    pub fn mark(&self) -> Mark {
+        Mark(self.ops.len())
+    }
+    /// Drops every write made after `mark`.
+    pub fn rollback(&mut self, mark: Mark) {
+        if mark.0 >= self.ops.len() {
+            return;
+        }
+        self.ops.truncate(mark.0);
+        self.latest.clear();
+        for (i, (k, _)) in self.ops.iter().enumerate() {
+            self.latest.insert(k.clone(), i);
+        }
     }
 }
 
@@ -151,7 +210,7 @@ impl Engine for SledEngine {
 
     fn apply(&self, batch: Batch) -> Result<(), RelayError> {
         let mut b = sled::Batch::default();
-        for (k, v) in batch.ops {
+        for (k, v) in batch.into_ops() {
             match v {
                 Some(v) => b.insert(k, v),
                 None => b.remove(k),
@@ -364,6 +423,37 @@ mod tests {
         );
         let last = e.last(&keys::log_prefix("a@bz")).unwrap().unwrap();
         assert_eq!(last.1, vec![5]);
+    }
+
+    #[test]
+    fn a_batch_reads_its_own_writes_and_rolls_back_to_a_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SledEngine::open(dir.path()).unwrap();
+        let mut stored = Batch::default();
+        stored.put(b"k/a".to_vec(), b"engine".to_vec());
+        stored.put(b"k/b".to_vec(), b"engine".to_vec());
+        e.apply(stored).unwrap();
+
+        let mut b = Batch::default();
+        assert_eq!(b.get(&e, b"k/a").unwrap(), Some(b"engine".to_vec()));
+        b.put(b"k/a".to_vec(), b"one".to_vec());
+        b.put(b"k/a".to_vec(), b"two".to_vec());
+        assert_eq!(b.get(&e, b"k/a").unwrap(), Some(b"two".to_vec()));
+        let mark = b.mark();
+        b.delete(b"k/b".to_vec());
+        b.put(b"k/a".to_vec(), b"three".to_vec());
+        b.put(b"k/c".to_vec(), b"new".to_vec());
+        assert_eq!(b.get(&e, b"k/b").unwrap(), None);
+        assert_eq!(b.get(&e, b"k/a").unwrap(), Some(b"three".to_vec()));
+
+        b.rollback(mark);
+        assert_eq!(b.get(&e, b"k/a").unwrap(), Some(b"two".to_vec()));
+        assert_eq!(b.get(&e, b"k/b").unwrap(), Some(b"engine".to_vec()));
+        assert_eq!(b.get(&e, b"k/c").unwrap(), None);
+        e.apply(b).unwrap();
+        assert_eq!(e.get(b"k/a").unwrap(), Some(b"two".to_vec()));
+        assert_eq!(e.get(b"k/b").unwrap(), Some(b"engine".to_vec()));
+        assert_eq!(e.get(b"k/c").unwrap(), None);
     }
 
     #[tokio::test]

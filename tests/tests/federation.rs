@@ -234,6 +234,51 @@ async fn over_label_notice_from_a_peer_is_refused_at_receipt() {
     );
 }
 
+/// A delivery is applied as one batch, but a refused item in it is rolled back on its
+/// own: the items after it are still applied, and later items read what earlier ones
+/// of the same delivery wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_item_in_a_delivery_leaves_no_trace_and_blocks_nothing() {
+    use kring_protocol::wire::{CommunitySummary, FedBody, FedItem, FedRequest, FedResponse};
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("post-a").unwrap();
+    let mut post = ready(&fed, "analist@post-a").await;
+    fed.stop("bz").unwrap();
+    let summary = |id: &str, max_label: &str, last_seq: u64| CommunitySummary {
+        id: id.into(),
+        max_label: max_label.into(),
+        epoch: 1,
+        members: vec!["liaison@bz".into(), "analist@post-a".into()],
+        admins: vec!["liaison@bz".into()],
+        last_seq,
+    };
+    let entry = |seq: u64, community: CommunitySummary, s: u64| FedItem {
+        seq,
+        body: FedBody::Entry {
+            community,
+            seq: s,
+            entry: None,
+        },
+    };
+    let items = vec![
+        entry(10, summary("eerst@bz", "NL:STG-CONFIDENTIEEL", 1), 1),
+        // Refused: an unreadable maximum label for a community new to post-a.
+        entry(11, summary("kapot@bz", "NL:NONSENSE", 1), 1),
+        entry(12, summary("eerst@bz", "NL:STG-CONFIDENTIEEL", 2), 2),
+        entry(13, summary("eerst@bz", "NL:STG-CONFIDENTIEEL", 3), 3),
+    ];
+    let r = kring_tests::raw_federation_call(&fed, "bz", "post-a", &FedRequest::Deliver { items })
+        .await
+        .unwrap();
+    assert!(matches!(r, FedResponse::Ack { upto: 13 }), "{r:?}");
+
+    let communities = post.list_communities().await.unwrap();
+    let ids: Vec<&str> = communities.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, vec!["eerst@bz"], "{communities:?}");
+    assert_eq!(communities[0].last_seq, 3);
+}
+
 fn uuid_from(n: u64) -> uuid::Uuid {
     uuid::Uuid::from_u128(0xdead_0000_0000_0000_0000_0000_0000_0000 | u128::from(n))
 }

@@ -397,7 +397,7 @@ impl Engine for MemEngine {
 
     fn apply(&self, batch: Batch) -> Result<(), RelayError> {
         let mut entries = self.entries()?;
-        for (k, v) in batch.ops {
+        for (k, v) in batch.into_ops() {
             match v {
                 Some(v) => entries.insert(k, v),
                 None => entries.remove(&k),
