@@ -589,9 +589,11 @@ pub enum FedBody {
         message: Bytes,
     },
     /// Hub → member relays: the next entry of a community log, with the community
-    /// as it stands after it. `entry` is `None` when the hub withheld the entry from
-    /// this relay (its label is above the relay's accreditation): the sequence
-    /// number is still consumed so logs stay gap-free.
+    /// as it stands after it. A hub sends commits this way and notices as
+    /// [`FedBody::NoticeEntry`]; a receiver takes either kind in either form.
+    /// `entry` is `None` when the hub withheld the entry from this relay (its label
+    /// is above the relay's accreditation): the sequence number is still consumed
+    /// so logs stay gap-free.
     Entry {
         /// The community after this entry.
         community: CommunitySummary,
@@ -637,6 +639,18 @@ pub enum FedBody {
         /// The issuing organisation CA certificate, DER.
         #[serde(with = "serde_bytes")]
         issuer: Bytes,
+    },
+    /// Hub → member relays: the next entry of a community log when it is a notice.
+    /// A notice leaves the community as it was, so only its id travels, not the
+    /// member list ([`FedBody::Entry`] carries that for commits). `entry` is `None`
+    /// when the hub withheld the notice from this relay.
+    NoticeEntry {
+        /// Community id.
+        community: String,
+        /// Sequence number.
+        seq: u64,
+        /// The entry, unless withheld.
+        entry: Option<LogEntry>,
     },
 }
 
@@ -809,6 +823,9 @@ impl Validate for FedRequest {
                         }
                         FedBody::Entry { community, .. } => {
                             check_qualified_id("community", &community.id)?
+                        }
+                        FedBody::NoticeEntry { community, .. } => {
+                            check_qualified_id("community", community)?
                         }
                         FedBody::Welcome {
                             user, community, ..
@@ -1137,6 +1154,19 @@ mod tests {
             seqs: Vec::new(),
         };
         assert_eq!(tag(answer(&filed)), 12);
+        let item = |body: FedBody| {
+            let request = FedRequest::Deliver {
+                items: vec![FedItem { seq: 1, body }],
+            };
+            // After the tag of `Deliver`: item count, item seq, the body's variant.
+            encode_frame(&request, DEFAULT_MAX_FRAME).unwrap()[FRAME_HEADER + 4]
+        };
+        let notice_entry = FedBody::NoticeEntry {
+            community: "x@bz".into(),
+            seq: 1,
+            entry: None,
+        };
+        assert_eq!(item(notice_entry), 6);
     }
 
     #[test]

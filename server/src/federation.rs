@@ -8,10 +8,11 @@
 //! - **Outboxes**: everything a relay must tell a peer is written as an
 //!   [`OutboxRecord`] under `o/PEER\0SEQ` in the same atomic batch as the change that
 //!   caused it (a hub's log entries by reference: the entry is read from the log when
-//!   sent), and sent as [`FedItem`]s in order, only once durable, until the peer
-//!   acknowledges durable receipt. The receiver applies
-//!   each item exactly once (`r/PEER` holds the last applied seq, updated in the same
-//!   batch as the item's effect).
+//!   sent; a commit travels with the community's member list, a notice with its id
+//!   only), and sent as [`FedItem`]s in order, only once durable, until the peer
+//!   acknowledges durable receipt. The receiver applies each item exactly once
+//!   (`r/PEER` holds the last applied seq, updated in the same batch as the item's
+//!   effect), all items of one delivery in one batch (a revocation or CRL in its own).
 //! - **Synchronous calls**: commits are forwarded to the hub and key package fetches
 //!   to the user's home relay as request/response on the link, with a deadline.
 //!
@@ -186,19 +187,26 @@ pub fn enqueue(
     store_outgoing(relay, w, b, peer, Outgoing::Body(body))
 }
 
-/// Adds entry `seq` of this hub's log of `summary.id` for `peer` to the batch: the
-/// entry itself is read from the log when it is sent.
+/// Adds `entry` of this hub's log of `rec` for `peer` to the batch: the entry itself
+/// is read from the log when it is sent. A commit goes with the community as it
+/// stands after it; a notice goes with the community's id only.
 pub fn enqueue_log_entry(
     relay: &Relay,
     w: &mut Writer,
     b: &mut Batch,
     peer: &str,
-    summary: CommunitySummary,
-    seq: u64,
+    rec: &CommunityRecord,
+    entry: &LogEntry,
 ) -> Result<(), RelayError> {
-    let item = Outgoing::LogEntry {
-        community: summary,
-        seq,
+    let item = match entry.kind {
+        EntryKind::Notice { .. } => Outgoing::NoticeEntry {
+            community: rec.id.clone(),
+            seq: entry.seq,
+        },
+        EntryKind::Handshake { .. } => Outgoing::LogEntry {
+            community: crate::relay::summary(rec),
+            seq: entry.seq,
+        },
     };
     store_outgoing(relay, w, b, peer, item)
 }
@@ -630,21 +638,25 @@ fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
     let mut items = Vec::new();
     for (k, v) in engine.scan(&keys::outbox_prefix(peer), None, BATCH)? {
         let stored: OutboxRecord = decode(&k, &v)?;
+        let read = |community: &str, seq: u64| -> Result<LogEntry, RelayError> {
+            let key = crate::store::keys::log(community, seq);
+            get_obj(engine, &key)?.ok_or_else(|| RelayError::Corrupt {
+                key: format!("outbox {peer} {}", stored.seq),
+                reason: format!("entry {seq} of {community} is not in the log"),
+            })
+        };
         let body = match stored.item {
             Outgoing::Body(body) => body,
-            Outgoing::LogEntry { community, seq } => {
-                let key = crate::store::keys::log(&community.id, seq);
-                let entry: LogEntry =
-                    get_obj(engine, &key)?.ok_or_else(|| RelayError::Corrupt {
-                        key: format!("outbox {peer} {}", stored.seq),
-                        reason: format!("entry {seq} of {} is not in the log", community.id),
-                    })?;
-                FedBody::Entry {
-                    community,
-                    seq,
-                    entry: Some(entry),
-                }
-            }
+            Outgoing::LogEntry { community, seq } => FedBody::Entry {
+                entry: Some(read(&community.id, seq)?),
+                community,
+                seq,
+            },
+            Outgoing::NoticeEntry { community, seq } => FedBody::NoticeEntry {
+                entry: Some(read(&community, seq)?),
+                community,
+                seq,
+            },
         };
         items.push(FedItem {
             seq: stored.seq,
@@ -667,7 +679,7 @@ async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u
     // Entries of a hub's log may reach this relay's devices before the flush.
     let only_entries = items
         .iter()
-        .all(|i| matches!(i.body, FedBody::Entry { .. }));
+        .all(|i| matches!(i.body, FedBody::Entry { .. } | FedBody::NoticeEntry { .. }));
     let mut upto = get_u64(relay.engine(), &keys::applied(peer))?;
     let mut items = items.into_iter().peekable();
     while let Some(first) = items.next() {
@@ -814,7 +826,23 @@ fn apply_item(
             community,
             seq,
             entry,
-        } => apply_entry(relay, w, b, peer, community, seq, entry),
+        } => {
+            let id = community.id.clone();
+            apply_entry(relay, w, b, peer, &id, Some(community), seq, entry)
+        }
+        FedBody::NoticeEntry {
+            community,
+            seq,
+            entry,
+        } => {
+            if entry
+                .as_ref()
+                .is_some_and(|e| !matches!(e.kind, EntryKind::Notice { .. }))
+            {
+                return refuse(w, b, peer, &community, "a commit sent as a notice".into());
+            }
+            apply_entry(relay, w, b, peer, &community, None, seq, entry)
+        }
         FedBody::Welcome {
             user,
             community,
@@ -860,33 +888,45 @@ fn apply_item(
     }
 }
 
+/// Applies entry `seq` of `id`'s log from its hub `peer`: with the community as it
+/// stands after it (`summary`, a commit) or as it was (`None`, a notice).
+#[allow(clippy::too_many_arguments)]
 fn apply_entry(
     relay: &Relay,
     w: &mut Writer,
     b: &mut Batch,
     peer: &str,
-    summary: CommunitySummary,
+    id: &str,
+    summary: Option<CommunitySummary>,
     seq: u64,
     entry: Option<LogEntry>,
 ) -> Result<(), RelayError> {
-    let id = summary.id.clone();
-    if home_relay(&id) != peer {
+    if home_relay(id) != peer {
         return refuse(
             w,
             b,
             peer,
-            &id,
+            id,
             format!("relay {peer} is not the hub of {id}"),
         );
     }
     let has_local = |members: &[String]| members.iter().any(|m| home_relay(m) == relay.id());
     let existing: Option<CommunityRecord> =
-        b.get_obj(relay.engine(), &crate::store::keys::community(&id))?;
-    let mut rec = match existing {
-        Some(rec) => rec,
-        None => {
+        b.get_obj(relay.engine(), &crate::store::keys::community(id))?;
+    let mut rec = match (existing, &summary) {
+        (Some(rec), _) => rec,
+        (None, None) => {
+            return refuse(
+                w,
+                b,
+                peer,
+                id,
+                "a notice of a community unknown here".into(),
+            );
+        }
+        (None, Some(summary)) => {
             if !has_local(&summary.members) {
-                return refuse(w, b, peer, &id, "no user of this relay is a member".into());
+                return refuse(w, b, peer, id, "no user of this relay is a member".into());
             }
             let max: Label =
                 summary
@@ -898,7 +938,7 @@ fn apply_entry(
                         })
                     })?;
             CommunityRecord {
-                id: id.clone(),
+                id: id.to_string(),
                 hub: peer.to_string(),
                 max_label: max.to_bytes(),
                 admins: Vec::new(),
@@ -975,16 +1015,18 @@ fn apply_entry(
             }
         }
         if keep {
-            b.put_obj(crate::store::keys::log(&id, seq), &entry)?;
+            b.put_obj(crate::store::keys::log(id, seq), &entry)?;
         }
     }
-    // Membership changes only with a commit; most entries leave it as it was.
+    rec.last_seq = seq;
+    let Some(summary) = summary else {
+        return b.put_obj(crate::store::keys::community(id), &rec);
+    };
     let members_changed = rec.members != summary.members;
     let before = std::mem::replace(&mut rec.members, summary.members);
     rec.admins = summary.admins;
     rec.epoch = summary.epoch;
-    rec.last_seq = seq;
-    b.put_obj(crate::store::keys::community(&id), &rec)?;
+    b.put_obj(crate::store::keys::community(id), &rec)?;
     if members_changed {
         relay.update_local_members(b, &rec, &before, seq)?;
     }

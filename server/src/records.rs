@@ -90,4 +90,12 @@ pub enum Outgoing {
         /// The entry's sequence number.
         seq: u64,
     },
+    /// Notice `seq` of this hub's log of `community`, sent as
+    /// [`FedBody::NoticeEntry`] (no member list: a notice leaves membership as it was).
+    NoticeEntry {
+        /// Community id.
+        community: String,
+        /// The entry's sequence number.
+        seq: u64,
+    },
 }

@@ -1057,7 +1057,6 @@ impl Relay {
             rec.members.iter().map(|m| home_relay(m)).collect();
         targets.extend(extra.iter().map(|s| s.as_str()));
         targets.remove(self.id.as_str());
-        let summary = summary(rec);
         for peer in targets {
             let mut withheld = None;
             if let EntryKind::Notice {
@@ -1084,15 +1083,14 @@ impl Relay {
                 }
             }
             if withheld.is_some() {
-                let body = FedBody::Entry {
-                    community: summary.clone(),
+                let body = FedBody::NoticeEntry {
+                    community: rec.id.clone(),
                     seq: entry.seq,
                     entry: None,
                 };
                 crate::federation::enqueue(self, w, b, peer, body)?;
             } else {
-                let summary = summary.clone();
-                crate::federation::enqueue_log_entry(self, w, b, peer, summary, entry.seq)?;
+                crate::federation::enqueue_log_entry(self, w, b, peer, rec, entry)?;
             }
         }
         Ok(())

@@ -261,22 +261,34 @@ async fn a_refused_item_in_a_delivery_leaves_no_trace_and_blocks_nothing() {
             entry: None,
         },
     };
+    let notice = |seq: u64, community: &str, s: u64| FedItem {
+        seq,
+        body: FedBody::NoticeEntry {
+            community: community.into(),
+            seq: s,
+            entry: None,
+        },
+    };
     let items = vec![
         entry(10, summary("eerst@bz", "NL:STG-CONFIDENTIEEL", 1), 1),
         // Refused: an unreadable maximum label for a community new to post-a.
         entry(11, summary("kapot@bz", "NL:NONSENSE", 1), 1),
         entry(12, summary("eerst@bz", "NL:STG-CONFIDENTIEEL", 2), 2),
         entry(13, summary("eerst@bz", "NL:STG-CONFIDENTIEEL", 3), 3),
+        // Refused: a notice of a community post-a never heard of.
+        notice(14, "onbekend@bz", 1),
+        // A notice the hub withheld from post-a: its seq is consumed.
+        notice(15, "eerst@bz", 4),
     ];
     let r = kring_tests::raw_federation_call(&fed, "bz", "post-a", &FedRequest::Deliver { items })
         .await
         .unwrap();
-    assert!(matches!(r, FedResponse::Ack { upto: 13 }), "{r:?}");
+    assert!(matches!(r, FedResponse::Ack { upto: 15 }), "{r:?}");
 
     let communities = post.list_communities().await.unwrap();
     let ids: Vec<&str> = communities.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, vec!["eerst@bz"], "{communities:?}");
-    assert_eq!(communities[0].last_seq, 3);
+    assert_eq!(communities[0].last_seq, 4);
 }
 
 fn uuid_from(n: u64) -> uuid::Uuid {
