@@ -911,8 +911,7 @@ fn apply_entry(
         );
     }
     let has_local = |members: &[String]| members.iter().any(|m| home_relay(m) == relay.id());
-    let existing: Option<CommunityRecord> =
-        b.get_obj(relay.engine(), &crate::store::keys::community(id))?;
+    let existing = relay.community_in(b, id)?;
     let mut rec = match (existing, &summary) {
         (Some(rec), _) => rec,
         (None, None) => {
@@ -1020,13 +1019,13 @@ fn apply_entry(
     }
     rec.last_seq = seq;
     let Some(summary) = summary else {
-        return b.put_obj(crate::store::keys::community(id), &rec);
+        return crate::relay::put_last_seq(b, id, seq);
     };
     let members_changed = rec.members != summary.members;
     let before = std::mem::replace(&mut rec.members, summary.members);
     rec.admins = summary.admins;
     rec.epoch = summary.epoch;
-    b.put_obj(crate::store::keys::community(id), &rec)?;
+    crate::relay::put_community(b, &rec)?;
     if members_changed {
         relay.update_local_members(b, &rec, &before, seq)?;
     }

@@ -661,7 +661,20 @@ impl Relay {
 
     /// The community record, if this relay takes part in the community.
     pub fn community(&self, id: &str) -> Result<Option<CommunityRecord>, RelayError> {
-        get_obj(self.engine.as_ref(), &keys::community(id))
+        self.community_in(&Batch::default(), id)
+    }
+
+    /// The community record as it will be once `b` is applied. Its `last_seq` is
+    /// the larger of the record's and the `s/` counter's ([`put_last_seq`]).
+    pub fn community_in(&self, b: &Batch, id: &str) -> Result<Option<CommunityRecord>, RelayError> {
+        let engine = self.engine.as_ref();
+        let Some(mut rec) = b.get_obj::<CommunityRecord>(engine, &keys::community(id))? else {
+            return Ok(None);
+        };
+        if let Some(seq) = b.get_obj::<u64>(engine, &keys::last_seq(id))? {
+            rec.last_seq = rec.last_seq.max(seq);
+        }
+        Ok(Some(rec))
     }
 
     fn member_community(&self, caller: &Caller, id: &str) -> Result<CommunityRecord, RelayError> {
@@ -755,7 +768,7 @@ impl Relay {
                 created_at: now(),
             };
             b.extend(overlay.into_batch());
-            b.put_obj(keys::community(community), &rec)?;
+            put_community(b, &rec)?;
             b.put_obj(
                 keys::member(&caller.id, community),
                 &MemberRecord {
@@ -932,7 +945,7 @@ impl Relay {
             rec.members = merged.members;
             rec.admins = merged.admins;
             rec.last_seq = seq;
-            b.put_obj(keys::community(community), &rec)?;
+            put_community(b, &rec)?;
             self.update_local_members(b, &rec, &before, seq)?;
             let removed_relays: Vec<String> =
                 removed.iter().map(|u| home_relay(u).to_string()).collect();
@@ -1304,7 +1317,7 @@ impl Relay {
         community: &str,
         sender: &str,
     ) -> Result<CommunityRecord, RelayError> {
-        match b.get_obj::<CommunityRecord>(self.engine.as_ref(), &keys::community(community))? {
+        match self.community_in(b, community)? {
             Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => Ok(rec),
             _ => Err(ErrorCode::NotMember.into()),
         }
@@ -1386,7 +1399,7 @@ impl Relay {
             },
         )?;
         rec.last_seq = seq;
-        b.put_obj(keys::community(community), &*rec)?;
+        put_last_seq(b, community, seq)?;
         self.fan_out(w, b, rec, &entry, &[])?;
         Ok(seq)
     }
@@ -1554,6 +1567,18 @@ impl Relay {
 }
 
 /// The client-visible summary of a community record.
+/// Writes the whole community record (after a change of membership, admins or
+/// epoch), and its last seq.
+pub fn put_community(b: &mut Batch, rec: &CommunityRecord) -> Result<(), RelayError> {
+    b.put_obj(keys::community(&rec.id), rec)?;
+    put_last_seq(b, &rec.id, rec.last_seq)
+}
+
+/// Writes only a community's last seq: what a notice changes.
+pub fn put_last_seq(b: &mut Batch, id: &str, seq: u64) -> Result<(), RelayError> {
+    b.put_obj(keys::last_seq(id), &seq)
+}
+
 pub fn summary(rec: &CommunityRecord) -> CommunitySummary {
     CommunitySummary {
         id: rec.id.clone(),

@@ -485,7 +485,7 @@ fn propose_removals(
     community: &str,
     signer: &CertSigner,
 ) -> Result<bool, RelayError> {
-    let Some(mut rec) = relay.community(community)? else {
+    let Some(mut rec) = relay.community_in(b, community)? else {
         return Ok(false);
     };
     let overlay = groups::Overlay::new(relay.engine_arc());
@@ -529,6 +529,6 @@ fn propose_removals(
         )?;
         relay.fan_out_entry(w, b, &rec, &entry)?;
     }
-    b.put_obj(store_keys::community(community), &rec)?;
+    crate::relay::put_community(b, &rec)?;
     Ok(true)
 }

@@ -344,6 +344,11 @@ pub mod keys {
     }
     /// Prefix of all community records.
     pub const COMMUNITIES: &[u8] = b"c/";
+    /// `s/COMMUNITY` → the community's last log seq (postcard u64), written per
+    /// entry so that a notice does not rewrite the whole community record.
+    pub fn last_seq(id: &str) -> Vec<u8> {
+        [b"s/", id.as_bytes()].concat()
+    }
     /// `l/COMMUNITY\0SEQ` → log entry.
     pub fn log(id: &str, seq: u64) -> Vec<u8> {
         [b"l/", id.as_bytes(), b"\0", &seq.to_be_bytes()].concat()
