@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kring_policy::Label;
-use kring_protocol::wire::{EntryKind, ErrorCode, LogEntry, Push};
+use kring_protocol::wire::{self, EntryKind, ErrorCode, LogEntry, Push};
 use tracing::{debug, info};
 
 use crate::audit::{AuditEvent, AuditKind};
@@ -29,6 +29,8 @@ use crate::store::{decode, keys};
 
 /// Entries read from the store per community per round.
 const PAGE: usize = 256;
+/// Bytes of frames gathered before they are written to the device's stream.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Serves one subscription until the device goes away or the relay shuts down.
 pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: quinn::SendStream) {
@@ -108,6 +110,7 @@ async fn round(
         }
     }
     let mut more = false;
+    let mut out = Vec::new();
     let prefix = keys::member_prefix(&caller.id);
     for (k, v) in engine.scan(&prefix, None, kring_protocol::wire::limits::MAX_LIST)? {
         let m: MemberRecord = decode(&k, &v)?;
@@ -158,10 +161,32 @@ async fn round(
                     continue;
                 }
             }
-            if !push(send, &Push::Entry(entry), max).await {
+            // Frames go out together: one stream write per run of entries, not one
+            // per entry.
+            let frame =
+                wire::encode_frame(&Push::Entry(entry), max).map_err(|e| RelayError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: format!("cannot be sent: {e}"),
+                })?;
+            out.extend_from_slice(&frame);
+            if out.len() >= WRITE_CHUNK && !write_out(send, &mut out).await {
                 return Ok(None);
             }
         }
     }
+    if !write_out(send, &mut out).await {
+        return Ok(None);
+    }
     Ok(Some(more))
+}
+
+/// Writes the frames gathered in `out` (if any) and empties it; false if the device
+/// went away.
+async fn write_out(send: &mut quinn::SendStream, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = send.write_all(out).await.is_ok();
+    out.clear();
+    ok
 }
