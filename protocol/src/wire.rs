@@ -652,6 +652,20 @@ pub enum FedBody {
         /// The entry, unless withheld.
         entry: Option<LogEntry>,
     },
+    /// Hub → a relay: one Welcome for all the members one commit added who are users
+    /// of that relay (one copy per commit and relay, not per member).
+    Welcomes {
+        /// The new members, all users of the receiving relay.
+        users: Vec<String>,
+        /// Community id.
+        community: String,
+        /// Welcome bytes.
+        #[serde(with = "serde_bytes")]
+        welcome: Bytes,
+        /// Ratchet tree at the welcome's epoch.
+        #[serde(with = "serde_bytes")]
+        ratchet_tree: Bytes,
+    },
 }
 
 fn check_statement(s: &RevocationStatement) -> Result<(), WireError> {
@@ -826,6 +840,20 @@ impl Validate for FedRequest {
                         }
                         FedBody::NoticeEntry { community, .. } => {
                             check_qualified_id("community", community)?
+                        }
+                        FedBody::Welcomes {
+                            users, community, ..
+                        } => {
+                            check_qualified_id("community", community)?;
+                            if users.is_empty() || users.len() > limits::MAX_LIST {
+                                return Err(WireError::Invalid {
+                                    field: "users",
+                                    reason: "none, or too many in one welcome".into(),
+                                });
+                            }
+                            for user in users {
+                                check_qualified_id("user", user)?;
+                            }
                         }
                         FedBody::Welcome {
                             user, community, ..
@@ -1167,6 +1195,13 @@ mod tests {
             entry: None,
         };
         assert_eq!(item(notice_entry), 6);
+        let welcomes = FedBody::Welcomes {
+            users: vec!["a@bz".into()],
+            community: "x@bz".into(),
+            welcome: Vec::new(),
+            ratchet_tree: Vec::new(),
+        };
+        assert_eq!(item(welcomes), 7);
     }
 
     #[test]

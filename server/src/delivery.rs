@@ -23,9 +23,9 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::decide;
 use crate::error::RelayError;
 use crate::net::push;
-use crate::records::{MemberRecord, WelcomeRecord};
+use crate::records::{MemberRecord, WelcomeBlob, WelcomeRecord, WelcomeRef};
 use crate::relay::{Caller, Relay};
-use crate::store::{decode, keys};
+use crate::store::{decode, get_obj, keys};
 
 /// Entries read from the store per community per round.
 const PAGE: usize = 256;
@@ -94,6 +94,7 @@ async fn round(
     max: usize,
 ) -> Result<Option<bool>, RelayError> {
     let engine = relay.engine();
+    // Welcomes stored per member (older relays), then those shared per commit.
     for (k, v) in engine.scan(&keys::welcome_prefix(&caller.id), None, PAGE)? {
         let w: WelcomeRecord = decode(&k, &v)?;
         if !welcomes_sent.insert(w.id) {
@@ -104,6 +105,27 @@ async fn round(
             community: w.community,
             welcome: w.welcome,
             ratchet_tree: w.ratchet_tree,
+        };
+        if !push(send, &msg, max).await {
+            return Ok(None);
+        }
+    }
+    for (k, v) in engine.scan(&keys::welcome_ref_prefix(&caller.id), None, PAGE)? {
+        let r: WelcomeRef = decode(&k, &v)?;
+        if welcomes_sent.contains(&r.id) {
+            continue;
+        }
+        let blob_key = keys::welcome_blob(&r.blob);
+        let blob: WelcomeBlob = get_obj(engine, &blob_key)?.ok_or_else(|| RelayError::Corrupt {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            reason: "the welcome it refers to is missing".into(),
+        })?;
+        welcomes_sent.insert(r.id);
+        let msg = Push::Welcome {
+            id: r.id,
+            community: r.community,
+            welcome: blob.welcome,
+            ratchet_tree: blob.ratchet_tree,
         };
         if !push(send, &msg, max).await {
             return Ok(None);

@@ -39,7 +39,7 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::error::RelayError;
 use crate::groups;
 use crate::net::{read_frame, write_frame};
-use crate::records::{CommunityRecord, NoticeRecord, OutboxRecord, Outgoing, WelcomeRecord};
+use crate::records::{CommunityRecord, NoticeRecord, OutboxRecord, Outgoing};
 use crate::relay::{Relay, Writer, home_relay, now};
 use crate::revocation::PeerInfo;
 use crate::store::{Batch, Engine, decode, get_obj};
@@ -848,27 +848,31 @@ fn apply_item(
             community,
             welcome,
             ratchet_tree,
-        } => {
-            if home_relay(&user) != relay.id() || home_relay(&community) != peer {
-                return refuse(
-                    w,
-                    b,
-                    peer,
-                    &community,
-                    format!("welcome for {user} not routed via its hub to its home relay"),
-                );
-            }
-            let id = uuid::Uuid::new_v4();
-            b.put_obj(
-                crate::store::keys::welcome(&user, &id),
-                &WelcomeRecord {
-                    id,
-                    community,
-                    welcome,
-                    ratchet_tree,
-                },
-            )
-        }
+        } => apply_welcomes(
+            relay,
+            w,
+            b,
+            peer,
+            &[user],
+            &community,
+            &welcome,
+            &ratchet_tree,
+        ),
+        FedBody::Welcomes {
+            users,
+            community,
+            welcome,
+            ratchet_tree,
+        } => apply_welcomes(
+            relay,
+            w,
+            b,
+            peer,
+            &users,
+            &community,
+            &welcome,
+            &ratchet_tree,
+        ),
         FedBody::Revocation { statement } => {
             crate::revocation::apply_statement(relay, w, b, peer, &statement)
         }
@@ -886,6 +890,28 @@ fn apply_item(
             relay.record_refusal_for(w, b, &notice_id, &community, &sender, &hop, &reason)
         }
     }
+}
+
+/// Stores a Welcome from `peer`, the community's hub, for `users`, all users of
+/// this relay, once.
+#[allow(clippy::too_many_arguments)]
+fn apply_welcomes(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    users: &[String],
+    community: &str,
+    welcome: &[u8],
+    ratchet_tree: &[u8],
+) -> Result<(), RelayError> {
+    let stray = users.iter().find(|u| home_relay(u) != relay.id());
+    if home_relay(community) != peer || stray.is_some() {
+        let whom = stray.map_or("its members", |u| u.as_str());
+        let reason = format!("welcome for {whom} not routed via its hub to its home relay");
+        return refuse(w, b, peer, community, reason);
+    }
+    crate::relay::store_welcome(b, users, community, welcome, ratchet_tree)
 }
 
 /// Applies entry `seq` of `id`'s log from its hub `peer`: with the community as it

@@ -66,6 +66,30 @@ pub struct WelcomeRecord {
     pub ratchet_tree: Bytes,
 }
 
+/// A pending welcome of one user that shares its Welcome with the other members the
+/// same commit added at this relay (`v/USER\0ID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WelcomeRef {
+    /// Id acknowledged by the device.
+    pub id: Uuid,
+    /// Community id.
+    pub community: String,
+    /// The shared [`WelcomeBlob`] (`W/BLOB`).
+    pub blob: Uuid,
+}
+
+/// A Welcome and the ratchet tree at its epoch, stored once per commit and relay
+/// (`W/BLOB`); `V/BLOB` counts the [`WelcomeRef`]s still pointing at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WelcomeBlob {
+    /// Welcome bytes.
+    #[serde(with = "serde_bytes")]
+    pub welcome: Bytes,
+    /// Ratchet tree at the welcome's epoch.
+    #[serde(with = "serde_bytes")]
+    pub ratchet_tree: Bytes,
+}
+
 /// An outbox item as stored (`o/PEER\0SEQ`); sent as a
 /// [`FedItem`](kring_protocol::wire::FedItem) with the same `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use crate::config::{Limits, RelayConfig};
 use crate::decide;
 use crate::error::RelayError;
 use crate::groups;
-use crate::records::{CommunityRecord, MemberRecord, NoticeRecord, WelcomeRecord};
+use crate::records::{CommunityRecord, MemberRecord, NoticeRecord, WelcomeBlob, WelcomeRef};
 use crate::store::{Batch, Durability, Engine, get_obj, keys};
 
 /// An authenticated peer of a connection.
@@ -515,7 +515,7 @@ impl Relay {
             Request::AckWelcome { id } => {
                 self.write(|_, b| {
                     b.delete(keys::welcome(&caller.id, &id));
-                    Ok(())
+                    release_welcome(self.engine(), b, &caller.id, &id)
                 })?;
                 self.durable().await?;
                 Ok(Response::Ok)
@@ -950,10 +950,9 @@ impl Relay {
             let removed_relays: Vec<String> =
                 removed.iter().map(|u| home_relay(u).to_string()).collect();
             self.fan_out(w, b, &rec, &entry, &removed_relays)?;
-            for (user, _) in &added {
-                if let Some(welcome) = &welcome {
-                    self.route_welcome(w, b, user, community, welcome, &merged.ratchet_tree)?;
-                }
+            if let Some(welcome) = &welcome {
+                let users: Vec<String> = added.iter().map(|(user, _)| user.clone()).collect();
+                self.route_welcomes(w, b, &users, community, welcome, &merged.ratchet_tree)?;
             }
             Ok((seq, rec.epoch))
         })?;
@@ -1006,47 +1005,40 @@ impl Relay {
         Ok(())
     }
 
-    /// Stores a Welcome for a local user, or queues it for the user's home relay.
-    fn route_welcome(
+    /// Stores the Welcome of a commit once for the new members who are users of
+    /// this relay, and queues one copy for each other relay with new members.
+    fn route_welcomes(
         &self,
         w: &mut Writer,
         b: &mut Batch,
-        user: &str,
+        users: &[String],
         community: &str,
         welcome: &[u8],
         ratchet_tree: &[u8],
     ) -> Result<(), RelayError> {
-        let home = home_relay(user);
-        if home == self.id {
-            let id = Uuid::new_v4();
-            b.put_obj(
-                keys::welcome(user, &id),
-                &WelcomeRecord {
-                    id,
-                    community: community.to_string(),
-                    welcome: welcome.to_vec(),
-                    ratchet_tree: ratchet_tree.to_vec(),
-                },
-            )
-        } else {
-            crate::federation::enqueue(
-                self,
-                w,
-                b,
-                home,
-                FedBody::Welcome {
-                    user: user.to_string(),
-                    community: community.to_string(),
-                    welcome: welcome.to_vec(),
-                    ratchet_tree: ratchet_tree.to_vec(),
-                },
-            )
+        let mut by_relay: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for user in users {
+            by_relay
+                .entry(home_relay(user))
+                .or_default()
+                .push(user.clone());
         }
+        for (home, users) in by_relay {
+            if home == self.id {
+                store_welcome(b, &users, community, welcome, ratchet_tree)?;
+            } else {
+                let body = FedBody::Welcomes {
+                    users,
+                    community: community.to_string(),
+                    welcome: welcome.to_vec(),
+                    ratchet_tree: ratchet_tree.to_vec(),
+                };
+                crate::federation::enqueue(self, w, b, home, body)?;
+            }
+        }
+        Ok(())
     }
 
-    /// At the hub: queues a new log entry for every other relay with members in the
-    /// community (and `extra` relays, e.g. of members just removed), withholding a
-    /// notice from a relay whose accreditation does not admit its label.
     /// [`Self::fan_out`] of a new entry to the relays with members.
     pub fn fan_out_entry(
         &self,
@@ -1058,6 +1050,9 @@ impl Relay {
         self.fan_out(w, b, rec, entry, &[])
     }
 
+    /// At the hub: queues a new log entry for every other relay with members in the
+    /// community (and `extra` relays, e.g. of members just removed), withholding a
+    /// notice from a relay whose accreditation does not admit its label.
     fn fan_out(
         &self,
         w: &mut Writer,
@@ -1567,6 +1562,62 @@ impl Relay {
 }
 
 /// The client-visible summary of a community record.
+/// Stores one Welcome for `users` (all users of this relay): one shared blob with a
+/// reference count, and a reference per user for delivery and acknowledgement.
+pub fn store_welcome(
+    b: &mut Batch,
+    users: &[String],
+    community: &str,
+    welcome: &[u8],
+    ratchet_tree: &[u8],
+) -> Result<(), RelayError> {
+    let refs = u32::try_from(users.len())
+        .map_err(|_| RelayError::Store(format!("{} users in one welcome", users.len())))?;
+    let blob = Uuid::new_v4();
+    b.put_obj(
+        keys::welcome_blob(&blob),
+        &WelcomeBlob {
+            welcome: welcome.to_vec(),
+            ratchet_tree: ratchet_tree.to_vec(),
+        },
+    )?;
+    b.put_obj(keys::welcome_refs(&blob), &refs)?;
+    for user in users {
+        let id = Uuid::new_v4();
+        let reference = WelcomeRef {
+            id,
+            community: community.to_string(),
+            blob,
+        };
+        b.put_obj(keys::welcome_ref(user, &id), &reference)?;
+    }
+    Ok(())
+}
+
+/// Drops `user`'s reference `id` to a shared Welcome, and the Welcome with its last
+/// reference.
+pub fn release_welcome(
+    engine: &dyn Engine,
+    b: &mut Batch,
+    user: &str,
+    id: &Uuid,
+) -> Result<(), RelayError> {
+    let key = keys::welcome_ref(user, id);
+    let Some(reference) = b.get_obj::<WelcomeRef>(engine, &key)? else {
+        return Ok(());
+    };
+    b.delete(key);
+    let refs_key = keys::welcome_refs(&reference.blob);
+    match b.get_obj::<u32>(engine, &refs_key)? {
+        Some(refs) if refs > 1 => b.put_obj(refs_key, &(refs - 1)),
+        _ => {
+            b.delete(refs_key);
+            b.delete(keys::welcome_blob(&reference.blob));
+            Ok(())
+        }
+    }
+}
+
 /// Writes the whole community record (after a change of membership, admins or
 /// epoch), and its last seq.
 pub fn put_community(b: &mut Batch, rec: &CommunityRecord) -> Result<(), RelayError> {

@@ -381,6 +381,23 @@ pub mod keys {
     pub fn welcome_prefix(user: &str) -> Vec<u8> {
         [b"w/", user.as_bytes(), b"\0"].concat()
     }
+    /// `v/USER\0WELCOME` → a pending welcome kept once per commit ([`welcome_blob`]).
+    pub fn welcome_ref(user: &str, id: &uuid::Uuid) -> Vec<u8> {
+        [b"v/", user.as_bytes(), b"\0", id.as_bytes()].concat()
+    }
+    /// Prefix of one user's pending welcome references.
+    pub fn welcome_ref_prefix(user: &str) -> Vec<u8> {
+        [b"v/", user.as_bytes(), b"\0"].concat()
+    }
+    /// `W/BLOB` → a Welcome and its ratchet tree, shared by the members one commit
+    /// added here.
+    pub fn welcome_blob(blob: &uuid::Uuid) -> Vec<u8> {
+        [b"W/".as_slice(), blob.as_bytes()].concat()
+    }
+    /// `V/BLOB` → how many `v/` references a welcome blob still has (postcard u32).
+    pub fn welcome_refs(blob: &uuid::Uuid) -> Vec<u8> {
+        [b"V/".as_slice(), blob.as_bytes()].concat()
+    }
     /// `k/USER\0ID` → key package.
     pub fn key_package(user: &str, id: &uuid::Uuid) -> Vec<u8> {
         [b"k/", user.as_bytes(), b"\0", id.as_bytes()].concat()

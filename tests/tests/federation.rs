@@ -291,6 +291,58 @@ async fn a_refused_item_in_a_delivery_leaves_no_trace_and_blocks_nothing() {
     assert_eq!(communities[0].last_seq, 4);
 }
 
+/// Keys under `prefix` in the stopped relay `id`'s store.
+fn stored_keys(fed: &Federation, id: &str, prefix: &[u8]) -> usize {
+    use kring_relay::store::{Engine, SledEngine};
+    let store = SledEngine::open(&fed.data_dir(id)).unwrap();
+    store.scan(prefix, None, usize::MAX).unwrap().len()
+}
+
+/// A commit that adds several members of one relay stores its Welcome there once,
+/// not once per member, and the copy goes when the last of them has taken it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_is_stored_once_per_commit_and_relay() {
+    let mut fed = federation();
+    for user in ["een@nctv", "twee@nctv"] {
+        fed.issue_user(user, "NL:STG-GEHEIM", &[]).unwrap();
+    }
+    fed.start("bz").unwrap();
+    fed.start("nctv").unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut een = ready(&fed, "een@nctv").await;
+    let mut twee = ready(&fed, "twee@nctv").await;
+    let mut liaison = ready(&fed, "liaison@nctv").await;
+    bz.create_community("w", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    let added = bz
+        .add_members("w@bz", &["een@nctv", "twee@nctv", "liaison@nctv"])
+        .await
+        .unwrap();
+    assert_eq!(added.added.len(), 3);
+    join(&mut een, "w@bz").await;
+    een.disconnect().await;
+    fed.stop("nctv").unwrap();
+    // One Welcome for the three, two references left after one member took theirs.
+    assert_eq!(stored_keys(&fed, "nctv", b"W/"), 1);
+    assert_eq!(stored_keys(&fed, "nctv", b"v/"), 2);
+    assert_eq!(stored_keys(&fed, "nctv", b"w/"), 0);
+
+    fed.start("nctv").unwrap();
+    join(&mut twee, "w@bz").await;
+    join(&mut liaison, "w@bz").await;
+    bz.file_notice(draft("w@bz", "NL:DEP-VERTROUWELIJK", "welkom"))
+        .await
+        .unwrap();
+    sync_until(&mut twee, "w@bz", &["welkom"]).await;
+    twee.disconnect().await;
+    liaison.disconnect().await;
+    fed.stop("nctv").unwrap();
+    assert_eq!(stored_keys(&fed, "nctv", b"W/"), 0);
+    assert_eq!(stored_keys(&fed, "nctv", b"V/"), 0);
+    assert_eq!(stored_keys(&fed, "nctv", b"v/"), 0);
+}
+
 fn uuid_from(n: u64) -> uuid::Uuid {
     uuid::Uuid::from_u128(0xdead_0000_0000_0000_0000_0000_0000_0000 | u128::from(n))
 }

@@ -58,9 +58,9 @@ const USAGE: &str = "kring-bench [--quick] [--only SCENARIO,...] [options]\n\n\
     --rate R           latency: offered notices/s (default 1000)\n\
     --members N        membership and the large storage community (default 1000, quick 100)\n\
     --devices N        memory: idle devices (default 1000)\n\
---window W         throughput: notices in flight per filer / publisher in the\n\
-                   pipelined run (default 100 = rumqttc's and mosquitto's\n\
-                   inflight limit; a run with 1 in flight is always made too)\n\
+    --window W         throughput: notices in flight per filer / publisher in the\n\
+    \x20                  pipelined run (default 100 = rumqttc's and mosquitto's\n\
+    \x20                  inflight limit; a run with 1 in flight is always made too)\n\
     Exit status: 0 when every scenario ran and every delivery arrived (goals not\n\
     met do not fail the run; they are marked in the table), 1 otherwise, 2 on usage.";
 
@@ -347,10 +347,14 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
                 "storage",
                 format!("{} members: store before filing", s.members),
                 format!(
-                    "{} in records, {} on disk (welcomes w/: {})",
+                    "{} in records, {} on disk (welcomes W/ v/ V/ w/: {})",
                     mib(s.before.total()),
                     mib(s.before.disk),
-                    mib(s.before.by_class.get(&'w').map_or(0, |x| x.1))
+                    mib(['W', 'v', 'V', 'w']
+                        .iter()
+                        .filter_map(|c| s.before.by_class.get(c))
+                        .map(|x| x.1)
+                        .sum())
                 ),
             );
         }
@@ -372,7 +376,7 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
         }
         t.note(
             "storage: relay stopped before and after filing; every key+value of its sled tree summed by \
-             key class (l/ log, n/ notice records, a/ audit, u/ cursors, w/ welcomes, ...); per notice = \
+             key class (l/ log, n/ notice records, a/ audit, u/ cursors, W/ welcomes, ...); per notice = \
              delta / notices",
         );
     }
