@@ -71,7 +71,10 @@ autosave_interval 1
 autosave_on_changes false
 max_queued_messages 1000000
 max_inflight_messages 100
+set_tcp_nodelay true
 log_dest file $dir/mosquitto.log
+log_type error
+log_type warning
 user root
 EOF
     echo "mosquitto on 127.0.0.1:$port (config $dir/mosquitto.conf); server name bz.relay.kring;"
