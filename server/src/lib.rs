@@ -65,11 +65,10 @@ pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
     let engine: Arc<dyn store::Engine> = Arc::new(store::SledEngine::open(&config.data_dir)?);
     let relay = relay::Relay::open(&config, engine)?;
     let server = tls::server_config(&config)?;
-    let endpoint =
-        quinn::Endpoint::server(server, config.listen).map_err(|e| RelayError::Config {
-            path: config.data_dir.clone(),
-            reason: format!("cannot bind {}: {e}", config.listen),
-        })?;
+    let endpoint = net::bind(server, config.listen).map_err(|e| RelayError::Config {
+        path: config.data_dir.clone(),
+        reason: format!("cannot bind {}: {e}", config.listen),
+    })?;
     let local_addr = endpoint.local_addr()?;
     let _ = relay
         .endpoint
