@@ -38,56 +38,68 @@ impl<'a> FederationValidator<'a> {
     }
 }
 
-/// Certificates already read, by the SHA-256 of their DER. Reading every member's
+/// A certificate already read, with its member id.
+#[derive(Debug)]
+struct Known {
+    identity: Identity,
+    id: String,
+}
+
+/// Certificates already read, keyed by their DER bytes. Reading every member's
 /// certificate dominated verifying a commit in a large community (1,000 leaves per
-/// commit, twice); the result of [`Identity::from_der`] depends only on the bytes,
-/// so it is kept. Bounded: cleared when full.
-static IDENTITIES: std::sync::Mutex<std::collections::BTreeMap<[u8; 32], Identity>> =
+/// commit); the result of [`Identity::from_der`] depends only on the bytes, so it is
+/// kept. Keyed by the bytes themselves (certificates differ within their first few
+/// dozen bytes, the serial number, so a lookup compares little) and shared by
+/// `Arc`, so a hit neither hashes nor copies the identity. Bounded: cleared when
+/// full.
+type Cache = std::collections::BTreeMap<Vec<u8>, std::sync::Arc<Known>>;
+static IDENTITIES: std::sync::Mutex<Cache> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 /// Most certificates kept in [`IDENTITIES`].
 const MAX_CACHED_IDENTITIES: usize = 16_384;
 
-fn read_identity(leaf: &[u8]) -> Result<Identity, String> {
-    let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
-    let mut key = [0u8; 32];
-    key.copy_from_slice(digest.as_ref());
+fn read_identity(leaf: &[u8]) -> Result<std::sync::Arc<Known>, String> {
     if let Ok(cache) = IDENTITIES.lock()
-        && let Some(id) = cache.get(&key)
+        && let Some(known) = cache.get(leaf)
     {
-        return Ok(id.clone());
+        return Ok(known.clone());
     }
-    let id = Identity::from_der(leaf).map_err(|e| e.to_string())?;
+    let identity = Identity::from_der(leaf).map_err(|e| e.to_string())?;
+    let known = std::sync::Arc::new(Known {
+        id: identity.id(),
+        identity,
+    });
     if let Ok(mut cache) = IDENTITIES.lock() {
         if cache.len() >= MAX_CACHED_IDENTITIES {
             cache.clear();
         }
-        cache.insert(key, id.clone());
+        cache.insert(leaf.to_vec(), known.clone());
     }
-    Ok(id)
+    Ok(known)
 }
 
-fn leaf_identity(chain: &[Vec<u8>], signature_key: &[u8]) -> Result<Identity, String> {
+fn leaf_identity(chain: &[Vec<u8>], signature_key: &[u8]) -> Result<std::sync::Arc<Known>, String> {
     let leaf = chain.first().ok_or("empty certificate chain")?;
-    let id = read_identity(leaf)?;
-    if !leaf_key_matches(signature_key, &id.public_key) {
+    let known = read_identity(leaf)?;
+    if !leaf_key_matches(signature_key, &known.identity.public_key) {
         return Err(format!(
             "the MLS signature key of {} is not its certificate's key",
-            id.id()
+            known.id
         ));
     }
-    Ok(id)
+    Ok(known)
 }
 
 impl CredentialValidator for FederationValidator<'_> {
     fn validate(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
         let claimed = leaf_identity(chain, signature_key)?;
-        let id = verify_chain(chain, self.anchors, self.now, claimed.kind)
-            .map_err(|e| format!("credential of {}: {e}", claimed.id()))?;
+        let id = verify_chain(chain, self.anchors, self.now, claimed.identity.kind)
+            .map_err(|e| format!("credential of {}: {e}", claimed.id))?;
         self.revoked.check(&id)?;
         Ok(id.id())
     }
 
     fn identify(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
-        Ok(leaf_identity(chain, signature_key)?.id())
+        Ok(leaf_identity(chain, signature_key)?.id.clone())
     }
 }

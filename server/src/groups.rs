@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use kring_policy::Clearance;
 use kring_protocol::identity::Identity;
 use kring_protocol::mls::{
-    CredentialValidator, Handshake, MlsError, RelayGroup, VerifiedHandshake, verify_key_package,
+    CredentialValidator, GroupMember, Handshake, MlsError, RelayGroup, VerifiedHandshake,
+    verify_key_package,
 };
 use kring_protocol::mls_storage::{KvBackend, KvBatch, KvStorage};
 use kring_protocol::revocation::Revocations;
@@ -117,17 +118,13 @@ pub struct GroupView {
 
 fn view(
     group: &RelayGroup,
-    validator: &impl CredentialValidator,
+    members: &[GroupMember],
     with_tree: bool,
 ) -> Result<GroupView, MlsError> {
     let meta = group.meta()?;
     Ok(GroupView {
         epoch: group.epoch(),
-        members: group
-            .members(validator)?
-            .into_iter()
-            .map(|m| m.id)
-            .collect(),
+        members: members.iter().map(|m| m.id.clone()).collect(),
         admins: meta.admins.clone(),
         hub: meta.hub().to_string(),
         max_label: meta.max_label.clone(),
@@ -137,6 +134,93 @@ fn view(
             Vec::new()
         },
     })
+}
+
+/// A community's members as last named, for the tree they were named from.
+struct NamedMembers {
+    tree_hash: Vec<u8>,
+    members: Arc<Vec<GroupMember>>,
+}
+
+/// Member lists by community id. Naming the 1,000 members of a large community
+/// from their credentials after every commit was a fifth of the relay's cost per
+/// commit; a commit changes a few leaves, so the list after it is derived from the
+/// list before it (see [`members_after`]). Keyed by the tree hash, which covers
+/// every leaf's credential: a list is only used for exactly the tree it was named
+/// from, so a merge whose batch was never written cannot leak into another state.
+/// Bounded: cleared when full.
+static NAMED_MEMBERS: Mutex<BTreeMap<String, NamedMembers>> = Mutex::new(BTreeMap::new());
+/// Most communities kept in [`NAMED_MEMBERS`].
+const MAX_NAMED_COMMUNITIES: usize = 1024;
+
+fn named_members(community: &str, tree_hash: &[u8]) -> Option<Arc<Vec<GroupMember>>> {
+    let lists = NAMED_MEMBERS.lock().ok()?;
+    lists
+        .get(community)
+        .filter(|named| named.tree_hash == tree_hash)
+        .map(|named| named.members.clone())
+}
+
+fn remember_members(community: &str, tree_hash: &[u8], members: Arc<Vec<GroupMember>>) {
+    if let Ok(mut lists) = NAMED_MEMBERS.lock() {
+        if lists.len() >= MAX_NAMED_COMMUNITIES && !lists.contains_key(community) {
+            lists.clear();
+        }
+        lists.insert(
+            community.to_owned(),
+            NamedMembers {
+                tree_hash: tree_hash.to_vec(),
+                members,
+            },
+        );
+    }
+}
+
+/// The members of `group` right after a verified commit that removed the leaves
+/// `removed` and added `added` members to the tree whose members were `before`.
+///
+/// A Kring commit changes no other leaf than those and the committer's own (its
+/// update path, whose identity the verification checked is unchanged), so a leaf
+/// that was a member before, is not removed and still has the same signature key
+/// keeps its id; every other occupied leaf is named from its credential. `None`
+/// if the result does not add up (then name everyone).
+fn members_after(
+    group: &RelayGroup,
+    validator: &impl CredentialValidator,
+    before: &[GroupMember],
+    removed: &[u32],
+    added: usize,
+) -> Result<Option<Vec<GroupMember>>, MlsError> {
+    let kept: BTreeMap<u32, &GroupMember> = before
+        .iter()
+        .filter(|m| !removed.contains(&m.leaf_index))
+        .map(|m| (m.leaf_index, m))
+        .collect();
+    // New members fill blank leaves from the left, then extend the tree.
+    let Some(end) = before
+        .iter()
+        .map(|m| m.leaf_index)
+        .max()
+        .and_then(|last| last.checked_add(1))
+        .and_then(|len| u32::try_from(added).ok().and_then(|a| len.checked_add(a)))
+    else {
+        return Ok(None);
+    };
+    let mut members = Vec::with_capacity(kept.len() + added);
+    for leaf_index in 0..end {
+        let Some(key) = group.leaf_signature_key(leaf_index) else {
+            continue;
+        };
+        match kept.get(&leaf_index) {
+            Some(m) if m.signature_key == key => members.push((*m).clone()),
+            _ => {
+                if let Some(m) = group.member_at(validator, leaf_index)? {
+                    members.push(m);
+                }
+            }
+        }
+    }
+    Ok((members.len() == kept.len() + added).then_some(members))
 }
 
 /// Maps an MLS error to what the peer is told.
@@ -214,7 +298,10 @@ pub fn create(
             group.community_id()
         ));
     }
-    view(&group, &validator, true).map_err(|e| e.to_string())
+    let members = group.members(&validator).map_err(|e| e.to_string())?;
+    let view = view(&group, &members, true).map_err(|e| e.to_string())?;
+    remember_members(community, group.tree_hash(), Arc::new(members));
+    Ok(view)
 }
 
 /// A verified handshake with what it does, in relay terms.
@@ -321,12 +408,29 @@ pub fn merge(
         }));
     }
     let validator = FederationValidator::new(anchors, now);
-    let added = !staged.added.is_empty();
+    let added = staged.added.len();
+    let removed: Vec<u32> = match staged.verified.summary() {
+        Handshake::Commit(summary) => summary.removed.iter().map(|r| r.leaf_index).collect(),
+        Handshake::RemovalProposal(_) => Vec::new(),
+    };
+    let before = named_members(community, staged.group.tree_hash());
     let mut group = staged.group;
     group
         .merge(&storage, staged.verified)
         .map_err(mls_refusal)?;
-    view(&group, &validator, added).map_err(mls_refusal)
+    let derived = match before {
+        Some(before) => {
+            members_after(&group, &validator, &before, &removed, added).map_err(mls_refusal)?
+        }
+        None => None,
+    };
+    let members = match derived {
+        Some(members) => members,
+        None => group.members(&validator).map_err(mls_refusal)?,
+    };
+    let view = view(&group, &members, added > 0).map_err(mls_refusal)?;
+    remember_members(community, group.tree_hash(), Arc::new(members));
+    Ok(view)
 }
 
 /// What the relay reads of an application message without decrypting it.

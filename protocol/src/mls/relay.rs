@@ -235,6 +235,42 @@ impl RelayGroup {
             .collect()
     }
 
+    /// The tree hash of the current epoch. Equal tree hashes mean equal ratchet
+    /// trees (same leaves with the same credentials), so a caller can key what it
+    /// derived from the members (e.g. their ids) on it.
+    pub fn tree_hash(&self) -> &[u8] {
+        self.group.group_context().tree_hash()
+    }
+
+    /// The signature key of the member at `leaf_index`; `None` if that leaf is
+    /// blank or outside the tree. Cheap: names nobody.
+    pub fn leaf_signature_key(&self, leaf_index: u32) -> Option<&[u8]> {
+        self.group
+            .leaf(LeafNodeIndex::new(leaf_index))
+            .map(|leaf| leaf.signature_key().as_slice())
+    }
+
+    /// The member at `leaf_index`, named as by [`members`](Self::members); `None` if
+    /// that leaf is blank or outside the tree.
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidCredential`] if the credential cannot be read at all.
+    pub fn member_at(
+        &self,
+        validator: &impl CredentialValidator,
+        leaf_index: u32,
+    ) -> Result<Option<GroupMember>, MlsError> {
+        let Some(leaf) = self.group.leaf(LeafNodeIndex::new(leaf_index)) else {
+            return Ok(None);
+        };
+        let signature_key = leaf.signature_key().as_slice();
+        Ok(Some(GroupMember {
+            leaf_index,
+            id: identify_credential(validator, leaf.credential(), signature_key)?,
+            signature_key: signature_key.to_vec(),
+        }))
+    }
+
     /// Members whose credential no longer passes [`CredentialValidator::validate`]
     /// (revoked, expired), with the reason; candidates for
     /// [`propose_remove`](Self::propose_remove).

@@ -216,6 +216,12 @@ pub struct Membership {
 /// limit), then `repetitions` times adds one member and removes it again,
 /// timing the committer and the relay's verification + merge separately.
 pub fn membership(members: usize, repetitions: usize) -> Result<Membership, String> {
+    // More repetitions for steadier medians or for profiling.
+    let repetitions = std::env::var("KRING_BENCH_MEMBERSHIP_REPS")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(repetitions);
     let build_start = Instant::now();
     let mut w = World::new()?;
     let admin = w.member()?;
