@@ -972,11 +972,15 @@ impl Relay {
         before: &[String],
         seq: u64,
     ) -> Result<(), RelayError> {
+        // Sets, not slices: a community may have thousands of members here.
+        let was: std::collections::HashSet<&str> = before.iter().map(String::as_str).collect();
+        let staying: std::collections::HashSet<&str> =
+            rec.members.iter().map(String::as_str).collect();
         for user in rec.members.iter().filter(|u| home_relay(u) == self.id) {
             let key = keys::member(user, &rec.id);
             let current: Option<MemberRecord> = b.get_obj(self.engine.as_ref(), &key)?;
             let active = current.is_some_and(|m| m.removed_seq.is_none());
-            if !before.contains(user) || !active {
+            if !was.contains(user.as_str()) || !active {
                 b.put_obj(
                     key,
                     &MemberRecord {
@@ -990,7 +994,7 @@ impl Relay {
         }
         for user in before
             .iter()
-            .filter(|u| home_relay(u) == self.id && !rec.members.contains(u))
+            .filter(|u| home_relay(u) == self.id && !staying.contains(u.as_str()))
         {
             let key = keys::member(user, &rec.id);
             let mut m: MemberRecord =
