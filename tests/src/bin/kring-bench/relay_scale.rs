@@ -201,7 +201,7 @@ pub async fn storage(members: usize, notices: usize) -> Result<Storage, String> 
     }
     oc.disconnect().await;
     fed.stop(RELAY).map_err(|e| e.to_string())?;
-    let before = measure_store(&fed.relay_data_dir(RELAY))?;
+    let before = measure_store(&fed.data_dir(RELAY))?;
     fed.start(RELAY).map_err(|e| e.to_string())?;
     let body = body();
     for i in 0..notices {
@@ -216,7 +216,7 @@ pub async fn storage(members: usize, notices: usize) -> Result<Storage, String> 
     }
     oc.disconnect().await;
     fed.stop(RELAY).map_err(|e| e.to_string())?;
-    let after = measure_store(&fed.relay_data_dir(RELAY))?;
+    let after = measure_store(&fed.data_dir(RELAY))?;
     Ok(Storage {
         members: size,
         wanted: members,
