@@ -1565,7 +1565,6 @@ impl Relay {
     }
 }
 
-/// The client-visible summary of a community record.
 /// Stores one Welcome for `users` (all users of this relay): one shared blob with a
 /// reference count, and a reference per user for delivery and acknowledgement.
 pub fn store_welcome(
@@ -1634,6 +1633,7 @@ pub fn put_last_seq(b: &mut Batch, id: &str, seq: u64) -> Result<(), RelayError>
     b.put_obj(keys::last_seq(id), &seq)
 }
 
+/// The client-visible summary of a community record.
 pub fn summary(rec: &CommunityRecord) -> CommunitySummary {
     CommunitySummary {
         id: rec.id.clone(),
