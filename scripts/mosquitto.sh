@@ -1,5 +1,5 @@
 #!/bin/sh
-# mosquitto for kring-bench (issue 7): Debian's package, TLS 1.3 with client
+# mosquitto for kring-bench: Debian's package, TLS 1.3 with client
 # certificates from the Kring dev PKI, persistence on.
 #
 #   scripts/mosquitto.sh install            install mosquitto if missing (root; apt-get)

@@ -97,6 +97,32 @@ pub enum CertsError {
         /// The profile directory.
         dir: PathBuf,
     },
+    /// A certificate signing request cannot be certified.
+    #[error("the certificate signing request cannot be used: {reason}")]
+    BadCsr {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate signing request names another organisation than the one of the
+    /// user's home relay.
+    #[error(
+        "the request of {user} names organisation {requested:?}, but its home relay \
+         belongs to {organisation:?}; only that organisation's CA certifies its users"
+    )]
+    OrganisationMismatch {
+        /// `NAME@RELAY`.
+        user: String,
+        /// The O of the request.
+        requested: String,
+        /// The home relay's organisation.
+        organisation: String,
+    },
+    /// An output file already exists.
+    #[error("{} already exists; remove it or choose another --out", path.display())]
+    OutputExists {
+        /// The file.
+        path: PathBuf,
+    },
     /// A quirk was requested for a kind of certificate it does not apply to.
     #[error("quirk {quirk} does not apply to a {kind} certificate")]
     QuirkNotApplicable {
@@ -145,6 +171,9 @@ impl CertsError {
             | Self::UnknownRelay { .. }
             | Self::UnknownUser { .. }
             | Self::UserExists { .. }
+            | Self::BadCsr { .. }
+            | Self::OrganisationMismatch { .. }
+            | Self::OutputExists { .. }
             | Self::NotADirectory { .. } => 2,
             _ => 1,
         }

@@ -1,4 +1,4 @@
-//! Writing a federation to disk: `kring-certs-dev init` (the SPEC §8 demo
+//! Writing a federation to disk: `kring-certs-dev init` (the demo
 //! federation) and `kring-certs-dev issue-user`; `kring-certs-dev revoke-cert`
 //! lives in [`crate::revoke`].
 //!
@@ -13,7 +13,8 @@
 //! users/NAME@RELAY/profile.toml, user.crt, user.key
 //! ```
 //!
-//! Keys are PKCS#8 PEM, mode 0600. Certificate files are PEM; `relay.crt` and
+//! Keys are PKCS#8 v1 PEM (RFC 5208, the form `openssl genpkey` writes and OpenSSL
+//! 3.0 reads), mode 0600. Certificate files are PEM; `relay.crt` and
 //! `user.crt` hold the leaf followed by its organisation CA. `crl.pem` is a PEM
 //! `X509 CRL`: `init` writes an empty one (CRL number 1, thisUpdate = now,
 //! nextUpdate = now + [`CRL_DAYS`] days) and `revoke-cert` replaces it atomically
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use kring_policy::Clearance;
-use kring_protocol::identity::{self, Identity, IdentityKind, ROLE_ORG_ADMIN};
+use kring_protocol::identity::{self, CaFingerprint, Identity, IdentityKind, ROLE_ORG_ADMIN};
 use serde::Deserialize;
 
 use crate::error::CertsError;
@@ -227,7 +228,7 @@ fn prepare_out(out: &Path, force: bool) -> Result<bool, CertsError> {
 
 /// Verifies a freshly minted certificate the way its users will, and that it
 /// says what was intended.
-fn self_check(
+pub(crate) fn self_check(
     cert: &IssuedCert,
     anchors: &[Vec<u8>],
     now: i64,
@@ -277,7 +278,7 @@ fn relay_toml(
     organisation: &str,
     address: &str,
     accreditation: &str,
-    peers: &[(String, String)],
+    peers: &[PeerLine],
     org_admins: &[String],
 ) -> String {
     let mut s = format!(
@@ -298,7 +299,10 @@ fn relay_toml(
          #                  carried in the certificate ({accreditation}), never raise it\n\
          #   org_admins     informative list of this organisation's administrators;\n\
          #                  roles are granted by certificates, not by this list\n\
-         #   [[peers]]      every other relay of the federation: its id and address:port\n\
+         #   [[peers]]      every other relay of the federation: its id, address:port,\n\
+         #                  organisation (only certificates with that O speak for it and\n\
+         #                  its users) and ca_fingerprint (SHA-256 of that organisation's\n\
+         #                  CA certificate: only that CA may issue them)\n\
          \n\
          id = {}\n\
          listen = {}\n\
@@ -319,14 +323,24 @@ fn relay_toml(
             .collect::<Vec<_>>()
             .join(", "),
     );
-    for (peer, peer_address) in peers {
+    for peer in peers {
         s.push_str(&format!(
-            "\n[[peers]]\nid = {}\naddress = {}\n",
-            toml_str(peer),
-            toml_str(peer_address)
+            "\n[[peers]]\nid = {}\naddress = {}\norganisation = {}\nca_fingerprint = {}\n",
+            toml_str(&peer.id),
+            toml_str(&peer.address),
+            toml_str(&peer.organisation),
+            toml_str(&peer.ca_fingerprint.to_string()),
         ));
     }
     s
+}
+
+/// One `[[peers]]` entry of a generated `relay.toml`.
+struct PeerLine {
+    id: String,
+    address: String,
+    organisation: String,
+    ca_fingerprint: CaFingerprint,
 }
 
 fn profile_toml(
@@ -405,13 +419,32 @@ fn plan_demo(base_port: u16, now: i64) -> Result<Planned, CertsError> {
             (id.to_string(), address(port))
         })
         .collect();
+    // Every relay's organisation is its id; each relay pins its peers' CAs.
+    let mut all_peers = Vec::new();
+    for (id, addr) in &ports {
+        let ca = pki.add_organisation(id)?;
+        all_peers.push(PeerLine {
+            id: id.clone(),
+            address: addr.clone(),
+            organisation: id.clone(),
+            ca_fingerprint: CaFingerprint::of(ca.cert_der()),
+        });
+    }
     let mut relays = Vec::new();
     for ((id, accreditation), (_, addr)) in DEMO_RELAYS.iter().zip(&ports) {
-        pki.add_organisation(id)?;
         let acc = parse_clearance(accreditation)?;
         let cert = pki.issue_relay(&RelaySpec::new(id, id).with_accreditation(acc.clone()))?;
         self_check(&cert, &anchors, now, IdentityKind::Relay, &acc, &[])?;
-        let peers: Vec<(String, String)> = ports.iter().filter(|(p, _)| p != id).cloned().collect();
+        let peers: Vec<PeerLine> = all_peers
+            .iter()
+            .filter(|p| p.id != *id)
+            .map(|p| PeerLine {
+                id: p.id.clone(),
+                address: p.address.clone(),
+                organisation: p.organisation.clone(),
+                ca_fingerprint: p.ca_fingerprint,
+            })
+            .collect();
         let admins: Vec<String> = DEMO_USERS
             .iter()
             .filter(|(u, _, roles)| {
@@ -502,7 +535,7 @@ fn write_user(dir: &Path, cert: &IssuedCert, profile: &str) -> Result<(), CertsE
     write_file(&dir.join("user.key"), cert.key_pem.as_bytes(), KEY_MODE)
 }
 
-/// `kring-certs-dev init`: writes the SPEC §8 demo federation into `out`.
+/// `kring-certs-dev init`: writes the demo federation into `out`.
 ///
 /// All certificates are generated and self-checked (chain to the root, identity,
 /// clearance and roles read back), and each organisation's empty CRL verified as
@@ -580,6 +613,80 @@ struct RelayConfigPeek {
     listen: String,
 }
 
+/// What a federation directory says about a relay users are homed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HomeRelay {
+    /// Its organisation (O of `relays/ID/relay.crt`): the CA of its users.
+    pub(crate) organisation: String,
+    /// Its `listen` address.
+    pub(crate) listen: String,
+}
+
+impl HomeRelay {
+    /// Reads `DIR/relays/RELAY/relay.toml` and the certificate next to it.
+    pub(crate) fn read(dir: &Path, relay: &str) -> Result<HomeRelay, CertsError> {
+        let config_path = relay_dir(dir, relay).join("relay.toml");
+        if !config_path.is_file() {
+            return Err(CertsError::UnknownRelay {
+                relay: relay.to_string(),
+                dir: dir.to_path_buf(),
+            });
+        }
+        let config: RelayConfigPeek =
+            toml::from_str(&read_text(&config_path)?).map_err(|e| CertsError::BadFile {
+                path: config_path.clone(),
+                reason: e.to_string(),
+            })?;
+        if config.id != relay {
+            return Err(CertsError::BadFile {
+                path: config_path,
+                reason: format!("declares id {:?}, expected {relay:?}", config.id),
+            });
+        }
+        let relay_cert_path = relay_dir(dir, relay).join("relay.crt");
+        let relay_chain = identity::certificates_from_pem(read_text(&relay_cert_path)?.as_bytes())
+            .map_err(|e| CertsError::BadFile {
+                path: relay_cert_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let relay_identity = relay_chain
+            .first()
+            .ok_or(identity::IdentityError::EmptyChain)
+            .and_then(|der| Identity::from_der(der))
+            .map_err(|e| CertsError::BadFile {
+                path: relay_cert_path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(HomeRelay {
+            organisation: relay_identity.organisation,
+            listen: config.listen,
+        })
+    }
+}
+
+/// The root CA and the CA of `org` from a federation directory.
+pub(crate) fn organisation_pki(dir: &Path, org: &str, now: i64) -> Result<Pki, CertsError> {
+    let root = load_authority(
+        &dir.join("ca"),
+        crate::pki::ROOT_ORGANISATION,
+        "root.crt",
+        "root.key",
+    )?;
+    let org_ca = load_authority(&org_dir(dir, org), org, "ca.crt", "ca.key")?;
+    Ok(Pki::from_authorities(now, root, vec![org_ca]))
+}
+
+/// The validity of a user certificate ending at `not_after` (default: one year).
+pub(crate) fn user_validity(not_after: Option<i64>, now: i64) -> Validity {
+    match not_after {
+        Some(not_after) => Validity {
+            not_before: (now - HOUR).min(not_after - DAY),
+            not_after,
+        },
+        None => Validity::days_from(now, crate::pki::USER_DAYS),
+    }
+}
+
 pub(crate) fn read_text(path: &Path) -> Result<String, CertsError> {
     fs::read_to_string(path).map_err(io("cannot read", path))
 }
@@ -619,56 +726,10 @@ pub fn issue_user_into(
     for role in &request.roles {
         identity::validate_role_name(role)?;
     }
-    let config_path = relay_dir(dir, relay).join("relay.toml");
-    if !config_path.is_file() {
-        return Err(CertsError::UnknownRelay {
-            relay: relay.to_string(),
-            dir: dir.to_path_buf(),
-        });
-    }
-    let config: RelayConfigPeek =
-        toml::from_str(&read_text(&config_path)?).map_err(|e| CertsError::BadFile {
-            path: config_path.clone(),
-            reason: e.to_string(),
-        })?;
-    if config.id != relay {
-        return Err(CertsError::BadFile {
-            path: config_path,
-            reason: format!("declares id {:?}, expected {relay:?}", config.id),
-        });
-    }
-    let relay_cert_path = relay_dir(dir, relay).join("relay.crt");
-    let relay_chain = identity::certificates_from_pem(read_text(&relay_cert_path)?.as_bytes())
-        .map_err(|e| CertsError::BadFile {
-            path: relay_cert_path.clone(),
-            reason: e.to_string(),
-        })?;
-    let relay_identity = relay_chain
-        .first()
-        .ok_or(identity::IdentityError::EmptyChain)
-        .and_then(|der| Identity::from_der(der))
-        .map_err(|e| CertsError::BadFile {
-            path: relay_cert_path.clone(),
-            reason: e.to_string(),
-        })?;
-    let org = relay_identity.organisation;
-
-    let root = load_authority(
-        &dir.join("ca"),
-        crate::pki::ROOT_ORGANISATION,
-        "root.crt",
-        "root.key",
-    )?;
-    let org_ca = load_authority(&org_dir(dir, &org), &org, "ca.crt", "ca.key")?;
-    let pki = Pki::from_authorities(now, root, vec![org_ca]);
-
-    let validity = match request.not_after {
-        Some(not_after) => Validity {
-            not_before: (now - HOUR).min(not_after - DAY),
-            not_after,
-        },
-        None => Validity::days_from(now, crate::pki::USER_DAYS),
-    };
+    let home = HomeRelay::read(dir, relay)?;
+    let org = home.organisation.clone();
+    let pki = organisation_pki(dir, &org, now)?;
+    let validity = user_validity(request.not_after, now);
     let mut spec = UserSpec::new(name, relay, &org)
         .with_clearance(request.clearance.clone())
         .with_validity(validity);
@@ -692,7 +753,7 @@ pub fn issue_user_into(
     }
     let profile = profile_toml(
         &request.user,
-        &config.listen,
+        &home.listen,
         relay,
         &request.clearance.to_string(),
         &request.roles,

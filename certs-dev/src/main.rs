@@ -9,8 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use kring_certs_dev::{
-    CertsError, DEFAULT_BASE_PORT, InitSummary, IssueUserRequest, RevokedEntry, UserEntry,
-    init_demo, issue_user_into, revoke_user_certificate_with_reason,
+    CertifiedUser, CertsError, DEFAULT_BASE_PORT, InitSummary, IssueUserRequest, RevokedEntry,
+    SignCsrRequest, UserEntry, clearance_der, init_demo, issue_user_into,
+    revoke_user_certificate_with_reason, sign_csr_into,
 };
 use kring_policy::Clearance;
 use time::OffsetDateTime;
@@ -72,6 +73,46 @@ enum Command {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// Certify a user's key from a certificate signing request (`kring enroll`), signed
+    /// by the CA of the home relay's organisation; writes the chain (certificate, then
+    /// organisation CA) that the user saves as user.crt.
+    SignCsr {
+        /// The federation directory written by `init`.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The request (PEM or DER), e.g. user.csr from `kring enroll`.
+        #[arg(long, value_name = "FILE")]
+        csr: PathBuf,
+        /// The clearance, e.g. NL:STG-GEHEIM;CMP=CYBER.
+        #[arg(long, value_name = "LABEL")]
+        clearance: String,
+        /// A role to grant (repeatable), e.g. org-admin.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// End of validity (RFC 3339, e.g. 2030-01-01T00:00:00Z); default one year.
+        #[arg(long, value_name = "RFC3339")]
+        not_after: Option<String>,
+        /// Where to write the chain (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print, as hex, the subjectDirectoryAttributes extension (OID 2.5.29.9) that
+    /// carries a clearance (and roles), for a CA run with OpenSSL: put
+    /// `2.5.29.9 = DER:<hex>` in its extension file (see docs/certificates.md). For a
+    /// relay, LABEL is its accreditation and there are no roles.
+    ClearanceDer {
+        /// The clearance or accreditation, e.g. NL:STG-GEHEIM.
+        #[arg(value_name = "LABEL")]
+        clearance: String,
+        /// A role to grant (repeatable), e.g. org-admin.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+    },
+}
+
+/// Lower-case hex, two digits per byte.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn now_unix() -> i64 {
@@ -181,6 +222,60 @@ fn parse_not_after(text: &str) -> Result<i64, CertsError> {
         })
 }
 
+fn print_certified(c: &CertifiedUser) {
+    let roles = if c.roles.is_empty() {
+        "none".to_string()
+    } else {
+        c.roles.join(", ")
+    };
+    let until = OffsetDateTime::from_unix_timestamp(c.not_after)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| c.not_after.to_string());
+    println!(
+        "Certified {} (organisation {}, clearance {}, roles: {roles})",
+        c.id, c.organisation, c.clearance
+    );
+    println!("  serial   {}", c.serial);
+    println!("  valid to {until}");
+    println!("  chain    {}", c.chain_path.display());
+    println!(
+        "Next: the user saves this file as user.crt in the profile directory `kring enroll` \
+         made, next to the federation root CA certificate (root.crt)"
+    );
+}
+
+fn parse_clearance(text: &str) -> Result<Clearance, CertsError> {
+    Clearance::from_str(text).map_err(|e| CertsError::BadClearance {
+        label: text.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn sign_csr(
+    dir: &Path,
+    csr: &Path,
+    clearance: &str,
+    roles: Vec<String>,
+    not_after: Option<&str>,
+    out: &Path,
+) -> Result<CertifiedUser, CertsError> {
+    let clearance = parse_clearance(clearance)?;
+    let not_after = not_after.map(parse_not_after).transpose()?;
+    let csr = kring_certs_dev::read_csr_file(csr)?;
+    sign_csr_into(
+        dir,
+        &SignCsrRequest {
+            csr,
+            clearance,
+            roles,
+            not_after,
+        },
+        out,
+        now_unix(),
+    )
+}
+
 fn issue_user(
     dir: &Path,
     user: String,
@@ -189,10 +284,7 @@ fn issue_user(
     not_after: Option<&str>,
     force: bool,
 ) -> Result<UserEntry, CertsError> {
-    let clearance = Clearance::from_str(clearance).map_err(|e| CertsError::BadClearance {
-        label: clearance.to_string(),
-        reason: e.to_string(),
-    })?;
+    let clearance = parse_clearance(clearance)?;
     let not_after = not_after.map(parse_not_after).transpose()?;
     let now = now_unix();
     if let Some(t) = not_after
@@ -235,6 +327,21 @@ fn run(cli: Cli) -> Result<(), CertsError> {
         } => {
             let entry = issue_user(&dir, user, &clearance, roles, not_after.as_deref(), force)?;
             print_user(&entry);
+        }
+        Command::SignCsr {
+            dir,
+            csr,
+            clearance,
+            roles,
+            not_after,
+            out,
+        } => {
+            let certified = sign_csr(&dir, &csr, &clearance, roles, not_after.as_deref(), &out)?;
+            print_certified(&certified);
+        }
+        Command::ClearanceDer { clearance, roles } => {
+            let der = clearance_der(&parse_clearance(&clearance)?, &roles)?;
+            println!("{}", hex(&der));
         }
         Command::RevokeCert { dir, user, reason } => {
             let entry =

@@ -255,7 +255,8 @@ pub struct IssuedCert {
     pub cert_der: Vec<u8>,
     /// The certificate, PEM.
     pub cert_pem: String,
-    /// The private key, PKCS#8 PEM.
+    /// The private key, PKCS#8 v1 PEM (RFC 5208, as OpenSSL writes it); empty for
+    /// a certificate of a key the PKI never had ([`Pki::certify_user`]).
     pub key_pem: String,
     /// The chain, leaf first, then the issuing organisation CA (DER).
     pub chain_der: Vec<Vec<u8>>,
@@ -307,7 +308,8 @@ impl Authority {
         &self.cert_pem
     }
 
-    /// The CA private key, PKCS#8 PEM.
+    /// The CA private key, PKCS#8 PEM (v1 for a CA this PKI created; a loaded
+    /// CA keeps the form it was read in).
     pub fn key_pem(&self) -> String {
         self.issuer.key().serialize_pem()
     }
@@ -498,8 +500,35 @@ fn time_at(unix: i64) -> Result<OffsetDateTime, CertsError> {
     })
 }
 
+/// The DER bytes before the 32-byte seed in an RFC 5208 (PKCS#8 v1) Ed25519
+/// PrivateKeyInfo: SEQUENCE { INTEGER 0, AlgorithmIdentifier { id-Ed25519 },
+/// OCTET STRING { OCTET STRING seed } } (RFC 8410 section 7), 48 bytes in all.
+pub const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The PKCS#8 v1 document of an Ed25519 private key seed. OpenSSL 3.0 reads only
+/// this form (not the v2 form with the public key that ring generates); every
+/// reader of Kring keys accepts both.
+pub fn ed25519_pkcs8_v1(seed: &[u8; 32]) -> Vec<u8> {
+    let mut der = Vec::with_capacity(ED25519_PKCS8_V1_PREFIX.len() + seed.len());
+    der.extend_from_slice(&ED25519_PKCS8_V1_PREFIX);
+    der.extend_from_slice(seed);
+    der
+}
+
+/// A fresh Ed25519 key whose PEM ([`KeyPair::serialize_pem`]) is PKCS#8 v1.
 fn new_key() -> Result<KeyPair, CertsError> {
-    KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(generate("Ed25519 key"))
+    let mut seed = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| CertsError::Generate {
+            what: "Ed25519 key".to_string(),
+            reason: "the system random number generator failed".to_string(),
+        })?;
+    let der = ed25519_pkcs8_v1(&seed);
+    seed.fill(0);
+    KeyPair::try_from(der.as_slice()).map_err(generate("Ed25519 key"))
 }
 
 /// A random positive 16-byte serial number (first byte 0x01..=0x7F, so that its
@@ -605,6 +634,19 @@ fn malformed_clearance_extension() -> Vec<u8> {
     let mut out = vec![0x30, attr_seq.len() as u8];
     out.extend(attr_seq);
     out
+}
+
+/// An Ed25519 public key held by someone else (from a certificate signing request).
+struct Ed25519PublicKey([u8; 32]);
+
+impl rcgen::PublicKeyData for Ed25519PublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ED25519
+    }
 }
 
 /// The pieces of an end-entity certificate shared by users and relays.
@@ -724,7 +766,37 @@ impl Pki {
         if spec.quirk == Quirk::RelayAsUser {
             leaf.dns = Some(format!("{}{RELAY_DNS_SUFFIX}", spec.relay));
         }
-        self.issue(&leaf, spec.id())
+        self.issue(&leaf, spec.id(), None)
+    }
+
+    /// Issues a user certificate for a key the user holds (from a certificate
+    /// signing request: [`crate::read_csr`]), signed by the CA of
+    /// `spec.organisation`. The returned [`IssuedCert::key_pem`] is empty: the
+    /// private key never leaves the user's device.
+    ///
+    /// # Errors
+    /// As [`Pki::issue_user`].
+    pub fn certify_user(
+        &self,
+        spec: &UserSpec,
+        public_key: &[u8; 32],
+    ) -> Result<IssuedCert, CertsError> {
+        identity::validate_user_name(&spec.name)?;
+        identity::validate_relay_id(&spec.relay)?;
+        let leaf = Leaf {
+            kind: IdentityKind::User,
+            cn: &spec.name,
+            organisation: &spec.organisation,
+            uri: format!("{USER_URI_PREFIX}{}", spec.id()),
+            dns: None,
+            clearance: spec.clearance.as_ref(),
+            roles: &spec.roles,
+            validity: spec
+                .validity
+                .unwrap_or_else(|| Validity::days_from(self.now, USER_DAYS)),
+            quirk: Quirk::None,
+        };
+        self.issue(&leaf, spec.id(), Some(&Ed25519PublicKey(*public_key)))
     }
 
     /// Issues a relay certificate signed by the CA of `spec.organisation`.
@@ -751,10 +823,17 @@ impl Pki {
             Quirk::UserAsRelay => leaf.dns = None,
             _ => {}
         }
-        self.issue(&leaf, spec.id.clone())
+        self.issue(&leaf, spec.id.clone(), None)
     }
 
-    fn issue(&self, leaf: &Leaf<'_>, identity: String) -> Result<IssuedCert, CertsError> {
+    /// Issues the certificate of `leaf` for `subject_key`, or for a fresh key
+    /// (returned in [`IssuedCert::key_pem`]) when that is `None`.
+    fn issue(
+        &self,
+        leaf: &Leaf<'_>,
+        identity: String,
+        subject_key: Option<&Ed25519PublicKey>,
+    ) -> Result<IssuedCert, CertsError> {
         if !leaf.quirk.applies_to(leaf.kind) {
             return Err(CertsError::QuirkNotApplicable {
                 quirk: leaf.quirk.name(),
@@ -843,10 +922,14 @@ impl Pki {
                     org: leaf.organisation.to_string(),
                 })?
         };
-        let key = new_key()?;
-        let cert = p
-            .signed_by(&key, &ca.issuer)
-            .map_err(generate(format!("certificate for {identity}")))?;
+        let (cert, key_pem) = match subject_key {
+            Some(given) => (p.signed_by(given, &ca.issuer), String::new()),
+            None => {
+                let key = new_key()?;
+                (p.signed_by(&key, &ca.issuer), key.serialize_pem())
+            }
+        };
+        let cert = cert.map_err(generate(format!("certificate for {identity}")))?;
         let cert_pem = cert.pem();
         Ok(IssuedCert {
             identity,
@@ -854,7 +937,7 @@ impl Pki {
             chain_der: vec![cert.der().to_vec(), ca.cert_der.clone()],
             chain_pem: format!("{cert_pem}{}", ca.cert_pem),
             cert_pem,
-            key_pem: key.serialize_pem(),
+            key_pem,
             serial,
         })
     }

@@ -182,7 +182,7 @@ fn init_writes_a_federation_that_reads_back() {
         assert_eq!(s(&profile, "trust_anchors"), "../../ca/root.crt");
         assert_eq!(s(&profile, "state_dir"), "state");
     }
-    // The specific demo facts of SPEC §8.
+    // The specific facts of the demo federation.
     let analist =
         Identity::from_der(&chain_of(&out.join("users/analist@aivd/user.crt"))[0]).unwrap();
     assert_eq!(
@@ -858,4 +858,250 @@ fn revoke_cert_errors() {
     assert!(matches!(e, CertsError::Io { .. }), "{e}");
     assert_eq!(e.exit_code(), 1);
     assert!(verified_crl(&dir, "post-a", NOW).serials.is_empty());
+}
+
+/// The DER inside a PEM `PRIVATE KEY` file.
+fn key_der_of(path: &Path) -> Vec<u8> {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes).unwrap();
+    assert_eq!(pem.label, "PRIVATE KEY", "{}", path.display());
+    pem.contents
+}
+
+/// Every `*.key` file under `dir`.
+fn key_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(key_files(&path));
+        } else if path.extension().is_some_and(|e| e == "key") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_key_written_is_pkcs8_v1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_demo(dir, 47_900, false, NOW).unwrap();
+    issue_user_into(
+        dir,
+        &IssueUserRequest {
+            user: "consul@bz".into(),
+            clearance: clearance("NL:STG-GEHEIM"),
+            roles: Vec::new(),
+            not_after: None,
+            force: false,
+        },
+        NOW,
+    )
+    .unwrap();
+    let keys = key_files(dir);
+    // Root, 4 organisation CAs, 4 relays, the demo users and the new one.
+    assert_eq!(keys.len(), 1 + 4 + 4 + DEMO_USERS.len() + 1, "{keys:?}");
+    for key in keys {
+        let der = key_der_of(&key);
+        assert_eq!(der.len(), 48, "{}: not the 48-byte v1 form", key.display());
+        assert_eq!(der[..16], ED25519_PKCS8_V1_PREFIX, "{}", key.display());
+        // ring (rustls, MLS signing, the relay) reads it.
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).unwrap();
+    }
+    // The CA keys load back and keep issuing (rcgen reads v1 too).
+    let pki = crate::federation::organisation_pki(dir, "bz", NOW).unwrap();
+    let cert = pki
+        .issue_user(&UserSpec::new("x", "bz", "bz").with_clearance(clearance("NL:STG-GEHEIM")))
+        .unwrap();
+    verify_chain(
+        &cert.chain_der,
+        &pki.anchors(),
+        NOW as u64,
+        IdentityKind::User,
+    )
+    .unwrap();
+}
+
+/// A certificate signing request as `kring enroll` makes one.
+fn csr_pem(key: &rcgen::KeyPair, cn: &str, org: Option<&str>, uris: &[&str]) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, cn);
+    if let Some(org) = org {
+        dn.push(rcgen::DnType::OrganizationName, org);
+    }
+    params.distinguished_name = dn;
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| rcgen::SanType::URI(u.to_string().try_into().unwrap()))
+        .collect();
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+fn ed25519() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()
+}
+
+fn sign_request(csr: &str) -> SignCsrRequest {
+    SignCsrRequest {
+        csr: csr.as_bytes().to_vec(),
+        clearance: clearance("NL:STG-GEHEIM;CMP=CYBER"),
+        roles: vec!["org-admin".into()],
+        not_after: Some(NOW + 90 * DAY),
+    }
+}
+
+#[test]
+fn sign_csr_certifies_the_requested_key_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fed");
+    init_demo(&dir, 48_000, false, NOW).unwrap();
+    let key = ed25519();
+    let csr = csr_pem(
+        &key,
+        "consul",
+        Some("post-a"),
+        &["kring:user:consul@post-a"],
+    );
+    let read = read_csr(csr.as_bytes()).unwrap();
+    assert_eq!(read.id(), "consul@post-a");
+    assert_eq!(read.organisation.as_deref(), Some("post-a"));
+    assert_eq!(read.public_key.as_slice(), key.public_key_raw());
+
+    let out = tmp.path().join("user.crt");
+    let certified = sign_csr_into(&dir, &sign_request(&csr), &out, NOW).unwrap();
+    assert_eq!(certified.id, "consul@post-a");
+    assert_eq!(certified.organisation, "post-a");
+    assert_eq!(certified.roles, ["org-admin"]);
+    assert_eq!(certified.not_after, NOW + 90 * DAY);
+    let chain = chain_of(&out);
+    assert_eq!(chain.len(), 2, "certificate, then organisation CA");
+    assert_eq!(chain[1], chain_of(&dir.join("orgs/post-a/ca.crt"))[0]);
+    let root = chain_of(&dir.join("ca/root.crt"));
+    let id = verify_chain(&chain, &root, NOW as u64, IdentityKind::User).unwrap();
+    assert_eq!(id.public_key.as_slice(), key.public_key_raw());
+    assert_eq!(id.clearance, Some(clearance("NL:STG-GEHEIM;CMP=CYBER")));
+    assert_eq!(id.serial, certified.serial);
+
+    // No organisation in the request: the home relay's. The chain file is never
+    // overwritten.
+    let no_org = csr_pem(&key, "consul", None, &["kring:user:consul@post-a"]);
+    let e = sign_csr_into(&dir, &sign_request(&no_org), &out, NOW).unwrap_err();
+    assert!(matches!(e, CertsError::OutputExists { .. }), "{e}");
+    assert_eq!(e.exit_code(), 2);
+    let out2 = tmp.path().join("user2.crt");
+    let c = sign_csr_into(&dir, &sign_request(&no_org), &out2, NOW).unwrap();
+    assert_eq!(c.organisation, "post-a");
+}
+
+#[test]
+fn sign_csr_refuses_requests_it_cannot_vouch_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fed");
+    init_demo(&dir, 48_100, false, NOW).unwrap();
+    let key = ed25519();
+    let good = csr_pem(&key, "consul", Some("bz"), &["kring:user:consul@bz"]);
+    let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    // The same request with one byte of the subject name changed: the signature
+    // no longer verifies.
+    let tampered = {
+        let der = x509_parser::pem::parse_x509_pem(good.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        let at = der.windows(6).position(|w| w == b"consul").unwrap();
+        let mut der = der;
+        der[at] = b'k';
+        der
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "another organisation",
+            csr_pem(&key, "consul", Some("nctv"), &["kring:user:consul@bz"]).into_bytes(),
+            "organisation",
+        ),
+        (
+            "CN is not the SAN's user",
+            csr_pem(&key, "consul", Some("bz"), &["kring:user:other@bz"]).into_bytes(),
+            "CN",
+        ),
+        (
+            "no SAN",
+            csr_pem(&key, "consul", Some("bz"), &[]).into_bytes(),
+            "exactly one subjectAltName",
+        ),
+        (
+            "two SANs",
+            csr_pem(
+                &key,
+                "consul",
+                Some("bz"),
+                &["kring:user:consul@bz", "kring:user:consul@nctv"],
+            )
+            .into_bytes(),
+            "exactly one subjectAltName",
+        ),
+        (
+            "a relay identity",
+            csr_pem(&key, "bz", Some("bz"), &["kring:relay:bz"]).into_bytes(),
+            "not a user identity",
+        ),
+        (
+            "unknown home relay",
+            csr_pem(&key, "consul", Some("bz"), &["kring:user:consul@mars"]).into_bytes(),
+            "mars",
+        ),
+        (
+            "not Ed25519",
+            csr_pem(&p256, "consul", Some("bz"), &["kring:user:consul@bz"]).into_bytes(),
+            "Ed25519",
+        ),
+        ("altered", tampered, "signature"),
+        ("not a request", b"hello".to_vec(), "PEM"),
+        (
+            "a certificate instead",
+            read(&dir.join("orgs/bz/ca.crt")).into_bytes(),
+            "CERTIFICATE REQUEST",
+        ),
+        ("too large", vec![b'-'; MAX_CSR_BYTES + 1], "allowed"),
+    ];
+    for (what, csr, needle) in cases {
+        let out = tmp.path().join("never.crt");
+        let request = SignCsrRequest {
+            csr,
+            ..sign_request(&good)
+        };
+        let e = sign_csr_into(&dir, &request, &out, NOW).unwrap_err();
+        assert!(e.to_string().contains(needle), "{what}: {e}");
+        assert_eq!(e.exit_code(), 2, "{what}: {e}");
+        assert!(!out.exists(), "{what}: nothing written");
+    }
+    // A bad role.
+    let request = SignCsrRequest {
+        roles: vec!["Root!".into()],
+        ..sign_request(&good)
+    };
+    let e = sign_csr_into(&dir, &request, &tmp.path().join("x.crt"), NOW).unwrap_err();
+    assert!(matches!(e, CertsError::Identity(_)), "{e}");
+}
+
+#[test]
+fn clearance_der_is_the_certificates_extension() {
+    let pki = pki();
+    let spec = user_spec().with_clearance(clearance("NL:STG-GEHEIM;CMP=CYBER"));
+    let cert = pki.issue_user(&spec).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert.cert_der).unwrap();
+    let ext = parsed
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == "2.5.29.9")
+        .unwrap();
+    let der = clearance_der(
+        &clearance("NL:STG-GEHEIM;CMP=CYBER"),
+        &["org-admin".to_string()],
+    )
+    .unwrap();
+    assert_eq!(ext.value, der.as_slice());
+    assert!(clearance_der(&clearance("NL:STG-GEHEIM"), &["Bad Role".to_string()]).is_err());
 }

@@ -1,11 +1,21 @@
 //! Reading the home relay's audit log (`kring admin audit`): one page at a time
 //! ([`Client::audit_log`]) or the whole log ([`Client::audit_each`],
-//! [`Client::audit_all`]), with the relay's check of its hash chain.
+//! [`Client::audit_all`]), with the relay's check of its hash chain and, with
+//! `verify`, the device's own check of every record it was shown
+//! ([`LocalCheck`]): hashes and links recomputed, every checkpoint signature
+//! verified with the certificate it names, every certificate the relay signed with
+//! chained to the profile's trust anchors. [`Client::audit_head`] gets a head of the
+//! log signed by the relay, to keep; [`Client::audit_each_against`] checks the log
+//! against such a head later, which detects a cut tail.
 //!
 //! Only org-admins of the relay's own organisation may read it; anyone else gets
 //! [`ErrorCode::Unauthenticated`](kring_protocol::wire::ErrorCode::Unauthenticated)
 //! (exit 4).
 
+pub use kring_protocol::audit::{
+    AuditBreak, AuditHeadError, AuditHeadPage, ChainSummary, SignedAuditHead,
+};
+use kring_protocol::audit::{ChainCheck, RecordFields, from_hex, kind_number};
 use kring_protocol::wire::{AuditPage, AuditRecordView, AuditVerdict, Request, Response, limits};
 
 use crate::client::{Client, unexpected};
@@ -27,6 +37,83 @@ pub struct AuditSummary {
     pub read: u64,
     /// The relay's check of the whole chain, taken after the last page, if asked for.
     pub verify: Option<AuditVerdict>,
+    /// The device's own check of the records read, if asked for.
+    pub local: Option<LocalCheck>,
+}
+
+/// The device's own check of the records it was shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCheck {
+    /// The chain as checked here, or its first bad record.
+    pub chain: std::result::Result<ChainSummary, AuditBreak>,
+    /// Certificates the relay has signed checkpoints with (each chained to the
+    /// trust anchors).
+    pub certificates: usize,
+    /// The comparison with a head exported earlier, if one was given: the number
+    /// of records it covers, or what is wrong.
+    pub against: Option<std::result::Result<u64, AuditHeadError>>,
+}
+
+impl LocalCheck {
+    /// Whether everything checked out.
+    pub fn intact(&self) -> bool {
+        self.chain.is_ok() && !matches!(self.against, Some(Err(_)))
+    }
+}
+
+/// Feeds the records read to a [`ChainCheck`], remembering the hashes of the
+/// records whose heads are compared.
+struct Checker {
+    check: std::result::Result<ChainCheck, AuditBreak>,
+    want: Vec<u64>,
+    found: Vec<(u64, [u8; 32])>,
+}
+
+impl Checker {
+    fn record(&mut self, r: &AuditRecordView) {
+        if self.want.contains(&r.seq)
+            && let Some(hash) = parse_hash(&r.hash)
+        {
+            self.found.push((r.seq, hash));
+        }
+        let Ok(check) = &mut self.check else {
+            return;
+        };
+        let seq = check.next_seq();
+        let result = match (kind_number(&r.kind), parse_hash(&r.hash)) {
+            (Some(kind), Some(hash)) => {
+                let fields = RecordFields {
+                    seq: r.seq,
+                    at: r.at,
+                    kind,
+                    actor: &r.actor,
+                    subject: &r.subject,
+                    action: &r.action,
+                    detail: &r.detail,
+                };
+                check.record(&fields, &hash)
+            }
+            (None, _) => Err(AuditBreak {
+                seq,
+                reason: format!("unknown kind {:?}", r.kind),
+            }),
+            (_, None) => Err(AuditBreak {
+                seq,
+                reason: "hash is not 64 hex digits".into(),
+            }),
+        };
+        if let Err(b) = result {
+            self.check = Err(b);
+        }
+    }
+
+    fn found(&self, seq: u64) -> Option<&[u8; 32]> {
+        self.found.iter().find(|(s, _)| *s == seq).map(|(_, h)| h)
+    }
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    from_hex(text)?.try_into().ok()
 }
 
 impl Client {
@@ -51,14 +138,72 @@ impl Client {
         Ok(page)
     }
 
+    /// A head of the home relay's audit log, signed by the relay now (durable
+    /// there), with every certificate the relay has signed checkpoints with. The
+    /// head is checked before it is returned: its certificate chains to the
+    /// profile's trust anchors, is the home relay's and of the user's organisation,
+    /// and its signature verifies. Keep [`SignedAuditHead::to_json`] somewhere the
+    /// relay cannot change, and check the log against it later with
+    /// [`audit_each_against`](Self::audit_each_against).
+    pub async fn audit_head(&mut self) -> Result<AuditHeadPage> {
+        let page = match self.call(&Request::AuditHead).await? {
+            Response::AuditHead(page) => page,
+            other => return Err(unexpected("AuditHead", &other)),
+        };
+        page.head
+            .verify(
+                &self.creds.anchors_der(),
+                self.relay_id(),
+                Some(&self.me.organisation),
+            )
+            .map_err(|e| ClientError::Protocol(format!("the relay's audit head: {e}")))?;
+        Ok(page)
+    }
+
     /// Reads the whole audit log page by page ([`AUDIT_PAGE`] records each), handing
-    /// every record to `on_record` in order; with `verify`, asks the relay to check
-    /// the chain once all pages are read, so the verdict covers every record shown.
+    /// every record to `on_record` in order; with `verify`, checks every record here
+    /// ([`LocalCheck`]) and asks the relay to check the chain once all pages are
+    /// read, so both verdicts cover every record shown.
     pub async fn audit_each(
         &mut self,
         verify: bool,
+        on_record: impl FnMut(AuditRecordView) + Send,
+    ) -> Result<AuditSummary> {
+        self.audit_each_against(verify, None, on_record).await
+    }
+
+    /// As [`audit_each`](Self::audit_each); with `against`, a head exported
+    /// earlier ([`audit_head`](Self::audit_head)), the log must also still hold
+    /// that head's last record with the same hash ([`LocalCheck::against`]): a cut
+    /// or rewritten tail is detected. `against` implies `verify`.
+    pub async fn audit_each_against(
+        &mut self,
+        verify: bool,
+        against: Option<&SignedAuditHead>,
         mut on_record: impl FnMut(AuditRecordView) + Send,
     ) -> Result<AuditSummary> {
+        let verify = verify || against.is_some();
+        let anchors = self.creds.anchors_der();
+        let organisation = self.me.organisation.clone();
+        let relay_id = self.relay_id().to_string();
+        let mut checker = None;
+        let mut current = None;
+        if verify {
+            let page = self.audit_head().await?;
+            let mut want = vec![page.head.records];
+            want.extend(against.map(|h| h.records));
+            checker = Some(Checker {
+                check: ChainCheck::new(
+                    &relay_id,
+                    Some(&organisation),
+                    &anchors,
+                    &page.certificates,
+                ),
+                want,
+                found: Vec::new(),
+            });
+            current = Some(page);
+        }
         let mut next = 1u64;
         let relay = loop {
             let page = self.audit_log(next, AUDIT_PAGE, false).await?;
@@ -67,6 +212,9 @@ impl Client {
                 || page.records.last().is_some_and(|r| r.seq >= page.total);
             for record in page.records {
                 next = record.seq.saturating_add(1);
+                if let Some(c) = &mut checker {
+                    c.record(&record);
+                }
                 on_record(record);
             }
             if next - 1 > MAX_AUDIT_RECORDS {
@@ -80,24 +228,54 @@ impl Client {
                 break page.relay;
             }
         };
-        let verify = if verify {
+        let read = next - 1;
+        let verdict = if verify {
             let page = self.audit_log(next, 0, true).await?;
             page.verify
         } else {
             None
         };
+        let local = match (checker, current) {
+            (Some(c), Some(page)) => Some(LocalCheck {
+                chain: c.check.clone().and_then(|check| {
+                    // The head the relay signed at the start must be in the log it served.
+                    page.head
+                        .compare(read, c.found(page.head.records))
+                        .map_err(|e| AuditBreak {
+                            seq: page.head.records,
+                            reason: format!("not the record the relay signed as its head: {e}"),
+                        })?;
+                    Ok(check.summary())
+                }),
+                certificates: page.certificates.len(),
+                against: against.map(|head| {
+                    head.verify(&anchors, &relay_id, Some(&organisation))?;
+                    head.compare(read, c.found(head.records))?;
+                    Ok(head.records)
+                }),
+            }),
+            _ => None,
+        };
         Ok(AuditSummary {
             relay,
-            read: next - 1,
-            verify,
+            read,
+            verify: verdict,
+            local,
         })
     }
 
     /// The whole audit log in one [`AuditPage`] (see [`audit_each`](Self::audit_each));
-    /// `total` is the number of records read.
+    /// `total` is the number of records read. With `verify`, a failed check on the
+    /// device is a [`ClientError::Protocol`] (the relay's verdict is in the page).
     pub async fn audit_all(&mut self, verify: bool) -> Result<AuditPage> {
         let mut records = Vec::new();
         let summary = self.audit_each(verify, |r| records.push(r)).await?;
+        if let Some(LocalCheck { chain: Err(b), .. }) = &summary.local {
+            return Err(ClientError::Protocol(format!(
+                "audit log of relay {} checked on this device: {b}",
+                summary.relay
+            )));
+        }
         Ok(AuditPage {
             relay: summary.relay,
             total: summary.read,

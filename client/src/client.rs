@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use kring_policy::{Clearance, Label};
-use kring_protocol::identity::{Identity, IdentityKind, verify_chain};
+use kring_protocol::identity::{
+    Identity, IdentityKind, RelayTrust, TrustMap, verify_chain, verify_chain_trusted,
+};
 use kring_protocol::mls::{self, CertSigner, ClientGroup};
 use kring_protocol::mls_storage::KringProvider;
 use kring_protocol::wire::{CommunitySummary, Request, Response};
@@ -192,11 +194,54 @@ impl Client {
                 self.timeouts,
             )
             .await?;
+            self.authenticate_home_relay(&conn)?;
+            let state = match conn.call(&Request::Trust).await? {
+                Response::Trust(state) => state,
+                other => return Err(unexpected("Trust", &other)),
+            };
+            let warnings = self
+                .validator
+                .update(&state, &self.me, now_unix())
+                .map_err(ClientError::Auth)?;
             self.conn = Some(conn);
+            for w in warnings {
+                self.warn(w);
+            }
         }
         self.conn
             .as_ref()
             .ok_or_else(|| ClientError::Protocol("connection vanished".into()))
+    }
+
+    /// Checks that the relay this device reached is its home relay, certified by
+    /// the user's own organisation: TLS accepted any relay certificate of the
+    /// federation for the relay's name, and another organisation's CA must not be
+    /// able to stand in for it.
+    fn authenticate_home_relay(&self, conn: &RelayConnection) -> Result<()> {
+        let own = TrustMap::from_entries([(
+            self.me.home_relay.as_str(),
+            RelayTrust {
+                organisation: self.me.organisation.clone(),
+                ca: None,
+            },
+        )])
+        .map_err(|e| ClientError::Auth(format!("this device's certificate: {e}")))?;
+        let relay = verify_chain_trusted(
+            &conn.peer_chain(),
+            &self.creds.anchors_der(),
+            now_unix(),
+            IdentityKind::Relay,
+            &own,
+        )
+        .map_err(|e| ClientError::Auth(format!("the relay's certificate: {e}")))?;
+        if relay.id() != self.profile.relay_id {
+            return Err(ClientError::Auth(format!(
+                "connected to relay {}, but the profile's relay is {}",
+                relay.id(),
+                self.profile.relay_id
+            )));
+        }
+        Ok(())
     }
 
     /// Drops the connection (gracefully).
@@ -342,6 +387,8 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
         Response::Pong => "Pong",
         Response::Error(_) => "Error",
         Response::Revoked { .. } => "Revoked",
+        Response::Trust(_) => "Trust",
+        Response::AuditHead(_) => "AuditHead",
     };
     ClientError::Protocol(format!("the relay answered {request} with {name}"))
 }

@@ -10,7 +10,7 @@
 //! returned, so that the command can be run again.
 
 use kring_policy::{Label, decide_opt};
-use kring_protocol::identity::{Identity, IdentityKind, verify_chain};
+use kring_protocol::identity::{Identity, IdentityKind, verify_chain_trusted};
 use kring_protocol::mls::{ClientGroup, CommitOutput, CommunityMeta, MlsError, leaf_public_key};
 use kring_protocol::wire::{ErrorCode, Request, Response};
 
@@ -83,11 +83,12 @@ impl Client {
         let me = self.user();
         let meta = CommunityMeta::new(community.clone(), max.to_bytes(), vec![me])?;
         let hub_chain = self.connect().await?.peer_chain();
-        let hub = verify_chain(
+        let hub = verify_chain_trusted(
             &hub_chain,
             &self.creds.anchors_der(),
             now_unix(),
             IdentityKind::Relay,
+            self.validator.trust(),
         )
         .map_err(|e| ClientError::Auth(format!("the relay's certificate: {e}")))?;
         if hub.id() != self.profile.relay_id {

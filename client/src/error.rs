@@ -1,4 +1,4 @@
-//! The client's single error type and its mapping to the exit codes of SPEC §7.
+//! The client's single error type and its mapping to the documented exit codes (README.md).
 
 use kring_protocol::wire::{ErrorCode, WireError};
 
@@ -124,7 +124,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The process exit code for this error (SPEC §7): 2 usage, 3 policy, 4
+    /// The process exit code for this error: 2 usage, 3 policy, 4
     /// authentication/authorisation, 5 unreachable/timeout, 1 anything else.
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -1,6 +1,6 @@
 //! Filing notices and reading them back.
 //!
-//! Policy is checked on this device before anything is sent (SPEC §5, the first
+//! Policy is checked on this device before anything is sent (the first
 //! hop): the label must be within the user's own clearance and within the
 //! community's maximum label. The binary label is the MLS authenticated data.
 

@@ -5,7 +5,7 @@
 //! [`sync`](Client::sync), [`create_community`](Client::create_community),
 //! [`add_members`](Client::add_members), [`file_notice`](Client::file_notice),
 //! [`notices`](Client::notices), [`watch`](Client::watch), … Every error is a
-//! [`ClientError`] whose [`exit_code`](ClientError::exit_code) follows SPEC §7.
+//! [`ClientError`] whose [`exit_code`](ClientError::exit_code) follows the documented exit codes.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -13,6 +13,7 @@ pub mod cli;
 mod client;
 pub mod community;
 pub mod conn;
+pub mod enroll;
 pub mod error;
 pub mod filing;
 pub mod ids;

@@ -1,4 +1,4 @@
-//! `kring`: the Kring command line (see `kring --help` and SPEC §7).
+//! `kring`: the Kring command line (see `kring --help` and README.md).
 #![forbid(unsafe_code)]
 
 fn main() {

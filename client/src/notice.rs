@@ -1,7 +1,7 @@
 //! Notices: the JSON document members exchange inside MLS application messages, and
 //! what a user fills in to file one.
 //!
-//! The JSON form is fixed by SPEC §7 — exactly these fields, in this order:
+//! The JSON form is fixed — exactly these fields, in this order:
 //! `{"id","community","label","kind","category","title","body","sender","filed_at",
 //! "in_reply_to","stix"}`. The same document is the MLS plaintext, so a receiver checks
 //! it strictly ([`Notice::from_plaintext`]): unknown fields, oversized fields and

@@ -1,4 +1,4 @@
-//! What became of a filed notice at its community's hub (SPEC §4–§6).
+//! What became of a filed notice at its community's hub.
 //!
 //! A notice filed in a community hubbed at the filer's home relay is ordered at once:
 //! the relay answers [`Response::Accepted`](kring_protocol::wire::Response::Accepted)

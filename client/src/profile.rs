@@ -13,10 +13,16 @@
 //! state_dir = "state"
 //! ```
 //!
-//! Relative paths are relative to the profile directory.
+//! Relative paths are relative to the profile directory. `kring enroll`
+//! ([`crate::enroll`]) writes a template of it next to a new key, for the user to
+//! complete (`relay`, and the files `cert` and `trust_anchors` name).
+//!
+//! [`Profile::certificate`] reads the identity the profile's certificate carries
+//! (offline, for `kring whoami`); [`expiry_warning`] says when it is about to end.
 
 use std::path::{Path, PathBuf};
 
+use kring_protocol::identity::{self, Identity, IdentityKind};
 use kring_protocol::wire::{check_name, check_qualified_id};
 use serde::Deserialize;
 
@@ -28,6 +34,9 @@ pub const PROFILE_FILE: &str = "profile.toml";
 pub const MAX_PROFILE_BYTES: u64 = 64 * 1024;
 /// Largest certificate, key or trust-anchor file accepted.
 pub const MAX_PEM_BYTES: u64 = 256 * 1024;
+/// A certificate ending within this many days is warned about (by every command
+/// that uses the profile, and `kring whoami`).
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
 #[derive(Debug, Deserialize)]
 struct RawProfile {
@@ -96,6 +105,12 @@ impl Profile {
                 raw.user, raw.relay_id
             )));
         }
+        if raw.relay.trim().is_empty() {
+            return Err(bad(format!(
+                "relay is empty: fill in the address (HOST:PORT) of your home relay {}",
+                raw.relay_id
+            )));
+        }
         check_relay_addr(&raw.relay).map_err(|reason| bad(format!("relay: {reason}")))?;
         let profile = Profile {
             dir: dir.to_path_buf(),
@@ -114,8 +129,9 @@ impl Profile {
         ] {
             if !path.is_file() {
                 return Err(bad(format!(
-                    "{what} file {} does not exist; re-create the profile with \
-                     `kring-certs-dev init` or fix the path",
+                    "{what} file {} does not exist; fix the path, or put the file there \
+                     (after `kring enroll`: the chain your organisation's CA issued as \
+                     cert, the federation root CA certificate as trust_anchors)",
                     path.display()
                 )));
             }
@@ -127,6 +143,80 @@ impl Profile {
     pub fn user_name(&self) -> &str {
         self.user.split_once('@').map_or(&self.user, |(n, _)| n)
     }
+
+    /// Reads the certificate chain the profile names (DER, leaf first) and the
+    /// identity its leaf certifies, which must be a user certificate for the
+    /// profile's user. Only the certificate file is read; nothing is verified here
+    /// (see [`identity::verify_chain`]).
+    pub fn certificate(&self) -> Result<(Vec<Vec<u8>>, Identity)> {
+        let bad = |reason: String| ClientError::Profile {
+            path: self.cert.display().to_string(),
+            reason,
+        };
+        let pem = read_bounded(&self.cert, MAX_PEM_BYTES).map_err(&bad)?;
+        let chain = identity::certificates_from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| bad("no certificate in the file".into()))?;
+        let me = Identity::from_der(leaf)
+            .map_err(|e| bad(format!("not a usable Kring certificate: {e}")))?;
+        if me.kind != IdentityKind::User {
+            return Err(bad(format!(
+                "is a {} certificate, not a user certificate",
+                me.kind
+            )));
+        }
+        if me.id() != self.user {
+            return Err(bad(format!(
+                "the certificate is for {}, but the profile is for {}",
+                me.id(),
+                self.user
+            )));
+        }
+        Ok((chain, me))
+    }
+}
+
+/// A UTC time as RFC 3339 (`2030-01-01T00:00:00Z`), or the unix seconds if it
+/// cannot be represented.
+pub fn utc(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Whole days from `now` until `not_after` (negative once it has passed).
+pub fn days_left(not_after: i64, now: i64) -> i64 {
+    (not_after - now).div_euclid(86_400)
+}
+
+/// A warning when `identity`'s certificate has ended or ends within
+/// [`EXPIRY_WARNING_DAYS`] days of `now` (unix seconds); `None` otherwise.
+pub fn expiry_warning(identity: &Identity, now: i64) -> Option<String> {
+    let end = utc(identity.not_after);
+    let who = identity.id();
+    if identity.not_after <= now {
+        return Some(format!(
+            "the certificate of {who} expired at {end}; your home relay refuses it: ask \
+             your organisation's CA for a new one"
+        ));
+    }
+    let days = days_left(identity.not_after, now);
+    (days < EXPIRY_WARNING_DAYS).then(|| {
+        let within = match days {
+            0 => "within a day".to_string(),
+            1 => "in 1 day".to_string(),
+            n => format!("in {n} days"),
+        };
+        format!(
+            "the certificate of {who} expires {within} ({end}); ask your organisation's \
+             CA for a new one before then"
+        )
+    })
 }
 
 fn check_relay_addr(addr: &str) -> std::result::Result<(), String> {
@@ -228,6 +318,100 @@ state_dir = "state"
             let text = GOOD.replace(from, to);
             let err = Profile::parse(dir.path(), &text).unwrap_err();
             assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_relay_address_says_what_to_fill_in() {
+        let dir = dir_with_files();
+        let text = GOOD.replace("\"127.0.0.1:47103\"", "\"\"");
+        let err = Profile::parse(dir.path(), &text).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "relay is empty: fill in the address (HOST:PORT) of your home relay post-a"
+            ),
+            "{err}"
+        );
+    }
+
+    fn identity(not_after: i64) -> Identity {
+        Identity {
+            kind: IdentityKind::User,
+            name: "analist".into(),
+            home_relay: "post-a".into(),
+            organisation: "post-a".into(),
+            clearance: None,
+            roles: Vec::new(),
+            serial: "01".into(),
+            not_before: 0,
+            not_after,
+            public_key: vec![0; 32],
+        }
+    }
+
+    #[test]
+    fn expiry_is_warned_about_within_30_days() {
+        const DAY: i64 = 86_400;
+        let now = 1_750_000_000;
+        let end = now + 30 * DAY;
+        assert_eq!(utc(end), "2025-07-15T15:06:40Z");
+        assert_eq!(expiry_warning(&identity(end + 1), now), None);
+        assert_eq!(expiry_warning(&identity(end), now), None, "30 days left");
+        let w = expiry_warning(&identity(end - 1), now).unwrap();
+        assert!(
+            w.starts_with(
+                "the certificate of analist@post-a expires in 29 days (2025-07-15T15:06:39Z)"
+            ),
+            "{w}"
+        );
+        let w = expiry_warning(&identity(now + DAY + 5), now).unwrap();
+        assert!(w.contains("expires in 1 day ("), "{w}");
+        let w = expiry_warning(&identity(now + 5), now).unwrap();
+        assert!(w.contains("expires within a day"), "{w}");
+        let w = expiry_warning(&identity(now), now).unwrap();
+        assert!(w.contains("expired at"), "{w}");
+        assert_eq!(days_left(now - 1, now), -1);
+        assert_eq!(days_left(now + DAY, now), 1);
+    }
+
+    /// The PKCS#8 v1 (RFC 5208) form of a v2 Ed25519 key as ring writes it.
+    fn v1_of(v2: &[u8]) -> Vec<u8> {
+        const V2_PREFIX: [u8; 16] = [
+            0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        assert_eq!(v2[..16], V2_PREFIX);
+        let mut v1 = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        v1.extend_from_slice(&v2[16..48]);
+        v1
+    }
+
+    #[test]
+    fn device_keys_in_pkcs8_v1_and_v2_both_load() {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let fed = crate::testpki::Fed::new("bz");
+        let leaf = fed.user("bz", "analist", "bz", "NL:STG-GEHEIM");
+        let v2 = leaf.key.serialize_der();
+        let v1 = v1_of(&v2);
+        assert_eq!(v1.len(), 48);
+        for (form, der) in [("v1", v1), ("v2", v2)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = fed.profile(tmp.path(), "analist@bz", "bz", &leaf);
+            let pem = rcgen::KeyPair::try_from(der.as_slice())
+                .unwrap()
+                .serialize_pem();
+            std::fs::write(dir.join("user.key"), pem).unwrap();
+            // Profile, credentials and the MLS signer (Client::open), and TLS.
+            let client = crate::Client::open(&dir).unwrap_or_else(|e| panic!("{form}: {e}"));
+            let creds = crate::conn::Credentials::load(client.profile()).unwrap();
+            assert_eq!(creds.key_pkcs8, der, "{form}");
+            rustls::crypto::ring::default_provider()
+                .key_provider
+                .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)))
+                .unwrap_or_else(|e| panic!("{form}: {e}"));
         }
     }
 

@@ -765,7 +765,7 @@ impl Client {
         Ok(())
     }
 
-    /// The receiving client's checks of a decrypted notice (SPEC §5): the label the
+    /// The receiving client's checks of a decrypted notice: the label the
     /// relays saw is the authenticated one, the document matches its envelope, and
     /// this user's clearance and the community's maximum label admit the label.
     #[allow(clippy::too_many_arguments)]

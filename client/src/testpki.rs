@@ -65,7 +65,18 @@ impl Fed {
         }
     }
 
-    fn leaf(&self, mut p: CertificateParams, org: &str, name: &str, clearance: &str) -> Leaf {
+    fn leaf(&self, p: CertificateParams, org: &str, name: &str, clearance: &str) -> Leaf {
+        self.leaf_with_roles(p, org, name, clearance, &[])
+    }
+
+    fn leaf_with_roles(
+        &self,
+        mut p: CertificateParams,
+        org: &str,
+        name: &str,
+        clearance: &str,
+        roles: &[String],
+    ) -> Leaf {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         dn.push(DnType::OrganizationName, org);
@@ -75,7 +86,7 @@ impl Fed {
         p.not_after = days(300);
         p.use_authority_key_identifier_extension = true;
         let c = Clearance::from_str(clearance).unwrap();
-        let sda = encode_subject_directory_attributes(Some(&c), &[])
+        let sda = encode_subject_directory_attributes(Some(&c), roles)
             .unwrap()
             .unwrap();
         p.custom_extensions = vec![CustomExtension::from_oid_content(
@@ -99,6 +110,17 @@ impl Fed {
         )];
         p.extended_key_usages = vec![Eku::ClientAuth];
         self.leaf(p, org, name, clearance)
+    }
+
+    /// An org-admin `name@relay` of organisation `org`.
+    pub(crate) fn admin(&self, org: &str, name: &str, relay: &str) -> Leaf {
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(
+            format!("kring:user:{name}@{relay}").try_into().unwrap(),
+        )];
+        p.extended_key_usages = vec![Eku::ClientAuth];
+        let roles = [kring_protocol::identity::ROLE_ORG_ADMIN.to_string()];
+        self.leaf_with_roles(p, org, name, "NL:STG-GEHEIM", &roles)
     }
 
     /// A relay certificate.

@@ -1,50 +1,112 @@
-//! The credential validator the client hands to the MLS layer: every member and the
-//! hub relay must present an X.509 chain that verifies to the federation trust
-//! anchors now, and the MLS signature key must be the leaf certificate's key.
+//! The credential validator the client hands to the MLS layer: the federation's
+//! one validator ([`FederationValidator`]), with what it needs owned by the
+//! device: the trust anchors, the trust map and the revocations its home relay
+//! holds ([`Validator::update`], after each connect). Until the home relay has
+//! said who may speak for which relay, it accepts nobody.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kring_protocol::identity::{Identity, verify_chain};
-use kring_protocol::mls::{CredentialValidator, MemberId, leaf_key_matches};
+use kring_protocol::identity::{Identity, RelayTrust, TrustMap};
+use kring_protocol::mls::{CredentialValidator, MemberId};
+use kring_protocol::revocation::{Revocations, verify_crl};
+use kring_protocol::validator::FederationValidator;
+use kring_protocol::wire::TrustState;
 
-/// Validates MLS credentials against the federation trust anchors.
-///
-/// The kind of identity (user or relay) is read from the leaf certificate and then
-/// verified strictly for that kind (EKU, SAN and name rules of
-/// [`kring_protocol::identity`]): users come out as `NAME@RELAY`, relays (the hub,
-/// as external sender) as their relay id. Revocation is checked by the relays, which
-/// hold the federation's CRLs; the client has none.
+/// Validates MLS credentials: chain to the federation anchors now, organisation
+/// and CA as the trust map gives them for the relay the certificate names, not
+/// revoked, and the MLS signature key is the certificate's key.
 #[derive(Debug, Clone)]
 pub struct Validator {
     anchors: Vec<Vec<u8>>,
+    trust: TrustMap,
+    revoked: Revocations,
 }
 
 impl Validator {
-    /// A validator trusting `anchors` (DER root certificates).
+    /// A validator trusting `anchors` (DER root certificates) and, until
+    /// [`update`](Self::update), no relay.
     pub fn new(anchors: Vec<Vec<u8>>) -> Self {
-        Self { anchors }
+        Self {
+            anchors,
+            trust: TrustMap::new(),
+            revoked: Revocations::new(),
+        }
     }
 
-    /// Verifies `chain` at `now_unix` and checks `signature_key` against the leaf.
-    pub fn validate_at(
-        &self,
-        chain: &[Vec<u8>],
-        signature_key: &[u8],
+    /// Adopts the home relay's trust state. `me` is this device's own identity: the
+    /// state must bind the user's home relay to the user's own organisation (the
+    /// relay was authenticated as that relay of that organisation). Each statement
+    /// and CRL is verified here; one that does not verify is skipped and reported.
+    ///
+    /// # Errors
+    /// A reason when the state itself is unusable (bad relay entries, or the home
+    /// relay bound to another organisation); the validator is then unchanged.
+    pub fn update(
+        &mut self,
+        state: &TrustState,
+        me: &Identity,
         now_unix: u64,
-    ) -> Result<Identity, String> {
-        let leaf = chain
-            .first()
-            .ok_or("the credential's certificate chain is empty")?;
-        let kind = Identity::from_der(leaf).map_err(|e| e.to_string())?.kind;
-        let identity =
-            verify_chain(chain, &self.anchors, now_unix, kind).map_err(|e| e.to_string())?;
-        if !leaf_key_matches(signature_key, &identity.public_key) {
+    ) -> Result<Vec<String>, String> {
+        let trust = TrustMap::from_entries(state.relays.iter().map(|r| {
+            (
+                r.relay.as_str(),
+                RelayTrust {
+                    organisation: r.organisation.clone(),
+                    ca: r.ca,
+                },
+            )
+        }))
+        .map_err(|e| format!("the home relay's trust map is unusable: {e}"))?;
+        if trust.organisation_of(&me.home_relay) != Some(me.organisation.as_str()) {
             return Err(format!(
-                "the MLS signature key of {} is not its certificate's key",
-                identity.id()
+                "the home relay {} does not list itself as a relay of organisation {}",
+                me.home_relay, me.organisation
             ));
         }
-        Ok(identity)
+        let mut warnings = Vec::new();
+        let mut revoked = Revocations::new();
+        for s in &state.statements {
+            match s.verify(&self.anchors, &trust, now_unix as i64) {
+                Ok(_) => {
+                    revoked.add_statement(s);
+                }
+                Err(e) => warnings.push(format!("revocation of {} ignored: {e}", s.user)),
+            }
+        }
+        for c in &state.crls {
+            let checked = verify_crl(&c.crl, &c.issuer, &self.anchors, now_unix as i64)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    trust
+                        .check_organisation_ca(&v.organisation, &c.issuer)
+                        .map(|()| v)
+                        .map_err(|e| e.to_string())
+                });
+            match checked {
+                Ok(v) => {
+                    revoked.add_crl(&v);
+                }
+                Err(e) => warnings.push(format!("a CRL was ignored: {e}")),
+            }
+        }
+        self.trust = trust;
+        self.revoked = revoked;
+        Ok(warnings)
+    }
+
+    /// The trust map in force (empty before the first [`update`](Self::update)).
+    pub fn trust(&self) -> &TrustMap {
+        &self.trust
+    }
+
+    /// The revocations in force.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revoked
+    }
+
+    /// The federation validator over this device's state, at `now_unix`.
+    pub fn at(&self, now_unix: u64) -> FederationValidator<'_> {
+        FederationValidator::with_revocations(&self.anchors, &self.trust, now_unix, &self.revoked)
     }
 }
 
@@ -57,28 +119,20 @@ pub(crate) fn now_unix() -> u64 {
 
 impl CredentialValidator for Validator {
     fn validate(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
-        self.validate_at(chain, signature_key, now_unix())
-            .map(|identity| identity.id())
+        self.at(now_unix()).validate(chain, signature_key)
     }
 
     fn identify(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
         // Used for members validated when they entered; expiry may have passed since.
-        let leaf = chain
-            .first()
-            .ok_or("the credential's certificate chain is empty")?;
-        let identity = Identity::from_der(leaf).map_err(|e| e.to_string())?;
-        if !leaf_key_matches(signature_key, &identity.public_key) {
-            return Err(format!(
-                "the MLS signature key of {} is not its certificate's key",
-                identity.id()
-            ));
-        }
-        Ok(identity.id())
+        self.at(now_unix()).identify(chain, signature_key)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use kring_protocol::identity::CaFingerprint;
+    use kring_protocol::wire::TrustedRelay;
+
     use super::*;
     use crate::testpki::Fed;
 
@@ -86,11 +140,32 @@ mod tests {
         Identity::from_der(&leaf.chain[0]).unwrap().public_key
     }
 
+    fn entry(relay: &str, organisation: &str, ca: Option<CaFingerprint>) -> TrustedRelay {
+        TrustedRelay {
+            relay: relay.into(),
+            organisation: organisation.into(),
+            ca,
+        }
+    }
+
+    /// A validator for a device of `me`, told that `relays` exist.
+    fn device(fed: &Fed, me: &crate::testpki::Leaf, relays: Vec<TrustedRelay>) -> Validator {
+        let mut v = Validator::new(vec![fed.root_der.clone()]);
+        let state = TrustState {
+            relays,
+            statements: Vec::new(),
+            crls: Vec::new(),
+        };
+        let me = Identity::from_der(&me.chain[0]).unwrap();
+        assert!(v.update(&state, &me, now_unix()).unwrap().is_empty());
+        v
+    }
+
     #[test]
     fn users_and_relays_validate_to_their_ids() {
         let fed = Fed::new("post-a");
-        let v = Validator::new(vec![fed.root_der.clone()]);
         let user = fed.user("post-a", "analist", "post-a", "NL:STG-CONFIDENTIEEL");
+        let v = device(&fed, &user, vec![entry("post-a", "post-a", None)]);
         assert_eq!(
             v.validate(&user.chain, &key_of(&user)).unwrap(),
             "analist@post-a"
@@ -104,24 +179,130 @@ mod tests {
     }
 
     #[test]
+    fn nobody_is_accepted_before_the_home_relay_said_who_may_speak() {
+        let fed = Fed::new("bz");
+        let user = fed.user("bz", "liaison", "bz", "NL:STG-GEHEIM");
+        let v = Validator::new(vec![fed.root_der.clone()]);
+        let err = v.validate(&user.chain, &key_of(&user)).unwrap_err();
+        assert!(err.contains("not a relay of this federation"), "{err}");
+    }
+
+    /// One organisation's CA minting a user or relay certificate for another
+    /// organisation's relay id: valid chain, wrong organisation.
+    #[test]
+    fn another_organisations_ca_cannot_speak_for_a_relay() {
+        let fed = Fed::new("post-a");
+        let me = fed.user("post-a", "analist", "post-a", "NL:STG-CONFIDENTIEEL");
+        let v = device(
+            &fed,
+            &me,
+            vec![entry("post-a", "post-a", None), entry("bz", "bz", None)],
+        );
+        let forged_user = fed.user("post-a", "liaison", "bz", "NL:STG-GEHEIM");
+        let err = v
+            .validate(&forged_user.chain, &key_of(&forged_user))
+            .unwrap_err();
+        assert!(err.contains("belongs to organisation \"bz\""), "{err}");
+        let forged_relay = fed.relay("post-a", "bz", "NL:STG-GEHEIM");
+        let err = v
+            .validate(&forged_relay.chain, &key_of(&forged_relay))
+            .unwrap_err();
+        assert!(err.contains("belongs to organisation \"bz\""), "{err}");
+        // A pinned CA: the right organisation, but not the pinned CA.
+        let pinned = device(
+            &fed,
+            &me,
+            vec![
+                entry("post-a", "post-a", Some(CaFingerprint([7; 32]))),
+                entry("bz", "bz", None),
+            ],
+        );
+        let err = pinned.validate(&me.chain, &key_of(&me)).unwrap_err();
+        assert!(err.contains("pinned"), "{err}");
+    }
+
+    #[test]
+    fn a_home_relay_of_another_organisation_is_refused() {
+        let fed = Fed::new("post-a");
+        let me = fed.user("post-a", "analist", "post-a", "NL:STG-CONFIDENTIEEL");
+        let mut v = Validator::new(vec![fed.root_der.clone()]);
+        let state = TrustState {
+            relays: vec![entry("post-a", "bz", None)],
+            statements: Vec::new(),
+            crls: Vec::new(),
+        };
+        let me = Identity::from_der(&me.chain[0]).unwrap();
+        let err = v.update(&state, &me, now_unix()).unwrap_err();
+        assert!(err.contains("does not list itself"), "{err}");
+        assert!(v.trust().is_empty());
+    }
+
+    #[test]
     fn a_foreign_key_or_federation_is_refused() {
         let fed = Fed::new("bz");
-        let v = Validator::new(vec![fed.root_der.clone()]);
         let user = fed.user("bz", "liaison", "bz", "NL:STG-GEHEIM");
+        let v = device(&fed, &user, vec![entry("bz", "bz", None)]);
         let other = fed.user("bz", "admin", "bz", "NL:STG-GEHEIM");
         let err = v.validate(&user.chain, &key_of(&other)).unwrap_err();
         assert!(err.contains("not its certificate's key"), "{err}");
         assert!(v.identify(&user.chain, &key_of(&other)).is_err());
 
         let stranger = Fed::new("bz");
-        let foreign = Validator::new(vec![stranger.root_der.clone()]);
+        let foreign = device(&stranger, &user, vec![entry("bz", "bz", None)]);
         assert!(foreign.validate(&user.chain, &key_of(&user)).is_err());
         // Expired by the time it is checked.
         let later = now_unix() + 400 * 86_400;
         let err = v
-            .validate_at(&user.chain, &key_of(&user), later)
+            .at(later)
+            .validate(&user.chain, &key_of(&user))
             .unwrap_err();
         assert!(err.contains("expired"), "{err}");
+    }
+
+    /// The device applies the revocations its home relay holds, after verifying
+    /// each: a revoked member's credential is refused; a statement by another
+    /// organisation's admin is ignored with a warning.
+    #[test]
+    fn revocations_from_the_home_relay_are_verified_and_enforced() {
+        use kring_protocol::revocation::RevocationStatement;
+        use openmls_traits::signatures::Signer as _;
+        let fed = Fed::new("bz");
+        let me = fed.user("bz", "liaison", "bz", "NL:STG-GEHEIM");
+        let lost = fed.user("bz", "attache", "bz", "NL:STG-GEHEIM");
+        let admin = fed.admin("bz", "admin", "bz");
+        let signer = kring_protocol::mls::CertSigner::from_pkcs8(
+            admin.chain.clone(),
+            &admin.key.serialize_der(),
+        )
+        .unwrap();
+        let sign = |user: &str| {
+            RevocationStatement::sign(
+                admin.chain.clone(),
+                |bytes| signer.sign(bytes).unwrap(),
+                user,
+                "laptop lost",
+                now_unix() as i64 - 10,
+            )
+            .unwrap()
+        };
+        let state = TrustState {
+            relays: vec![entry("bz", "bz", None), entry("nctv", "nctv", None)],
+            statements: vec![sign("attache@bz"), sign("liaison@nctv")],
+            crls: Vec::new(),
+        };
+        let mut v = Validator::new(vec![fed.root_der.clone()]);
+        let warnings = v
+            .update(
+                &state,
+                &Identity::from_der(&me.chain[0]).unwrap(),
+                now_unix(),
+            )
+            .unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("liaison@nctv"), "{warnings:?}");
+        let err = v.validate(&lost.chain, &key_of(&lost)).unwrap_err();
+        assert!(err.contains("revoked"), "{err}");
+        v.validate(&me.chain, &key_of(&me)).unwrap();
     }
 
     #[test]

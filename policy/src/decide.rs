@@ -1,4 +1,4 @@
-//! The access decision (ADatP-4774 / ESS style), SPEC §3.
+//! The access decision (ADatP-4774 / ESS style).
 //!
 //! A clearance admits a label when **all** of these hold:
 //!

@@ -1,4 +1,4 @@
-//! TLP forwarding rules (SPEC §3, FIRST TLP 2.0): may a notice be forwarded to a target?
+//! TLP forwarding rules (FIRST TLP 2.0): may a notice be forwarded to a target?
 //!
 //! | colour        | may be forwarded into                                                    |
 //! |---------------|--------------------------------------------------------------------------|

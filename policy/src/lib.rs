@@ -1,4 +1,4 @@
-//! Kring classification labels, clearances and the access decision (SPEC §3). No I/O.
+//! Kring classification labels, clearances and the access decision. No I/O.
 //!
 //! * [`Label`] — the marking on a notice, text form `POLICY:LEVEL[;TAG=V1,V2...]...[;TLP=COLOUR]`
 //!   (e.g. `NL:STG-GEHEIM;REL=NLD,DEU;CMP=CYBER;TLP=AMBER`; `TLP:GREEN` alone is shorthand for

@@ -1,4 +1,4 @@
-//! Kring identities read from X.509 certificates (SPEC §2), the RFC 5755
+//! Kring identities read from X.509 certificates, the RFC 5755
 //! clearance/role attributes they carry, and certificate chain verification.
 //!
 //! * [`Identity::from_der`] reads a user or relay end-entity certificate and
@@ -7,6 +7,10 @@
 //! * [`verify_chain`] / [`verify_chain_with_revocation`] additionally verify the
 //!   signature chain to a trust anchor at a given time (rustls-webpki), the
 //!   issuing organisation CA, and (optionally) revocation via CRLs.
+//! * [`verify_chain_trusted`] adds [`TrustMap::check`]: the certificate's
+//!   organisation (and, where pinned, its CA) must be the one configured for the
+//!   relay it speaks for. Every certificate received from another party goes
+//!   through it.
 //! * [`encode_subject_directory_attributes`] / [`decode_subject_directory_attributes`]
 //!   translate a [`Clearance`] and roles to and from the certificate extension.
 //!
@@ -33,6 +37,7 @@
 mod attributes;
 mod chain;
 mod der;
+mod trust;
 
 use std::fmt;
 
@@ -51,9 +56,10 @@ pub use attributes::{
 };
 pub use chain::{
     MAX_ANCHORS, MAX_CHAIN_LEN, MAX_CRL_LEN, MAX_CRLS, MAX_PEM_LEN, RevocationCheck,
-    RevocationDepth, UnknownRevocationStatus, certificates_from_pem, verify_chain,
-    verify_chain_with_revocation,
+    RevocationDepth, UnknownRevocationStatus, certificates_from_pem, chain_not_after, verify_chain,
+    verify_chain_trusted, verify_chain_with_revocation,
 };
+pub use trust::{CaFingerprint, MAX_TRUSTED_RELAYS, RelayTrust, TrustMap};
 
 /// Largest certificate accepted (DER bytes).
 pub const MAX_CERT_DER_LEN: usize = 16 * 1024;
@@ -67,7 +73,7 @@ pub const USER_URI_PREFIX: &str = "kring:user:";
 pub const RELAY_URI_PREFIX: &str = "kring:relay:";
 /// DNS SAN suffix of a relay: a relay `bz` carries `bz.relay.kring`.
 pub const RELAY_DNS_SUFFIX: &str = ".relay.kring";
-/// The role that lets a user administer their organisation (SPEC §1).
+/// The role that lets a user administer their organisation.
 pub const ROLE_ORG_ADMIN: &str = "org-admin";
 
 /// Raw Ed25519 public key length.
@@ -334,6 +340,45 @@ pub enum IdentityError {
         /// O of the issuing CA.
         issuer: String,
     },
+    /// The certificate names a relay (itself, or a user's home relay) that this
+    /// party has no trust entry for.
+    #[error(
+        "{identity} names relay {relay:?}, which is not a relay of this federation as configured here (not this relay and not a [[peers]] entry)"
+    )]
+    UnknownRelay {
+        /// The identity presented.
+        identity: String,
+        /// The relay it names.
+        relay: String,
+    },
+    /// The certificate's organisation is not the one configured for the relay it
+    /// names: another organisation's CA tried to speak for that relay.
+    #[error(
+        "{} carries organisation {:?}, but relay {:?} belongs to organisation {:?}; only {:?}'s CA may issue certificates for {:?}",
+        .0.identity, .0.found, .0.relay, .0.expected, .0.expected, .0.relay
+    )]
+    WrongOrganisation(Box<TrustRefusal>),
+    /// The certificate was issued by a CA other than the one pinned for its relay
+    /// (`found` and `expected` are SHA-256 fingerprints).
+    #[error(
+        "{} was issued by the CA with SHA-256 {}, but relay {:?} is pinned to the CA {}",
+        .0.identity, .0.found, .0.relay, .0.expected
+    )]
+    CaNotPinned(Box<TrustRefusal>),
+    /// A relay is listed twice in a trust map.
+    #[error("relay {relay:?} is listed twice")]
+    DuplicateRelay {
+        /// The relay.
+        relay: String,
+    },
+    /// A CA fingerprint could not be read.
+    #[error("bad CA fingerprint {value:?}: {reason}")]
+    BadFingerprint {
+        /// The text given (at most 100 characters).
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The certificate (or a CA in its chain) is revoked.
     #[error("certificate has been revoked by its organisation")]
     Revoked,
@@ -348,6 +393,19 @@ pub enum IdentityError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Why a certificate may not speak for the relay it names (see [`TrustMap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRefusal {
+    /// The identity presented.
+    pub identity: String,
+    /// The relay it names (itself, or a user's home relay).
+    pub relay: String,
+    /// What the certificate has: its O, or its CA's fingerprint.
+    pub found: String,
+    /// What the trust map requires: the organisation, or the pinned fingerprint.
+    pub expected: String,
 }
 
 /// The two kinds of Kring identity.

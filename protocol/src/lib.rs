@@ -6,6 +6,7 @@
 //! time and bytes in, and get decisions and bytes out.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod identity;
 pub mod mls;
 pub mod mls_storage;

@@ -1,4 +1,4 @@
-//! Revocation (SPEC §2, §4): signed revocation statements by org-admins, CRLs
+//! Revocation: signed revocation statements by org-admins, CRLs
 //! published by organisation CAs, and the set of revocations a relay enforces.
 //!
 //! * A [`RevocationStatement`] revokes a **user identity** (`NAME@RELAY`) for good:
@@ -25,6 +25,7 @@ use x509_parser::time::ASN1Time;
 
 use crate::identity::{
     self, Identity, IdentityKind, MAX_CERT_DER_LEN, MAX_CHAIN_LEN, MAX_CRL_LEN, ROLE_ORG_ADMIN,
+    TrustMap,
 };
 
 /// Domain separator of the signed bytes of a statement.
@@ -141,12 +142,19 @@ impl RevocationStatement {
     /// `organisation`, not revoking themselves, and the signature. Returns the
     /// revoker.
     ///
-    /// Whether `user` really belongs to `organisation` depends on where the user's
-    /// home relay belongs; the caller checks that ([`Self::check_home`]).
+    /// The revoker's certificate must be one `trust` accepts for its home relay
+    /// (organisation and pinned CA), and the revoked user's home relay must belong
+    /// to `organisation` according to `trust` ([`Self::check_home`]): an
+    /// organisation revokes only its own users, whatever its CA signs.
     ///
     /// # Errors
     /// The [`RevocationError`] that says what is wrong.
-    pub fn verify(&self, anchors: &[Vec<u8>], now: i64) -> Result<Identity, RevocationError> {
+    pub fn verify(
+        &self,
+        anchors: &[Vec<u8>],
+        trust: &TrustMap,
+        now: i64,
+    ) -> Result<Identity, RevocationError> {
         check_fields(&self.user, &self.reason)?;
         if self.revoker_chain.is_empty()
             || self.revoker_chain.len() > MAX_CHAIN_LEN
@@ -168,11 +176,12 @@ impl RevocationStatement {
                 self.revoked_at
             )));
         }
-        let revoker = identity::verify_chain(
+        let revoker = identity::verify_chain_trusted(
             &self.revoker_chain,
             anchors,
             self.revoked_at as u64,
             IdentityKind::User,
+            trust,
         )
         .map_err(|e| RevocationError::Revoker(e.to_string()))?;
         if !revoker.has_role(ROLE_ORG_ADMIN) {
@@ -205,6 +214,14 @@ impl RevocationStatement {
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &revoker.public_key)
             .verify(&bytes, &self.signature)
             .map_err(|_| RevocationError::BadSignature)?;
+        let home_org = trust.organisation_of(self.home_relay()).ok_or_else(|| {
+            RevocationError::Invalid(format!(
+                "{} is homed at relay {}, which is not a relay of this federation as configured here",
+                self.user,
+                self.home_relay()
+            ))
+        })?;
+        self.check_home(home_org)?;
         Ok(revoker)
     }
 

@@ -1,9 +1,11 @@
 //! The federation's [`CredentialValidator`]: an MLS credential is valid when its
 //! X.509 chain verifies to the federation trust anchors at the given time, the leaf
-//! is a Kring user or relay certificate, and the MLS signature key is the
-//! certificate's key. Used by relays and clients alike.
+//! is a Kring user or relay certificate whose organisation (and pinned CA) is the
+//! one the [`TrustMap`] gives for the relay it names, it is not revoked, and the
+//! MLS signature key is the certificate's key. Relays and clients use this one
+//! validator.
 
-use crate::identity::{Identity, verify_chain};
+use crate::identity::{Identity, TrustMap, verify_chain_trusted};
 use crate::mls::{CredentialValidator, MemberId, leaf_key_matches};
 use crate::revocation::Revocations;
 
@@ -12,6 +14,8 @@ use crate::revocation::Revocations;
 pub struct FederationValidator<'a> {
     /// Trust anchors (DER).
     pub anchors: &'a [Vec<u8>],
+    /// Which organisation (and CA) may speak for which relay.
+    pub trust: &'a TrustMap,
     /// Unix seconds at which certificates must be valid.
     pub now: u64,
     /// Revoked identities and certificates, refused by `validate`.
@@ -20,18 +24,25 @@ pub struct FederationValidator<'a> {
 
 impl<'a> FederationValidator<'a> {
     /// A validator with no revocations.
-    pub fn new(anchors: &'a [Vec<u8>], now: u64) -> Self {
+    pub fn new(anchors: &'a [Vec<u8>], trust: &'a TrustMap, now: u64) -> Self {
         Self {
             anchors,
+            trust,
             now,
             revoked: Revocations::empty(),
         }
     }
 
     /// A validator that also refuses what `revoked` revokes.
-    pub fn with_revocations(anchors: &'a [Vec<u8>], now: u64, revoked: &'a Revocations) -> Self {
+    pub fn with_revocations(
+        anchors: &'a [Vec<u8>],
+        trust: &'a TrustMap,
+        now: u64,
+        revoked: &'a Revocations,
+    ) -> Self {
         Self {
             anchors,
+            trust,
             now,
             revoked,
         }
@@ -93,8 +104,14 @@ fn leaf_identity(chain: &[Vec<u8>], signature_key: &[u8]) -> Result<std::sync::A
 impl CredentialValidator for FederationValidator<'_> {
     fn validate(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
         let claimed = leaf_identity(chain, signature_key)?;
-        let id = verify_chain(chain, self.anchors, self.now, claimed.identity.kind)
-            .map_err(|e| format!("credential of {}: {e}", claimed.id))?;
+        let id = verify_chain_trusted(
+            chain,
+            self.anchors,
+            self.now,
+            claimed.identity.kind,
+            self.trust,
+        )
+        .map_err(|e| format!("credential of {}: {e}", claimed.id))?;
         self.revoked.check(&id)?;
         Ok(id.id())
     }

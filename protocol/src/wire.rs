@@ -51,6 +51,8 @@ pub mod limits {
     pub const MAX_LIST: usize = 10_000;
     /// Most notices in one [`Request::FileNotices`](super::Request::FileNotices).
     pub const MAX_NOTICES_PER_FILING: usize = 256;
+    /// Most revocation statements in one [`TrustState`](super::TrustState).
+    pub const MAX_STATEMENTS: usize = 4096;
 }
 
 /// Errors of this module: framing and message decoding.
@@ -215,6 +217,14 @@ pub enum Request {
         /// The notices, in filing order.
         notices: Vec<NoticeUpload>,
     },
+    /// What the home relay trusts, so that the device validates credentials as
+    /// strictly as relays do: which organisation (and CA) may speak for which relay,
+    /// and the revocations the relay holds.
+    Trust,
+    /// A head of the relay's audit log signed with the relay's certificate key
+    /// (org-admins of the relay's organisation only), to keep outside the relay and
+    /// verify the log against later: a cut or rewritten tail is then detected.
+    AuditHead,
 }
 
 /// One notice of a [`Request::FileNotices`].
@@ -293,6 +303,44 @@ pub enum Response {
         /// the hub (ordered), `None` when it is queued for the hub.
         seqs: Vec<Option<u64>>,
     },
+    /// Answer to [`Request::Trust`].
+    Trust(TrustState),
+    /// Answer to [`Request::AuditHead`].
+    AuditHead(crate::audit::AuditHeadPage),
+}
+
+/// Answer to [`Request::Trust`]: the relay's trust configuration and revocations.
+/// A device checks every statement and CRL itself before using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustState {
+    /// Who may speak for which relay (the relay itself and its configured peers).
+    pub relays: Vec<TrustedRelay>,
+    /// Revocation statements the relay holds (at most [`limits::MAX_STATEMENTS`]).
+    pub statements: Vec<RevocationStatement>,
+    /// The newest CRL of each organisation the relay holds, with its issuing CA.
+    pub crls: Vec<CrlCopy>,
+}
+
+/// One relay of a [`TrustState`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedRelay {
+    /// Relay id.
+    pub relay: String,
+    /// Its organisation.
+    pub organisation: String,
+    /// Its pinned CA, if any.
+    pub ca: Option<crate::identity::CaFingerprint>,
+}
+
+/// A CRL and the organisation CA certificate that signed it (both DER).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlCopy {
+    /// The CRL.
+    #[serde(with = "serde_bytes")]
+    pub crl: Bytes,
+    /// The issuing organisation CA certificate.
+    #[serde(with = "serde_bytes")]
+    pub issuer: Bytes,
 }
 
 /// What a client knows about a community without decrypting anything.
@@ -771,6 +819,8 @@ impl Validate for Request {
             | Request::ListCommunities
             | Request::NoticeStatus { .. }
             | Request::AuditLog { .. }
+            | Request::Trust
+            | Request::AuditHead
             | Request::Ping => Ok(()),
             Request::Revoke { statement } => check_statement(statement),
             Request::FileNotices { community, notices } => {
@@ -812,6 +862,22 @@ impl Validate for Response {
                     reason: "too many".into(),
                 })
             }
+            Response::Trust(state) => {
+                if state.relays.len() > crate::identity::MAX_TRUSTED_RELAYS
+                    || state.statements.len() > limits::MAX_STATEMENTS
+                    || state.crls.len() > crate::identity::MAX_CRLS
+                {
+                    return Err(WireError::Invalid {
+                        field: "trust",
+                        reason: "too many relays, statements or CRLs".into(),
+                    });
+                }
+                state.statements.iter().try_for_each(check_statement)
+            }
+            Response::AuditHead(page) => page.check_sizes().map_err(|e| WireError::Invalid {
+                field: "audit head",
+                reason: e.to_string(),
+            }),
             _ => Ok(()),
         }
     }
@@ -1182,6 +1248,26 @@ mod tests {
             seqs: Vec::new(),
         };
         assert_eq!(tag(answer(&filed)), 12);
+        assert_eq!(tag(frame(&Request::Trust)), 15);
+        let trust = Response::Trust(TrustState {
+            relays: Vec::new(),
+            statements: Vec::new(),
+            crls: Vec::new(),
+        });
+        assert_eq!(tag(answer(&trust)), 13);
+        assert_eq!(tag(frame(&Request::AuditHead)), 16);
+        let head = Response::AuditHead(crate::audit::AuditHeadPage {
+            head: crate::audit::SignedAuditHead {
+                relay: "bz".into(),
+                records: 1,
+                hash: [0; 32],
+                at: 0,
+                signature: vec![0; crate::audit::SIGNATURE_LEN],
+                chain: vec![vec![0]],
+            },
+            certificates: Vec::new(),
+        });
+        assert_eq!(tag(answer(&head)), 14);
         let item = |body: FedBody| {
             let request = FedRequest::Deliver {
                 items: vec![FedItem { seq: 1, body }],

@@ -9,6 +9,10 @@
 //! Before a notice goes out, the member's current clearance (from the certificate of
 //! this connection) must admit its label; otherwise it is withheld and audit-logged.
 //!
+//! Only what is on disk goes out: a log up to [`Relay::readable_upto`], welcomes
+//! that are not [`Relay::is_unflushed`]. A crash can then never take back an entry
+//! a device has, and give its seq to another one.
+//!
 //! [`Request::Subscribe`]: kring_protocol::wire::Request::Subscribe
 
 use std::collections::{HashMap, HashSet};
@@ -96,6 +100,9 @@ async fn round(
     let engine = relay.engine();
     // Welcomes stored per member (older relays), then those shared per commit.
     for (k, v) in engine.scan(&keys::welcome_prefix(&caller.id), None, PAGE)? {
+        if relay.is_unflushed(&k) {
+            continue; // not on disk yet: the flush wakes this task again
+        }
         let w: WelcomeRecord = decode(&k, &v)?;
         if !welcomes_sent.insert(w.id) {
             continue;
@@ -111,6 +118,9 @@ async fn round(
         }
     }
     for (k, v) in engine.scan(&keys::welcome_ref_prefix(&caller.id), None, PAGE)? {
+        if relay.is_unflushed(&k) {
+            continue;
+        }
         let r: WelcomeRef = decode(&k, &v)?;
         if welcomes_sent.contains(&r.id) {
             continue;
@@ -139,21 +149,23 @@ async fn round(
         let community = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
         let cursor = relay.cursor_of(&caller.id, &community, &m)?;
         let from = sent.get(&community).copied().unwrap_or(0).max(cursor);
-        let end = m.removed_seq.unwrap_or(u64::MAX);
+        let log = keys::log_prefix(&community);
+        // Nothing past the member's removal, nor past what is on disk.
+        let end = m
+            .removed_seq
+            .unwrap_or(u64::MAX)
+            .min(relay.readable_upto(&log));
         if from >= end {
             continue;
         }
-        let page = engine.scan(
-            &keys::log_prefix(&community),
-            Some(&keys::log(&community, from)),
-            PAGE,
-        )?;
-        if page.len() == PAGE {
-            more = true;
-        }
+        let page = engine.scan(&log, Some(&keys::log(&community, from)), PAGE)?;
+        // A full page that does not reach `end`: there is more to send at once (but
+        // not when `end` stopped it: what is past it waits for a flush or a commit).
+        let mut full = page.len() == PAGE;
         for (k, v) in page {
             let entry: LogEntry = decode(&k, &v)?;
             if entry.seq > end {
+                full = false;
                 break;
             }
             sent.insert(community.clone(), entry.seq);
@@ -195,6 +207,7 @@ async fn round(
                 return Ok(None);
             }
         }
+        more |= full;
     }
     if !write_out(send, &mut out).await {
         return Ok(None);

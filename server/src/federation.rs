@@ -265,11 +265,37 @@ async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
         match attempt {
             Ok(conn) => match authenticate_peer(&relay, &conn, Some(&peer.id)) {
                 Ok(identity) => {
-                    backoff = Duration::from_millis(100);
-                    run_link(relay.clone(), peer.clone(), conn, identity).await;
+                    // Registered like every connection: connection cap, request byte
+                    // budget, cut off when revoked or expired.
+                    let chain = crate::net::peer_chain(&conn).unwrap_or_default();
+                    match relay.register_connection(&identity, &chain, conn.clone()) {
+                        Ok(registration) => {
+                            backoff = Duration::from_millis(100);
+                            run_link(relay.clone(), peer.clone(), conn, identity).await;
+                            drop(registration);
+                        }
+                        Err(code) => {
+                            warn!(error = %code, "link refused");
+                            relay.audit_now(AuditEvent::new(
+                                AuditKind::Connection,
+                                peer.id.clone(),
+                                peer.address.to_string(),
+                                "link-refused",
+                                code.to_string(),
+                            ));
+                            conn.close(4u32.into(), b"connection cap");
+                        }
+                    }
                 }
                 Err(reason) => {
                     warn!(%reason, "peer refused");
+                    relay.audit_now(AuditEvent::new(
+                        AuditKind::Connection,
+                        peer.id.clone(),
+                        peer.address.to_string(),
+                        "link-refused",
+                        reason.clone(),
+                    ));
                     conn.close(4u32.into(), reason.as_bytes());
                 }
             },
@@ -330,6 +356,25 @@ pub async fn serve_peer(relay: Arc<Relay>, conn: quinn::Connection, identity: Id
 }
 
 async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, identity: Identity) {
+    // `authenticate` bound the certificate to the peer's configured organisation
+    // (and CA); this is the last line before anything about the peer is recorded.
+    let configured = relay.trust().organisation_of(&peer.id);
+    if identity.name != peer.id || configured != Some(identity.organisation.as_str()) {
+        relay.audit_now(AuditEvent::new(
+            AuditKind::Link,
+            identity.id(),
+            relay.id(),
+            "link-refused",
+            format!(
+                "certificate of {} (organisation {}) cannot speak for peer {}",
+                identity.id(),
+                identity.organisation,
+                peer.id
+            ),
+        ));
+        conn.close(4u32.into(), b"wrong organisation");
+        return;
+    }
     let granted = identity.clearance.clone();
     if let Ok(mut a) = peer.accreditation.lock() {
         *a = granted.clone();
@@ -410,16 +455,31 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
 ) {
     let max = relay.limits().max_frame;
-    let read = match read_frame(&mut recv, max).await {
-        Ok(Some(r)) => crate::net::expect_end(&mut recv).await.map(|()| r),
+    // Bounded like a device's request: a deadline for the frame, its bytes charged to
+    // the peer's request byte budget until the answer is sent.
+    let deadline = Duration::from_millis(relay.limits().frame_timeout_ms);
+    let budget = relay.request_budget(&peer);
+    let read = match crate::net::read_request_frame(&mut recv, max, &budget, deadline).await {
+        Ok(Some((r, hold))) => crate::net::expect_end(&mut recv)
+            .await
+            .map(|()| (r, hold))
+            .map_err(|code| ("federation-decode", code.to_string(), code)),
         Ok(None) => return,
-        Err(code) => Err(code),
+        Err(r) if r.action == "decode" => Err(("federation-decode", r.detail, r.code)),
+        Err(r) => Err((r.action, r.detail, r.code)),
     };
-    let request: FedRequest = match read {
+    let (request, _hold): (FedRequest, _) = match read {
         Ok(r) => r,
-        Err(code) => {
-            // A frame that does not decode, or bytes after it: refused and audited.
-            relay.audit_refusal(&peer, "-", "federation-decode", &code);
+        Err((action, detail, code)) => {
+            // A frame that does not decode, bytes after it, a frame too slow or over
+            // the peer's budget: refused and audited.
+            relay.audit_now(AuditEvent::new(
+                AuditKind::Refusal,
+                peer.clone(),
+                "-",
+                action,
+                detail,
+            ));
             let _ = write_frame(
                 &mut send,
                 &FedResponse::Response(Response::Error(code)),
@@ -470,7 +530,14 @@ async fn handle_stream(
             } else {
                 relay.take_key_package(&requester, &user).await
             };
-            FedResponse::Response(r.unwrap_or_else(|e| Response::Error(e.to_code())))
+            FedResponse::Response(match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let code = e.to_code();
+                    relay.audit_refusal(&requester, &user, "fetch-key-package", &code);
+                    Response::Error(code)
+                }
+            })
         }
     };
     let _ = write_frame(&mut send, &response, max).await;
@@ -555,14 +622,15 @@ pub async fn forward_handshake(
     })
 }
 
-/// Fetches a key package of a user of another relay from that relay.
+/// Fetches a key package of a user of another relay from that relay (which applies
+/// the fetch limits and audit-logs the fetch); audit-logged here too.
 pub async fn forward_fetch_key_package(
     relay: &Relay,
     home: &str,
     requester: &str,
     user: &str,
 ) -> Result<Response, RelayError> {
-    forward(
+    let r = forward(
         relay,
         home,
         FedRequest::FetchKeyPackage {
@@ -570,7 +638,17 @@ pub async fn forward_fetch_key_package(
             requester: requester.to_string(),
         },
     )
-    .await
+    .await?;
+    if matches!(r, Response::KeyPackage { .. }) {
+        relay.audit_now(AuditEvent::new(
+            AuditKind::Membership,
+            requester,
+            user,
+            "fetch-key-package",
+            format!("key package fetched from relay {home}"),
+        ));
+    }
+    Ok(r)
 }
 
 async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
@@ -633,11 +711,18 @@ async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
     }
 }
 
+/// The next items for `peer`, in order: only those on disk (a crash must not give an
+/// outbox seq the peer has applied to another item).
 fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
     let engine = relay.engine();
+    let prefix = keys::outbox_prefix(peer);
+    let durable = relay.readable_upto(&prefix);
     let mut items = Vec::new();
-    for (k, v) in engine.scan(&keys::outbox_prefix(peer), None, BATCH)? {
+    for (k, v) in engine.scan(&prefix, None, BATCH)? {
         let stored: OutboxRecord = decode(&k, &v)?;
+        if stored.seq > durable {
+            break;
+        }
         let read = |community: &str, seq: u64| -> Result<LogEntry, RelayError> {
             let key = crate::store::keys::log(community, seq);
             get_obj(engine, &key)?.ok_or_else(|| RelayError::Corrupt {
@@ -676,15 +761,31 @@ async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u
     let touches_memory =
         |body: &FedBody| matches!(body, FedBody::Revocation { .. } | FedBody::Crl { .. });
     let revocations_changed = items.iter().any(|i| touches_memory(&i.body));
-    // Entries of a hub's log may reach this relay's devices before the flush.
+    // A delivery of nothing but entries of the logs `peer` is the hub of may reach
+    // this relay's devices before the flush (`Relay::deliver_early`); anything else
+    // (a Welcome for the members a commit adds, above all) waits for the flush.
     let only_entries = items
         .iter()
         .all(|i| matches!(i.body, FedBody::Entry { .. } | FedBody::NoticeEntry { .. }));
+    let mut early: Vec<String> = Vec::new();
+    if only_entries {
+        for item in &items {
+            let id = match &item.body {
+                FedBody::Entry { community, .. } => community.id.as_str(),
+                FedBody::NoticeEntry { community, .. } => community.as_str(),
+                _ => continue,
+            };
+            if home_relay(id) == peer && !early.iter().any(|c| c == id) {
+                early.push(id.to_string());
+            }
+        }
+    }
+    let mut writes = Vec::new();
     let mut upto = get_u64(relay.engine(), &keys::applied(peer))?;
     let mut items = items.into_iter().peekable();
     while let Some(first) = items.next() {
         let alone = touches_memory(&first.body);
-        upto = relay.write(|w, b| {
+        let (applied, write) = relay.write_numbered(|w, b| {
             let mut upto = b
                 .get_obj::<u64>(relay.engine(), &keys::applied(peer))?
                 .unwrap_or(0);
@@ -697,10 +798,12 @@ async fn apply_items(relay: &Relay, peer: &str, items: Vec<FedItem>) -> Result<u
             }
             Ok(upto)
         })?;
+        upto = applied;
+        if write != 0 {
+            writes.push(write);
+        }
     }
-    if only_entries {
-        relay.deliver_early();
-    }
+    relay.deliver_early(&writes, &early);
     relay.durable().await?;
     if revocations_changed {
         relay.enforce_soon();
@@ -1056,4 +1159,23 @@ fn apply_entry(
         relay.update_local_members(b, &rec, &before, seq)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys;
+
+    #[test]
+    fn outbox_items_are_held_back_until_durable() {
+        // `pending` sends only what the store's watermark releases: that needs the
+        // outbox keys to be a gated sequence, named by `outbox_prefix`.
+        assert!(crate::store::is_gated(&keys::outbox("nctv", 1)));
+        assert!(!crate::store::is_gated(&keys::outbox_next("nctv")));
+        assert!(!crate::store::is_gated(&keys::applied("nctv")));
+        let key = keys::outbox("nctv", 7);
+        assert_eq!(
+            &key[..key.len() - 8],
+            keys::outbox_prefix("nctv").as_slice()
+        );
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kring_policy::Clearance;
-use kring_protocol::identity::Identity;
+use kring_protocol::identity::{Identity, TrustMap};
 use kring_protocol::mls::{
     CredentialValidator, GroupMember, Handshake, MlsError, RelayGroup, VerifiedHandshake,
     verify_key_package,
@@ -245,10 +245,11 @@ pub fn validate_key_package(
     bytes: &[u8],
     caller_chain: &[Vec<u8>],
     anchors: &[Vec<u8>],
+    trust: &TrustMap,
     now: u64,
 ) -> Result<(), String> {
     let validator = SameChain {
-        inner: FederationValidator::new(anchors, now),
+        inner: FederationValidator::new(anchors, trust, now),
         expected_leaf: caller_chain
             .first()
             .map(|c| c.as_slice())
@@ -280,10 +281,11 @@ pub fn create(
     group_info: &[u8],
     ratchet_tree: &[u8],
     anchors: &[Vec<u8>],
+    trust: &TrustMap,
     now: u64,
 ) -> Result<GroupView, String> {
     let storage = KvStorage::new(overlay.clone());
-    let validator = FederationValidator::new(anchors, now);
+    let validator = FederationValidator::new(anchors, trust, now);
     let group = RelayGroup::from_group_info(
         &RustCrypto::default(),
         &storage,
@@ -334,11 +336,12 @@ pub fn process_handshake(
     community: &str,
     message: &[u8],
     anchors: &[Vec<u8>],
+    trust: &TrustMap,
     now: u64,
     revoked: &Revocations,
 ) -> Result<Staged, RelayError> {
     let storage = KvStorage::new(overlay.clone());
-    let validator = FederationValidator::with_revocations(anchors, now, revoked);
+    let validator = FederationValidator::with_revocations(anchors, trust, now, revoked);
     let group = RelayGroup::load(&storage, community)
         .map_err(mls_refusal)?
         .ok_or_else(|| RelayError::Store(format!("community {community} has no group state")))?;
@@ -387,6 +390,7 @@ pub fn merge(
     community: &str,
     staged: Staged,
     anchors: &[Vec<u8>],
+    trust: &TrustMap,
     now: u64,
 ) -> Result<GroupView, RelayError> {
     if staged.community != community {
@@ -407,7 +411,7 @@ pub fn merge(
             message_epoch: staged.epoch,
         }));
     }
-    let validator = FederationValidator::new(anchors, now);
+    let validator = FederationValidator::new(anchors, trust, now);
     let added = staged.added.len();
     let removed: Vec<u32> = match staged.verified.summary() {
         Handshake::Commit(summary) => summary.removed.iter().map(|r| r.leaf_index).collect(),
@@ -485,12 +489,13 @@ pub fn propose_invalid_removals(
     overlay: &Overlay,
     community: &str,
     anchors: &[Vec<u8>],
+    trust: &TrustMap,
     now: u64,
     revoked: &Revocations,
     hub: &kring_protocol::mls::CertSigner,
 ) -> Result<Vec<ProposedRemoval>, RelayError> {
     let storage = KvStorage::new(overlay.clone());
-    let validator = FederationValidator::with_revocations(anchors, now, revoked);
+    let validator = FederationValidator::with_revocations(anchors, trust, now, revoked);
     let Some(mut group) = RelayGroup::load(&storage, community).map_err(mls_refusal)? else {
         return Ok(Vec::new());
     };
@@ -531,10 +536,11 @@ pub fn propose_invalid_removals(
 pub fn check_key_package_credential(
     bytes: &[u8],
     anchors: &[Vec<u8>],
+    trust: &TrustMap,
     now: u64,
     revoked: &Revocations,
 ) -> Result<(), String> {
-    let validator = FederationValidator::with_revocations(anchors, now, revoked);
+    let validator = FederationValidator::with_revocations(anchors, trust, now, revoked);
     verify_key_package(&RustCrypto::default(), &validator, bytes)
         .map(|_| ())
         .map_err(|e| e.to_string())

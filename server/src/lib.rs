@@ -12,6 +12,7 @@
 //! - [`store`]: the storage engine trait, sled, group commit; [`records`]: what is stored.
 //! - [`audit`]: the hash-chained audit log.
 //! - [`federation`]: relay-to-relay links.
+//! - [`key_fetch`]: limits on fetching other users' key packages.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -22,6 +23,7 @@ pub mod delivery;
 pub mod error;
 pub mod federation;
 pub mod groups;
+pub mod key_fetch;
 pub mod net;
 pub mod records;
 pub mod relay;
@@ -62,6 +64,12 @@ impl Running {
 
 /// Binds the endpoint and starts serving in the background.
 pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
+    if let Some(mode) = config::prepare_data_dir(&config.data_dir)? {
+        tracing::warn!(
+            dir = %config.data_dir.display(),
+            "data directory had mode {mode:04o} (group or others could read the store); tightened to 0700"
+        );
+    }
     let engine: Arc<dyn store::Engine> = Arc::new(store::SledEngine::open(&config.data_dir)?);
     let relay = relay::Relay::open(&config, engine)?;
     let server = tls::server_config(&config)?;

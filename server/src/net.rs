@@ -10,63 +10,219 @@ use kring_protocol::wire::{
     self, ALPN_CLIENT, ALPN_FEDERATION, ErrorCode, FRAME_HEADER, Push, Request, Response,
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::relay::{Caller, Relay};
+use crate::relay::{Caller, Registration, Relay};
 
-/// Initial buffer for a frame being read.
+/// Smallest step a frame's buffer grows by (it doubles after that, up to the
+/// frame's length).
 const FRAME_READ_CHUNK: usize = 64 * 1024;
+/// Retry time named to an identity whose request bytes in flight are over its budget.
+const BUDGET_RETRY_MS: u64 = 250;
 
-/// Reads one frame from a QUIC stream. `Ok(None)` at a clean end of stream.
+/// Request bytes one identity may have in flight, being received or handled, across
+/// all its streams and connections (`request_bytes_per_identity`). A stream takes
+/// bytes as its frame's buffer grows (never what a header merely claims) and gives
+/// them back when its request is done; a stream that would go over is refused.
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+/// Bytes of a [`ByteBudget`] a request holds until it is dropped.
+pub type BudgetHold = Option<OwnedSemaphorePermit>;
+
+impl ByteBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Self {
+        let total = total.min(Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// The budget's size in bytes.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Bytes taken now.
+    pub fn in_use(&self) -> usize {
+        self.total.saturating_sub(self.bytes.available_permits())
+    }
+
+    /// Whether no request holds any of it.
+    pub fn is_unused(&self) -> bool {
+        self.in_use() == 0
+    }
+
+    /// Takes `n` more bytes into `hold`, or `false` if that would go over.
+    fn take(&self, n: usize, hold: &mut BudgetHold) -> bool {
+        let Ok(n) = u32::try_from(n) else {
+            return false;
+        };
+        match self.bytes.clone().try_acquire_many_owned(n) {
+            Ok(p) => {
+                match hold {
+                    Some(h) => h.merge(p),
+                    None => *hold = Some(p),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// A request frame refused while it was read: the audit action, what to tell the
+/// peer, and the audit detail.
+#[derive(Debug)]
+pub struct FrameRefusal {
+    /// Audit action: `decode`, `request-budget` or `frame-timeout`.
+    pub action: &'static str,
+    /// The typed error for the peer.
+    pub code: ErrorCode,
+    /// The audit record's detail.
+    pub detail: String,
+}
+
+impl FrameRefusal {
+    fn decode(code: ErrorCode) -> Self {
+        Self {
+            action: "decode",
+            detail: code.to_string(),
+            code,
+        }
+    }
+}
+
+/// Reads one frame from a QUIC stream. `Ok(None)` at a clean end of stream. For
+/// answers to this relay's own requests (their count is this relay's); request
+/// streams opened by a device or peer use [`read_request_frame`].
 pub async fn read_frame<T: DeserializeOwned + wire::Validate>(
     recv: &mut quinn::RecvStream,
     max_frame: usize,
 ) -> Result<Option<T>, ErrorCode> {
+    match read_frame_charged(recv, max_frame, None).await {
+        Ok(r) => Ok(r.map(|(msg, _)| msg)),
+        Err(r) => Err(r.code),
+    }
+}
+
+/// Reads the one frame of a request stream opened by a device or peer relay: it must
+/// arrive whole within `deadline` (else `BadRequest`), and its buffer is charged to
+/// the identity's `budget` as it grows (over it: `RateLimited`). The returned hold
+/// keeps the bytes taken until the request is done. `Ok(None)` at a clean end of
+/// stream.
+pub async fn read_request_frame<T: DeserializeOwned + wire::Validate>(
+    recv: &mut quinn::RecvStream,
+    max_frame: usize,
+    budget: &ByteBudget,
+    deadline: Duration,
+) -> Result<Option<(T, BudgetHold)>, FrameRefusal> {
+    match tokio::time::timeout(deadline, read_frame_charged(recv, max_frame, Some(budget))).await {
+        Ok(r) => r,
+        Err(_) => {
+            let reason = format!(
+                "the request frame did not arrive whole within {} ms",
+                deadline.as_millis()
+            );
+            Err(FrameRefusal {
+                action: "frame-timeout",
+                detail: reason.clone(),
+                code: ErrorCode::BadRequest { reason },
+            })
+        }
+    }
+}
+
+async fn read_frame_charged<T: DeserializeOwned + wire::Validate>(
+    recv: &mut quinn::RecvStream,
+    max_frame: usize,
+    budget: Option<&ByteBudget>,
+) -> Result<Option<(T, BudgetHold)>, FrameRefusal> {
     let mut hdr = [0u8; FRAME_HEADER];
     match recv.read_exact(&mut hdr).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(ErrorCode::BadRequest {
+            return Err(FrameRefusal::decode(ErrorCode::BadRequest {
                 reason: format!("stream ended inside a frame header ({n} of 4 bytes)"),
-            });
+            }));
         }
         Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ErrorCode::BadRequest {
+            return Err(FrameRefusal::decode(ErrorCode::BadRequest {
                 reason: format!("stream error: {e}"),
-            });
+            }));
         }
     }
-    let len = wire::frame_len(hdr, max_frame).map_err(|e| ErrorCode::TooLarge {
-        what: e.to_string(),
+    let len = wire::frame_len(hdr, max_frame).map_err(|e| {
+        FrameRefusal::decode(ErrorCode::TooLarge {
+            what: e.to_string(),
+        })
     })?;
     // Grow the buffer as bytes arrive (QUIC flow control bounds how fast), rather
-    // than allocating what the header claims before the peer has sent anything.
-    let mut payload = Vec::with_capacity(len.min(FRAME_READ_CHUNK));
+    // than allocating what the header claims before the peer has sent anything;
+    // every growth is charged to the budget before it is allocated.
+    let mut hold: BudgetHold = None;
+    let mut charged = 0usize;
+    let mut payload: Vec<u8> = Vec::new();
     while payload.len() < len {
         match recv.read_chunk(len - payload.len(), true).await {
-            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                let need = payload.len() + chunk.bytes.len();
+                if need > charged {
+                    let grown = need
+                        .max(charged.saturating_mul(2))
+                        .max(FRAME_READ_CHUNK)
+                        .min(len);
+                    if let Some(budget) = budget
+                        && !budget.take(grown - charged, &mut hold)
+                    {
+                        let detail = format!(
+                            "request bytes in flight would exceed the budget of {} bytes \
+                             ({} in use; this frame is {len} bytes)",
+                            budget.total(),
+                            budget.in_use()
+                        );
+                        return Err(FrameRefusal {
+                            action: "request-budget",
+                            detail,
+                            code: ErrorCode::RateLimited {
+                                retry_after_ms: BUDGET_RETRY_MS,
+                            },
+                        });
+                    }
+                    payload.reserve_exact(grown - payload.len());
+                    charged = grown;
+                }
+                payload.extend_from_slice(&chunk.bytes);
+            }
             Ok(None) => {
-                return Err(ErrorCode::BadRequest {
+                return Err(FrameRefusal::decode(ErrorCode::BadRequest {
                     reason: format!(
                         "stream ended inside a frame ({} of {len} bytes)",
                         payload.len()
                     ),
-                });
+                }));
             }
             Err(e) => {
-                return Err(ErrorCode::BadRequest {
+                return Err(FrameRefusal::decode(ErrorCode::BadRequest {
                     reason: format!("stream error: {e}"),
-                });
+                }));
             }
         }
     }
     wire::decode_payload(&payload)
-        .map(Some)
-        .map_err(|e| ErrorCode::BadRequest {
-            reason: e.to_string(),
+        .map(|msg| Some((msg, hold)))
+        .map_err(|e| {
+            FrameRefusal::decode(ErrorCode::BadRequest {
+                reason: e.to_string(),
+            })
         })
 }
 
@@ -227,38 +383,64 @@ async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
     let identity = match relay.authenticate(&chain, expected) {
         Ok(id) => id,
         Err(code) => {
-            let why = code.to_string();
             relay.audit_now(AuditEvent::new(
                 AuditKind::Connection,
                 "-",
                 conn.remote_address().to_string(),
                 "connect",
-                why.clone(),
+                code.to_string(),
             ));
-            // Tell the peer why on a stream it can read, then close.
-            if let Ok(Ok((mut send, _recv))) =
-                tokio::time::timeout(Duration::from_secs(2), conn.accept_bi()).await
-            {
-                let _ =
-                    write_frame(&mut send, &Response::Error(code), relay.limits().max_frame).await;
-                let _ = send.finish();
-                // Let the peer read the refusal (and close) before the connection goes.
-                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-            }
-            conn.close(4u32.into(), why.as_bytes());
+            refuse_connection(&relay, &conn, code).await;
             return;
         }
     };
     tracing::Span::current().record("peer", identity.id().as_str());
+    // At most `max_connections_per_identity` per device user or peer relay.
+    let registration = match relay.register_connection(&identity, &chain, conn.clone()) {
+        Ok(r) => r,
+        Err(code) => {
+            warn!(error = %code, "connection refused");
+            relay.audit_now(AuditEvent::new(
+                AuditKind::Connection,
+                identity.id(),
+                conn.remote_address().to_string(),
+                "connection-cap",
+                code.to_string(),
+            ));
+            refuse_connection(&relay, &conn, code).await;
+            return;
+        }
+    };
     match identity.kind {
-        IdentityKind::User => serve_client(relay, conn, identity).await,
+        IdentityKind::User => serve_client(relay, conn, identity, chain, &registration).await,
         IdentityKind::Relay => crate::federation::serve_peer(relay, conn, identity).await,
     }
+    drop(registration);
 }
 
-async fn serve_client(relay: Arc<Relay>, conn: quinn::Connection, identity: Identity) {
-    let caller = Arc::new(Caller::new(identity, peer_chain(&conn).unwrap_or_default()));
-    let registration = relay.register_connection(&caller, conn.clone());
+/// Tells the peer of a refused connection why (on the first stream it opens, within
+/// 2 s), then closes the connection.
+async fn refuse_connection(relay: &Relay, conn: &quinn::Connection, code: ErrorCode) {
+    let why = code.to_string();
+    if let Ok(Ok((mut send, _recv))) =
+        tokio::time::timeout(Duration::from_secs(2), conn.accept_bi()).await
+    {
+        let _ = write_frame(&mut send, &Response::Error(code), relay.limits().max_frame).await;
+        let _ = send.finish();
+        // Let the peer read the refusal (and close) before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    }
+    conn.close(4u32.into(), why.as_bytes());
+}
+
+async fn serve_client(
+    relay: Arc<Relay>,
+    conn: quinn::Connection,
+    identity: Identity,
+    chain: Vec<Vec<u8>>,
+    registration: &Registration,
+) {
+    let caller = Arc::new(Caller::new(identity, chain));
     info!("client connected");
     let mut request_no = 0u64;
     loop {
@@ -272,31 +454,55 @@ async fn serve_client(relay: Arc<Relay>, conn: quinn::Connection, identity: Iden
         request_no += 1;
         let relay = relay.clone();
         let caller = caller.clone();
+        let budget = registration.budget().clone();
         let span = info_span!("req", n = request_no, kind = tracing::field::Empty);
-        tokio::spawn(handle_stream(relay, caller, send, recv).instrument(span));
+        tokio::spawn(handle_stream(relay, caller, budget, send, recv).instrument(span));
     }
-    drop(registration);
 }
 
+/// One request stream of a device: rate limit (every stream, `Subscribe` too, before
+/// any of it is read), the frame (within the frame deadline, its bytes charged to the
+/// identity's budget until the answer is sent), then the request.
 async fn handle_stream(
     relay: Arc<Relay>,
     caller: Arc<Caller>,
+    budget: ByteBudget,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let max = relay.limits().max_frame;
-    let request: Request = match read_frame(&mut recv, max).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(code) => {
-            relay.audit_refusal(&caller.id, "-", "decode", &code);
-            let _ = write_frame(&mut send, &Response::Error(code), max).await;
-            let _ = send.finish();
-            return;
-        }
-    };
+    let deadline = Duration::from_millis(relay.limits().frame_timeout_ms);
+    if let Err(code) = relay.check_rate(&caller.id) {
+        debug!(error = %code, "request refused");
+        let _ = write_frame(&mut send, &Response::Error(code), max).await;
+        let _ = send.finish();
+        discard_rest(&mut recv, max, deadline).await;
+        return;
+    }
+    let (request, hold): (Request, BudgetHold) =
+        match read_request_frame(&mut recv, max, &budget, deadline).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(refusal) => {
+                debug!(error = %refusal.code, action = refusal.action, "request frame refused");
+                relay.audit_now(AuditEvent::new(
+                    AuditKind::Refusal,
+                    caller.id.clone(),
+                    "-",
+                    refusal.action,
+                    refusal.detail,
+                ));
+                let _ = write_frame(&mut send, &Response::Error(refusal.code), max).await;
+                let _ = send.finish();
+                return;
+            }
+        };
     tracing::Span::current().record("kind", request_kind(&request));
     if let Request::Subscribe = request {
+        // Nothing more is read from a subscription: what the device might still
+        // send is dropped at once rather than buffered for the stream's lifetime.
+        drop(hold);
+        drop(recv);
         crate::delivery::run_subscription(relay, caller, send).await;
         return;
     }
@@ -306,15 +512,30 @@ async fn handle_stream(
         let _ = send.finish();
         return;
     }
-    let response = match relay.check_rate(&caller.id) {
-        Err(code) => Response::Error(code),
-        Ok(()) => relay.handle(&caller, request).await,
-    };
+    let response = relay.handle(&caller, request).await;
     if let Response::Error(code) = &response {
         debug!(error = %code, "request refused");
     }
     let _ = write_frame(&mut send, &response, max).await;
     let _ = send.finish();
+    drop(hold);
+}
+
+/// Reads and discards what a peer still sends on a stream refused before its frame
+/// was read (at most a frame's worth, within `deadline`), so that a peer whose
+/// request is larger than the flow-control window can finish writing and read the
+/// refusal. Nothing is buffered.
+async fn discard_rest(recv: &mut quinn::RecvStream, max_frame: usize, deadline: Duration) {
+    let drain = async {
+        let mut left = max_frame + FRAME_HEADER;
+        while left > 0 {
+            match recv.read_chunk(left, true).await {
+                Ok(Some(chunk)) => left = left.saturating_sub(chunk.bytes.len()),
+                Ok(None) | Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(deadline, drain).await;
 }
 
 /// How long a peer may take to finish a request stream after its frame.
@@ -354,6 +575,8 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::AuditLog { .. } => "audit-log",
         Request::Ping => "ping",
         Request::Revoke { .. } => "revoke",
+        Request::Trust => "trust",
+        Request::AuditHead => "audit-head",
     }
 }
 

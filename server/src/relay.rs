@@ -24,6 +24,7 @@ use crate::config::{Limits, RelayConfig};
 use crate::decide;
 use crate::error::RelayError;
 use crate::groups;
+use crate::net::ByteBudget;
 use crate::records::{CommunityRecord, MemberRecord, NoticeRecord, WelcomeBlob, WelcomeRef};
 use crate::store::{Batch, Durability, Engine, get_obj, keys};
 
@@ -65,24 +66,43 @@ struct Bucket {
     last: Instant,
 }
 
-/// A registered client connection: its id, the connection, and who it is.
+/// A registered connection (a device's or a peer relay's): its id, the connection,
+/// and who it is.
 type LiveConnection = (usize, quinn::Connection, Identity);
 
-/// Keeps a connection registered while it lives (for revocation cut-off).
+/// The live connections of one identity and the request bytes it has in flight.
+#[derive(Debug)]
+struct Live {
+    budget: ByteBudget,
+    conns: Vec<LiveConnection>,
+}
+
+/// Keeps a connection registered while it lives (for the per-identity connection
+/// cap, the request byte budget, and revocation cut-off).
 #[derive(Debug)]
 pub struct Registration {
     relay: Arc<Relay>,
     id: String,
     conn_id: usize,
+    budget: ByteBudget,
+}
+
+impl Registration {
+    /// The request byte budget of the connection's identity (shared with its other
+    /// connections).
+    pub fn budget(&self) -> &ByteBudget {
+        &self.budget
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Ok(mut conns) = self.relay.conns.lock()
-            && let Some(list) = conns.get_mut(&self.id)
+            && let Some(live) = conns.get_mut(&self.id)
         {
-            list.retain(|(id, _, _)| *id != self.conn_id);
-            if list.is_empty() {
+            live.conns.retain(|(id, _, _)| *id != self.conn_id);
+            // Requests still being handled keep the budget until they are done.
+            if live.conns.is_empty() && live.budget.is_unused() {
                 conns.remove(&self.id);
             }
         }
@@ -96,6 +116,7 @@ pub struct Relay {
     organisation: String,
     accreditation: Clearance,
     anchors: Vec<Vec<u8>>,
+    trust: kring_protocol::identity::TrustMap,
     limits: Limits,
     /// The relay's own certificate chain (its MLS external-sender credential).
     pub cert_chain: Vec<Vec<u8>>,
@@ -106,10 +127,11 @@ pub struct Relay {
     writer: Mutex<Writer>,
     changes: watch::Sender<u64>,
     visible: watch::Sender<u64>,
-    conns: Mutex<HashMap<String, Vec<LiveConnection>>>,
+    conns: Mutex<HashMap<String, Live>>,
     revocations: RwLock<Revocations>,
     enforce: watch::Sender<u64>,
     rate: Mutex<HashMap<String, Bucket>>,
+    key_fetches: Mutex<crate::key_fetch::KeyFetchLimiter>,
     /// Federation peers by id.
     pub peers: std::collections::BTreeMap<String, Arc<crate::federation::Peer>>,
     /// The QUIC endpoint (for dialling peers), set once bound.
@@ -118,6 +140,52 @@ pub struct Relay {
 
 /// QUIC application close code of a connection cut off by revocation.
 pub const REVOKED_CLOSE_CODE: u32 = 7;
+/// QUIC application close code of a connection closed when its certificate expired.
+pub const EXPIRED_CLOSE_CODE: u32 = 8;
+/// Longest single wait of a connection's expiry watch; the wall clock is read again
+/// after it (so a clock that was set meanwhile is followed).
+const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Closes `conn` when its certificate chain expires (valid through `not_after`,
+/// unix seconds, as X.509 counts it) unless it closes first; audits the cut.
+async fn close_at_expiry(
+    relay: std::sync::Weak<Relay>,
+    conn: quinn::Connection,
+    id: String,
+    not_after: i64,
+) {
+    let expires = u64::try_from(not_after.saturating_add(1))
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    loop {
+        let Ok(left) = expires.duration_since(std::time::SystemTime::now()) else {
+            break;
+        };
+        if left.is_zero() {
+            break;
+        }
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = tokio::time::sleep(left.min(EXPIRY_RECHECK)) => {}
+        }
+    }
+    if conn.close_reason().is_some() {
+        return;
+    }
+    conn.close(EXPIRED_CLOSE_CODE.into(), b"certificate expired");
+    tracing::info!(peer = %id, "certificate expired; connection closed");
+    if let Some(relay) = relay.upgrade() {
+        relay.audit_now(AuditEvent::new(
+            AuditKind::Connection,
+            relay.id(),
+            id,
+            "expired-cut-off",
+            format!(
+                "connection closed: its certificate chain expired (valid until {not_after}, unix)"
+            ),
+        ));
+    }
+}
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
@@ -131,16 +199,22 @@ fn internal(e: impl std::fmt::Display) -> RelayError {
 impl Relay {
     /// Opens the store and builds the relay. Must run inside a tokio runtime.
     pub fn open(config: &RelayConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>, RelayError> {
+        let anchors: Vec<Vec<u8>> = config.anchors.iter().map(|a| a.to_vec()).collect();
         let signer = Arc::new(crate::audit::CheckpointSigner::new(
             &config.identity.name,
             &config.key_pkcs8,
+            config.cert_chain.iter().map(|c| c.to_vec()).collect(),
         )?);
-        let audit = AuditHead::load(engine.as_ref())?.with_signer(signer);
-        let chain: Vec<Vec<u8>> = config.cert_chain.iter().map(|c| c.to_vec()).collect();
-        let mut cert_batch = Batch::default();
-        cert_batch.put_obj(crate::audit::CERT_KEY.to_vec(), &chain)?;
-        engine.apply(cert_batch)?;
-        let anchors: Vec<Vec<u8>> = config.anchors.iter().map(|a| a.to_vec()).collect();
+        let mut audit = AuditHead::load(engine.as_ref())?.with_signer(signer);
+        // The certificate that signs checkpoints from now on joins the history
+        // (checked against the anchors) and is announced in the chain.
+        crate::audit::adopt_certificate(
+            engine.as_ref(),
+            &mut audit,
+            &anchors,
+            &config.identity.organisation,
+            now(),
+        )?;
         let revocations = crate::revocation::load(engine.as_ref(), &anchors)?;
         let (enforce, _) = watch::channel(0);
         let durability = Durability::start(engine.clone());
@@ -151,6 +225,7 @@ impl Relay {
             organisation: config.identity.organisation.clone(),
             accreditation: config.accreditation.clone(),
             anchors,
+            trust: config.trust.clone(),
             limits: config.limits.clone(),
             cert_chain: config.cert_chain.iter().map(|c| c.to_vec()).collect(),
             key_pkcs8: config.key_pkcs8.clone(),
@@ -164,6 +239,7 @@ impl Relay {
             visible,
             conns: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
+            key_fetches: Mutex::new(crate::key_fetch::KeyFetchLimiter::default()),
             revocations: RwLock::new(revocations),
             enforce,
             peers: config
@@ -203,6 +279,10 @@ impl Relay {
     pub fn organisation(&self) -> &str {
         &self.organisation
     }
+    /// Who may speak for which relay (this relay and its configured peers).
+    pub fn trust(&self) -> &kring_protocol::identity::TrustMap {
+        &self.trust
+    }
     /// The store, shared.
     pub fn engine_arc(&self) -> Arc<dyn Engine> {
         self.engine.clone()
@@ -239,14 +319,18 @@ impl Relay {
         );
         cas
     }
-    /// Closes every live connection whose certificate is now revoked; returns who
-    /// was cut off and why. Their delivery tasks end with the connection.
+    /// Closes every live connection (devices' and peer relays' links) whose
+    /// certificate is now revoked; returns who was cut off and why. Their delivery
+    /// tasks end with the connection; a peer's link is re-dialled and refused.
     pub fn cut_off_revoked(&self) -> Vec<(String, String)> {
         let revoked = self.revocations();
         let mut out = Vec::new();
         if let Ok(conns) = self.conns.lock() {
-            for (id, list) in conns.iter() {
-                for (_, conn, identity) in list {
+            for (id, live) in conns.iter() {
+                for (_, conn, identity) in &live.conns {
+                    if conn.close_reason().is_some() {
+                        continue;
+                    }
                     if let Err(why) = revoked.check(identity) {
                         conn.close(REVOKED_CLOSE_CODE.into(), b"revoked");
                         out.push((id.clone(), why));
@@ -261,24 +345,52 @@ impl Relay {
         out
     }
 
-    /// A receiver that changes whenever a log, welcome or cursor changes durably
-    /// (outbox senders wait on it: an outbox item leaves only once it is on disk).
+    /// A receiver that changes after every flush a request waited for (outbox
+    /// senders wait on it). A wake-up is only a hint: what a reader may send is what
+    /// [`Relay::readable_upto`] and [`Relay::is_unflushed`] allow.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
     /// A receiver for delivery tasks: changes whenever [`changes`](Self::changes)
-    /// does, and also when [`deliver_early`](Self::deliver_early) shows log entries
-    /// before they are on disk.
+    /// does, and also when [`deliver_early`](Self::deliver_early) releases log
+    /// entries before they are on disk.
     pub fn visible(&self) -> watch::Receiver<u64> {
         self.visible.subscribe()
     }
 
-    /// Wakes delivery tasks for entries applied but not yet flushed. Only for what a
-    /// crash cannot change: a member relay's copy of entries its hub ordered (the
-    /// hub keeps the item until this relay acknowledges it durably and then sends
-    /// the same entries again).
-    pub fn deliver_early(&self) {
+    /// The highest seq of a log or outbox (`sequence`: [`keys::log_prefix`] or an
+    /// outbox prefix) that may be sent to a device or a peer: nothing at or after the
+    /// first entry not yet on disk, unless [`deliver_early`](Self::deliver_early)
+    /// released it. `u64::MAX` when all of it is on disk.
+    pub fn readable_upto(&self, sequence: &[u8]) -> u64 {
+        self.durability.watermark().readable_upto(sequence)
+    }
+
+    /// True if a pending welcome (`w/`, `v/` key) is not yet on disk: it is not
+    /// delivered until it is.
+    pub fn is_unflushed(&self, key: &[u8]) -> bool {
+        self.durability.watermark().is_unflushed(key)
+    }
+
+    /// Releases to delivery, before the flush, the log entries that the writes
+    /// `writes` (of one federation delivery from a hub) appended to the logs of
+    /// `communities`, and wakes the delivery tasks. Only for a member relay's copy of
+    /// entries its hub ordered, which a crash cannot change: the hub sends an entry
+    /// only once it is durable there and keeps the item until this relay acknowledges
+    /// it durably, so after a crash the same entries come again with the same seqs,
+    /// and a device that had them skips them. Nothing else of those writes (outbox
+    /// items, welcomes, other logs) is released.
+    pub fn deliver_early(&self, writes: &[u64], communities: &[String]) {
+        if writes.is_empty() || communities.is_empty() {
+            return;
+        }
+        let watermark = self.durability.watermark();
+        for community in communities {
+            if home_relay(community) != self.id {
+                watermark.release(writes, &keys::log_prefix(community));
+            }
+        }
         self.visible.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -308,11 +420,16 @@ impl Relay {
         chain: &[Vec<u8>],
         expected: IdentityKind,
     ) -> Result<Identity, ErrorCode> {
-        let id =
-            kring_protocol::identity::verify_chain(chain, &self.anchors, now() as u64, expected)
-                .map_err(|e| ErrorCode::Unauthenticated {
-                    reason: e.to_string(),
-                })?;
+        let id = kring_protocol::identity::verify_chain_trusted(
+            chain,
+            &self.anchors,
+            now() as u64,
+            expected,
+            &self.trust,
+        )
+        .map_err(|e| ErrorCode::Unauthenticated {
+            reason: e.to_string(),
+        })?;
         let revoked = self.revocations().check(&id);
         if let Err(why) = revoked {
             self.audit_now(AuditEvent::new(
@@ -324,11 +441,9 @@ impl Relay {
             ));
             return Err(ErrorCode::Revoked);
         }
-        // A user connects to their home relay only, and a relay serves only users of
-        // its own organisation: another organisation's CA cannot mint users here.
-        if id.kind == IdentityKind::User
-            && (id.home_relay != self.id || id.organisation != self.organisation)
-        {
+        // A user connects to their home relay only (the trust map already bound the
+        // certificate's organisation and CA to the relay it names).
+        if id.kind == IdentityKind::User && id.home_relay != self.id {
             return Err(ErrorCode::Unauthenticated {
                 reason: format!(
                     "{} (organisation {}) is not a user of relay {} (organisation {})",
@@ -342,25 +457,67 @@ impl Relay {
         Ok(id)
     }
 
-    /// Registers a live client connection.
+    /// Registers a live connection of a device or a peer relay, authenticated as
+    /// `identity` with `chain`. Refused (`Unavailable`) when the identity already has
+    /// `max_connections_per_identity` connections open; the caller tells the peer
+    /// and audits it. The connection is closed (and the cut audited) when the first
+    /// certificate of `chain` expires.
     pub fn register_connection(
         self: &Arc<Self>,
-        caller: &Caller,
+        identity: &Identity,
+        chain: &[Vec<u8>],
         conn: quinn::Connection,
-    ) -> Registration {
+    ) -> Result<Registration, ErrorCode> {
+        let id = identity.id();
         let conn_id = conn.stable_id();
-        if let Ok(mut conns) = self.conns.lock() {
-            conns.entry(caller.id.clone()).or_default().push((
-                conn_id,
-                conn,
-                caller.identity.clone(),
-            ));
-        }
-        Registration {
+        let max = self.limits.max_connections_per_identity;
+        let budget = {
+            let mut conns = self
+                .conns
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let live = conns.entry(id.clone()).or_insert_with(|| Live {
+                budget: ByteBudget::new(self.limits.request_bytes_per_identity),
+                conns: Vec::new(),
+            });
+            live.conns.retain(|(_, c, _)| c.close_reason().is_none());
+            if live.conns.len() >= max {
+                return Err(ErrorCode::Unavailable {
+                    reason: format!(
+                        "{id} already has {} connections open to relay {}, the most allowed; \
+                         close one and retry",
+                        live.conns.len(),
+                        self.id
+                    ),
+                });
+            }
+            live.conns.push((conn_id, conn.clone(), identity.clone()));
+            live.budget.clone()
+        };
+        let not_after = kring_protocol::identity::chain_not_after(chain)
+            .map_or(identity.not_after, |t| t.min(identity.not_after));
+        tokio::spawn(close_at_expiry(
+            Arc::downgrade(self),
+            conn,
+            id.clone(),
+            not_after,
+        ));
+        Ok(Registration {
             relay: self.clone(),
-            id: caller.id.clone(),
+            id,
             conn_id,
-        }
+            budget,
+        })
+    }
+
+    /// The request byte budget of `id` (a registered identity's, else a new one
+    /// that is dropped with the caller's hold).
+    pub fn request_budget(&self, id: &str) -> ByteBudget {
+        self.conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(id).map(|l| l.budget.clone()))
+            .unwrap_or_else(|| ByteBudget::new(self.limits.request_bytes_per_identity))
     }
 
     /// Token bucket per identity: `requests_per_second`, burst of twice that.
@@ -397,26 +554,35 @@ impl Relay {
     }
 
     /// Runs `f` in the writer's critical section and applies the batch it fills.
-    /// The effect is visible at once; call [`Relay::durable`] before acknowledging.
+    /// The effect is visible in the store at once, but its new log entries, outbox
+    /// items and welcomes reach nobody before the flush (the store's `Watermark`);
+    /// call [`Relay::durable`] before acknowledging.
     pub fn write<T>(
         &self,
         f: impl FnOnce(&mut Writer, &mut Batch) -> Result<T, RelayError>,
     ) -> Result<T, RelayError> {
+        self.write_numbered(f).map(|(v, _)| v)
+    }
+
+    /// [`Relay::write`], also returning the batch's write number (0 if it wrote
+    /// nothing), for [`Relay::deliver_early`].
+    pub fn write_numbered<T>(
+        &self,
+        f: impl FnOnce(&mut Writer, &mut Batch) -> Result<T, RelayError>,
+    ) -> Result<(T, u64), RelayError> {
         let mut w = self
             .writer
             .lock()
             .map_err(|_| RelayError::Store("writer lock poisoned".into()))?;
         let mut batch = Batch::default();
         match f(&mut w, &mut batch) {
-            Ok(v) => {
-                if !batch.is_empty()
-                    && let Err(e) = self.engine.apply(batch)
-                {
+            Ok(v) => match self.durability.apply(batch) {
+                Ok(n) => Ok((v, n)),
+                Err(e) => {
                     w.audit.reload(self.engine.as_ref())?;
-                    return Err(e);
+                    Err(e)
                 }
-                Ok(v)
-            }
+            },
             Err(e) => {
                 // Nothing was applied: the audit head may have advanced in memory.
                 w.audit.reload(self.engine.as_ref())?;
@@ -425,7 +591,8 @@ impl Relay {
         }
     }
 
-    /// Waits until everything applied so far is on disk, then wakes delivery tasks.
+    /// Waits until everything applied so far is on disk (and so readable), then
+    /// wakes delivery tasks and outbox senders.
     pub async fn durable(&self) -> Result<(), RelayError> {
         self.durability.wait().await?;
         self.changed();
@@ -479,6 +646,7 @@ impl Relay {
     async fn dispatch(&self, caller: &Caller, request: Request) -> Result<Response, RelayError> {
         match request {
             Request::Ping => Ok(Response::Pong),
+            Request::Trust => crate::revocation::trust_state(self).map(Response::Trust),
             Request::PublishKeyPackages {
                 key_packages,
                 last_resort,
@@ -531,6 +699,7 @@ impl Relay {
                 limit,
                 verify,
             } => self.audit_log(caller, from, limit, verify),
+            Request::AuditHead => self.audit_head(caller).await,
             Request::Revoke { statement } => {
                 crate::revocation::revoke(self, caller, statement).await
             }
@@ -551,11 +720,10 @@ impl Relay {
     ) -> Result<Response, RelayError> {
         let now_s = now() as u64;
         for kp in key_packages.iter().chain(last_resort.iter()) {
-            groups::validate_key_package(kp, &caller.chain, &self.anchors, now_s).map_err(
-                |reason| ErrorCode::BadRequest {
+            groups::validate_key_package(kp, &caller.chain, &self.anchors, &self.trust, now_s)
+                .map_err(|reason| ErrorCode::BadRequest {
                     reason: format!("key package refused: {reason}"),
-                },
-            )?;
+                })?;
         }
         let cap = self.limits.key_packages_per_user;
         let count = self.write(|_, b| {
@@ -611,16 +779,50 @@ impl Relay {
         if self.revocations().user_revoked(user).is_some() {
             return Err(ErrorCode::Revoked.into());
         }
+        use crate::key_fetch::{Grant, RetryAfter};
+        let retry = |d: std::time::Duration| ErrorCode::RateLimited {
+            retry_after_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        };
         let kp = self.write(|w, b| {
-            let found = self.engine.scan(&keys::key_package_prefix(user), None, 1)?;
-            let kp = if let Some((k, v)) = found.into_iter().next() {
+            // Limits per requester and user, and per user (`key_fetch`): past them
+            // only the last-resort package is handed out, so one-time packages
+            // cannot be drained.
+            let mut limiter = self
+                .key_fetches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let at = Instant::now();
+            let grant = limiter
+                .admit(requester, user, at)
+                .map_err(|RetryAfter(d)| retry(d))?;
+            let one_time = match grant {
+                Grant::OneTime => self
+                    .engine
+                    .scan(&keys::key_package_prefix(user), None, 1)?
+                    .into_iter()
+                    .next(),
+                Grant::LastResortOnly { .. } => None,
+            };
+            let (kp, detail) = if let Some((k, v)) = one_time {
                 b.delete(k);
-                v
+                limiter.took_one_time(requester, user, at);
+                (v, "one-time key package handed out".to_string())
             } else if let Some(lr) = self.engine.get(&keys::last_resort(user))? {
-                lr
+                let detail = match &grant {
+                    Grant::OneTime => {
+                        "last-resort key package handed out (no one-time package left)".into()
+                    }
+                    Grant::LastResortOnly { why, .. } => format!(
+                        "last-resort key package handed out (one-time packages protected: {why})"
+                    ),
+                };
+                (lr, detail)
             } else {
-                return Err(ErrorCode::KeyMaterialExhausted {
-                    user: user.to_string(),
+                return Err(match grant {
+                    Grant::OneTime => ErrorCode::KeyMaterialExhausted {
+                        user: user.to_string(),
+                    },
+                    Grant::LastResortOnly { retry_after, .. } => retry(retry_after),
                 }
                 .into());
             };
@@ -632,7 +834,7 @@ impl Relay {
                     requester,
                     user,
                     "fetch-key-package",
-                    "key package handed out",
+                    detail,
                 ),
             )?;
             Ok(kp)
@@ -642,7 +844,13 @@ impl Relay {
         // published is not handed out.
         let checked = {
             let revoked = self.revocations();
-            groups::check_key_package_credential(&kp, &self.anchors, now() as u64, &revoked)
+            groups::check_key_package_credential(
+                &kp,
+                &self.anchors,
+                &self.trust,
+                now() as u64,
+                &revoked,
+            )
         };
         if let Err(reason) = checked {
             self.audit_now(AuditEvent::new(
@@ -727,6 +935,7 @@ impl Relay {
                 group_info,
                 ratchet_tree,
                 &self.anchors,
+                &self.trust,
                 now() as u64,
             )
             .map_err(|reason| ErrorCode::BadRequest { reason })?;
@@ -838,6 +1047,7 @@ impl Relay {
                     community,
                     message,
                     &self.anchors,
+                    &self.trust,
                     now() as u64,
                     &revoked,
                 )?
@@ -887,7 +1097,14 @@ impl Relay {
             let added = staged.added.clone();
             let removed = staged.removed.clone();
             let new_admins = staged.new_admins.clone();
-            let merged = groups::merge(&overlay, community, staged, &self.anchors, now() as u64)?;
+            let merged = groups::merge(
+                &overlay,
+                community,
+                staged,
+                &self.anchors,
+                &self.trust,
+                now() as u64,
+            )?;
             let seq = rec.last_seq + 1;
             let entry = LogEntry {
                 community: community.to_string(),
@@ -1480,13 +1697,8 @@ impl Relay {
         Ok(Response::Communities { communities: out })
     }
 
-    fn audit_log(
-        &self,
-        caller: &Caller,
-        from: u64,
-        limit: u32,
-        verify: bool,
-    ) -> Result<Response, RelayError> {
+    /// Only org-admins of this relay's organisation read its audit log.
+    fn audit_reader(&self, caller: &Caller) -> Result<(), RelayError> {
         if !caller
             .identity
             .has_role(kring_protocol::identity::ROLE_ORG_ADMIN)
@@ -1500,6 +1712,41 @@ impl Relay {
             }
             .into());
         }
+        Ok(())
+    }
+
+    /// Whose certificates may sign this relay's audit log.
+    fn audit_expected(&self) -> crate::audit::Expected<'_> {
+        crate::audit::Expected {
+            relay: &self.id,
+            organisation: Some(&self.organisation),
+            anchors: &self.anchors,
+        }
+    }
+
+    /// A signed head of the audit log, durable before it is handed out, with the
+    /// certificate history.
+    async fn audit_head(&self, caller: &Caller) -> Result<Response, RelayError> {
+        self.audit_reader(caller)?;
+        let head = self
+            .write(|w, _| Ok(w.audit.signed_head(now())))?
+            .ok_or_else(|| RelayError::Store("no audit checkpoint signer".into()))?;
+        self.durable().await?;
+        let certificates = crate::audit::cert_history(self.engine.as_ref())?;
+        Ok(Response::AuditHead(kring_protocol::audit::AuditHeadPage {
+            head,
+            certificates,
+        }))
+    }
+
+    fn audit_log(
+        &self,
+        caller: &Caller,
+        from: u64,
+        limit: u32,
+        verify: bool,
+    ) -> Result<Response, RelayError> {
+        self.audit_reader(caller)?;
         let limit = limit.min(kring_protocol::wire::limits::MAX_PAGE) as usize;
         let records = crate::audit::read(self.engine.as_ref(), from.max(1), limit)?
             .into_iter()
@@ -1516,22 +1763,24 @@ impl Relay {
             .collect();
         let total = crate::audit::AuditHead::load(self.engine.as_ref())?.seq();
         let verify = if verify {
-            Some(match crate::audit::verify_signed(self.engine.as_ref())? {
-                Ok(s) => kring_protocol::wire::AuditVerdict {
-                    records: s.records,
-                    first_bad: None,
-                    reason: None,
-                    checkpoints: s.checkpoints,
-                    unsigned_tail: s.unsigned_tail,
+            Some(
+                match crate::audit::verify_signed(self.engine.as_ref(), &self.audit_expected())? {
+                    Ok(s) => kring_protocol::wire::AuditVerdict {
+                        records: s.records,
+                        first_bad: None,
+                        reason: None,
+                        checkpoints: s.checkpoints,
+                        unsigned_tail: s.unsigned_tail,
+                    },
+                    Err(b) => kring_protocol::wire::AuditVerdict {
+                        records: b.seq.saturating_sub(1),
+                        first_bad: Some(b.seq),
+                        reason: Some(b.reason),
+                        checkpoints: 0,
+                        unsigned_tail: 0,
+                    },
                 },
-                Err(b) => kring_protocol::wire::AuditVerdict {
-                    records: b.seq.saturating_sub(1),
-                    first_bad: Some(b.seq),
-                    reason: Some(b.reason),
-                    checkpoints: 0,
-                    unsigned_tail: 0,
-                },
-            })
+            )
         } else {
             None
         };

@@ -25,7 +25,9 @@ use std::time::{Duration, SystemTime};
 use kring_protocol::identity::{Identity, ROLE_ORG_ADMIN, certificates_from_pem};
 use kring_protocol::mls::CertSigner;
 use kring_protocol::revocation::{RevocationStatement, Revocations, verify_crl};
-use kring_protocol::wire::{EntryKind, ErrorCode, FedBody, LogEntry, Response};
+use kring_protocol::wire::{
+    CrlCopy, EntryKind, ErrorCode, FedBody, LogEntry, Response, TrustState, TrustedRelay,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -97,20 +99,51 @@ pub fn load(engine: &dyn Engine, anchors: &[Vec<u8>]) -> Result<Revocations, Rel
     Ok(set)
 }
 
-fn refused(code: ErrorCode) -> RelayError {
-    RelayError::Refused(code)
+/// `Request::Trust`: this relay's trust map and the revocations it holds, for its
+/// own devices to validate credentials with (they verify every statement and CRL
+/// themselves).
+pub fn trust_state(relay: &Relay) -> Result<TrustState, RelayError> {
+    let relays = relay
+        .trust()
+        .iter()
+        .map(|(id, t)| TrustedRelay {
+            relay: id.to_string(),
+            organisation: t.organisation.clone(),
+            ca: t.ca,
+        })
+        .collect();
+    let max = kring_protocol::wire::limits::MAX_STATEMENTS;
+    let mut statements = Vec::new();
+    for (k, v) in relay.engine().scan(keys::STATEMENTS, None, max + 1)? {
+        statements.push(decode::<RevocationStatement>(&k, &v)?);
+    }
+    if statements.len() > max {
+        warn!(
+            max,
+            "more revocation statements than a device can be sent; devices get the first {max}"
+        );
+        statements.truncate(max);
+    }
+    let mut crls = Vec::new();
+    for (k, v) in relay
+        .engine()
+        .scan(keys::CRLS, None, kring_protocol::identity::MAX_CRLS)?
+    {
+        let r: CrlRecord = decode(&k, &v)?;
+        crls.push(CrlCopy {
+            crl: r.crl,
+            issuer: r.issuer,
+        });
+    }
+    Ok(TrustState {
+        relays,
+        statements,
+        crls,
+    })
 }
 
-/// The organisation of relay `relay` as this relay knows it.
-pub fn organisation_of(relay: &Relay, id: &str) -> Option<String> {
-    if id == relay.id() {
-        return Some(relay.organisation().to_string());
-    }
-    relay
-        .peers
-        .get(id)
-        .and_then(|p| p.info())
-        .map(|i| i.organisation)
+fn refused(code: ErrorCode) -> RelayError {
+    RelayError::Refused(code)
 }
 
 /// `Request::Revoke`: an org-admin of this relay's organisation revokes a user of
@@ -133,23 +166,10 @@ pub async fn revoke(
             reason: "the statement must be signed with the caller's own certificate".into(),
         }));
     }
+    // The revoker's organisation and the revoked user's home relay are checked
+    // against the configured trust map, never against what a certificate claims.
     statement
-        .verify(relay.anchors(), now())
-        .map_err(|e| statement_refusal(&e))?;
-    let home = statement.home_relay().to_string();
-    let Some(org) = organisation_of(relay, &home) else {
-        return Err(refused(ErrorCode::Unauthenticated {
-            reason: format!(
-                "cannot confirm that {} belongs to organisation {}: relay {home} is not a \
-                 peer of relay {} whose certificate it has seen",
-                statement.user,
-                statement.organisation,
-                relay.id()
-            ),
-        }));
-    };
-    statement
-        .check_home(&org)
+        .verify(relay.anchors(), relay.trust(), now())
         .map_err(|e| statement_refusal(&e))?;
     let peers = relay
         .write(|w, b| accept_statement(relay, w, b, &statement, None))?
@@ -297,6 +317,14 @@ pub fn accept_crl(
             reason: e.to_string(),
         })
     })?;
+    relay
+        .trust()
+        .check_organisation_ca(&verified.organisation, issuer)
+        .map_err(|e| {
+            refused(ErrorCode::Unauthenticated {
+                reason: format!("CRL refused: {e}"),
+            })
+        })?;
     let held: Option<CrlRecord> = get_obj(relay.engine(), &keys::crl(&verified.organisation))?;
     if let Some(h) = held
         && let Ok(old) = verify_crl(&h.crl, &h.issuer, relay.anchors(), now())
@@ -356,19 +384,7 @@ pub fn apply_statement(
     statement: &RevocationStatement,
 ) -> Result<(), RelayError> {
     statement
-        .verify(relay.anchors(), now())
-        .map_err(|e| statement_refusal(&e))?;
-    let home = statement.home_relay();
-    let Some(org) = organisation_of(relay, home) else {
-        return Err(refused(ErrorCode::NotFound {
-            what: format!(
-                "revocation of {} from relay {peer}: relay {home} is not a known peer",
-                statement.user
-            ),
-        }));
-    };
-    statement
-        .check_home(&org)
+        .verify(relay.anchors(), relay.trust(), now())
         .map_err(|e| statement_refusal(&e))?;
     accept_statement(relay, w, b, statement, Some(peer))?;
     Ok(())
@@ -495,6 +511,7 @@ fn propose_removals(
             &overlay,
             community,
             relay.anchors(),
+            relay.trust(),
             now() as u64,
             &revoked,
             signer,

@@ -5,13 +5,19 @@
 //! Everything above works on byte keys with the prefixes in [`keys`], so moving to
 //! another engine (redb, …) touches only this file.
 //!
-//! Durability: callers apply a [`Batch`] atomically (it is visible at once) and then
-//! await [`Durability::wait`] before acknowledging anything to a peer. Concurrent
-//! waiters share one flush (group commit): the flusher takes every waiter queued so far,
-//! flushes once, and wakes them all.
+//! Durability: callers apply a [`Batch`] atomically through [`Durability::apply`] (it
+//! is visible in the engine at once) and then await [`Durability::wait`] before
+//! acknowledging anything to a peer. Concurrent waiters share one flush (group
+//! commit): the flusher takes every waiter queued so far, flushes once, and wakes them
+//! all.
+//!
+//! What leaves the relay is gated by the [`Watermark`]: every applied batch has a
+//! write number, the flusher records up to which number everything is on disk, and
+//! new log entries, outbox items and welcomes of batches past it are not handed to
+//! readers (delivery, outbox senders) until then.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
@@ -255,6 +261,10 @@ enum FlushMsg {
 pub struct Durability {
     tx: mpsc::UnboundedSender<FlushMsg>,
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    engine: Arc<dyn Engine>,
+    watermark: Arc<Watermark>,
+    #[cfg(feature = "failpoints")]
+    failpoint: Option<Arc<failpoint::Failpoint>>,
 }
 
 impl std::fmt::Debug for FlushMsg {
@@ -270,7 +280,15 @@ impl Durability {
     /// Starts the flusher task for `engine`.
     pub fn start(engine: Arc<dyn Engine>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlushMsg>();
+        let watermark = Arc::new(Watermark::default());
+        let durable = watermark.clone();
+        let flushed = engine.clone();
+        #[cfg(feature = "failpoints")]
+        let failpoint = failpoint::Failpoint::from_env().map(Arc::new);
+        #[cfg(feature = "failpoints")]
+        let armed = failpoint.clone();
         let task = tokio::spawn(async move {
+            let (engine, watermark) = (flushed, durable);
             while let Some(first) = rx.recv().await {
                 let mut waiters = Vec::new();
                 let mut stop = None;
@@ -282,13 +300,30 @@ impl Durability {
                 while let Ok(m) = rx.try_recv() {
                     push(m);
                 }
+                // Every batch up to `upto` was applied before the flush starts, so the
+                // flush covers it (later ones perhaps too: the next flush says so).
+                let upto = watermark.applied();
+                #[cfg(feature = "failpoints")]
+                if let Some(failpoint) = &armed {
+                    failpoint
+                        .before_flush(engine.as_ref(), &watermark, upto)
+                        .await;
+                }
                 let engine = engine.clone();
                 let result = tokio::task::spawn_blocking(move || engine.flush())
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "store flush failed");
+                match &result {
+                    // Before any waiter wakes: what it wakes others for must be readable.
+                    Ok(()) => {
+                        watermark.flushed(upto);
+                        #[cfg(feature = "failpoints")]
+                        if let Some(failpoint) = &armed {
+                            failpoint.forget(|w| w <= upto);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "store flush failed"),
                 }
                 for w in waiters {
                     let _ = w.send(result.clone());
@@ -302,7 +337,52 @@ impl Durability {
         Self {
             tx,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
+            engine,
+            watermark,
+            #[cfg(feature = "failpoints")]
+            failpoint,
         }
+    }
+
+    /// Applies `batch` atomically (visible in the engine at once, durable after the
+    /// next flush) and returns its write number (0 for an empty batch, which writes
+    /// nothing). The [`Watermark`] keeps the log entries, outbox items and welcomes it
+    /// adds from readers until a flush covers it.
+    pub fn apply(&self, batch: Batch) -> Result<u64, RelayError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // Write numbers follow the order in which batches reach the engine.
+        let _serial = self
+            .watermark
+            .applying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = self.watermark.applied() + 1;
+        #[cfg(feature = "failpoints")]
+        if let Some(failpoint) = &self.failpoint {
+            failpoint.before_apply(self.engine.as_ref(), n, &batch)?;
+        }
+        self.watermark.record(n, &batch);
+        match self.engine.apply(batch) {
+            Ok(()) => {
+                self.watermark.lock().applied = n;
+                Ok(n)
+            }
+            Err(e) => {
+                self.watermark.forget(n);
+                #[cfg(feature = "failpoints")]
+                if let Some(failpoint) = &self.failpoint {
+                    failpoint.forget(|w| w == n);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// What readers may see of the store.
+    pub fn watermark(&self) -> &Watermark {
+        &self.watermark
     }
 
     /// Returns once everything applied before this call is on disk.
@@ -336,6 +416,360 @@ impl Durability {
     }
 }
 
+/// Sequences whose new keys the [`Watermark`] keeps from readers until they are on
+/// disk: keys `PREFIX NAME \0 SEQ` (SEQ a big-endian u64), the prefix up to the `\0`
+/// naming the sequence. Community logs (`l/`, [`keys::log`]) and outboxes to peers
+/// (`o/`, `federation`).
+const GATED_SEQUENCES: [&[u8]; 2] = [keys::LOGS, b"o/"];
+/// Single keys the [`Watermark`] keeps from readers until they are on disk: pending
+/// welcomes, per member (`w/`, [`keys::welcome`]) and by reference (`v/`,
+/// [`keys::welcome_ref`]).
+const GATED_KEYS: [&[u8]; 2] = [b"w/", b"v/"];
+
+/// What the [`Watermark`] does with a key.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate<'a> {
+    /// An element `seq` of a sequence (named by the key without its seq).
+    Sequence { sequence: &'a [u8], seq: u64 },
+    /// A key readers must not see before it is durable.
+    Key,
+}
+
+fn gate(key: &[u8]) -> Option<Gate<'_>> {
+    if GATED_SEQUENCES.iter().any(|p| key.starts_with(p)) {
+        let (sequence, seq) = key.split_at(key.len().checked_sub(8)?);
+        if sequence.last() != Some(&0) {
+            return None;
+        }
+        let seq = u64::from_be_bytes(seq.try_into().ok()?);
+        return Some(Gate::Sequence { sequence, seq });
+    }
+    GATED_KEYS
+        .iter()
+        .any(|p| key.starts_with(p))
+        .then_some(Gate::Key)
+}
+
+/// True if the [`Watermark`] gates `key` (for modules that own a gated key family).
+pub fn is_gated(key: &[u8]) -> bool {
+    gate(key).is_some()
+}
+
+/// The durable watermark: which new log entries, outbox items and welcomes readers
+/// may hand to a peer or a device.
+///
+/// A batch is visible in the engine as soon as it is applied, but a crash before its
+/// flush takes it back: the relay would then give a log or outbox sequence number a
+/// device or peer already has to other content, or a device would hold the Welcome
+/// of a commit that never happened. So every applied batch gets
+/// a write number; [`Durability::apply`] records what it appends to a gated sequence
+/// (the first seq per sequence) and which gated keys it writes; the flusher moves the
+/// durable mark to the last write number applied before it flushed, and forgets
+/// everything up to it. A reader sees a sequence up to just before its first
+/// un-flushed element ([`Watermark::readable_upto`]) and no un-flushed gated key
+/// ([`Watermark::is_unflushed`]). The bookkeeping is per batch and per sequence, not
+/// per entry: a sequence costs one allocation when it first has un-flushed writes.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    state: Mutex<Unflushed>,
+    /// Held by [`Durability::apply`] around recording and applying one batch.
+    applying: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Unflushed {
+    /// Write number of the last batch applied.
+    applied: u64,
+    /// Every batch up to this write number is on disk.
+    durable: u64,
+    /// Per gated sequence: the un-flushed writes that appended to it, oldest first,
+    /// each with the first seq it appended.
+    sequences: HashMap<Vec<u8>, VecDeque<(u64, u64)>>,
+    /// Gated keys written by un-flushed batches, with the write number.
+    keys: HashMap<Vec<u8>, u64>,
+}
+
+impl Watermark {
+    fn lock(&self) -> MutexGuard<'_, Unflushed> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Write number of the last batch applied.
+    pub fn applied(&self) -> u64 {
+        self.lock().applied
+    }
+
+    /// Write number up to which everything is on disk.
+    pub fn durable(&self) -> u64 {
+        self.lock().durable
+    }
+
+    /// The highest seq of `sequence` (a key prefix such as [`keys::log_prefix`]) a
+    /// reader may hand on: everything below its first un-flushed element
+    /// (`u64::MAX` when it has none).
+    pub fn readable_upto(&self, sequence: &[u8]) -> u64 {
+        let s = self.lock();
+        match s
+            .sequences
+            .get(sequence)
+            .and_then(|q| q.iter().map(|e| e.1).min())
+        {
+            Some(first) => first.saturating_sub(1),
+            None => u64::MAX,
+        }
+    }
+
+    /// True if gated `key` was written by a batch not yet on disk.
+    pub fn is_unflushed(&self, key: &[u8]) -> bool {
+        let s = self.lock();
+        !s.keys.is_empty() && s.keys.contains_key(key)
+    }
+
+    /// Lets readers see, before the flush, what the writes `writes` appended to
+    /// `sequence` (only for what a crash cannot change: see `Relay::deliver_early`).
+    pub fn release(&self, writes: &[u64], sequence: &[u8]) {
+        let mut s = self.lock();
+        if let Some(q) = s.sequences.get_mut(sequence) {
+            q.retain(|(w, _)| !writes.contains(w));
+            if q.is_empty() {
+                s.sequences.remove(sequence);
+            }
+        }
+    }
+
+    /// Records what batch `n` (about to be applied) appends and writes.
+    fn record(&self, n: u64, batch: &Batch) {
+        // First seq per sequence of this batch (a batch touches few sequences).
+        let mut firsts: Vec<(&[u8], u64)> = Vec::new();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for (key, value) in &batch.ops {
+            if value.is_none() {
+                continue; // a delete hands nothing new to readers
+            }
+            match gate(key) {
+                Some(Gate::Sequence { sequence, seq }) => {
+                    match firsts.iter_mut().find(|(name, _)| *name == sequence) {
+                        Some((_, first)) => *first = (*first).min(seq),
+                        None => firsts.push((sequence, seq)),
+                    }
+                }
+                Some(Gate::Key) => keys.push(key),
+                None => {}
+            }
+        }
+        if firsts.is_empty() && keys.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        for (sequence, first) in firsts {
+            match s.sequences.get_mut(sequence) {
+                Some(q) => q.push_back((n, first)),
+                None => {
+                    s.sequences
+                        .insert(sequence.to_vec(), VecDeque::from([(n, first)]));
+                }
+            }
+        }
+        for key in keys {
+            s.keys.insert(key.to_vec(), n);
+        }
+    }
+
+    /// Forgets batch `n`, which was not applied.
+    fn forget(&self, n: u64) {
+        let mut s = self.lock();
+        s.sequences.retain(|_, q| {
+            q.retain(|(w, _)| *w != n);
+            !q.is_empty()
+        });
+        s.keys.retain(|_, w| *w != n);
+    }
+
+    /// Everything up to write `upto` is on disk.
+    fn flushed(&self, upto: u64) {
+        let mut s = self.lock();
+        if upto <= s.durable {
+            return;
+        }
+        s.durable = upto;
+        s.sequences.retain(|_, q| {
+            while q.front().is_some_and(|(w, _)| *w <= upto) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        if !s.keys.is_empty() {
+            s.keys.retain(|_, w| *w > upto);
+        }
+    }
+
+    /// True if a write up to `upto` appended to a sequence whose name starts with
+    /// `prefix` and is not yet on disk.
+    #[cfg(feature = "failpoints")]
+    fn appends_unflushed(&self, prefix: &[u8], upto: u64) -> bool {
+        let s = self.lock();
+        s.sequences
+            .iter()
+            .any(|(name, q)| name.starts_with(prefix) && q.iter().any(|(w, _)| *w <= upto))
+    }
+}
+
+/// Crash injection for the multi-process tests, compiled only with the cargo feature
+/// `failpoints` (off by default; only the `kring-tests` dev-dependency turns it on, so
+/// a relay built on its own, for release or with `cargo build -p kring-relay`, has no
+/// such code and never reads the variable).
+///
+/// `KRING_FAILPOINT=abort-before-log-flush[:FILE]`: the first flush that would make
+/// a new log entry durable does not happen. The relay logs `failpoint
+/// abort-before-log-flush: holding` (a warning) and keeps running without flushing
+/// until `FILE` exists (at most 120 s; not at all without `:FILE`); then it puts the
+/// store back as it was at the last flush, as a power cut would leave it (an exiting
+/// process alone would not lose what the engine already wrote to the page cache),
+/// and exits at once with code [`failpoint::EXIT_CODE`], running no destructor.
+#[cfg(feature = "failpoints")]
+pub mod failpoint {
+    use std::path::PathBuf;
+    use std::sync::{Mutex, PoisonError};
+    use std::time::Duration;
+
+    use super::{Batch, Engine, Watermark};
+    use crate::error::RelayError;
+
+    /// The environment variable that arms the failpoint.
+    pub const VAR: &str = "KRING_FAILPOINT";
+    /// The exit code of a relay the failpoint stopped.
+    pub const EXIT_CODE: i32 = 86;
+    const ABORT_BEFORE_LOG_FLUSH: &str = "abort-before-log-flush";
+    const LONGEST_HOLD: Duration = Duration::from_secs(120);
+
+    /// What a write overwrote: its write number, the key, the value before.
+    type Undo = (u64, Vec<u8>, Option<Vec<u8>>);
+
+    /// An armed failpoint.
+    #[derive(Debug)]
+    pub struct Failpoint {
+        release: Option<PathBuf>,
+        /// Every key the writes since the last flush changed, with its old value.
+        undo: Mutex<Vec<Undo>>,
+    }
+
+    impl Failpoint {
+        /// The failpoint `KRING_FAILPOINT` arms, if any.
+        pub fn from_env() -> Option<Self> {
+            let spec = std::env::var(VAR).ok()?;
+            let (name, release) = match spec.split_once(':') {
+                Some((name, file)) => (name, Some(PathBuf::from(file))),
+                None => (spec.as_str(), None),
+            };
+            if name != ABORT_BEFORE_LOG_FLUSH {
+                tracing::error!(failpoint = %name, "unknown failpoint ignored");
+                return None;
+            }
+            tracing::warn!(failpoint = %name, "failpoint armed");
+            Some(Self {
+                release,
+                undo: Mutex::new(Vec::new()),
+            })
+        }
+
+        /// Before write `n` applies `batch`: remembers what it overwrites.
+        pub(super) fn before_apply(
+            &self,
+            engine: &dyn Engine,
+            n: u64,
+            batch: &Batch,
+        ) -> Result<(), RelayError> {
+            let mut undo = self.undo.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, _) in &batch.ops {
+                undo.push((n, key.clone(), engine.get(key)?));
+            }
+            Ok(())
+        }
+
+        /// Drops what writes `which` overwrote (flushed, or never applied).
+        pub(super) fn forget(&self, which: impl Fn(u64) -> bool) {
+            let mut undo = self.undo.lock().unwrap_or_else(PoisonError::into_inner);
+            undo.retain(|(w, _, _)| !which(*w));
+        }
+
+        /// Called by the flusher before it flushes everything up to write `upto`.
+        pub(super) async fn before_flush(
+            &self,
+            engine: &dyn Engine,
+            watermark: &Watermark,
+            upto: u64,
+        ) {
+            if !watermark.appends_unflushed(super::keys::LOGS, upto) {
+                return;
+            }
+            tracing::warn!("failpoint {ABORT_BEFORE_LOG_FLUSH}: holding");
+            if let Some(file) = &self.release {
+                let deadline = tokio::time::Instant::now() + LONGEST_HOLD;
+                while !file.exists() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            // No batch applies from here on.
+            let _serial = watermark
+                .applying
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let restored = self.restore(engine);
+            tracing::warn!(
+                restored = restored.is_ok(),
+                "failpoint {ABORT_BEFORE_LOG_FLUSH}: exiting without the flush"
+            );
+            std::process::exit(EXIT_CODE);
+        }
+
+        /// Undoes every write since the last flush, durably.
+        fn restore(&self, engine: &dyn Engine) -> Result<(), RelayError> {
+            let undo =
+                std::mem::take(&mut *self.undo.lock().unwrap_or_else(PoisonError::into_inner));
+            let mut back = Batch::default();
+            for (_, key, old) in undo.into_iter().rev() {
+                back.set(key, old);
+            }
+            engine.apply(back)?;
+            engine.flush()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_crash_takes_back_exactly_the_writes_after_the_last_flush() {
+            let dir = tempfile::tempdir().unwrap();
+            let e = crate::store::SledEngine::open(dir.path()).unwrap();
+            let fp = Failpoint {
+                release: None,
+                undo: Mutex::new(Vec::new()),
+            };
+            let write = |n: u64, ops: &[(&[u8], Option<&[u8]>)]| {
+                let mut b = Batch::default();
+                for (k, v) in ops {
+                    b.set(k.to_vec(), v.map(<[u8]>::to_vec));
+                }
+                fp.before_apply(&e, n, &b).unwrap();
+                e.apply(b).unwrap();
+            };
+            write(1, &[(b"k/a", Some(b"1")), (b"k/b", Some(b"1"))]);
+            write(2, &[(b"k/a", Some(b"2")), (b"k/c", Some(b"2"))]);
+            write(
+                3,
+                &[(b"k/a", Some(b"3")), (b"k/b", None), (b"k/a", Some(b"4"))],
+            );
+            fp.forget(|w| w <= 1); // write 1 was flushed
+            fp.restore(&e).unwrap();
+            assert_eq!(e.get(b"k/a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(e.get(b"k/b").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(e.get(b"k/c").unwrap(), None);
+        }
+    }
+}
+
 /// Key layout. Ids never contain `\0`, so it separates key parts.
 pub mod keys {
     /// `c/COMMUNITY` → community record.
@@ -353,6 +787,8 @@ pub mod keys {
     pub fn log(id: &str, seq: u64) -> Vec<u8> {
         [b"l/", id.as_bytes(), b"\0", &seq.to_be_bytes()].concat()
     }
+    /// Prefix of every community's log.
+    pub const LOGS: &[u8] = b"l/";
     /// Prefix of one community's log.
     pub fn log_prefix(id: &str) -> Vec<u8> {
         [b"l/", id.as_bytes(), b"\0"].concat()
@@ -499,5 +935,179 @@ mod tests {
             e.get(&keys::community("x@bz")).unwrap(),
             Some(b"rec".to_vec())
         );
+    }
+
+    fn outbox(peer: &str, seq: u64) -> Vec<u8> {
+        [b"o/", peer.as_bytes(), b"\0", &seq.to_be_bytes()].concat()
+    }
+
+    /// A batch appending `seqs` to `community`'s log and `outbox` to peer `p`'s outbox.
+    fn appends(community: &str, seqs: std::ops::RangeInclusive<u64>, outbox_seqs: &[u64]) -> Batch {
+        let mut b = Batch::default();
+        for seq in seqs {
+            b.put(keys::log(community, seq), vec![1]);
+            b.put(keys::last_seq(community), seq.to_be_bytes().to_vec());
+        }
+        for seq in outbox_seqs {
+            b.put(outbox("p", *seq), vec![2]);
+        }
+        b
+    }
+
+    /// Records and "applies" `batch` as write `n` (the watermark alone).
+    fn applied(m: &Watermark, n: u64, batch: &Batch) {
+        m.record(n, batch);
+        m.lock().applied = n;
+    }
+
+    #[test]
+    fn the_watermark_gates_logs_outboxes_and_welcomes_only() {
+        let log = keys::log("a@bz", 7);
+        assert_eq!(
+            gate(&log),
+            Some(Gate::Sequence {
+                sequence: &keys::log_prefix("a@bz"),
+                seq: 7
+            })
+        );
+        let o = outbox("nctv", 3);
+        assert_eq!(
+            gate(&o),
+            Some(Gate::Sequence {
+                sequence: b"o/nctv\0",
+                seq: 3
+            })
+        );
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(gate(&keys::welcome_ref("u@bz", &id)), Some(Gate::Key));
+        assert_eq!(gate(&keys::welcome("u@bz", &id)), Some(Gate::Key));
+        for other in [
+            keys::community("a@bz"),
+            keys::last_seq("a@bz"),
+            keys::cursor("u@bz", "a@bz"),
+            keys::member("u@bz", "a@bz"),
+            keys::welcome_blob(&id),
+            keys::audit(1),
+            b"O/nctv".to_vec(),
+            b"l/short".to_vec(),
+        ] {
+            assert_eq!(gate(&other), None, "{}", String::from_utf8_lossy(&other));
+        }
+    }
+
+    #[test]
+    fn a_sequence_is_readable_below_its_first_unflushed_append() {
+        let m = Watermark::default();
+        let a = keys::log_prefix("a@bz");
+        assert_eq!(m.readable_upto(&a), u64::MAX);
+        applied(&m, 1, &appends("a@bz", 1..=3, &[1]));
+        applied(&m, 2, &appends("a@bz", 4..=4, &[2, 3]));
+        assert_eq!(m.readable_upto(&a), 0);
+        assert_eq!(m.readable_upto(b"o/p\0"), 0);
+        assert_eq!(m.readable_upto(&keys::log_prefix("b@bz")), u64::MAX);
+        // A flush covers what was applied before it started, not what came later.
+        m.flushed(1);
+        assert_eq!(m.durable(), 1);
+        assert_eq!(m.readable_upto(&a), 3);
+        assert_eq!(m.readable_upto(b"o/p\0"), 1);
+        m.flushed(2);
+        assert_eq!(m.readable_upto(&a), u64::MAX);
+        assert_eq!(m.readable_upto(b"o/p\0"), u64::MAX);
+        assert!(
+            m.lock().sequences.is_empty(),
+            "nothing left once all is flushed"
+        );
+        // An older flush finishing late changes nothing.
+        applied(&m, 3, &appends("a@bz", 5..=5, &[]));
+        m.flushed(2);
+        assert_eq!(m.readable_upto(&a), 4);
+    }
+
+    #[test]
+    fn early_release_shows_only_the_released_writes_of_that_sequence() {
+        let m = Watermark::default();
+        let a = keys::log_prefix("a@nctv");
+        applied(&m, 1, &appends("a@nctv", 1..=2, &[]));
+        applied(&m, 2, &appends("a@nctv", 3..=5, &[1]));
+        // Releasing a later write leaves the earlier one holding the log back.
+        m.release(&[2], &a);
+        assert_eq!(m.readable_upto(&a), 0);
+        m.release(&[1], &a);
+        assert_eq!(m.readable_upto(&a), u64::MAX);
+        // The outbox item of the released write still waits for the flush.
+        assert_eq!(m.readable_upto(b"o/p\0"), 0);
+        m.flushed(2);
+        assert_eq!(m.readable_upto(b"o/p\0"), u64::MAX);
+    }
+
+    #[test]
+    fn welcomes_stay_hidden_until_flushed_and_deletes_are_not_gated() {
+        let m = Watermark::default();
+        let id = uuid::Uuid::new_v4();
+        let welcome = keys::welcome_ref("u@bz", &id);
+        let mut b = Batch::default();
+        b.put(welcome.clone(), vec![1]);
+        b.delete(outbox("p", 9));
+        applied(&m, 1, &b);
+        assert!(m.is_unflushed(&welcome));
+        assert!(!m.is_unflushed(&keys::welcome_ref("v@bz", &id)));
+        assert_eq!(m.readable_upto(b"o/p\0"), u64::MAX);
+        m.flushed(1);
+        assert!(!m.is_unflushed(&welcome));
+    }
+
+    /// An engine whose batches fail.
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl Engine for Refusing {
+        fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+            Ok(None)
+        }
+        fn scan(&self, _: &[u8], _: Option<&[u8]>, _: usize) -> Result<Vec<Pair>, RelayError> {
+            Ok(Vec::new())
+        }
+        fn last(&self, _: &[u8]) -> Result<Option<Pair>, RelayError> {
+            Ok(None)
+        }
+        fn apply(&self, _: Batch) -> Result<(), RelayError> {
+            Err(RelayError::Store("disk full".into()))
+        }
+        fn flush(&self) -> Result<(), RelayError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_to_apply_is_forgotten() {
+        let d = Durability::start(Arc::new(Refusing));
+        assert!(d.apply(appends("a@bz", 1..=1, &[1])).is_err());
+        let m = d.watermark();
+        assert_eq!(m.applied(), 0);
+        assert_eq!(m.readable_upto(&keys::log_prefix("a@bz")), u64::MAX);
+        assert_eq!(m.readable_upto(b"o/p\0"), u64::MAX);
+        assert_eq!(
+            d.apply(Batch::default()).unwrap(),
+            0,
+            "an empty batch writes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wait_makes_everything_applied_before_it_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let e: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).unwrap());
+        let d = Durability::start(e.clone());
+        let a = keys::log_prefix("a@bz");
+        assert_eq!(d.apply(appends("a@bz", 1..=2, &[1])).unwrap(), 1);
+        assert_eq!(d.apply(appends("a@bz", 3..=3, &[2])).unwrap(), 2);
+        // Applied: in the store at once, but not readable.
+        assert!(e.get(&keys::log("a@bz", 3)).unwrap().is_some());
+        assert_eq!(d.watermark().readable_upto(&a), 0);
+        d.wait().await.unwrap();
+        assert_eq!(d.watermark().durable(), 2);
+        assert_eq!(d.watermark().readable_upto(&a), u64::MAX);
+        assert_eq!(d.watermark().readable_upto(b"o/p\0"), u64::MAX);
+        d.stop().await.unwrap();
     }
 }

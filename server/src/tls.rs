@@ -13,6 +13,23 @@ use crate::error::RelayError;
 
 /// Idle timeout of relay-to-relay links (keep-alives every quarter of it).
 pub const PEER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Request streams a device or peer may have open on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Bytes a device or peer may send on one connection ahead of what the relay has
+/// read (QUIC connection flow control; quinn's default is unlimited). The relay reads
+/// request streams as data arrives, so this is what can sit in QUIC's buffers at
+/// once; what it has read is charged to the identity's request byte budget.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 2 << 20;
+/// Bytes a device or peer may send on one stream ahead of what the relay has read.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1 << 20;
+
+/// Flow-control and stream limits of every relay connection, accepted or dialled.
+fn bound_receiving(transport: &mut quinn::TransportConfig) {
+    transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.receive_window(CONNECTION_RECEIVE_WINDOW.into());
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+}
 
 /// The crypto provider every TLS config of Kring uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -66,8 +83,7 @@ pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayE
         .map_err(|e| RelayError::Tls(e.to_string()))?,
     ));
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
-    transport.max_concurrent_bidi_streams(64u32.into());
-    transport.max_concurrent_uni_streams(0u32.into());
+    bound_receiving(&mut transport);
     server.transport_config(Arc::new(transport));
     Ok(server)
 }
@@ -93,6 +109,8 @@ pub fn peer_client_config(config: &RelayConfig) -> Result<quinn::ClientConfig, R
             .map_err(|e| RelayError::Tls(e.to_string()))?,
     ));
     transport.keep_alive_interval(Some(PEER_IDLE_TIMEOUT / 4));
+    // The dialled peer opens request streams on the link too.
+    bound_receiving(&mut transport);
     client.transport_config(Arc::new(transport));
     Ok(client)
 }

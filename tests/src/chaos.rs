@@ -152,6 +152,58 @@ impl Federation {
             reason: format!("store does not open: {e}"),
         })
     }
+
+    /// Renews relay `id`'s certificate as an operator would: a new key, a new
+    /// certificate from the same organisation CA with the same accreditation,
+    /// written over `relay.crt` and `relay.key`. Takes effect when the relay
+    /// (re)starts.
+    pub fn renew_relay_certificate(&self, id: &str) -> Result<()> {
+        let pki_err = |e: &dyn std::fmt::Display| HarnessError::Pki(e.to_string());
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).map_err(|e| HarnessError::File {
+                path: p.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let dir = self.relay_dir(id);
+        let current = kring_protocol::identity::certificates_from_pem(
+            read(dir.join("relay.crt"))?.as_bytes(),
+        )
+        .map_err(|e| pki_err(&e))?;
+        let identity = current
+            .first()
+            .ok_or_else(|| HarnessError::Pki("relay.crt holds no certificate".into()))
+            .and_then(|leaf| {
+                kring_protocol::identity::Identity::from_der(leaf).map_err(|e| pki_err(&e))
+            })?;
+        let root = kring_certs_dev::Authority::load(
+            kring_certs_dev::ROOT_ORGANISATION,
+            &read(self.dir.join("ca/root.crt"))?,
+            &read(self.dir.join("ca/root.key"))?,
+        )
+        .map_err(|e| pki_err(&e))?;
+        let org_dir = kring_certs_dev::org_dir(&self.dir, &identity.organisation);
+        let org = kring_certs_dev::Authority::load(
+            &identity.organisation,
+            &read(org_dir.join("ca.crt"))?,
+            &read(org_dir.join("ca.key"))?,
+        )
+        .map_err(|e| pki_err(&e))?;
+        let pki = kring_certs_dev::Pki::from_authorities(super::now(), root, vec![org]);
+        let mut spec = kring_certs_dev::RelaySpec::new(id, &identity.organisation);
+        if let Some(accreditation) = identity.clearance {
+            spec = spec.with_accreditation(accreditation);
+        }
+        let cert = pki.issue_relay(&spec).map_err(|e| pki_err(&e))?;
+        for (file, text) in [("relay.crt", &cert.chain_pem), ("relay.key", &cert.key_pem)] {
+            let path = dir.join(file);
+            std::fs::write(&path, text).map_err(|e| HarnessError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// `VmRSS` of a process in KiB.

@@ -1,4 +1,4 @@
-//! The story `kring-demo` tells (SPEC §8): the label rule for the demo users, then a
+//! The story `kring-demo` tells: the label rule for the demo users, then a
 //! federation of four relays: a community spanning four organisations, an embassy
 //! signal reaching the ministries, refusals that say why, a relay outage that
 //! loses nothing, and a lost device revoked everywhere.
@@ -27,7 +27,7 @@ fn parse_args() -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "kring-demo [--keep-running]\n\n\
-                     Generates a demo federation (SPEC §8) in a temporary directory, starts its\n\
+                     Generates a demo federation in a temporary directory, starts its\n\
                      relays as separate processes and plays the Kring story with narration.\n\
                      --keep-running  leave the relays up afterwards and print how to use `kring`."
                 );
@@ -97,7 +97,7 @@ async fn story(options: &Options) -> Result<(), String> {
         .map_err(|x| e(&x))?;
     say("an extra user stagiair@bz with clearance NL:DEP-VERTROUWELIJK");
 
-    step("2. Who may read what (the label rule, SPEC §3)");
+    step("2. Who may read what (the label rule)");
     let people = [
         ("analist@post-a", "NL:STG-CONFIDENTIEEL"),
         ("liaison@bz", "NL:STG-GEHEIM"),
@@ -155,7 +155,7 @@ async fn story(options: &Options) -> Result<(), String> {
     ));
     let members = ["analist@post-a", "liaison@nctv", "analist@aivd"];
     let max_label: Label = max.parse().map_err(|x| e(&x))?;
-    // (member, their clearance, their home relay's accreditation) as in SPEC §8.
+    // (member, their clearance, their home relay's accreditation) as in the demo federation.
     let admitted = [
         (
             "analist@post-a",

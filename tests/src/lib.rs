@@ -89,7 +89,7 @@ pub mod chaos;
 pub mod demo;
 pub mod steps;
 
-/// Relay ids of the demo federation (SPEC §8).
+/// Relay ids of the demo federation.
 pub const RELAYS: [&str; 4] = ["bz", "nctv", "aivd", "post-a"];
 
 /// Picks `n` distinct free UDP ports on 127.0.0.1.
@@ -106,7 +106,7 @@ pub fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
 }
 
 impl Federation {
-    /// Mints the SPEC §8 federation into a fresh temporary directory, with ports
+    /// Mints the demo federation into a fresh temporary directory, with ports
     /// chosen by the OS. Nothing is started yet.
     pub fn create(launcher: RelayLauncher) -> Result<Self> {
         let tmp = tempfile::Builder::new()
@@ -242,6 +242,13 @@ impl Federation {
 
     /// Starts a relay process and waits until it listens.
     pub fn start(&mut self, id: &str) -> Result<()> {
+        self.start_with_env(id, &[])
+    }
+
+    /// [`Federation::start`] with extra environment variables for the relay process,
+    /// such as `KRING_FAILPOINT` (`kring_relay::store::failpoint`), which a relay
+    /// never inherits from the test process.
+    pub fn start_with_env(&mut self, id: &str, env: &[(&str, &str)]) -> Result<()> {
         if self.relays.contains_key(id) {
             return Ok(());
         }
@@ -268,6 +275,8 @@ impl Federation {
                 "KRING_LOG",
                 std::env::var("KRING_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env_remove("KRING_FAILPOINT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -352,6 +361,23 @@ impl Federation {
         if let Some(mut p) = self.relays.remove(id) {
             let _ = p.child.kill();
             let _ = p.child.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for relay `id`'s process to end by itself (a failpoint);
+    /// its exit status, or `None` if it is still running (or was not started).
+    pub fn wait_exit(&mut self, id: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.relays.get_mut(id)?;
+            if let Ok(Some(status)) = p.child.try_wait() {
+                self.relays.remove(id);
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

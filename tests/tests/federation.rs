@@ -1,4 +1,4 @@
-//! Four relays of four organisations share communities (SPEC §8): hub ordering,
+//! Four relays of four organisations share communities: hub ordering,
 //! federated membership, policy at every hop, store-and-forward across a stopped spoke.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
 

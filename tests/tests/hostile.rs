@@ -1,7 +1,9 @@
 //! Hostile input against a real relay: broken frames, floods, idle and half-open
 //! connections, a device that never reads its pushes, malformed and replayed MLS
-//! messages, and a malicious peer relay rewriting a notice's label. Each case gets a
-//! typed error (or is refused by every recipient) and the relay keeps serving others.
+//! messages, and a malicious peer relay rewriting a notice's label; slow and half-sent
+//! frames, too many connections of one identity, and subscription floods. Each case
+//! gets a typed error (or is refused by every recipient) and the relay keeps serving
+//! others.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
 
 use std::time::{Duration, Instant};
@@ -220,6 +222,9 @@ async fn idle_and_half_open_connections_are_capped_and_time_out() {
     const CAP: usize = 40;
     let mut fed = federation();
     fed.set_relay_option("bz", "max_connections", (CAP as i64).into())
+        .unwrap();
+    // One identity fills the relay-wide cap here, so its own cap must not stop it.
+    fed.set_relay_option("bz", "max_connections_per_identity", (CAP as i64).into())
         .unwrap();
     fed.set_relay_option("bz", "idle_timeout_ms", 2000.into())
         .unwrap();
@@ -759,4 +764,403 @@ async fn a_label_rewritten_in_transit_is_refused_by_every_recipient() {
         assert!(found.is_empty(), "plaintext in {found:?}");
     }
     others_are_served(&fed, "post-a", "analist@post-a").await;
+}
+
+/// One user fetching another's key packages over and over gets a few one-time
+/// packages an hour, then only the last-resort one (never consumed), then
+/// `RateLimited`; a user of another relay, fetching through their own relay, is held
+/// to the same limits at the user's home relay. Every fetch is audit-logged with
+/// requester and user (never key material). Adding the user to a community still
+/// works, with a one-time package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_cannot_be_drained() {
+    use kring_relay::key_fetch::{FETCHES_PER_PAIR, ONE_TIME_PER_PAIR};
+    let pair_fetches = FETCHES_PER_PAIR as usize;
+    let one_time = ONE_TIME_PER_PAIR as usize;
+    let mut fed = federation();
+    fed.issue_user("mallory@bz", "NL:DEP-VERTROUWELIJK", &[])
+        .unwrap();
+    fed.start("bz").unwrap();
+    fed.start("nctv").unwrap();
+    let mut victim = fed.client("liaison@bz").unwrap();
+    victim.publish_key_packages(10).await.unwrap();
+
+    let fetch = |conn: quinn::Connection| async move {
+        raw_request(
+            &conn,
+            &Request::FetchKeyPackage {
+                user: "liaison@bz".into(),
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let package = |r: Response| match r {
+        Response::KeyPackage { key_package } => key_package,
+        other => panic!("expected a key package, got {other:?}"),
+    };
+
+    let (_ep, mallory) = raw_user_connect(&fed, "mallory@bz").await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..pair_fetches {
+        got.push(package(fetch(mallory.clone()).await));
+    }
+    match fetch(mallory.clone()).await {
+        Response::Error(ErrorCode::RateLimited { retry_after_ms }) => {
+            assert!(retry_after_ms > 0, "{retry_after_ms}")
+        }
+        Response::KeyPackage { .. } => panic!("expected RateLimited, got another key package"),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    let last_resort = got[one_time].clone();
+    let distinct: std::collections::BTreeSet<&Vec<u8>> = got[..one_time].iter().collect();
+    assert_eq!(distinct.len(), one_time, "one-time packages repeat");
+    assert!(!distinct.contains(&last_resort));
+    assert!(
+        got[one_time..].iter().all(|kp| *kp == last_resort),
+        "more than {one_time} one-time packages went to one requester"
+    );
+
+    // Through another relay: the same limits, applied by the user's home relay.
+    let (_ep2, remote) = raw_user_connect(&fed, "liaison@nctv").await.unwrap();
+    let mut remote_got = Vec::new();
+    for _ in 0..=one_time {
+        remote_got.push(package(fetch(remote.clone()).await));
+    }
+    assert_eq!(remote_got[one_time], last_resort);
+    for kp in &remote_got[..one_time] {
+        assert!(
+            *kp != last_resort && !got.contains(kp),
+            "not a fresh one-time package"
+        );
+    }
+
+    // The normal flow: an admin adds the user, who joins.
+    let mut admin = fed.client("admin@bz").unwrap();
+    admin.publish_key_packages(2).await.unwrap();
+    admin
+        .create_community("sleutels", "NL:DEP-VERTROUWELIJK")
+        .await
+        .unwrap();
+    admin
+        .add_members("sleutels@bz", &["liaison@bz".to_string()])
+        .await
+        .unwrap();
+    join(&mut victim, "sleutels@bz").await;
+    victim.disconnect().await;
+    drop(admin);
+
+    let records = audit(&fed, "admin@bz").await;
+    let fetches = |actor: &str, detail: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                r.kind == "membership"
+                    && r.action == "fetch-key-package"
+                    && r.actor == actor
+                    && r.subject == "liaison@bz"
+                    && r.detail.contains(detail)
+            })
+            .count()
+    };
+    assert_eq!(
+        fetches("mallory@bz", "one-time key package handed out"),
+        one_time
+    );
+    assert_eq!(
+        fetches("mallory@bz", "one-time packages protected"),
+        pair_fetches - one_time
+    );
+    assert_eq!(
+        fetches("liaison@nctv", "one-time key package handed out"),
+        one_time
+    );
+    assert_eq!(fetches("liaison@nctv", "one-time packages protected"), 1);
+    assert_eq!(fetches("admin@bz", "one-time key package handed out"), 1);
+    assert!(
+        records.iter().any(|r| r.kind == "refusal"
+            && r.actor == "mallory@bz"
+            && r.action == "fetch-key-package"
+            && r.detail.contains("rate limited")),
+        "the refused fetch is not audited"
+    );
+}
+
+/// The first frame the relay sends on `recv`, within 10 s (the stream may stay open).
+async fn first_frame(recv: &mut quinn::RecvStream) -> Vec<u8> {
+    let mut decoder = wire::FrameDecoder::new(DEFAULT_MAX_FRAME);
+    let read = async {
+        loop {
+            if let Some(payload) = decoder.next_payload().unwrap() {
+                return payload;
+            }
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => decoder.feed(&chunk.bytes).unwrap(),
+                other => panic!("stream ended before a frame: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no frame within 10 s")
+}
+
+fn refusals(records: &[wire::AuditRecordView], actor: &str, action: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| r.kind == "refusal" && r.actor == actor && r.action == action)
+        .count()
+}
+
+/// A request frame that trickles in (one byte every 100 ms) or stops halfway through
+/// its header is cut at the frame deadline (`frame_timeout_ms`, 1 s here) with
+/// `BadRequest`, audited; the connection and everybody else are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loris_frame_is_cut_at_the_deadline() {
+    let mut fed = federation();
+    fed.set_relay_option("bz", "frame_timeout_ms", 1000.into())
+        .unwrap();
+    fed.start("bz").unwrap();
+    let (_ep, conn) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let started = Instant::now();
+    send.write_all(&200u32.to_be_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..200 {
+            if send.write_all(&[0]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        send
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(64 * 1024))
+        .await
+        .expect("the trickling frame was not cut within 10 s")
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("trickling frame cut after {took:?}");
+    assert!(
+        matches!(error_of(&answer), ErrorCode::BadRequest { ref reason } if reason.contains("within 1000 ms")),
+        "{:?}",
+        error_of(&answer)
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    trickle.abort();
+
+    // Half a header, then nothing (the stream stays open).
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(64 * 1024))
+        .await
+        .expect("the half header was not cut within 10 s")
+        .unwrap();
+    assert!(
+        matches!(error_of(&answer), ErrorCode::BadRequest { ref reason } if reason.contains("within 1000 ms")),
+        "{:?}",
+        error_of(&answer)
+    );
+    drop(send);
+
+    assert_eq!(raw_request(&conn, &Request::Ping).await, Ok(Response::Pong));
+    others_are_served(&fed, "bz", "admin@bz").await;
+    let records = audit(&fed, "admin@bz").await;
+    assert_eq!(refusals(&records, "liaison@bz", "frame-timeout"), 2);
+}
+
+/// Sixty large frames half sent on one connection (each header claims 8 MiB, 960 KiB
+/// follow, the stream is never finished): the identity's request byte budget (8 MiB
+/// by default, `request_bytes_per_identity`) admits a few, every other stream is
+/// refused at once with `RateLimited` (audited) and its bytes dropped. The relay's
+/// memory grows by about the budget, not by the 56 MiB sent; other users are served
+/// during the attack, and the attacker again once its connection is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_large_frames_are_held_to_the_identity_budget() {
+    const STREAMS: usize = 60;
+    const SENT: usize = 960 * 1024;
+    let budget_streams = DEFAULT_MAX_FRAME / (1 << 20);
+    let mut fed = federation();
+    fed.set_relay_option("bz", "frame_timeout_ms", 120_000.into())
+        .unwrap();
+    fed.start("bz").unwrap();
+    let (_ep, conn) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+    assert_eq!(raw_request(&conn, &Request::Ping).await, Ok(Response::Pong));
+    others_are_served(&fed, "bz", "admin@bz").await;
+    let rss_before = fed.rss_kib("bz").unwrap();
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut held = Vec::new();
+    for _ in 0..STREAMS {
+        let conn = conn.clone();
+        let tx = tx.clone();
+        held.push(tokio::spawn(async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let mut bytes = (DEFAULT_MAX_FRAME as u32).to_be_bytes().to_vec();
+            bytes.extend(vec![7u8; SENT]);
+            // The relay stops reading a refused stream: the write may fail.
+            let _ = send.write_all(&bytes).await;
+            // Never finished: an admitted frame waits for the rest.
+            let answer = recv.read_to_end(64 * 1024).await;
+            let _ = tx.send(answer.map_err(|e| e.to_string()));
+            send
+        }));
+    }
+    let refused_needed = STREAMS - budget_streams;
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused < refused_needed {
+        let answer = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {refused} of {STREAMS} half-sent frames refused; relay RSS {:?} KiB, \
+                     {rss_before} KiB before",
+                    fed.rss_kib("bz")
+                )
+            })
+            .unwrap()
+            .unwrap();
+        match error_of(&answer) {
+            ErrorCode::RateLimited { retry_after_ms } => assert!(retry_after_ms > 0),
+            other => panic!("expected RateLimited, got {other:?}"),
+        }
+        refused += 1;
+    }
+    let rss_during = fed.rss_kib("bz").unwrap();
+    let sent_kib = (STREAMS * SENT / 1024) as u64;
+    eprintln!(
+        "{refused} of {STREAMS} half-sent frames refused; relay RSS {rss_before} KiB before, \
+         {rss_during} KiB with {sent_kib} KiB sent"
+    );
+    assert!(
+        rss_during < rss_before + 24 * 1024,
+        "relay memory grew from {rss_before} to {rss_during} KiB"
+    );
+    // Another user is served while the attack holds the attacker's budget.
+    others_are_served(&fed, "bz", "admin@bz").await;
+
+    // The attacker's connection goes: its budget is free again.
+    conn.close(0u32.into(), b"");
+    for h in held {
+        h.abort();
+    }
+    let (_ep2, again) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match raw_request(&again, &Request::Ping).await.unwrap() {
+            Response::Pong => break,
+            Response::Error(ErrorCode::RateLimited { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("the attacker is not served again: {other:?}"),
+        }
+    }
+    let records = audit(&fed, "admin@bz").await;
+    assert!(
+        refusals(&records, "liaison@bz", "request-budget") >= refused_needed,
+        "budget refusals not audited"
+    );
+}
+
+/// One identity may hold `max_connections_per_identity` connections (3 here): the
+/// next is refused with `Unavailable` on its first stream and closed, audited;
+/// another user is not affected, and once one of the three closes a new one is
+/// accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_identity_cap_are_refused() {
+    const CAP: usize = 3;
+    let mut fed = federation();
+    fed.set_relay_option("bz", "max_connections_per_identity", (CAP as i64).into())
+        .unwrap();
+    fed.start("bz").unwrap();
+    let mut open = Vec::new();
+    for _ in 0..CAP {
+        let (ep, conn) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+        assert_eq!(raw_request(&conn, &Request::Ping).await, Ok(Response::Pong));
+        open.push((ep, conn));
+    }
+    let (_ep, extra) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+    match raw_request(&extra, &Request::Ping).await {
+        Ok(Response::Error(ErrorCode::Unavailable { reason })) => {
+            assert!(reason.contains("already has 3 connections"), "{reason}")
+        }
+        other => panic!("connection {} of one identity: {other:?}", CAP + 1),
+    }
+    tokio::time::timeout(Duration::from_secs(10), extra.closed())
+        .await
+        .expect("the refused connection was not closed");
+    others_are_served(&fed, "bz", "admin@bz").await;
+
+    // One closes: a new connection is accepted (once the relay has seen the close).
+    let (ep, first) = open.remove(0);
+    first.close(0u32.into(), b"bye");
+    ep.wait_idle().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_ep, conn) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+        match raw_request(&conn, &Request::Ping).await {
+            Ok(Response::Pong) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "no connection after one closed: {other:?}"
+            ),
+        }
+    }
+    let records = audit(&fed, "admin@bz").await;
+    assert!(
+        records.iter().any(|r| r.kind == "connection"
+            && r.actor == "liaison@bz"
+            && r.action == "connection-cap"),
+        "the refused connection is not audited"
+    );
+}
+
+/// Subscriptions cost a request like any other: a flood of `Subscribe` streams
+/// beyond the identity's burst is refused with `RateLimited` (audited) before the
+/// frame is read, while the admitted subscriptions are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_floods_are_rate_limited() {
+    const STREAMS: usize = 60;
+    let mut fed = federation();
+    fed.set_relay_option("bz", "requests_per_second", 10.into())
+        .unwrap();
+    fed.start("bz").unwrap();
+    let (_ep, conn) = raw_user_connect(&fed, "liaison@bz").await.unwrap();
+    let frame = wire::encode_frame(&Request::Subscribe, DEFAULT_MAX_FRAME).unwrap();
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        let _ = send.finish();
+        streams.push((send, recv));
+    }
+    let took = started.elapsed();
+    let (mut served, mut limited) = (0u64, 0u64);
+    for (_, recv) in streams.iter_mut() {
+        let payload = first_frame(recv).await;
+        if let Ok(Response::Error(ErrorCode::RateLimited { .. })) =
+            wire::decode_payload::<Response>(&payload)
+        {
+            limited += 1;
+        } else if let Ok(wire::Push::CaughtUp) = wire::decode_payload::<wire::Push>(&payload) {
+            served += 1;
+        } else {
+            panic!("neither CaughtUp nor RateLimited: {payload:?}");
+        }
+    }
+    eprintln!("{STREAMS} subscriptions in {took:?}: {served} served, {limited} rate limited");
+    // A burst of 20, then 10 per second.
+    let allowed = 20 + (took.as_secs_f64() * 10.0).ceil() as u64 + 1;
+    assert!(served >= 20, "the burst was not served: {served}");
+    assert!(served <= allowed, "{served} subscriptions in {took:?}");
+    assert_eq!(served + limited, STREAMS as u64);
+    others_are_served(&fed, "bz", "admin@bz").await;
+    drop(streams);
+    let records = audit(&fed, "admin@bz").await;
+    assert!(refusals(&records, "liaison@bz", "rate-limit") as u64 >= limited);
 }

@@ -1,4 +1,4 @@
-//! Link faults between relays (SPEC §6): a relay-to-relay link cut for longer than
+//! Link faults between relays: a relay-to-relay link cut for longer than
 //! the retry backoff (5 s) while notices flow both ways, then healed: catch-up is
 //! complete, in hub order, exactly once. A stalled peer (its process frozen with
 //! SIGSTOP) does not hold back the hub's other links.

@@ -1,7 +1,8 @@
-//! Revocation across the federation (issue 5): an org-admin revokes a user of their
+//! Revocation across the federation: an org-admin revokes a user of their
 //! organisation; every relay cuts them off, refuses them, and the hubs of their
 //! communities have them removed by the first admin online, while the others carry
-//! on without a gap. Also: who may revoke, and CRL entries.
+//! on without a gap. Also: who may revoke, CRL entries, a peer relay revoked by its
+//! CA's CRL, and a device whose certificate expires while it is connected.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
 
 use std::time::{Duration, Instant};
@@ -242,5 +243,161 @@ async fn a_crl_entry_cuts_off_and_removes_like_a_revocation() {
             .iter()
             .any(|l| l.contains("ca:bz crl:bz crl") && l.contains(&entry.serial)),
         "{at_nctv:#?}"
+    );
+}
+
+/// Waits (polling the audit log of `admin`'s relay) until `done` holds for its
+/// lines; returns them.
+async fn audit_until(
+    admin: &mut Client,
+    what: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = audit_lines(admin).await;
+        if done(&lines) {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "{what}: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A device whose certificate expires while it is connected is cut off when it
+/// expires (QUIC close code 8, "certificate expired"), and the cut is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_certificate_expires_while_connected_is_cut_off() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    let not_after = kring_tests::now() + 8;
+    kring_certs_dev::issue_user_into(
+        fed.dir(),
+        &kring_certs_dev::IssueUserRequest {
+            user: "kort@bz".into(),
+            clearance: "NL:STG-GEHEIM".parse().unwrap(),
+            roles: Vec::new(),
+            not_after: Some(not_after),
+            force: false,
+        },
+        kring_tests::now(),
+    )
+    .unwrap();
+    let (_ep, conn) = kring_tests::chaos::raw_user_connect(&fed, "kort@bz")
+        .await
+        .unwrap();
+    assert_eq!(
+        kring_tests::chaos::raw_request(&conn, &kring_protocol::wire::Request::Ping).await,
+        Ok(kring_protocol::wire::Response::Pong)
+    );
+    let why = tokio::time::timeout(Duration::from_secs(30), conn.closed())
+        .await
+        .expect("the connection outlived its certificate");
+    let closed_at = kring_tests::now();
+    eprintln!("closed at {closed_at}, certificate valid until {not_after}: {why}");
+    match why {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(8));
+            assert_eq!(&close.reason[..], b"certificate expired");
+        }
+        other => panic!("closed by {other}, not for the expired certificate"),
+    }
+    assert!(
+        closed_at > not_after,
+        "closed before the certificate expired"
+    );
+    let lines = audit_lines(&mut fed.client("admin@bz").unwrap()).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("connection bz kort@bz expired-cut-off")),
+        "{lines:#?}"
+    );
+}
+
+/// Hex text (of a certificate serial) as bytes.
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A peer relay whose certificate its organisation's CA revokes (a CRL entry for its
+/// serial) loses its link while connected: nctv reads the new CRL and passes it on,
+/// bz closes the link as soon as the CRL reaches it, audits the cut, and refuses
+/// nctv from then on (its re-dial is refused; the link never comes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_relay_revoked_by_crl_loses_its_link() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("nctv").unwrap();
+    // The link works: a key package of nctv's user travels over it.
+    let _nctv = ready(&fed, "liaison@nctv").await;
+    let mut bz = ready(&fed, "liaison@bz").await;
+    bz.create_community("kring", "NL:STG-GEHEIM").await.unwrap();
+    bz.add_members("kring@bz", &["liaison@nctv"]).await.unwrap();
+
+    // nctv's CA publishes a CRL with the certificate of relay nctv.
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    let leaf = kring_protocol::identity::certificates_from_pem(
+        read(fed.dir().join("relays/nctv/relay.crt")).as_bytes(),
+    )
+    .unwrap()
+    .remove(0);
+    let relay = kring_protocol::identity::Identity::from_der(&leaf).unwrap();
+    let org_dir = kring_certs_dev::org_dir(fed.dir(), "nctv");
+    let ca = kring_certs_dev::Authority::load(
+        "nctv",
+        &read(org_dir.join("ca.crt")),
+        &read(org_dir.join("ca.key")),
+    )
+    .unwrap();
+    let this_update = kring_tests::now() + 1;
+    let crl = ca
+        .crl_with_entries(
+            &[kring_certs_dev::CrlEntry::key_compromise(
+                unhex(&relay.serial),
+                this_update,
+            )],
+            1000,
+            this_update,
+            this_update + 30 * 86_400,
+        )
+        .unwrap();
+    std::fs::write(kring_certs_dev::crl_path(fed.dir(), "nctv"), crl.pem).unwrap();
+    let started = Instant::now();
+
+    let mut admin = fed.client("admin@bz").unwrap();
+    let cut = "revocation bz nctv cut-off";
+    let lines = audit_until(
+        &mut admin,
+        "bz kept its link to the revoked relay nctv",
+        |lines| {
+            let at = lines.iter().position(|l| l.starts_with(cut));
+            // ... and its re-dial is refused.
+            at.is_some_and(|at| {
+                lines[at..]
+                    .iter()
+                    .any(|l| l.starts_with("revocation nctv bz connect-refused"))
+            })
+        },
+    )
+    .await;
+    eprintln!(
+        "link to the revoked peer cut within {:?}",
+        started.elapsed()
+    );
+    let at = lines.iter().position(|l| l.starts_with(cut)).unwrap();
+    assert!(
+        lines[at].contains(&relay.serial),
+        "the cut names the revoked certificate: {}",
+        lines[at]
+    );
+    assert!(
+        !lines[at..]
+            .iter()
+            .any(|l| l.starts_with("link bz nctv link-up")),
+        "the link came back: {lines:#?}"
     );
 }

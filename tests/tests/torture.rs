@@ -1,4 +1,4 @@
-//! Crash torture (SPEC §6): three relays of a federation are killed with SIGKILL and
+//! Crash torture: three relays of a federation are killed with SIGKILL and
 //! restarted at random while users at the hub and at two spokes file a stream of
 //! notices. Afterwards every notice acknowledged to its filer has reached every
 //! entitled device exactly once, in hub order; every relay's log copy agrees with the

@@ -1,4 +1,4 @@
-//! The command line grammar (SPEC §7).
+//! The command line grammar.
 
 use std::path::PathBuf;
 
@@ -42,6 +42,29 @@ pub enum Command {
     /// Organisation administration: revoke a user, read the relay's audit log.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Who this profile's certificate says you are: user, home relay, organisation,
+    /// clearance, roles, serial and validity (offline: the certificate and trust
+    /// anchors only, not the key, local state or network).
+    Whoami {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new device: generate its key here (it never leaves the device) and a
+    /// certificate signing request for your organisation's CA, plus a profile to
+    /// complete, in DIR.
+    Enroll {
+        /// Your identity, NAME@RELAY (RELAY: your home relay).
+        #[arg(long, value_name = "NAME@RELAY")]
+        user: String,
+        /// The directory to write user.key, user.csr and profile.toml to (created
+        /// if missing; nothing in it is ever replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Your organisation (the certificate's O); default: RELAY.
+        #[arg(long, value_name = "ORG")]
+        organisation: Option<String>,
+    },
 }
 
 /// `kring keys ...`
@@ -259,9 +282,21 @@ pub enum AdminCommand {
     /// Your home relay's audit log, one line per record (org-admins of the relay's
     /// organisation only).
     Audit {
-        /// Also have the relay check the whole hash chain (exit 1 if broken).
+        /// Check the whole chain, on this device and by the relay: hashes, links,
+        /// every checkpoint signature, every certificate the relay signed with
+        /// (chained to your trust anchors). Exit 1 if broken.
         #[arg(long)]
         verify: bool,
+        /// With --verify: also check the log against a head saved earlier with
+        /// --head; a cut or rewritten tail is detected (exit 1).
+        #[arg(long, value_name = "HEAD_FILE", requires = "verify")]
+        against: Option<PathBuf>,
+        /// Instead of the records, print a head of the log signed by the relay now
+        /// (one JSON line: relay, record count, hash of the last record, time,
+        /// signature, certificate chain). Save it where the relay cannot change it,
+        /// e.g. `kring admin audit --head > head.json`.
+        #[arg(long, conflicts_with_all = ["verify", "against"])]
+        head: bool,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -325,6 +360,61 @@ mod tests {
         assert!(parse(&["community", "admins", "x", "add", "liaison@bz"]).is_ok());
         assert!(parse(&["keys", "publish", "--count", "5"]).is_ok());
         assert!(parse(&["label", "check", "TLP:RED", "--clearance", "NL:STG-GEHEIM"]).is_ok());
+    }
+
+    #[test]
+    fn whoami_and_enroll_parse() {
+        assert!(matches!(
+            parse(&["whoami", "--json"]).unwrap().command,
+            Command::Whoami { json: true }
+        ));
+        match parse(&["enroll", "--user", "consul@bz", "--out", "d"])
+            .unwrap()
+            .command
+        {
+            Command::Enroll {
+                user,
+                out,
+                organisation: None,
+            } => assert_eq!((user.as_str(), out), ("consul@bz", PathBuf::from("d"))),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse(&["enroll", "--user", "consul@bz"]).is_err(),
+            "no --out"
+        );
+        assert!(parse(&["enroll", "--out", "d"]).is_err(), "no --user");
+        assert!(
+            parse(&[
+                "enroll",
+                "--user",
+                "c@bz",
+                "--out",
+                "d",
+                "--organisation",
+                "ministerie"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn audit_heads_are_printed_alone_and_checked_with_verify() {
+        match parse(&["admin", "audit", "--verify", "--against", "h.json"])
+            .unwrap()
+            .command
+        {
+            Command::Admin(AdminCommand::Audit {
+                verify: true,
+                against: Some(path),
+                head: false,
+                json: false,
+            }) => assert_eq!(path, PathBuf::from("h.json")),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["admin", "audit", "--head"]).is_ok());
+        assert!(parse(&["admin", "audit", "--against", "h.json"]).is_err());
+        assert!(parse(&["admin", "audit", "--head", "--verify"]).is_err());
     }
 
     #[test]

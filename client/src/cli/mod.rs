@@ -1,10 +1,11 @@
-//! The `kring` command line: parses arguments (SPEC §7), drives a [`Client`], prints
+//! The `kring` command line: parses arguments, drives a [`Client`], prints
 //! results on stdout (JSON Lines with `--json`), and one `kring: ` line per problem on
 //! stderr. [`main`] returns the process exit code.
 
 pub mod args;
 pub mod audit;
 pub mod output;
+pub mod whoami;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
@@ -102,9 +103,19 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi_wanted(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_env_filter(filter)
         .with_target(false)
         .try_init();
+}
+
+/// Whether log lines may carry ANSI colour codes: only on a terminal, and not when
+/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+fn ansi_wanted(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Standard output that stops quietly when the reader goes away (`| head`).
@@ -158,12 +169,30 @@ pub fn label_check(label: &str, clearance: Option<&str>, out: &mut Out) -> Resul
 fn open_client(profile: Option<&Path>) -> Result<Client> {
     let dir = profile.ok_or(ClientError::NoProfile)?;
     let mut client = Client::open(dir)?;
+    // Client::open has read the same certificate; a warning only, never a failure.
+    if let Ok((_, me)) = client.profile().certificate() {
+        let now = i64::try_from(crate::validator::now_unix()).unwrap_or(i64::MAX);
+        if let Some(warning) = crate::profile::expiry_warning(&me, now) {
+            eprintln!("kring: warning: {warning}");
+        }
+    }
     client.set_event_sink(Box::new(|e: &SyncEvent| {
         if let Some(line) = output::event_line(e) {
             eprintln!("kring: {line}");
         }
     }));
     Ok(client)
+}
+
+/// Parses `args` (the first is the program name) and runs the command, writing
+/// its output to `out` (for programs and tests that embed the command line).
+pub async fn run_args<I, T>(args: I, out: &mut Out) -> Result<i32>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| ClientError::Usage(clap_message(&e)))?;
+    run(cli, out).await
 }
 
 /// Runs one parsed command; returns the exit code of a successful run.
@@ -174,6 +203,20 @@ pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         }
         Command::Notice(NoticeCommand::Forward { .. }) => {
             Err(ClientError::NotYetAvailable("kring notice forward"))
+        }
+        Command::Whoami { json } => whoami::run(cli.profile.as_deref(), json, out),
+        Command::Enroll {
+            user,
+            out: dir,
+            organisation,
+        } => {
+            let enrolment = crate::enroll::enroll(&crate::enroll::EnrollRequest {
+                user,
+                organisation,
+                dir,
+            })?;
+            out.line(&crate::enroll::next_steps(&enrolment));
+            Ok(EXIT_OK)
         }
         command => {
             // Read the user's input before taking the state database, so a slow
@@ -236,8 +279,16 @@ async fn run_with_client(
         }
         Command::Community(cmd) => community(client, cmd, out).await?,
         Command::Notice(cmd) => notice(client, cmd, input, out).await?,
-        Command::Admin(AdminCommand::Audit { verify, json }) => {
-            return audit::run(client, verify, json, out).await;
+        Command::Admin(AdminCommand::Audit {
+            verify,
+            against,
+            head,
+            json,
+        }) => {
+            if head {
+                return audit::head(client, out).await;
+            }
+            return audit::run(client, verify, against.as_deref(), json, out).await;
         }
         Command::Admin(AdminCommand::Revoke { user, reason }) => {
             let r = client.revoke(&user, &reason).await?;
@@ -260,7 +311,7 @@ async fn run_with_client(
                 ));
             }
         }
-        Command::Label(_) => {
+        Command::Label(_) | Command::Whoami { .. } | Command::Enroll { .. } => {
             return Err(ClientError::Usage("unexpected command".into()));
         }
     }
@@ -573,8 +624,58 @@ mod tests {
     }
 
     #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(ansi_wanted(true, None));
+        assert!(ansi_wanted(true, Some(OsStr::new(""))));
+        assert!(!ansi_wanted(true, Some(OsStr::new("1"))));
+        assert!(!ansi_wanted(false, None));
+    }
+
+    #[test]
+    fn whoami_prints_the_profiles_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fed = crate::testpki::Fed::new("bz");
+        let leaf = fed.admin("bz", "consul", "bz");
+        let dir = fed.profile(tmp.path(), "consul@bz", "bz", &leaf);
+        let dir = dir.to_str().unwrap();
+        let (code, text) = run_cli(&["--profile", dir, "whoami"]);
+        assert_eq!(code.unwrap(), 0);
+        assert!(text.starts_with("user          consul@bz\n"), "{text}");
+        let (code, text) = run_cli(&["--profile", dir, "whoami", "--json"]);
+        assert_eq!(code.unwrap(), 0);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["organisation"], "bz");
+        assert_eq!(json["chain_verified"], true);
+    }
+
+    #[test]
+    fn enroll_says_what_to_do_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("new");
+        let (code, text) = run_cli(&[
+            "enroll",
+            "--user",
+            "consul@bz",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert_eq!(code.unwrap(), 0);
+        assert!(
+            text.starts_with("enrolled consul@bz on this device\n"),
+            "{text}"
+        );
+        assert!(text.contains("next:"), "{text}");
+        assert!(dir.join("user.key").is_file());
+        let (code, _) = run_cli(&["enroll", "--user", "consul", "--out", "x"]);
+        assert_eq!(code.unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
     fn commands_needing_a_profile_say_so() {
         for args in [
+            &["whoami"][..],
             &["notice", "list"][..],
             &["admin", "audit", "--verify", "--json"][..],
         ] {

@@ -12,7 +12,7 @@ use webpki::{
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use super::{Identity, IdentityError, IdentityKind, MAX_CERT_DER_LEN};
+use super::{Identity, IdentityError, IdentityKind, MAX_CERT_DER_LEN, TrustMap};
 
 /// Most certificates accepted in a presented chain (leaf first).
 pub const MAX_CHAIN_LEN: usize = 4;
@@ -98,6 +98,38 @@ pub fn verify_chain_with_revocation(
     expected: IdentityKind,
     revocation: Option<&RevocationCheck<'_>>,
 ) -> Result<Identity, IdentityError> {
+    verify_path(chain_der, anchors_der, now_unix, expected, revocation).map(|(id, _)| id)
+}
+
+/// [`verify_chain`], then [`TrustMap::check`]: the certificate may speak only for a
+/// relay `trust` knows, and only with that relay's organisation (and pinned CA).
+/// This is the check for every certificate received from another party: a TLS
+/// peer, an MLS credential, a revoker.
+///
+/// # Errors
+/// As [`verify_chain`], plus [`IdentityError::UnknownRelay`],
+/// [`IdentityError::WrongOrganisation`] and [`IdentityError::CaNotPinned`].
+pub fn verify_chain_trusted(
+    chain_der: &[Vec<u8>],
+    anchors_der: &[Vec<u8>],
+    now_unix: u64,
+    expected: IdentityKind,
+    trust: &TrustMap,
+) -> Result<Identity, IdentityError> {
+    let (identity, issuer) = verify_path(chain_der, anchors_der, now_unix, expected, None)?;
+    trust.check(&identity, &issuer)?;
+    Ok(identity)
+}
+
+/// Verifies the chain and returns the leaf's identity and the DER of the
+/// organisation CA it verified through.
+fn verify_path(
+    chain_der: &[Vec<u8>],
+    anchors_der: &[Vec<u8>],
+    now_unix: u64,
+    expected: IdentityKind,
+    revocation: Option<&RevocationCheck<'_>>,
+) -> Result<(Identity, Vec<u8>), IdentityError> {
     let (leaf, intermediates) = chain_der.split_first().ok_or(IdentityError::EmptyChain)?;
     if chain_der.len() > MAX_CHAIN_LEN {
         return Err(IdentityError::ChainTooLong {
@@ -207,7 +239,7 @@ pub fn verify_chain_with_revocation(
             issuer: issuer_org,
         });
     }
-    Ok(identity)
+    Ok((identity, issuer_der))
 }
 
 fn parse_crls(crls: &[Vec<u8>]) -> Result<Vec<CertRevocationList<'_>>, IdentityError> {
@@ -294,6 +326,24 @@ fn map_webpki(e: webpki::Error, now: u64, expected: IdentityKind) -> IdentityErr
             reason: format!("{other:?}"),
         },
     }
+}
+
+/// When the first certificate of a presented chain (leaf first, at most
+/// [`MAX_CHAIN_LEN`]) expires: the earliest notAfter, unix seconds. A chain that
+/// [`verify_chain`] accepted stays valid until then (as far as its certificates go;
+/// the anchors are the verifier's own). `None` for an empty chain or a certificate
+/// that does not parse.
+pub fn chain_not_after(chain: &[Vec<u8>]) -> Option<i64> {
+    let mut earliest: Option<i64> = None;
+    for der in chain.iter().take(MAX_CHAIN_LEN) {
+        if der.len() > MAX_CERT_DER_LEN {
+            return None;
+        }
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let t = cert.validity().not_after.timestamp();
+        earliest = Some(earliest.map_or(t, |e| e.min(t)));
+    }
+    earliest
 }
 
 /// Reads every `CERTIFICATE` block of a PEM file (e.g. `relay.crt`: leaf then

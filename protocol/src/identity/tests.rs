@@ -1290,3 +1290,34 @@ fn pem_reading() {
         Err(IdentityError::BadPem { .. })
     ));
 }
+
+#[test]
+fn a_chain_expires_with_its_first_certificate() {
+    let f = fed();
+    let leaf = sign(&user_params("analist", "bz", "bz"), &f.bz);
+    assert_eq!(
+        chain_not_after(&[leaf.der.clone(), f.bz.der.clone()]),
+        Some(NOW as i64 + 365 * DAY)
+    );
+    // An organisation CA that expires before the leaf ends the chain's validity.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut params = ca_params("CA short", "bz", 0);
+    params.not_after = at(NOW as i64 + 30 * DAY);
+    let short_der = params
+        .signed_by(&key, &f.root.issuer)
+        .unwrap()
+        .der()
+        .to_vec();
+    let short = Ca {
+        der: short_der.clone(),
+        pem: String::new(),
+        issuer: Issuer::new(params, key),
+    };
+    let leaf = sign(&user_params("analist", "bz", "bz"), &short);
+    assert_eq!(
+        chain_not_after(&[leaf.der, short_der]),
+        Some(NOW as i64 + 30 * DAY)
+    );
+    assert_eq!(chain_not_after(&[]), None);
+    assert_eq!(chain_not_after(&[b"not a certificate".to_vec()]), None);
+}

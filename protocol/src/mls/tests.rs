@@ -1080,3 +1080,86 @@ proptest! {
         prop_assert_eq!(credential_chain(&credential).unwrap(), chain);
     }
 }
+
+/// With the federation's own validator and real X.509 chains: a commit adding a
+/// member certificate that another organisation's CA minted for a user of relay bz
+/// is refused by the relay verifying it and by every member's device.
+#[test]
+fn a_member_minted_by_another_organisations_ca_is_refused() {
+    use crate::identity::tests::{Ca, NOW, fed, relay_params, sign, user_params};
+    use crate::identity::{RelayTrust, TrustMap};
+    use crate::validator::FederationValidator;
+
+    let f = fed();
+    let anchors = vec![f.root.der.clone()];
+    let trust = TrustMap::from_entries([
+        (
+            "bz",
+            RelayTrust {
+                organisation: "bz".into(),
+                ca: None,
+            },
+        ),
+        (
+            "nctv",
+            RelayTrust {
+                organisation: "nctv".into(),
+                ca: None,
+            },
+        ),
+    ])
+    .unwrap();
+    let v = FederationValidator::new(&anchors, &trust, NOW);
+    let actor = |params: rcgen::CertificateParams, ca: &Ca| {
+        let leaf = sign(&params, ca);
+        let chain = vec![leaf.der.clone(), ca.der.clone()];
+        Actor {
+            id: crate::identity::Identity::from_der(&leaf.der).unwrap().id(),
+            provider: OpenMlsRustCrypto::default(),
+            signer: CertSigner::from_pkcs8(chain, &leaf.key.serialize_der()).unwrap(),
+        }
+    };
+    let hub = actor(relay_params("bz", "bz"), &f.bz);
+    let admin = actor(user_params("admin", "bz", "bz"), &f.bz);
+    // nctv's CA minting "spion@bz" with its own organisation: a valid chain.
+    let spion = actor(user_params("spion", "bz", "nctv"), &f.nctv);
+    assert_eq!(spion.id, "spion@bz");
+
+    let meta = CommunityMeta::new(COMMUNITY, LABEL.to_vec(), vec![admin.id.clone()]).unwrap();
+    let (mut g_admin, upload) = ClientGroup::create(
+        &admin.provider,
+        &admin.signer,
+        &v,
+        &meta,
+        hub.signer.chain(),
+        hub.signer.public_key(),
+    )
+    .unwrap();
+    let relay_p = OpenMlsRustCrypto::default();
+    let relay = RelayGroup::from_group_info(
+        relay_p.crypto(),
+        relay_p.storage(),
+        &v,
+        &upload.group_info,
+        &upload.ratchet_tree,
+    )
+    .unwrap();
+    let kp = key_package(&spion.provider, &spion.signer, false).unwrap();
+    // The admin's own device refuses to add it.
+    let err = g_admin
+        .add_members(
+            &admin.provider,
+            &admin.signer,
+            &v,
+            std::slice::from_ref(&kp),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to organisation"), "{err}");
+    // A device that skips the check (raw openmls): the relay refuses the commit.
+    let (forged, _) = raw_add(&admin, &kp);
+    let err = relay
+        .process_handshake(relay_p.crypto(), &v, &forged)
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to organisation"), "{err}");
+    assert_eq!(relay.epoch(), 0);
+}

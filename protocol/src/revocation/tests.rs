@@ -13,6 +13,27 @@ fn user(f: &Fed, name: &str, org_admin: bool) -> Leaf {
     sign(&p, &f.bz)
 }
 
+/// bz and nctv, each run by the organisation of the same name.
+fn trust() -> TrustMap {
+    TrustMap::from_entries([
+        (
+            "bz",
+            crate::identity::RelayTrust {
+                organisation: "bz".into(),
+                ca: None,
+            },
+        ),
+        (
+            "nctv",
+            crate::identity::RelayTrust {
+                organisation: "nctv".into(),
+                ca: None,
+            },
+        ),
+    ])
+    .unwrap()
+}
+
 fn signer(leaf: &Leaf) -> impl FnOnce(&[u8]) -> Vec<u8> + '_ {
     move |bytes| {
         let kp =
@@ -39,7 +60,7 @@ fn a_signed_statement_verifies_and_names_its_revoker() {
     let admin = user(&f, "admin", true);
     let s = statement(&f, &admin, "liaison@bz");
     let anchors = vec![f.root.der.clone()];
-    let revoker = s.verify(&anchors, NOW as i64).unwrap();
+    let revoker = s.verify(&anchors, &trust(), NOW as i64).unwrap();
     assert_eq!(revoker.id(), "admin@bz");
     assert_eq!(s.organisation, "bz");
     assert_eq!(s.home_relay(), "bz");
@@ -49,7 +70,8 @@ fn a_signed_statement_verifies_and_names_its_revoker() {
         Err(RevocationError::OtherOrganisation { .. })
     ));
     // Still valid long after: the chain is checked at the time of signing.
-    s.verify(&anchors, NOW as i64 + 2000 * DAY).unwrap();
+    s.verify(&anchors, &trust(), NOW as i64 + 2000 * DAY)
+        .unwrap();
 }
 
 #[test]
@@ -63,19 +85,19 @@ fn tampered_forged_and_unauthorised_statements_are_refused() {
     let mut other_user = good.clone();
     other_user.user = "analist@bz".into();
     assert_eq!(
-        other_user.verify(&anchors, NOW as i64),
+        other_user.verify(&anchors, &trust(), NOW as i64),
         Err(RevocationError::BadSignature)
     );
     let mut other_reason = good.clone();
     other_reason.reason = "something else".into();
     assert_eq!(
-        other_reason.verify(&anchors, NOW as i64),
+        other_reason.verify(&anchors, &trust(), NOW as i64),
         Err(RevocationError::BadSignature)
     );
     let mut other_org = good.clone();
     other_org.organisation = "nctv".into();
     assert!(matches!(
-        other_org.verify(&anchors, NOW as i64),
+        other_org.verify(&anchors, &trust(), NOW as i64),
         Err(RevocationError::OtherOrganisation { .. })
     ));
     // A non-admin cannot even sign one, and a hand-made one is refused.
@@ -92,19 +114,19 @@ fn tampered_forged_and_unauthorised_statements_are_refused() {
     let mut forged = good.clone();
     forged.revoker_chain = vec![plain.der.clone(), f.bz.der.clone()];
     assert!(matches!(
-        forged.verify(&anchors, NOW as i64),
+        forged.verify(&anchors, &trust(), NOW as i64),
         Err(RevocationError::NotOrgAdmin(_))
     ));
     // A foreign federation's admin.
     let other = fed();
     assert!(matches!(
-        good.verify(std::slice::from_ref(&other.root.der), NOW as i64),
+        good.verify(std::slice::from_ref(&other.root.der), &trust(), NOW as i64),
         Err(RevocationError::Revoker(_))
     ));
     // Self-revocation, empty reason, future time.
     let own = statement(&f, &admin, "admin@bz");
     assert!(matches!(
-        own.verify(&anchors, NOW as i64),
+        own.verify(&anchors, &trust(), NOW as i64),
         Err(RevocationError::Invalid(_))
     ));
     assert!(matches!(
@@ -118,7 +140,7 @@ fn tampered_forged_and_unauthorised_statements_are_refused() {
         Err(RevocationError::Invalid(_))
     ));
     assert!(matches!(
-        good.verify(&anchors, NOW as i64 - 3600),
+        good.verify(&anchors, &trust(), NOW as i64 - 3600),
         Err(RevocationError::Invalid(_))
     ));
 }
@@ -166,7 +188,7 @@ fn the_revocation_set_checks_identities_and_certificates() {
     assert!(set.check(&id(&liaison)).is_ok());
 
     let s = statement(&f, &admin, "liaison@bz");
-    s.verify(&anchors, NOW as i64).unwrap();
+    s.verify(&anchors, &trust(), NOW as i64).unwrap();
     assert!(set.add_statement(&s));
     assert!(!set.add_statement(&s), "a second copy is not new");
     let why = set.check(&id(&liaison)).unwrap_err();
@@ -194,4 +216,34 @@ fn the_revocation_set_checks_identities_and_certificates() {
     let mut foreign = id(&analist);
     foreign.organisation = "nctv".into();
     assert!(set.check(&foreign).is_ok());
+}
+
+#[test]
+fn only_the_configured_organisation_revokes_a_relays_users() {
+    let f = fed();
+    let admin = user(&f, "admin", true);
+    let anchors = vec![f.root.der.clone()];
+    // bz's admin revoking a user of nctv (another organisation's relay): refused
+    // although the statement itself names organisation bz.
+    let foreign = statement(&f, &admin, "liaison@nctv");
+    assert!(matches!(
+        foreign.verify(&anchors, &trust(), NOW as i64),
+        Err(RevocationError::OtherOrganisation { .. })
+    ));
+    // Relay bz configured as organisation nctv's: bz's CA no longer speaks for it,
+    // so its admin's certificate is not accepted as a revoker.
+    let moved = TrustMap::from_entries([(
+        "bz",
+        crate::identity::RelayTrust {
+            organisation: "nctv".into(),
+            ca: None,
+        },
+    )])
+    .unwrap();
+    let own = statement(&f, &admin, "liaison@bz");
+    let err = own.verify(&anchors, &moved, NOW as i64).unwrap_err();
+    assert!(err.to_string().contains("organisation"), "{err}");
+    // A home relay nobody configured: refused.
+    let unknown = statement(&f, &admin, "liaison@elsewhere");
+    assert!(unknown.verify(&anchors, &trust(), NOW as i64).is_err());
 }

@@ -11,7 +11,7 @@ pub const CLEARANCE: &str = "NL:STG-GEHEIM";
 /// Label of every filed notice.
 pub const LABEL: &str = "NL:DEP-VERTROUWELIJK";
 
-/// Whether a goal of issue 7 was met.
+/// Whether a performance goal was met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Met,
@@ -80,7 +80,7 @@ impl Table {
         let w_v = self.rows.iter().map(|r| r.value.len()).max().unwrap_or(5);
         println!();
         println!(
-            "{:<w_s$}  {:<w_m$}  {:<w_v$}  goal (issue 7)",
+            "{:<w_s$}  {:<w_m$}  {:<w_v$}  goal",
             "scenario", "metric", "value"
         );
         println!("{}", "-".repeat(w_s + w_m + w_v + 30));

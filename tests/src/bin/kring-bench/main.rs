@@ -1,4 +1,4 @@
-//! `kring-bench`: the figures of issue 7, Kring against mosquitto on one machine.
+//! `kring-bench`: the performance figures, Kring against mosquitto on one machine.
 //!
 //! Scenarios (all by default; `--only a,b` selects):
 //!
@@ -425,7 +425,7 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
                     "revocation",
                     format!("revoke sent -> cut off, {rounds} rounds"),
                     format!("p50 {}, max {}", ms(percentile(&cut, 50.0)), ms(worst)),
-                    "within 1 s (issue 5)",
+                    "within 1 s",
                     verdict(worst < Duration::from_secs(1)),
                 );
                 let worst = removed.last().copied().unwrap_or_default();
@@ -433,7 +433,7 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
                     "revocation",
                     "revoke sent -> removed at the hub",
                     format!("p50 {}, max {}", ms(percentile(&removed, 50.0)), ms(worst)),
-                    "within 1 s, admin online (issue 5)",
+                    "within 1 s, admin online",
                     verdict(worst < Duration::from_secs(1)),
                 );
             }

@@ -48,6 +48,7 @@ struct Member {
 struct World {
     pki: Pki,
     anchors: Vec<Vec<u8>>,
+    trust: kring_protocol::identity::TrustMap,
     now: u64,
     hub: CertSigner,
     next: usize,
@@ -59,11 +60,20 @@ impl World {
         let mut pki = Pki::new(now).map_err(e)?;
         pki.add_organisation(ORG).map_err(e)?;
         let anchors = pki.anchors();
+        let trust = kring_protocol::identity::TrustMap::from_entries([(
+            ORG,
+            kring_protocol::identity::RelayTrust {
+                organisation: ORG.to_string(),
+                ca: None,
+            },
+        )])
+        .map_err(e)?;
         let relay = pki.issue_relay(&RelaySpec::new(ORG, ORG)).map_err(e)?;
         let hub = signer_of(&relay.chain_der, &relay.key_pem)?;
         Ok(World {
             pki,
             anchors,
+            trust,
             now: u64::try_from(now).unwrap_or(0),
             hub,
             next: 0,
@@ -85,7 +95,7 @@ impl World {
     }
 
     fn validator(&self) -> FederationValidator<'_> {
-        FederationValidator::new(&self.anchors, self.now)
+        FederationValidator::new(&self.anchors, &self.trust, self.now)
     }
 }
 
@@ -264,6 +274,7 @@ pub fn membership(members: usize, repetitions: usize) -> Result<Membership, Stri
         &upload.group_info,
         &upload.ratchet_tree,
         &w.anchors,
+        &w.trust,
         w.now,
     )?;
     engine.apply(overlay.into_batch()).map_err(e)?;
@@ -348,11 +359,12 @@ fn relay_commit(engine: &Arc<MemEngine>, w: &World, commit: &[u8]) -> Result<(),
         COMMUNITY,
         commit,
         &w.anchors,
+        &w.trust,
         w.now,
         Revocations::empty(),
     )
     .map_err(e)?;
-    groups::merge(&overlay, COMMUNITY, staged, &w.anchors, w.now).map_err(e)?;
+    groups::merge(&overlay, COMMUNITY, staged, &w.anchors, &w.trust, w.now).map_err(e)?;
     engine.apply(overlay.into_batch()).map_err(e)
 }
 

@@ -1,4 +1,4 @@
-//! `revocation`: how fast a revocation takes effect across the federation (issue 5's
+//! `revocation`: how fast a revocation takes effect across the federation (the
 //! "within 1 second").
 //!
 //! Four relays; community `cut@bz` (hub bz) with the bench users `lidN@nctv` and the
