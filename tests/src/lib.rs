@@ -422,6 +422,33 @@ fn write_toml(path: &Path, t: &toml::Table) -> Result<()> {
     std::fs::write(path, text).map_err(|e| file_err(path, e))
 }
 
+impl Federation {
+    /// The federation root and organisation `org`'s CA, with their keys, as a PKI
+    /// that mints certificates now (for certificates the demo does not have).
+    pub fn org_pki(&self, org: &str) -> Result<kring_certs_dev::Pki> {
+        let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| file_err(&p, e));
+        let pki_err = |e: kring_certs_dev::CertsError| HarnessError::Pki(e.to_string());
+        let root = kring_certs_dev::Authority::load(
+            kring_certs_dev::ROOT_ORGANISATION,
+            &read(self.dir.join("ca/root.crt"))?,
+            &read(self.dir.join("ca/root.key"))?,
+        )
+        .map_err(pki_err)?;
+        let dir = kring_certs_dev::org_dir(&self.dir, org);
+        let ca = kring_certs_dev::Authority::load(
+            org,
+            &read(dir.join("ca.crt"))?,
+            &read(dir.join("ca.key"))?,
+        )
+        .map_err(pki_err)?;
+        Ok(kring_certs_dev::Pki::from_authorities(
+            now(),
+            root,
+            vec![ca],
+        ))
+    }
+}
+
 /// Mints a user certificate with a deliberate defect (expired, foreign CA, relay
 /// profile, …) signed by the home relay's organisation CA, and writes a profile for
 /// it next to the others. Returns the profile directory.
@@ -433,21 +460,7 @@ pub fn issue_quirky_user(
     let (name, relay) = user
         .split_once('@')
         .ok_or_else(|| HarnessError::Pki(format!("{user} is not NAME@RELAY")))?;
-    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| file_err(&p, e));
-    let root = kring_certs_dev::Authority::load(
-        kring_certs_dev::ROOT_ORGANISATION,
-        &read(fed.dir.join("ca/root.crt"))?,
-        &read(fed.dir.join("ca/root.key"))?,
-    )
-    .map_err(|e| HarnessError::Pki(e.to_string()))?;
-    let org_dir = kring_certs_dev::org_dir(&fed.dir, relay);
-    let org = kring_certs_dev::Authority::load(
-        relay,
-        &read(org_dir.join("ca.crt"))?,
-        &read(org_dir.join("ca.key"))?,
-    )
-    .map_err(|e| HarnessError::Pki(e.to_string()))?;
-    let pki = kring_certs_dev::Pki::from_authorities(now(), root, vec![org]);
+    let pki = fed.org_pki(relay)?;
     let clearance = "NL:STG-GEHEIM"
         .parse()
         .map_err(|e: kring_policy::PolicyError| HarnessError::Pki(e.to_string()))?;

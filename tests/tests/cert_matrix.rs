@@ -53,21 +53,7 @@ async fn attempt(fed: &Federation, relay: &str, chain: &Path, key: &Path, alpn: 
 /// Mints a relay certificate for `id` (signed by its organisation CA) with a quirk,
 /// into a scratch directory. Returns (chain PEM file, key PEM file).
 fn quirky_relay(fed: &Federation, id: &str, quirk: Quirk, tag: &str) -> (PathBuf, PathBuf) {
-    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap();
-    let root = kring_certs_dev::Authority::load(
-        kring_certs_dev::ROOT_ORGANISATION,
-        &read(fed.dir().join("ca/root.crt")),
-        &read(fed.dir().join("ca/root.key")),
-    )
-    .unwrap();
-    let org_dir = kring_certs_dev::org_dir(fed.dir(), id);
-    let org = kring_certs_dev::Authority::load(
-        id,
-        &read(org_dir.join("ca.crt")),
-        &read(org_dir.join("ca.key")),
-    )
-    .unwrap();
-    let pki = kring_certs_dev::Pki::from_authorities(now(), root, vec![org]);
+    let pki = fed.org_pki(id).unwrap();
     let spec = kring_certs_dev::RelaySpec::new(id, id)
         .with_accreditation("NL:STG-GEHEIM".parse().unwrap())
         .with_quirk(quirk);

@@ -9,26 +9,10 @@ use std::path::{Path, PathBuf};
 use kring_protocol::wire::{self, ErrorCode, Response};
 use kring_tests::chaos::{decode_answer, raw_connect, raw_stream};
 use kring_tests::steps::{draft, join, ready, sync_until};
-use kring_tests::{Federation, RelayLauncher, now};
+use kring_tests::{Federation, RelayLauncher};
 
 fn federation() -> Federation {
     Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap()
-}
-
-/// Loads organisation `org`'s CA (with its key) from the federation directory.
-fn pki_of(fed: &Federation, org: &str) -> kring_certs_dev::Pki {
-    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap();
-    let root = kring_certs_dev::Authority::load(
-        kring_certs_dev::ROOT_ORGANISATION,
-        &read(fed.dir().join("ca/root.crt")),
-        &read(fed.dir().join("ca/root.key")),
-    )
-    .unwrap();
-    let dir = kring_certs_dev::org_dir(fed.dir(), org);
-    let ca =
-        kring_certs_dev::Authority::load(org, &read(dir.join("ca.crt")), &read(dir.join("ca.key")))
-            .unwrap();
-    kring_certs_dev::Pki::from_authorities(now(), root, vec![ca])
 }
 
 fn write_cert(
@@ -48,7 +32,7 @@ fn write_cert(
 fn relay_cert_by(fed: &Federation, id: &str, org: &str) -> (PathBuf, PathBuf) {
     let spec = kring_certs_dev::RelaySpec::new(id, org)
         .with_accreditation("NL:STG-ZEER-GEHEIM".parse().unwrap());
-    let cert = pki_of(fed, org).issue_relay(&spec).unwrap();
+    let cert = fed.org_pki(org).unwrap().issue_relay(&spec).unwrap();
     write_cert(fed, &format!("relay-{id}-by-{org}"), &cert)
 }
 
@@ -56,7 +40,7 @@ fn relay_cert_by(fed: &Federation, id: &str, org: &str) -> (PathBuf, PathBuf) {
 fn user_cert_by(fed: &Federation, name: &str, relay: &str, org: &str) -> (PathBuf, PathBuf) {
     let spec = kring_certs_dev::UserSpec::new(name, relay, org)
         .with_clearance("NL:STG-ZEER-GEHEIM".parse().unwrap());
-    let cert = pki_of(fed, org).issue_user(&spec).unwrap();
+    let cert = fed.org_pki(org).unwrap().issue_user(&spec).unwrap();
     write_cert(fed, &format!("user-{name}@{relay}-by-{org}"), &cert)
 }
 
