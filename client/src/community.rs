@@ -8,6 +8,15 @@
 //! relay the home relay forwards the commit and waits for the hub; if the hub cannot
 //! be reached the commit is discarded and [`ClientError::HubUnreachable`] (exit 5)
 //! returned, so that the command can be run again.
+//!
+//! A commit whose answer is lost (the hub's answer did not reach the home relay in
+//! time, [`ErrorCode::OutcomeUnknown`], or the connection dropped) may still be
+//! ordered by the hub, so it is kept pending, with its bytes ([`SentCommit`]):
+//! [`ClientError::CommitOutcomeUnknown`] (exit 5). A sync settles it from the log
+//! (this device's commit at that epoch is merged; another member's discards it);
+//! the next change first sends the very same commit again if no sync has settled
+//! it, so that a commit the hub never got is not lost and one it has is never
+//! replaced by a second commit of the same epoch (a fork of this device).
 
 use kring_policy::{Label, decide_opt};
 use kring_protocol::identity::{Identity, IdentityKind, verify_chain_trusted};
@@ -15,10 +24,10 @@ use kring_protocol::mls::{ClientGroup, CommitOutput, CommunityMeta, MlsError, le
 use kring_protocol::wire::{ErrorCode, Request, Response};
 
 use crate::client::{Client, not_member, unexpected};
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, EXIT_UNREACHABLE, Result};
 use crate::ids;
 use crate::labels::parse_label;
-use crate::store::{Batch, CommunityRecord};
+use crate::store::{Batch, CommunityRecord, SentCommit};
 use crate::validator::now_unix;
 
 /// How often a commit is rebuilt after losing its epoch to another commit.
@@ -289,12 +298,13 @@ impl Client {
         change: Change<'_>,
         check: impl Fn(&CommitOutput) -> Result<()>,
     ) -> Result<CommitReceipt> {
+        self.settle_sent_commit(community).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut group = self.load_group(community)?;
             if group.has_pending_commit() {
-                // Left over from an interrupted run, not accepted since (we synced).
+                // Left over from a run interrupted before it sent it.
                 group.commit_refused(&self.provider)?;
             }
             if group.has_pending_proposals() {
@@ -325,17 +335,16 @@ impl Client {
                 group.commit_refused(&self.provider)?;
                 return Err(e);
             }
-            self.store.flush()?;
-            let request = Request::Handshake {
-                community: community.to_string(),
-                message: out.commit.clone(),
-                welcome: out.welcome.clone(),
-            };
-            let limit = self.timeouts.handshake;
-            match self.call_within(&request, limit).await {
-                Ok(Response::Accepted { seq, epoch }) => {
-                    group.commit_accepted(&self.provider)?;
-                    self.store.flush()?;
+            let sent = self
+                .send_commit(
+                    community,
+                    &mut group,
+                    out.commit.clone(),
+                    out.welcome.clone(),
+                )
+                .await?;
+            match sent {
+                CommitSent::Accepted { seq, epoch } => {
                     let s = out.summary;
                     return Ok(CommitReceipt {
                         community: community.to_string(),
@@ -346,36 +355,198 @@ impl Client {
                         admins: s.new_meta.map(|m| m.admins),
                     });
                 }
-                Ok(other) => {
-                    group.commit_refused(&self.provider)?;
-                    return Err(unexpected("Handshake", &other));
-                }
-                Err(ClientError::Relay(ErrorCode::WrongEpoch { current }))
-                    if attempt < COMMIT_ATTEMPTS =>
-                {
+                CommitSent::LostEpoch { current } if attempt < COMMIT_ATTEMPTS => {
                     tracing::info!(
                         community,
                         current,
                         attempt,
                         "commit lost its epoch; retrying"
                     );
-                    group.commit_refused(&self.provider)?;
-                    self.store.flush()?;
                     self.sync().await?;
                 }
-                Err(ClientError::Relay(code)) => {
-                    // Refused (or, for a remote hub, not delivered to it in time):
-                    // discard the commit so that running the command again works.
-                    group.commit_refused(&self.provider)?;
-                    self.store.flush()?;
-                    return Err(ClientError::handshake_refused(community, code));
+                CommitSent::LostEpoch { current } => {
+                    return Err(ClientError::handshake_refused(
+                        community,
+                        ErrorCode::WrongEpoch { current },
+                    ));
                 }
-                // Fate unknown (connection lost): keep the pending commit; the next
-                // sync merges it if the hub accepted it.
-                Err(e) => return Err(e),
             }
         }
     }
+
+    /// Sends `message` (with `welcome`), the pending commit of `group`, to the hub of
+    /// `community` and settles it as far as the answer allows: merged when accepted,
+    /// discarded when refused (a lost epoch is [`CommitSent::LostEpoch`], anything
+    /// else an error). Remembered ([`SentCommit`]) from before it is sent until its
+    /// outcome is known: without an answer it stays pending
+    /// ([`ClientError::CommitOutcomeUnknown`]) until the community log settles it
+    /// or [`settle_sent_commit`](Self::settle_sent_commit) sends it again.
+    pub(crate) async fn send_commit(
+        &mut self,
+        community: &str,
+        group: &mut ClientGroup,
+        message: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+    ) -> Result<CommitSent> {
+        let sent = SentCommit {
+            epoch: group.epoch(),
+            message,
+            welcome,
+        };
+        let mut batch = Batch::new();
+        batch.put_sent_commit(community, &sent);
+        // The pending commit and this record are on disk before anything is sent.
+        self.store.commit_plain(batch)?;
+        self.store.flush()?;
+        let answer = self.call_handshake(community, sent).await;
+        self.settle_answer(community, group, answer)
+    }
+
+    /// Sends the commit `sent` of `community` to its hub and waits for the answer
+    /// within the handshake timeout.
+    async fn call_handshake(&mut self, community: &str, sent: SentCommit) -> Result<Response> {
+        let request = Request::Handshake {
+            community: community.to_string(),
+            message: sent.message,
+            welcome: sent.welcome,
+        };
+        let limit = self.timeouts.handshake;
+        self.call_within(&request, limit).await
+    }
+
+    /// Settles this device's pending commit of `group` by the hub's `answer` to it.
+    fn settle_answer(
+        &mut self,
+        community: &str,
+        group: &mut ClientGroup,
+        answer: Result<Response>,
+    ) -> Result<CommitSent> {
+        let forget = |client: &mut Self, group: &mut ClientGroup, accepted: bool| {
+            if accepted {
+                group.commit_accepted(&client.provider)?;
+            } else {
+                group.commit_refused(&client.provider)?;
+            }
+            let mut batch = Batch::new();
+            batch.remove_sent_commit(community);
+            client.store.commit_plain(batch)?;
+            client.store.flush()?;
+            Ok::<(), ClientError>(())
+        };
+        match answer {
+            Ok(Response::Accepted { seq, epoch }) => {
+                forget(self, group, true)?;
+                Ok(CommitSent::Accepted { seq, epoch })
+            }
+            Ok(other) => {
+                forget(self, group, false)?;
+                Err(unexpected("Handshake", &other))
+            }
+            Err(ClientError::Relay(ErrorCode::WrongEpoch { current })) => {
+                forget(self, group, false)?;
+                Ok(CommitSent::LostEpoch { current })
+            }
+            Err(ClientError::Relay(code @ ErrorCode::OutcomeUnknown { .. })) => {
+                tracing::info!(
+                    community,
+                    "commit outcome unknown; kept until the log settles it"
+                );
+                Err(ClientError::handshake_refused(community, code))
+            }
+            Err(ClientError::Relay(code)) => {
+                // Refused (or, for a remote hub, not delivered to it): discard the
+                // commit so that running the command again works.
+                forget(self, group, false)?;
+                Err(ClientError::handshake_refused(community, code))
+            }
+            // Sent, but the answer was lost with the connection: keep the pending
+            // commit; the log or sending it again settles it.
+            Err(e) if e.exit_code() == EXIT_UNREACHABLE => Err(ClientError::CommitOutcomeUnknown {
+                community: community.to_string(),
+                reason: e.to_string(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Settles a commit this device sent to the hub of `community` in an earlier
+    /// run without learning its outcome, and that a sync has not settled since
+    /// (its entry, or another commit of its epoch, is not in the log yet): sends the
+    /// very same commit again. A hub that never got it orders it now; a hub that has
+    /// it (or another commit of that epoch) answers that it has moved on, and the
+    /// commit stays pending until the log reaches this device
+    /// ([`ClientError::CommitOutcomeUnknown`]). A pending commit that was never sent
+    /// is discarded; the caller should have synced first.
+    pub(crate) async fn settle_sent_commit(&mut self, community: &str) -> Result<()> {
+        let mut group = self.load_group(community)?;
+        let sent = self
+            .store
+            .sent_commit(community)?
+            .filter(|s| group.has_pending_commit() && s.epoch == group.epoch());
+        let Some(sent) = sent else {
+            if self.store.sent_commit(community)?.is_some() {
+                // Settled by the log (merged, or another commit won its epoch).
+                let mut batch = Batch::new();
+                batch.remove_sent_commit(community);
+                self.store.commit_plain(batch)?;
+            }
+            return Ok(());
+        };
+        tracing::info!(
+            community,
+            epoch = sent.epoch,
+            "sending a commit of unknown outcome again"
+        );
+        let answer = self.call_handshake(community, sent).await;
+        let unknown = |reason: String| ClientError::CommitOutcomeUnknown {
+            community: community.to_string(),
+            reason,
+        };
+        match answer {
+            // The hub is past the epoch: the log will show which commit won it.
+            Err(ClientError::Relay(ErrorCode::WrongEpoch { current })) => Err(unknown(format!(
+                "the hub has moved on to epoch {current}, and this device has not received \
+                 the commit of epoch {} yet",
+                group.epoch()
+            ))),
+            // Not delivered this time, or again no answer: as unknown as before.
+            Err(ClientError::Relay(
+                code @ (ErrorCode::Unavailable { .. }
+                | ErrorCode::OutcomeUnknown { .. }
+                | ErrorCode::RateLimited { .. }
+                | ErrorCode::Internal),
+            )) => Err(unknown(code.to_string())),
+            answer => {
+                self.settle_answer(community, &mut group, answer)
+                    .and_then(|sent| match sent {
+                        CommitSent::Accepted { seq, epoch } => {
+                            tracing::info!(community, seq, epoch, "an earlier commit was accepted");
+                            Ok(())
+                        }
+                        CommitSent::LostEpoch { current } => {
+                            Err(unknown(format!("the hub has moved on to epoch {current}")))
+                        }
+                    })
+            }
+        }
+    }
+}
+
+/// What became of a commit sent to the hub ([`Client::send_commit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommitSent {
+    /// Accepted and merged here.
+    Accepted {
+        /// Its sequence number in the community log.
+        seq: u64,
+        /// The epoch after it.
+        epoch: u64,
+    },
+    /// Another commit won the epoch; this one was discarded.
+    LostEpoch {
+        /// The hub's current epoch.
+        current: u64,
+    },
 }
 
 /// The community's maximum label from the group context.

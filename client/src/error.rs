@@ -79,6 +79,23 @@ pub enum ClientError {
         reason: String,
     },
 
+    /// A commit of this device reached (or may have reached) the community's hub, but
+    /// its answer did not come back: the hub may still order it. The commit is kept
+    /// on this device until the community log shows whether it won its epoch (a
+    /// later sync settles it; running the command again first sends the same commit
+    /// again).
+    #[error(
+        "the outcome of the change to {community} is not known yet: {reason}; \
+         run `kring sync` later to see whether it was made (running the command \
+         again sends the same change once more)"
+    )]
+    CommitOutcomeUnknown {
+        /// The community.
+        community: String,
+        /// What happened.
+        reason: String,
+    },
+
     /// A hop (relay or link) on a filed notice's path refused it; the notice is
     /// withheld from that hop on.
     #[error("refused by {hop}: {reason}")]
@@ -134,9 +151,9 @@ impl ClientError {
             | ClientError::NotYetAvailable(_) => EXIT_USAGE,
             ClientError::PolicyDenied(_) | ClientError::RefusedAtHop { .. } => EXIT_POLICY,
             ClientError::Auth(_) => EXIT_AUTH,
-            ClientError::Unreachable { .. } | ClientError::HubUnreachable { .. } => {
-                EXIT_UNREACHABLE
-            }
+            ClientError::Unreachable { .. }
+            | ClientError::HubUnreachable { .. }
+            | ClientError::CommitOutcomeUnknown { .. } => EXIT_UNREACHABLE,
             ClientError::Relay(code) => relay_exit_code(code),
             ClientError::Mls(e) => mls_exit_code(e),
             ClientError::Profile { .. }
@@ -149,11 +166,17 @@ impl ClientError {
 
     /// The error for a relay's refusal of a handshake in `community`: a hub the home
     /// relay could not reach ([`ErrorCode::Unavailable`]) becomes
-    /// [`ClientError::HubUnreachable`], anything else [`ClientError::Relay`].
+    /// [`ClientError::HubUnreachable`], a hub whose answer did not come back
+    /// ([`ErrorCode::OutcomeUnknown`]) [`ClientError::CommitOutcomeUnknown`],
+    /// anything else [`ClientError::Relay`].
     pub fn handshake_refused(community: &str, code: ErrorCode) -> Self {
         match code {
             ErrorCode::Unavailable { reason } => ClientError::HubUnreachable {
                 hub: crate::ids::hub_of(community).to_string(),
+                community: community.to_string(),
+                reason,
+            },
+            ErrorCode::OutcomeUnknown { reason } => ClientError::CommitOutcomeUnknown {
                 community: community.to_string(),
                 reason,
             },
@@ -178,7 +201,7 @@ pub fn relay_exit_code(code: &ErrorCode) -> i32 {
         | ErrorCode::NotAdmin
         | ErrorCode::Unauthenticated { .. }
         | ErrorCode::Revoked => EXIT_AUTH,
-        ErrorCode::Unavailable { .. } => EXIT_UNREACHABLE,
+        ErrorCode::Unavailable { .. } | ErrorCode::OutcomeUnknown { .. } => EXIT_UNREACHABLE,
         ErrorCode::WrongEpoch { .. }
         | ErrorCode::KeyMaterialExhausted { .. }
         | ErrorCode::TooLarge { .. }
@@ -287,6 +310,19 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("run the command again"), "{msg}");
+        let unknown = ClientError::handshake_refused(
+            "desinformatie@bz",
+            ErrorCode::OutcomeUnknown {
+                reason: "hub bz did not answer within 10 s".into(),
+            },
+        );
+        assert_eq!(unknown.exit_code(), 5);
+        let msg = unknown.to_string();
+        assert!(
+            msg.starts_with("the outcome of the change to desinformatie@bz is not known yet"),
+            "{msg}"
+        );
+        assert!(msg.contains("kring sync"), "{msg}");
         let other = ClientError::handshake_refused("c@bz", ErrorCode::NotAdmin);
         assert!(matches!(other, ClientError::Relay(ErrorCode::NotAdmin)));
         assert_eq!(other.exit_code(), 4);

@@ -9,6 +9,7 @@
 //! | `n/` | notice id (16 bytes) | [`StoredNotice`] as JSON |
 //! | `c/` | community id | [`CommunityRecord`] as JSON |
 //! | `s/` | community id | last processed sequence number (u64, big endian) |
+//! | `p/` | community id | a commit sent to the hub whose outcome is not known yet ([`SentCommit`]) |
 //!
 //! Processing a log entry must not half-happen: if the MLS state moved on (a key
 //! ratchet consumed) but the decrypted notice was lost, the notice could never be
@@ -34,6 +35,7 @@ const MLS: &[u8] = b"m/";
 const NOTICE: &[u8] = b"n/";
 const COMMUNITY: &[u8] = b"c/";
 const CURSOR: &[u8] = b"s/";
+const SENT_COMMIT: &[u8] = b"p/";
 /// Longest key accepted by the MLS backend (openmls keys are far shorter).
 const MAX_MLS_KEY: usize = 64 * 1024;
 /// Largest stored value accepted when reading back (corruption guard).
@@ -112,6 +114,65 @@ pub struct CommunityRecord {
 
 fn active_default() -> bool {
     true
+}
+
+/// A commit this device sent to its community's hub, kept (with its pending MLS
+/// commit) until its outcome is known, so that it can be sent again unchanged.
+/// Written before the commit is sent: a pending commit without this record was
+/// never sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentCommit {
+    /// The epoch the commit was made in.
+    pub epoch: u64,
+    /// The commit (MLS message).
+    pub message: Vec<u8>,
+    /// The Welcome for the members it adds, if any.
+    pub welcome: Option<Vec<u8>>,
+}
+
+impl SentCommit {
+    /// `epoch (u64 BE) | message length (u64 BE) | message | welcome flag (1 byte) |
+    /// welcome`.
+    fn encode(&self) -> Vec<u8> {
+        let welcome = self.welcome.as_deref();
+        let mut out = Vec::with_capacity(17 + self.message.len() + welcome.map_or(0, <[u8]>::len));
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&(self.message.len() as u64).to_be_bytes());
+        out.extend_from_slice(&self.message);
+        out.push(u8::from(welcome.is_some()));
+        out.extend_from_slice(welcome.unwrap_or_default());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            what: "sent commit",
+            reason: reason.to_string(),
+        };
+        let word = |at: usize| -> Result<u64, StoreError> {
+            let b: [u8; 8] = bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| corrupt("truncated"))?;
+            Ok(u64::from_be_bytes(b))
+        };
+        let epoch = word(0)?;
+        let len = usize::try_from(word(8)?).map_err(|_| corrupt("bad length"))?;
+        let end = 16usize
+            .checked_add(len)
+            .ok_or_else(|| corrupt("bad length"))?;
+        let message = bytes.get(16..end).ok_or_else(|| corrupt("truncated"))?;
+        let welcome = match bytes.get(end) {
+            Some(0) if bytes.len() == end + 1 => None,
+            Some(1) => Some(bytes.get(end + 1..).unwrap_or_default().to_vec()),
+            _ => return Err(corrupt("bad welcome flag")),
+        };
+        Ok(SentCommit {
+            epoch,
+            message: message.to_vec(),
+            welcome,
+        })
+    }
 }
 
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -312,6 +373,20 @@ impl Batch {
         self.writes
             .push((prefixed(COMMUNITY, record.id.as_bytes()), Some(value)));
         Ok(())
+    }
+
+    /// Remembers a commit sent (about to be sent) to the hub of `community`.
+    pub fn put_sent_commit(&mut self, community: &str, sent: &SentCommit) {
+        self.writes.push((
+            prefixed(SENT_COMMIT, community.as_bytes()),
+            Some(sent.encode()),
+        ));
+    }
+
+    /// Forgets the commit sent to the hub of `community` (its outcome is known).
+    pub fn remove_sent_commit(&mut self, community: &str) {
+        self.writes
+            .push((prefixed(SENT_COMMIT, community.as_bytes()), None));
     }
 
     /// Forgets a community (its record and cursor).
@@ -562,6 +637,14 @@ impl Store {
         }
     }
 
+    /// The commit sent to the hub of `community` whose outcome is not known yet.
+    pub fn sent_commit(&self, community: &str) -> Result<Option<SentCommit>, StoreError> {
+        self.tree()?
+            .get(prefixed(SENT_COMMIT, community.as_bytes()))?
+            .map(|v| SentCommit::decode(&v))
+            .transpose()
+    }
+
     /// The community record with this id.
     pub fn community(&self, id: &str) -> Result<Option<CommunityRecord>, StoreError> {
         self.tree()?
@@ -766,5 +849,43 @@ mod tests {
         store.commit_plain(b).unwrap();
         assert!(store.community("c@bz").unwrap().is_none());
         assert_eq!(store.cursor("c@bz").unwrap(), 0);
+    }
+
+    #[test]
+    fn a_sent_commit_is_kept_until_removed_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.sent_commit("d@bz").unwrap(), None);
+        for welcome in [None, Some(Vec::new()), Some(vec![7; 300])] {
+            let sent = SentCommit {
+                epoch: 4,
+                message: vec![1, 2, 3],
+                welcome,
+            };
+            let mut batch = Batch::new();
+            batch.put_sent_commit("d@bz", &sent);
+            store.commit_plain(batch).unwrap();
+            assert_eq!(store.sent_commit("d@bz").unwrap(), Some(sent));
+            assert_eq!(store.sent_commit("e@bz").unwrap(), None);
+        }
+        let mut batch = Batch::new();
+        batch.remove_sent_commit("d@bz");
+        store.commit_plain(batch).unwrap();
+        assert_eq!(store.sent_commit("d@bz").unwrap(), None);
+        for bad in [
+            &[][..],
+            &[0; 15],
+            &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1],
+        ] {
+            assert!(SentCommit::decode(bad).is_err());
+        }
+        let mut trailing = SentCommit {
+            epoch: 1,
+            message: vec![5],
+            welcome: None,
+        }
+        .encode();
+        trailing.push(0);
+        assert!(SentCommit::decode(&trailing).is_err());
     }
 }

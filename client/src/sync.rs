@@ -16,6 +16,7 @@ use kring_protocol::wire::{EntryKind, LogEntry, Push, Request, Response};
 use uuid::Uuid;
 
 use crate::client::{Client, unexpected};
+use crate::community::CommitSent;
 use crate::error::{ClientError, EXIT_UNREACHABLE, Result};
 use crate::notice::Notice;
 use crate::store::{Batch, CommunityRecord, StoreError, StoredNotice};
@@ -394,12 +395,19 @@ impl Client {
         community: &str,
         emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<()> {
+        let group = self.load_group(community)?;
+        if !group.is_active() || !group.has_pending_proposals() {
+            return Ok(());
+        }
+        // A commit of this device whose outcome is not known yet goes first (it may
+        // be this very removal, sent before).
+        self.settle_sent_commit(community).await?;
         let mut group = self.load_group(community)?;
         if !group.is_active() || !group.has_pending_proposals() {
             return Ok(());
         }
         if group.has_pending_commit() {
-            // Left over from an interrupted run and not accepted since (a sync ran).
+            // Left over from a run interrupted before it sent it.
             group.commit_refused(&self.provider)?;
         }
         let Some(out) =
@@ -407,36 +415,22 @@ impl Client {
         else {
             return Ok(());
         };
-        self.store.flush()?;
-        let request = Request::Handshake {
-            community: community.to_string(),
-            message: out.commit,
-            welcome: out.welcome,
-        };
-        let limit = self.timeouts.handshake;
-        match self.call_within(&request, limit).await {
-            Ok(Response::Accepted { seq, .. }) => {
-                group.commit_accepted(&self.provider)?;
-                self.store.flush()?;
+        let sent = self
+            .send_commit(community, &mut group, out.commit, out.welcome)
+            .await?;
+        match sent {
+            CommitSent::Accepted { seq, .. } => {
                 emit(SyncEvent::RemovalCommitted {
                     community: community.to_string(),
                     seq,
                 });
                 Ok(())
             }
-            Ok(other) => {
-                group.commit_refused(&self.provider)?;
-                Err(unexpected("Handshake", &other))
-            }
-            Err(ClientError::Relay(code)) => {
-                // Typically WrongEpoch: another member committed first; or a remote
-                // hub was unreachable. Either way the commit is discarded.
-                group.commit_refused(&self.provider)?;
-                self.store.flush()?;
-                Err(ClientError::handshake_refused(community, code))
-            }
-            // Fate unknown: keep the pending commit; the next sync settles it.
-            Err(e) => Err(e),
+            // Another member committed first.
+            CommitSent::LostEpoch { current } => Err(ClientError::handshake_refused(
+                community,
+                kring_protocol::wire::ErrorCode::WrongEpoch { current },
+            )),
         }
     }
 
@@ -566,6 +560,17 @@ impl Client {
         emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<Option<u64>> {
         let community = entry.community.as_str();
+        // The entry must say what its MLS message says (community, epoch, kind,
+        // label): otherwise it is refused, unacknowledged, and moves no cursor, so
+        // an entry cannot stand in for another community's.
+        if let Err(e) = kring_protocol::mls::check_entry(entry) {
+            emit(SyncEvent::Unreadable {
+                community: community.to_string(),
+                seq: entry.seq,
+                reason: format!("entry refused: {e}"),
+            });
+            return Ok(None);
+        }
         let Some(record) = self.store.community(community)? else {
             emit(SyncEvent::Warning(format!(
                 "skipped entry {} of {community}: this device has no such community",
@@ -908,5 +913,102 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].seq, Some(17));
         assert_eq!(store.cursor("desinformatie@bz").unwrap(), 17);
+    }
+
+    /// Names a credential after its certificate, trusting it (test groups only).
+    struct Named;
+
+    impl kring_protocol::mls::CredentialValidator for Named {
+        fn validate(&self, chain: &[Vec<u8>], _key: &[u8]) -> std::result::Result<String, String> {
+            let leaf = chain.first().ok_or("empty chain")?;
+            kring_protocol::identity::Identity::from_der(leaf)
+                .map(|i| i.id())
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// An entry pushed for one community whose message belongs to another, or whose
+    /// epoch or label differs from its message's, is refused: not acknowledged, and
+    /// neither that community's cursor nor the other's moves.
+    #[test]
+    fn an_entry_whose_message_is_of_another_community_moves_no_cursor() {
+        use kring_protocol::mls::CommunityMeta;
+        let fed = crate::testpki::Fed::new("bz");
+        let leaf = fed.admin("bz", "analist", "bz");
+        let hub = fed.relay("bz", "bz", "NL:STG-GEHEIM");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fed.profile(tmp.path(), "analist@bz", "bz", &leaf);
+        let mut client = Client::open(&dir).unwrap();
+        let me = client.user();
+        // A group of community y@bz on this device, and a notice encrypted in it.
+        let label = "NL:ONGERUBRICEERD".parse::<Label>().unwrap().to_bytes();
+        let meta = CommunityMeta::new("y@bz", label.clone(), vec![me.clone()]).unwrap();
+        let hub_key = kring_protocol::mls::leaf_public_key(&hub.chain[0]).unwrap();
+        let (mut group, _) = ClientGroup::create(
+            &client.provider,
+            &client.signer,
+            &Named,
+            &meta,
+            &hub.chain,
+            &hub_key,
+        )
+        .unwrap();
+        let message = group
+            .encrypt(&client.provider, &client.signer, &label, b"not for x")
+            .unwrap();
+        let mut batch = Batch::new();
+        for id in ["x@bz", "y@bz"] {
+            batch
+                .put_community(&CommunityRecord {
+                    id: id.into(),
+                    max_label: "NL:STG-GEHEIM".into(),
+                    joined_epoch: 0,
+                    active: true,
+                })
+                .unwrap();
+            batch.put_cursor(id, 3);
+        }
+        client.store.commit_plain(batch).unwrap();
+
+        let notice = |community: &str, sender: &str, label: &[u8], epoch: u64| LogEntry {
+            community: community.into(),
+            seq: 4,
+            sender: sender.into(),
+            ordered_at: 0,
+            kind: EntryKind::Notice {
+                notice_id: Uuid::from_u128(9),
+                label: label.to_vec(),
+                epoch,
+            },
+            message: message.clone(),
+        };
+        for (what, entry) in [
+            ("another community", notice("x@bz", "liaison@bz", &label, 0)),
+            ("another community, own", notice("x@bz", &me, &label, 0)),
+            ("another epoch", notice("y@bz", "liaison@bz", &label, 1)),
+            ("another label", notice("y@bz", &me, b"NL:STG-GEHEIM", 0)),
+        ] {
+            let mut owed = Owed::default();
+            let mut events = Vec::new();
+            let acked = client
+                .handle_entry(&entry, &mut owed, &mut |e| events.push(e))
+                .unwrap();
+            assert_eq!(acked, None, "{what}: acknowledged");
+            assert!(
+                matches!(events.as_slice(), [SyncEvent::Unreadable { seq: 4, .. }]),
+                "{what}: {events:?}"
+            );
+            assert_eq!(client.store.cursor("x@bz").unwrap(), 3, "{what}");
+            assert_eq!(client.store.cursor("y@bz").unwrap(), 3, "{what}");
+        }
+        // The same message in its own community's entry is taken (own notice: its
+        // cursor moves without decrypting).
+        let mut owed = Owed::default();
+        let acked = client
+            .handle_entry(&notice("y@bz", &me, &label, 0), &mut owed, &mut |_| {})
+            .unwrap();
+        assert_eq!(acked, Some(4));
+        assert_eq!(client.store.cursor("y@bz").unwrap(), 4);
+        assert_eq!(client.store.cursor("x@bz").unwrap(), 3);
     }
 }

@@ -102,7 +102,10 @@ pub use credential::{
 pub use error::MlsError;
 pub use key_package::{KeyPackageInfo, key_package, verify_key_package};
 pub use meta::{CommunityMeta, KRING_EXTENSION_TYPE};
-pub use relay::{ApplicationInfo, GroupMember, Handshake, RelayGroup, VerifiedHandshake};
+pub use relay::{
+    ApplicationInfo, GroupMember, Handshake, MessageHeader, MessageKind, RelayGroup,
+    VerifiedHandshake, check_entry, read_header,
+};
 pub use summary::{AddedMember, CommitSummary, RemovalProposal, RemovedMember};
 
 use openmls::prelude::Ciphersuite;

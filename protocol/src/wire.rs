@@ -563,6 +563,15 @@ pub enum ErrorCode {
     /// The relay failed internally; details are in the relay's log only.
     #[error("internal relay error")]
     Internal,
+    /// A forwarded request (a commit sent on to the community's hub) reached the
+    /// next relay, but its answer did not come back in time: it may or may not have
+    /// been applied. For a commit, keep it pending until the community log shows
+    /// which commit won the epoch.
+    #[error("outcome not known yet: {reason}")]
+    OutcomeUnknown {
+        /// Which relay did not answer, and why.
+        reason: String,
+    },
 }
 
 /// Requests one relay sends another over a federation link (ALPN
@@ -714,6 +723,35 @@ pub enum FedBody {
         #[serde(with = "serde_bytes")]
         ratchet_tree: Bytes,
     },
+}
+
+/// Longest hop of a [`FedBody::Refusal`] (`FROM->TO`, two relay ids).
+pub const MAX_HOP: usize = 2 * limits::MAX_ID + 2;
+
+fn check_refusal(hop: &str, reason: &str) -> Result<(), WireError> {
+    if hop.is_empty() || hop.len() > MAX_HOP {
+        return Err(WireError::Invalid {
+            field: "hop",
+            reason: format!("empty or longer than {MAX_HOP} bytes"),
+        });
+    }
+    if reason.len() > limits::MAX_REASON {
+        return Err(WireError::Invalid {
+            field: "reason",
+            reason: format!("longer than {} bytes", limits::MAX_REASON),
+        });
+    }
+    Ok(())
+}
+
+/// `reason` cut to at most [`limits::MAX_REASON`] bytes, on a character boundary:
+/// what a relay stores or sends of a free-text reason.
+pub fn bounded_reason(reason: &str) -> String {
+    let mut end = reason.len().min(limits::MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.get(..end).unwrap_or_default().to_owned()
 }
 
 fn check_statement(s: &RevocationStatement) -> Result<(), WireError> {
@@ -927,7 +965,8 @@ impl Validate for FedRequest {
                             check_qualified_id("user", user)?;
                             check_qualified_id("community", community)?;
                         }
-                        FedBody::Refusal { .. } | FedBody::Crl { .. } => {}
+                        FedBody::Refusal { hop, reason, .. } => check_refusal(hop, reason)?,
+                        FedBody::Crl { .. } => {}
                         FedBody::Revocation { statement } => check_statement(statement)?,
                     }
                 }
@@ -1288,6 +1327,38 @@ mod tests {
             ratchet_tree: Vec::new(),
         };
         assert_eq!(item(welcomes), 7);
+        let code = |c: &ErrorCode| postcard::to_allocvec(c).unwrap()[0];
+        assert_eq!(code(&ErrorCode::Internal), 12);
+        let unknown = ErrorCode::OutcomeUnknown {
+            reason: "no answer from bz".into(),
+        };
+        assert_eq!(code(&unknown), 13);
+    }
+
+    #[test]
+    fn refusals_are_bounded() {
+        let deliver = |hop: &str, reason: &str| FedRequest::Deliver {
+            items: vec![FedItem {
+                seq: 1,
+                body: FedBody::Refusal {
+                    notice_id: Uuid::from_u128(1),
+                    hop: hop.into(),
+                    reason: reason.into(),
+                },
+            }],
+        };
+        deliver("bz->nctv", "not accredited").validate().unwrap();
+        let long = "x".repeat(limits::MAX_REASON + 1);
+        assert!(deliver("bz", &long).validate().is_err());
+        assert!(deliver("", "why").validate().is_err());
+        assert!(deliver(&"h".repeat(MAX_HOP + 1), "why").validate().is_err());
+        deliver("bz", &bounded_reason(&long)).validate().unwrap();
+        // Cut on a character boundary: 'é' is two bytes.
+        let accents = "é".repeat(limits::MAX_REASON);
+        let cut = bounded_reason(&accents);
+        assert!(cut.len() <= limits::MAX_REASON && cut.len() >= limits::MAX_REASON - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(bounded_reason("short"), "short");
     }
 
     #[test]

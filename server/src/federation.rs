@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use kring_policy::{Clearance, Label, decide};
 use kring_protocol::identity::{Identity, IdentityKind};
+use kring_protocol::mls::{MessageHeader, MessageKind};
 use kring_protocol::wire::{
     CommunitySummary, EntryKind, ErrorCode, FedBody, FedItem, FedRequest, FedResponse, LogEntry,
     Response,
@@ -544,35 +545,80 @@ async fn handle_stream(
     let _ = send.finish();
 }
 
+/// Why a call on a link got no answer.
+#[derive(Debug)]
+enum CallError {
+    /// The request did not leave this relay whole (no stream, or writing it
+    /// failed before its end): the peer cannot have acted on it.
+    NotSent(String),
+    /// The request was sent, but no answer came back (in time): the peer may have
+    /// acted on it.
+    NoAnswer(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::NotSent(why) => write!(f, "not sent: {why}"),
+            CallError::NoAnswer(why) => write!(f, "no answer: {why}"),
+        }
+    }
+}
+
 /// One request/response on a link.
 async fn call(
     conn: &quinn::Connection,
     request: &FedRequest,
     max: usize,
     deadline: Duration,
-) -> Result<FedResponse, String> {
+) -> Result<FedResponse, CallError> {
+    let sent = std::sync::atomic::AtomicBool::new(false);
     let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| CallError::NotSent(e.to_string()))?;
         write_frame(&mut send, request, max)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CallError::NotSent(e.to_string()))?;
+        // The peer reads a request only once its stream has ended: from here on it
+        // may act on it.
+        sent.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = send.finish();
         match read_frame::<FedResponse>(&mut recv, max).await {
             Ok(Some(r)) => Ok(r),
-            Ok(None) => Err("the peer closed the stream without answering".to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(None) => Err(CallError::NoAnswer(
+                "the peer closed the stream without answering".to_string(),
+            )),
+            Err(e) => Err(CallError::NoAnswer(e.to_string())),
         }
     };
-    tokio::time::timeout(deadline, exchange)
-        .await
-        .map_err(|_| "no answer in time".to_string())?
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(result) => result,
+        Err(_) if sent.load(std::sync::atomic::Ordering::SeqCst) => {
+            Err(CallError::NoAnswer("no answer in time".to_string()))
+        }
+        Err(_) => Err(CallError::NotSent(
+            "the request could not be sent in time".to_string(),
+        )),
+    }
 }
 
-async fn forward(relay: &Relay, to: &str, request: FedRequest) -> Result<Response, RelayError> {
+/// A forwarded request without a verdict.
+enum NoVerdict {
+    /// Refused, or not delivered: the other relay did not act on it.
+    Refused(RelayError),
+    /// Delivered (or possibly so), but no answer came back in time: the other relay
+    /// may or may not have acted on it.
+    Unknown(String),
+}
+
+/// Sends `request` to peer `to`, within [`FORWARD_TIMEOUT`], and returns its answer.
+async fn exchange(relay: &Relay, to: &str, request: FedRequest) -> Result<Response, NoVerdict> {
     let unavailable = |why: String| {
-        RelayError::Refused(ErrorCode::Unavailable {
+        NoVerdict::Refused(RelayError::Refused(ErrorCode::Unavailable {
             reason: format!("relay {to} unreachable: {why}"),
-        })
+        }))
     };
     let peer = relay
         .peers
@@ -585,14 +631,34 @@ async fn forward(relay: &Relay, to: &str, request: FedRequest) -> Result<Respons
         .ok_or_else(|| unavailable(format!("no link within {} s", FORWARD_TIMEOUT.as_secs())))?;
     let left = FORWARD_TIMEOUT.saturating_sub(started.elapsed());
     match call(&conn, &request, relay.limits().max_frame, left).await {
-        Ok(FedResponse::Response(Response::Error(code))) => Err(code.into()),
+        Ok(FedResponse::Response(Response::Error(code))) => Err(NoVerdict::Refused(code.into())),
         Ok(FedResponse::Response(r)) => Ok(r),
-        Ok(FedResponse::Ack { .. }) => Err(unavailable("unexpected answer".into())),
-        Err(e) => Err(unavailable(e)),
+        Ok(FedResponse::Ack { .. }) => Err(NoVerdict::Unknown(format!(
+            "relay {to} answered with an acknowledgement"
+        ))),
+        Err(CallError::NotSent(why)) => Err(unavailable(why)),
+        Err(CallError::NoAnswer(why)) => Err(NoVerdict::Unknown(format!(
+            "relay {to} did not answer within {} s: {why}",
+            FORWARD_TIMEOUT.as_secs()
+        ))),
     }
 }
 
-/// Sends a member's commit to the community's hub and returns its verdict.
+/// [`exchange`] for requests whose repetition is harmless: no answer is
+/// `Unavailable` like no link.
+async fn forward(relay: &Relay, to: &str, request: FedRequest) -> Result<Response, RelayError> {
+    exchange(relay, to, request).await.map_err(|e| match e {
+        NoVerdict::Refused(e) => e,
+        NoVerdict::Unknown(why) => RelayError::Refused(ErrorCode::Unavailable {
+            reason: format!("relay {to} unreachable: {why}"),
+        }),
+    })
+}
+
+/// Sends a member's commit to the community's hub and returns its verdict. A
+/// commit the hub may have received without its answer coming back is
+/// `OutcomeUnknown`, not a refusal: the hub may still order it, and the member
+/// must keep it until the community log shows which commit won the epoch.
 pub async fn forward_handshake(
     relay: &Relay,
     hub: &str,
@@ -601,7 +667,7 @@ pub async fn forward_handshake(
     message: &[u8],
     welcome: Option<Vec<u8>>,
 ) -> Result<Response, RelayError> {
-    forward(
+    exchange(
         relay,
         hub,
         FedRequest::Handshake {
@@ -613,12 +679,15 @@ pub async fn forward_handshake(
     )
     .await
     .map_err(|e| match e {
-        RelayError::Refused(ErrorCode::Unavailable { reason }) => {
+        NoVerdict::Refused(RelayError::Refused(ErrorCode::Unavailable { reason })) => {
             RelayError::Refused(ErrorCode::Unavailable {
                 reason: format!("hub unreachable: {reason}"),
             })
         }
-        other => other,
+        NoVerdict::Refused(other) => other,
+        NoVerdict::Unknown(why) => RelayError::Refused(ErrorCode::OutcomeUnknown {
+            reason: format!("hub {hub} may still apply the commit: {why}"),
+        }),
     })
 }
 
@@ -989,10 +1058,74 @@ fn apply_item(
         } => {
             let rec: Option<NoticeRecord> =
                 b.get_obj(relay.engine(), &crate::store::keys::notice(&notice_id))?;
-            let (community, sender) = rec.map(|r| (r.community, r.sender)).unwrap_or_default();
-            relay.record_refusal_for(w, b, &notice_id, &community, &sender, &hop, &reason)
+            let Some(rec) = rec else {
+                let reason =
+                    format!("refusal by {hop} ignored: notice {notice_id} is unknown here");
+                return refuse(w, b, peer, &format!("notice {notice_id}"), reason);
+            };
+            if let Err(why) = refusal_source(relay, b, peer, &rec, &hop)? {
+                let what = format!("{} notice {notice_id}", rec.community);
+                let reason = format!("refusal by {hop} ignored: {why}");
+                return refuse(
+                    w,
+                    b,
+                    peer,
+                    &what,
+                    kring_protocol::wire::bounded_reason(&reason),
+                );
+            }
+            relay.record_refusal_for(w, b, &notice_id, &rec.community, &rec.sender, &hop, &reason)
         }
     }
+}
+
+/// Whether `peer` may report that `hop` refused the notice of `rec`: only the relay
+/// the notice went to from here. At the filer's home relay that is the community's
+/// hub (which also passes on the refusals of the relays after it); at the hub, a
+/// relay with members in the community, about itself (`HUB->PEER`), once the
+/// notice is ordered. `Ok(Err(why))` if not.
+fn refusal_source(
+    relay: &Relay,
+    b: &Batch,
+    peer: &str,
+    rec: &NoticeRecord,
+    hop: &str,
+) -> Result<Result<(), String>, RelayError> {
+    let hub = home_relay(&rec.community);
+    if hub != relay.id() {
+        if home_relay(&rec.sender) != relay.id() {
+            return Ok(Err(format!(
+                "the notice was not filed here, nor ordered here (its hub is {hub})"
+            )));
+        }
+        if peer != hub {
+            return Ok(Err(format!(
+                "the notice went from here to its hub {hub}, not to relay {peer}"
+            )));
+        }
+        return Ok(Ok(()));
+    }
+    if rec.seq.is_none() {
+        return Ok(Err(
+            "the notice was not ordered, so it went to no relay".into()
+        ));
+    }
+    let own_hop = format!("{hub}->{peer}");
+    if hop != own_hop {
+        return Ok(Err(format!(
+            "relay {peer} may only report its own refusal ({own_hop})"
+        )));
+    }
+    let went_there = relay
+        .community_in(b, &rec.community)?
+        .is_some_and(|c| c.members.iter().any(|m| home_relay(m) == peer));
+    if !went_there {
+        return Ok(Err(format!(
+            "relay {peer} has no member in {}, the notice did not go there",
+            rec.community
+        )));
+    }
+    Ok(Ok(()))
 }
 
 /// Stores a Welcome from `peer`, the community's hub, for `users`, all users of
@@ -1039,8 +1172,24 @@ fn apply_entry(
             format!("relay {peer} is not the hub of {id}"),
         );
     }
+    // The envelope must say what the MLS message inside says: neither the hub nor
+    // anybody holding its link moves an entry into another community's log, to
+    // another seq or epoch, or past an accreditation check with another label.
+    let header = match entry
+        .as_ref()
+        .map(|e| check_envelope(id, seq, e))
+        .transpose()
+    {
+        Ok(header) => header,
+        Err(reason) => return refuse_entry(relay, w, b, peer, id, entry.as_ref(), reason),
+    };
     let has_local = |members: &[String]| members.iter().any(|m| home_relay(m) == relay.id());
     let existing = relay.community_in(b, id)?;
+    // Every handshake of a community reaches a relay while it has members there, so
+    // the next one must be of the epoch the relay holds (at least that epoch after
+    // a time without members).
+    let continuous = existing.as_ref().is_some_and(|r| has_local(&r.members));
+    let held_epoch = existing.as_ref().map_or(0, |r| r.epoch);
     let mut rec = match (existing, &summary) {
         (Some(rec), _) => rec,
         (None, None) => {
@@ -1081,12 +1230,20 @@ fn apply_entry(
     if seq <= rec.last_seq {
         return Ok(()); // already have it
     }
+    if let (Some(header), Some(e)) = (&header, &entry)
+        && let Err(reason) = check_epoch(header, &e.kind, summary.as_ref(), held_epoch, continuous)
+    {
+        return refuse_entry(relay, w, b, peer, id, Some(e), reason);
+    }
     if let Some(entry) = entry {
         let mut keep = true;
-        if let EntryKind::Notice {
-            notice_id, label, ..
-        } = &entry.kind
-        {
+        if let EntryKind::Notice { notice_id, .. } = &entry.kind {
+            // The label is the message's authenticated data (`check_envelope`
+            // made sure the entry's label is the same).
+            let label: &[u8] = match header.as_ref().map(|h| &h.kind) {
+                Some(MessageKind::Application { aad }) => aad,
+                _ => &[],
+            };
             let verdict = Label::from_bytes(label)
                 .map_err(|e| format!("unreadable label: {e}"))
                 .and_then(|label| {
@@ -1130,13 +1287,15 @@ fn apply_entry(
                     FedBody::Refusal {
                         notice_id: *notice_id,
                         hop,
-                        reason,
+                        reason: kring_protocol::wire::bounded_reason(&reason),
                     },
                 )?;
             } else {
                 // The filer's home relay learns the hub's ordering.
                 let key = crate::store::keys::notice(notice_id);
-                if let Some(mut n) = b.get_obj::<NoticeRecord>(relay.engine(), &key)? {
+                if let Some(mut n) = b.get_obj::<NoticeRecord>(relay.engine(), &key)?
+                    && n.community == id
+                {
                     n.seq = Some(seq);
                     b.put_obj(key, &n)?;
                 }
@@ -1161,9 +1320,172 @@ fn apply_entry(
     Ok(())
 }
 
+/// Checks that entry `seq` of `id`'s log, as its hub sent it, says what its MLS
+/// message says; returns the message's header or why not.
+fn check_envelope(id: &str, seq: u64, entry: &LogEntry) -> Result<MessageHeader, String> {
+    if entry.community != id {
+        return Err(format!(
+            "entry {seq} of {id} names community {}",
+            entry.community
+        ));
+    }
+    if entry.seq != seq {
+        return Err(format!("entry {seq} of {id} names seq {}", entry.seq));
+    }
+    kring_protocol::mls::check_entry(entry).map_err(|e| format!("entry {seq} of {id}: {e}"))
+}
+
+/// Checks the epoch of a verified entry against the community as this relay holds
+/// it (`held`, of a community whose handshakes all reached this relay if
+/// `continuous`) and as the hub says it stands after the entry (`after`).
+fn check_epoch(
+    header: &MessageHeader,
+    kind: &EntryKind,
+    after: Option<&CommunitySummary>,
+    held: u64,
+    continuous: bool,
+) -> Result<(), String> {
+    let epoch = header.epoch;
+    match kind {
+        EntryKind::Handshake { .. } => {
+            if epoch < held || (continuous && epoch != held) {
+                return Err(format!(
+                    "a handshake of epoch {epoch}, but the community is at epoch {held} here"
+                ));
+            }
+            let next = match header.kind {
+                MessageKind::Commit => epoch.saturating_add(1),
+                _ => epoch,
+            };
+            match after {
+                Some(after) if after.epoch != next => Err(format!(
+                    "a handshake of epoch {epoch} said to leave the community at epoch {}",
+                    after.epoch
+                )),
+                _ => Ok(()),
+            }
+        }
+        EntryKind::Notice { .. } => {
+            let current = after.map_or(held, |a| a.epoch);
+            if epoch > current {
+                return Err(format!(
+                    "a notice of epoch {epoch}, but the community is at epoch {current}"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Refuses entry `entry` of `id` from its hub `peer`: audit-logged, and for a
+/// notice reported back to the hub (which tells the filer's home relay).
+fn refuse_entry(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    id: &str,
+    entry: Option<&LogEntry>,
+    reason: String,
+) -> Result<(), RelayError> {
+    let reason = kring_protocol::wire::bounded_reason(&reason);
+    refuse(w, b, peer, id, reason.clone())?;
+    if let Some(LogEntry {
+        kind: EntryKind::Notice { notice_id, .. },
+        ..
+    }) = entry
+    {
+        enqueue(
+            relay,
+            w,
+            b,
+            peer,
+            FedBody::Refusal {
+                notice_id: *notice_id,
+                hop: format!("{peer}->{}", relay.id()),
+                reason,
+            },
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::keys;
+    use super::{check_envelope, check_epoch};
+    use kring_protocol::mls::{MessageHeader, MessageKind};
+    use kring_protocol::wire::{CommunitySummary, EntryKind, LogEntry};
+
+    fn header(epoch: u64, kind: MessageKind) -> MessageHeader {
+        MessageHeader {
+            group_id: b"d@bz".to_vec(),
+            epoch,
+            kind,
+        }
+    }
+
+    fn after(epoch: u64) -> CommunitySummary {
+        CommunitySummary {
+            id: "d@bz".into(),
+            max_label: "NL:STG-GEHEIM".into(),
+            admins: Vec::new(),
+            members: Vec::new(),
+            epoch,
+            last_seq: 0,
+        }
+    }
+
+    #[test]
+    fn handshakes_follow_the_epoch_held_here() {
+        let commit = header(4, MessageKind::Commit);
+        let proposal = header(4, MessageKind::Proposal);
+        let hs = EntryKind::Handshake { epoch: 4 };
+        // The next commit of a community whose handshakes all came here.
+        check_epoch(&commit, &hs, Some(&after(5)), 4, true).unwrap();
+        check_epoch(&proposal, &hs, Some(&after(4)), 4, true).unwrap();
+        // After a time without members here, a later epoch is fine; an earlier never.
+        check_epoch(&commit, &hs, Some(&after(5)), 2, false).unwrap();
+        assert!(check_epoch(&commit, &hs, Some(&after(5)), 2, true).is_err());
+        assert!(check_epoch(&commit, &hs, Some(&after(5)), 5, false).is_err());
+        // The community after it must be where the message leads.
+        assert!(check_epoch(&commit, &hs, Some(&after(4)), 4, true).is_err());
+        assert!(check_epoch(&commit, &hs, Some(&after(9)), 4, true).is_err());
+        assert!(check_epoch(&proposal, &hs, Some(&after(5)), 4, true).is_err());
+    }
+
+    #[test]
+    fn notices_are_never_of_a_later_epoch() {
+        let kind = EntryKind::Notice {
+            notice_id: uuid::Uuid::from_u128(1),
+            label: Vec::new(),
+            epoch: 3,
+        };
+        let app = header(3, MessageKind::Application { aad: Vec::new() });
+        check_epoch(&app, &kind, None, 3, true).unwrap();
+        check_epoch(&app, &kind, None, 5, true).unwrap();
+        assert!(check_epoch(&app, &kind, None, 2, true).is_err());
+        check_epoch(&app, &kind, Some(&after(3)), 2, true).unwrap();
+    }
+
+    #[test]
+    fn the_envelope_names_its_community_and_seq() {
+        let entry = |community: &str, seq: u64| LogEntry {
+            community: community.into(),
+            seq,
+            sender: "a@bz".into(),
+            ordered_at: 0,
+            kind: EntryKind::Handshake { epoch: 0 },
+            message: b"not mls".to_vec(),
+        };
+        let e = check_envelope("d@bz", 7, &entry("e@bz", 7)).unwrap_err();
+        assert!(e.contains("names community e@bz"), "{e}");
+        let e = check_envelope("d@bz", 7, &entry("d@bz", 8)).unwrap_err();
+        assert!(e.contains("names seq 8"), "{e}");
+        // Then the message itself (here: not one).
+        let e = check_envelope("d@bz", 7, &entry("d@bz", 7)).unwrap_err();
+        assert!(e.contains("malformed"), "{e}");
+    }
 
     #[test]
     fn outbox_items_are_held_back_until_durable() {

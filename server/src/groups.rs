@@ -481,11 +481,41 @@ pub struct ProposedRemoval {
     pub epoch: u64,
 }
 
-/// As the hub: proposes the removal of every member whose credential no longer
-/// passes the federation validator with `revoked` (revoked identity or certificate,
-/// expired certificate), unless already proposed in this epoch. The proposals are
-/// queued in the group state in `overlay`.
-pub fn propose_invalid_removals(
+/// Members of `community` (as tracked here) whose credential no longer passes
+/// the federation validator with `revoked` (revoked identity or certificate,
+/// expired certificate), with the reason. Reads the stored group and writes
+/// nothing: run it outside the writer, which need then only look at these.
+pub fn invalid_members(
+    engine: Arc<dyn Engine>,
+    community: &str,
+    anchors: &[Vec<u8>],
+    trust: &TrustMap,
+    now: u64,
+    revoked: &Revocations,
+) -> Result<Vec<(String, String)>, RelayError> {
+    let storage = KvStorage::new(Overlay::new(engine));
+    let validator = FederationValidator::with_revocations(anchors, trust, now, revoked);
+    let Some(group) = RelayGroup::load(&storage, community).map_err(mls_refusal)? else {
+        return Ok(Vec::new());
+    };
+    let invalid = group.invalid_members(&validator);
+    if invalid.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(invalid.len());
+    for (leaf, reason) in invalid {
+        if let Some(member) = group.member_at(&validator, leaf).map_err(mls_refusal)? {
+            out.push((member.id, reason));
+        }
+    }
+    Ok(out)
+}
+
+/// As the hub: proposes the removal of each member of `due` (member id, reason;
+/// found by [`invalid_members`]) still in the group, unless already proposed in
+/// this epoch. The proposals are queued in the group state in `overlay`.
+#[allow(clippy::too_many_arguments)]
+pub fn propose_removals(
     overlay: &Overlay,
     community: &str,
     anchors: &[Vec<u8>],
@@ -493,38 +523,25 @@ pub fn propose_invalid_removals(
     now: u64,
     revoked: &Revocations,
     hub: &kring_protocol::mls::CertSigner,
+    due: &[(String, String)],
 ) -> Result<Vec<ProposedRemoval>, RelayError> {
     let storage = KvStorage::new(overlay.clone());
     let validator = FederationValidator::with_revocations(anchors, trust, now, revoked);
     let Some(mut group) = RelayGroup::load(&storage, community).map_err(mls_refusal)? else {
         return Ok(Vec::new());
     };
-    let invalid = group.invalid_members(&validator);
-    if invalid.is_empty() {
-        return Ok(Vec::new());
-    }
-    let members = group.members(&validator).map_err(mls_refusal)?;
     let mut out = Vec::new();
-    for (leaf, reason) in invalid {
-        let Some(member) = members.iter().find(|m| m.leaf_index == leaf) else {
-            continue;
-        };
+    for (member, reason) in due {
         let epoch = group.epoch();
-        match group.propose_remove(
-            &RustCrypto::default(),
-            &storage,
-            &validator,
-            hub,
-            &member.id,
-        ) {
+        match group.propose_remove(&RustCrypto::default(), &storage, &validator, hub, member) {
             Ok(message) => out.push(ProposedRemoval {
-                member: member.id.clone(),
-                reason,
+                member: member.clone(),
+                reason: reason.clone(),
                 message,
                 epoch,
             }),
-            // Already proposed in this epoch: nothing to do until the next one.
-            Err(MlsError::Forbidden(_)) => {}
+            // Already proposed in this epoch, or gone since: nothing to do.
+            Err(MlsError::Forbidden(_) | MlsError::NotMember(_)) => {}
             Err(e) => return Err(mls_refusal(e)),
         }
     }

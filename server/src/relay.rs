@@ -130,6 +130,7 @@ pub struct Relay {
     conns: Mutex<HashMap<String, Live>>,
     revocations: RwLock<Revocations>,
     enforce: watch::Sender<u64>,
+    enforce_due: Mutex<crate::revocation::EnforceDue>,
     rate: Mutex<HashMap<String, Bucket>>,
     key_fetches: Mutex<crate::key_fetch::KeyFetchLimiter>,
     /// Federation peers by id.
@@ -142,6 +143,8 @@ pub struct Relay {
 pub const REVOKED_CLOSE_CODE: u32 = 7;
 /// QUIC application close code of a connection closed when its certificate expired.
 pub const EXPIRED_CLOSE_CODE: u32 = 8;
+/// Most hop refusals kept for one notice (one per hop; a federation has few relays).
+pub const MAX_HOP_REFUSALS: usize = 64;
 /// Longest single wait of a connection's expiry watch; the wall clock is read again
 /// after it (so a clock that was set meanwhile is followed).
 const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -157,10 +160,7 @@ async fn close_at_expiry(
     let expires = u64::try_from(not_after.saturating_add(1))
         .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
         .unwrap_or(std::time::UNIX_EPOCH);
-    loop {
-        let Ok(left) = expires.duration_since(std::time::SystemTime::now()) else {
-            break;
-        };
+    while let Ok(left) = expires.duration_since(std::time::SystemTime::now()) {
         if left.is_zero() {
             break;
         }
@@ -242,6 +242,9 @@ impl Relay {
             key_fetches: Mutex::new(crate::key_fetch::KeyFetchLimiter::default()),
             revocations: RwLock::new(revocations),
             enforce,
+            // A first pass at start: the set loaded from the store may have changed
+            // since the last one ran.
+            enforce_due: Mutex::new(crate::revocation::EnforceDue::everything()),
             peers: config
                 .peers
                 .iter()
@@ -299,9 +302,24 @@ impl Relay {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    /// Asks the enforcement task to run (after a revocation or a hub commit).
+    /// Asks the enforcement task to run over everything (after the revocation set
+    /// changed).
     pub fn enforce_soon(&self) {
+        self.enforce_due().all = true;
         self.enforce.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    /// Asks the enforcement task to look at `community`, hubbed here, again (after a
+    /// commit: removals proposed in the old epoch are void).
+    pub fn enforce_community(&self, community: &str) {
+        self.enforce_due().communities.insert(community.to_string());
+        self.enforce.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    /// What the enforcement task has to look at, for it to take
+    /// ([`std::mem::take`]) or to put back after a failed pass.
+    pub fn enforce_due(&self) -> std::sync::MutexGuard<'_, crate::revocation::EnforceDue> {
+        self.enforce_due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
     /// What the enforcement task waits on.
     pub fn enforce_signal(&self) -> watch::Receiver<u64> {
@@ -1176,7 +1194,7 @@ impl Relay {
         self.durable().await?;
         // A commit starts a new epoch: removals proposed in the old one are void and
         // must be proposed again if still due.
-        self.enforce_soon();
+        self.enforce_community(community);
         Ok(Response::Accepted { seq, epoch })
     }
 
@@ -1326,7 +1344,9 @@ impl Relay {
     }
 
     /// Records that `hop` refused a notice: in the notice's record here, in the audit
-    /// log, and towards the filer's home relay if that is another relay.
+    /// log, and towards the filer's home relay if that is another relay. Keeps one
+    /// refusal per hop and at most [`MAX_HOP_REFUSALS`] per notice, each reason cut
+    /// to [`limits::MAX_REASON`](kring_protocol::wire::limits::MAX_REASON) bytes.
     #[allow(clippy::too_many_arguments)]
     pub fn record_refusal_for(
         &self,
@@ -1347,9 +1367,12 @@ impl Relay {
                 seq: None,
                 refusals: Vec::new(),
             });
-        if rec.refusals.iter().any(|r| r.hop == hop) {
+        // One refusal per hop, a bounded number per notice, each reason bounded.
+        if rec.refusals.iter().any(|r| r.hop == hop) || rec.refusals.len() >= MAX_HOP_REFUSALS {
             return Ok(());
         }
+        let reason = kring_protocol::wire::bounded_reason(reason);
+        let reason = reason.as_str();
         rec.refusals.push(kring_protocol::wire::HopRefusal {
             hop: hop.to_string(),
             reason: reason.to_string(),

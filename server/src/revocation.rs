@@ -18,6 +18,7 @@
 //! Store keys: `x/USER` statements, `X/ORG` the newest CRL of each organisation
 //! with its issuing CA, `P/PEER` what a peer's certificate said (organisation, CA).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,7 +30,7 @@ use kring_protocol::wire::{
     CrlCopy, EntryKind, ErrorCode, FedBody, LogEntry, Response, TrustState, TrustedRelay,
 };
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::error::RelayError;
@@ -392,17 +393,53 @@ pub fn apply_statement(
 
 // ----- enforcement -------------------------------------------------------------------
 
-/// Runs until the relay stops: enforces the revocation set whenever it changes or a
-/// hub commit lands, and re-reads configured CRL files when they change.
+/// What the enforcement task has to look at next.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EnforceDue {
+    /// Everything: the revocation set changed (or the relay started).
+    pub all: bool,
+    /// Communities hubbed here where a commit landed since the last pass.
+    pub communities: BTreeSet<String>,
+}
+
+impl EnforceDue {
+    /// Everything is due.
+    pub fn everything() -> Self {
+        Self {
+            all: true,
+            communities: BTreeSet::new(),
+        }
+    }
+
+    /// Nothing is due.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.communities.is_empty()
+    }
+
+    /// Adds what `other` has due.
+    pub fn merge(&mut self, other: EnforceDue) {
+        self.all |= other.all;
+        self.communities.extend(other.communities);
+    }
+}
+
+/// Runs until the relay stops: enforces the revocation set when it changes and
+/// looks again at a community hubbed here when a commit lands in it (only then:
+/// nothing is re-verified while nothing changes); re-reads configured CRL files
+/// when they change.
 pub async fn enforce_loop(relay: Arc<Relay>, crl_files: Vec<PathBuf>) {
     let mut rx = relay.enforce_signal();
     let mut seen: Vec<Option<SystemTime>> = vec![None; crl_files.len()];
     loop {
         load_crl_files(&relay, &crl_files, &mut seen).await;
-        if let Err(e) = enforce(&relay).await {
-            warn!(error = %e, "enforcing revocations failed; will retry");
-        }
         rx.mark_unchanged();
+        let due = std::mem::take(&mut *relay.enforce_due());
+        if !due.is_empty()
+            && let Err(e) = enforce(&relay, &due).await
+        {
+            warn!(error = %e, "enforcing revocations failed; will retry");
+            relay.enforce_due().merge(due);
+        }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(CRL_POLL) => {}
@@ -445,6 +482,7 @@ async fn read_crl_file(relay: &Relay, path: &std::path::Path) -> Result<(), Rela
     let accepted = relay.write(|w, b| accept_crl(relay, w, b, &der, issuer, None))?;
     if accepted.is_some() {
         relay.durable().await?;
+        relay.enforce_soon();
         info!(file = %path.display(), "CRL loaded");
     }
     Ok(())
@@ -467,9 +505,22 @@ pub fn ca_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
     certificates_from_pem(pem).unwrap_or_default()
 }
 
-/// Cuts off revoked identities and proposes their removal where this relay is hub.
-pub async fn enforce(relay: &Relay) -> Result<(), RelayError> {
-    let cut = relay.cut_off_revoked();
+/// One enforcement pass over what is `due`: after a change of the revocation set
+/// cuts off revoked identities and looks at every community hubbed here, after a
+/// commit only at that community; proposes the removal of every member whose
+/// credential no longer passes. Members are checked outside the writer; only a
+/// community with removals due enters it.
+pub async fn enforce(relay: &Relay, due: &EnforceDue) -> Result<(), RelayError> {
+    debug!(
+        all = due.all,
+        communities = due.communities.len(),
+        "enforcement pass"
+    );
+    let cut = if due.all {
+        relay.cut_off_revoked()
+    } else {
+        Vec::new()
+    };
     for (id, why) in &cut {
         relay.audit_now(AuditEvent::new(
             AuditKind::Revocation,
@@ -482,11 +533,42 @@ pub async fn enforce(relay: &Relay) -> Result<(), RelayError> {
     if relay.revocations().is_empty() {
         return Ok(());
     }
-    let signer = CertSigner::from_pkcs8(relay.cert_chain.clone(), &relay.key_pkcs8)
-        .map_err(|e| RelayError::Store(format!("relay signer: {e}")))?;
+    let communities: Vec<String> = if due.all {
+        hubbed_communities(relay)?
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    } else {
+        due.communities
+            .iter()
+            .filter(|c| home_relay(c) == relay.id())
+            .cloned()
+            .collect()
+    };
+    // A copy, so that the writer is never held up on the set's lock meanwhile.
+    let revoked = relay.revocations().clone();
+    let mut signer = None;
     let mut wrote = false;
-    for c in hubbed_communities(relay)? {
-        wrote |= relay.write(|w, b| propose_removals(relay, w, b, &c.id, &signer))?;
+    for community in communities {
+        let invalid = groups::invalid_members(
+            relay.engine_arc(),
+            &community,
+            relay.anchors(),
+            relay.trust(),
+            now() as u64,
+            &revoked,
+        )?;
+        if invalid.is_empty() {
+            continue;
+        }
+        let signer = match &signer {
+            Some(s) => s,
+            None => signer.insert(
+                CertSigner::from_pkcs8(relay.cert_chain.clone(), &relay.key_pkcs8)
+                    .map_err(|e| RelayError::Store(format!("relay signer: {e}")))?,
+            ),
+        };
+        wrote |= relay.write(|w, b| propose_removals(relay, w, b, &community, signer, &invalid))?;
     }
     if wrote || !cut.is_empty() {
         relay.durable().await?;
@@ -500,6 +582,7 @@ fn propose_removals(
     b: &mut Batch,
     community: &str,
     signer: &CertSigner,
+    due: &[(String, String)],
 ) -> Result<bool, RelayError> {
     let Some(mut rec) = relay.community_in(b, community)? else {
         return Ok(false);
@@ -507,7 +590,7 @@ fn propose_removals(
     let overlay = groups::Overlay::new(relay.engine_arc());
     let proposed = {
         let revoked = relay.revocations();
-        groups::propose_invalid_removals(
+        groups::propose_removals(
             &overlay,
             community,
             relay.anchors(),
@@ -515,6 +598,7 @@ fn propose_removals(
             now() as u64,
             &revoked,
             signer,
+            due,
         )?
     };
     if proposed.is_empty() {

@@ -414,11 +414,13 @@ impl Federation {
 
 /// A UDP forwarder standing in for a network link between one QUIC client (a relay
 /// dialling a peer) and a server address, that can be cut (every datagram dropped,
-/// both ways) and healed. Runs on the current tokio runtime until dropped.
+/// both ways, or only those towards the server) and healed. Runs on the current
+/// tokio runtime until dropped.
 #[derive(Debug)]
 pub struct UdpLink {
     addr: std::net::SocketAddr,
     cut: Arc<std::sync::atomic::AtomicBool>,
+    cut_to_server: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -431,6 +433,8 @@ impl UdpLink {
         let addr = front.local_addr()?;
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let is_cut = cut.clone();
+        let cut_to_server = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_cut_to_server = cut_to_server.clone();
         let task = tokio::spawn(async move {
             let mut client: Option<std::net::SocketAddr> = None;
             let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
@@ -439,7 +443,9 @@ impl UdpLink {
                     r = front.recv_from(&mut a) => {
                         let Ok((n, from)) = r else { return };
                         client = Some(from);
-                        if !is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        if !is_cut.load(std::sync::atomic::Ordering::SeqCst)
+                            && !is_cut_to_server.load(std::sync::atomic::Ordering::SeqCst)
+                        {
                             let _ = back.send(&a[..n]).await;
                         }
                     }
@@ -454,7 +460,12 @@ impl UdpLink {
                 }
             }
         });
-        Ok(UdpLink { addr, cut, task })
+        Ok(UdpLink {
+            addr,
+            cut,
+            cut_to_server,
+            task,
+        })
     }
 
     /// The address to dial instead of the server's.
@@ -465,6 +476,14 @@ impl UdpLink {
     /// Cuts (`true`) or heals (`false`) the link.
     pub fn set_cut(&self, cut: bool) {
         self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drops (`true`) or passes again (`false`) only what the client sends: the
+    /// server's datagrams still reach the client, so the server's requests arrive
+    /// and the client acts on them, but its answers are lost.
+    pub fn set_cut_to_server(&self, cut: bool) {
+        self.cut_to_server
+            .store(cut, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

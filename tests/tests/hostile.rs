@@ -1,6 +1,7 @@
 //! Hostile input against a real relay: broken frames, floods, idle and half-open
 //! connections, a device that never reads its pushes, malformed and replayed MLS
-//! messages, and a malicious peer relay rewriting a notice's label; slow and half-sent
+//! messages, a malicious peer relay rewriting a notice's label or lying about what an
+//! entry holds, and refusals reported by relays a notice never went to; slow and half-sent
 //! frames, too many connections of one identity, and subscription floods. Each case
 //! gets a typed error (or is refused by every recipient) and the relay keeps serving
 //! others.
@@ -651,9 +652,10 @@ async fn malformed_and_replayed_mls_messages() {
 
 /// A malicious relay (holding the hub's certificate, federation ALPN) delivers real
 /// notices with the label rewritten: once in the entry the relays read, once inside
-/// the MLS message's authenticated data. The receiving relay stores and pushes what
-/// it is given, but the recipient device refuses both, reports them, and no
-/// plaintext is stored anywhere.
+/// the MLS message's authenticated data. The receiving relay refuses the first (its
+/// label is not the message's authenticated data); it stores and pushes the second,
+/// whose entry agrees with its altered message, but the recipient device refuses it
+/// and reports it, and no plaintext is stored anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_rewritten_in_transit_is_refused_by_every_recipient() {
     let mut fed = federation();
@@ -736,14 +738,23 @@ async fn a_label_rewritten_in_transit_is_refused_by_every_recipient() {
     }
 
     let report = post.sync().await.unwrap();
-    for seq in &seqs {
-        assert!(
-            report.events.iter().any(|e| matches!(e,
-                SyncEvent::Unreadable { seq: s, .. } | SyncEvent::Refused { seq: s, .. } if s == seq)),
-            "seq {seq}: no refusal reported: {:?}",
-            report.events
-        );
-    }
+    let reported = |seq: u64| {
+        report.events.iter().any(|e| {
+            matches!(e,
+            SyncEvent::Unreadable { seq: s, .. } | SyncEvent::Refused { seq: s, .. } if *s == seq)
+        })
+    };
+    assert!(
+        !reported(seqs[0]),
+        "the relay passed on an entry whose label is not its message's: {:?}",
+        report.events
+    );
+    assert!(
+        reported(seqs[1]),
+        "seq {}: no refusal reported: {:?}",
+        seqs[1],
+        report.events
+    );
     assert!(
         !report
             .events
@@ -764,6 +775,327 @@ async fn a_label_rewritten_in_transit_is_refused_by_every_recipient() {
         assert!(found.is_empty(), "plaintext in {found:?}");
     }
     others_are_served(&fed, "post-a", "analist@post-a").await;
+}
+
+/// A hub (or whoever holds its certificate) delivers entries whose envelope lies
+/// about the MLS message inside: another community, another seq, another epoch,
+/// another label, a commit said to lead to another epoch, an old commit replayed
+/// under a new seq. The member relay refuses each (audit-logged) and stores none;
+/// the genuine entries that follow are taken, and the device gets exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_whose_envelope_lies_about_their_message_are_refused() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("post-a").unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    for name in ["d", "e"] {
+        bz.create_community(name, "NL:STG-CONFIDENTIEEL")
+            .await
+            .unwrap();
+        bz.add_members(&format!("{name}@bz"), &["analist@post-a"])
+            .await
+            .unwrap();
+        join(&mut post, &format!("{name}@bz")).await;
+    }
+    post.disconnect().await;
+    fed.stop("post-a").unwrap();
+    // A commit (epoch 1 -> 2) and a notice (epoch 2) post-a has not received.
+    bz.set_admin("d@bz", kring_client::AdminChange::Add, "analist@post-a")
+        .await
+        .unwrap();
+    bz.file_notice(kring_tests::signal(
+        "d@bz",
+        "NL:DEP-VERTROUWELIJK",
+        "echt",
+        "body",
+    ))
+    .await
+    .unwrap();
+    let info = bz.community_info("d@bz").await.unwrap();
+    bz.disconnect().await;
+    fed.stop("bz").unwrap();
+    let log = stored_log(&fed.open_store("bz").unwrap(), "d@bz").unwrap();
+    let (add, commit, notice) = (log[0].clone(), log[1].clone(), log[2].clone());
+    assert!(matches!(add.kind, EntryKind::Handshake { epoch: 0 }));
+    assert!(matches!(commit.kind, EntryKind::Handshake { epoch: 1 }));
+    assert!(matches!(notice.kind, EntryKind::Notice { epoch: 2, .. }));
+    assert_eq!((commit.seq, notice.seq), (2, 3));
+    fed.start("post-a").unwrap();
+
+    let as_notice = |community: &str, seq: u64, entry: LogEntry| FedBody::NoticeEntry {
+        community: community.into(),
+        seq,
+        entry: Some(entry),
+    };
+    let as_commit = |epoch: u64, seq: u64, entry: LogEntry| FedBody::Entry {
+        community: wire::CommunitySummary {
+            epoch,
+            ..info.clone()
+        },
+        seq,
+        entry: Some(entry),
+    };
+    let changed = |f: &dyn Fn(&mut LogEntry)| {
+        let mut e = notice.clone();
+        f(&mut e);
+        e
+    };
+    let lowered = "NL:ONGERUBRICEERD"
+        .parse::<kring_policy::Label>()
+        .unwrap()
+        .to_bytes();
+    let lies = vec![
+        // d's notice as an entry of e (both members of post-a).
+        as_notice("e@bz", 3, changed(&|e| e.community = "e@bz".into())),
+        as_notice("e@bz", 3, notice.clone()),
+        as_notice("d@bz", 3, changed(&|e| e.seq = 4)),
+        as_notice(
+            "d@bz",
+            3,
+            changed(&|e| {
+                if let EntryKind::Notice { epoch, .. } = &mut e.kind {
+                    *epoch = 1;
+                }
+            }),
+        ),
+        as_notice(
+            "d@bz",
+            3,
+            changed(&|e| {
+                if let EntryKind::Notice { label, .. } = &mut e.kind {
+                    *label = lowered.clone();
+                }
+            }),
+        ),
+        // The commit said to lead to epoch 7; the first commit replayed as seq 9.
+        as_commit(7, 2, commit.clone()),
+        as_commit(info.epoch, 9, {
+            let mut e = add.clone();
+            e.seq = 9;
+            e
+        }),
+    ];
+    let why = [
+        "not to \"e@bz\"",
+        "names community d@bz",
+        "names seq 4",
+        "names epoch 1",
+        "label of the entry is not the authenticated data",
+        "leave the community at epoch 7",
+        "a handshake of epoch 0",
+    ];
+    let genuine = [
+        as_commit(info.epoch, 2, commit.clone()),
+        as_notice("d@bz", 3, notice.clone()),
+    ];
+    let items = lies
+        .into_iter()
+        .chain(genuine)
+        .enumerate()
+        .map(|(i, body)| FedItem {
+            seq: 3_000_000 + i as u64,
+            body,
+        })
+        .collect();
+    let r = kring_tests::raw_federation_call(&fed, "bz", "post-a", &FedRequest::Deliver { items })
+        .await
+        .unwrap();
+    assert!(matches!(r, FedResponse::Ack { .. }), "{r:?}");
+
+    let report = post.sync().await.unwrap();
+    assert!(
+        !report
+            .events
+            .iter()
+            .any(|e| matches!(e, SyncEvent::Unreadable { .. } | SyncEvent::Refused { .. })),
+        "a refused entry reached the device: {:?}",
+        report.events
+    );
+    assert!(
+        report.events.iter().any(|e| matches!(e,
+            SyncEvent::Changed { community, epoch: 2, .. } if community == "d@bz")),
+        "the genuine commit did not arrive: {:?}",
+        report.events
+    );
+    let titles: Vec<String> = post
+        .notices(Some("d@bz"))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.title)
+        .collect();
+    assert_eq!(titles, vec!["echt".to_string()]);
+    assert!(post.notices(Some("e@bz")).unwrap().is_empty());
+    post.disconnect().await;
+    let records = audit(&fed, "admin@post-a").await;
+    for reason in why {
+        assert!(
+            records.iter().any(|r| r.kind == "refusal"
+                && r.actor == "bz"
+                && r.action == "federation-item"
+                && r.detail.contains(reason)),
+            "no audited refusal for {reason:?}"
+        );
+    }
+    others_are_served(&fed, "post-a", "analist@post-a").await;
+}
+
+/// A notice filed at post-a goes to its hub bz, and from bz to the relays with
+/// members (nctv). A refusal of it is taken only from a relay it went to: at post-a
+/// from bz, at bz from a member relay about itself. Refusals from relays it never went
+/// to, about a hop other than the sender's own, or about a notice nobody filed are
+/// ignored and audit-logged; an over-long reason is refused with the frame; the
+/// one genuine refusal reaches the filer's status, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_count_only_from_the_relay_the_notice_went_to() {
+    let mut fed = federation();
+    for id in ["bz", "nctv", "post-a"] {
+        fed.start(id).unwrap();
+    }
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    let _nctv = ready(&fed, "liaison@nctv").await;
+    bz.create_community("r", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    bz.add_members("r@bz", &["analist@post-a", "liaison@nctv"])
+        .await
+        .unwrap();
+    join(&mut post, "r@bz").await;
+    let filed = post
+        .file_notice(kring_tests::signal(
+            "r@bz",
+            "NL:DEP-VERTROUWELIJK",
+            "status",
+            "body",
+        ))
+        .await
+        .unwrap();
+    let id = filed.notice.id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post.notice_status(id).await.unwrap().seq.is_none() {
+        assert!(Instant::now() < deadline, "never ordered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refusal = |notice_id: Uuid, hop: &str, reason: &str| FedBody::Refusal {
+        notice_id,
+        hop: hop.into(),
+        reason: reason.into(),
+    };
+    let deliver = |first: u64, bodies: Vec<FedBody>| FedRequest::Deliver {
+        items: bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| FedItem {
+                seq: first + i as u64,
+                body,
+            })
+            .collect(),
+    };
+    let acked = |r: Result<FedResponse, String>| {
+        assert!(matches!(r, Ok(FedResponse::Ack { .. })), "{r:?}");
+    };
+    // At the filer's home relay: nctv never had the notice; nobody filed the other.
+    let r = kring_tests::raw_federation_call(
+        &fed,
+        "nctv",
+        "post-a",
+        &deliver(
+            1_000_000,
+            vec![
+                refusal(id, "nctv", "made up"),
+                refusal(Uuid::from_u128(77), "nctv", "made up"),
+            ],
+        ),
+    )
+    .await;
+    acked(r);
+    // At the hub: aivd has no member; nctv may report only its own hop. (Only
+    // relays whose link to bz this test no longer needs stand in.)
+    let r = kring_tests::raw_federation_call(
+        &fed,
+        "aivd",
+        "bz",
+        &deliver(1_000_000, vec![refusal(id, "bz->aivd", "made up")]),
+    )
+    .await;
+    acked(r);
+    let r = kring_tests::raw_federation_call(
+        &fed,
+        "nctv",
+        "bz",
+        &deliver(1_000_000, vec![refusal(id, "bz->post-a", "made up")]),
+    )
+    .await;
+    acked(r);
+    // A reason longer than the bound: the frame is refused with a typed error.
+    let long = "x".repeat(wire::limits::MAX_REASON + 1);
+    let r = kring_tests::raw_federation_call(
+        &fed,
+        "nctv",
+        "bz",
+        &deliver(1_000_001, vec![refusal(id, "bz->nctv", &long)]),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Ok(FedResponse::Response(Response::Error(
+                ErrorCode::BadRequest { .. }
+            )))
+        ),
+        "{r:?}"
+    );
+    // nctv about its own hop: taken, and passed on to the filer's home relay.
+    let r = kring_tests::raw_federation_call(
+        &fed,
+        "nctv",
+        "bz",
+        &deliver(1_000_001, vec![refusal(id, "bz->nctv", "genuine")]),
+    )
+    .await;
+    acked(r);
+    let only_genuine = |status: &wire::NoticeStatus| {
+        status
+            .refusals
+            .iter()
+            .map(|r| (r.hop.as_str(), r.reason.as_str()))
+            .collect::<Vec<_>>()
+            == vec![("bz->nctv", "genuine")]
+    };
+    let at_hub = bz.notice_status(id).await.unwrap();
+    assert!(only_genuine(&at_hub), "{:?}", at_hub.refusals);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = post.notice_status(id).await.unwrap();
+        if only_genuine(&status) {
+            break;
+        }
+        assert!(
+            status.refusals.len() <= 1 && Instant::now() < deadline,
+            "{:?}",
+            status.refusals
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bz.disconnect().await;
+    post.disconnect().await;
+    let ignored = |records: &[wire::AuditRecordView], actor: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                r.kind == "refusal"
+                    && r.actor == actor
+                    && r.action == "federation-item"
+                    && r.detail.contains("ignored")
+            })
+            .count()
+    };
+    let at_post = audit(&fed, "admin@post-a").await;
+    assert_eq!(ignored(&at_post, "nctv"), 2);
+    let at_bz = audit(&fed, "admin@bz").await;
+    assert_eq!(ignored(&at_bz, "aivd"), 1);
+    assert_eq!(ignored(&at_bz, "nctv"), 1);
 }
 
 /// One user fetching another's key packages over and over gets a few one-time

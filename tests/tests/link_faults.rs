@@ -1,7 +1,8 @@
 //! Link faults between relays: a relay-to-relay link cut for longer than
 //! the retry backoff (5 s) while notices flow both ways, then healed: catch-up is
 //! complete, in hub order, exactly once. A stalled peer (its process frozen with
-//! SIGSTOP) does not hold back the hub's other links.
+//! SIGSTOP) does not hold back the hub's other links. A commit whose answer is lost
+//! on the way back is kept by the device and settled by the log.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
 
 use std::time::{Duration, Instant};
@@ -207,4 +208,91 @@ async fn a_stalled_peer_does_not_block_other_links() {
     assert_eq!(order.len(), i);
     caught_up(&mut post, c, &order).await;
     caught_up(&mut nctv, c, &order).await;
+}
+
+/// A commit forwarded to the hub whose answer is lost (the hub's datagrams to the
+/// spoke are dropped, so the spoke's link times out after the hub ordered the
+/// commit): the device is told the outcome is not known yet (exit 5) and keeps the
+/// commit; running the command again while the hub is out of reach keeps it too.
+/// Once the link heals, the next sync merges it from the log: the device is at the
+/// hub's epoch, and notices go both ways (no fork).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_settled_by_the_log() {
+    let mut fed = federation();
+    let link = UdpLink::start(fed.relay_addr("nctv").unwrap())
+        .await
+        .unwrap();
+    fed.set_peer_address("bz", "nctv", link.addr()).unwrap();
+    for id in ["bz", "nctv"] {
+        fed.start(id).unwrap();
+    }
+    let c = "onzeker@bz";
+    let mut hub = ready(&fed, "liaison@bz").await;
+    let mut spoke = ready(&fed, "liaison@nctv").await;
+    let _admin = ready(&fed, "admin@bz").await;
+    hub.create_community("onzeker", "NL:STG-GEHEIM")
+        .await
+        .unwrap();
+    hub.add_members(c, &["liaison@nctv", "admin@bz"])
+        .await
+        .unwrap();
+    hub.set_admin(c, kring_client::AdminChange::Add, "liaison@nctv")
+        .await
+        .unwrap();
+    join(&mut spoke, c).await;
+    spoke.sync().await.unwrap();
+    let before = hub.community_info(c).await.unwrap().epoch;
+
+    // The spoke's commit reaches the hub; the hub's answer does not come back.
+    link.set_cut_to_server(true);
+    let e = spoke
+        .remove_members(c, &["admin@bz"])
+        .await
+        .expect_err("the answer cannot have arrived");
+    assert_eq!(e.exit_code(), 5, "{e}");
+    assert!(e.to_string().contains("not known yet"), "{e}");
+    let at_hub = hub.community_info(c).await.unwrap();
+    assert_eq!(at_hub.epoch, before + 1, "the hub ordered the commit");
+    assert!(!at_hub.members.iter().any(|m| m == "admin@bz"));
+
+    // Again while the hub is out of reach: the same commit, still not settled.
+    let again = spoke
+        .remove_members(c, &["admin@bz"])
+        .await
+        .expect_err("the hub is out of reach");
+    assert_eq!(again.exit_code(), 5, "{again}");
+    assert!(again.to_string().contains("not known yet"), "{again}");
+
+    link.set_cut_to_server(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut events = Vec::new();
+    loop {
+        events.extend(spoke.sync().await.unwrap().events);
+        let merged = events.iter().any(|e| {
+            matches!(e, kring_client::SyncEvent::Changed { community, epoch, committer, removed, .. }
+                if community == c && *epoch == before + 1 && committer == "liaison@nctv"
+                    && removed == &["admin@bz".to_string()])
+        });
+        if merged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spoke never merged its commit: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, kring_client::SyncEvent::Unreadable { .. })),
+        "{events:?}"
+    );
+    // Same epoch, same keys: notices go both ways.
+    let draft = |t: &str| kring_tests::signal(c, "NL:DEP-VERTROUWELIJK", t, "body");
+    spoke.file_notice(draft("from the spoke")).await.unwrap();
+    wait_for(&mut hub, c, "from the spoke", Duration::from_secs(30)).await;
+    hub.file_notice(draft("from the hub")).await.unwrap();
+    wait_for(&mut spoke, c, "from the hub", Duration::from_secs(30)).await;
+    assert_eq!(spoke.community_info(c).await.unwrap().epoch, before + 1);
 }

@@ -401,3 +401,81 @@ async fn a_peer_relay_revoked_by_crl_loses_its_link() {
         "the link came back: {lines:#?}"
     );
 }
+
+/// Enforcement passes of relay `id` so far (its log at debug level for
+/// `kring_relay::revocation`).
+fn enforcement_passes(fed: &Federation, id: &str) -> usize {
+    std::fs::read_to_string(fed.log_file(id))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("enforcement pass"))
+        .count()
+}
+
+/// Waits until relay `id` has run at least `at_least` enforcement passes; returns
+/// how many it has run.
+async fn passes_reach(fed: &Federation, id: &str, at_least: usize, what: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = enforcement_passes(fed, id);
+        if n >= at_least {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "{what}: {n} passes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Watches relay `id` for `window` and asserts it ran no enforcement pass beyond
+/// `passes` meanwhile. (Absence can only be observed over a window.)
+async fn no_pass_for(fed: &Federation, id: &str, passes: usize, window: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < window {
+        assert_eq!(
+            enforcement_passes(fed, id),
+            passes,
+            "a pass ran after {:?} while nothing changed",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Once a revocation exists, the hub does not re-verify its communities while
+/// nothing changes: an enforcement pass runs at start, when the revocation set
+/// changes and when a commit lands (then for that community only), never on a timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforcement_runs_only_when_something_changes() {
+    let mut fed = federation();
+    fed.start_with_env("bz", &[("KRING_LOG", "info,kring_relay::revocation=debug")])
+        .unwrap();
+    fed.issue_user("kort@bz", "NL:STG-GEHEIM", &[]).unwrap();
+    fed.issue_user("ander@bz", "NL:STG-GEHEIM", &[]).unwrap();
+    let mut hub = ready(&fed, "liaison@bz").await;
+    let _kort = ready(&fed, "kort@bz").await;
+    let _ander = ready(&fed, "ander@bz").await;
+    hub.create_community("stil", "NL:STG-GEHEIM").await.unwrap();
+    hub.add_members("stil@bz", &["kort@bz"]).await.unwrap();
+    let start = passes_reach(&fed, "bz", 2, "start-up and the add").await;
+
+    let mut admin = fed.client("admin@bz").unwrap();
+    admin.revoke("kort@bz", "left the service").await.unwrap();
+    let revoked = passes_reach(&fed, "bz", start + 1, "after the revocation").await;
+    // A revocation exists and the hub proposed the removal: three seconds (three
+    // periods of the CRL file check, which used to re-verify every member) pass
+    // without a pass.
+    no_pass_for(&fed, "bz", revoked, Duration::from_secs(3)).await;
+
+    // Commits land (the liaison's device commits the hub's removal as it syncs,
+    // then the add): a pass each, and the revoked member is gone.
+    hub.add_members("stil@bz", &["ander@bz"]).await.unwrap();
+    let info = hub.community_info("stil@bz").await.unwrap();
+    assert!(
+        !info.members.iter().any(|m| m == "kort@bz"),
+        "{:?}",
+        info.members
+    );
+    assert!(info.members.iter().any(|m| m == "ander@bz"));
+    let committed = passes_reach(&fed, "bz", revoked + 2, "after two commits").await;
+    no_pass_for(&fed, "bz", committed, Duration::from_secs(2)).await;
+}

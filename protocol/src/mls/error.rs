@@ -86,6 +86,10 @@ pub enum MlsError {
     /// `commit_accepted`/`commit_refused` was called without a pending commit.
     #[error("no commit of this device is pending")]
     NoPendingCommit,
+    /// The envelope a message travels in (e.g. a log entry's epoch or label) says
+    /// something else than the message itself.
+    #[error("the envelope does not match its MLS message: {0}")]
+    EnvelopeMismatch(String),
     /// The storage provider failed.
     #[error("MLS storage error: {0}")]
     Storage(String),

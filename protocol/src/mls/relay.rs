@@ -521,6 +521,124 @@ impl RelayGroup {
     }
 }
 
+/// What anyone can read of an MLS PublicMessage or PrivateMessage without keys:
+/// the group, the epoch and what kind of message it is. A relay compares it with
+/// the envelope the message travels in ([`check_entry`]) before it trusts the
+/// envelope's community, epoch or label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageHeader {
+    /// The group id (Kring: the community id's UTF-8 bytes).
+    pub group_id: Vec<u8>,
+    /// The epoch the message was sent in.
+    pub epoch: u64,
+    /// What it is.
+    pub kind: MessageKind,
+}
+
+/// The kind of message a [`MessageHeader`] describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A commit (PublicMessage).
+    Commit,
+    /// A proposal (PublicMessage), in Kring only the hub's removals.
+    Proposal,
+    /// An application message (PrivateMessage) with its authenticated data, which
+    /// in Kring is the notice's binary label.
+    Application {
+        /// The authenticated data.
+        aad: Vec<u8>,
+    },
+    /// Anything Kring never sends: a handshake as a PrivateMessage or an
+    /// application message as a PublicMessage.
+    Other,
+}
+
+impl MessageHeader {
+    /// Whether the message belongs to community `community`.
+    pub fn is_for(&self, community: &str) -> bool {
+        self.group_id == community.as_bytes()
+    }
+
+    /// The group id as text (lossy, shortened), for messages.
+    pub fn group_name(&self) -> String {
+        group_name(&self.group_id)
+    }
+}
+
+/// Reads the [`MessageHeader`] of an `MLSMessage` without decrypting or verifying
+/// anything.
+///
+/// # Errors
+/// [`MlsError::TooLarge`], [`MlsError::Malformed`] (not a PublicMessage or
+/// PrivateMessage).
+pub fn read_header(message: &[u8]) -> Result<MessageHeader, MlsError> {
+    let message = parse_protocol_message(message)?;
+    let kind = match (&message, message.content_type()) {
+        (ProtocolMessage::PublicMessage(_), ContentType::Commit) => MessageKind::Commit,
+        (ProtocolMessage::PublicMessage(_), ContentType::Proposal) => MessageKind::Proposal,
+        (ProtocolMessage::PrivateMessage(private), ContentType::Application) => {
+            MessageKind::Application {
+                aad: private.aad().to_vec(),
+            }
+        }
+        _ => MessageKind::Other,
+    };
+    Ok(MessageHeader {
+        group_id: message.group_id().as_slice().to_vec(),
+        epoch: message.epoch().as_u64(),
+        kind,
+    })
+}
+
+/// Checks that a log entry's envelope says what its MLS message says: the
+/// community is the message's group, a handshake is a PublicMessage commit or
+/// proposal of the epoch the envelope names, a notice is a PrivateMessage
+/// application message of the epoch the envelope names whose authenticated data
+/// is the envelope's label. Returns the message's header.
+///
+/// # Errors
+/// [`MlsError::TooLarge`], [`MlsError::Malformed`], [`MlsError::WrongGroup`],
+/// [`MlsError::EnvelopeMismatch`].
+pub fn check_entry(entry: &crate::wire::LogEntry) -> Result<MessageHeader, MlsError> {
+    use crate::wire::EntryKind;
+    let header = read_header(&entry.message)?;
+    if !header.is_for(&entry.community) {
+        return Err(MlsError::WrongGroup {
+            expected: group_name(entry.community.as_bytes()),
+            got: header.group_name(),
+        });
+    }
+    let mismatch = |what: &str| MlsError::EnvelopeMismatch(what.to_owned());
+    let epoch = match (&entry.kind, &header.kind) {
+        (EntryKind::Handshake { epoch }, MessageKind::Commit | MessageKind::Proposal) => *epoch,
+        (EntryKind::Notice { label, epoch, .. }, MessageKind::Application { aad }) => {
+            if aad != label {
+                return Err(mismatch(
+                    "the label of the entry is not the authenticated data of its message",
+                ));
+            }
+            *epoch
+        }
+        (EntryKind::Handshake { .. }, _) => {
+            return Err(mismatch(
+                "a handshake entry whose message is not a PublicMessage commit or proposal",
+            ));
+        }
+        (EntryKind::Notice { .. }, _) => {
+            return Err(mismatch(
+                "a notice entry whose message is not a PrivateMessage application message",
+            ));
+        }
+    };
+    if epoch != header.epoch {
+        return Err(MlsError::EnvelopeMismatch(format!(
+            "the entry names epoch {epoch}, its message was sent in epoch {}",
+            header.epoch
+        )));
+    }
+    Ok(header)
+}
+
 /// Parses a bounded `MLSMessage` that must be a PublicMessage or PrivateMessage.
 pub(crate) fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, MlsError> {
     MlsError::check_len("MLS message", bytes.len(), MAX_MESSAGE_BYTES)?;

@@ -1163,3 +1163,136 @@ fn a_member_minted_by_another_organisations_ca_is_refused() {
     assert!(err.to_string().contains("belongs to organisation"), "{err}");
     assert_eq!(relay.epoch(), 0);
 }
+
+/// A relay reads a message's group, epoch, kind and label without keys, and a log
+/// entry whose envelope says anything else than its message is refused.
+#[test]
+fn headers_are_read_without_keys_and_envelopes_must_match_them() {
+    use crate::wire::{EntryKind, LogEntry};
+    let mut v = TestValidator::default();
+    let hub = mint(&mut v, "bz");
+    let admin = mint(&mut v, "admin@bz");
+    let member = mint(&mut v, "liaison@nctv");
+    let relay_p = OpenMlsRustCrypto::default();
+    let (mut g_admin, upload) = new_community(&v, &admin, &hub);
+    let mut relay = RelayGroup::from_group_info(
+        relay_p.crypto(),
+        relay_p.storage(),
+        &v,
+        &upload.group_info,
+        &upload.ratchet_tree,
+    )
+    .unwrap();
+    let kp = key_package(&member.provider, &member.signer, false).unwrap();
+    let out = g_admin
+        .add_members(&admin.provider, &admin.signer, &v, &[kp])
+        .unwrap();
+    let commit = read_header(&out.commit).unwrap();
+    assert_eq!(commit.kind, MessageKind::Commit);
+    assert_eq!(commit.epoch, 0);
+    assert!(commit.is_for(COMMUNITY) && !commit.is_for("other@bz"));
+    let verified = relay
+        .process_handshake(relay_p.crypto(), &v, &out.commit)
+        .unwrap();
+    relay.merge(relay_p.storage(), verified).unwrap();
+    g_admin.commit_accepted(&admin.provider).unwrap();
+
+    let notice = g_admin
+        .encrypt(&admin.provider, &admin.signer, LABEL, b"secret")
+        .unwrap();
+    let header = read_header(&notice).unwrap();
+    assert_eq!(
+        header.kind,
+        MessageKind::Application {
+            aad: LABEL.to_vec()
+        }
+    );
+    assert_eq!(
+        (header.epoch, header.group_name()),
+        (1, COMMUNITY.to_owned())
+    );
+    let proposal = relay
+        .propose_remove(
+            relay_p.crypto(),
+            relay_p.storage(),
+            &v,
+            &hub.signer,
+            &member.id,
+        )
+        .unwrap();
+    assert_eq!(read_header(&proposal).unwrap().kind, MessageKind::Proposal);
+    assert!(read_header(b"not mls").is_err());
+    assert!(matches!(
+        read_header(&vec![0; MAX_MESSAGE_BYTES + 1]),
+        Err(MlsError::TooLarge { .. })
+    ));
+
+    let entry = |community: &str, kind: EntryKind, message: &[u8]| LogEntry {
+        community: community.into(),
+        seq: 3,
+        sender: admin.id.clone(),
+        ordered_at: 0,
+        kind,
+        message: message.to_vec(),
+    };
+    let notice_kind = |label: &[u8], epoch: u64| EntryKind::Notice {
+        notice_id: uuid::Uuid::from_u128(7),
+        label: label.to_vec(),
+        epoch,
+    };
+    // What a hub writes passes.
+    check_entry(&entry(COMMUNITY, notice_kind(LABEL, 1), &notice)).unwrap();
+    check_entry(&entry(
+        COMMUNITY,
+        EntryKind::Handshake { epoch: 0 },
+        &out.commit,
+    ))
+    .unwrap();
+    check_entry(&entry(
+        COMMUNITY,
+        EntryKind::Handshake { epoch: 1 },
+        &proposal,
+    ))
+    .unwrap();
+    // Another community on the envelope than in the message.
+    assert!(matches!(
+        check_entry(&entry("other@bz", notice_kind(LABEL, 1), &notice)),
+        Err(MlsError::WrongGroup { .. })
+    ));
+    assert!(matches!(
+        check_entry(&entry(
+            "other@bz",
+            EntryKind::Handshake { epoch: 0 },
+            &out.commit
+        )),
+        Err(MlsError::WrongGroup { .. })
+    ));
+    // Another label, another epoch, another kind.
+    let refused = |e: LogEntry| matches!(check_entry(&e), Err(MlsError::EnvelopeMismatch(_)));
+    assert!(refused(entry(
+        COMMUNITY,
+        notice_kind(b"NL:ONGERUBRICEERD", 1),
+        &notice
+    )));
+    assert!(refused(entry(COMMUNITY, notice_kind(LABEL, 0), &notice)));
+    assert!(refused(entry(
+        COMMUNITY,
+        EntryKind::Handshake { epoch: 1 },
+        &out.commit
+    )));
+    assert!(refused(entry(
+        COMMUNITY,
+        EntryKind::Handshake { epoch: 1 },
+        &notice
+    )));
+    assert!(refused(entry(
+        COMMUNITY,
+        notice_kind(LABEL, 0),
+        &out.commit
+    )));
+    // Garbage is not a message at all.
+    assert!(matches!(
+        check_entry(&entry(COMMUNITY, EntryKind::Handshake { epoch: 0 }, b"x")),
+        Err(MlsError::Malformed { .. })
+    ));
+}
