@@ -335,7 +335,7 @@ impl Client {
     }
 
     /// Files a reply to a stored notice: same community and category, kind `reply`,
-    /// title `Re: <original title>` unless given.
+    /// title `Re: ` and the original title unless given.
     pub async fn reply(
         &mut self,
         to: &str,

@@ -1278,7 +1278,7 @@ impl Relay {
         Ok(())
     }
 
-    /// [`Self::fan_out`] of a new entry to the relays with members.
+    /// The fan-out (`fan_out`) of a new entry to the relays with members.
     pub fn fan_out_entry(
         &self,
         w: &mut Writer,

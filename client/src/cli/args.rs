@@ -82,7 +82,7 @@ pub enum KeysCommand {
 /// `kring community ...`
 #[derive(Debug, Subcommand)]
 pub enum CommunityCommand {
-    /// Create NAME@<your home relay>; you become its first admin.
+    /// Create NAME@HOME (HOME: your home relay); you become its first admin.
     Create {
         /// The community name (lower case letters, digits, '-', '_', '.').
         name: String,
@@ -233,7 +233,7 @@ pub enum NoticeCommand {
         /// The reply's label.
         #[arg(long)]
         label: String,
-        /// The reply's title (default: "Re: <original title>").
+        /// The reply's title (default: "Re: " and the original title).
         #[arg(long)]
         title: Option<String>,
         /// The body.

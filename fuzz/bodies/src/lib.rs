@@ -12,14 +12,17 @@ use kring_policy::{Clearance, Label};
 use kring_protocol::identity::{
     Identity, decode_subject_directory_attributes, encode_subject_directory_attributes,
 };
-use kring_protocol::mls::{CredentialValidator, MemberId, verify_key_package};
+use kring_protocol::mls::{
+    CredentialValidator, MemberId, RelayGroup, read_header, verify_key_package,
+};
 use kring_protocol::wire::{
     DEFAULT_MAX_FRAME, FRAME_HEADER, FedRequest, FedResponse, FrameDecoder, Push, Request,
     Response, Validate, WireError, check_name, decode_payload, encode_frame,
 };
 use kring_relay::config::RelayToml;
 use kring_relay::groups::read_application;
-use openmls_rust_crypto::RustCrypto;
+use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
+use openmls_traits::OpenMlsProvider;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -28,13 +31,14 @@ use serde::de::DeserializeOwned;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     ("wire_frames", wire_frames),
     ("label_text", label_text),
     ("label_binary", label_binary),
     ("identity_der", identity_der),
     ("relay_config", relay_config),
     ("mls_message", mls_message),
+    ("commit_verify", commit_verify),
 ];
 
 // ---------------------------------------------------------------- wire_frames
@@ -252,5 +256,77 @@ pub fn mls_message(data: &[u8]) {
     if let Ok(app) = read_application(data) {
         // Relays decode the label from the authenticated data of every notice.
         let _ = Label::from_bytes(&app.aad);
+    }
+}
+
+// ---------------------------------------------------------------- commit_verify
+
+/// The community a hub tracks while it verifies the fuzzed commits: created by
+/// `admin@bz` with hub `bz` (written by `kring-fuzz-seedgen` next to the seeds, which
+/// are commits and proposals made in it).
+const HUB_GROUP_INFO: &[u8] = include_bytes!("../fixtures/commit_verify/group-info");
+const HUB_RATCHET_TREE: &[u8] = include_bytes!("../fixtures/commit_verify/ratchet-tree");
+
+/// Names a credential by its leaf certificate, as relays do (chain and revocation
+/// checks are not what this target exercises).
+struct ByCertificate;
+
+impl CredentialValidator for ByCertificate {
+    fn validate(&self, chain: &[Vec<u8>], _signature_key: &[u8]) -> Result<MemberId, String> {
+        let leaf = chain.first().ok_or("empty chain")?;
+        Identity::from_der(leaf)
+            .map(|i| i.id())
+            .map_err(|e| e.to_string())
+    }
+}
+
+thread_local! {
+    static HUB: RelayGroup = {
+        let provider = OpenMlsRustCrypto::default();
+        RelayGroup::from_group_info(
+            provider.crypto(),
+            provider.storage(),
+            &ByCertificate,
+            HUB_GROUP_INFO,
+            HUB_RATCHET_TREE,
+        )
+        .unwrap_or_else(|e| panic!("the commit_verify fixture does not load: {e}"))
+    };
+}
+
+/// Handshake messages (commits and proposals) a hub verifies before ordering them:
+/// the header a relay reads without keys, then the full verification against the
+/// community's public group (signatures, membership and admin rules, credentials).
+/// Whatever verifies must name the group's next epoch.
+pub fn commit_verify(data: &[u8]) {
+    let _ = read_header(data);
+    let crypto = RustCrypto::default();
+    HUB.with(|hub| {
+        if let Ok(verified) = hub.process_handshake(&crypto, &ByCertificate, data) {
+            assert_eq!(
+                verified.epoch(),
+                hub.epoch(),
+                "a verified handshake is not for the current epoch"
+            );
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed seed verifies against the fixture: the target reaches the
+    /// whole verification, not only the parser.
+    #[test]
+    fn the_add_commit_seed_verifies() {
+        let seed = include_bytes!("../../seeds/commit_verify/add-commit");
+        let crypto = RustCrypto::default();
+        HUB.with(|hub| {
+            let verified = hub
+                .process_handshake(&crypto, &ByCertificate, seed)
+                .unwrap_or_else(|e| panic!("seed does not verify: {e}"));
+            assert_eq!(verified.epoch(), 0);
+        });
     }
 }

@@ -3,24 +3,30 @@
 //! ```text
 //! kring-certs-dev init --out /tmp/fed
 //! sed '/-----/d' /tmp/fed/users/admin@bz/user.key | base64 -d > /tmp/admin.pk8
-//! kring-fuzz-seedgen /tmp/fed /tmp/admin.pk8 fuzz/seeds
+//! sed '/-----/d' /tmp/fed/users/liaison@nctv/user.key | base64 -d > /tmp/member.pk8
+//! kring-fuzz-seedgen /tmp/fed /tmp/admin.pk8 /tmp/member.pk8 fuzz/seeds
 //! ```
 //!
 //! Everything written is a valid message, so the fuzzer starts from inputs that
-//! pass the outer layers and mutates from there.
+//! pass the outer layers and mutates from there: one sample of every variant of
+//! every request, response, push and federation message.
 
 use std::error::Error;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use kring_policy::Label;
+use kring_protocol::audit::{AuditHeadPage, CertificateUse, SignedAuditHead};
+use kring_protocol::identity::CaFingerprint;
 use kring_protocol::identity::{Identity, certificates_from_pem};
 use kring_protocol::mls::{
     CertSigner, ClientGroup, CommunityMeta, CredentialValidator, MemberId, key_package,
 };
+use kring_protocol::revocation::RevocationStatement;
 use kring_protocol::wire::{
-    CommunitySummary, EntryKind, ErrorCode, FedBody, FedItem, FedRequest, FedResponse, HopRefusal,
-    LogEntry, NoticeStatus, Push, Request, Response, encode_frame,
+    AuditPage, AuditRecordView, AuditVerdict, CommunitySummary, CrlCopy, EntryKind, ErrorCode,
+    FedBody, FedItem, FedRequest, FedResponse, HopRefusal, LogEntry, NoticeStatus, NoticeUpload,
+    Push, Request, Response, TrustState, TrustedRelay, encode_frame,
 };
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use uuid::Uuid;
@@ -47,13 +53,16 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Res<()> {
 
 fn main() -> Res<()> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    let [fed, admin_key, out] = args.as_slice() else {
-        return Err("usage: kring-fuzz-seedgen FEDERATION_DIR ADMIN_PKCS8_DER SEEDS_DIR".into());
+    let [fed, admin_key, member_key, out] = args.as_slice() else {
+        return Err(
+            "usage: kring-fuzz-seedgen FEDERATION_DIR ADMIN_PKCS8_DER MEMBER_PKCS8_DER SEEDS_DIR"
+                .into(),
+        );
     };
     let admin_chain = certificates_from_pem(&fs::read(fed.join("users/admin@bz/user.crt"))?)?;
     let hub_chain = certificates_from_pem(&fs::read(fed.join("relays/bz/relay.crt"))?)?;
     let hub_key = Identity::from_der(&hub_chain[0])?.public_key;
-    let signer = CertSigner::from_pkcs8(admin_chain, &fs::read(admin_key)?)?;
+    let signer = CertSigner::from_pkcs8(admin_chain.clone(), &fs::read(admin_key)?)?;
     let provider = OpenMlsRustCrypto::default();
 
     let label: Label = "NL:STG-CONFIDENTIEEL;REL=NLD;TLP=AMBER".parse()?;
@@ -70,6 +79,20 @@ fn main() -> Res<()> {
     let kp = key_package(&provider, &signer, false)?;
     let kp_last = key_package(&provider, &signer, true)?;
     let app = group.encrypt(&provider, &signer, &label.to_bytes(), b"seed notice body")?;
+
+    // commit_verify: the community as the hub tracks it (a fixture compiled into the
+    // target), and handshakes made in it.
+    let fixture = out.join("../bodies/fixtures/commit_verify");
+    write(&fixture, "group-info", &upload.group_info)?;
+    write(&fixture, "ratchet-tree", &upload.ratchet_tree)?;
+    let member_chain = certificates_from_pem(&fs::read(fed.join("users/liaison@nctv/user.crt"))?)?;
+    let member_signer = CertSigner::from_pkcs8(member_chain, &fs::read(member_key)?)?;
+    let member_provider = OpenMlsRustCrypto::default();
+    let member_kp = key_package(&member_provider, &member_signer, false)?;
+    let add = group.add_members(&provider, &signer, &ByCertificate, &[member_kp])?;
+    let commits = out.join("commit_verify");
+    write(&commits, "add-commit", &add.commit)?;
+    group.commit_refused(&provider)?;
 
     let mls = out.join("mls_message");
     write(&mls, "key-package", &kp)?;
@@ -98,65 +121,325 @@ fn main() -> Res<()> {
         },
         message: app.clone(),
     };
-    let mut frames: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut add = |name: &str, frame: Vec<u8>| frames.push((name.to_owned(), frame));
-    let max = kring_protocol::wire::DEFAULT_MAX_FRAME;
-    add("req-publish", encode_frame(&Request::PublishKeyPackages {
-        key_packages: vec![kp.clone()],
-        last_resort: Some(kp_last),
-    }, max)?);
-    add("req-fetch", encode_frame(&Request::FetchKeyPackage { user: "liaison@nctv".into() }, max)?);
-    add("req-create", encode_frame(&Request::CreateCommunity {
-        community: "fuzz@bz".into(),
-        group_info: upload.group_info,
-        ratchet_tree: upload.ratchet_tree,
-    }, max)?);
-    add("req-file", encode_frame(&Request::FileNotice {
-        community: "fuzz@bz".into(),
-        notice_id,
-        message: app.clone(),
-    }, max)?);
-    add("req-ack", encode_frame(&Request::Ack { community: "fuzz@bz".into(), seq: 3 }, max)?);
-    add("req-ping", encode_frame(&Request::Ping, max)?);
-    add("req-status", encode_frame(&Request::NoticeStatus { notice_id }, max)?);
-    add("resp-communities", encode_frame(&Response::Communities {
-        communities: vec![summary.clone()],
-    }, max)?);
-    add("resp-status", encode_frame(&Response::Status(NoticeStatus {
-        notice_id,
-        community: "fuzz@bz".into(),
-        seq: Some(7),
-        refusals: vec![HopRefusal { hop: "post-a".into(), reason: "level above accreditation".into() }],
-    }), max)?);
-    add("resp-error", encode_frame(&Response::Error(ErrorCode::PolicyDenied {
-        reason: "clearance too low".into(),
-    }), max)?);
-    add("resp-queued", encode_frame(&Response::Queued { notice_id, hub: "bz".into() }, max)?);
-    add("push-entry", encode_frame(&Push::Entry(entry.clone()), max)?);
-    add("push-caught-up", encode_frame(&Push::CaughtUp, max)?);
-    add("fed-deliver", encode_frame(&FedRequest::Deliver {
-        items: vec![
-            FedItem {
-                seq: 1,
-                body: FedBody::Notice {
-                    community: "fuzz@bz".into(),
+    let handshake_entry = LogEntry {
+        kind: EntryKind::Handshake { epoch: 1 },
+        message: upload.group_info.clone(),
+        seq: 8,
+        ..entry.clone()
+    };
+    let statement = RevocationStatement {
+        user: "liaison@bz".into(),
+        organisation: "bz".into(),
+        reason: "laptop lost".into(),
+        revoked_at: 1_700_000_000,
+        revoker_chain: admin_chain.clone(),
+        signature: vec![0x5a; 64],
+    };
+    let ca_bz = certificates_from_pem(&fs::read(fed.join("orgs/bz/ca.crt"))?)?;
+    let crl = pem_body(&fs::read_to_string(fed.join("orgs/bz/crl.pem"))?)?;
+    let crl_copy = CrlCopy {
+        crl: crl.clone(),
+        issuer: ca_bz[0].clone(),
+    };
+    let audit_record = AuditRecordView {
+        seq: 3,
+        at: 1_700_000_000,
+        kind: "refusal".into(),
+        actor: "analist@post-a".into(),
+        subject: "fuzz@bz".into(),
+        action: "file".into(),
+        detail: "level above accreditation".into(),
+        hash: "00".repeat(32),
+    };
+    let head = SignedAuditHead {
+        relay: "bz".into(),
+        records: 3,
+        hash: [7; 32],
+        at: 1_700_000_000,
+        signature: vec![0x5a; 64],
+        chain: hub_chain.clone(),
+    };
+    let welcome = vec![0x00, 0x01, 0x00, 0x03, 0xde, 0xad, 0xbe, 0xef];
+
+    // One sample of every variant of every message a peer or device can send. The
+    // `*_name` functions match exhaustively, so a new variant does not compile until
+    // it has a name here; give it a sample too.
+    let requests = vec![
+        Request::PublishKeyPackages {
+            key_packages: vec![kp.clone()],
+            last_resort: Some(kp_last),
+        },
+        Request::FetchKeyPackage {
+            user: "liaison@nctv".into(),
+        },
+        Request::CreateCommunity {
+            community: "fuzz@bz".into(),
+            group_info: upload.group_info.clone(),
+            ratchet_tree: upload.ratchet_tree.clone(),
+        },
+        Request::Handshake {
+            community: "fuzz@bz".into(),
+            message: upload.group_info.clone(),
+            welcome: Some(welcome.clone()),
+        },
+        Request::FileNotice {
+            community: "fuzz@bz".into(),
+            notice_id,
+            message: app.clone(),
+        },
+        Request::Subscribe,
+        Request::Ack {
+            community: "fuzz@bz".into(),
+            seq: 3,
+        },
+        Request::AckWelcome { id: notice_id },
+        Request::ListCommunities,
+        Request::CommunityInfo {
+            community: "fuzz@bz".into(),
+        },
+        Request::NoticeStatus { notice_id },
+        Request::AuditLog {
+            from: 1,
+            limit: 50,
+            verify: true,
+        },
+        Request::Ping,
+        Request::Revoke {
+            statement: statement.clone(),
+        },
+        Request::FileNotices {
+            community: "fuzz@bz".into(),
+            notices: vec![
+                NoticeUpload {
                     notice_id,
-                    sender: "admin@bz".into(),
-                    message: app,
+                    message: app.clone(),
                 },
-            },
-            FedItem {
-                seq: 2,
-                body: FedBody::Entry { community: summary, seq: 7, entry: Some(entry) },
-            },
-        ],
-    }, max)?);
-    add("fed-fetch", encode_frame(&FedRequest::FetchKeyPackage {
-        user: "liaison@nctv".into(),
-        requester: "admin@bz".into(),
-    }, max)?);
-    add("fed-ack", encode_frame(&FedResponse::Ack { upto: 9 }, max)?);
-    add("fed-resp", encode_frame(&FedResponse::Response(Response::Pong), max)?);
+                NoticeUpload {
+                    notice_id: Uuid::from_u128(2),
+                    message: app.clone(),
+                },
+            ],
+        },
+        Request::Trust,
+        Request::AuditHead,
+    ];
+    let errors = vec![
+        ErrorCode::PolicyDenied {
+            reason: "clearance too low".into(),
+        },
+        ErrorCode::NotMember,
+        ErrorCode::NotAdmin,
+        ErrorCode::WrongEpoch { current: 4 },
+        ErrorCode::Unauthenticated {
+            reason: "unknown CA".into(),
+        },
+        ErrorCode::Revoked,
+        ErrorCode::KeyMaterialExhausted {
+            user: "liaison@nctv".into(),
+        },
+        ErrorCode::TooLarge {
+            what: "frame".into(),
+        },
+        ErrorCode::RateLimited {
+            retry_after_ms: 250,
+        },
+        ErrorCode::BadRequest {
+            reason: "bad id".into(),
+        },
+        ErrorCode::NotFound {
+            what: "community".into(),
+        },
+        ErrorCode::Unavailable {
+            reason: "hub unreachable".into(),
+        },
+        ErrorCode::Internal,
+        ErrorCode::OutcomeUnknown {
+            reason: "no answer from the hub".into(),
+        },
+    ];
+    let mut responses = vec![
+        Response::Ok,
+        Response::KeyPackagesStored { count: 5 },
+        Response::KeyPackage {
+            key_package: kp.clone(),
+        },
+        Response::Queued {
+            notice_id,
+            hub: "bz".into(),
+        },
+        Response::Accepted { seq: 8, epoch: 2 },
+        Response::Communities {
+            communities: vec![summary.clone()],
+        },
+        Response::Community(summary.clone()),
+        Response::Status(NoticeStatus {
+            notice_id,
+            community: "fuzz@bz".into(),
+            seq: Some(7),
+            refusals: vec![HopRefusal {
+                hop: "post-a".into(),
+                reason: "level above accreditation".into(),
+            }],
+        }),
+        Response::AuditLog(AuditPage {
+            relay: "bz".into(),
+            total: 3,
+            records: vec![audit_record],
+            verify: Some(AuditVerdict {
+                records: 3,
+                first_bad: None,
+                reason: None,
+                checkpoints: 1,
+                unsigned_tail: 2,
+            }),
+        }),
+        Response::Pong,
+        Response::Revoked {
+            user: "liaison@bz".into(),
+            peers: vec!["nctv".into()],
+            removals: vec!["fuzz@bz".into()],
+        },
+        Response::Filed {
+            hub: "bz".into(),
+            epoch: 1,
+            seqs: vec![Some(7), None],
+        },
+        Response::Trust(TrustState {
+            relays: vec![TrustedRelay {
+                relay: "bz".into(),
+                organisation: "bz".into(),
+                ca: Some(CaFingerprint::of(&ca_bz[0])),
+            }],
+            statements: vec![statement.clone()],
+            crls: vec![crl_copy],
+        }),
+        Response::AuditHead(AuditHeadPage {
+            head,
+            certificates: vec![CertificateUse {
+                chain: hub_chain.clone(),
+                first_used: 0,
+                first_seq: 1,
+            }],
+        }),
+    ];
+    responses.extend(errors.iter().cloned().map(Response::Error));
+    let pushes = [
+        Push::Entry(entry.clone()),
+        Push::Entry(handshake_entry.clone()),
+        Push::Welcome {
+            id: notice_id,
+            community: "fuzz@bz".into(),
+            welcome: welcome.clone(),
+            ratchet_tree: upload.ratchet_tree.clone(),
+        },
+        Push::CaughtUp,
+        Push::Closed(ErrorCode::Revoked),
+    ];
+    let bodies = vec![
+        FedBody::Notice {
+            community: "fuzz@bz".into(),
+            notice_id,
+            sender: "admin@bz".into(),
+            message: app.clone(),
+        },
+        FedBody::Entry {
+            community: summary.clone(),
+            seq: 7,
+            entry: Some(entry.clone()),
+        },
+        FedBody::Welcome {
+            user: "liaison@nctv".into(),
+            community: "fuzz@bz".into(),
+            welcome: welcome.clone(),
+            ratchet_tree: upload.ratchet_tree.clone(),
+        },
+        FedBody::Refusal {
+            notice_id,
+            hop: "bz->post-a".into(),
+            reason: "level above accreditation".into(),
+        },
+        FedBody::Revocation { statement },
+        FedBody::Crl {
+            crl,
+            issuer: ca_bz[0].clone(),
+        },
+        FedBody::NoticeEntry {
+            community: "fuzz@bz".into(),
+            seq: 7,
+            entry: Some(entry),
+        },
+        FedBody::Welcomes {
+            users: vec!["liaison@nctv".into(), "admin@nctv".into()],
+            community: "fuzz@bz".into(),
+            welcome,
+            ratchet_tree: upload.ratchet_tree,
+        },
+    ];
+    let fed_requests = vec![
+        FedRequest::Deliver {
+            items: bodies
+                .iter()
+                .cloned()
+                .zip(1..)
+                .map(|(body, seq)| FedItem { seq, body })
+                .collect(),
+        },
+        FedRequest::Handshake {
+            community: "fuzz@bz".into(),
+            sender: "admin@nctv".into(),
+            message: upload.group_info,
+            welcome: None,
+        },
+        FedRequest::FetchKeyPackage {
+            user: "liaison@nctv".into(),
+            requester: "admin@bz".into(),
+        },
+    ];
+    let fed_responses = [
+        FedResponse::Ack { upto: 9 },
+        FedResponse::Response(Response::Pong),
+        FedResponse::Response(Response::KeyPackage { key_package: kp }),
+    ];
+
+    let mut frames: Vec<(String, Vec<u8>)> = Vec::new();
+    let max = kring_protocol::wire::DEFAULT_MAX_FRAME;
+    for m in &requests {
+        frames.push((format!("req-{}", request_name(m)), encode_frame(m, max)?));
+    }
+    for m in &responses {
+        let name = match m {
+            Response::Error(e) => format!("resp-error-{}", error_name(e)),
+            m => format!("resp-{}", response_name(m)),
+        };
+        frames.push((name, encode_frame(m, max)?));
+    }
+    for (i, m) in pushes.iter().enumerate() {
+        frames.push((format!("push-{}-{i}", push_name(m)), encode_frame(m, max)?));
+    }
+    for b in bodies {
+        let m = FedRequest::Deliver {
+            items: vec![FedItem {
+                seq: 1,
+                body: b.clone(),
+            }],
+        };
+        frames.push((
+            format!("fed-deliver-{}", fed_body_name(&b)),
+            encode_frame(&m, max)?,
+        ));
+    }
+    for m in &fed_requests {
+        frames.push((
+            format!("fed-req-{}", fed_request_name(m)),
+            encode_frame(m, max)?,
+        ));
+    }
+    for (i, m) in fed_responses.iter().enumerate() {
+        frames.push((
+            format!("fed-resp-{}-{i}", fed_response_name(m)),
+            encode_frame(m, max)?,
+        ));
+    }
 
     // Target input: a chunk-size byte, then the stream. Also each payload alone
     // (the target decodes the whole input as a payload too).
@@ -170,6 +453,142 @@ fn main() -> Res<()> {
         stream.extend_from_slice(frame);
     }
     write(&wire, "all.stream", &stream)?;
-    println!("wrote {} frame seeds and 4 MLS seeds under {}", frames.len(), out.display());
+    println!(
+        "wrote {} frame seeds and 4 MLS seeds under {}",
+        frames.len(),
+        out.display()
+    );
     Ok(())
+}
+
+/// The DER inside a PEM text's first block.
+fn pem_body(text: &str) -> Res<Vec<u8>> {
+    let b64: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    Ok(base64_decode(&b64)?)
+}
+
+fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+    {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .ok_or_else(|| format!("not base64: {c}"))?;
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+fn request_name(m: &Request) -> &'static str {
+    match m {
+        Request::PublishKeyPackages { .. } => "publish",
+        Request::FetchKeyPackage { .. } => "fetch",
+        Request::CreateCommunity { .. } => "create",
+        Request::Handshake { .. } => "handshake",
+        Request::FileNotice { .. } => "file",
+        Request::Subscribe => "subscribe",
+        Request::Ack { .. } => "ack",
+        Request::AckWelcome { .. } => "ack-welcome",
+        Request::ListCommunities => "list",
+        Request::CommunityInfo { .. } => "info",
+        Request::NoticeStatus { .. } => "status",
+        Request::AuditLog { .. } => "audit-log",
+        Request::Ping => "ping",
+        Request::Revoke { .. } => "revoke",
+        Request::FileNotices { .. } => "file-many",
+        Request::Trust => "trust",
+        Request::AuditHead => "audit-head",
+    }
+}
+
+fn response_name(m: &Response) -> &'static str {
+    match m {
+        Response::Ok => "ok",
+        Response::KeyPackagesStored { .. } => "stored",
+        Response::KeyPackage { .. } => "key-package",
+        Response::Queued { .. } => "queued",
+        Response::Accepted { .. } => "accepted",
+        Response::Communities { .. } => "communities",
+        Response::Community(_) => "community",
+        Response::Status(_) => "status",
+        Response::AuditLog(_) => "audit-log",
+        Response::Pong => "pong",
+        Response::Error(_) => "error",
+        Response::Revoked { .. } => "revoked",
+        Response::Filed { .. } => "filed",
+        Response::Trust(_) => "trust",
+        Response::AuditHead(_) => "audit-head",
+    }
+}
+
+fn error_name(e: &ErrorCode) -> &'static str {
+    match e {
+        ErrorCode::PolicyDenied { .. } => "policy",
+        ErrorCode::NotMember => "not-member",
+        ErrorCode::NotAdmin => "not-admin",
+        ErrorCode::WrongEpoch { .. } => "wrong-epoch",
+        ErrorCode::Unauthenticated { .. } => "unauthenticated",
+        ErrorCode::Revoked => "revoked",
+        ErrorCode::KeyMaterialExhausted { .. } => "exhausted",
+        ErrorCode::TooLarge { .. } => "too-large",
+        ErrorCode::RateLimited { .. } => "rate-limited",
+        ErrorCode::BadRequest { .. } => "bad-request",
+        ErrorCode::NotFound { .. } => "not-found",
+        ErrorCode::Unavailable { .. } => "unavailable",
+        ErrorCode::Internal => "internal",
+        ErrorCode::OutcomeUnknown { .. } => "outcome-unknown",
+    }
+}
+
+fn push_name(m: &Push) -> &'static str {
+    match m {
+        Push::Entry(_) => "entry",
+        Push::Welcome { .. } => "welcome",
+        Push::CaughtUp => "caught-up",
+        Push::Closed(_) => "closed",
+    }
+}
+
+fn fed_body_name(b: &FedBody) -> &'static str {
+    match b {
+        FedBody::Notice { .. } => "notice",
+        FedBody::Entry { .. } => "entry",
+        FedBody::Welcome { .. } => "welcome",
+        FedBody::Refusal { .. } => "refusal",
+        FedBody::Revocation { .. } => "revocation",
+        FedBody::Crl { .. } => "crl",
+        FedBody::NoticeEntry { .. } => "notice-entry",
+        FedBody::Welcomes { .. } => "welcomes",
+    }
+}
+
+fn fed_request_name(m: &FedRequest) -> &'static str {
+    match m {
+        FedRequest::Deliver { .. } => "deliver-all",
+        FedRequest::Handshake { .. } => "handshake",
+        FedRequest::FetchKeyPackage { .. } => "fetch",
+    }
+}
+
+fn fed_response_name(m: &FedResponse) -> &'static str {
+    match m {
+        FedResponse::Ack { .. } => "ack",
+        FedResponse::Response(_) => "response",
+    }
 }

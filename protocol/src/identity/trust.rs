@@ -99,7 +99,8 @@ pub struct RelayTrust {
     pub ca: Option<CaFingerprint>,
 }
 
-/// Relay id → [`RelayTrust`]. See the [module documentation](self).
+/// Relay id → [`RelayTrust`]: which organisation (and, where pinned, which CA) may
+/// speak for each relay of the federation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustMap {
     relays: BTreeMap<String, RelayTrust>,
