@@ -10,7 +10,7 @@
 //! orgs/ORG/crl.pem                              the organisation's CRL (signed by its CA)
 //! orgs/ORG/crl.log                              why certificates were revoked (revoke-cert)
 //! relays/ID/relay.toml, relay.crt, relay.key    relay config, chain (relay, org CA), key
-//! users/NAME@RELAY/profile.toml, user.crt, user.key
+//! users/NAME@RELAY/profile.toml, user.crt, user.key (encrypted), passphrase
 //! ```
 //!
 //! Keys are PKCS#8 v1 PEM (RFC 5208, the form `openssl genpkey` writes and OpenSSL
@@ -365,9 +365,16 @@ fn profile_toml(
          #   relay          address:port of your home relay\n\
          #   relay_id       your home relay's id (its certificate carries RELAY.relay.kring)\n\
          #   cert           PEM chain: your certificate, then your organisation CA\n\
-         #   key            your certificate's private key (PKCS#8 PEM, Ed25519; keep it 0600)\n\
+         #   key            your certificate's private key (PKCS#8 PEM, Ed25519; keep it 0600),\n\
+         #                  encrypted under the passphrase\n\
          #   trust_anchors  PEM file with the federation root CA certificate(s)\n\
-         #   state_dir      the client's local state (created when missing)\n\
+         #   state_dir      the client's local state, encrypted under the passphrase\n\
+         #                  (created when missing)\n\
+         #   passphrase_file  DEVELOPMENT ONLY: the passphrase of the key and the local\n\
+         #                  state, in a file next to them, so that the demo runs\n\
+         #                  unattended. A real device leaves this out (kring then asks\n\
+         #                  on the terminal) or names a file on other storage;\n\
+         #                  KRING_PASSPHRASE_FILE overrides it.\n\
          #\n\
          # Your certificate grants clearance {clearance}; roles: {roles}.\n\
          \n\
@@ -377,7 +384,9 @@ fn profile_toml(
          cert = \"user.crt\"\n\
          key = \"user.key\"\n\
          trust_anchors = \"../../ca/root.crt\"\n\
-         state_dir = \"state\"\n",
+         state_dir = \"state\"\n\
+         # Development only (see above).\n\
+         passphrase_file = \"{PASSPHRASE_FILE}\"\n",
         toml_str(user),
         toml_str(relay_address),
         toml_str(relay_id),
@@ -524,7 +533,38 @@ fn write_authority(
     write_file(&dir.join(key_name), ca.key_pem().as_bytes(), KEY_MODE)
 }
 
+/// The file beside each demo profile holding its passphrase (development only).
+pub const PASSPHRASE_FILE: &str = "passphrase";
+
+/// A random passphrase for a demo user (development only).
+fn new_passphrase() -> Result<String, CertsError> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 18];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CertsError::Generate {
+            what: "a passphrase".into(),
+            reason: "the system random number generator failed".into(),
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A user's profile: the profile, the certificate chain, the private key encrypted
+/// under a random passphrase, and that passphrase in `passphrase` (development only).
 fn write_user(dir: &Path, cert: &IssuedCert, profile: &str) -> Result<(), CertsError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let passphrase = new_passphrase()?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(cert.key_pem.as_bytes())
+        .map_err(|e| CertsError::Generate {
+            what: "the encrypted user key".into(),
+            reason: e.to_string(),
+        })?;
+    let key_pem =
+        kring_protocol::keyfile::encrypt_pem(der.secret_pkcs8_der(), passphrase.as_bytes())
+            .map_err(|e| CertsError::Generate {
+                what: "the encrypted user key".into(),
+                reason: e.to_string(),
+            })?;
     create_dir(dir)?;
     write_file(&dir.join("profile.toml"), profile.as_bytes(), PUBLIC_MODE)?;
     write_file(
@@ -532,7 +572,12 @@ fn write_user(dir: &Path, cert: &IssuedCert, profile: &str) -> Result<(), CertsE
         cert.chain_pem.as_bytes(),
         PUBLIC_MODE,
     )?;
-    write_file(&dir.join("user.key"), cert.key_pem.as_bytes(), KEY_MODE)
+    write_file(
+        &dir.join(PASSPHRASE_FILE),
+        format!("{passphrase}\n").as_bytes(),
+        KEY_MODE,
+    )?;
+    write_file(&dir.join("user.key"), key_pem.as_bytes(), KEY_MODE)
 }
 
 /// `kring-certs-dev init`: writes the demo federation into `out`.

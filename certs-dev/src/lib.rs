@@ -31,8 +31,8 @@ pub use csr::{
 pub use error::CertsError;
 pub use federation::{
     CRL_DAYS, CRL_FILE, DEFAULT_BASE_PORT, DEMO_RELAYS, DEMO_USERS, InitSummary, IssueUserRequest,
-    LISTEN_HOST, RelayEntry, UserEntry, crl_path, init_demo, issue_user_into, org_dir, relay_dir,
-    root_cert_path, user_dir,
+    LISTEN_HOST, PASSPHRASE_FILE, RelayEntry, UserEntry, crl_path, init_demo, issue_user_into,
+    org_dir, relay_dir, root_cert_path, user_dir,
 };
 pub use pki::{
     Authority, CrlEntry, DAY, ED25519_PKCS8_V1_PREFIX, HOUR, IssuedCert, ORG_CA_DAYS, Pki, Quirk,

@@ -38,7 +38,8 @@ fn mode(path: &Path) -> u32 {
 
 /// The key file holds the private key of the certificate's public key.
 fn assert_key_matches(key_path: &Path, id: &Identity) {
-    let key = rcgen::KeyPair::from_pem(&read(key_path)).unwrap();
+    let der = key_der_of(key_path);
+    let key = rcgen::KeyPair::try_from(der.as_slice()).unwrap();
     assert_eq!(
         key.public_key_raw(),
         id.public_key.as_slice(),
@@ -181,6 +182,11 @@ fn init_writes_a_federation_that_reads_back() {
         assert_eq!(s(&profile, "key"), "user.key");
         assert_eq!(s(&profile, "trust_anchors"), "../../ca/root.crt");
         assert_eq!(s(&profile, "state_dir"), "state");
+        assert_eq!(s(&profile, "passphrase_file"), "passphrase");
+        assert!(
+            read(&dir.join("profile.toml")).contains("DEVELOPMENT ONLY"),
+            "the profile says the passphrase file is for development only"
+        );
     }
     // The specific facts of the demo federation.
     let analist =
@@ -642,7 +648,9 @@ fn revoke_cert_adds_the_serial_once_and_is_always_newer() {
     let bz_crl = crl_path(dir, "bz");
     let mut enforced = Revocations::new();
     assert_eq!(
-        enforced.add_crl(&verified_crl(dir, "bz", NOW)),
+        enforced
+            .add_crl(&verified_crl(dir, "bz", NOW))
+            .map(|c| c.added),
         Some(Vec::new())
     );
 
@@ -661,7 +669,10 @@ fn revoke_cert_adds_the_serial_once_and_is_always_newer() {
     let crl = verified_crl(dir, "bz", NOW);
     assert_eq!(crl.serials, vec![liaison.serial.clone()]);
     assert_eq!(crl.this_update, NOW + 1);
-    assert_eq!(enforced.add_crl(&crl), Some(vec![liaison.serial.clone()]));
+    assert_eq!(
+        enforced.add_crl(&crl).map(|c| c.added),
+        Some(vec![liaison.serial.clone()])
+    );
     assert!(enforced.check(&liaison).is_err());
     assert!(enforced.check(&leaf_of(dir, "admin@bz")).is_ok());
     let (number, next, _) = crl_details(&bz_crl);
@@ -694,7 +705,10 @@ fn revoke_cert_adds_the_serial_once_and_is_always_newer() {
         vec![liaison.serial.clone(), admin.serial.clone()]
     );
     assert_eq!(crl.this_update, NOW + 2);
-    assert_eq!(enforced.add_crl(&crl), Some(vec![admin.serial.clone()]));
+    assert_eq!(
+        enforced.add_crl(&crl).map(|c| c.added),
+        Some(vec![admin.serial.clone()])
+    );
     assert!(enforced.check(&admin).is_err() && enforced.check(&liaison).is_err());
 
     // The CRL also works for chain verification with revocation.
@@ -861,9 +875,32 @@ fn revoke_cert_errors() {
 }
 
 /// The DER inside a PEM `PRIVATE KEY` file.
+/// The PKCS#8 DER of a key file: user keys are encrypted under the passphrase
+/// beside them, the others are in the clear.
 fn key_der_of(path: &Path) -> Vec<u8> {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes).unwrap();
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let passphrase = path.with_file_name(crate::federation::PASSPHRASE_FILE);
+    if path.file_name().is_some_and(|n| n == "user.key") {
+        assert!(
+            kring_protocol::keyfile::is_encrypted(&text),
+            "{}",
+            path.display()
+        );
+        let pass = fs::read_to_string(&passphrase).unwrap();
+        let pass = pass.trim_end();
+        assert!(pass.len() >= 32, "a random passphrase");
+        assert_eq!(
+            kring_protocol::keyfile::decrypt_pem(&text, b"not it"),
+            Err(kring_protocol::keyfile::KeyFileError::WrongPassphrase)
+        );
+        #[cfg(unix)]
+        assert_eq!(mode(&passphrase), 0o600);
+        return kring_protocol::keyfile::decrypt_pem(&text, pass.as_bytes())
+            .unwrap()
+            .to_vec();
+    }
+    assert!(!passphrase.exists(), "{}", path.display());
+    let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes()).unwrap();
     assert_eq!(pem.label, "PRIVATE KEY", "{}", path.display());
     pem.contents
 }

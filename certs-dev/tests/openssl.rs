@@ -87,7 +87,11 @@ fn key_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The raw Ed25519 public key of an OpenSSL key file (the last 32 bytes of its
 /// SubjectPublicKeyInfo).
 fn public_key_of(dir: &Path, key: &str) -> Vec<u8> {
-    let spki = openssl(dir, &["pkey", "-in", key, "-pubout", "-outform", "DER"]).stdout;
+    let mut args = vec!["pkey", "-in", key, "-pubout", "-outform", "DER"];
+    if dir.join("passphrase").exists() && key == "user.key" {
+        args.extend(["-passin", "file:passphrase"]);
+    }
+    let spki = openssl(dir, &args).stdout;
     spki[spki.len() - 32..].to_vec()
 }
 
@@ -127,11 +131,27 @@ fn openssl_reads_every_key_kring_certs_dev_writes() {
     let mut keys = Vec::new();
     key_files(&fed, &mut keys);
     assert!(keys.len() >= 19, "{keys:?}");
+    let mut encrypted = 0;
     for key in &keys {
-        let o = Command::new("openssl")
-            .args(["pkey", "-noout", "-in", path(key)])
-            .output()
-            .unwrap();
+        // User keys are encrypted under the passphrase beside them.
+        let passphrase = key.with_file_name("passphrase");
+        let passin = format!("file:{}", path(&passphrase));
+        let mut args = vec!["pkey", "-noout", "-in", path(key)];
+        if passphrase.exists() {
+            encrypted += 1;
+            let wrong = Command::new("openssl")
+                .args(&args)
+                .args(["-passin", "pass:wrong"])
+                .output()
+                .unwrap();
+            assert!(
+                !wrong.status.success(),
+                "{} opens without its passphrase",
+                key.display()
+            );
+            args.extend(["-passin", &passin]);
+        }
+        let o = Command::new("openssl").args(&args).output().unwrap();
         assert!(
             o.status.success(),
             "openssl pkey -in {}: {}",
@@ -139,6 +159,7 @@ fn openssl_reads_every_key_kring_certs_dev_writes() {
             text(&o.stderr)
         );
     }
+    assert!(encrypted >= 7, "every user key is encrypted: {encrypted}");
     // And the key is the certificate's.
     let user = fed.join("users/consul@bz");
     let leaf = identity::Identity::from_der(&chain_of(&user.join("user.crt"))[0]).unwrap();

@@ -11,7 +11,7 @@ use kring_protocol::identity::{
 };
 use kring_protocol::mls::{self, CertSigner, ClientGroup};
 use kring_protocol::mls_storage::KringProvider;
-use kring_protocol::wire::{CommunitySummary, Request, Response};
+use kring_protocol::wire::{CommunitySummary, Request, Response, TrustState};
 
 use crate::conn::{Credentials, RelayConnection, Timeouts};
 use crate::error::{ClientError, Result};
@@ -41,6 +41,13 @@ pub struct Client {
     pub(crate) timeouts: Timeouts,
     pub(crate) conn: Option<RelayConnection>,
     pub(crate) event_sink: Option<EventSink>,
+    /// The time source of the leaf update schedule.
+    pub(crate) clock: crate::keys::Clock,
+    /// Whether a sync starts the leaf updates that are due (off while
+    /// `update_keys` syncs).
+    pub(crate) scheduled_updates: bool,
+    /// See [`Client::open_notes`].
+    pub(crate) notes: Vec<String>,
 }
 
 /// A callback receiving the events of every sync (see [`Client::set_event_sink`]).
@@ -66,7 +73,17 @@ impl Client {
 
     /// Like [`open`](Self::open), with an already loaded profile.
     pub fn open_profile(profile: Profile) -> Result<Client> {
-        let creds = Credentials::load(&profile)?;
+        let mut unlocker = crate::unlock::Unlocker::new(&profile);
+        Self::open_unlocked(profile, &mut unlocker)
+    }
+
+    /// Like [`open_profile`](Self::open_profile), with the passphrase from
+    /// `unlocker` (which unlocks the private key and the local archive).
+    pub fn open_unlocked(
+        profile: Profile,
+        unlocker: &mut crate::unlock::Unlocker,
+    ) -> Result<Client> {
+        let creds = Credentials::load_with(&profile, unlocker)?;
         let leaf = creds.chain.first().ok_or_else(|| ClientError::Profile {
             path: profile.cert.display().to_string(),
             reason: "no certificate".into(),
@@ -98,7 +115,7 @@ impl Client {
             }
         })?;
         let validator = Validator::new(creds.anchors_der());
-        let store = Store::open(&profile.state_dir)?;
+        let (store, note) = crate::unlock::open_archive(&profile, unlocker)?;
         let provider = KringProvider::new(store.mls_backend());
         Ok(Client {
             profile,
@@ -111,7 +128,41 @@ impl Client {
             timeouts: Timeouts::default(),
             conn: None,
             event_sink: None,
+            clock: crate::keys::system_clock(),
+            scheduled_updates: true,
+            notes: note.into_iter().collect(),
         })
+    }
+
+    /// Whether `error` is the home relay saying, over an authenticated connection,
+    /// that this device's certificate is revoked.
+    pub fn is_revocation(error: &ClientError) -> bool {
+        matches!(
+            error,
+            ClientError::Relay(kring_protocol::wire::ErrorCode::Revoked)
+        )
+    }
+
+    /// Deletes this device's local archive and MLS state after its relay said it is
+    /// revoked ([`is_revocation`](Self::is_revocation)); the error to report, saying
+    /// what was deleted. The device cannot be used afterwards.
+    pub fn wipe_after_revocation(self, error: ClientError) -> ClientError {
+        let profile = self.profile.clone();
+        drop(self);
+        let what = match crate::unlock::wipe(&profile) {
+            Ok(()) => format!(
+                "this device's local archive and MLS state ({}) have been deleted",
+                profile.state_dir.display()
+            ),
+            Err(e) => format!("deleting this device's local archive failed: {e}"),
+        };
+        ClientError::Auth(format!("{error}: {what}"))
+    }
+
+    /// Things that happened while opening this device that the user should be told
+    /// (e.g. that its archive was sealed).
+    pub fn open_notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Replaces the time limits. `connect` and `request` apply from the next
@@ -195,15 +246,17 @@ impl Client {
             )
             .await?;
             self.authenticate_home_relay(&conn)?;
-            let state = match conn.call(&Request::Trust).await? {
-                Response::Trust(state) => state,
-                other => return Err(unexpected("Trust", &other)),
-            };
+            let state = trust_state(&conn).await?;
+            let changes = self.validator.trust_changes(&state);
             let warnings = self
                 .validator
                 .update(&state, &self.me, now_unix())
                 .map_err(ClientError::Auth)?;
             self.conn = Some(conn);
+            for change in changes {
+                eprintln!("kring: warning: {change}");
+                self.warn(change);
+            }
             for w in warnings {
                 self.warn(w);
             }
@@ -363,6 +416,33 @@ impl Client {
     }
 }
 
+/// The home relay's trust state with every revocation statement it holds: the
+/// first page comes with `Request::Trust`, the rest page by page.
+async fn trust_state(conn: &RelayConnection) -> Result<TrustState> {
+    let mut state = match conn.call(&Request::Trust).await? {
+        Response::Trust(state) => state,
+        other => return Err(unexpected("Trust", &other)),
+    };
+    let mut after = state.statements.last().map(|s| s.user.clone());
+    while let Some(last) = after.take() {
+        let request = Request::TrustStatements {
+            after: Some(last.clone()),
+        };
+        match conn.call(&request).await? {
+            Response::TrustStatements { statements, more } => {
+                let next = statements.last().map(|s| s.user.clone());
+                state.statements.extend(statements);
+                // Pages run in user-id order; anything else ends the paging.
+                if more && next.as_ref().is_some_and(|n| *n > last) {
+                    after = next;
+                }
+            }
+            other => return Err(unexpected("TrustStatements", &other)),
+        }
+    }
+    Ok(state)
+}
+
 /// The error for a community this device is not (or no longer) a member of.
 pub(crate) fn not_member(community: &str) -> ClientError {
     ClientError::Auth(format!(
@@ -389,6 +469,8 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
         Response::Revoked { .. } => "Revoked",
         Response::Trust(_) => "Trust",
         Response::AuditHead(_) => "AuditHead",
+        Response::TrustStatements { .. } => "TrustStatements",
+        Response::Cursors { .. } => "Cursors",
     };
     ClientError::Protocol(format!("the relay answered {request} with {name}"))
 }
@@ -404,6 +486,7 @@ fn futures_are_send(client: &mut Client) {
     send(client.audit_all(true));
     send(client.create_community("c", "TLP:GREEN"));
     send(client.add_members("c", &["u"]));
+    send(client.update_keys(None));
     send(client.file_notice(crate::notice::NoticeDraft {
         community: String::new(),
         label: String::new(),

@@ -20,7 +20,10 @@
 
 use kring_policy::{Label, decide_opt};
 use kring_protocol::identity::{Identity, IdentityKind, verify_chain_trusted};
-use kring_protocol::mls::{ClientGroup, CommitOutput, CommunityMeta, MlsError, leaf_public_key};
+use kring_protocol::mls::{
+    ClientGroup, CommitOutput, CommunityMeta, DEFAULT_UPDATE_DAYS, MAX_UPDATE_DAYS, MlsError,
+    leaf_public_key,
+};
 use kring_protocol::wire::{ErrorCode, Request, Response};
 
 use crate::client::{Client, not_member, unexpected};
@@ -72,6 +75,24 @@ impl Client {
     /// external sender. Refused (exit 3) if the user's own clearance does not admit
     /// the maximum label.
     pub async fn create_community(&mut self, name: &str, max_label: &str) -> Result<CommitReceipt> {
+        self.create_community_with(name, max_label, DEFAULT_UPDATE_DAYS)
+            .await
+    }
+
+    /// [`create_community`](Self::create_community) with an update period: every
+    /// member rotates its leaf key at least every `update_days` days
+    /// (1..=[`MAX_UPDATE_DAYS`]; exit 2 otherwise).
+    pub async fn create_community_with(
+        &mut self,
+        name: &str,
+        max_label: &str,
+        update_days: u16,
+    ) -> Result<CommitReceipt> {
+        if update_days == 0 || update_days > MAX_UPDATE_DAYS {
+            return Err(ClientError::Usage(format!(
+                "the update period must be 1 to {MAX_UPDATE_DAYS} days"
+            )));
+        }
         self.reset_transaction()?;
         let name = ids::check_community_name(name)?;
         let community = format!("{name}@{}", self.profile.relay_id);
@@ -90,7 +111,8 @@ impl Client {
             )));
         }
         let me = self.user();
-        let meta = CommunityMeta::new(community.clone(), max.to_bytes(), vec![me])?;
+        let meta = CommunityMeta::new(community.clone(), max.to_bytes(), vec![me.clone()])?
+            .with_update_days(update_days)?;
         let hub_chain = self.connect().await?.peer_chain();
         let hub = verify_chain_trusted(
             &hub_chain,
@@ -157,6 +179,7 @@ impl Client {
             active: true,
         })?;
         batch.put_cursor(&community, seq);
+        batch.put_leaf_time(&community, &me, self.now());
         self.store.commit(batch)?;
         tracing::info!(%community, "community created");
         Ok(CommitReceipt {
@@ -345,6 +368,7 @@ impl Client {
                 .await?;
             match sent {
                 CommitSent::Accepted { seq, epoch } => {
+                    self.record_commit_leaves(community, &out.summary)?;
                     let s = out.summary;
                     return Ok(CommitReceipt {
                         community: community.to_string(),
@@ -422,12 +446,17 @@ impl Client {
         answer: Result<Response>,
     ) -> Result<CommitSent> {
         let forget = |client: &mut Self, group: &mut ClientGroup, accepted: bool| {
+            let mut batch = Batch::new();
             if accepted {
+                let leaf_before = group.own_leaf_key();
                 group.commit_accepted(&client.provider)?;
+                if group.own_leaf_key() != leaf_before {
+                    // The commit carried an update path: this device's leaf is new.
+                    batch.put_leaf_time(community, &client.user(), client.now());
+                }
             } else {
                 group.commit_refused(&client.provider)?;
             }
-            let mut batch = Batch::new();
             batch.remove_sent_commit(community);
             client.store.commit_plain(batch)?;
             client.store.flush()?;

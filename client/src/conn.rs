@@ -71,21 +71,23 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Loads the certificate chain, private key and trust anchors a profile names.
+    /// Loads the certificate chain, private key and trust anchors a profile names,
+    /// asking for the passphrase (see [`crate::unlock`]) if the key is encrypted.
     pub fn load(profile: &Profile) -> Result<Credentials> {
+        Self::load_with(profile, &mut crate::unlock::Unlocker::new(profile))
+    }
+
+    /// [`load`](Self::load) with the passphrase from `unlocker`.
+    pub fn load_with(
+        profile: &Profile,
+        unlocker: &mut crate::unlock::Unlocker,
+    ) -> Result<Credentials> {
         let chain = load_certs(&profile.cert, "certificate chain")?;
         let anchors = load_certs(&profile.trust_anchors, "trust anchors")?;
-        let key_pem =
-            read_bounded(&profile.key, MAX_PEM_BYTES).map_err(|r| bad(&profile.key, r))?;
-        let key = PrivatePkcs8KeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            bad(
-                &profile.key,
-                format!("no PKCS#8 private key in PEM form ({e})"),
-            )
-        })?;
+        let key = crate::unlock::private_key(profile, unlocker)?;
         Ok(Credentials {
             chain,
-            key_pkcs8: key.secret_pkcs8_der().to_vec(),
+            key_pkcs8: key.to_vec(),
             anchors,
         })
     }
@@ -493,7 +495,12 @@ pub(crate) fn connection_error(relay: &str, e: &quinn::ConnectionError) -> Clien
             None => unreachable(format!("protocol failure: {t}")),
         },
         quinn::ConnectionError::ConnectionClosed(close) => match crypto(close.error_code) {
-            Some(44) => ClientError::Relay(ErrorCode::Revoked),
+            // Not taken as the relay's word that this device is revoked (which
+            // deletes its archive): a handshake refusal can be forged by anyone on the
+            // path. A revoked device hears it again, authenticated, once connected.
+            Some(44) => ClientError::Auth(format!(
+                "relay {relay} refused this device's certificate (certificate revoked)"
+            )),
             Some(alert) => ClientError::Auth(format!(
                 "relay {relay} refused this device's certificate ({})",
                 tls_alert_meaning(alert).unwrap_or("handshake failure")

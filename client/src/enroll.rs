@@ -2,7 +2,8 @@
 //! organisation's CA.
 //!
 //! The Ed25519 key is generated on this device and written only to `DIR/user.key`
-//! (PKCS#8 v1 PEM, mode 0600); it never leaves the device. `DIR/user.csr` is a
+//! (PKCS#8 `ENCRYPTED PRIVATE KEY` PEM under the user's passphrase, mode 0600; see
+//! [`kring_protocol::keyfile`]); it never leaves the device. `DIR/user.csr` is a
 //! PKCS#10 request signed with that key, asking for subject `CN=NAME, O=ORG` and
 //! the subjectAltName URI `kring:user:NAME@RELAY`: what the CA needs to issue a
 //! Kring user certificate (`kring-certs-dev sign-csr`, or OpenSSL as in
@@ -37,7 +38,7 @@ const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
 ];
 
 /// What to enrol.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EnrollRequest {
     /// `NAME@RELAY`.
     pub user: String,
@@ -47,6 +48,9 @@ pub struct EnrollRequest {
     /// The directory to write (created if missing; must not hold a key, request or
     /// profile already).
     pub dir: PathBuf,
+    /// The passphrase the key is encrypted under (it also protects the device's
+    /// archive).
+    pub passphrase: crate::unlock::Passphrase,
 }
 
 /// What `enroll` wrote.
@@ -129,7 +133,11 @@ fn profile_template(user: &str, relay: &str, organisation: &str) -> String {
          #                  {ROOT_FILE} next to this file (get them from your\n\
          #                  organisation by a channel you trust)\n\
          # Paths are relative to the directory of this file. {KEY_FILE} is your private\n\
-         # key: it never leaves this device. Check with: kring --profile DIR whoami\n\
+         # key, encrypted under your passphrase: it never leaves this device. Check\n\
+         # with: kring --profile DIR whoami\n\
+         # The passphrase is asked for on the terminal; for unattended use name a\n\
+         # file (mode 0600) holding it: passphrase_file = \"FILE\" (or set\n\
+         # KRING_PASSPHRASE_FILE).\n\
          \n\
          user = {}\n\
          relay = \"\"\n\
@@ -165,6 +173,25 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| ClientError::io(path, format!("cannot write: {e}")))
 }
 
+/// The checks [`enroll`] makes before it writes anything (so that the command line
+/// can make them before it asks for a passphrase): a valid user and organisation,
+/// and no key, request or profile in `dir` yet.
+pub fn check(user: &str, organisation: Option<&str>, dir: &Path) -> Result<()> {
+    let (_, relay) = identity::parse_user_id(user).map_err(usage)?;
+    identity::validate_organisation(organisation.unwrap_or(relay)).map_err(usage)?;
+    for file in [KEY_FILE, CSR_FILE, PROFILE_FILE] {
+        let path = dir.join(file);
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(usage(format!(
+                "{} already exists; kring enroll never replaces a key, request or \
+                 profile: choose another --out directory",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `kring enroll`: generates the device key and the request in `request.dir`
 /// (see the [module documentation](self)). Nothing is replaced: if the directory
 /// already holds a key, request or profile, nothing is written.
@@ -173,22 +200,13 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 /// [`ClientError::Usage`] (exit 2) for an invalid user or organisation or files
 /// already there; [`ClientError::Io`] when writing fails.
 pub fn enroll(request: &EnrollRequest) -> Result<Enrolment> {
+    check(&request.user, request.organisation.as_deref(), &request.dir)?;
     let (name, relay) = identity::parse_user_id(&request.user).map_err(usage)?;
     let organisation = request.organisation.as_deref().unwrap_or(relay);
-    identity::validate_organisation(organisation).map_err(usage)?;
     let dir = &request.dir;
     let key_path = dir.join(KEY_FILE);
     let csr_path = dir.join(CSR_FILE);
     let profile_path = dir.join(PROFILE_FILE);
-    for path in [&key_path, &csr_path, &profile_path] {
-        if fs::symlink_metadata(path).is_ok() {
-            return Err(usage(format!(
-                "{} already exists; kring enroll never replaces a key, request or \
-                 profile: choose another --out directory",
-                path.display()
-            )));
-        }
-    }
     let key = new_key()?;
     let csr = csr_pem(&key, name, relay, organisation)?;
     let fingerprint = {
@@ -211,7 +229,10 @@ pub fn enroll(request: &EnrollRequest) -> Result<Enrolment> {
     builder
         .create(dir)
         .map_err(|e| ClientError::io(dir, format!("cannot create the directory: {e}")))?;
-    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    let der = zeroize::Zeroizing::new(key.serialize_der());
+    let pem = kring_protocol::keyfile::encrypt_pem(&der, request.passphrase.as_bytes())
+        .map_err(|e| ClientError::io(&key_path, e.to_string()))?;
+    write_new(&key_path, pem.as_bytes(), 0o600)?;
     write_new(&csr_path, csr.as_bytes(), 0o644)?;
     write_new(
         &profile_path,
@@ -269,21 +290,38 @@ mod tests {
         der
     }
 
+    fn passphrase() -> crate::unlock::Passphrase {
+        crate::unlock::Passphrase::new(b"enrol me".to_vec()).unwrap()
+    }
+
     #[test]
-    fn enroll_writes_a_v1_key_a_request_and_a_profile_template() {
+    fn enroll_writes_an_encrypted_v1_key_a_request_and_a_profile_template() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("me");
         let e = enroll(&EnrollRequest {
             user: "consul@post-a".into(),
             organisation: None,
             dir: dir.clone(),
+            passphrase: passphrase(),
         })
         .unwrap();
         assert_eq!(e.organisation, "post-a");
         assert_eq!(e.relay, "post-a");
 
-        // The key: PKCS#8 v1, 48 bytes, mode 0600, a valid Ed25519 key.
-        let key = pem_der(&e.key, "PrivateKey");
+        // The key: encrypted under the passphrase; inside PKCS#8 v1, 48 bytes, mode
+        // 0600, a valid Ed25519 key.
+        let pem = fs::read_to_string(&e.key).unwrap();
+        assert!(
+            pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+            "{pem}"
+        );
+        assert_eq!(
+            kring_protocol::keyfile::decrypt_pem(&pem, b"wrong").unwrap_err(),
+            kring_protocol::keyfile::KeyFileError::WrongPassphrase
+        );
+        let key = kring_protocol::keyfile::decrypt_pem(&pem, b"enrol me")
+            .unwrap()
+            .to_vec();
         assert_eq!(key.len(), 48);
         assert_eq!(key[..16], ED25519_PKCS8_V1_PREFIX);
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&key).unwrap();
@@ -351,6 +389,7 @@ mod tests {
             user: "consul@bz".into(),
             organisation: Some("ministerie".into()),
             dir: dir.clone(),
+            passphrase: passphrase(),
         };
         let e = enroll(&request).unwrap();
         assert_eq!(e.organisation, "ministerie");
@@ -370,6 +409,7 @@ mod tests {
                 user: user.into(),
                 organisation: org.map(str::to_string),
                 dir: tmp.path().join("other"),
+                passphrase: passphrase(),
             })
             .unwrap_err();
             assert_eq!(err.exit_code(), 2, "{user} {org:?}: {err}");

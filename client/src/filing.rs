@@ -141,6 +141,13 @@ impl Client {
         loop {
             attempt += 1;
             let mut group = self.load_group(&community)?;
+            if !synced && self.group_update_due(&community, &group)? {
+                // This device's leaf is older than the community's update period (it
+                // was offline, say): catch up and update it before filing.
+                self.sync().await?;
+                synced = true;
+                continue;
+            }
             if group.has_pending_commit() {
                 if !synced {
                     // An interrupted commit: a sync learns whether the hub took it.

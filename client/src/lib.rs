@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod error;
 pub mod filing;
 pub mod ids;
+pub mod keys;
 pub mod labels;
 pub mod notice;
 pub mod ordering;
@@ -26,13 +27,16 @@ pub mod store;
 pub mod sync;
 #[cfg(test)]
 mod testpki;
+pub mod unlock;
 pub mod validator;
+pub mod vault;
 
 pub use audit::AuditSummary;
 pub use client::{Client, DEFAULT_PUBLISH, MAX_PUBLISH};
 pub use community::{AdminChange, CommitReceipt};
 pub use error::{ClientError, Result};
 pub use filing::FiledNotice;
+pub use keys::{Clock, KeyUpdate, MemberLeaf};
 pub use notice::{Category, Notice, NoticeDraft, NoticeKind};
 pub use ordering::Ordering;
 pub use sync::{SyncEvent, SyncReport};

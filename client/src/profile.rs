@@ -8,10 +8,15 @@
 //! relay = "127.0.0.1:47103"
 //! relay_id = "post-a"
 //! cert = "user.crt"                      # PEM chain: leaf, then organisation CA
-//! key = "user.key"                       # PKCS#8 Ed25519 private key, PEM
+//! key = "user.key"                       # PKCS#8 Ed25519 private key, PEM, encrypted
 //! trust_anchors = "../../ca/root.crt"    # PEM federation root(s)
 //! state_dir = "state"
+//! passphrase_file = "passphrase"         # development only: unattended use
 //! ```
+//!
+//! The passphrase unlocks the private key and the local archive ([`crate::unlock`]):
+//! read from the file `KRING_PASSPHRASE_FILE` names, else from `passphrase_file`,
+//! else asked on the terminal.
 //!
 //! Relative paths are relative to the profile directory. `kring enroll`
 //! ([`crate::enroll`]) writes a template of it next to a new key, for the user to
@@ -47,6 +52,8 @@ struct RawProfile {
     key: PathBuf,
     trust_anchors: PathBuf,
     state_dir: PathBuf,
+    #[serde(default)]
+    passphrase_file: Option<PathBuf>,
 }
 
 /// A loaded and checked profile. Paths are absolute or relative to the current
@@ -69,6 +76,8 @@ pub struct Profile {
     pub trust_anchors: PathBuf,
     /// Directory of the local state database.
     pub state_dir: PathBuf,
+    /// File holding the passphrase (first line), for unattended use.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 impl Profile {
@@ -121,6 +130,7 @@ impl Profile {
             key: dir.join(raw.key),
             trust_anchors: dir.join(raw.trust_anchors),
             state_dir: dir.join(raw.state_dir),
+            passphrase_file: raw.passphrase_file.map(|p| dir.join(p)),
         };
         for (what, path) in [
             ("cert", &profile.cert),

@@ -10,12 +10,20 @@
 //! | `c/` | community id | [`CommunityRecord`] as JSON |
 //! | `s/` | community id | last processed sequence number (u64, big endian) |
 //! | `p/` | community id | a commit sent to the hub whose outcome is not known yet ([`SentCommit`]) |
+//! | `l/` | community id, 0, member id | when that member's leaf last changed, as seen here (Unix seconds, u64 big endian) |
 //!
 //! Processing a log entry must not half-happen: if the MLS state moved on (a key
 //! ratchet consumed) but the decrypted notice was lost, the notice could never be
 //! decrypted again. So MLS writes can be buffered ([`Store::begin`]) and committed
 //! together with the notice and the new cursor ([`Store::commit`]) in one batch,
 //! then flushed to disk.
+//!
+//! Every value is sealed with the archive's data key ([`crate::vault`]; the
+//! database key is bound to it as associated data) on its way into sled and opened
+//! on its way out (`SealedTree`): on disk, values are ciphertext; keys (record
+//! kinds, notice and community ids, member ids, openmls storage keys) are not.
+//! A sealed database holds a check value under `v/check`, so that a wrong data key
+//! is told apart from a damaged record.
 //!
 //! Notice content is never logged.
 
@@ -30,17 +38,22 @@ use uuid::Uuid;
 use kring_protocol::mls_storage::{KvBackend, KvBatch};
 
 use crate::notice::Notice;
+use crate::vault::{DataKey, VaultError};
 
 const MLS: &[u8] = b"m/";
 const NOTICE: &[u8] = b"n/";
 const COMMUNITY: &[u8] = b"c/";
 const CURSOR: &[u8] = b"s/";
 const SENT_COMMIT: &[u8] = b"p/";
+const LEAF_TIME: &[u8] = b"l/";
+/// The check value of a sealed database (a known plaintext under the data key).
+const CHECK_KEY: &[u8] = b"v/check";
+const CHECK_VALUE: &[u8] = b"kring sealed archive v1";
 /// Longest key accepted by the MLS backend (openmls keys are far shorter).
 const MAX_MLS_KEY: usize = 64 * 1024;
 /// Largest stored value accepted when reading back (corruption guard).
 const MAX_RECORD: usize = 4 * 1024 * 1024;
-/// How long [`Store::open`] waits for another `kring` process to release the database.
+/// How long [`Store::open_sealed`] waits for another `kring` process to release the database.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Errors of the local store.
@@ -83,6 +96,36 @@ pub enum StoreError {
     /// A key handed to the MLS backend is unreasonably long.
     #[error("MLS storage key of {0} bytes is too long")]
     KeyTooLong(usize),
+    /// A sealed value does not open (or cannot be sealed).
+    #[error(
+        "the local archive cannot be read: {0}; restore the state directory from a \
+         backup"
+    )]
+    Sealed(#[from] VaultError),
+    /// The data key does not open this database's check value.
+    #[error(
+        "the archive key in {path} does not belong to the local archive there; restore \
+         both from the same backup"
+    )]
+    WrongKey {
+        /// The state directory.
+        path: String,
+    },
+    /// The database holds values in the clear (written before archives were sealed).
+    #[error("the local state in {path} is not sealed")]
+    NotSealed {
+        /// The state directory.
+        path: String,
+    },
+    /// The database is sealed, but its archive key file is missing.
+    #[error(
+        "the local state in {path} is encrypted, but its archive key (archive.key) is \
+         missing; restore it from a backup, or delete the directory to start afresh"
+    )]
+    AlreadySealed {
+        /// The state directory.
+        path: String,
+    },
 }
 
 /// A notice as kept locally.
@@ -189,6 +232,7 @@ pub struct MlsKv {
 /// buffer, shared by the [`Store`] and its [`MlsKv`].
 struct Shared {
     dir: PathBuf,
+    key: Arc<DataKey>,
     tree: Mutex<Option<sled::Tree>>,
     overlay: Mutex<Option<Overlay>>,
     /// While set, commits are applied but not flushed; [`Store::flush`] flushes.
@@ -197,14 +241,121 @@ struct Shared {
 
 impl Shared {
     /// The open tree, opening the database if it was released.
-    fn tree(&self) -> Result<sled::Tree, StoreError> {
+    fn tree(&self) -> Result<SealedTree, StoreError> {
         let mut guard = self.tree.lock().map_err(|_| StoreError::Poisoned)?;
-        if let Some(tree) = guard.as_ref() {
-            return Ok(tree.clone());
+        let tree = match guard.as_ref() {
+            Some(tree) => tree.clone(),
+            None => {
+                let tree = open_tree(&self.dir)?;
+                *guard = Some(tree.clone());
+                tree
+            }
+        };
+        Ok(SealedTree {
+            tree,
+            key: Arc::clone(&self.key),
+        })
+    }
+}
+
+/// The sled tree seen through the data key: values are sealed on the way in and
+/// opened on the way out (the database key is their associated data). The only
+/// way the store reaches the database.
+struct SealedTree {
+    tree: sled::Tree,
+    key: Arc<DataKey>,
+}
+
+impl SealedTree {
+    fn open_value(&self, key: &[u8], sealed: &[u8]) -> Result<sled::IVec, StoreError> {
+        Ok(self.key.open(key, sealed)?.into())
+    }
+
+    fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>, StoreError> {
+        let key = key.as_ref();
+        self.tree
+            .get(key)?
+            .map(|v| self.open_value(key, &v))
+            .transpose()
+    }
+
+    fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key)?)
+    }
+
+    fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        let key = key.as_ref();
+        self.tree.insert(key, self.key.seal(key, value.as_ref())?)?;
+        Ok(())
+    }
+
+    fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        self.tree.remove(key)?;
+        Ok(())
+    }
+
+    /// Stores `value` unless `key` holds one; returns whether it was stored.
+    fn insert_new(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let sealed = self.key.seal(key, value)?;
+        Ok(self
+            .tree
+            .compare_and_swap(key, None as Option<&[u8]>, Some(sealed))?
+            .is_ok())
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> + '_ {
+        self.tree.scan_prefix(prefix).map(move |item| {
+            let (k, v) = item?;
+            let v = self.open_value(&k, &v)?;
+            Ok((k, v))
+        })
+    }
+
+    /// Applies the writes (`None`: remove) as one atomic sled batch.
+    fn apply(
+        &self,
+        writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => {
+                    let sealed = self.key.seal(&k, &v)?;
+                    b.insert(k, sealed);
+                }
+                None => b.remove(k),
+            }
         }
-        let tree = open_tree(&self.dir)?;
-        *guard = Some(tree.clone());
-        Ok(tree)
+        self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Writes the check value into an empty database, or checks it in a non-empty
+    /// one.
+    fn check(&self, dir: &Path) -> Result<(), StoreError> {
+        match self.tree.get(CHECK_KEY)? {
+            Some(sealed) => match self.key.open(CHECK_KEY, &sealed) {
+                Ok(v) if v == CHECK_VALUE => Ok(()),
+                _ => Err(StoreError::WrongKey {
+                    path: dir.display().to_string(),
+                }),
+            },
+            None if self.tree.is_empty() => {
+                self.insert(CHECK_KEY, CHECK_VALUE)?;
+                self.flush()
+            }
+            None => Err(StoreError::NotSealed {
+                path: dir.display().to_string(),
+            }),
+        }
     }
 }
 
@@ -320,14 +471,7 @@ impl KvBackend for MlsKv {
             None => true,
         })?;
         if direct {
-            let mut b = sled::Batch::default();
-            for (k, v) in keyed {
-                match v {
-                    Some(v) => b.insert(k, v),
-                    None => b.remove(k),
-                }
-            }
-            self.shared.tree()?.apply_batch(b)?;
+            self.shared.tree()?.apply(keyed)?;
         }
         Ok(())
     }
@@ -389,6 +533,19 @@ impl Batch {
             .push((prefixed(SENT_COMMIT, community.as_bytes()), None));
     }
 
+    /// Records when `member`'s leaf in `community` last changed (Unix seconds).
+    pub fn put_leaf_time(&mut self, community: &str, member: &str, at: u64) {
+        self.writes.push((
+            leaf_time_key(community, member),
+            Some(at.to_be_bytes().to_vec()),
+        ));
+    }
+
+    /// Forgets when `member`'s leaf in `community` last changed (they left).
+    pub fn remove_leaf_time(&mut self, community: &str, member: &str) {
+        self.writes.push((leaf_time_key(community, member), None));
+    }
+
     /// Forgets a community (its record and cursor).
     pub fn remove_community(&mut self, id: &str) {
         self.writes.push((prefixed(COMMUNITY, id.as_bytes()), None));
@@ -416,12 +573,28 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `dir`, waiting up to [`LOCK_WAIT`]
-    /// for another kring process to release it.
+    /// Opens (creating if needed) the database in `dir` with a fixed data key
+    /// (unit tests of the store and what builds on it).
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_sealed(dir, DataKey::from_bytes([7; crate::vault::KEY_LEN]))
+    }
+
+    /// Opens (creating if needed) the database in `dir`, sealed with `key`, waiting
+    /// up to [`LOCK_WAIT`] for another kring process to release it. A new database
+    /// gets the check value; an existing one must hold it and it must open with
+    /// `key` ([`StoreError::WrongKey`], [`StoreError::NotSealed`]).
+    pub fn open_sealed(dir: &Path, key: DataKey) -> Result<Store, StoreError> {
         let tree = open_tree(dir)?;
+        let key = Arc::new(key);
+        SealedTree {
+            tree: tree.clone(),
+            key: Arc::clone(&key),
+        }
+        .check(dir)?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
+            key,
             tree: Mutex::new(Some(tree)),
             overlay: Mutex::new(None),
             defer_flush: std::sync::atomic::AtomicBool::new(false),
@@ -446,7 +619,7 @@ impl Store {
         Ok(())
     }
 
-    fn tree(&self) -> Result<sled::Tree, StoreError> {
+    fn tree(&self) -> Result<SealedTree, StoreError> {
         self.shared.tree()
     }
 
@@ -476,14 +649,8 @@ impl Store {
     /// atomic sled batch, ends the transaction and flushes to disk.
     pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let overlay = self.mls.with_overlay(Option::take)?.unwrap_or_default();
-        let mut b = sled::Batch::default();
-        for (k, v) in overlay.into_iter().chain(batch.writes) {
-            match v {
-                Some(v) => b.insert(k, v),
-                None => b.remove(k),
-            }
-        }
-        self.tree()?.apply_batch(b)?;
+        self.tree()?
+            .apply(overlay.into_iter().chain(batch.writes))?;
         self.flush_unless_deferred()
     }
 
@@ -521,7 +688,7 @@ impl Store {
 
     /// Whether a notice with this id is stored.
     pub fn has_notice(&self, id: Uuid) -> Result<bool, StoreError> {
-        Ok(self.tree()?.contains_key(prefixed(NOTICE, id.as_bytes()))?)
+        self.tree()?.contains_key(prefixed(NOTICE, id.as_bytes()))
     }
 
     /// Stores a notice unless one with the same id is stored already; returns whether
@@ -532,10 +699,7 @@ impl Store {
         let Some((key, Some(value))) = batch.writes.pop() else {
             return Err(StoreError::Transaction("empty notice batch"));
         };
-        let swapped = self
-            .tree()?
-            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?;
-        let new = swapped.is_ok();
+        let new = self.tree()?.insert_new(&key, &value)?;
         if new {
             self.flush()?;
         }
@@ -663,19 +827,76 @@ impl Store {
         Ok(out)
     }
 
+    /// When each member's leaf in `community` last changed, as far as this device has
+    /// seen (Unix seconds), by member id.
+    pub fn leaf_times(&self, community: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let prefix = leaf_time_key(community, "");
+        let mut out = BTreeMap::new();
+        for item in self.tree()?.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let corrupt = |reason: &str| StoreError::Corrupt {
+                what: "leaf time",
+                reason: reason.to_string(),
+            };
+            let member = std::str::from_utf8(k.get(prefix.len()..).unwrap_or_default())
+                .map_err(|_| corrupt("member id is not UTF-8"))?;
+            let at: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt("not 8 bytes"))?;
+            out.insert(member.to_string(), u64::from_be_bytes(at));
+        }
+        Ok(out)
+    }
+
+    /// When `member`'s leaf in `community` last changed, if this device has seen it.
+    pub fn leaf_time(&self, community: &str, member: &str) -> Result<Option<u64>, StoreError> {
+        match self.tree()?.get(leaf_time_key(community, member))? {
+            None => Ok(None),
+            Some(v) => {
+                let at: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "leaf time",
+                    reason: format!("{} bytes instead of 8", v.len()),
+                })?;
+                Ok(Some(u64::from_be_bytes(at)))
+            }
+        }
+    }
+
     /// Applies `batch` (without touching buffered MLS writes) and flushes (unless
     /// deferred, see [`defer_flush`](Self::defer_flush)).
     pub fn commit_plain(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for (k, v) in batch.writes {
-            match v {
-                Some(v) => b.insert(k, v),
-                None => b.remove(k),
-            }
-        }
-        self.tree()?.apply_batch(b)?;
+        self.tree()?.apply(batch.writes)?;
         self.flush_unless_deferred()
     }
+}
+
+/// Copies the database in `from`, written in the clear, into a new database in `to`
+/// (which must not exist), sealed with `key`; returns how many records it copied.
+/// `from` is only read.
+pub fn seal_copy(from: &Path, to: &Path, key: DataKey) -> Result<usize, StoreError> {
+    let src = open_tree(from)?;
+    if src.contains_key(CHECK_KEY)? {
+        return Err(StoreError::AlreadySealed {
+            path: from.display().to_string(),
+        });
+    }
+    let mut writes = Vec::new();
+    for item in src.iter() {
+        let (k, v) = item?;
+        writes.push((k.to_vec(), Some(v.to_vec())));
+    }
+    drop(src);
+    let count = writes.len();
+    let dst = Store::open_sealed(to, key)?;
+    dst.tree()?.apply(writes)?;
+    dst.flush()?;
+    Ok(count)
+}
+
+/// `l/COMMUNITY\0MEMBER` (ids are printable ASCII, so the separator is unambiguous).
+fn leaf_time_key(community: &str, member: &str) -> Vec<u8> {
+    let mut key = prefixed(LEAF_TIME, community.as_bytes());
+    key.push(0);
+    key.extend_from_slice(member.as_bytes());
+    key
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &'static str, v: &[u8]) -> Result<T, StoreError> {
@@ -887,5 +1108,28 @@ mod tests {
         .encode();
         trailing.push(0);
         assert!(SentCommit::decode(&trailing).is_err());
+    }
+
+    #[test]
+    fn leaf_times_are_kept_per_community_and_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = Batch::new();
+        batch.put_leaf_time("d@bz", "liaison@bz", 10);
+        batch.put_leaf_time("d@bz", "admin@bz", 20);
+        batch.put_leaf_time("d@bz2", "liaison@bz", 30);
+        store.commit_plain(batch).unwrap();
+        assert_eq!(store.leaf_time("d@bz", "liaison@bz").unwrap(), Some(10));
+        assert_eq!(store.leaf_time("d@bz", "x@bz").unwrap(), None);
+        let times = store.leaf_times("d@bz").unwrap();
+        assert_eq!(
+            times.into_iter().collect::<Vec<_>>(),
+            vec![("admin@bz".to_string(), 20), ("liaison@bz".to_string(), 10)]
+        );
+        let mut batch = Batch::new();
+        batch.remove_leaf_time("d@bz", "liaison@bz");
+        store.commit_plain(batch).unwrap();
+        assert_eq!(store.leaf_times("d@bz").unwrap().len(), 1);
+        assert_eq!(store.leaf_times("d@bz2").unwrap().len(), 1);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use kring_policy::{Label, decide_opt, within};
 use kring_protocol::mls::{ClientGroup, MlsError, Received};
-use kring_protocol::wire::{EntryKind, LogEntry, Push, Request, Response};
+use kring_protocol::wire::{EntryKind, LogEntry, LogMark, Push, Request, Response};
 use uuid::Uuid;
 
 use crate::client::{Client, unexpected};
@@ -87,6 +87,16 @@ pub enum SyncEvent {
         /// Log sequence number of the commit.
         seq: u64,
     },
+    /// This device updated its own leaf key in a community (scheduled: its leaf
+    /// was older than the community's update period).
+    KeysUpdated {
+        /// Community id.
+        community: String,
+        /// Log sequence number of the commit.
+        seq: u64,
+        /// The epoch after it.
+        epoch: u64,
+    },
     /// This device was removed from a community.
     Left {
         /// Community id.
@@ -128,6 +138,8 @@ const FLUSH_EVERY: usize = 256;
 const ACK_DELAY: Duration = Duration::from_millis(2);
 /// How long a live device stays idle before it releases its local store.
 const IDLE_RELEASE: Duration = Duration::from_millis(500);
+/// How often an idle live device checks whether a leaf update is due.
+const KEY_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 /// Acks and proposal commits owed to the relay.
 #[derive(Debug, Default)]
@@ -186,6 +198,7 @@ impl Client {
     pub async fn sync_with(&mut self, emit: &mut (dyn FnMut(SyncEvent) + Send)) -> Result<()> {
         self.reset_transaction()?;
         let timeout = self.timeouts.request;
+        self.report_cursors().await?;
         let mut sub = self.connect().await?.subscribe().await?;
         let mut owed = Owed::default();
         let mut held = Vec::new();
@@ -213,6 +226,7 @@ impl Client {
         result?;
         drop(sub);
         self.settle(&mut owed, emit).await?;
+        self.update_due_keys(emit).await?;
         emit(SyncEvent::CaughtUp);
         Ok(())
     }
@@ -306,6 +320,7 @@ impl Client {
     async fn watch_once(&mut self, emit: &mut (dyn FnMut(SyncEvent) + Send)) -> Result<()> {
         self.reset_transaction()?;
         let timeout = self.timeouts.request;
+        self.report_cursors().await?;
         let mut sub = self.connect().await?.subscribe().await?;
         let mut owed = Owed::default();
         let mut held = Vec::new();
@@ -320,10 +335,15 @@ impl Client {
                     // and idle timeout detect a dead relay.
                     match tokio::time::timeout(IDLE_RELEASE, sub.next()).await {
                         Ok(push) => push?,
-                        Err(_) => {
+                        Err(_) => loop {
                             self.store.release()?;
-                            sub.next().await?
-                        }
+                            // A device that stays connected still updates its keys
+                            // on schedule.
+                            match tokio::time::timeout(KEY_CHECK_EVERY, sub.next()).await {
+                                Ok(push) => break push?,
+                                Err(_) => self.update_due_keys(emit).await?,
+                            }
+                        },
                     }
                 } else {
                     // A run of pushes: take what arrives within ACK_DELAY of the last
@@ -342,6 +362,7 @@ impl Client {
                     Some(Push::CaughtUp) => {
                         self.release_held(&mut held, emit)?;
                         self.settle(&mut owed, emit).await?;
+                        self.update_due_keys(emit).await?;
                         emit(SyncEvent::CaughtUp);
                         live = true;
                     }
@@ -361,6 +382,52 @@ impl Client {
         .await;
         self.release_held(&mut held, emit)?;
         result
+    }
+
+    /// Tells the home relay this device's cursor in each community hubbed there, and
+    /// moves back a cursor the relay names: a relay restored from a backup that has
+    /// numbered new entries at seqs this device had seen before (what it already
+    /// has is then skipped by notice id). A relay that does not know the request
+    /// changes nothing.
+    async fn report_cursors(&mut self) -> Result<()> {
+        let home = self
+            .user()
+            .split_once('@')
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_default();
+        let mut cursors = Vec::new();
+        for c in self.store.communities()? {
+            if c.id.split_once('@').map(|(_, hub)| hub) != Some(home.as_str()) {
+                continue;
+            }
+            let seq = self.store.cursor(&c.id)?;
+            if seq > 0 && cursors.len() < kring_protocol::wire::limits::MAX_LIST {
+                cursors.push(LogMark {
+                    community: c.id,
+                    seq,
+                });
+            }
+        }
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let rewind = match self.call(&Request::Cursors { cursors }).await {
+            Ok(Response::Cursors { rewind }) => rewind,
+            Ok(_) | Err(ClientError::Relay(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for mark in rewind {
+            if self.store.cursor(&mark.community)? > mark.seq {
+                let mut batch = Batch::new();
+                batch.put_cursor(&mark.community, mark.seq);
+                self.store.commit_plain(batch)?;
+                self.warn(format!(
+                    "relay {home} was restored from a backup: entries of {} after {} come again                      (notices held here are not shown twice)",
+                    mark.community, mark.seq
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Sends owed acks and commits pending removal proposals.
@@ -420,6 +487,7 @@ impl Client {
             .await?;
         match sent {
             CommitSent::Accepted { seq, .. } => {
+                self.record_commit_leaves(community, &out.summary)?;
                 emit(SyncEvent::RemovalCommitted {
                     community: community.to_string(),
                     seq,
@@ -527,6 +595,8 @@ impl Client {
             joined_epoch: epoch,
             active: true,
         })?;
+        // This device's leaf is the one of the key package the admin used.
+        batch.put_leaf_time(community, &self.user(), self.now());
         self.store.commit(batch)?;
         tracing::info!(community, epoch, "joined community");
         emit(SyncEvent::Joined {
@@ -643,6 +713,17 @@ impl Client {
                 if left {
                     record.active = false;
                     batch.put_community(&record)?;
+                }
+                // When each leaf changed, as the hub ordered it.
+                let at = u64::try_from(entry.ordered_at).unwrap_or(0);
+                if summary.leaf_updated {
+                    batch.put_leaf_time(&community, &summary.committer, at);
+                }
+                for added in &summary.added {
+                    batch.put_leaf_time(&community, &added.id, at);
+                }
+                for gone in &removed {
+                    batch.remove_leaf_time(&community, gone);
                 }
                 self.store.commit(batch)?;
                 emit(SyncEvent::Changed {

@@ -146,10 +146,11 @@ impl Fed {
             format!(
                 "user = \"{user}\"\nrelay = \"127.0.0.1:9\"\nrelay_id = \"{relay_id}\"\n\
                  cert = \"user.crt\"\nkey = \"user.key\"\ntrust_anchors = \"root.crt\"\n\
-                 state_dir = \"state\"\n"
+                 state_dir = \"state\"\npassphrase_file = \"passphrase\"\n"
             ),
         )
         .unwrap();
+        std::fs::write(p.join("passphrase"), "test passphrase\n").unwrap();
         p
     }
 }

@@ -94,6 +94,34 @@ impl Validator {
         Ok(warnings)
     }
 
+    /// What adopting `state` would change about relays the trust map in force
+    /// already knows: a relay now said to belong to another organisation, or to
+    /// have another (or no) pinned CA. One sentence each, for the user to see: the
+    /// home relay is trusted for this map, and a compromised one could misstate
+    /// its peers. Relays added or dropped are not reported.
+    pub fn trust_changes(&self, state: &TrustState) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &state.relays {
+            let Some(old) = self.trust.get(&r.relay) else {
+                continue;
+            };
+            let pin = |ca: &Option<kring_protocol::identity::CaFingerprint>| {
+                ca.map_or_else(|| "no pinned CA".to_string(), |c| format!("CA {c}"))
+            };
+            if old.organisation != r.organisation || old.ca != r.ca {
+                out.push(format!(
+                    "the home relay now says relay {} belongs to organisation {} ({}); it said organisation {} ({}) before",
+                    r.relay,
+                    r.organisation,
+                    pin(&r.ca),
+                    old.organisation,
+                    pin(&old.ca)
+                ));
+            }
+        }
+        out
+    }
+
     /// The trust map in force (empty before the first [`update`](Self::update)).
     pub fn trust(&self) -> &TrustMap {
         &self.trust
@@ -159,6 +187,46 @@ mod tests {
         let me = Identity::from_der(&me.chain[0]).unwrap();
         assert!(v.update(&state, &me, now_unix()).unwrap().is_empty());
         v
+    }
+
+    #[test]
+    fn a_changed_organisation_or_ca_of_a_known_relay_is_reported() {
+        let fed = Fed::new("post-a");
+        let user = fed.user("post-a", "analist", "post-a", "NL:STG-CONFIDENTIEEL");
+        let state = |relays| TrustState {
+            relays,
+            statements: Vec::new(),
+            crls: Vec::new(),
+        };
+        let first = vec![entry("post-a", "post-a", None), entry("nctv", "nctv", None)];
+        let fresh = Validator::new(vec![fed.root_der.clone()]);
+        assert!(
+            fresh.trust_changes(&state(first.clone())).is_empty(),
+            "nothing known yet"
+        );
+        let v = device(&fed, &user, first.clone());
+        assert!(v.trust_changes(&state(first.clone())).is_empty());
+        let mut grown = first.clone();
+        grown.push(entry("aivd", "aivd", None));
+        assert!(
+            v.trust_changes(&state(grown)).is_empty(),
+            "a new relay is no change"
+        );
+        let moved = vec![
+            entry("post-a", "post-a", None),
+            entry("nctv", "post-a", None),
+        ];
+        let changes = v.trust_changes(&state(moved));
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            changes[0].contains("relay nctv belongs to organisation post-a"),
+            "{changes:?}"
+        );
+        let pinned = vec![
+            entry("post-a", "post-a", None),
+            entry("nctv", "nctv", Some(CaFingerprint([7; 32]))),
+        ];
+        assert_eq!(v.trust_changes(&state(pinned)).len(), 1);
     }
 
     #[test]

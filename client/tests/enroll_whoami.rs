@@ -17,8 +17,27 @@ use rcgen::{
 
 const DAY: i64 = 86_400;
 
+/// A passphrase file (mode 0600) for every `kring` run of this test process: the
+/// key `enroll` writes is encrypted under it, and later commands unlock with it.
+fn passphrase_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = FILE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passphrase");
+        std::fs::write(&path, "correct horse battery staple\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        dir
+    });
+    dir.path().join("passphrase")
+}
+
 fn kring(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kring"))
+        .env("KRING_PASSPHRASE_FILE", passphrase_file())
         .args(args)
         .env_remove("KRING_PROFILE")
         .env_remove("KRING_LOG")

@@ -57,7 +57,7 @@ pub use attributes::{
 pub use chain::{
     MAX_ANCHORS, MAX_CHAIN_LEN, MAX_CRL_LEN, MAX_CRLS, MAX_PEM_LEN, RevocationCheck,
     RevocationDepth, UnknownRevocationStatus, certificates_from_pem, chain_not_after, verify_chain,
-    verify_chain_trusted, verify_chain_with_revocation,
+    verify_chain_trusted, verify_chain_trusted_issuer, verify_chain_with_revocation,
 };
 pub use trust::{CaFingerprint, MAX_TRUSTED_RELAYS, RelayTrust, TrustMap};
 

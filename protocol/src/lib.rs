@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod identity;
+pub mod keyfile;
 pub mod mls;
 pub mod mls_storage;
 pub mod revocation;

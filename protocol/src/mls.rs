@@ -7,9 +7,10 @@
 //!   ([`x509_credential`], [`credential_chain`]); the MLS signature key *is* the
 //!   certificate's Ed25519 key ([`CertSigner`]). Every credential this module accepts
 //!   goes through a [`CredentialValidator`] supplied by the caller.
-//! * **Community metadata** ([`CommunityMeta`]: id, maximum label, admins) lives in a
-//!   custom group-context extension ([`KRING_EXTENSION_TYPE`], required of every
-//!   member). Only the admin list can change, by a commit of an admin.
+//! * **Community metadata** ([`CommunityMeta`]: id, maximum label, admins, update
+//!   period) lives in a custom group-context extension ([`KRING_EXTENSION_TYPE`],
+//!   required of every member). Only the admin list can change, by a commit of an
+//!   admin.
 //! * **The hub relay** is the group's single external sender, so it can propose
 //!   removals ([`RelayGroup::propose_remove`]); any member commits them
 //!   ([`ClientGroup::commit_pending_proposals`]).
@@ -20,9 +21,13 @@
 //!   to the ciphertext.
 //! * **Kring rules**, checked by relays and clients alike: only members commit (no
 //!   external commits); commits carry only Add, Remove and GroupContextExtensions
-//!   proposals; only community admins add, remove (except hub-proposed removals) or
-//!   change the metadata; nobody changes identity; one leaf per member id; the only
-//!   standalone proposals are hub removals.
+//!   proposals (a leaf changes only by its owner's update path); only community
+//!   admins add, remove (except hub-proposed removals) or change the metadata; any
+//!   member may update its own leaf ([`ClientGroup::self_update`]); nobody changes
+//!   identity; one leaf per member id; the only standalone proposals are hub
+//!   removals.
+//! * **Sizes**: application plaintexts are padded so that ciphertexts fall in size
+//!   buckets ([`padding_bucket`]).
 //!
 //! Everything is generic over the openmls provider / storage, so the same code runs
 //! on the in-memory provider in tests and on the KV-backed storage of
@@ -88,6 +93,7 @@ mod credential;
 mod error;
 mod key_package;
 mod meta;
+mod padding;
 mod relay;
 mod summary;
 #[cfg(test)]
@@ -101,7 +107,8 @@ pub use credential::{
 };
 pub use error::MlsError;
 pub use key_package::{KeyPackageInfo, key_package, verify_key_package};
-pub use meta::{CommunityMeta, KRING_EXTENSION_TYPE};
+pub use meta::{CommunityMeta, DEFAULT_UPDATE_DAYS, KRING_EXTENSION_TYPE, MAX_UPDATE_DAYS};
+pub use padding::bucket as padding_bucket;
 pub use relay::{
     ApplicationInfo, GroupMember, Handshake, MessageHeader, MessageKind, RelayGroup,
     VerifiedHandshake, check_entry, read_header,
@@ -143,3 +150,16 @@ pub const MAX_ID_BYTES: usize = 255;
 pub const MAX_LABEL_BYTES: usize = 4096;
 /// Most admins of a community.
 pub const MAX_ADMINS: usize = 256;
+
+/// A short fingerprint of a leaf encryption key for people to compare: the first 8
+/// bytes of its SHA-256, in lower-case hex (16 characters). It changes whenever the
+/// member's leaf is updated.
+pub fn leaf_key_fingerprint(key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    digest
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

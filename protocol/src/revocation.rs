@@ -6,9 +6,12 @@
 //!   org-admin's certificate key and carries the org-admin's chain, so any relay of
 //!   the federation can check it on its own ([`RevocationStatement::verify`]).
 //!   Re-admitting the person means a new user name.
-//! * A CRL revokes **certificates** (by issuer organisation and serial number). A
-//!   relay accepts one only with its issuing organisation CA, verified against the
-//!   federation anchors ([`verify_crl`]).
+//! * A CRL revokes **certificates** (by issuing CA and serial number). A relay
+//!   accepts one only with its issuing CA (an organisation CA, or a federation
+//!   anchor revoking organisation CAs), verified against the federation anchors
+//!   ([`verify_crl`]), and not dated in the future. One CRL is held per issuing CA
+//!   (by the CA certificate's fingerprint): the newest replaces the one before, so
+//!   what is held is bounded by the current CRLs' sizes.
 //! * [`Revocations`] is what a relay enforces: it answers "is this identity
 //!   revoked, and why" for a certificate ([`Revocations::check`]) or, where only the
 //!   id is known, for a user id ([`Revocations::user_revoked`]).
@@ -24,8 +27,8 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use x509_parser::time::ASN1Time;
 
 use crate::identity::{
-    self, Identity, IdentityKind, MAX_CERT_DER_LEN, MAX_CHAIN_LEN, MAX_CRL_LEN, ROLE_ORG_ADMIN,
-    TrustMap,
+    self, CaFingerprint, Identity, IdentityKind, MAX_CERT_DER_LEN, MAX_CHAIN_LEN, MAX_CRL_LEN,
+    ROLE_ORG_ADMIN, TrustMap,
 };
 
 /// Domain separator of the signed bytes of a statement.
@@ -34,8 +37,13 @@ const DOMAIN: &[u8] = b"kring-revocation-v1";
 pub const MAX_REASON_LEN: usize = 512;
 /// Most revoked serial numbers accepted in one CRL.
 pub const MAX_CRL_ENTRIES: usize = 100_000;
-/// How far in the future a statement's time may lie (clock skew), seconds.
+/// How far in the future a statement's time or a CRL's thisUpdate may lie (clock
+/// skew), seconds.
 pub const MAX_CLOCK_SKEW: i64 = 300;
+/// Most revocation statements a relay holds per organisation: beyond it, an
+/// organisation's statements are refused, so that one organisation cannot crowd
+/// out the others' in what devices are sent.
+pub const MAX_STATEMENTS_PER_ORGANISATION: usize = 4096;
 
 /// What is wrong with a revocation statement or a CRL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -270,7 +278,7 @@ fn check_fields(user: &str, reason: &str) -> Result<(), RevocationError> {
     Ok(())
 }
 
-/// A CRL whose signature verified against its organisation CA.
+/// A CRL whose signature verified against its issuing CA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedCrl {
     /// The issuing organisation (the CA's subject O).
@@ -279,6 +287,15 @@ pub struct VerifiedCrl {
     pub serials: Vec<String>,
     /// thisUpdate, unix seconds (newer CRLs of the same issuer replace older ones).
     pub this_update: i64,
+    /// The fingerprint of the issuing CA certificate: the CRL's key in
+    /// [`Revocations`].
+    pub issuer: CaFingerprint,
+    /// Whether the issuer is a federation trust anchor (its CRL revokes
+    /// organisation CAs, and with them every certificate they issued).
+    pub anchor: bool,
+    /// The issuer's subject name (DER), which the certificates it issued name as
+    /// their issuer.
+    pub issuer_name: Vec<u8>,
 }
 
 fn subject_org(cert: &X509Certificate<'_>) -> Option<String> {
@@ -289,10 +306,12 @@ fn subject_org(cert: &X509Certificate<'_>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Verifies a CRL (DER) and its issuing organisation CA certificate (DER): the CA
-/// is a CA, valid at `now`, signed by one of the federation `anchors`; the CRL is
-/// issued by that CA and signed by its key. An expired CRL (past nextUpdate) is
-/// still accepted: its entries stay revoked.
+/// Verifies a CRL (DER) and its issuing CA certificate (DER): the CA is a CA,
+/// valid at `now`, signed by one of the federation `anchors` (or is one); the CRL
+/// is issued by that CA and signed by its key, its thisUpdate is no later than
+/// `now` plus [`MAX_CLOCK_SKEW`], and it lists at most [`MAX_CRL_ENTRIES`]
+/// certificates. An expired CRL (past nextUpdate) is still accepted: its entries
+/// stay revoked.
 ///
 /// # Errors
 /// [`RevocationError::Crl`] saying what is wrong.
@@ -343,18 +362,29 @@ pub fn verify_crl(
     }
     crl.verify_signature(ca.public_key())
         .map_err(|e| bad(format!("the CRL signature does not verify: {e}")))?;
+    let this_update = crl.last_update().timestamp();
+    if this_update > now.saturating_add(MAX_CLOCK_SKEW) {
+        return Err(bad(format!(
+            "its thisUpdate ({this_update}, unix) is more than {MAX_CLOCK_SKEW} s in the future"
+        )));
+    }
     let serials: Vec<String> = crl
         .iter_revoked_certificates()
         .take(MAX_CRL_ENTRIES + 1)
         .map(|r| hex(r.raw_serial()))
         .collect();
     if serials.len() > MAX_CRL_ENTRIES {
-        return Err(bad(format!("more than {MAX_CRL_ENTRIES} entries")));
+        return Err(bad(format!(
+            "it lists more than {MAX_CRL_ENTRIES} certificates, the most accepted from one CA"
+        )));
     }
     Ok(VerifiedCrl {
         organisation,
         serials,
-        this_update: crl.last_update().timestamp(),
+        this_update,
+        issuer: CaFingerprint::of(issuer_der),
+        anchor: anchors.iter().any(|a| a.as_slice() == issuer_der),
+        issuer_name: ca.subject().as_raw().to_vec(),
     })
 }
 
@@ -366,12 +396,35 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// The revocations a relay enforces.
+/// The revocations a relay (or a device) enforces: users revoked by statements,
+/// and one CRL per issuing CA.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Revocations {
     users: BTreeMap<String, String>,
-    certs: BTreeSet<(String, String)>,
-    crl_updates: BTreeMap<String, (i64, Vec<String>)>,
+    statements_per_org: BTreeMap<String, usize>,
+    crls: BTreeMap<CaFingerprint, HeldCrl>,
+    generation: u64,
+}
+
+/// The CRL held for one issuing CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HeldCrl {
+    organisation: String,
+    this_update: i64,
+    anchor: bool,
+    issuer_name: Vec<u8>,
+    serials: BTreeSet<String>,
+}
+
+/// What taking a newer CRL changed ([`Revocations::add_crl`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrlChange {
+    /// Serials revoked now that the issuer's previous CRL did not list.
+    pub added: Vec<String>,
+    /// How many serials the previous CRL listed that this one does not.
+    pub dropped: usize,
+    /// How many serials the CRL lists.
+    pub listed: usize,
 }
 
 static EMPTY: Revocations = Revocations::new();
@@ -381,8 +434,9 @@ impl Revocations {
     pub const fn new() -> Self {
         Self {
             users: BTreeMap::new(),
-            certs: BTreeSet::new(),
-            crl_updates: BTreeMap::new(),
+            statements_per_org: BTreeMap::new(),
+            crls: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -397,29 +451,73 @@ impl Revocations {
             return false;
         }
         self.users.insert(s.user.clone(), s.reason.clone());
+        *self
+            .statements_per_org
+            .entry(s.organisation.clone())
+            .or_default() += 1;
+        self.generation = self.generation.wrapping_add(1);
         true
     }
 
-    /// Records a verified CRL; returns the serials that are newly revoked (empty if
-    /// the CRL is not newer than the one held for its organisation). Entries of an
-    /// older CRL stay revoked: a CRL never un-revokes a certificate here.
-    pub fn add_crl(&mut self, crl: &VerifiedCrl) -> Option<Vec<String>> {
-        if let Some((t, _)) = self.crl_updates.get(&crl.organisation)
-            && *t >= crl.this_update
-        {
+    /// How many statements of `organisation` are held.
+    pub fn statements_of(&self, organisation: &str) -> usize {
+        self.statements_per_org
+            .get(organisation)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records a verified CRL: it replaces the CRL held for its issuing CA if it is
+    /// newer (a later thisUpdate), and what changed is returned; `None` if it is
+    /// not newer. The set held for an issuer is exactly its newest CRL's, so memory
+    /// is bounded by the current CRLs (at most [`MAX_CRL_ENTRIES`] each).
+    pub fn add_crl(&mut self, crl: &VerifiedCrl) -> Option<CrlChange> {
+        if self.is_older(crl) {
             return None;
         }
-        self.crl_updates.insert(
-            crl.organisation.clone(),
-            (crl.this_update, crl.serials.clone()),
+        let serials: BTreeSet<String> = crl.serials.iter().cloned().collect();
+        let previous = self.crls.remove(&crl.issuer);
+        let (added, dropped) = match &previous {
+            Some(old) => (
+                serials.difference(&old.serials).cloned().collect(),
+                old.serials.difference(&serials).count(),
+            ),
+            None => (serials.iter().cloned().collect::<Vec<_>>(), 0),
+        };
+        let change = CrlChange {
+            added,
+            dropped,
+            listed: serials.len(),
+        };
+        self.crls.insert(
+            crl.issuer,
+            HeldCrl {
+                organisation: crl.organisation.clone(),
+                this_update: crl.this_update,
+                anchor: crl.anchor,
+                issuer_name: crl.issuer_name.clone(),
+                serials,
+            },
         );
-        let mut new = Vec::new();
-        for s in &crl.serials {
-            if self.certs.insert((crl.organisation.clone(), s.clone())) {
-                new.push(s.clone());
-            }
+        if !change.added.is_empty() {
+            self.generation = self.generation.wrapping_add(1);
         }
-        Some(new)
+        Some(change)
+    }
+
+    /// Whether `crl` is not newer than the CRL held for its issuer (taking it
+    /// would change nothing).
+    pub fn is_older(&self, crl: &VerifiedCrl) -> bool {
+        self.crls
+            .get(&crl.issuer)
+            .is_some_and(|held| held.this_update >= crl.this_update)
+    }
+
+    /// A number that changes whenever something becomes revoked that was not
+    /// (a new statement, or a CRL listing a serial its predecessor did not): what
+    /// is enforced needs looking at again only then.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Why `user` (`NAME@RELAY`) is revoked, if a statement revoked them.
@@ -428,20 +526,75 @@ impl Revocations {
     }
 
     /// Whether the certificate `id` may be used: `Err` with a reason a person can
-    /// read if its identity was revoked by a statement or the certificate by a CRL.
+    /// read if its identity was revoked by a statement or the certificate by a CRL
+    /// of a CA of its organisation. Where the chain is at hand, use
+    /// [`Self::check_chain`], which also checks the organisation CA.
     ///
     /// # Errors
     /// The reason.
     pub fn check(&self, id: &Identity) -> Result<(), String> {
+        self.check_leaf(id, |_| true)
+    }
+
+    /// [`Self::check`] for a certificate presented with its chain (leaf first): the
+    /// leaf against the CRL of the CA in the chain that issued it, and every CA of
+    /// the chain against the CRLs of the federation anchors, so that an anchor's
+    /// CRL revoking an organisation CA cuts off every certificate under it.
+    ///
+    /// # Errors
+    /// The reason.
+    pub fn check_chain(&self, id: &Identity, chain: &[Vec<u8>]) -> Result<(), String> {
+        if self.crls.is_empty() {
+            return self.check_leaf(id, |_| false);
+        }
+        let cas: Vec<X509Certificate<'_>> = chain
+            .iter()
+            .skip(1)
+            .take(MAX_CHAIN_LEN)
+            .filter(|der| der.len() <= MAX_CERT_DER_LEN)
+            .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
+            .collect();
+        let presented: BTreeSet<CaFingerprint> = chain
+            .iter()
+            .skip(1)
+            .take(MAX_CHAIN_LEN)
+            .map(|der| CaFingerprint::of(der))
+            .collect();
+        self.check_leaf(id, |issuer| presented.contains(issuer))?;
+        for ca in &cas {
+            let serial = hex(ca.raw_serial());
+            let issuer_name = ca.issuer().as_raw();
+            if let Some(root) = self.crls.values().find(|held| {
+                held.anchor && held.issuer_name == issuer_name && held.serials.contains(&serial)
+            }) {
+                return Err(format!(
+                    "the certificate of {} was issued by the CA of {} (serial {serial}), which is revoked by the CRL of the federation anchor of {}",
+                    id.id(),
+                    subject_org(ca).unwrap_or_else(|| "an unnamed organisation".into()),
+                    root.organisation
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_leaf(
+        &self,
+        id: &Identity,
+        issued_by: impl Fn(&CaFingerprint) -> bool,
+    ) -> Result<(), String> {
         if id.kind == IdentityKind::User
             && let Some(reason) = self.user_revoked(&id.id())
         {
             return Err(format!("{} is revoked: {reason}", id.id()));
         }
-        if self
-            .certs
-            .contains(&(id.organisation.clone(), id.serial.clone()))
-        {
+        let revoked = self.crls.iter().any(|(issuer, held)| {
+            !held.anchor
+                && held.organisation == id.organisation
+                && issued_by(issuer)
+                && held.serials.contains(&id.serial)
+        });
+        if revoked {
             return Err(format!(
                 "the certificate of {} (serial {}) is revoked by the CRL of {}",
                 id.id(),
@@ -457,9 +610,19 @@ impl Revocations {
         self.users.iter().map(|(u, r)| (u.as_str(), r.as_str()))
     }
 
+    /// How many certificates the CRLs held revoke (summed over the issuers).
+    pub fn revoked_certificates(&self) -> usize {
+        self.crls.values().map(|c| c.serials.len()).sum()
+    }
+
+    /// How many issuing CAs a CRL is held for.
+    pub fn crl_issuers(&self) -> usize {
+        self.crls.len()
+    }
+
     /// Whether nothing is revoked.
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.certs.is_empty()
+        self.users.is_empty() && self.crls.values().all(|c| c.serials.is_empty())
     }
 }
 

@@ -112,7 +112,7 @@ impl CredentialValidator for FederationValidator<'_> {
             self.trust,
         )
         .map_err(|e| format!("credential of {}: {e}", claimed.id))?;
-        self.revoked.check(&id)?;
+        self.revoked.check_chain(&id, chain)?;
         Ok(id.id())
     }
 

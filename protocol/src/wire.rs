@@ -49,6 +49,8 @@ pub mod limits {
     pub const MAX_PAGE: u32 = 1000;
     /// Most items in any listing.
     pub const MAX_LIST: usize = 10_000;
+    /// Entries in one [`FedResponse::Log`](super::FedResponse::Log) page.
+    pub const MAX_LOG_PAGE: usize = 256;
     /// Most notices in one [`Request::FileNotices`](super::Request::FileNotices).
     pub const MAX_NOTICES_PER_FILING: usize = 256;
     /// Most revocation statements in one [`TrustState`](super::TrustState).
@@ -225,6 +227,30 @@ pub enum Request {
     /// (org-admins of the relay's organisation only), to keep outside the relay and
     /// verify the log against later: a cut or rewritten tail is then detected.
     AuditHead,
+    /// The revocation statements the relay holds, in user-id order, one page at a
+    /// time: those after `after` (from the first when `None`). A device pages
+    /// through them all after [`Request::Trust`], whose statements are only the
+    /// first page.
+    TrustStatements {
+        /// The last user id of the previous page.
+        after: Option<String>,
+    },
+    /// The device's cursor in each of its communities (sent before
+    /// [`Request::Subscribe`]). A relay restored from a backup learns from them how
+    /// far its devices had got; it answers [`Response::Cursors`].
+    Cursors {
+        /// At most [`limits::MAX_LIST`] communities.
+        cursors: Vec<LogMark>,
+    },
+}
+
+/// A position in a community log: the community and a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogMark {
+    /// Community id.
+    pub community: String,
+    /// Sequence number.
+    pub seq: u64,
 }
 
 /// One notice of a [`Request::FileNotices`].
@@ -307,6 +333,22 @@ pub enum Response {
     Trust(TrustState),
     /// Answer to [`Request::AuditHead`].
     AuditHead(crate::audit::AuditHeadPage),
+    /// Answer to [`Request::TrustStatements`]: at most
+    /// [`limits::MAX_STATEMENTS`] statements.
+    TrustStatements {
+        /// Statements, in user-id order.
+        statements: Vec<RevocationStatement>,
+        /// Whether more follow (ask again with the last user id here).
+        more: bool,
+    },
+    /// Answer to [`Request::Cursors`]: communities whose cursor the device must
+    /// move back to `seq` (the relay was restored from a backup and numbered new
+    /// entries after `seq` again; entries the device has already are skipped by
+    /// notice id). Empty almost always.
+    Cursors {
+        /// At most [`limits::MAX_LIST`] communities.
+        rewind: Vec<LogMark>,
+    },
 }
 
 /// Answer to [`Request::Trust`]: the relay's trust configuration and revocations.
@@ -315,9 +357,10 @@ pub enum Response {
 pub struct TrustState {
     /// Who may speak for which relay (the relay itself and its configured peers).
     pub relays: Vec<TrustedRelay>,
-    /// Revocation statements the relay holds (at most [`limits::MAX_STATEMENTS`]).
+    /// The first revocation statements the relay holds, in user-id order (at most
+    /// [`limits::MAX_STATEMENTS`]); the rest through [`Request::TrustStatements`].
     pub statements: Vec<RevocationStatement>,
-    /// The newest CRL of each organisation the relay holds, with its issuing CA.
+    /// The newest CRL of each issuing CA the relay holds, with that CA.
     pub crls: Vec<CrlCopy>,
 }
 
@@ -607,6 +650,33 @@ pub enum FedRequest {
         /// Who asks (a user of the sending relay), for the audit log.
         requester: String,
     },
+    /// From a relay restored from a backup: where does the receiver stand with it
+    /// (answered with [`FedResponse::Whereabouts`]).
+    Whereabouts,
+    /// Entries of a community log after `after` (one page), from a relay that
+    /// keeps a copy: asked by the community's hub after a restore, or by a member
+    /// relay of its hub. Answered with [`FedResponse::Log`].
+    FetchLog {
+        /// Community id.
+        community: String,
+        /// Entries after this seq.
+        after: u64,
+    },
+}
+
+/// Answer to [`FedRequest::Whereabouts`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Whereabouts {
+    /// The last item of the asker's outbox the receiver applied.
+    pub applied: u64,
+    /// The oldest item of the receiver's outbox to the asker not yet acknowledged.
+    pub outbox_oldest: Option<u64>,
+    /// The next seq of the receiver's outbox to the asker.
+    pub outbox_next: u64,
+    /// The last seq of every log the receiver keeps that the asker is the hub of,
+    /// and of every log hubbed at the receiver the asker has members in (at most
+    /// [`limits::MAX_LIST`]).
+    pub logs: Vec<LogMark>,
 }
 
 /// Answers to [`FedRequest`]s.
@@ -619,6 +689,20 @@ pub enum FedResponse {
     },
     /// The answer to a forwarded handshake or key package fetch.
     Response(Response),
+    /// Answer to [`FedRequest::Whereabouts`].
+    Whereabouts(Whereabouts),
+    /// Answer to [`FedRequest::FetchLog`]: at most [`limits::MAX_LOG_PAGE`]
+    /// entries in seq order (withheld ones missing), the last seq of the log as
+    /// the receiver holds it, and the community as it stands (when the receiver is
+    /// its hub).
+    Log {
+        /// Entries after the asked seq.
+        entries: Vec<LogEntry>,
+        /// The log's last seq here.
+        last_seq: u64,
+        /// The community now (from its hub only).
+        community: Option<CommunitySummary>,
+    },
 }
 
 /// One item of a relay-to-relay outbox.
@@ -803,6 +887,19 @@ fn check_id(field: &'static str, s: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Checks a list of log positions (bounded, community ids well formed).
+fn check_marks(field: &'static str, marks: &[LogMark]) -> Result<(), WireError> {
+    if marks.len() > limits::MAX_LIST {
+        return Err(WireError::Invalid {
+            field,
+            reason: "too many".into(),
+        });
+    }
+    marks
+        .iter()
+        .try_for_each(|m| check_qualified_id("community", &m.community))
+}
+
 /// Checks a `NAME@RELAY` / `NAME@HUB` identifier (two non-empty parts).
 pub fn check_qualified_id(field: &'static str, s: &str) -> Result<(), WireError> {
     check_id(field, s)?;
@@ -861,6 +958,11 @@ impl Validate for Request {
             | Request::AuditHead
             | Request::Ping => Ok(()),
             Request::Revoke { statement } => check_statement(statement),
+            Request::TrustStatements { after } => match after {
+                Some(user) => check_qualified_id("after", user),
+                None => Ok(()),
+            },
+            Request::Cursors { cursors } => check_marks("cursors", cursors),
             Request::FileNotices { community, notices } => {
                 check_qualified_id("community", community)?;
                 if notices.is_empty() || notices.len() > limits::MAX_NOTICES_PER_FILING {
@@ -912,10 +1014,20 @@ impl Validate for Response {
                 }
                 state.statements.iter().try_for_each(check_statement)
             }
+            Response::TrustStatements { statements, .. } => {
+                if statements.len() > limits::MAX_STATEMENTS {
+                    return Err(WireError::Invalid {
+                        field: "statements",
+                        reason: "too many".into(),
+                    });
+                }
+                statements.iter().try_for_each(check_statement)
+            }
             Response::AuditHead(page) => page.check_sizes().map_err(|e| WireError::Invalid {
                 field: "audit head",
                 reason: e.to_string(),
             }),
+            Response::Cursors { rewind } => check_marks("rewind", rewind),
             _ => Ok(()),
         }
     }
@@ -982,6 +1094,8 @@ impl Validate for FedRequest {
                 check_qualified_id("user", user)?;
                 check_qualified_id("requester", requester)
             }
+            FedRequest::Whereabouts => Ok(()),
+            FedRequest::FetchLog { community, .. } => check_qualified_id("community", community),
         }
     }
 }
@@ -991,6 +1105,24 @@ impl Validate for FedResponse {
         match self {
             FedResponse::Ack { .. } => Ok(()),
             FedResponse::Response(r) => r.validate(),
+            FedResponse::Whereabouts(w) => check_marks("logs", &w.logs),
+            FedResponse::Log {
+                entries, community, ..
+            } => {
+                if entries.len() > limits::MAX_LOG_PAGE {
+                    return Err(WireError::Invalid {
+                        field: "entries",
+                        reason: "too many".into(),
+                    });
+                }
+                for e in entries {
+                    check_qualified_id("community", &e.community)?;
+                }
+                match community {
+                    Some(c) => check_qualified_id("community", &c.id),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -1307,6 +1439,13 @@ mod tests {
             certificates: Vec::new(),
         });
         assert_eq!(tag(answer(&head)), 14);
+        let page = Request::TrustStatements { after: None };
+        assert_eq!(tag(frame(&page)), 17);
+        let statements = Response::TrustStatements {
+            statements: Vec::new(),
+            more: false,
+        };
+        assert_eq!(tag(answer(&statements)), 15);
         let item = |body: FedBody| {
             let request = FedRequest::Deliver {
                 items: vec![FedItem { seq: 1, body }],

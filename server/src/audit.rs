@@ -253,6 +253,12 @@ impl AuditHead {
         self
     }
 
+    /// Signs checkpoints with `signer` from now on (a renewed certificate; the
+    /// caller adopts it with [`adopt_certificate_into`]).
+    pub fn set_signer(&mut self, signer: std::sync::Arc<CheckpointSigner>) {
+        self.signer = Some(signer);
+    }
+
     /// Re-reads the head from the store (after a batch was not applied), keeping
     /// the signer.
     pub fn reload(&mut self, engine: &dyn Engine) -> Result<(), RelayError> {
@@ -370,11 +376,34 @@ pub fn adopt_certificate(
     organisation: &str,
     now: i64,
 ) -> Result<(), RelayError> {
+    let mut batch = Batch::default();
+    if let Err(e) = adopt_certificate_into(engine, head, anchors, organisation, now, &mut batch) {
+        head.reload(engine)?;
+        return Err(e);
+    }
+    if !batch.is_empty()
+        && let Err(e) = engine.apply(batch)
+    {
+        head.reload(engine)?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// [`adopt_certificate`] into `batch` (applied by the caller, who reloads the head
+/// if it is not): used at start and when a reload brings a new certificate.
+pub fn adopt_certificate_into(
+    engine: &dyn Engine,
+    head: &mut AuditHead,
+    anchors: &[Vec<u8>],
+    organisation: &str,
+    now: i64,
+    batch: &mut Batch,
+) -> Result<(), RelayError> {
     let Some(signer) = head.signer.clone() else {
         return Ok(());
     };
     let mut history = cert_history(engine)?;
-    let mut batch = Batch::default();
     if let Some(legacy) = engine.get(CERT_KEY)? {
         if history.is_empty()
             && let Ok(chain) = postcard::from_bytes::<Vec<Vec<u8>>>(&legacy)
@@ -410,7 +439,7 @@ pub fn adopt_certificate(
         .map_err(|e| RelayError::Store(format!("audit checkpoint {e}")))?;
         let from = head.seq() + 1;
         head.append(
-            &mut batch,
+            batch,
             now,
             AuditEvent::new(
                 AuditKind::Admin,
@@ -428,12 +457,6 @@ pub fn adopt_certificate(
                 first_seq: from,
             },
         )?;
-    }
-    if !batch.is_empty()
-        && let Err(e) = engine.apply(batch)
-    {
-        head.reload(engine)?;
-        return Err(e);
     }
     Ok(())
 }

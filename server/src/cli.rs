@@ -69,6 +69,25 @@ fn init_logging(format: LogFormat) {
 enum Command {
     /// Validate the configuration (files, certificate, key, accreditation) and exit.
     CheckConfig,
+    /// Write a consistent backup of the store to FILE: asked of the running relay
+    /// over its control socket (it keeps serving), or read from the data directory
+    /// when no relay runs there.
+    Backup {
+        /// Where to write the backup (written whole, then renamed).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore a backup into the relay's data directory, which must be empty or
+    /// absent. The restored relay learns from its peers and devices where they are
+    /// before it numbers anything new.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
+    /// Ask the running relay to re-read its certificate, key, CRLs, peers and
+    /// accreditation (like SIGHUP).
+    Reload,
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -127,6 +146,23 @@ where
             };
             audit_verify(&path, data.as_deref(), against.as_deref())
         }
+        Some(Command::Backup { out }) => with_config(cli.config, "backup", |c| backup(c, &out)),
+        Some(Command::Restore { from }) => {
+            with_config(cli.config, "restore", |c| restore(c, &from))
+        }
+        Some(Command::Reload) => {
+            let Some(path) = cli.config else {
+                eprintln!("kring-relay: reload needs --config FILE");
+                return ExitCode::from(2);
+            };
+            match reload_data_dir(&path) {
+                Ok(dir) => reload_command(&dir),
+                Err(e) => {
+                    eprintln!("kring-relay: reload refused: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Some(Command::CheckConfig) => {
             let Some(path) = cli.config else {
                 eprintln!("kring-relay: check-config needs --config FILE");
@@ -135,12 +171,16 @@ where
             match RelayConfig::load(&path) {
                 Ok(c) => {
                     println!(
-                        "configuration OK: relay {} ({}), accreditation {}, listening on {}, {} peer(s)",
+                        "configuration OK: relay {} ({}), accreditation {}, listening on {}, {} peer(s), {}",
                         c.identity.name,
                         c.identity.organisation,
                         c.accreditation,
                         c.listen,
-                        c.peers.len()
+                        c.peers.len(),
+                        c.metrics_listen.map_or_else(
+                            || "no metrics".to_string(),
+                            |a| format!("metrics on http://{a}/metrics")
+                        )
                     );
                     ExitCode::SUCCESS
                 }
@@ -156,6 +196,228 @@ where
                 return ExitCode::from(2);
             };
             run(&path)
+        }
+    }
+}
+
+fn with_config(
+    path: Option<PathBuf>,
+    what: &str,
+    f: impl FnOnce(RelayConfig) -> ExitCode,
+) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("kring-relay: {what} needs --config FILE");
+        return ExitCode::from(2);
+    };
+    match RelayConfig::load(&path) {
+        Ok(c) => f(c),
+        Err(e) => {
+            eprintln!("kring-relay: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `kring-relay backup`.
+fn backup(config: RelayConfig, out: &std::path::Path) -> ExitCode {
+    use crate::backup::{AtomicFile, BackupError};
+    let result = (|| -> Result<String, BackupError> {
+        let mut file = AtomicFile::create(out)?;
+        let io = |e: std::io::Error| BackupError::Io {
+            path: out.display().to_string(),
+            source: e,
+        };
+        let header = match crate::control::connect(&config.data_dir).map_err(io)? {
+            Some(mut stream) => {
+                let (answer, mut rest) = crate::control::request(&mut stream, "backup")
+                    .map_err(|e| BackupError::Invalid(format!("control socket: {e}")))?;
+                if !answer.ok {
+                    return Err(BackupError::Invalid(answer.message));
+                }
+                let copied = std::io::copy(
+                    &mut std::io::Read::take(&mut rest, answer.bytes),
+                    &mut file.file,
+                )
+                .map_err(io)?;
+                if copied != answer.bytes {
+                    return Err(BackupError::Invalid(format!(
+                        "the relay sent {copied} of {} bytes",
+                        answer.bytes
+                    )));
+                }
+                // Read back whole: what is on disk is a good backup.
+                std::io::Seek::seek(&mut file.file, std::io::SeekFrom::Start(0)).map_err(io)?;
+                crate::backup::read(&mut std::io::BufReader::new(&mut file.file), |_, _| Ok(()))?
+            }
+            None => {
+                let engine = crate::store::SledEngine::open(&config.data_dir).map_err(|e| {
+                    BackupError::Invalid(format!(
+                        "no relay answers on {} and the store cannot be opened: {e}",
+                        crate::control::socket_path(&config.data_dir).display()
+                    ))
+                })?;
+                crate::backup::write_store(
+                    &engine,
+                    &config.identity.name,
+                    crate::now_unix(),
+                    &mut file.file,
+                    out,
+                )?
+            }
+        };
+        if header.relay != config.identity.name {
+            return Err(BackupError::Invalid(format!(
+                "the relay on {} is {}, not {}",
+                config.data_dir.display(),
+                header.relay,
+                config.identity.name
+            )));
+        }
+        file.commit()?;
+        Ok(format!(
+            "backup of relay {} written to {}: {} records, sha256 {}",
+            header.relay,
+            out.display(),
+            header.pairs,
+            header.sha256
+        ))
+    })();
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kring-relay: backup failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `kring-relay restore`.
+fn restore(config: RelayConfig, from: &std::path::Path) -> ExitCode {
+    let dir = &config.data_dir;
+    // The backup first: whole, undamaged, of this relay.
+    let checked = std::fs::File::open(from)
+        .map_err(|e| format!("{}: {e}", from.display()))
+        .and_then(|f| {
+            crate::backup::read(&mut std::io::BufReader::new(f), |_, _| Ok(()))
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|h| {
+            if h.relay == config.identity.name {
+                Ok(h)
+            } else {
+                Err(format!(
+                    "the backup is of relay {}, not of {} (the relay of --config)",
+                    h.relay, config.identity.name
+                ))
+            }
+        });
+    if let Err(e) = checked {
+        eprintln!("kring-relay: restore refused: {e}");
+        return ExitCode::from(1);
+    }
+    match crate::backup::is_empty_dir(dir) {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!(
+                "kring-relay: restore needs an empty data directory, and {} is not empty \
+                 (move it aside first; a relay must not be running on it)",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("kring-relay: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    if let Err(e) = crate::config::prepare_data_dir(dir) {
+        eprintln!("kring-relay: {e}");
+        return ExitCode::from(1);
+    }
+    let engine = match crate::store::SledEngine::open(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("kring-relay: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match crate::backup::restore_into(&engine, &config.identity.name, from, crate::now_unix()) {
+        Ok(header) => {
+            println!(
+                "restored relay {} from {} ({} records, made at {}); on its next start it asks \
+                 its peers where they are before it numbers anything new",
+                header.relay,
+                from.display(),
+                header.pairs,
+                header.created_at
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            drop(engine);
+            // Leave no half-restored store behind.
+            let _ = std::fs::remove_dir_all(dir.join("store"));
+            eprintln!("kring-relay: restore failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The data directory of the relay to reload: from the configuration, or, when it
+/// is not valid, from its `data_dir` alone (the running relay then reads the file,
+/// refuses it and audits the refusal).
+fn reload_data_dir(path: &std::path::Path) -> Result<PathBuf, String> {
+    match RelayConfig::load(path) {
+        Ok(c) => Ok(c.data_dir),
+        Err(e) => {
+            let dir = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| {
+                    t.get("data_dir")
+                        .and_then(|d| d.as_str())
+                        .map(PathBuf::from)
+                });
+            match dir {
+                Some(d) if d.is_absolute() => Ok(d),
+                Some(d) => Ok(path.parent().unwrap_or(std::path::Path::new(".")).join(d)),
+                None => Err(format!(
+                    "the configuration is not valid, nothing changed: {e}"
+                )),
+            }
+        }
+    }
+}
+
+/// `kring-relay reload`.
+fn reload_command(data_dir: &std::path::Path) -> ExitCode {
+    let stream = match crate::control::connect(data_dir) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("kring-relay: no relay is running on {}", data_dir.display());
+            return ExitCode::from(5);
+        }
+        Err(e) => {
+            eprintln!("kring-relay: control socket: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut stream = stream;
+    match crate::control::request(&mut stream, "reload") {
+        Ok((answer, _)) if answer.ok => {
+            println!("{}", answer.message);
+            ExitCode::SUCCESS
+        }
+        Ok((answer, _)) => {
+            eprintln!("kring-relay: reload refused: {}", answer.message);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("kring-relay: control socket: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -269,6 +531,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let config_path = path.to_path_buf();
     rt.block_on(async move {
         let running = match crate::start(config).await {
             Ok(r) => r,
@@ -277,9 +540,40 @@ fn run(path: &std::path::Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // Signals are registered before the address is announced: whoever reads the
+        // line below may signal at once.
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let stop = stop_signal();
+        tokio::pin!(stop);
         // Tests and the demo read this line to learn the bound address.
         println!("kring-relay listening on {}", running.local_addr);
-        wait_for_signal().await;
+        let mut running = running;
+        let mut reloads = running.reloads.take();
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(answer) = async {
+                    match reloads.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let _ = answer.send(reload(&running, &config_path));
+                }
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match reload(&running, &config_path) {
+                        Ok(m) => tracing::info!("SIGHUP: {m}"),
+                        Err(m) => tracing::warn!("SIGHUP: {m}"),
+                    }
+                }
+            }
+        }
         tracing::info!("signal received; stopping");
         match running.stop().await {
             Ok(()) => ExitCode::SUCCESS,
@@ -291,20 +585,43 @@ fn run(path: &std::path::Path) -> ExitCode {
     })
 }
 
-async fn wait_for_signal() {
+/// What a reload (SIGHUP, `kring-relay reload`) does: the configuration is read
+/// and checked again and what changed is applied ([`crate::reload`]). An invalid
+/// configuration, or one changing what needs a restart, is refused: the relay keeps
+/// running as it was, and the answer says why (as a failure, so that `systemctl
+/// reload` shows it).
+fn reload(running: &crate::Running, path: &std::path::Path) -> Result<String, String> {
+    match RelayConfig::load(path) {
+        Ok(config) => running
+            .reload(&config)
+            .map(|summary| format!("{} reloaded: {summary}", path.display())),
+        Err(e) => {
+            let reason = format!("the configuration is not valid, nothing changed: {e}");
+            running.refused(&reason);
+            Err(reason)
+        }
+    }
+}
+
+/// Registers for SIGTERM and SIGINT now (a signal that arrives before the returned
+/// future is first polled is not lost) and resolves at the first of them.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+    );
+    async move {
+        match signals {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -12,11 +12,11 @@
 //! | `trust_anchors` | PEM file with the federation root CA(s) |
 //! | `data_dir` | directory of the relay's store; created with mode 0700, an existing one with group or other permissions is tightened to 0700 at start |
 //! | `accreditation` | optional label text; may only lower what the certificate grants |
-//! | `max_frame` | largest accepted frame in bytes (default 8 MiB; a Welcome carries the ratchet tree, about 1 KiB per member) |
+//! | `max_frame` | largest accepted frame in bytes (default 8 MiB, at least 4 MiB + 64 KiB: one federation delivery must carry the largest notice; a Welcome carries the ratchet tree, about 1 KiB per member) |
 //! | `max_connections` | connection cap (default 10 000) |
 //! | `handshake_timeout_ms` | TLS handshake deadline (default 5 000) |
 //! | `idle_timeout_ms` | idle connection timeout (default 60 000) |
-//! | `requests_per_second` | per-identity rate limit (default 200, burst 2× that); every request stream costs one, `Subscribe` too, charged before its frame is read |
+//! | `requests_per_second` | per-identity rate limit (default 200, burst 2× that); every request stream costs one, `Subscribe` too, charged before its frame is read; a peer relay's federation requests are limited to 10× that per peer (it speaks for all its users) |
 //! | `max_connections_per_identity` | open connections per device or peer relay identity (default 8); more are refused (`Unavailable`, audited) |
 //! | `request_bytes_per_identity` | request bytes one identity may have in flight, being received or handled, across its streams and connections (default `max_frame`; at least `max_frame`); beyond it a stream is refused (`RateLimited`, audited) |
 //! | `frame_timeout_ms` | deadline for a request frame to arrive whole from when its stream opens (default 30 000); a slower stream is refused (`BadRequest`, audited) |
@@ -26,6 +26,7 @@
 //! | `[[peers]]` `organisation` | required: the peer's organisation; only certificates with this O speak for the peer and its users |
 //! | `[[peers]]` `ca_fingerprint` | optional: SHA-256 of the peer organisation's CA certificate (hex, `:` allowed); only that CA may issue them |
 //! | `[[peers]]` `accreditation` | optional label text; lowers what the peer's certificate grants |
+//! | `[metrics]` `listen` | optional TCP address (e.g. `127.0.0.1:9464`) serving `/metrics` (Prometheus/OpenMetrics text) and `/healthz` over plain HTTP; off when absent. Anyone who reaches it can read the counters: bind loopback or an internal management interface |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,16 @@ pub struct RelayToml {
     /// Federation peers.
     #[serde(default)]
     pub peers: Vec<PeerToml>,
+    /// Metrics and health endpoint.
+    pub metrics: Option<MetricsToml>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsToml {
+    /// TCP address serving `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
 }
 
 /// One `[[peers]]` entry.
@@ -129,6 +140,8 @@ pub struct RelayConfig {
     /// Who may speak for which relay: this relay (its organisation, pinned to its
     /// own CA) and every peer (its configured organisation and optional CA pin).
     pub trust: TrustMap,
+    /// Where `/metrics` and `/healthz` are served (`[metrics] listen`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Resource limits of a relay.
@@ -441,14 +454,19 @@ impl RelayConfig {
             peers: raw.peers,
             crls: raw.crls.iter().map(|p| resolve(p)).collect(),
             trust,
+            metrics_listen: raw.metrics.map(|m| m.listen),
         })
     }
 }
 
 /// Checks the ranges of the configured limits and how they fit together.
 fn check_limits(limits: &Limits) -> Result<(), String> {
-    if limits.max_frame < 1024 || limits.max_frame > 64 << 20 {
-        return Err("max_frame must be between 1 KiB and 64 MiB".into());
+    let min_frame = crate::federation::MIN_MAX_FRAME;
+    if limits.max_frame < min_frame || limits.max_frame > 64 << 20 {
+        return Err(format!(
+            "max_frame must be between {min_frame} bytes (the largest notice with its \
+             envelope, in one federation delivery) and 64 MiB"
+        ));
     }
     if limits.max_connections == 0 || limits.requests_per_second == 0 {
         return Err("max_connections and requests_per_second must be positive".into());
@@ -613,6 +631,32 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_off_unless_configured() {
+        let (_dir, path, text) = demo();
+        assert_eq!(RelayConfig::load(&path).unwrap().metrics_listen, None);
+        std::fs::write(
+            &path,
+            format!("{text}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            RelayConfig::load(&path).unwrap().metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        for bad in [
+            "listen = \"nowhere\"",
+            "listen = \"127.0.0.1:1\"\npath = \"/m\"",
+        ] {
+            std::fs::write(&path, format!("{text}\n[metrics]\n{bad}\n")).unwrap();
+            let err = RelayConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("metrics") || err.contains("path") || err.contains("listen"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn resource_limits_have_defaults_and_are_validated() {
         let (_dir, path, text) = demo();
         let limits = RelayConfig::load(&path).unwrap().limits;
@@ -620,9 +664,9 @@ mod tests {
         assert_eq!(limits.request_bytes_per_identity, limits.max_frame);
         assert_eq!(limits.frame_timeout_ms, 30_000);
         // The budget follows a configured max_frame by default.
-        std::fs::write(&path, format!("max_frame = 2097152\n{text}")).unwrap();
+        std::fs::write(&path, format!("max_frame = 6291456\n{text}")).unwrap();
         let limits = RelayConfig::load(&path).unwrap().limits;
-        assert_eq!(limits.request_bytes_per_identity, 2 << 20);
+        assert_eq!(limits.request_bytes_per_identity, 6 << 20);
         let set = |keys: &str| {
             std::fs::write(&path, format!("{keys}\n{text}")).unwrap();
             RelayConfig::load(&path).map(|c| c.limits)
@@ -658,6 +702,8 @@ mod tests {
                 "max_connections_per_identity",
             ),
             ("frame_timeout_ms = 0", "frame_timeout_ms"),
+            // A frame too small for the largest notice would jam federation.
+            ("max_frame = 2097152", "max_frame"),
             ("frame_timeout_ms = 86400000", "frame_timeout_ms"),
         ] {
             let err = set(keys).unwrap_err().to_string();

@@ -33,6 +33,10 @@ use crate::store::{decode, get_obj, keys};
 
 /// Entries read from the store per community per round.
 const PAGE: usize = 256;
+/// Bytes of entries (or welcomes) read from the store at once, beyond which a page
+/// stops early (always at least one): a subscription holds at most this plus one
+/// entry, however large the notices are.
+const PAGE_BYTES: usize = 1 << 20;
 /// Bytes of frames gathered before they are written to the device's stream.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -47,7 +51,11 @@ pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: 
     info!("subscription opened");
     loop {
         changes.mark_unchanged();
-        if relay.revocations().check(&caller.identity).is_err() {
+        if relay
+            .revocations()
+            .check_chain(&caller.identity, &caller.chain)
+            .is_err()
+        {
             info!("subscription closed: identity revoked");
             let _ = push(&mut send, &Push::Closed(ErrorCode::Revoked), max).await;
             return;
@@ -98,55 +106,75 @@ async fn round(
     max: usize,
 ) -> Result<Option<bool>, RelayError> {
     let engine = relay.engine();
-    // Welcomes stored per member (older relays), then those shared per commit.
-    for (k, v) in engine.scan(&keys::welcome_prefix(&caller.id), None, PAGE)? {
-        if relay.is_unflushed(&k) {
-            continue; // not on disk yet: the flush wakes this task again
+    // Welcomes stored per member (older relays), then those shared per commit: all
+    // of them, a bounded page at a time (their keys are in no delivery order, so
+    // every round walks them from the start and skips what this stream sent).
+    let prefix = keys::welcome_prefix(&caller.id);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = engine.scan_bounded(&prefix, after.as_deref(), PAGE, PAGE_BYTES)?;
+        let last_page = page.len() < PAGE && page_bytes(&page) < PAGE_BYTES;
+        for (k, v) in page {
+            after = Some(k.clone());
+            if relay.is_unflushed(&k) {
+                continue; // not on disk yet: the flush wakes this task again
+            }
+            let w: WelcomeRecord = decode(&k, &v)?;
+            if !welcomes_sent.insert(w.id) {
+                continue;
+            }
+            let msg = Push::Welcome {
+                id: w.id,
+                community: w.community,
+                welcome: w.welcome,
+                ratchet_tree: w.ratchet_tree,
+            };
+            if !push(send, &msg, max).await {
+                return Ok(None);
+            }
         }
-        let w: WelcomeRecord = decode(&k, &v)?;
-        if !welcomes_sent.insert(w.id) {
-            continue;
-        }
-        let msg = Push::Welcome {
-            id: w.id,
-            community: w.community,
-            welcome: w.welcome,
-            ratchet_tree: w.ratchet_tree,
-        };
-        if !push(send, &msg, max).await {
-            return Ok(None);
+        if last_page {
+            break;
         }
     }
-    for (k, v) in engine.scan(&keys::welcome_ref_prefix(&caller.id), None, PAGE)? {
-        if relay.is_unflushed(&k) {
-            continue;
+    let prefix = keys::welcome_ref_prefix(&caller.id);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = engine.scan(&prefix, after.as_deref(), PAGE)?;
+        let last_page = page.len() < PAGE;
+        for (k, v) in page {
+            after = Some(k.clone());
+            if relay.is_unflushed(&k) {
+                continue;
+            }
+            let r: WelcomeRef = decode(&k, &v)?;
+            if welcomes_sent.contains(&r.id) {
+                continue;
+            }
+            let blob_key = keys::welcome_blob(&r.blob);
+            let blob: WelcomeBlob =
+                get_obj(engine, &blob_key)?.ok_or_else(|| RelayError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "the welcome it refers to is missing".into(),
+                })?;
+            welcomes_sent.insert(r.id);
+            let msg = Push::Welcome {
+                id: r.id,
+                community: r.community,
+                welcome: blob.welcome,
+                ratchet_tree: blob.ratchet_tree,
+            };
+            if !push(send, &msg, max).await {
+                return Ok(None);
+            }
         }
-        let r: WelcomeRef = decode(&k, &v)?;
-        if welcomes_sent.contains(&r.id) {
-            continue;
-        }
-        let blob_key = keys::welcome_blob(&r.blob);
-        let blob: WelcomeBlob = get_obj(engine, &blob_key)?.ok_or_else(|| RelayError::Corrupt {
-            key: String::from_utf8_lossy(&k).into_owned(),
-            reason: "the welcome it refers to is missing".into(),
-        })?;
-        welcomes_sent.insert(r.id);
-        let msg = Push::Welcome {
-            id: r.id,
-            community: r.community,
-            welcome: blob.welcome,
-            ratchet_tree: blob.ratchet_tree,
-        };
-        if !push(send, &msg, max).await {
-            return Ok(None);
+        if last_page {
+            break;
         }
     }
     let mut more = false;
     let mut out = Vec::new();
-    let prefix = keys::member_prefix(&caller.id);
-    for (k, v) in engine.scan(&prefix, None, kring_protocol::wire::limits::MAX_LIST)? {
-        let m: MemberRecord = decode(&k, &v)?;
-        let community = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+    for (community, m) in memberships(relay, &caller.id)? {
         let cursor = relay.cursor_of(&caller.id, &community, &m)?;
         let from = sent.get(&community).copied().unwrap_or(0).max(cursor);
         let log = keys::log_prefix(&community);
@@ -158,10 +186,11 @@ async fn round(
         if from >= end {
             continue;
         }
-        let page = engine.scan(&log, Some(&keys::log(&community, from)), PAGE)?;
+        let page =
+            engine.scan_bounded(&log, Some(&keys::log(&community, from)), PAGE, PAGE_BYTES)?;
         // A full page that does not reach `end`: there is more to send at once (but
         // not when `end` stopped it: what is past it waits for a flush or a commit).
-        let mut full = page.len() == PAGE;
+        let mut full = page.len() == PAGE || page_bytes(&page) >= PAGE_BYTES;
         for (k, v) in page {
             let entry: LogEntry = decode(&k, &v)?;
             if entry.seq > end {
@@ -203,6 +232,7 @@ async fn round(
                     reason: format!("cannot be sent: {e}"),
                 })?;
             out.extend_from_slice(&frame);
+            relay.metrics().delivered_to_device(1);
             if out.len() >= WRITE_CHUNK && !write_out(send, &mut out).await {
                 return Ok(None);
             }
@@ -213,6 +243,36 @@ async fn round(
         return Ok(None);
     }
     Ok(Some(more))
+}
+
+/// Membership records read from the store at once.
+const MEMBER_PAGE: usize = 1024;
+
+/// Every membership record of `user` (active or ended), by community: all of them,
+/// read a page at a time. How many a peer hub may create is capped
+/// ([`crate::federation::MAX_PEER_COMMUNITIES_PER_USER`]), so none can hide others.
+pub fn memberships(relay: &Relay, user: &str) -> Result<Vec<(String, MemberRecord)>, RelayError> {
+    let engine = relay.engine();
+    let prefix = keys::member_prefix(user);
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = engine.scan(&prefix, after.as_deref(), MEMBER_PAGE)?;
+        let last_page = page.len() < MEMBER_PAGE;
+        for (k, v) in page {
+            let m: MemberRecord = decode(&k, &v)?;
+            out.push((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), m));
+            after = Some(k);
+        }
+        if last_page {
+            return Ok(out);
+        }
+    }
+}
+
+/// Bytes of keys and values in a page read from the store.
+fn page_bytes(page: &[crate::store::Pair]) -> usize {
+    page.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
 /// Writes the frames gathered in `out` (if any) and empties it; false if the device

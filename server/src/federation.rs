@@ -24,7 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kring_policy::{Clearance, Label, decide};
 use kring_protocol::identity::{Identity, IdentityKind};
@@ -49,6 +49,33 @@ use crate::store::{Batch, Engine, decode, get_obj};
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Items per delivery.
 const BATCH: usize = 64;
+/// Bytes of a federation frame kept free for the envelope of a delivery (the request,
+/// its version and item count): a delivery's items fill at most `max_frame` less this.
+pub const DELIVER_MARGIN: usize = 4096;
+/// The smallest `max_frame` a relay may be configured with: one delivery must be able
+/// to carry the largest notice (an MLS message of
+/// [`MAX_MESSAGE_BYTES`](kring_protocol::mls::MAX_MESSAGE_BYTES) with its envelope)
+/// to any peer.
+pub const MIN_MAX_FRAME: usize = kring_protocol::mls::MAX_MESSAGE_BYTES + (64 << 10);
+/// Federation requests one peer relay may make per second, as a multiple of the
+/// per-identity `requests_per_second` (a peer speaks for all its users); the burst
+/// is twice that.
+pub const PEER_RATE_FACTOR: u32 = 10;
+/// Refusals of one peer's input recorded one by one per [`REFUSAL_AUDIT_WINDOW`];
+/// beyond that they are counted and recorded as one summary.
+pub const REFUSAL_AUDIT_PER_WINDOW: u32 = 32;
+/// The window of [`REFUSAL_AUDIT_PER_WINDOW`].
+pub const REFUSAL_AUDIT_WINDOW: Duration = Duration::from_secs(60);
+/// Distinct requesters one peer may fetch key packages for per
+/// [`REQUESTER_WINDOW`]; beyond that a fetch is refused (`RateLimited`).
+pub const MAX_REQUESTERS_PER_PEER: usize = 1_000;
+/// The window of [`MAX_REQUESTERS_PER_PEER`].
+pub const REQUESTER_WINDOW: Duration = Duration::from_secs(3600);
+/// Most communities hubbed at one peer that one user of this relay may be a member
+/// of here; a hub registering the user in more is refused.
+pub const MAX_PEER_COMMUNITIES_PER_USER: u64 = 1_000;
+/// Most communities one peer hub may register at this relay.
+pub const MAX_PEER_COMMUNITIES: u64 = 100_000;
 /// Longest wait between dial attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -71,6 +98,14 @@ mod keys {
     pub fn accreditation(peer: &str) -> Vec<u8> {
         [b"p/", peer.as_bytes()].concat()
     }
+    /// Communities a peer hub registered here (u64).
+    pub fn hubbed(peer: &str) -> Vec<u8> {
+        [b"h/", peer.as_bytes()].concat()
+    }
+    /// Communities a peer hub registered here with `user` of this relay as a member (u64).
+    pub fn hubbed_for(peer: &str, user: &str) -> Vec<u8> {
+        [b"h/", peer.as_bytes(), b"\0", user.as_bytes()].concat()
+    }
 }
 
 fn get_u64(engine: &dyn Engine, key: &[u8]) -> Result<u64, RelayError> {
@@ -89,9 +124,52 @@ pub struct Peer {
     conn: Mutex<Option<quinn::Connection>>,
     link: watch::Sender<u64>,
     info: Mutex<Option<PeerInfo>>,
+    rate: Mutex<Option<TokenBucket>>,
+    refusals: Mutex<AuditThrottle>,
+    requesters: Mutex<RecentNames>,
+    /// Set when a reload removed or replaced this peer: its dialler and outbox
+    /// sender stop, its link is closed.
+    retired: std::sync::atomic::AtomicBool,
 }
 
+/// QUIC application close code of a link closed because a reload removed or changed
+/// the peer.
+pub const RECONFIGURED_CLOSE_CODE: u32 = 9;
+
 impl Peer {
+    /// A peer from its `[[peers]]` entry.
+    pub fn from_config(p: &crate::config::PeerToml, engine: &dyn Engine) -> Arc<Self> {
+        let cap = p.accreditation.as_ref().and_then(|a| a.parse().ok());
+        Arc::new(Self::new(&p.id, p.address, cap, engine))
+    }
+
+    /// Whether a reload removed or replaced this peer.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops this peer's link tasks and closes its link (a reload removed or
+    /// replaced it).
+    pub fn retire(&self, reason: &str) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.close_link(reason);
+    }
+
+    /// Closes the live link, if any (it is re-dialled by the side that dials).
+    pub fn close_link(&self, reason: &str) {
+        let conn = self.conn.lock().ok().and_then(|mut c| c.take());
+        if let Some(c) = conn {
+            c.close(RECONFIGURED_CLOSE_CODE.into(), reason.as_bytes());
+        }
+        self.link.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The live link's certificate chain, if any.
+    pub fn link_chain(&self) -> Option<Vec<Vec<u8>>> {
+        self.conn().and_then(|c| crate::net::peer_chain(&c))
+    }
+
     /// A peer from configuration; its last known accreditation comes from the store.
     pub fn new(id: &str, address: SocketAddr, cap: Option<Clearance>, engine: &dyn Engine) -> Self {
         let known = get_obj::<String>(engine, &keys::accreditation(id))
@@ -110,7 +188,39 @@ impl Peer {
             accreditation: Mutex::new(known),
             conn: Mutex::new(None),
             link,
+            rate: Mutex::new(None),
+            refusals: Mutex::new(AuditThrottle::default()),
+            requesters: Mutex::new(RecentNames::new(MAX_REQUESTERS_PER_PEER, REQUESTER_WINDOW)),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Charges one federation request to the peer's token bucket (`per_second`,
+    /// burst twice that); `Err(retry_after_ms)` if it is empty.
+    fn check_rate(&self, per_second: u32, now: Instant) -> Result<(), u64> {
+        let mut rate = self
+            .rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rate.get_or_insert_with(|| TokenBucket::new(per_second, now))
+            .take(now)
+    }
+
+    /// Whether a refusal of this peer's input may be recorded one by one now (see
+    /// [`AuditThrottle`]).
+    fn refusal_verdict(&self, now: Instant) -> ThrottleVerdict {
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(now, REFUSAL_AUDIT_PER_WINDOW, REFUSAL_AUDIT_WINDOW)
+    }
+
+    /// Refusals counted but not recorded in a window that has ended, if any.
+    fn refusals_unrecorded(&self, now: Instant) -> Option<u64> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flush(now, REFUSAL_AUDIT_WINDOW)
     }
 
     /// The peer's effective accreditation, if known: what its certificate grants
@@ -148,7 +258,8 @@ impl Peer {
         self.link.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    async fn wait_conn(&self, deadline: Duration) -> Option<quinn::Connection> {
+    /// The live connection, waiting up to `deadline` for the link to come up.
+    pub(crate) async fn wait_conn(&self, deadline: Duration) -> Option<quinn::Connection> {
         let mut rx = self.link.subscribe();
         let wait = async {
             loop {
@@ -162,6 +273,207 @@ impl Peer {
         };
         tokio::time::timeout(deadline, wait).await.ok().flatten()
     }
+}
+
+/// A token bucket: `per_second` tokens a second, at most twice that held.
+#[derive(Debug)]
+struct TokenBucket {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32, now: Instant) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self {
+            per_second,
+            tokens: per_second * 2.0,
+            last: now,
+        }
+    }
+
+    /// Takes a token, or says in how many milliseconds one will be there.
+    fn take(&mut self, now: Instant) -> Result<(), u64> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) / self.per_second * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+/// What to record of one refusal of a peer's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ThrottleVerdict {
+    /// Refusals of an earlier window that were counted, not recorded: record a
+    /// summary of them first.
+    unrecorded: Option<u64>,
+    /// Record this one.
+    record: Record,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// In full.
+    Full,
+    /// Not in full, but say that from now on refusals are counted only.
+    Note,
+    /// Count it only.
+    Count,
+}
+
+/// Caps the audit records one peer's refusals write: `per_window` in full per
+/// window, then one note, then a count, recorded as one summary when a later
+/// window starts (or a later request of the peer comes after the window ends).
+#[derive(Debug, Default)]
+struct AuditThrottle {
+    start: Option<Instant>,
+    recorded: u32,
+    counted: u64,
+}
+
+impl AuditThrottle {
+    fn roll(&mut self, now: Instant, window: Duration) -> Option<u64> {
+        let ended = self
+            .start
+            .is_none_or(|s| now.saturating_duration_since(s) >= window);
+        if !ended {
+            return None;
+        }
+        self.start = Some(now);
+        self.recorded = 0;
+        Some(std::mem::take(&mut self.counted)).filter(|n| *n > 0)
+    }
+
+    fn admit(&mut self, now: Instant, per_window: u32, window: Duration) -> ThrottleVerdict {
+        let unrecorded = self.roll(now, window);
+        let record = if self.recorded < per_window {
+            self.recorded += 1;
+            Record::Full
+        } else if self.counted == 0 {
+            self.counted = 1;
+            Record::Note
+        } else {
+            self.counted += 1;
+            Record::Count
+        };
+        ThrottleVerdict { unrecorded, record }
+    }
+
+    /// The count of a window that has ended (and starts no new one unless it had).
+    fn flush(&mut self, now: Instant, window: Duration) -> Option<u64> {
+        if self.counted == 0 {
+            return None;
+        }
+        self.roll(now, window)
+    }
+}
+
+/// Distinct names seen in a window, at most `max` at once.
+#[derive(Debug)]
+struct RecentNames {
+    max: usize,
+    window: Duration,
+    seen: std::collections::HashMap<String, Instant>,
+}
+
+impl RecentNames {
+    fn new(max: usize, window: Duration) -> Self {
+        Self {
+            max,
+            window,
+            seen: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Whether `name` may be used now: it was seen within the window, or there is
+    /// room for it (after forgetting names whose window has ended).
+    fn admit(&mut self, name: &str, now: Instant) -> bool {
+        let window = self.window;
+        if let Some(at) = self.seen.get(name)
+            && now.saturating_duration_since(*at) < window
+        {
+            return true;
+        }
+        if self.seen.len() >= self.max {
+            self.seen
+                .retain(|_, at| now.saturating_duration_since(*at) < window);
+            if self.seen.len() >= self.max {
+                return false;
+            }
+        }
+        self.seen.insert(name.to_string(), now);
+        true
+    }
+}
+
+/// Audit-logs a refusal of `peer`'s input in the writer's batch, within the cap of
+/// `AuditThrottle`.
+pub fn audit_peer_refusal(
+    relay: &Relay,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    event: AuditEvent,
+) -> Result<(), RelayError> {
+    for e in throttled(relay, peer, event) {
+        w.audit.append(b, now(), e)?;
+    }
+    Ok(())
+}
+
+/// [`audit_peer_refusal`] in a batch of its own.
+fn audit_peer_refusal_now(relay: &Relay, peer: &str, event: AuditEvent) {
+    for e in throttled(relay, peer, event) {
+        relay.audit_now(e);
+    }
+}
+
+fn unrecorded_event(peer: &str, n: u64) -> AuditEvent {
+    AuditEvent::new(
+        AuditKind::Refusal,
+        peer,
+        "-",
+        "peer-refusals-summary",
+        format!(
+            "{n} further refusals of relay {peer}'s requests and items were counted, not \
+             recorded one by one (at most {REFUSAL_AUDIT_PER_WINDOW} per {} s)",
+            REFUSAL_AUDIT_WINDOW.as_secs()
+        ),
+    )
+}
+
+/// The audit records to write for `event`, a refusal of `peer`'s input.
+fn throttled(relay: &Relay, peer: &str, event: AuditEvent) -> Vec<AuditEvent> {
+    let Some(p) = relay.peer(peer) else {
+        return vec![event];
+    };
+    let verdict = p.refusal_verdict(Instant::now());
+    let mut out = Vec::new();
+    if let Some(n) = verdict.unrecorded {
+        out.push(unrecorded_event(peer, n));
+    }
+    match verdict.record {
+        Record::Full => out.push(event),
+        Record::Note => out.push(AuditEvent::new(
+            AuditKind::Refusal,
+            peer,
+            "-",
+            "peer-refusals-summary",
+            format!(
+                "more than {REFUSAL_AUDIT_PER_WINDOW} refusals of relay {peer}'s input in {} s: \
+                 further ones in this window are counted, then recorded as one summary",
+                REFUSAL_AUDIT_WINDOW.as_secs()
+            ),
+        )),
+        Record::Count => {}
+    }
+    out
 }
 
 /// Loads the next outbox sequence number of every peer.
@@ -185,7 +497,57 @@ pub fn enqueue(
     peer: &str,
     body: FedBody,
 ) -> Result<(), RelayError> {
+    check_item_len(relay, peer, SEQ_LEN + encoded_len(&body))?;
     store_outgoing(relay, w, b, peer, Outgoing::Body(body))
+}
+
+/// Most bytes the seq of a [`FedItem`] takes (a varint u64).
+const SEQ_LEN: usize = 10;
+
+/// Bytes of the postcard encoding of `value` (`usize::MAX` if it cannot be encoded).
+fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
+    postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
+        value,
+        postcard::ser_flavors::Size::default(),
+    )
+    .unwrap_or(usize::MAX)
+}
+
+/// Bytes of items one delivery may carry with frames of `max_frame` bytes.
+pub fn delivery_budget(max_frame: usize) -> usize {
+    max_frame.saturating_sub(DELIVER_MARGIN)
+}
+
+/// How many of the next items, of `lens` bytes each, one delivery carries: as many
+/// as fit in `budget` bytes (at most [`BATCH`]), and always at least one.
+fn batch_len(lens: &[usize], budget: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for len in lens.iter().take(BATCH) {
+        total = total.saturating_add(*len);
+        if n > 0 && total > budget {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Refuses an item of `len` bytes for `peer` that no delivery could carry: it
+/// would block every item queued after it.
+fn check_item_len(relay: &Relay, peer: &str, len: usize) -> Result<(), RelayError> {
+    let budget = delivery_budget(relay.limits().max_frame);
+    if len > budget {
+        return Err(ErrorCode::TooLarge {
+            what: format!(
+                "an item of {len} bytes for relay {peer} does not fit in one federation \
+                 delivery ({budget} bytes with max_frame {})",
+                relay.limits().max_frame
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Adds `entry` of this hub's log of `rec` for `peer` to the batch: the entry itself
@@ -199,16 +561,35 @@ pub fn enqueue_log_entry(
     rec: &CommunityRecord,
     entry: &LogEntry,
 ) -> Result<(), RelayError> {
-    let item = match entry.kind {
-        EntryKind::Notice { .. } => Outgoing::NoticeEntry {
-            community: rec.id.clone(),
-            seq: entry.seq,
-        },
-        EntryKind::Handshake { .. } => Outgoing::LogEntry {
-            community: crate::relay::summary(rec),
-            seq: entry.seq,
-        },
+    // Sent as the body with the entry in it: the body without it, plus the entry.
+    let (item, len) = match entry.kind {
+        EntryKind::Notice { .. } => {
+            let body = FedBody::NoticeEntry {
+                community: rec.id.clone(),
+                seq: entry.seq,
+                entry: None,
+            };
+            let item = Outgoing::NoticeEntry {
+                community: rec.id.clone(),
+                seq: entry.seq,
+            };
+            (item, encoded_len(&body))
+        }
+        EntryKind::Handshake { .. } => {
+            let community = crate::relay::summary(rec);
+            let len = encoded_len(&FedBody::Entry {
+                community: community.clone(),
+                seq: entry.seq,
+                entry: None,
+            });
+            let item = Outgoing::LogEntry {
+                community,
+                seq: entry.seq,
+            };
+            (item, len)
+        }
     };
+    check_item_len(relay, peer, SEQ_LEN + len + encoded_len(entry))?;
     store_outgoing(relay, w, b, peer, item)
 }
 
@@ -219,7 +600,7 @@ fn store_outgoing(
     peer: &str,
     item: Outgoing,
 ) -> Result<(), RelayError> {
-    if !relay.peers.contains_key(peer) {
+    if !relay.is_peer(peer) {
         return Err(ErrorCode::Unavailable {
             reason: format!("relay {peer} is not a federation peer of {}", relay.id()),
         }
@@ -230,12 +611,39 @@ fn store_outgoing(
     *next += 1;
     b.put_obj(keys::outbox(peer, seq), &OutboxRecord { seq, item })?;
     b.put_obj(keys::outbox_next(peer), &(seq + 1))?;
+    relay.metrics().outbox_enqueued(peer, seq);
     Ok(())
+}
+
+/// The outbox to `peer` as the store holds it: how many items wait, and the seq of
+/// the oldest (none when empty).
+pub fn outbox_state(relay: &Relay, peer: &str) -> Result<(u64, Option<u64>), RelayError> {
+    let engine = relay.engine();
+    let Some((k, v)) = engine
+        .scan(&keys::outbox_prefix(peer), None, 1)?
+        .into_iter()
+        .next()
+    else {
+        return Ok((0, None));
+    };
+    let head = decode::<OutboxRecord>(&k, &v)?.seq;
+    // Items are acknowledged (and deleted) in order: everything from the oldest to
+    // the last one enqueued waits.
+    let next = get_u64(engine, &keys::outbox_next(peer))?;
+    Ok((next.saturating_sub(head).max(1), Some(head)))
 }
 
 /// Starts the dialler and the outbox sender of every peer.
 pub fn start_links(relay: &Arc<Relay>) {
-    for peer in relay.peers.values() {
+    for peer in relay.peer_list() {
+        start_link(relay, peer);
+    }
+}
+
+/// Starts the dialler (if this relay dials it) and the outbox sender of `peer`;
+/// both stop when the peer is retired.
+pub fn start_link(relay: &Arc<Relay>, peer: Arc<Peer>) {
+    {
         let span = info_span!("link", peer = %peer.id);
         if relay.id() < peer.id.as_str() {
             tokio::spawn(dial_loop(relay.clone(), peer.clone()).instrument(span.clone()));
@@ -247,6 +655,9 @@ pub fn start_links(relay: &Arc<Relay>) {
 async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        if peer.is_retired() {
+            return;
+        }
         if let Some(c) = peer.conn() {
             c.closed().await;
             continue;
@@ -277,6 +688,9 @@ async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
                         }
                         Err(code) => {
                             warn!(error = %code, "link refused");
+                            relay
+                                .metrics()
+                                .refused(crate::metrics::KIND_CONNECTION, &code);
                             relay.audit_now(AuditEvent::new(
                                 AuditKind::Connection,
                                 peer.id.clone(),
@@ -290,6 +704,9 @@ async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
                 }
                 Err(reason) => {
                     warn!(%reason, "peer refused");
+                    relay
+                        .metrics()
+                        .refused_for(crate::metrics::KIND_CONNECTION, "unauthenticated");
                     relay.audit_now(AuditEvent::new(
                         AuditKind::Connection,
                         peer.id.clone(),
@@ -323,7 +740,7 @@ fn authenticate_peer(
     let identity = relay
         .authenticate(&chain, IdentityKind::Relay)
         .map_err(|e| e.to_string())?;
-    if !relay.peers.contains_key(&identity.name) {
+    if !relay.is_peer(&identity.name) {
         return Err(format!("relay {} is not a configured peer", identity.name));
     }
     if let Some(expected) = expected
@@ -339,8 +756,8 @@ fn authenticate_peer(
 
 /// Serves a peer relay that connected to us.
 pub async fn serve_peer(relay: Arc<Relay>, conn: quinn::Connection, identity: Identity) {
-    let peer = match relay.peers.get(&identity.name) {
-        Some(p) => p.clone(),
+    let peer = match relay.peer(&identity.name) {
+        Some(p) => p,
         None => {
             relay.audit_now(AuditEvent::new(
                 AuditKind::Link,
@@ -359,7 +776,8 @@ pub async fn serve_peer(relay: Arc<Relay>, conn: quinn::Connection, identity: Id
 async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, identity: Identity) {
     // `authenticate` bound the certificate to the peer's configured organisation
     // (and CA); this is the last line before anything about the peer is recorded.
-    let configured = relay.trust().organisation_of(&peer.id);
+    let trust = relay.trust();
+    let configured = trust.organisation_of(&peer.id);
     if identity.name != peer.id || configured != Some(identity.organisation.as_str()) {
         relay.audit_now(AuditEvent::new(
             AuditKind::Link,
@@ -383,7 +801,7 @@ async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, i
     let info = PeerInfo {
         organisation: identity.organisation.clone(),
         ca: crate::net::peer_chain(&conn)
-            .and_then(|c| c.get(1).cloned())
+            .and_then(|c| relay.verified_issuer(&c))
             .unwrap_or_default(),
     };
     if let Ok(mut i) = peer.info.lock() {
@@ -395,8 +813,11 @@ async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, i
         .map(|a| a.to_string())
         .unwrap_or_else(|| "none".into());
     let _ = relay.write(|w, b| {
-        if let Some(a) = &granted {
-            b.put_obj(keys::accreditation(&peer.id), &a.to_string())?;
+        // A certificate without a Clearance grants nothing: what an earlier one
+        // granted must not come back after a restart.
+        match &granted {
+            Some(a) => b.put_obj(keys::accreditation(&peer.id), &a.to_string())?,
+            None => b.delete(keys::accreditation(&peer.id)),
         }
         b.put_obj(crate::revocation::keys::peer_info(&peer.id), &info)?;
         w.audit.append(
@@ -456,9 +877,47 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
 ) {
     let max = relay.limits().max_frame;
-    // Bounded like a device's request: a deadline for the frame, its bytes charged to
-    // the peer's request byte budget until the answer is sent.
+    // Bounded like a device's request: a rate per peer, charged before the frame is
+    // read; a deadline for the frame, its bytes charged to the peer's request byte
+    // budget until the answer is sent.
     let deadline = Duration::from_millis(relay.limits().frame_timeout_ms);
+    if let Some(p) = relay.peer(&peer) {
+        let at = Instant::now();
+        if let Some(n) = p.refusals_unrecorded(at) {
+            relay.audit_now(unrecorded_event(&peer, n));
+        }
+        let per_second = relay
+            .limits()
+            .requests_per_second
+            .saturating_mul(PEER_RATE_FACTOR);
+        if let Err(retry_after_ms) = p.check_rate(per_second, at) {
+            let code = ErrorCode::RateLimited { retry_after_ms };
+            relay.metrics().refused(crate::metrics::KIND_UNREAD, &code);
+            audit_peer_refusal_now(
+                &relay,
+                &peer,
+                AuditEvent::new(
+                    AuditKind::Refusal,
+                    peer.clone(),
+                    "-",
+                    "rate-limit",
+                    format!(
+                        "federation request rate above {per_second} per second \
+                         ({PEER_RATE_FACTOR} x requests_per_second)"
+                    ),
+                ),
+            );
+            let _ = write_frame(
+                &mut send,
+                &FedResponse::Response(Response::Error(code)),
+                max,
+            )
+            .await;
+            let _ = send.finish();
+            let _ = recv.stop(0u32.into());
+            return;
+        }
+    }
     let budget = relay.request_budget(&peer);
     let read = match crate::net::read_request_frame(&mut recv, max, &budget, deadline).await {
         Ok(Some((r, hold))) => crate::net::expect_end(&mut recv)
@@ -472,15 +931,14 @@ async fn handle_stream(
     let (request, _hold): (FedRequest, _) = match read {
         Ok(r) => r,
         Err((action, detail, code)) => {
+            relay.metrics().refused(crate::metrics::KIND_UNREAD, &code);
             // A frame that does not decode, bytes after it, a frame too slow or over
             // the peer's budget: refused and audited.
-            relay.audit_now(AuditEvent::new(
-                AuditKind::Refusal,
-                peer.clone(),
-                "-",
-                action,
-                detail,
-            ));
+            audit_peer_refusal_now(
+                &relay,
+                &peer,
+                AuditEvent::new(AuditKind::Refusal, peer.clone(), "-", action, detail),
+            );
             let _ = write_frame(
                 &mut send,
                 &FedResponse::Response(Response::Error(code)),
@@ -491,10 +949,13 @@ async fn handle_stream(
             return;
         }
     };
+    let kind = fed_request_kind(&request);
+    relay.metrics().request(kind);
     let response = match request {
         FedRequest::Deliver { items } => match apply_items(&relay, &peer, items).await {
             Ok(upto) => FedResponse::Ack { upto },
             Err(e) => {
+                relay.metrics().refused(kind, &e.to_code());
                 tracing::error!(error = %e, "applying federation items failed");
                 FedResponse::Response(Response::Error(e.to_code()))
             }
@@ -518,24 +979,55 @@ async fn handle_stream(
                 Ok(r) => r,
                 Err(e) => {
                     let code = e.to_code();
-                    relay.audit_refusal(&sender, &community, "handshake", &code);
+                    relay.metrics().refused(kind, &code);
+                    audit_peer_refusal_now(
+                        &relay,
+                        &peer,
+                        AuditEvent::new(
+                            AuditKind::Refusal,
+                            sender.as_str(),
+                            community.as_str(),
+                            "handshake",
+                            code.to_string(),
+                        ),
+                    );
                     Response::Error(code)
                 }
             })
         }
+        FedRequest::Whereabouts => {
+            crate::recovery::whereabouts(&relay, &peer).unwrap_or_else(|e| {
+                relay.metrics().refused(kind, &e.to_code());
+                FedResponse::Response(Response::Error(e.to_code()))
+            })
+        }
+        FedRequest::FetchLog { community, after } => {
+            crate::recovery::fetch_log(&relay, &peer, &community, after).unwrap_or_else(|e| {
+                relay.metrics().refused(kind, &e.to_code());
+                FedResponse::Response(Response::Error(e.to_code()))
+            })
+        }
         FedRequest::FetchKeyPackage { user, requester } => {
-            let r = if home_relay(&requester) != peer || home_relay(&user) != relay.id() {
-                Err(RelayError::Refused(ErrorCode::BadRequest {
-                    reason: "key packages are fetched from the user's home relay by the requester's home relay".into(),
-                }))
-            } else {
-                relay.take_key_package(&requester, &user).await
+            let r = match check_fetch(&relay, &peer, &requester, &user) {
+                Ok(()) => relay.take_key_package(&requester, &user).await,
+                Err(code) => Err(RelayError::Refused(code)),
             };
             FedResponse::Response(match r {
                 Ok(r) => r,
                 Err(e) => {
                     let code = e.to_code();
-                    relay.audit_refusal(&requester, &user, "fetch-key-package", &code);
+                    relay.metrics().refused(kind, &code);
+                    audit_peer_refusal_now(
+                        &relay,
+                        &peer,
+                        AuditEvent::new(
+                            AuditKind::Refusal,
+                            requester.as_str(),
+                            user.as_str(),
+                            "fetch-key-package",
+                            code.to_string(),
+                        ),
+                    );
                     Response::Error(code)
                 }
             })
@@ -543,6 +1035,66 @@ async fn handle_stream(
     };
     let _ = write_frame(&mut send, &response, max).await;
     let _ = send.finish();
+}
+
+/// Whether `peer` may fetch a key package of `user` for `requester`: both well-formed
+/// user ids, the requester a user of `peer`, the user one of this relay who has key
+/// packages, and the requester one of at most [`MAX_REQUESTERS_PER_PEER`] the peer
+/// fetched for lately (the fetch limits keep counters per requester).
+fn check_fetch(relay: &Relay, peer: &str, requester: &str, user: &str) -> Result<(), ErrorCode> {
+    use kring_protocol::identity::parse_user_id;
+    if let Err(e) = parse_user_id(requester).and_then(|_| parse_user_id(user)) {
+        return Err(ErrorCode::BadRequest {
+            reason: e.to_string(),
+        });
+    }
+    if home_relay(requester) != peer || home_relay(user) != relay.id() {
+        return Err(ErrorCode::BadRequest {
+            reason:
+                "key packages are fetched from the user's home relay by the requester's home relay"
+                    .into(),
+        });
+    }
+    // A revoked user is refused as such (as `take_key_package` would), not as one
+    // without key packages: revocation deleted them.
+    if relay.revocations().user_revoked(user).is_some() {
+        return Err(ErrorCode::Revoked);
+    }
+    let engine = relay.engine();
+    let has_packages = matches!(
+        engine.get(&crate::store::keys::last_resort(user)),
+        Ok(Some(_))
+    ) || engine
+        .scan(&crate::store::keys::key_package_prefix(user), None, 1)
+        .is_ok_and(|p| !p.is_empty());
+    if !has_packages {
+        return Err(ErrorCode::KeyMaterialExhausted {
+            user: user.to_string(),
+        });
+    }
+    let admitted = relay.peer(peer).is_some_and(|p| {
+        p.requesters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(requester, Instant::now())
+    });
+    if !admitted {
+        return Err(ErrorCode::RateLimited {
+            retry_after_ms: u64::try_from(REQUESTER_WINDOW.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+    Ok(())
+}
+
+/// Short name of a federation request for metrics (never its content).
+pub fn fed_request_kind(r: &FedRequest) -> &'static str {
+    match r {
+        FedRequest::Deliver { .. } => "federation-deliver",
+        FedRequest::Handshake { .. } => "federation-handshake",
+        FedRequest::FetchKeyPackage { .. } => "federation-fetch-key-package",
+        FedRequest::Whereabouts => "federation-whereabouts",
+        FedRequest::FetchLog { .. } => "federation-fetch-log",
+    }
 }
 
 /// Why a call on a link got no answer.
@@ -604,6 +1156,19 @@ async fn call(
     }
 }
 
+/// One request/response on a link (for [`crate::recovery`]); the error says why
+/// no answer came.
+pub(crate) async fn call_peer(
+    conn: &quinn::Connection,
+    request: &FedRequest,
+    max: usize,
+    deadline: Duration,
+) -> Result<FedResponse, String> {
+    call(conn, request, max, deadline)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A forwarded request without a verdict.
 enum NoVerdict {
     /// Refused, or not delivered: the other relay did not act on it.
@@ -621,8 +1186,7 @@ async fn exchange(relay: &Relay, to: &str, request: FedRequest) -> Result<Respon
         }))
     };
     let peer = relay
-        .peers
-        .get(to)
+        .peer(to)
         .ok_or_else(|| unavailable("not a federation peer".into()))?;
     let started = tokio::time::Instant::now();
     let conn = peer
@@ -633,9 +1197,9 @@ async fn exchange(relay: &Relay, to: &str, request: FedRequest) -> Result<Respon
     match call(&conn, &request, relay.limits().max_frame, left).await {
         Ok(FedResponse::Response(Response::Error(code))) => Err(NoVerdict::Refused(code.into())),
         Ok(FedResponse::Response(r)) => Ok(r),
-        Ok(FedResponse::Ack { .. }) => Err(NoVerdict::Unknown(format!(
-            "relay {to} answered with an acknowledgement"
-        ))),
+        Ok(FedResponse::Ack { .. } | FedResponse::Whereabouts(_) | FedResponse::Log { .. }) => Err(
+            NoVerdict::Unknown(format!("relay {to} answered with something else")),
+        ),
         Err(CallError::NotSent(why)) => Err(unavailable(why)),
         Err(CallError::NoAnswer(why)) => Err(NoVerdict::Unknown(format!(
             "relay {to} did not answer within {} s: {why}",
@@ -723,13 +1287,31 @@ pub async fn forward_fetch_key_package(
 async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
     let mut changes = relay.changes();
     let mut link = peer.link.subscribe();
+    // Bytes of items per delivery: the frame less the envelope, halved after a
+    // delivery that failed (a peer may read smaller frames), grown again after one
+    // that went through. One item always goes, whatever its size.
+    let full = delivery_budget(relay.limits().max_frame);
+    let mut budget = full;
+    let mut recovery = relay.recovery().changes();
     loop {
+        if peer.is_retired() {
+            return;
+        }
         changes.mark_unchanged();
         let Some(conn) = peer.conn() else {
             let _ = link.changed().await;
             continue;
         };
-        let items = match pending(&relay, &peer.id) {
+        if relay.recovery().holds(&peer.id) {
+            // Restored from a backup: nothing goes out before the peer has said
+            // which of this outbox's items it has (`recovery`).
+            tokio::select! {
+                _ = recovery.changed() => {}
+                _ = link.changed() => {}
+            }
+            continue;
+        }
+        let items = match pending(&relay, &peer.id, budget) {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read outbox");
@@ -745,6 +1327,16 @@ async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
             }
             continue;
         }
+        let items = match withhold_at_send(&relay, &peer, items) {
+            Ok(items) if items.is_empty() => continue,
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a notice withheld from a peer");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let several = items.len() > 1;
         let request = FedRequest::Deliver { items };
         match call(
             &conn,
@@ -755,24 +1347,35 @@ async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
         .await
         {
             Ok(FedResponse::Ack { upto }) => {
+                budget = budget.saturating_mul(2).min(full);
+                let mut acknowledged = 0;
                 if let Err(e) = relay.write(|_, b| {
                     if let FedRequest::Deliver { items } = &request {
                         for item in items.iter().filter(|i| i.seq <= upto) {
                             b.delete(keys::outbox(&peer.id, item.seq));
+                            acknowledged += 1;
                         }
                     }
                     Ok(())
                 }) {
                     tracing::error!(error = %e, "cannot trim outbox");
+                } else {
+                    relay.metrics().delivered_to_peer(acknowledged);
                 }
             }
             Ok(other) => {
                 warn!(answer = ?other, "peer did not acknowledge; retrying");
+                if several {
+                    budget = (budget / 2).max(1);
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => {
                 // Treat the link as broken: the dialler reconnects.
                 debug!(error = %e, "delivery to peer failed; closing the link and retrying");
+                if several {
+                    budget = (budget / 2).max(1);
+                }
                 conn.close(1u32.into(), b"delivery failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -780,14 +1383,16 @@ async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
     }
 }
 
-/// The next items for `peer`, in order: only those on disk (a crash must not give an
-/// outbox seq the peer has applied to another item).
-fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
+/// The next items for `peer`, in order, as many as fit in `budget` bytes (at least
+/// one): only those on disk (a crash must not give an outbox seq the peer has
+/// applied to another item).
+fn pending(relay: &Relay, peer: &str, budget: usize) -> Result<Vec<FedItem>, RelayError> {
     let engine = relay.engine();
     let prefix = keys::outbox_prefix(peer);
     let durable = relay.readable_upto(&prefix);
     let mut items = Vec::new();
-    for (k, v) in engine.scan(&prefix, None, BATCH)? {
+    let mut lens = Vec::new();
+    for (k, v) in engine.scan_bounded(&prefix, None, BATCH, budget)? {
         let stored: OutboxRecord = decode(&k, &v)?;
         if stored.seq > durable {
             break;
@@ -812,11 +1417,135 @@ fn pending(relay: &Relay, peer: &str) -> Result<Vec<FedItem>, RelayError> {
                 seq,
             },
         };
-        items.push(FedItem {
+        let item = FedItem {
             seq: stored.seq,
             body,
-        });
+        };
+        lens.push(encoded_len(&item));
+        if batch_len(&lens, budget) < lens.len() {
+            break;
+        }
+        items.push(item);
     }
+    Ok(items)
+}
+
+/// Why a peer accredited `accreditation` must not be sent `body` now, if so: the
+/// notice it carries and the reason. Accreditation was decided when the item was
+/// queued; it may have been lowered since (configuration, or a new certificate).
+fn refused_at_send(
+    body: &FedBody,
+    peer: &str,
+    accreditation: Option<&Clearance>,
+) -> Option<(uuid::Uuid, String)> {
+    let (notice_id, label) = match body {
+        FedBody::NoticeEntry {
+            entry:
+                Some(LogEntry {
+                    kind:
+                        EntryKind::Notice {
+                            notice_id, label, ..
+                        },
+                    ..
+                }),
+            ..
+        } => (*notice_id, label.clone()),
+        FedBody::Notice {
+            notice_id, message, ..
+        } => (
+            *notice_id,
+            groups::read_application(message)
+                .map(|a| a.aad)
+                .unwrap_or_default(),
+        ),
+        _ => return None,
+    };
+    let reason = match Label::from_bytes(&label) {
+        Ok(label) => {
+            let d = kring_policy::decide_opt(Some(&label), accreditation);
+            if d.allowed {
+                return None;
+            }
+            format!("relay {peer} is not accredited for {label}: {d}")
+        }
+        Err(e) => format!("unreadable label: {e}"),
+    };
+    Some((notice_id, reason))
+}
+
+/// Checks every notice about to go to `peer` against the peer's accreditation as it
+/// is now. A notice entry above it goes without its content (`entry: None`, as when
+/// the hub withholds it at queueing); a notice for the hub is not sent and leaves
+/// the outbox. Either way the refusal is recorded for the filer and audit-logged,
+/// once per notice and hop.
+fn withhold_at_send(
+    relay: &Relay,
+    peer: &Peer,
+    mut items: Vec<FedItem>,
+) -> Result<Vec<FedItem>, RelayError> {
+    let accreditation = peer.accreditation();
+    let mut refused = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some((notice_id, reason)) =
+            refused_at_send(&item.body, &peer.id, accreditation.as_ref())
+        {
+            refused.push((i, notice_id, reason));
+        }
+    }
+    if refused.is_empty() {
+        return Ok(items);
+    }
+    let hop = format!("{}->{}", relay.id(), peer.id);
+    let mut unsent = Vec::new();
+    relay.write(|w, b| {
+        for (i, notice_id, reason) in &refused {
+            let item = &items[*i];
+            let (community, sender) = match &item.body {
+                FedBody::NoticeEntry {
+                    community,
+                    entry: Some(e),
+                    ..
+                } => (community.clone(), e.sender.clone()),
+                FedBody::Notice {
+                    community, sender, ..
+                } => {
+                    b.delete(keys::outbox(&peer.id, item.seq));
+                    unsent.push(*i);
+                    (community.clone(), sender.clone())
+                }
+                _ => continue,
+            };
+            let known: Option<NoticeRecord> =
+                b.get_obj(relay.engine(), &crate::store::keys::notice(notice_id))?;
+            if known.is_some_and(|n| n.refusals.iter().any(|r| r.hop == hop)) {
+                continue; // recorded when an earlier delivery of it failed
+            }
+            w.audit.append(
+                b,
+                now(),
+                AuditEvent::new(
+                    AuditKind::Withheld,
+                    peer.id.clone(),
+                    format!("{community} notice {notice_id}"),
+                    "send",
+                    reason.clone(),
+                ),
+            )?;
+            relay.record_refusal_for(w, b, notice_id, &community, &sender, &hop, reason)?;
+        }
+        Ok(())
+    })?;
+    for (i, _, _) in &refused {
+        if let FedBody::NoticeEntry { entry, .. } = &mut items[*i].body {
+            *entry = None;
+        }
+    }
+    let mut i = 0;
+    items.retain(|_| {
+        let keep = !unsent.contains(&i);
+        i += 1;
+        keep
+    });
     Ok(items)
 }
 
@@ -901,9 +1630,14 @@ fn apply_once(
         Err(RelayError::Refused(code)) => {
             b.rollback(mark);
             *w = saved;
-            w.audit.append(
+            relay
+                .metrics()
+                .refused(crate::metrics::KIND_FEDERATION_ITEM, &code);
+            audit_peer_refusal(
+                relay,
+                w,
                 b,
-                now(),
+                peer,
                 AuditEvent::new(
                     AuditKind::Refusal,
                     peer,
@@ -920,18 +1654,21 @@ fn apply_once(
 }
 
 fn refuse(
+    relay: &Relay,
     w: &mut Writer,
     b: &mut Batch,
     peer: &str,
     what: &str,
     reason: String,
 ) -> Result<(), RelayError> {
-    w.audit.append(
+    w.counts.items_not_accepted += 1;
+    audit_peer_refusal(
+        relay,
+        w,
         b,
-        now(),
+        peer,
         AuditEvent::new(AuditKind::Refusal, peer, what, "federation-item", reason),
-    )?;
-    Ok(())
+    )
 }
 
 fn apply_item(
@@ -950,6 +1687,7 @@ fn apply_item(
         } => {
             if home_relay(&sender) != peer {
                 return refuse(
+                    relay,
                     w,
                     b,
                     peer,
@@ -1011,7 +1749,14 @@ fn apply_item(
                 .as_ref()
                 .is_some_and(|e| !matches!(e.kind, EntryKind::Notice { .. }))
             {
-                return refuse(w, b, peer, &community, "a commit sent as a notice".into());
+                return refuse(
+                    relay,
+                    w,
+                    b,
+                    peer,
+                    &community,
+                    "a commit sent as a notice".into(),
+                );
             }
             apply_entry(relay, w, b, peer, &community, None, seq, entry)
         }
@@ -1061,12 +1806,13 @@ fn apply_item(
             let Some(rec) = rec else {
                 let reason =
                     format!("refusal by {hop} ignored: notice {notice_id} is unknown here");
-                return refuse(w, b, peer, &format!("notice {notice_id}"), reason);
+                return refuse(relay, w, b, peer, &format!("notice {notice_id}"), reason);
             };
             if let Err(why) = refusal_source(relay, b, peer, &rec, &hop)? {
                 let what = format!("{} notice {notice_id}", rec.community);
                 let reason = format!("refusal by {hop} ignored: {why}");
                 return refuse(
+                    relay,
                     w,
                     b,
                     peer,
@@ -1145,7 +1891,7 @@ fn apply_welcomes(
     if home_relay(community) != peer || stray.is_some() {
         let whom = stray.map_or("its members", |u| u.as_str());
         let reason = format!("welcome for {whom} not routed via its hub to its home relay");
-        return refuse(w, b, peer, community, reason);
+        return refuse(relay, w, b, peer, community, reason);
     }
     crate::relay::store_welcome(b, users, community, welcome, ratchet_tree)
 }
@@ -1165,6 +1911,7 @@ fn apply_entry(
 ) -> Result<(), RelayError> {
     if home_relay(id) != peer {
         return refuse(
+            relay,
             w,
             b,
             peer,
@@ -1190,10 +1937,12 @@ fn apply_entry(
     // a time without members).
     let continuous = existing.as_ref().is_some_and(|r| has_local(&r.members));
     let held_epoch = existing.as_ref().map_or(0, |r| r.epoch);
+    let new_community = existing.is_none();
     let mut rec = match (existing, &summary) {
         (Some(rec), _) => rec,
         (None, None) => {
             return refuse(
+                relay,
                 w,
                 b,
                 peer,
@@ -1203,7 +1952,14 @@ fn apply_entry(
         }
         (None, Some(summary)) => {
             if !has_local(&summary.members) {
-                return refuse(w, b, peer, id, "no user of this relay is a member".into());
+                return refuse(
+                    relay,
+                    w,
+                    b,
+                    peer,
+                    id,
+                    "no user of this relay is a member".into(),
+                );
             }
             let max: Label =
                 summary
@@ -1235,6 +1991,11 @@ fn apply_entry(
     {
         return refuse_entry(relay, w, b, peer, id, Some(e), reason);
     }
+    if let Some(summary) = &summary
+        && let Err(reason) = count_registrations(relay, b, peer, id, new_community, summary)?
+    {
+        return refuse_entry(relay, w, b, peer, id, entry.as_ref(), reason);
+    }
     if let Some(entry) = entry {
         let mut keep = true;
         if let EntryKind::Notice { notice_id, .. } = &entry.kind {
@@ -1247,7 +2008,7 @@ fn apply_entry(
             let verdict = Label::from_bytes(label)
                 .map_err(|e| format!("unreadable label: {e}"))
                 .and_then(|label| {
-                    let own = decide(&label, relay.accreditation());
+                    let own = decide(&label, &relay.accreditation());
                     if !own.allowed {
                         return Err(format!(
                             "relay {} is not accredited for {label}: {own}",
@@ -1268,9 +2029,11 @@ fn apply_entry(
             if let Err(reason) = verdict {
                 keep = false;
                 let hop = format!("{peer}->{}", relay.id());
-                w.audit.append(
+                audit_peer_refusal(
+                    relay,
+                    w,
                     b,
-                    now(),
+                    peer,
                     AuditEvent::new(
                         AuditKind::Withheld,
                         peer,
@@ -1320,9 +2083,77 @@ fn apply_entry(
     Ok(())
 }
 
+/// Whether a hub that has registered `count` communities here may register one
+/// more (at most `limit`); the reason if not.
+fn within(count: u64, limit: u64, what: impl FnOnce() -> String) -> Result<(), String> {
+    if count >= limit {
+        Err(format!("{} (limit {limit})", what()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Counts, in `b`, a community `id` that hub `peer` registers here (`new`) and the
+/// users of this relay it makes members for the first time, within
+/// [`MAX_PEER_COMMUNITIES`] and [`MAX_PEER_COMMUNITIES_PER_USER`]: a hub cannot
+/// bury a user's real communities under made-up ones, nor fill this relay's disk.
+/// `Ok(Err(why))` (nothing counted) past a limit.
+fn count_registrations(
+    relay: &Relay,
+    b: &mut Batch,
+    peer: &str,
+    id: &str,
+    new: bool,
+    summary: &CommunitySummary,
+) -> Result<Result<(), String>, RelayError> {
+    let engine = relay.engine();
+    let mut counts = Vec::new();
+    if new {
+        let key = keys::hubbed(peer);
+        let n = b.get_obj::<u64>(engine, &key)?.unwrap_or(0);
+        if let Err(why) = within(n, MAX_PEER_COMMUNITIES, || {
+            format!("relay {peer} already hubs {n} communities known here")
+        }) {
+            return Ok(Err(why));
+        }
+        counts.push((key, n + 1));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for user in summary
+        .members
+        .iter()
+        .filter(|u| home_relay(u) == relay.id())
+    {
+        if !seen.insert(user.as_str())
+            || b.get(engine, &crate::store::keys::member(user, id))?
+                .is_some()
+        {
+            continue;
+        }
+        let key = keys::hubbed_for(peer, user);
+        let n = b.get_obj::<u64>(engine, &key)?.unwrap_or(0);
+        if let Err(why) = within(n, MAX_PEER_COMMUNITIES_PER_USER, || {
+            format!(
+                "relay {peer} already made {user} a member of {n} of its communities ({id} refused)"
+            )
+        }) {
+            return Ok(Err(why));
+        }
+        counts.push((key, n + 1));
+    }
+    for (key, n) in counts {
+        b.put_obj(key, &n)?;
+    }
+    Ok(Ok(()))
+}
+
 /// Checks that entry `seq` of `id`'s log, as its hub sent it, says what its MLS
 /// message says; returns the message's header or why not.
-fn check_envelope(id: &str, seq: u64, entry: &LogEntry) -> Result<MessageHeader, String> {
+pub(crate) fn check_envelope(
+    id: &str,
+    seq: u64,
+    entry: &LogEntry,
+) -> Result<MessageHeader, String> {
     if entry.community != id {
         return Err(format!(
             "entry {seq} of {id} names community {}",
@@ -1389,7 +2220,7 @@ fn refuse_entry(
     reason: String,
 ) -> Result<(), RelayError> {
     let reason = kring_protocol::wire::bounded_reason(&reason);
-    refuse(w, b, peer, id, reason.clone())?;
+    refuse(relay, w, b, peer, id, reason.clone())?;
     if let Some(LogEntry {
         kind: EntryKind::Notice { notice_id, .. },
         ..
@@ -1413,7 +2244,148 @@ fn refuse_entry(
 #[cfg(test)]
 mod tests {
     use super::keys;
+    use super::{
+        AuditThrottle, BATCH, DELIVER_MARGIN, MIN_MAX_FRAME, RecentNames, Record, TokenBucket,
+        batch_len, delivery_budget, encoded_len, refused_at_send, within,
+    };
     use super::{check_envelope, check_epoch};
+    use kring_protocol::wire::{FedBody, FedItem};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn deliveries_are_filled_up_to_the_frame_and_carry_at_least_one_item() {
+        let budget = delivery_budget(8 << 20);
+        assert_eq!(budget, (8 << 20) - DELIVER_MARGIN);
+        let four = 4 << 20;
+        // Two notices of about 4 MiB do not fit one frame together: one each.
+        assert_eq!(batch_len(&[four + 100, four + 100], budget), 1);
+        // Whatever the size, one item goes.
+        assert_eq!(batch_len(&[20 << 20, 10], budget), 1);
+        assert_eq!(batch_len(&[10, 20 << 20], budget), 1);
+        assert_eq!(batch_len(&[budget / 2, budget / 2, 1], budget), 2);
+        // Small items: up to the item count.
+        assert_eq!(batch_len(&[100; 200], budget), BATCH);
+        assert_eq!(batch_len(&[], budget), 0);
+        // The smallest frame carries the largest notice.
+        let message = vec![0u8; kring_protocol::mls::MAX_MESSAGE_BYTES];
+        let item = FedItem {
+            seq: u64::MAX,
+            body: FedBody::Notice {
+                community: format!("{}@{}", "c".repeat(60), "r".repeat(63)),
+                notice_id: uuid::Uuid::from_u128(1),
+                sender: format!("{}@{}", "u".repeat(60), "r".repeat(63)),
+                message,
+            },
+        };
+        assert!(encoded_len(&item) <= delivery_budget(MIN_MAX_FRAME));
+        // And what fits the budget fits a frame with the delivery's envelope.
+        let request = kring_protocol::wire::FedRequest::Deliver { items: vec![item] };
+        kring_protocol::wire::encode_frame(&request, MIN_MAX_FRAME).unwrap();
+    }
+
+    #[test]
+    fn a_notice_above_the_peers_accreditation_now_is_not_sent() {
+        let label = |t: &str| t.parse::<kring_policy::Label>().unwrap().to_bytes();
+        let entry = |l: Vec<u8>| FedBody::NoticeEntry {
+            community: "d@bz".into(),
+            seq: 3,
+            entry: Some(LogEntry {
+                community: "d@bz".into(),
+                seq: 3,
+                sender: "a@bz".into(),
+                ordered_at: 0,
+                kind: EntryKind::Notice {
+                    notice_id: uuid::Uuid::from_u128(7),
+                    label: l,
+                    epoch: 1,
+                },
+                message: Vec::new(),
+            }),
+        };
+        let low: kring_policy::Clearance = "NL:DEP-VERTROUWELIJK".parse().unwrap();
+        let high: kring_policy::Clearance = "NL:STG-GEHEIM".parse().unwrap();
+        let geheim = entry(label("NL:STG-CONFIDENTIEEL"));
+        assert!(refused_at_send(&geheim, "post-a", Some(&high)).is_none());
+        let (id, why) = refused_at_send(&geheim, "post-a", Some(&low)).unwrap();
+        assert_eq!(id, uuid::Uuid::from_u128(7));
+        assert!(why.contains("post-a"), "{why}");
+        // No accreditation known: nothing labelled goes.
+        assert!(refused_at_send(&geheim, "post-a", None).is_some());
+        // An entry already withheld, and commits, are not notices.
+        let withheld = FedBody::NoticeEntry {
+            community: "d@bz".into(),
+            seq: 3,
+            entry: None,
+        };
+        assert!(refused_at_send(&withheld, "post-a", None).is_none());
+        // A notice for the hub whose label cannot be read is not sent either.
+        let notice = FedBody::Notice {
+            community: "d@bz".into(),
+            notice_id: uuid::Uuid::from_u128(8),
+            sender: "a@post-a".into(),
+            message: b"not mls".to_vec(),
+        };
+        assert!(refused_at_send(&notice, "bz", Some(&high)).is_some());
+    }
+
+    #[test]
+    fn peer_requests_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10, t0);
+        for _ in 0..20 {
+            bucket.take(t0).unwrap();
+        }
+        let wait = bucket.take(t0).unwrap_err();
+        assert!(wait > 0 && wait <= 100, "{wait}");
+        bucket.take(t0 + Duration::from_millis(100)).unwrap();
+    }
+
+    #[test]
+    fn refusal_records_of_a_peer_are_capped_per_window() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(60);
+        let mut t = AuditThrottle::default();
+        for _ in 0..3 {
+            let v = t.admit(t0, 3, window);
+            assert_eq!((v.unrecorded, v.record), (None, Record::Full));
+        }
+        assert_eq!(t.admit(t0, 3, window).record, Record::Note);
+        for _ in 0..1000 {
+            assert_eq!(t.admit(t0, 3, window).record, Record::Count);
+        }
+        // Not before the window ends; then once.
+        assert_eq!(t.flush(t0 + Duration::from_secs(59), window), None);
+        let later = t0 + window;
+        assert_eq!(t.flush(later, window), Some(1001));
+        assert_eq!(t.flush(later, window), None);
+        let v = t.admit(later, 3, window);
+        assert_eq!((v.unrecorded, v.record), (None, Record::Full));
+        // A window's count also comes with the next window's first refusal.
+        for _ in 0..5 {
+            t.admit(later, 3, window);
+        }
+        let v = t.admit(later + window, 3, window);
+        assert_eq!((v.unrecorded, v.record), (Some(3), Record::Full));
+    }
+
+    #[test]
+    fn requesters_of_one_peer_are_bounded() {
+        let t0 = Instant::now();
+        let mut names = RecentNames::new(2, Duration::from_secs(10));
+        assert!(names.admit("a@post-a", t0));
+        assert!(names.admit("b@post-a", t0));
+        assert!(names.admit("a@post-a", t0));
+        assert!(!names.admit("c@post-a", t0));
+        assert!(names.admit("c@post-a", t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn hubs_register_a_bounded_number_of_communities() {
+        within(0, 2, || "x".into()).unwrap();
+        within(1, 2, || "x".into()).unwrap();
+        let e = within(2, 2, || "relay nctv already hubs 2".into()).unwrap_err();
+        assert!(e.contains("limit 2"), "{e}");
+    }
     use kring_protocol::mls::{MessageHeader, MessageKind};
     use kring_protocol::wire::{CommunitySummary, EntryKind, LogEntry};
 

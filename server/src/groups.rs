@@ -323,6 +323,9 @@ pub struct Staged {
     pub removed_by_hub: Vec<String>,
     /// New admin list, if changed.
     pub new_admins: Option<Vec<String>>,
+    /// True if the commit only updates the committer's own leaf (verified: no
+    /// proposals, an update path, the same identity, the context unchanged).
+    pub self_update: bool,
     /// The group the message was verified against, merged into by [`merge`] (so
     /// the ~1 MB state of a large community is read from the store once).
     group: RelayGroup,
@@ -376,6 +379,7 @@ pub fn process_handshake(
             .filter(|r| r.proposed_by_hub)
             .map(|r| r.id.clone())
             .collect(),
+        self_update: summary.is_self_update(),
         new_admins: summary.new_meta.map(|m| m.admins),
         group,
         community: community.to_owned(),

@@ -13,20 +13,30 @@
 //! - [`audit`]: the hash-chained audit log.
 //! - [`federation`]: relay-to-relay links.
 //! - [`key_fetch`]: limits on fetching other users' key packages.
+//! - [`metrics`]: Prometheus metrics and health (`[metrics] listen`).
+//! - [`reload`]: SIGHUP and `kring-relay reload` (what changed, applied live).
+//! - [`backup`], [`control`], [`recovery`]: backups of a running relay over the
+//!   control socket, restore, and how a restored relay catches up without reusing
+//!   a sequence number.
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod decide;
 pub mod delivery;
 pub mod error;
 pub mod federation;
 pub mod groups;
 pub mod key_fetch;
+pub mod metrics;
 pub mod net;
 pub mod records;
+pub mod recovery;
 pub mod relay;
+pub mod reload;
 pub mod revocation;
 pub mod store;
 pub mod tls;
@@ -48,17 +58,60 @@ pub fn now_unix() -> i64 {
 pub struct Running {
     /// Address the endpoint is bound to (useful with port 0).
     pub local_addr: std::net::SocketAddr,
+    /// Address `/metrics` and `/healthz` are served on, if configured.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Reloads asked for on the control socket (`kring-relay reload`), for the
+    /// owner of the configuration file to carry out.
+    pub reloads: Option<tokio::sync::mpsc::Receiver<control::ReloadRequest>>,
+    relay: Arc<relay::Relay>,
+    current: std::sync::Mutex<reload::Snapshot>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), RelayError>>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
+    /// Reloads the relay with `config` (read again from its file): what changed is
+    /// applied, connections it does not concern stay up. Refused (nothing changed)
+    /// when it changes what needs a restart. Audited either way.
+    pub fn reload(&self, config: &config::RelayConfig) -> Result<String, String> {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new = reload::Snapshot::of(config);
+        let result =
+            reload::plan(&current, &new).and_then(|plan| reload::apply(&self.relay, &plan, config));
+        match &result {
+            Ok(_) => *current = new,
+            Err(reason) => self.refused(reason),
+        }
+        result
+    }
+
+    /// Audits a reload refused (an invalid configuration, or one needing a
+    /// restart).
+    pub fn refused(&self, reason: &str) {
+        self.relay.audit_now(audit::AuditEvent::new(
+            audit::AuditKind::Admin,
+            self.relay.id(),
+            "-",
+            "reload-refused",
+            reason,
+        ));
+    }
+
     /// Graceful stop: no new connections, drain, flush the store.
     pub async fn stop(self) -> Result<(), RelayError> {
         let _ = self.stop.send(());
-        self.task
+        let result = self
+            .task
             .await
-            .map_err(|e| RelayError::Store(format!("relay task failed: {e}")))?
+            .map_err(|e| RelayError::Store(format!("relay task failed: {e}")));
+        if let Some(task) = self.metrics_task {
+            task.abort();
+        }
+        result?
     }
 }
 
@@ -72,17 +125,46 @@ pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
     }
     let engine: Arc<dyn store::Engine> = Arc::new(store::SledEngine::open(&config.data_dir)?);
     let relay = relay::Relay::open(&config, engine)?;
-    let server = tls::server_config(&config)?;
-    let endpoint = net::bind(server, config.listen).map_err(|e| RelayError::Config {
+    let server = tls::server_config(&config, relay.tls_identity())?;
+    let keys = net::EndpointKeys::derive(&config.key_pkcs8);
+    let endpoint = net::bind(server, config.listen, &keys).map_err(|e| RelayError::Config {
         path: config.data_dir.clone(),
         reason: format!("cannot bind {}: {e}", config.listen),
     })?;
     let local_addr = endpoint.local_addr()?;
-    let _ = relay
-        .endpoint
-        .set((endpoint.clone(), tls::peer_client_config(&config)?));
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(|e| RelayError::Config {
+            path: config.data_dir.clone(),
+            reason: format!("cannot bind the metrics listener {addr}: {e}"),
+        })?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let _ = relay.endpoint.set((
+        endpoint.clone(),
+        tls::peer_client_config(&config, relay.tls_identity())?,
+    ));
     federation::start_links(&relay);
-    tokio::spawn(revocation::enforce_loop(relay.clone(), config.crls.clone()));
+    recovery::start(&relay);
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    match control::bind(&config.data_dir) {
+        Ok(listener) => {
+            tokio::spawn(control::serve(
+                relay.clone(),
+                listener,
+                config.data_dir.clone(),
+                reload_tx,
+            ));
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "no control socket in the data directory: `kring-relay backup` and `reload` cannot reach this relay"
+        ),
+    }
+    tokio::spawn(revocation::enforce_loop(relay.clone()));
     tokio::spawn({
         let relay = relay.clone();
         async move {
@@ -96,7 +178,21 @@ pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
             }
         }
     });
+    let metrics_task = metrics_listener.map(|listener| {
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics::Source {
+                relay: Arc::downgrade(&relay),
+                metrics: relay.metrics().clone(),
+                data_dir: config.data_dir.clone(),
+            },
+        ))
+    });
+    if let Some(addr) = metrics_addr {
+        tracing::info!(addr = %addr, "metrics and health served on http://{addr}/metrics and /healthz");
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running_relay = relay.clone();
     let task = tokio::spawn(async move {
         net::serve(relay.clone(), endpoint, async {
             let _ = stopped.await;
@@ -106,8 +202,13 @@ pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
     });
     tracing::info!(relay = %config.identity.name, addr = %local_addr, accreditation = %config.accreditation, "relay listening");
     Ok(Running {
+        reloads: Some(reload_rx),
+        relay: running_relay,
+        current: std::sync::Mutex::new(reload::Snapshot::of(&config)),
         local_addr,
+        metrics_addr,
         stop,
         task,
+        metrics_task,
     })
 }

@@ -249,11 +249,126 @@ pub async fn write_frame<T: Serialize>(
 /// request at `net.core.rmem_max` / `wmem_max`.
 pub const UDP_BUFFER: usize = 4 << 20;
 
+/// Keys that let the relay recognise, after a restart, connections of its earlier
+/// runs: derived from the relay's private key (PKCS#8), so the same across restarts
+/// and never stored. A device or peer still holding a connection to a run that
+/// died (killed, say) gets a stateless reset (RFC 9000 §10.3) at its next packet and
+/// reconnects at once, instead of waiting out its request or idle timeout.
+///
+/// Reset tokens are HMACs of connection ids under the reset key, and connection ids
+/// carry a short MAC under the id key so that a restarted relay resets only packets
+/// for ids it issued. Neither key reveals anything of the private key.
+#[derive(Clone)]
+pub struct EndpointKeys {
+    reset: Arc<ring::hmac::Key>,
+    cid: Arc<ring::hmac::Key>,
+}
+
+impl std::fmt::Debug for EndpointKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointKeys(..)")
+    }
+}
+
+impl EndpointKeys {
+    /// The keys of the relay whose private key is `relay_key_pkcs8`.
+    pub fn derive(relay_key_pkcs8: &[u8]) -> Self {
+        let derive = |label: &[u8]| {
+            let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, label);
+            let tag = ring::hmac::sign(&k, relay_key_pkcs8);
+            Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref()))
+        };
+        Self {
+            reset: derive(b"kring relay stateless reset key"),
+            cid: derive(b"kring relay connection id key"),
+        }
+    }
+
+    fn endpoint_config(&self) -> quinn::EndpointConfig {
+        let mut config = quinn::EndpointConfig::new(self.reset.clone());
+        let key = self.cid.clone();
+        config.cid_generator(move || {
+            Box::new(RelayCids {
+                key: key.clone(),
+                counter: 0,
+            })
+        });
+        config
+    }
+}
+
+/// Bytes of a connection id that make it unique (see [`RelayCids`]).
+const CID_NONCE: usize = 8;
+/// Bytes of a connection id's MAC.
+const CID_TAG: usize = 4;
+
+/// Connection ids `NONCE || MAC(NONCE)[..CID_TAG]`; the nonce is an HMAC of a
+/// counter and fresh random bytes, so ids are unique within a run, differ between
+/// runs, and cannot be linked to each other by an observer.
+struct RelayCids {
+    key: Arc<ring::hmac::Key>,
+    counter: u64,
+}
+
+impl RelayCids {
+    fn tag(&self, nonce: &[u8]) -> [u8; CID_TAG] {
+        let mut tag = [0u8; CID_TAG];
+        let mut input = Vec::with_capacity(1 + nonce.len());
+        input.push(1u8);
+        input.extend_from_slice(nonce);
+        tag.copy_from_slice(&ring::hmac::sign(&self.key, &input).as_ref()[..CID_TAG]);
+        tag
+    }
+}
+
+impl quinn::ConnectionIdGenerator for RelayCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use ring::rand::SecureRandom as _;
+        self.counter = self.counter.wrapping_add(1);
+        let mut fresh = [0u8; 16];
+        // Should the system's generator fail, the counter still keeps ids unique
+        // within this run.
+        let _ = ring::rand::SystemRandom::new().fill(&mut fresh);
+        let mut input = vec![0u8];
+        input.extend_from_slice(&self.counter.to_be_bytes());
+        input.extend_from_slice(&fresh);
+        let mut cid = [0u8; CID_NONCE + CID_TAG];
+        cid[..CID_NONCE]
+            .copy_from_slice(&ring::hmac::sign(&self.key, &input).as_ref()[..CID_NONCE]);
+        let tag = self.tag(&cid[..CID_NONCE]);
+        cid[CID_NONCE..].copy_from_slice(&tag);
+        quinn::ConnectionId::new(&cid)
+    }
+
+    fn validate(&self, cid: &quinn::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        if cid.len() != CID_NONCE + CID_TAG {
+            return Err(quinn_proto::InvalidCid);
+        }
+        let (nonce, tag) = cid.split_at(CID_NONCE);
+        // Not a secret check: a forged id only earns a reset that matches nothing.
+        if self.tag(nonce)[..] == *tag {
+            Ok(())
+        } else {
+            Err(quinn_proto::InvalidCid)
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_NONCE + CID_TAG
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
 /// Binds the relay's QUIC endpoint on `listen` with [`UDP_BUFFER`]-sized socket
-/// buffers (as far as the kernel allows; a smaller grant is logged).
+/// buffers (as far as the kernel allows; a smaller grant is logged), resetting
+/// connections of earlier runs ([`EndpointKeys`]).
 pub fn bind(
     server: quinn::ServerConfig,
     listen: std::net::SocketAddr,
+    keys: &EndpointKeys,
 ) -> std::io::Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
@@ -290,12 +405,7 @@ pub fn bind(
     }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket.into(),
-        runtime,
-    )
+    quinn::Endpoint::new(keys.endpoint_config(), Some(server), socket.into(), runtime)
 }
 
 /// Runs the endpoint until `shutdown` resolves, then stops accepting, lets open
@@ -350,6 +460,10 @@ async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
         Ok(Err(e)) => {
             // Certificates refused by TLS (expired, unknown issuer, ...) end here.
             debug!(error = %e, "handshake failed");
+            relay.metrics().refused_for(
+                crate::metrics::KIND_CONNECTION,
+                crate::metrics::REASON_HANDSHAKE,
+            );
             relay.audit_now(AuditEvent::new(
                 AuditKind::Connection,
                 "-",
@@ -383,6 +497,9 @@ async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
     let identity = match relay.authenticate(&chain, expected) {
         Ok(id) => id,
         Err(code) => {
+            relay
+                .metrics()
+                .refused(crate::metrics::KIND_CONNECTION, &code);
             relay.audit_now(AuditEvent::new(
                 AuditKind::Connection,
                 "-",
@@ -400,6 +517,9 @@ async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
         Ok(r) => r,
         Err(code) => {
             warn!(error = %code, "connection refused");
+            relay
+                .metrics()
+                .refused(crate::metrics::KIND_CONNECTION, &code);
             relay.audit_now(AuditEvent::new(
                 AuditKind::Connection,
                 identity.id(),
@@ -443,6 +563,9 @@ async fn serve_client(
     let caller = Arc::new(Caller::new(identity, chain));
     info!("client connected");
     let mut request_no = 0u64;
+    // One push channel per connection: a device needs no more, and each holds a
+    // delivery task and its page of entries.
+    let push_channel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -456,7 +579,19 @@ async fn serve_client(
         let caller = caller.clone();
         let budget = registration.budget().clone();
         let span = info_span!("req", n = request_no, kind = tracing::field::Empty);
-        tokio::spawn(handle_stream(relay, caller, budget, send, recv).instrument(span));
+        let push_channel = push_channel.clone();
+        tokio::spawn(
+            handle_stream(relay, caller, budget, push_channel, send, recv).instrument(span),
+        );
+    }
+}
+
+/// Clears a connection's push-channel flag when its subscription ends.
+struct PushChannel(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for PushChannel {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -467,6 +602,7 @@ async fn handle_stream(
     relay: Arc<Relay>,
     caller: Arc<Caller>,
     budget: ByteBudget,
+    push_channel: Arc<std::sync::atomic::AtomicBool>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -474,6 +610,7 @@ async fn handle_stream(
     let deadline = Duration::from_millis(relay.limits().frame_timeout_ms);
     if let Err(code) = relay.check_rate(&caller.id) {
         debug!(error = %code, "request refused");
+        relay.metrics().refused(crate::metrics::KIND_UNREAD, &code);
         let _ = write_frame(&mut send, &Response::Error(code), max).await;
         let _ = send.finish();
         discard_rest(&mut recv, max, deadline).await;
@@ -485,6 +622,9 @@ async fn handle_stream(
             Ok(None) => return,
             Err(refusal) => {
                 debug!(error = %refusal.code, action = refusal.action, "request frame refused");
+                relay
+                    .metrics()
+                    .refused(crate::metrics::KIND_UNREAD, &refusal.code);
                 relay.audit_now(AuditEvent::new(
                     AuditKind::Refusal,
                     caller.id.clone(),
@@ -497,16 +637,30 @@ async fn handle_stream(
                 return;
             }
         };
-    tracing::Span::current().record("kind", request_kind(&request));
+    let kind = request_kind(&request);
+    tracing::Span::current().record("kind", kind);
+    relay.metrics().request(kind);
     if let Request::Subscribe = request {
         // Nothing more is read from a subscription: what the device might still
         // send is dropped at once rather than buffered for the stream's lifetime.
         drop(hold);
         drop(recv);
+        if push_channel.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let code = ErrorCode::BadRequest {
+                reason: "this connection already has a push channel (one per connection)".into(),
+            };
+            relay.metrics().refused(kind, &code);
+            relay.audit_refusal(&caller.id, "-", "subscribe", &code);
+            let _ = write_frame(&mut send, &Push::Closed(code), max).await;
+            let _ = send.finish();
+            return;
+        }
+        let _open = PushChannel(push_channel);
         crate::delivery::run_subscription(relay, caller, send).await;
         return;
     }
     if let Err(code) = expect_end(&mut recv).await {
+        relay.metrics().refused(kind, &code);
         relay.audit_refusal(&caller.id, "-", "decode", &code);
         let _ = write_frame(&mut send, &Response::Error(code), max).await;
         let _ = send.finish();
@@ -577,10 +731,58 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::Revoke { .. } => "revoke",
         Request::Trust => "trust",
         Request::AuditHead => "audit-head",
+        Request::TrustStatements { .. } => "trust-statements",
+        Request::Cursors { .. } => "cursors",
     }
 }
 
 /// Sends a push frame; `false` if the device went away.
 pub async fn push(send: &mut quinn::SendStream, msg: &Push, max_frame: usize) -> bool {
     write_frame(send, msg, max_frame).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn_proto::ConnectionIdGenerator as _;
+
+    fn cids(key: &[u8]) -> RelayCids {
+        RelayCids {
+            key: EndpointKeys::derive(key).cid,
+            counter: 0,
+        }
+    }
+
+    /// Ids issued by one run validate in the next run of the same relay (same key),
+    /// not at another relay; ids are unique and their MAC is checked.
+    #[test]
+    fn connection_ids_are_recognised_across_runs_of_the_same_relay_only() {
+        let mut first = cids(b"relay key");
+        let second = cids(b"relay key");
+        let other = cids(b"another relay key");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let cid = first.generate_cid();
+            assert_eq!(cid.len(), first.cid_len());
+            assert!(second.validate(&cid).is_ok());
+            assert!(other.validate(&cid).is_err());
+            assert!(seen.insert(cid.to_vec()), "repeated id");
+        }
+        let mut forged = first.generate_cid().to_vec();
+        forged[0] ^= 1;
+        assert!(second.validate(&quinn::ConnectionId::new(&forged)).is_err());
+        assert!(second.validate(&quinn::ConnectionId::new(&[0; 8])).is_err());
+    }
+
+    /// The keys are a function of the private key: equal for equal keys, and the
+    /// reset and id keys differ from each other.
+    #[test]
+    fn endpoint_keys_derive_deterministically() {
+        let sign = |k: &ring::hmac::Key| ring::hmac::sign(k, b"x").as_ref().to_vec();
+        let (a, b) = (EndpointKeys::derive(b"k"), EndpointKeys::derive(b"k"));
+        assert_eq!(sign(&a.reset), sign(&b.reset));
+        assert_eq!(sign(&a.cid), sign(&b.cid));
+        assert_ne!(sign(&a.reset), sign(&a.cid));
+        assert_ne!(sign(&a.reset), sign(&EndpointKeys::derive(b"j").reset));
+    }
 }

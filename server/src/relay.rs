@@ -24,6 +24,7 @@ use crate::config::{Limits, RelayConfig};
 use crate::decide;
 use crate::error::RelayError;
 use crate::groups;
+use crate::metrics::{BatchCounts, Metrics};
 use crate::net::ByteBudget;
 use crate::records::{CommunityRecord, MemberRecord, NoticeRecord, WelcomeBlob, WelcomeRef};
 use crate::store::{Batch, Durability, Engine, get_obj, keys};
@@ -58,6 +59,8 @@ pub struct Writer {
     pub audit: AuditHead,
     /// Next outbox sequence number per peer.
     pub outbox_next: HashMap<String, u64>,
+    /// What the batch being written did that is counted (once it is applied).
+    pub counts: BatchCounts,
 }
 
 #[derive(Debug)]
@@ -83,6 +86,7 @@ struct Live {
 pub struct Registration {
     relay: Arc<Relay>,
     id: String,
+    kind: IdentityKind,
     conn_id: usize,
     budget: ByteBudget,
 }
@@ -97,6 +101,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.relay.metrics.connection_closed(self.kind);
         if let Ok(mut conns) = self.relay.conns.lock()
             && let Some(live) = conns.get_mut(&self.id)
         {
@@ -109,19 +114,42 @@ impl Drop for Registration {
     }
 }
 
+/// What a reload may replace of the relay's own identity.
+#[derive(Debug)]
+pub struct OwnIdentity {
+    /// The relay's certificate chain, leaf first (its MLS external-sender credential).
+    pub cert_chain: Vec<Vec<u8>>,
+    /// PKCS#8 of the relay key (signs external proposals).
+    pub key_pkcs8: Vec<u8>,
+    /// Effective accreditation.
+    pub accreditation: Clearance,
+}
+
+impl OwnIdentity {
+    fn from_config(config: &RelayConfig) -> Self {
+        Self {
+            cert_chain: config.cert_chain.iter().map(|c| c.to_vec()).collect(),
+            key_pkcs8: config.key_pkcs8.clone(),
+            accreditation: config.accreditation.clone(),
+        }
+    }
+}
+
 /// One relay.
 #[derive(Debug)]
 pub struct Relay {
     id: String,
     organisation: String,
-    accreditation: Clearance,
     anchors: Vec<Vec<u8>>,
-    trust: kring_protocol::identity::TrustMap,
+    /// Who may speak for which relay; replaced whole by a reload.
+    trust: RwLock<Arc<kring_protocol::identity::TrustMap>>,
     limits: Limits,
-    /// The relay's own certificate chain (its MLS external-sender credential).
-    pub cert_chain: Vec<Vec<u8>>,
-    /// PKCS#8 of the relay key (signs external proposals).
-    pub key_pkcs8: Vec<u8>,
+    /// Certificate, key and accreditation; replaced whole by a reload.
+    own: RwLock<Arc<OwnIdentity>>,
+    /// The certificate and key TLS presents (swapped by a reload).
+    tls_identity: Arc<crate::tls::CertResolver>,
+    /// CRL files the enforcement task re-reads as they change.
+    crl_files: RwLock<Vec<std::path::PathBuf>>,
     engine: Arc<dyn Engine>,
     durability: Durability,
     writer: Mutex<Writer>,
@@ -131,12 +159,17 @@ pub struct Relay {
     revocations: RwLock<Revocations>,
     enforce: watch::Sender<u64>,
     enforce_due: Mutex<crate::revocation::EnforceDue>,
+    /// The revocation set's generation the last full enforcement was asked for.
+    enforced_generation: std::sync::atomic::AtomicU64,
+    crl_rate: Mutex<crate::revocation::CrlRateLimit>,
     rate: Mutex<HashMap<String, Bucket>>,
     key_fetches: Mutex<crate::key_fetch::KeyFetchLimiter>,
-    /// Federation peers by id.
-    pub peers: std::collections::BTreeMap<String, Arc<crate::federation::Peer>>,
+    /// Federation peers by id (changed by a reload).
+    peers: RwLock<std::collections::BTreeMap<String, Arc<crate::federation::Peer>>>,
     /// The QUIC endpoint (for dialling peers), set once bound.
     pub endpoint: std::sync::OnceLock<(quinn::Endpoint, quinn::ClientConfig)>,
+    metrics: Arc<Metrics>,
+    recovery: crate::recovery::Recovery,
 }
 
 /// QUIC application close code of a connection cut off by revocation.
@@ -216,24 +249,30 @@ impl Relay {
             now(),
         )?;
         let revocations = crate::revocation::load(engine.as_ref(), &anchors)?;
+        let generation = revocations.generation();
         let (enforce, _) = watch::channel(0);
-        let durability = Durability::start(engine.clone());
+        let metrics = Arc::new(Metrics::new());
+        let durability = Durability::start_observed(engine.clone(), {
+            let metrics = metrics.clone();
+            Some(Arc::new(move |took, ok| metrics.flushed(took, ok)))
+        });
         let (changes, _) = watch::channel(0);
         let (visible, _) = watch::channel(0);
         Ok(Arc::new(Self {
             id: config.identity.name.clone(),
             organisation: config.identity.organisation.clone(),
-            accreditation: config.accreditation.clone(),
             anchors,
-            trust: config.trust.clone(),
+            trust: RwLock::new(Arc::new(config.trust.clone())),
             limits: config.limits.clone(),
-            cert_chain: config.cert_chain.iter().map(|c| c.to_vec()).collect(),
-            key_pkcs8: config.key_pkcs8.clone(),
+            own: RwLock::new(Arc::new(OwnIdentity::from_config(config))),
+            tls_identity: crate::tls::CertResolver::new(config)?,
+            crl_files: RwLock::new(config.crls.clone()),
             engine: engine.clone(),
             durability,
             writer: Mutex::new(Writer {
                 audit,
                 outbox_next: crate::federation::load_outbox_heads(engine.as_ref(), &config.peers)?,
+                counts: BatchCounts::default(),
             }),
             changes,
             visible,
@@ -245,26 +284,184 @@ impl Relay {
             // A first pass at start: the set loaded from the store may have changed
             // since the last one ran.
             enforce_due: Mutex::new(crate::revocation::EnforceDue::everything()),
-            peers: config
-                .peers
-                .iter()
-                .map(|p| {
-                    let cap = p.accreditation.as_ref().and_then(|a| a.parse().ok());
-                    let peer = crate::federation::Peer::new(&p.id, p.address, cap, engine.as_ref());
-                    (p.id.clone(), Arc::new(peer))
-                })
-                .collect(),
+            enforced_generation: std::sync::atomic::AtomicU64::new(generation),
+            crl_rate: Mutex::new(crate::revocation::CrlRateLimit::default()),
+            peers: RwLock::new(
+                config
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.id.clone(),
+                            crate::federation::Peer::from_config(p, engine.as_ref()),
+                        )
+                    })
+                    .collect(),
+            ),
             endpoint: std::sync::OnceLock::new(),
+            metrics,
+            recovery: crate::recovery::Recovery::open(
+                engine.as_ref(),
+                &config.identity.name,
+                &config.peers,
+            )?,
         }))
+    }
+
+    /// Where a relay restored from a backup stands ([`crate::recovery`]).
+    pub fn recovery(&self) -> &crate::recovery::Recovery {
+        &self.recovery
+    }
+
+    /// The durability of the store (consistent views for backups).
+    pub fn durability(&self) -> &Durability {
+        &self.durability
+    }
+
+    /// The relay's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// This relay's id.
     pub fn id(&self) -> &str {
         &self.id
     }
-    /// Effective accreditation.
-    pub fn accreditation(&self) -> &Clearance {
-        &self.accreditation
+    /// Effective accreditation (as last loaded).
+    pub fn accreditation(&self) -> Clearance {
+        self.own().accreditation.clone()
+    }
+    /// The relay's certificate, key and accreditation (as last loaded).
+    pub fn own(&self) -> Arc<OwnIdentity> {
+        self.own
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+    /// The relay's certificate chain, leaf first.
+    pub fn cert_chain(&self) -> Vec<Vec<u8>> {
+        self.own().cert_chain.clone()
+    }
+    /// The certificate and key TLS presents.
+    pub fn tls_identity(&self) -> Arc<crate::tls::CertResolver> {
+        self.tls_identity.clone()
+    }
+    /// Takes a renewed certificate, key and accreditation from `config`: the audit
+    /// log's last checkpoint is signed with the old key, the new certificate joins
+    /// the certificate history (checked against the anchors), then checkpoints,
+    /// TLS handshakes and MLS signatures use the new one.
+    pub fn renew_identity(&self, config: &RelayConfig) -> Result<(), RelayError> {
+        let signer = Arc::new(crate::audit::CheckpointSigner::new(
+            &self.id,
+            &config.key_pkcs8,
+            config.cert_chain.iter().map(|c| c.to_vec()).collect(),
+        )?);
+        let tls_key = crate::tls::CertResolver::prepare(config)?;
+        self.write(|w, b| {
+            let at = now();
+            w.audit.checkpoint(b, at)?;
+            w.audit.set_signer(signer);
+            crate::audit::adopt_certificate_into(
+                self.engine.as_ref(),
+                &mut w.audit,
+                &self.anchors,
+                &self.organisation,
+                at,
+                b,
+            )
+        })?;
+        *self
+            .own
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(OwnIdentity::from_config(config));
+        self.tls_identity.replace(tls_key);
+        Ok(())
+    }
+    /// Takes the accreditation of `config` (same certificate).
+    pub fn set_accreditation(&self, config: &RelayConfig) {
+        let mut own = self
+            .own
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *own = Arc::new(OwnIdentity {
+            cert_chain: own.cert_chain.clone(),
+            key_pkcs8: own.key_pkcs8.clone(),
+            accreditation: config.accreditation.clone(),
+        });
+    }
+    /// Replaces who may speak for which relay.
+    pub fn set_trust(&self, trust: kring_protocol::identity::TrustMap) {
+        *self
+            .trust
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(trust);
+    }
+    /// The CRL files to re-read as they change.
+    pub fn crl_files(&self) -> Vec<std::path::PathBuf> {
+        self.crl_files
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+    /// Replaces the CRL files and has them read now.
+    pub fn set_crl_files(&self, files: Vec<std::path::PathBuf>) {
+        *self
+            .crl_files
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = files;
+        self.enforce.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    /// Removes peer `id` (a reload); the caller retires it.
+    pub fn remove_peer(&self, id: &str) -> Option<Arc<crate::federation::Peer>> {
+        self.peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id)
+    }
+    /// Adds or replaces a peer (a reload), with its outbox numbering from the
+    /// store; returns the one it replaces (for the caller to retire).
+    pub fn insert_peer(
+        &self,
+        entry: &crate::config::PeerToml,
+        peer: Arc<crate::federation::Peer>,
+    ) -> Result<Option<Arc<crate::federation::Peer>>, RelayError> {
+        let heads = crate::federation::load_outbox_heads(
+            self.engine.as_ref(),
+            std::slice::from_ref(entry),
+        )?;
+        self.write(|w, _| {
+            for (id, next) in heads {
+                w.outbox_next.entry(id).or_insert(next);
+            }
+            Ok(())
+        })?;
+        Ok(self
+            .peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(entry.id.clone(), peer))
+    }
+    /// The configured federation peer `id`.
+    pub fn peer(&self, id: &str) -> Option<Arc<crate::federation::Peer>> {
+        self.peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+    /// Whether `id` is a configured federation peer.
+    pub fn is_peer(&self, id: &str) -> bool {
+        self.peer(id).is_some()
+    }
+    /// Every configured federation peer, by id.
+    pub fn peer_list(&self) -> Vec<Arc<crate::federation::Peer>> {
+        self.peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
     /// Limits.
     pub fn limits(&self) -> &Limits {
@@ -283,8 +480,11 @@ impl Relay {
         &self.organisation
     }
     /// Who may speak for which relay (this relay and its configured peers).
-    pub fn trust(&self) -> &kring_protocol::identity::TrustMap {
-        &self.trust
+    pub fn trust(&self) -> Arc<kring_protocol::identity::TrustMap> {
+        self.trust
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
     /// The store, shared.
     pub fn engine_arc(&self) -> Arc<dyn Engine> {
@@ -302,11 +502,26 @@ impl Relay {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    /// Asks the enforcement task to run over everything (after the revocation set
-    /// changed).
+    /// Asks the enforcement task to run over everything if something became
+    /// revoked since it was last asked to (a revocation or CRL that changed nothing
+    /// costs no pass).
     pub fn enforce_soon(&self) {
+        let generation = self.revocations().generation();
+        let before = self
+            .enforced_generation
+            .swap(generation, std::sync::atomic::Ordering::SeqCst);
+        if before == generation {
+            return;
+        }
         self.enforce_due().all = true;
         self.enforce.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    /// The limit on CRLs from peers (see [`crate::revocation::CrlRateLimit`]).
+    pub fn admit_crl(&self, organisation: &str, now: i64) -> crate::revocation::CrlAdmission {
+        self.crl_rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(organisation, now)
     }
     /// Asks the enforcement task to look at `community`, hubbed here, again (after a
     /// commit: removals proposed in the old epoch are void).
@@ -327,10 +542,10 @@ impl Relay {
     }
     /// Organisation CA certificates this relay knows: its own and its peers'.
     pub fn known_cas(&self) -> Vec<Vec<u8>> {
-        let mut cas: Vec<Vec<u8>> = self.cert_chain.iter().skip(1).cloned().collect();
+        let mut cas: Vec<Vec<u8>> = self.cert_chain().into_iter().skip(1).collect();
         cas.extend(
-            self.peers
-                .values()
+            self.peer_list()
+                .iter()
                 .filter_map(|p| p.info())
                 .map(|i| i.ca)
                 .filter(|ca| !ca.is_empty()),
@@ -349,7 +564,8 @@ impl Relay {
                     if conn.close_reason().is_some() {
                         continue;
                     }
-                    if let Err(why) = revoked.check(identity) {
+                    let chain = crate::net::peer_chain(conn).unwrap_or_default();
+                    if let Err(why) = revoked.check_chain(identity, &chain) {
                         conn.close(REVOKED_CLOSE_CODE.into(), b"revoked");
                         out.push((id.clone(), why));
                     }
@@ -426,6 +642,7 @@ impl Relay {
 
     /// Flushes and stops the store (graceful shutdown).
     pub async fn shutdown(&self) -> Result<(), RelayError> {
+        self.metrics.stopping();
         if let Err(e) = self.write(|w, b| w.audit.checkpoint(b, now())) {
             tracing::error!(error = %e, "cannot write the final audit checkpoint");
         }
@@ -443,12 +660,12 @@ impl Relay {
             &self.anchors,
             now() as u64,
             expected,
-            &self.trust,
+            &self.trust(),
         )
         .map_err(|e| ErrorCode::Unauthenticated {
             reason: e.to_string(),
         })?;
-        let revoked = self.revocations().check(&id);
+        let revoked = self.revocations().check_chain(&id, chain);
         if let Err(why) = revoked {
             self.audit_now(AuditEvent::new(
                 AuditKind::Revocation,
@@ -473,6 +690,21 @@ impl Relay {
             });
         }
         Ok(id)
+    }
+
+    /// The organisation CA that `chain` (a relay's, as presented in TLS) verifies
+    /// through, as [`authenticate`](Self::authenticate) checked it: the CA to
+    /// record for a peer, never merely the second certificate presented.
+    pub fn verified_issuer(&self, chain: &[Vec<u8>]) -> Option<Vec<u8>> {
+        kring_protocol::identity::verify_chain_trusted_issuer(
+            chain,
+            &self.anchors,
+            now() as u64,
+            IdentityKind::Relay,
+            &self.trust(),
+        )
+        .ok()
+        .map(|(_, issuer)| issuer)
     }
 
     /// Registers a live connection of a device or a peer relay, authenticated as
@@ -510,6 +742,7 @@ impl Relay {
                 });
             }
             live.conns.push((conn_id, conn.clone(), identity.clone()));
+            self.metrics.connection_opened(identity.kind);
             live.budget.clone()
         };
         let not_after = kring_protocol::identity::chain_not_after(chain)
@@ -523,6 +756,7 @@ impl Relay {
         Ok(Registration {
             relay: self.clone(),
             id,
+            kind: identity.kind,
             conn_id,
             budget,
         })
@@ -595,14 +829,19 @@ impl Relay {
         let mut batch = Batch::default();
         match f(&mut w, &mut batch) {
             Ok(v) => match self.durability.apply(batch) {
-                Ok(n) => Ok((v, n)),
+                Ok(n) => {
+                    self.metrics.counted(std::mem::take(&mut w.counts));
+                    Ok((v, n))
+                }
                 Err(e) => {
+                    w.counts = BatchCounts::default();
                     w.audit.reload(self.engine.as_ref())?;
                     Err(e)
                 }
             },
             Err(e) => {
                 // Nothing was applied: the audit head may have advanced in memory.
+                w.counts = BatchCounts::default();
                 w.audit.reload(self.engine.as_ref())?;
                 Err(e)
             }
@@ -640,7 +879,11 @@ impl Relay {
     pub async fn handle(&self, caller: &Caller, request: Request) -> Response {
         let action = crate::net::request_kind(&request);
         let subject = request_subject(&request);
-        let result = if self.revocations().check(&caller.identity).is_err() {
+        let result = if self
+            .revocations()
+            .check_chain(&caller.identity, &caller.chain)
+            .is_err()
+        {
             Err(RelayError::Refused(ErrorCode::Revoked))
         } else {
             self.dispatch(caller, request).await
@@ -649,6 +892,7 @@ impl Relay {
             Ok(r) => r,
             Err(e) => {
                 let code = e.to_code();
+                self.metrics.refused(action, &code);
                 match &e {
                     RelayError::Refused(_) => {}
                     other => tracing::error!(error = %other, action, "request failed"),
@@ -665,6 +909,9 @@ impl Relay {
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::Trust => crate::revocation::trust_state(self).map(Response::Trust),
+            Request::TrustStatements { after } => {
+                crate::revocation::trust_statements(self, after.as_deref())
+            }
             Request::PublishKeyPackages {
                 key_packages,
                 last_resort,
@@ -721,6 +968,7 @@ impl Relay {
             Request::Revoke { statement } => {
                 crate::revocation::revoke(self, caller, statement).await
             }
+            Request::Cursors { cursors } => crate::recovery::cursors(self, caller, cursors).await,
             Request::Subscribe => Err(ErrorCode::BadRequest {
                 reason: "subscribe is handled on its own stream".into(),
             }
@@ -738,7 +986,7 @@ impl Relay {
     ) -> Result<Response, RelayError> {
         let now_s = now() as u64;
         for kp in key_packages.iter().chain(last_resort.iter()) {
-            groups::validate_key_package(kp, &caller.chain, &self.anchors, &self.trust, now_s)
+            groups::validate_key_package(kp, &caller.chain, &self.anchors, &self.trust(), now_s)
                 .map_err(|reason| ErrorCode::BadRequest {
                     reason: format!("key package refused: {reason}"),
                 })?;
@@ -776,7 +1024,7 @@ impl Relay {
     async fn fetch_key_package(&self, caller: &Caller, user: &str) -> Result<Response, RelayError> {
         let home = home_relay(user);
         if home != self.id {
-            if !self.peers.contains_key(home) {
+            if !self.is_peer(home) {
                 return Err(ErrorCode::NotFound {
                     what: format!("{user}: relay {home} is not a peer of relay {}", self.id),
                 }
@@ -865,7 +1113,7 @@ impl Relay {
             groups::check_key_package_credential(
                 &kp,
                 &self.anchors,
-                &self.trust,
+                &self.trust(),
                 now() as u64,
                 &revoked,
             )
@@ -916,9 +1164,9 @@ impl Relay {
     /// that is not a configured peer or whose certificate has not been seen yet.
     pub fn relay_accreditation(&self, relay: &str) -> Option<Clearance> {
         if relay == self.id {
-            Some(self.accreditation.clone())
+            Some(self.accreditation())
         } else {
-            self.peers.get(relay).and_then(|p| p.accreditation())
+            self.peer(relay).and_then(|p| p.accreditation())
         }
     }
 
@@ -939,6 +1187,8 @@ impl Relay {
             }
             .into());
         }
+        self.recovery
+            .may_create(self.engine(), &self.id, community)?;
         let seq = self.write(|w, b| {
             if self.community(community)?.is_some() {
                 return Err(ErrorCode::BadRequest {
@@ -953,7 +1203,7 @@ impl Relay {
                 group_info,
                 ratchet_tree,
                 &self.anchors,
-                &self.trust,
+                &self.trust(),
                 now() as u64,
             )
             .map_err(|reason| ErrorCode::BadRequest { reason })?;
@@ -981,7 +1231,7 @@ impl Relay {
             decide::create_community(
                 &max_label,
                 caller.identity.clearance.as_ref(),
-                &self.accreditation,
+                &self.accreditation(),
             )?;
             let rec = CommunityRecord {
                 id: community.to_string(),
@@ -1057,6 +1307,14 @@ impl Relay {
             if self.revocations().user_revoked(sender).is_some() {
                 return Err(ErrorCode::Revoked.into());
             }
+            self.recovery.may_order(
+                self.engine(),
+                b,
+                &self.id,
+                community,
+                &rec.members,
+                rec.last_seq + 1,
+            )?;
             let overlay = groups::Overlay::new(self.engine.clone());
             let staged = {
                 let revoked = self.revocations();
@@ -1065,7 +1323,7 @@ impl Relay {
                     community,
                     message,
                     &self.anchors,
-                    &self.trust,
+                    &self.trust(),
                     now() as u64,
                     &revoked,
                 )?
@@ -1115,12 +1373,13 @@ impl Relay {
             let added = staged.added.clone();
             let removed = staged.removed.clone();
             let new_admins = staged.new_admins.clone();
+            let self_update = staged.self_update;
             let merged = groups::merge(
                 &overlay,
                 community,
                 staged,
                 &self.anchors,
-                &self.trust,
+                &self.trust(),
                 now() as u64,
             )?;
             let seq = rec.last_seq + 1;
@@ -1175,6 +1434,22 @@ impl Relay {
                     ),
                 )?;
             }
+            if self_update {
+                w.audit.append(
+                    b,
+                    now(),
+                    AuditEvent::new(
+                        AuditKind::Membership,
+                        sender,
+                        community,
+                        "update-keys",
+                        format!(
+                            "{sender} updated its leaf keys at epoch {}{via}",
+                            merged.epoch
+                        ),
+                    ),
+                )?;
+            }
             let before: Vec<String> = rec.members.clone();
             rec.epoch = merged.epoch;
             rec.members = merged.members;
@@ -1189,6 +1464,7 @@ impl Relay {
                 let users: Vec<String> = added.iter().map(|(user, _)| user.clone()).collect();
                 self.route_welcomes(w, b, &users, community, welcome, &merged.ratchet_tree)?;
             }
+            w.counts.commits_ordered += 1;
             Ok((seq, rec.epoch))
         })?;
         self.durable().await?;
@@ -1515,7 +1791,7 @@ impl Relay {
             community,
             rec,
             caller.identity.clearance.as_ref(),
-            &self.accreditation,
+            &self.accreditation(),
         )?;
         let hub_accr = self.relay_accreditation(&rec.hub);
         let d = kring_policy::decide_opt(Some(&label), hub_accr.as_ref());
@@ -1601,7 +1877,13 @@ impl Relay {
         }
         match origin {
             None => {
-                check_notice_label(&app, community, rec, sender_clearance, &self.accreditation)?;
+                check_notice_label(
+                    &app,
+                    community,
+                    rec,
+                    sender_clearance,
+                    &self.accreditation(),
+                )?;
             }
             Some(peer) => {
                 let peer_accr = self.relay_accreditation(peer);
@@ -1610,10 +1892,18 @@ impl Relay {
                     community,
                     rec,
                     peer_accr.as_ref(),
-                    &self.accreditation,
+                    &self.accreditation(),
                 )?;
             }
         }
+        self.recovery.may_order(
+            self.engine(),
+            b,
+            &self.id,
+            community,
+            &rec.members,
+            rec.last_seq + 1,
+        )?;
         let seq = rec.last_seq + 1;
         let entry = LogEntry {
             community: community.to_string(),
@@ -1640,6 +1930,7 @@ impl Relay {
         rec.last_seq = seq;
         put_last_seq(b, community, seq)?;
         self.fan_out(w, b, rec, &entry, &[])?;
+        w.counts.notices_ordered += 1;
         Ok(seq)
     }
 
@@ -1702,17 +1993,15 @@ impl Relay {
 
     fn list_communities(&self, caller: &Caller) -> Result<Response, RelayError> {
         let mut out = Vec::new();
-        for (k, v) in self.engine.scan(
-            &keys::member_prefix(&caller.id),
-            None,
-            kring_protocol::wire::limits::MAX_LIST,
-        )? {
-            let m: MemberRecord = crate::store::decode(&k, &v)?;
+        // Every membership record, not only the first page: ended ones must not
+        // hide current ones.
+        for (community, m) in crate::delivery::memberships(self, &caller.id)? {
             if m.removed_seq.is_some() {
                 continue;
             }
-            let community =
-                String::from_utf8_lossy(&k[keys::member_prefix(&caller.id).len()..]).into_owned();
+            if out.len() == kring_protocol::wire::limits::MAX_LIST {
+                break;
+            }
             if let Some(rec) = self.community(&community)? {
                 out.push(summary(&rec));
             }

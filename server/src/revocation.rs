@@ -6,8 +6,15 @@
 //!   every peer (but the one it came from) go into one atomic batch, so a
 //!   revocation that was acknowledged is durable and will reach every peer. A relay
 //!   passes on only what is new to it, so statements flood any topology once.
-//! - **Enforcing** ([`enforce_loop`]) runs whenever the set changes (and after every
-//!   commit at a hub): it closes the revoked identities' connections, and at every
+//! - **Bounds.** One CRL is held per issuing CA (by its fingerprint), the newest
+//!   replacing the one before; a CRL dated in the future is refused; CRLs received
+//!   from peers are taken at most [`CRLS_PER_MINUTE`] a minute per issuing
+//!   organisation (the excess is dropped, with one audit record a minute saying
+//!   so); an accepted CRL's audit record names only the first
+//!   [`AUDITED_SERIALS`] newly revoked serials; an organisation's statements are
+//!   refused beyond [`MAX_STATEMENTS_PER_ORGANISATION`].
+//! - **Enforcing** ([`enforce_loop`]) runs whenever something becomes revoked that
+//!   was not (and after every commit at a hub): it closes the revoked identities' connections, and at every
 //!   community hubbed here proposes the removal of every member whose credential is
 //!   revoked (as the group's external sender), appending the proposal to the
 //!   community log so that the first online member's client commits it.
@@ -15,17 +22,20 @@
 //!   identity at connect and at every request, delivery, key package hand-out,
 //!   commits (credentials are validated with the set) and notices at the hub.
 //!
-//! Store keys: `x/USER` statements, `X/ORG` the newest CRL of each organisation
-//! with its issuing CA, `P/PEER` what a peer's certificate said (organisation, CA).
+//! Store keys: `x/USER` statements, `X/FINGERPRINT` the newest CRL of each issuing
+//! CA with that CA (records stored under `X/ORG` are read too), `P/PEER` what a
+//! peer's certificate said (organisation, verified CA).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kring_protocol::identity::{Identity, ROLE_ORG_ADMIN, certificates_from_pem};
 use kring_protocol::mls::CertSigner;
-use kring_protocol::revocation::{RevocationStatement, Revocations, verify_crl};
+use kring_protocol::revocation::{
+    MAX_STATEMENTS_PER_ORGANISATION, RevocationStatement, Revocations, verify_crl,
+};
 use kring_protocol::wire::{
     CrlCopy, EntryKind, ErrorCode, FedBody, LogEntry, Response, TrustState, TrustedRelay,
 };
@@ -37,7 +47,7 @@ use crate::error::RelayError;
 use crate::groups;
 use crate::records::CommunityRecord;
 use crate::relay::{Caller, Relay, Writer, home_relay, now};
-use crate::store::{Batch, Engine, decode, get_obj, keys as store_keys};
+use crate::store::{Batch, Engine, decode, keys as store_keys};
 
 /// Store keys of revocation.
 pub mod keys {
@@ -49,9 +59,9 @@ pub mod keys {
     pub fn statement(user: &str) -> Vec<u8> {
         [STATEMENTS, user.as_bytes()].concat()
     }
-    /// The newest CRL of `org`.
-    pub fn crl(org: &str) -> Vec<u8> {
-        [CRLS, org.as_bytes()].concat()
+    /// The newest CRL of the CA with fingerprint `issuer`.
+    pub fn crl(issuer: &kring_protocol::identity::CaFingerprint) -> Vec<u8> {
+        [CRLS, issuer.to_string().as_bytes()].concat()
     }
     /// What a peer's certificate said when last seen.
     pub fn peer_info(peer: &str) -> Vec<u8> {
@@ -61,6 +71,65 @@ pub mod keys {
 
 /// How often configured CRL files are checked for changes.
 const CRL_POLL: Duration = Duration::from_secs(1);
+/// Most CRLs taken from peers per issuing organisation in one minute.
+pub const CRLS_PER_MINUTE: u32 = 6;
+/// Most newly revoked serials an accepted CRL's audit record names (the count is
+/// always there).
+pub const AUDITED_SERIALS: usize = 8;
+/// Most bytes of statements in one answer to a device (half the default frame:
+/// the rest is left for the trust map and the CRLs).
+const STATEMENT_PAGE_BYTES: usize = kring_protocol::wire::DEFAULT_MAX_FRAME / 2;
+
+/// What [`CrlRateLimit::admit`] decides for one CRL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlAdmission {
+    /// Take it.
+    Take,
+    /// Drop it, and write one audit record saying that this organisation's CRLs
+    /// are being dropped (the first drop of the minute).
+    DropAndReport,
+    /// Drop it quietly (already reported this minute).
+    Drop,
+}
+
+/// The limit on CRLs taken from peers: at most [`CRLS_PER_MINUTE`] per issuing
+/// organisation in each minute. Sans-IO: the caller passes the time in.
+#[derive(Debug, Default)]
+pub struct CrlRateLimit {
+    windows: BTreeMap<String, CrlWindow>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CrlWindow {
+    start: i64,
+    taken: u32,
+    reported: bool,
+}
+
+impl CrlRateLimit {
+    /// Decides for a CRL of `organisation` arriving at `now` (unix seconds).
+    pub fn admit(&mut self, organisation: &str, now: i64) -> CrlAdmission {
+        // Forget organisations whose window has passed (keeps the map small).
+        self.windows.retain(|_, w| now.saturating_sub(w.start) < 60);
+        let w = self
+            .windows
+            .entry(organisation.to_string())
+            .or_insert(CrlWindow {
+                start: now,
+                taken: 0,
+                reported: false,
+            });
+        if w.taken < CRLS_PER_MINUTE {
+            w.taken += 1;
+            CrlAdmission::Take
+        } else if !w.reported {
+            w.reported = true;
+            CrlAdmission::DropAndReport
+        } else {
+            CrlAdmission::Drop
+        }
+    }
+}
 
 /// A CRL as stored: the DER and its issuing CA certificate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,18 +182,7 @@ pub fn trust_state(relay: &Relay) -> Result<TrustState, RelayError> {
             ca: t.ca,
         })
         .collect();
-    let max = kring_protocol::wire::limits::MAX_STATEMENTS;
-    let mut statements = Vec::new();
-    for (k, v) in relay.engine().scan(keys::STATEMENTS, None, max + 1)? {
-        statements.push(decode::<RevocationStatement>(&k, &v)?);
-    }
-    if statements.len() > max {
-        warn!(
-            max,
-            "more revocation statements than a device can be sent; devices get the first {max}"
-        );
-        statements.truncate(max);
-    }
+    let (statements, _) = statement_page(relay, None)?;
     let mut crls = Vec::new();
     for (k, v) in relay
         .engine()
@@ -141,6 +199,36 @@ pub fn trust_state(relay: &Relay) -> Result<TrustState, RelayError> {
         statements,
         crls,
     })
+}
+
+/// `Request::TrustStatements`: the statements after user `after`, one page.
+pub fn trust_statements(relay: &Relay, after: Option<&str>) -> Result<Response, RelayError> {
+    let (statements, more) = statement_page(relay, after)?;
+    Ok(Response::TrustStatements { statements, more })
+}
+
+/// Statements in user-id order after `after`: at most
+/// [`MAX_STATEMENTS`](kring_protocol::wire::limits::MAX_STATEMENTS) and about
+/// [`STATEMENT_PAGE_BYTES`] (always at least one); whether more follow.
+fn statement_page(
+    relay: &Relay,
+    after: Option<&str>,
+) -> Result<(Vec<RevocationStatement>, bool), RelayError> {
+    let max = kring_protocol::wire::limits::MAX_STATEMENTS;
+    let after_key = after.map(keys::statement);
+    let mut statements = Vec::new();
+    let mut bytes = 0usize;
+    for (k, v) in relay
+        .engine()
+        .scan(keys::STATEMENTS, after_key.as_deref(), max + 1)?
+    {
+        bytes = bytes.saturating_add(v.len());
+        if statements.len() == max || (!statements.is_empty() && bytes > STATEMENT_PAGE_BYTES) {
+            return Ok((statements, true));
+        }
+        statements.push(decode::<RevocationStatement>(&k, &v)?);
+    }
+    Ok((statements, false))
 }
 
 fn refused(code: ErrorCode) -> RelayError {
@@ -170,7 +258,7 @@ pub async fn revoke(
     // The revoker's organisation and the revoked user's home relay are checked
     // against the configured trust map, never against what a certificate claims.
     statement
-        .verify(relay.anchors(), relay.trust(), now())
+        .verify(relay.anchors(), &relay.trust(), now())
         .map_err(|e| statement_refusal(&e))?;
     let peers = relay
         .write(|w, b| accept_statement(relay, w, b, &statement, None))?
@@ -239,6 +327,15 @@ pub fn accept_statement(
     {
         return Ok(None);
     }
+    let held = relay.revocations().statements_of(&statement.organisation);
+    if held >= MAX_STATEMENTS_PER_ORGANISATION {
+        return Err(refused(ErrorCode::BadRequest {
+            reason: format!(
+                "organisation {} already has {held} revocation statements, the most a relay holds for one organisation; {} is not revoked here",
+                statement.organisation, statement.user
+            ),
+        }));
+    }
     b.put_obj(keys::statement(&statement.user), statement)?;
     let revoker = statement
         .revoker_chain
@@ -291,10 +388,10 @@ fn pass_on(
     body: FedBody,
 ) -> Result<Vec<String>, RelayError> {
     let peers: Vec<String> = relay
-        .peers
-        .keys()
+        .peer_list()
+        .iter()
+        .map(|p| p.id.clone())
         .filter(|p| Some(p.as_str()) != source)
-        .cloned()
         .collect();
     for p in &peers {
         crate::federation::enqueue(relay, w, b, p, body.clone())?;
@@ -303,8 +400,10 @@ fn pass_on(
 }
 
 /// Takes a CRL into the batch if it verifies and is newer than the one held for its
-/// organisation: stored, audited, queued for every peer but `source`. `None` if it
-/// is not newer.
+/// issuing CA: the held set replaced, stored, audited (a count and the first
+/// [`AUDITED_SERIALS`] new serials), queued for every peer but `source`. `None` if
+/// it is not newer, or if it came from a peer beyond [`CRLS_PER_MINUTE`] for its
+/// organisation (dropped; the first drop of the minute is audited).
 pub fn accept_crl(
     relay: &Relay,
     w: &mut Writer,
@@ -326,26 +425,63 @@ pub fn accept_crl(
                 reason: format!("CRL refused: {e}"),
             })
         })?;
-    let held: Option<CrlRecord> = get_obj(relay.engine(), &keys::crl(&verified.organisation))?;
-    if let Some(h) = held
-        && let Ok(old) = verify_crl(&h.crl, &h.issuer, relay.anchors(), now())
-        && old.this_update >= verified.this_update
-    {
+    if relay.revocations().is_older(&verified) {
         return Ok(None);
     }
-    let Some(new) = relay.revocations_mut().add_crl(&verified) else {
+    let via = source
+        .map(|s| format!(" (received from relay {s})"))
+        .unwrap_or_default();
+    // Files the operator configured are always read; what peers pass on is limited.
+    if source.is_some() {
+        match relay.admit_crl(&verified.organisation, now()) {
+            CrlAdmission::Take => {}
+            CrlAdmission::Drop => {
+                debug!(organisation = %verified.organisation, "CRL dropped: over the rate limit");
+                return Ok(None);
+            }
+            CrlAdmission::DropAndReport => {
+                warn!(organisation = %verified.organisation, "CRLs dropped: over the rate limit");
+                w.audit.append(
+                    b,
+                    now(),
+                    AuditEvent::new(
+                        AuditKind::Revocation,
+                        format!("ca:{}", verified.organisation),
+                        format!("crl:{}", verified.organisation),
+                        "crl-dropped",
+                        format!(
+                            "CRLs of organisation {} arrive faster than {CRLS_PER_MINUTE} a minute; the rest of this minute's are dropped{via}",
+                            verified.organisation
+                        ),
+                    ),
+                )?;
+                return Ok(None);
+            }
+        }
+    }
+    let Some(change) = relay.revocations_mut().add_crl(&verified) else {
         return Ok(None);
     };
     b.put_obj(
-        keys::crl(&verified.organisation),
+        keys::crl(&verified.issuer),
         &CrlRecord {
             crl: crl.to_vec(),
             issuer: issuer.to_vec(),
         },
     )?;
-    let via = source
-        .map(|s| format!(" (received from relay {s})"))
-        .unwrap_or_default();
+    let named = change
+        .added
+        .iter()
+        .take(AUDITED_SERIALS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rest = change.added.len().saturating_sub(AUDITED_SERIALS);
+    let more = if rest > 0 {
+        format!(" and {rest} more")
+    } else {
+        String::new()
+    };
     w.audit.append(
         b,
         now(),
@@ -355,10 +491,16 @@ pub fn accept_crl(
             format!("crl:{}", verified.organisation),
             "crl",
             format!(
-                "{} revoked certificate(s), {} new: {}{via}",
-                verified.serials.len(),
-                new.len(),
-                new.join(", ")
+                "CA {}: {} revoked certificate(s), {} newly revoked{}{more}, {} no longer listed{via}",
+                verified.issuer,
+                change.listed,
+                change.added.len(),
+                if named.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {named}")
+                },
+                change.dropped,
             ),
         ),
     )?;
@@ -385,7 +527,7 @@ pub fn apply_statement(
     statement: &RevocationStatement,
 ) -> Result<(), RelayError> {
     statement
-        .verify(relay.anchors(), relay.trust(), now())
+        .verify(relay.anchors(), &relay.trust(), now())
         .map_err(|e| statement_refusal(&e))?;
     accept_statement(relay, w, b, statement, Some(peer))?;
     Ok(())
@@ -427,10 +569,17 @@ impl EnforceDue {
 /// looks again at a community hubbed here when a commit lands in it (only then:
 /// nothing is re-verified while nothing changes); re-reads configured CRL files
 /// when they change.
-pub async fn enforce_loop(relay: Arc<Relay>, crl_files: Vec<PathBuf>) {
+pub async fn enforce_loop(relay: Arc<Relay>) {
     let mut rx = relay.enforce_signal();
-    let mut seen: Vec<Option<SystemTime>> = vec![None; crl_files.len()];
+    let mut crl_files: Vec<PathBuf> = Vec::new();
+    let mut seen: Vec<Option<SystemTime>> = Vec::new();
     loop {
+        // The files as last configured (a reload may change them).
+        let files = relay.crl_files();
+        if files != crl_files {
+            seen = vec![None; files.len()];
+            crl_files = files;
+        }
         load_crl_files(&relay, &crl_files, &mut seen).await;
         rx.mark_unchanged();
         let due = std::mem::take(&mut *relay.enforce_due());
@@ -554,7 +703,7 @@ pub async fn enforce(relay: &Relay, due: &EnforceDue) -> Result<(), RelayError> 
             relay.engine_arc(),
             &community,
             relay.anchors(),
-            relay.trust(),
+            &relay.trust(),
             now() as u64,
             &revoked,
         )?;
@@ -564,7 +713,7 @@ pub async fn enforce(relay: &Relay, due: &EnforceDue) -> Result<(), RelayError> 
         let signer = match &signer {
             Some(s) => s,
             None => signer.insert(
-                CertSigner::from_pkcs8(relay.cert_chain.clone(), &relay.key_pkcs8)
+                CertSigner::from_pkcs8(relay.cert_chain(), &relay.own().key_pkcs8)
                     .map_err(|e| RelayError::Store(format!("relay signer: {e}")))?,
             ),
         };
@@ -594,7 +743,7 @@ fn propose_removals(
             &overlay,
             community,
             relay.anchors(),
-            relay.trust(),
+            &relay.trust(),
             now() as u64,
             &revoked,
             signer,
@@ -604,6 +753,14 @@ fn propose_removals(
     if proposed.is_empty() {
         return Ok(false);
     }
+    relay.recovery().may_order(
+        relay.engine(),
+        b,
+        relay.id(),
+        community,
+        &rec.members,
+        rec.last_seq + 1,
+    )?;
     b.extend(overlay.into_batch());
     for p in proposed {
         let seq = rec.last_seq + 1;
@@ -632,4 +789,236 @@ fn propose_removals(
     }
     crate::relay::put_community(b, &rec)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::path::Path;
+
+    use kring_certs_dev::{Authority, Pki};
+    use kring_protocol::identity::CaFingerprint;
+    use kring_protocol::revocation::MAX_CLOCK_SKEW;
+
+    use super::*;
+    use crate::audit::AuditRecord;
+    use crate::config::RelayConfig;
+    use crate::store::SledEngine;
+
+    fn authority(dir: &Path, name: &str, cert: &str, key: &str) -> Authority {
+        Authority::load(
+            name,
+            &std::fs::read_to_string(dir.join(cert)).unwrap(),
+            &std::fs::read_to_string(dir.join(key)).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Relay bz of the demo federation, with nctv's CA left unpinned (so that a
+    /// second CA of nctv's is taken); and nctv's CA and the root.
+    fn relay_bz(dir: &Path) -> (Arc<Relay>, Authority, Authority) {
+        kring_certs_dev::init_demo(dir, 47_900, false, now()).unwrap();
+        let config_path = kring_certs_dev::relay_dir(dir, "bz").join("relay.toml");
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        let nctv_pin = text
+            .lines()
+            .skip_while(|l| *l != "id = \"nctv\"")
+            .find(|l| l.starts_with("ca_fingerprint"))
+            .unwrap()
+            .to_string();
+        std::fs::write(&config_path, text.replace(&nctv_pin, "")).unwrap();
+        let config = RelayConfig::load(&config_path).unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&config.data_dir).unwrap());
+        let relay = Relay::open(&config, engine).unwrap();
+        let nctv = authority(
+            &kring_certs_dev::org_dir(dir, "nctv"),
+            "nctv",
+            "ca.crt",
+            "ca.key",
+        );
+        let root = authority(&dir.join("ca"), "root", "root.crt", "root.key");
+        (relay, nctv, root)
+    }
+
+    fn accept(
+        relay: &Relay,
+        crl: &[u8],
+        ca: &Authority,
+        source: Option<&str>,
+    ) -> Result<Option<Vec<String>>, RelayError> {
+        relay.write(|w, b| accept_crl(relay, w, b, crl, ca.cert_der(), source))
+    }
+
+    fn audit_records(relay: &Relay) -> Vec<AuditRecord> {
+        relay
+            .engine()
+            .scan(store_keys::AUDIT, None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_crl_rate_limit_takes_a_few_a_minute_and_reports_the_first_drop() {
+        let mut limit = CrlRateLimit::default();
+        for _ in 0..CRLS_PER_MINUTE {
+            assert_eq!(limit.admit("nctv", 1000), CrlAdmission::Take);
+        }
+        assert_eq!(limit.admit("nctv", 1010), CrlAdmission::DropAndReport);
+        assert_eq!(limit.admit("nctv", 1020), CrlAdmission::Drop);
+        assert_eq!(
+            limit.admit("aivd", 1020),
+            CrlAdmission::Take,
+            "per organisation"
+        );
+        assert_eq!(
+            limit.admit("nctv", 1060),
+            CrlAdmission::Take,
+            "a new minute"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_crls_from_a_peer_stays_bounded_in_memory_and_audit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, nctv, _) = relay_bz(dir.path());
+        let before = audit_records(&relay).len();
+        let t = now() - 1000;
+        let mut taken = 0;
+        for round in 0..100u32 {
+            let serials: Vec<Vec<u8>> = (0..500u32)
+                .map(|i| (round * 500 + i + 1).to_be_bytes().to_vec())
+                .collect();
+            let crl = nctv
+                .crl(
+                    &serials,
+                    u64::from(round) + 1,
+                    t + i64::from(round),
+                    t + 86_400,
+                )
+                .unwrap();
+            if accept(&relay, &crl, &nctv, Some("nctv")).unwrap().is_some() {
+                taken += 1;
+            }
+            assert!(relay.revocations().revoked_certificates() <= 500);
+        }
+        assert_eq!(taken, CRLS_PER_MINUTE);
+        assert_eq!(relay.revocations().crl_issuers(), 1);
+        let records = audit_records(&relay);
+        let new = &records[before..];
+        assert_eq!(new.len(), CRLS_PER_MINUTE as usize + 1, "{new:#?}");
+        assert_eq!(
+            new.iter()
+                .filter(|r| r.event.action == "crl-dropped")
+                .count(),
+            1
+        );
+        for r in new {
+            assert!(r.event.detail.len() < 600, "{}", r.event.detail);
+        }
+        assert!(
+            new[0].event.detail.contains("500 newly revoked"),
+            "{}",
+            new[0].event.detail
+        );
+        assert!(
+            new[0].event.detail.contains("and 492 more"),
+            "{}",
+            new[0].event.detail
+        );
+        // One record per issuer in the store.
+        let stored = relay.engine().scan(keys::CRLS, None, usize::MAX).unwrap();
+        assert_eq!(stored.len(), 1);
+    }
+
+    fn made_up(user: &str, organisation: &str) -> RevocationStatement {
+        RevocationStatement {
+            user: user.into(),
+            organisation: organisation.into(),
+            reason: "made up".into(),
+            revoked_at: now(),
+            revoker_chain: vec![vec![0; 600]],
+            signature: vec![0; 64],
+        }
+    }
+
+    #[tokio::test]
+    async fn statements_are_capped_per_organisation_and_devices_get_them_all_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, _, _) = relay_bz(dir.path());
+        // One organisation files as many as it may, sorting before everyone else.
+        for i in 0..MAX_STATEMENTS_PER_ORGANISATION {
+            let s = made_up(&format!("{i:05}@nctv"), "nctv");
+            let taken = relay
+                .write(|w, b| accept_statement(&relay, w, b, &s, Some("nctv")))
+                .unwrap();
+            assert!(taken.is_some());
+        }
+        let over = made_up("99999@nctv", "nctv");
+        let err = relay
+            .write(|w, b| accept_statement(&relay, w, b, &over, Some("nctv")))
+            .unwrap_err();
+        assert!(err.to_string().contains("the most a relay holds"), "{err}");
+        // Another organisation's real revocation, sorting after all of them.
+        let real = made_up("liaison@aivd", "aivd");
+        relay
+            .write(|w, b| accept_statement(&relay, w, b, &real, Some("aivd")))
+            .unwrap()
+            .unwrap();
+        // What a device does: Trust, then pages until none are left.
+        let mut got = trust_state(&relay).unwrap().statements;
+        let mut pages = 1;
+        loop {
+            let after = got.last().map(|s| s.user.clone());
+            let Response::TrustStatements { statements, more } =
+                trust_statements(&relay, after.as_deref()).unwrap()
+            else {
+                panic!("not a page");
+            };
+            pages += 1;
+            assert!(statements.len() <= kring_protocol::wire::limits::MAX_STATEMENTS);
+            got.extend(statements);
+            if !more {
+                break;
+            }
+        }
+        assert!(pages >= 2);
+        assert_eq!(got.len(), MAX_STATEMENTS_PER_ORGANISATION + 1);
+        assert_eq!(got.last().unwrap().user, "liaison@aivd");
+    }
+
+    #[tokio::test]
+    async fn a_crl_dated_in_the_future_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, nctv, _) = relay_bz(dir.path());
+        let t = now() + MAX_CLOCK_SKEW + 3600;
+        let crl = nctv.crl(&[vec![1]], 1, t, t + 86_400).unwrap();
+        let err = accept(&relay, &crl, &nctv, Some("nctv")).unwrap_err();
+        assert!(err.to_string().contains("in the future"), "{err}");
+        assert_eq!(relay.revocations().crl_issuers(), 0);
+    }
+
+    #[tokio::test]
+    async fn after_a_ca_rotation_both_cas_revocations_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, nctv, root) = relay_bz(dir.path());
+        let mut pki = Pki::from_authorities(now(), root, Vec::new());
+        let nctv2 = pki.add_organisation("nctv").unwrap();
+        let t = now() - 100;
+        let crl1 = nctv.crl(&[vec![0x11]], 1, t, t + 86_400).unwrap();
+        let crl2 = nctv2.crl(&[vec![0x22]], 1, t + 10, t + 86_400).unwrap();
+        assert!(accept(&relay, &crl1, &nctv, None).unwrap().is_some());
+        assert!(accept(&relay, &crl2, nctv2, None).unwrap().is_some());
+        assert_eq!(relay.revocations().revoked_certificates(), 2);
+        for ca in [&nctv, nctv2] {
+            let key = keys::crl(&CaFingerprint::of(ca.cert_der()));
+            assert!(relay.engine().get(&key).unwrap().is_some());
+        }
+        // What a restart loads.
+        let loaded = load(relay.engine(), relay.anchors()).unwrap();
+        assert_eq!(loaded.crl_issuers(), 2);
+        assert_eq!(loaded.revoked_certificates(), 2);
+    }
 }

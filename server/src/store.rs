@@ -128,6 +128,30 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Pair>, RelayError>;
+    /// [`scan`](Self::scan) that also stops once the keys and values read reach
+    /// `max_bytes` (the pair that reaches it included, so at least one pair comes
+    /// back when there is one): what a reader holds at once stays bounded whatever
+    /// the sizes of the values. The default reads `limit` pairs and trims them;
+    /// engines override it to read no more than they return.
+    fn scan_bounded(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Pair>, RelayError> {
+        let mut pairs = self.scan(prefix, after, limit)?;
+        let mut total = 0usize;
+        let keep = pairs
+            .iter()
+            .position(|(k, v)| {
+                total = total.saturating_add(k.len() + v.len());
+                total >= max_bytes
+            })
+            .map_or(pairs.len(), |i| i + 1);
+        pairs.truncate(keep);
+        Ok(pairs)
+    }
     /// The last key with `prefix`, if any.
     fn last(&self, prefix: &[u8]) -> Result<Option<Pair>, RelayError>;
     /// Applies all writes atomically (visible to readers at once, durable after `flush`).
@@ -204,6 +228,35 @@ impl Engine for SledEngine {
         Ok(out)
     }
 
+    fn scan_bounded(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Pair>, RelayError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let end = match prefix_end(prefix) {
+            Some(e) => Bound::Excluded(e),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for item in self.tree.range::<Vec<u8>, _>((start, end)).take(limit) {
+            let (k, v) = item?;
+            total = total.saturating_add(k.len() + v.len());
+            out.push((k.to_vec(), v.to_vec()));
+            if total >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn last(&self, prefix: &[u8]) -> Result<Option<Pair>, RelayError> {
         match self.tree.scan_prefix(prefix).next_back() {
             Some(item) => {
@@ -276,9 +329,17 @@ impl std::fmt::Debug for FlushMsg {
     }
 }
 
+/// Told how long each store flush took and whether it succeeded (the relay's metrics).
+pub type FlushObserver = Arc<dyn Fn(std::time::Duration, bool) + Send + Sync>;
+
 impl Durability {
     /// Starts the flusher task for `engine`.
     pub fn start(engine: Arc<dyn Engine>) -> Self {
+        Self::start_observed(engine, None)
+    }
+
+    /// [`Durability::start`], telling `observer` about every flush.
+    pub fn start_observed(engine: Arc<dyn Engine>, observer: Option<FlushObserver>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlushMsg>();
         let watermark = Arc::new(Watermark::default());
         let durable = watermark.clone();
@@ -310,10 +371,14 @@ impl Durability {
                         .await;
                 }
                 let engine = engine.clone();
+                let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || engine.flush())
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Some(observe) = &observer {
+                    observe(started.elapsed(), result.is_ok());
+                }
                 match &result {
                     // Before any waiter wakes: what it wakes others for must be readable.
                     Ok(()) => {
@@ -378,6 +443,17 @@ impl Durability {
                 Err(e)
             }
         }
+    }
+
+    /// Runs `f` with no batch applied meanwhile (a consistent view of the whole
+    /// store, for a backup). Writers wait until it returns.
+    pub fn exclusive<T>(&self, f: impl FnOnce(&dyn Engine) -> T) -> T {
+        let _serial = self
+            .watermark
+            .applying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(self.engine.as_ref())
     }
 
     /// What readers may see of the store.
@@ -859,6 +935,60 @@ pub mod keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_bounded_stops_at_the_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SledEngine::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        for seq in 1..=10 {
+            b.put(keys::log("a@bz", seq), vec![0; 1000]);
+        }
+        e.apply(b).unwrap();
+        let prefix = keys::log_prefix("a@bz");
+        let key_len = keys::log("a@bz", 1).len();
+        // Three pairs reach 3,000 bytes; the third is the one that reaches it.
+        let page = e.scan_bounded(&prefix, None, 100, 3 * 1000).unwrap();
+        assert_eq!(page.len(), 3);
+        let page = e
+            .scan_bounded(&prefix, None, 100, 3 * (1000 + key_len) + 1)
+            .unwrap();
+        assert_eq!(page.len(), 4);
+        // At least one pair, however small the bound; never more than `limit`.
+        assert_eq!(e.scan_bounded(&prefix, None, 100, 1).unwrap().len(), 1);
+        assert_eq!(
+            e.scan_bounded(&prefix, None, 2, usize::MAX).unwrap().len(),
+            2
+        );
+        // The default (trimming) implementation agrees.
+        #[derive(Debug)]
+        struct Plain(SledEngine);
+        impl Engine for Plain {
+            fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+                self.0.get(key)
+            }
+            fn scan(&self, p: &[u8], a: Option<&[u8]>, l: usize) -> Result<Vec<Pair>, RelayError> {
+                self.0.scan(p, a, l)
+            }
+            fn last(&self, prefix: &[u8]) -> Result<Option<Pair>, RelayError> {
+                self.0.last(prefix)
+            }
+            fn apply(&self, batch: Batch) -> Result<(), RelayError> {
+                self.0.apply(batch)
+            }
+            fn flush(&self) -> Result<(), RelayError> {
+                self.0.flush()
+            }
+        }
+        let plain = Plain(e.clone());
+        for (limit, bound) in [(100, 3000), (100, 1), (2, usize::MAX), (100, 4 * 1030)] {
+            assert_eq!(
+                plain.scan_bounded(&prefix, None, limit, bound).unwrap(),
+                e.scan_bounded(&prefix, None, limit, bound).unwrap(),
+                "limit {limit}, bound {bound}"
+            );
+        }
+    }
 
     #[test]
     fn scan_respects_prefix_after_and_limit() {

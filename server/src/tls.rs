@@ -23,8 +23,14 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 2 << 20;
 /// Bytes a device or peer may send on one stream ahead of what the relay has read.
 pub const STREAM_RECEIVE_WINDOW: u32 = 1 << 20;
 
+/// Bytes the relay keeps buffered for one connection that the peer has not yet
+/// acknowledged (quinn's default is about 10 MB): a device that stops reading holds
+/// at most this much relay memory per connection, while delivery waits.
+pub const CONNECTION_SEND_WINDOW: u32 = 2 << 20;
+
 /// Flow-control and stream limits of every relay connection, accepted or dialled.
 fn bound_receiving(transport: &mut quinn::TransportConfig) {
+    transport.send_window(CONNECTION_SEND_WINDOW.into());
     transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.receive_window(CONNECTION_RECEIVE_WINDOW.into());
@@ -47,6 +53,77 @@ pub fn check_key_matches(pkcs8: &[u8], identity: &Identity) -> Result<(), String
     Ok(())
 }
 
+/// The relay's own certificate and key as TLS presents them, swappable while the
+/// relay runs (a reload): new handshakes, accepted or dialled, use what it holds
+/// then; established connections keep their session.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertResolver {
+    /// The resolver for `config`'s certificate chain and key.
+    pub fn new(config: &RelayConfig) -> Result<Arc<Self>, RelayError> {
+        Ok(Arc::new(Self {
+            current: std::sync::RwLock::new(certified_key(config)?),
+        }))
+    }
+
+    /// `config`'s certificate and key, ready for [`CertResolver::replace`].
+    pub fn prepare(config: &RelayConfig) -> Result<Arc<rustls::sign::CertifiedKey>, RelayError> {
+        certified_key(config)
+    }
+
+    /// Presents `key` from the next handshake on.
+    pub fn replace(&self, key: Arc<rustls::sign::CertifiedKey>) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = key;
+    }
+
+    fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn certified_key(config: &RelayConfig) -> Result<Arc<rustls::sign::CertifiedKey>, RelayError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(config.key.clone_key())
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        config.cert_chain.clone(),
+        key,
+    )))
+}
+
+impl rustls::server::ResolvesServerCert for CertResolver {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 fn roots(config: &RelayConfig) -> Result<Arc<RootCertStore>, RelayError> {
     let mut roots = RootCertStore::empty();
     for a in &config.anchors {
@@ -57,9 +134,12 @@ fn roots(config: &RelayConfig) -> Result<Arc<RootCertStore>, RelayError> {
     Ok(Arc::new(roots))
 }
 
-/// Server side: TLS 1.3 only, client certificate required and verified, ALPN for
+/// Server side (certificate and key from `identity`): TLS 1.3 only, client certificate required and verified, ALPN for
 /// clients and federation peers.
-pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
+pub fn server_config(
+    config: &RelayConfig,
+    identity: Arc<CertResolver>,
+) -> Result<quinn::ServerConfig, RelayError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(config)?, provider.clone())
         .build()
@@ -68,8 +148,7 @@ pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayE
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| RelayError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(config.cert_chain.clone(), config.key.clone_key())
-        .map_err(|e| RelayError::Tls(e.to_string()))?;
+        .with_cert_resolver(identity);
     tls.alpn_protocols = vec![ALPN_CLIENT.to_vec(), ALPN_FEDERATION.to_vec()];
     tls.max_early_data_size = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -90,13 +169,15 @@ pub fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayE
 
 /// Client side (relay → peer relay): presents the relay certificate, verifies the
 /// peer's against the trust anchors and its DNS name `ID.relay.kring`.
-pub fn peer_client_config(config: &RelayConfig) -> Result<quinn::ClientConfig, RelayError> {
+pub fn peer_client_config(
+    config: &RelayConfig,
+    identity: Arc<CertResolver>,
+) -> Result<quinn::ClientConfig, RelayError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| RelayError::Tls(e.to_string()))?
         .with_root_certificates(roots(config)?)
-        .with_client_auth_cert(config.cert_chain.clone(), config.key.clone_key())
-        .map_err(|e| RelayError::Tls(e.to_string()))?;
+        .with_client_cert_resolver(identity);
     tls.alpn_protocols = vec![ALPN_FEDERATION.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| RelayError::Tls(e.to_string()))?;

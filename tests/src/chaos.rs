@@ -134,6 +134,29 @@ impl Federation {
         }
     }
 
+    /// Runs a `kring-relay` subcommand for relay `id` (`backup --out F`, `restore
+    /// --from F`, `reload`, ...) with its `--config`, and returns what it printed.
+    pub fn relay_tool(&self, id: &str, args: &[&str]) -> Result<std::process::Output> {
+        let (prog, lead) =
+            self.launcher
+                .command
+                .split_first()
+                .ok_or_else(|| HarnessError::Relay {
+                    id: id.to_string(),
+                    reason: "empty launcher".into(),
+                })?;
+        Command::new(prog)
+            .args(lead)
+            .args(args)
+            .arg("--config")
+            .arg(self.relay_config(id))
+            .output()
+            .map_err(|e| HarnessError::Relay {
+                id: id.to_string(),
+                reason: format!("cannot run {args:?}: {e}"),
+            })
+    }
+
     /// Resident memory of the running relay in KiB (`VmRSS` of `/proc/PID/status`).
     pub fn rss_kib(&self, id: &str) -> Option<u64> {
         rss_kib(self.pid(id)?)
@@ -237,6 +260,43 @@ pub fn stored_log(
     }
 }
 
+/// The private key in a PEM file: a user key encrypted under the passphrase in the
+/// `passphrase` file beside it (as `kring-certs-dev` writes them), or a key in the
+/// clear.
+pub fn private_key(
+    key_pem: &Path,
+) -> std::result::Result<rustls_pki_types::PrivateKeyDer<'static>, String> {
+    let s = |e: &dyn std::fmt::Display| format!("{}: {e}", key_pem.display());
+    let text = std::fs::read_to_string(key_pem).map_err(|e| s(&e))?;
+    let passphrase = match key_pem.parent() {
+        Some(dir) if kring_protocol::keyfile::is_encrypted(&text) => {
+            let p = dir.join(kring_certs_dev::PASSPHRASE_FILE);
+            std::fs::read_to_string(&p).map_err(|e| s(&e))?
+        }
+        _ => String::new(),
+    };
+    // Decrypted once per process: tests open many connections in quick succession.
+    type Decrypted = std::collections::BTreeMap<(String, String), Vec<u8>>;
+    static DECRYPTED: std::sync::Mutex<Decrypted> = std::sync::Mutex::new(Decrypted::new());
+    let id = (text.clone(), passphrase.clone());
+    let cached = DECRYPTED.lock().ok().and_then(|c| c.get(&id).cloned());
+    let der = match cached {
+        Some(der) => der,
+        None => {
+            let der = kring_protocol::keyfile::decrypt_pem(&text, passphrase.trim_end().as_bytes())
+                .map_err(|e| s(&e))?
+                .to_vec();
+            if let Ok(mut c) = DECRYPTED.lock() {
+                c.insert(id, der.clone());
+            }
+            der
+        }
+    };
+    Ok(rustls_pki_types::PrivateKeyDer::Pkcs8(
+        rustls_pki_types::PrivatePkcs8KeyDer::from(der),
+    ))
+}
+
 /// A QUIC client endpoint presenting an arbitrary chain and key (PEM files) with
 /// the given ALPN, trusting the federation root; bypasses every client-side check.
 pub fn raw_endpoint(
@@ -245,14 +305,14 @@ pub fn raw_endpoint(
     key_pem: &Path,
     alpn: &[u8],
 ) -> std::result::Result<quinn::Endpoint, String> {
+    use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain_pem)
         .map_err(|e| s(&e))?
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| s(&e))?;
-    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| s(&e))?;
+    let key = private_key(key_pem)?;
     let mut roots = rustls::RootCertStore::empty();
     for a in CertificateDer::pem_file_iter(fed.dir.join("ca/root.crt")).map_err(|e| s(&e))? {
         roots.add(a.map_err(|e| s(&e))?).map_err(|e| s(&e))?;
@@ -490,5 +550,27 @@ impl UdpLink {
 impl Drop for UdpLink {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// `(action, detail)` of every record of a relay's audit log, oldest first (the
+/// relay must be stopped).
+pub fn audit_actions(engine: &dyn kring_relay::store::Engine) -> Vec<(String, String)> {
+    let prefix = kring_relay::store::keys::AUDIT;
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let Ok(page) = engine.scan(prefix, after.as_deref(), 256) else {
+            return out;
+        };
+        let Some((last, _)) = page.last() else {
+            return out;
+        };
+        after = Some(last.clone());
+        for (k, v) in &page {
+            if let Ok(r) = kring_relay::store::decode::<kring_relay::audit::AuditRecord>(k, v) {
+                out.push((r.event.action, r.event.detail));
+            }
+        }
     }
 }

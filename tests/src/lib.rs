@@ -484,6 +484,10 @@ pub fn issue_quirky_user(
     std::fs::write(&crt, &cert.chain_pem).map_err(|e| file_err(&crt, e))?;
     let key = dir.join("user.key");
     std::fs::write(&key, &cert.key_pem).map_err(|e| file_err(&key, e))?;
+    // The template profile names its passphrase file (for the local archive).
+    let pass = kring_certs_dev::PASSPHRASE_FILE;
+    let from = fed.user_dir(&template).join(pass);
+    std::fs::copy(&from, dir.join(pass)).map_err(|e| file_err(&from, e))?;
     Ok(dir)
 }
 

@@ -179,12 +179,17 @@ async fn a_user_enrolled_on_the_device_and_certified_with_openssl_files_and_read
 
     // The user: `kring enroll` on the device, the request certified with OpenSSL.
     let device = fed.dir().join("device/consul");
+    let passphrase = fed.dir().join("device/consul.passphrase");
+    std::fs::create_dir_all(fed.dir().join("device")).unwrap();
+    std::fs::write(&passphrase, "consul's passphrase\n").unwrap();
     let steps = kring(&[
         "enroll",
         "--user",
         "consul@bz",
         "--out",
         device.to_str().unwrap(),
+        "--passphrase-file",
+        passphrase.to_str().unwrap(),
     ])
     .await;
     assert!(steps.contains("user.csr"), "{steps}");
@@ -232,7 +237,10 @@ async fn a_user_enrolled_on_the_device_and_certified_with_openssl_files_and_read
     let profile = device.join("profile.toml");
     let completed = std::fs::read_to_string(&profile).unwrap().replace(
         "relay = \"\"",
-        &format!("relay = \"{}\"", fed.relay_addr("bz").unwrap()),
+        &format!(
+            "relay = \"{}\"\npassphrase_file = \"../consul.passphrase\"",
+            fed.relay_addr("bz").unwrap()
+        ),
     );
     std::fs::write(&profile, completed).unwrap();
 

@@ -500,5 +500,7 @@ async fn remote_removal() {
         .file_notice(draft("d@bz", "NL:DEP-VERTROUWELIJK", "ghost"))
         .await
         .unwrap_err();
-    assert!(matches!(e.exit_code(), 3 | 4), "{e}");
+    // Not a member any more: an authorisation refusal (exit 4), not a policy one.
+    assert_eq!(e.exit_code(), 4, "{e}");
+    assert!(e.to_string().contains("member"), "{e}");
 }

@@ -1453,7 +1453,9 @@ async fn connections_beyond_the_identity_cap_are_refused() {
 
 /// Subscriptions cost a request like any other: a flood of `Subscribe` streams
 /// beyond the identity's burst is refused with `RateLimited` (audited) before the
-/// frame is read, while the admitted subscriptions are served.
+/// frame is read; of those let through, one becomes the connection's push channel
+/// and the others are refused as second channels (audited), so a device holds one
+/// delivery task per connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_floods_are_rate_limited() {
     const STREAMS: usize = 60;
@@ -1472,7 +1474,7 @@ async fn subscribe_floods_are_rate_limited() {
         streams.push((send, recv));
     }
     let took = started.elapsed();
-    let (mut served, mut limited) = (0u64, 0u64);
+    let (mut served, mut second, mut limited) = (0u64, 0u64, 0u64);
     for (_, recv) in streams.iter_mut() {
         let payload = first_frame(recv).await;
         if let Ok(Response::Error(ErrorCode::RateLimited { .. })) =
@@ -1481,18 +1483,33 @@ async fn subscribe_floods_are_rate_limited() {
             limited += 1;
         } else if let Ok(wire::Push::CaughtUp) = wire::decode_payload::<wire::Push>(&payload) {
             served += 1;
+        } else if let Ok(wire::Push::Closed(ErrorCode::BadRequest { reason })) =
+            wire::decode_payload::<wire::Push>(&payload)
+        {
+            assert!(reason.contains("one per connection"), "{reason}");
+            second += 1;
         } else {
-            panic!("neither CaughtUp nor RateLimited: {payload:?}");
+            panic!("neither CaughtUp, a second push channel nor RateLimited: {payload:?}");
         }
     }
-    eprintln!("{STREAMS} subscriptions in {took:?}: {served} served, {limited} rate limited");
-    // A burst of 20, then 10 per second.
+    eprintln!(
+        "{STREAMS} subscriptions in {took:?}: {served} served, {second} refused as a second \
+         push channel, {limited} rate limited"
+    );
+    // One push channel per connection; of the rest, a burst of 20 and then 10 per
+    // second get past the rate limit (and are refused as second channels).
     let allowed = 20 + (took.as_secs_f64() * 10.0).ceil() as u64 + 1;
-    assert!(served >= 20, "the burst was not served: {served}");
-    assert!(served <= allowed, "{served} subscriptions in {took:?}");
-    assert_eq!(served + limited, STREAMS as u64);
+    assert_eq!(served, 1, "push channels on one connection");
+    assert!(served + second >= 20, "the burst was not let through");
+    assert!(
+        served + second <= allowed,
+        "{} passed in {took:?}",
+        served + second
+    );
+    assert_eq!(served + second + limited, STREAMS as u64);
     others_are_served(&fed, "bz", "admin@bz").await;
     drop(streams);
     let records = audit(&fed, "admin@bz").await;
     assert!(refusals(&records, "liaison@bz", "rate-limit") as u64 >= limited);
+    assert!(refusals(&records, "liaison@bz", "subscribe") as u64 >= second);
 }

@@ -274,3 +274,34 @@ async fn bad_certificates_are_refused_by_the_relay() {
         }
     }
 }
+
+/// A relay that was killed and restarted resets the connections of its earlier run
+/// at their next packet (its stateless-reset and connection-id keys derive from its
+/// private key): a device learns at once that its connection is gone instead of
+/// waiting out its request timeout, and its next request reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_resets_connections_of_its_earlier_run() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    let mut c = ready(&fed, "liaison@bz").await;
+    c.set_timeouts(kring_client::conn::Timeouts {
+        connect: std::time::Duration::from_secs(10),
+        request: std::time::Duration::from_secs(600),
+        handshake: std::time::Duration::from_secs(600),
+        ordering: std::time::Duration::ZERO,
+    });
+    c.ping().await.unwrap();
+    fed.kill("bz");
+    fed.start("bz").unwrap();
+    // Without the reset this would wait the whole (600 s) request timeout. With it,
+    // the ping fails with the reset, or (when a keep-alive drew the reset first)
+    // the client has seen its connection end and reconnects.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(60), c.ping())
+        .await
+        .expect("the old connection was not reset: the ping waited for its timeout");
+    if let Err(e) = first {
+        assert!(e.to_string().contains("reset"), "{e}");
+        assert_eq!(e.exit_code(), 5, "{e}");
+    }
+    c.ping().await.unwrap();
+}

@@ -64,6 +64,28 @@ pub enum Command {
         /// Your organisation (the certificate's O); default: RELAY.
         #[arg(long, value_name = "ORG")]
         organisation: Option<String>,
+        /// A file whose first line is the passphrase to encrypt the key with
+        /// (default: asked twice on the terminal).
+        #[arg(long, env = "KRING_PASSPHRASE_FILE", value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// The passphrase that protects this device's private key and local archive.
+    #[command(subcommand)]
+    Passphrase(PassphraseCommand),
+}
+
+/// `kring passphrase ...`
+#[derive(Debug, Subcommand)]
+pub enum PassphraseCommand {
+    /// Change it: the private key is re-encrypted and the archive's key re-wrapped
+    /// (the archive itself is not re-encrypted). The current passphrase is read as
+    /// for every command; if it came from the profile's passphrase_file, that file
+    /// gets the new one.
+    Change {
+        /// A file whose first line is the new passphrase (default: asked twice on
+        /// the terminal).
+        #[arg(long, env = "KRING_NEW_PASSPHRASE_FILE", value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
     },
 }
 
@@ -77,6 +99,14 @@ pub enum KeysCommand {
               value_parser = clap::value_parser!(u16).range(1..=100))]
         count: u16,
     },
+    /// Rotate your keys now (after a suspected compromise of this device): a new
+    /// leaf key in every community you are in, or in one. Devices also do this on
+    /// schedule, at least as often as each community's update period.
+    Update {
+        /// Only this community (NAME@HUB; a bare NAME means your home relay).
+        #[arg(long, value_name = "ID")]
+        community: Option<String>,
+    },
 }
 
 /// `kring community ...`
@@ -89,6 +119,11 @@ pub enum CommunityCommand {
         /// The highest label notices in the community may carry.
         #[arg(long, value_name = "LABEL")]
         max_label: String,
+        /// Every member rotates its leaf key at least this often (days, 1 to 365;
+        /// fixed at creation).
+        #[arg(long, value_name = "N", default_value_t = kring_protocol::mls::DEFAULT_UPDATE_DAYS,
+              value_parser = clap::value_parser!(u16).range(1..=365))]
+        update_days: u16,
     },
     /// Add users (NAME@RELAY) to a community you administer.
     Add {
@@ -363,6 +398,35 @@ mod tests {
     }
 
     #[test]
+    fn key_updates_and_update_periods_parse() {
+        assert!(matches!(
+            parse(&["keys", "update"]).unwrap().command,
+            Command::Keys(KeysCommand::Update { community: None })
+        ));
+        match parse(&["keys", "update", "--community", "c@bz"])
+            .unwrap()
+            .command
+        {
+            Command::Keys(KeysCommand::Update { community }) => {
+                assert_eq!(community.as_deref(), Some("c@bz"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let create = |extra: &[&str]| {
+            let mut args = vec!["community", "create", "c", "--max-label", "TLP:GREEN"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|cli| match cli.command {
+                Command::Community(CommunityCommand::Create { update_days, .. }) => update_days,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(create(&[]).unwrap(), 7);
+        assert_eq!(create(&["--update-days", "30"]).unwrap(), 30);
+        assert!(create(&["--update-days", "0"]).is_err());
+        assert!(create(&["--update-days", "366"]).is_err());
+    }
+
+    #[test]
     fn whoami_and_enroll_parse() {
         assert!(matches!(
             parse(&["whoami", "--json"]).unwrap().command,
@@ -376,6 +440,7 @@ mod tests {
                 user,
                 out,
                 organisation: None,
+                ..
             } => assert_eq!((user.as_str(), out), ("consul@bz", PathBuf::from("d"))),
             other => panic!("{other:?}"),
         }

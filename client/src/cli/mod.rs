@@ -19,9 +19,10 @@ use crate::labels::LabelCheck;
 use crate::notice::{MAX_BODY, MAX_STIX_BYTES, NoticeDraft, parse_stix};
 use crate::profile::read_text;
 use crate::sync::SyncEvent;
+use crate::unlock::{Passphrase, Unlocker};
 use args::{
     AdminAction, AdminCommand, BodySource, Cli, Command, CommunityCommand, KeysCommand,
-    LabelCommand, NoticeCommand,
+    LabelCommand, NoticeCommand, PassphraseCommand,
 };
 
 /// Runs the command line with the process's arguments; returns the exit code.
@@ -169,6 +170,9 @@ pub fn label_check(label: &str, clearance: Option<&str>, out: &mut Out) -> Resul
 fn open_client(profile: Option<&Path>) -> Result<Client> {
     let dir = profile.ok_or(ClientError::NoProfile)?;
     let mut client = Client::open(dir)?;
+    for note in client.open_notes() {
+        eprintln!("kring: {note}");
+    }
     // Client::open has read the same certificate; a warning only, never a failure.
     if let Ok((_, me)) = client.profile().certificate() {
         let now = i64::try_from(crate::validator::now_unix()).unwrap_or(i64::MAX);
@@ -209,13 +213,48 @@ pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             user,
             out: dir,
             organisation,
+            passphrase_file,
         } => {
+            crate::enroll::check(&user, organisation.as_deref(), &dir)?;
+            let passphrase = match &passphrase_file {
+                Some(path) => Passphrase::read_file(path)?,
+                None => Passphrase::ask_new(&format!("the key of {user}"))?,
+            };
             let enrolment = crate::enroll::enroll(&crate::enroll::EnrollRequest {
                 user,
                 organisation,
                 dir,
+                passphrase,
             })?;
             out.line(&crate::enroll::next_steps(&enrolment));
+            Ok(EXIT_OK)
+        }
+        Command::Passphrase(PassphraseCommand::Change {
+            new_passphrase_file,
+        }) => {
+            let dir = cli.profile.as_deref().ok_or(ClientError::NoProfile)?;
+            let profile = crate::profile::Profile::load(dir)?;
+            let mut unlocker = Unlocker::new(&profile);
+            // The current passphrase first (a wrong one stops here).
+            unlocker.passphrase()?;
+            let new = match &new_passphrase_file {
+                Some(path) => Passphrase::read_file(path)?,
+                None => Passphrase::ask_new(&profile.user)?,
+            };
+            let change = crate::unlock::change_passphrase(&profile, &mut unlocker, &new)?;
+            out.line(&format!(
+                "passphrase of {} changed: private key {} re-encrypted{}",
+                profile.user,
+                change.key.display(),
+                if change.archive {
+                    ", archive key re-wrapped (the archive itself is unchanged)"
+                } else {
+                    ""
+                }
+            ));
+            if let Some(p) = &change.passphrase_file {
+                out.line(&format!("{} holds the new passphrase", p.display()));
+            }
             Ok(EXIT_OK)
         }
         command => {
@@ -225,7 +264,10 @@ pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             let mut client = open_client(cli.profile.as_deref())?;
             let result = run_with_client(&mut client, command, input, out).await;
             client.disconnect().await;
-            result
+            match result {
+                Err(e) if Client::is_revocation(&e) => Err(client.wipe_after_revocation(e)),
+                other => other,
+            }
         }
     }
 }
@@ -277,6 +319,18 @@ async fn run_with_client(
                 client.relay_id()
             ));
         }
+        Command::Keys(KeysCommand::Update { community }) => {
+            let updates = client.update_keys(community.as_deref()).await?;
+            if updates.is_empty() {
+                out.line("you are not in any community; nothing to update");
+            }
+            for u in &updates {
+                out.line(&format!(
+                    "{}: new leaf key {} (epoch {}, #{})",
+                    u.community, u.leaf_key, u.epoch, u.seq
+                ));
+            }
+        }
         Command::Community(cmd) => community(client, cmd, out).await?,
         Command::Notice(cmd) => notice(client, cmd, input, out).await?,
         Command::Admin(AdminCommand::Audit {
@@ -311,7 +365,10 @@ async fn run_with_client(
                 ));
             }
         }
-        Command::Label(_) | Command::Whoami { .. } | Command::Enroll { .. } => {
+        Command::Label(_)
+        | Command::Whoami { .. }
+        | Command::Enroll { .. }
+        | Command::Passphrase(_) => {
             return Err(ClientError::Usage("unexpected command".into()));
         }
     }
@@ -320,10 +377,17 @@ async fn run_with_client(
 
 async fn community(client: &mut Client, cmd: CommunityCommand, out: &mut Out) -> Result<()> {
     match cmd {
-        CommunityCommand::Create { name, max_label } => {
-            let r = client.create_community(&name, &max_label).await?;
+        CommunityCommand::Create {
+            name,
+            max_label,
+            update_days,
+        } => {
+            let r = client
+                .create_community_with(&name, &max_label, update_days)
+                .await?;
             out.line(&format!(
-                "created community {} with maximum label {}; you are its admin",
+                "created community {} with maximum label {}; you are its admin; members \
+                 update their keys at least every {update_days} day(s)",
                 r.community,
                 client
                     .store()
@@ -367,14 +431,19 @@ async fn community(client: &mut Client, cmd: CommunityCommand, out: &mut Out) ->
             // the list is current.
             client.sync().await?;
             let info = client.community_info(&id).await?;
+            let leaves = client.member_leaves(&info.id)?;
             for m in &info.members {
                 let admin = info.admins.contains(m);
+                let leaf = leaves.iter().find(|l| &l.id == m);
                 out.line(&if json {
-                    output::json_line(&output::MemberLine { id: m, admin })
-                } else if admin {
-                    format!("{m}  (admin)")
+                    output::json_line(&output::MemberLine {
+                        id: m,
+                        admin,
+                        leaf_updated_at: leaf.and_then(|l| l.updated_at).and_then(output::rfc3339),
+                        leaf_key: leaf.map(|l| l.leaf_key.as_str()),
+                    })
                 } else {
-                    m.clone()
+                    output::member_line(m, admin, leaf)
                 });
             }
         }
@@ -654,12 +723,16 @@ mod tests {
     fn enroll_says_what_to_do_next() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("new");
+        let pass = tmp.path().join("pass");
+        std::fs::write(&pass, "new device\n").unwrap();
         let (code, text) = run_cli(&[
             "enroll",
             "--user",
             "consul@bz",
             "--out",
             dir.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
         ]);
         assert_eq!(code.unwrap(), 0);
         assert!(
@@ -667,7 +740,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("next:"), "{text}");
-        assert!(dir.join("user.key").is_file());
+        let key = std::fs::read_to_string(dir.join("user.key")).unwrap();
+        assert!(
+            kring_protocol::keyfile::decrypt_pem(&key, b"new device").is_ok(),
+            "encrypted under the passphrase in the file"
+        );
         let (code, _) = run_cli(&["enroll", "--user", "consul", "--out", "x"]);
         assert_eq!(code.unwrap_err().exit_code(), 2);
     }

@@ -170,6 +170,36 @@ pub struct MemberLine<'a> {
     pub id: &'a str,
     /// Whether they are a community admin.
     pub admin: bool,
+    /// When the member's leaf key last changed (RFC 3339 UTC): the time the hub
+    /// ordered the commit that changed it, as this device saw it; `null` if that was
+    /// before this device joined (or the member is not in this device's group yet).
+    pub leaf_updated_at: Option<String>,
+    /// Fingerprint of the member's current leaf encryption key (16 hex digits);
+    /// `null` if the member is not in this device's group yet.
+    pub leaf_key: Option<&'a str>,
+}
+
+/// Unix seconds as RFC 3339 UTC (`2025-03-01T12:30:00Z`).
+pub fn rfc3339(secs: u64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// One line per member, for `community members` without `--json`.
+pub fn member_line(id: &str, admin: bool, leaf: Option<&crate::keys::MemberLeaf>) -> String {
+    let mut line = id.to_string();
+    if admin {
+        line.push_str("  (admin)");
+    }
+    if let Some(leaf) = leaf {
+        line.push_str(&format!("  leaf key {}", leaf.leaf_key));
+        match leaf.updated_at.and_then(rfc3339) {
+            Some(at) => line.push_str(&format!(", updated {at}")),
+            None => line.push_str(", updated before you joined"),
+        }
+    }
+    line
 }
 
 /// One JSON line; serialising these plain types cannot fail.
@@ -218,7 +248,7 @@ pub fn event_line(event: &SyncEvent) -> Option<String> {
                 parts.push(format!("admins now {}", admins.join(", ")));
             }
             if parts.is_empty() {
-                parts.push("updated".into());
+                parts.push("keys updated".into());
             }
             format!(
                 "{community}: {} by {committer} (epoch {epoch})",
@@ -231,6 +261,11 @@ pub fn event_line(event: &SyncEvent) -> Option<String> {
         SyncEvent::RemovalCommitted { community, seq } => {
             format!("{community}: committed the hub's pending removals (#{seq})")
         }
+        SyncEvent::KeysUpdated {
+            community,
+            seq,
+            epoch,
+        } => format!("{community}: updated your keys on schedule (epoch {epoch}, #{seq})"),
         SyncEvent::Left { community } => {
             format!("you were removed from {community}")
         }
@@ -430,5 +465,34 @@ mod tests {
         .unwrap();
         assert!(line.starts_with("warning: notice 00000000-0000-0000-0000-000000000001"));
         assert!(event_line(&SyncEvent::CaughtUp).is_none());
+    }
+
+    #[test]
+    fn members_show_their_leaf_key_and_when_it_changed() {
+        let leaf = crate::keys::MemberLeaf {
+            id: "liaison@bz".into(),
+            leaf_key: "3f9c01d2a7b45e08".into(),
+            updated_at: Some(1_740_832_200),
+        };
+        assert_eq!(
+            member_line("liaison@bz", true, Some(&leaf)),
+            "liaison@bz  (admin)  leaf key 3f9c01d2a7b45e08, updated 2025-03-01T12:30:00Z"
+        );
+        let unknown = crate::keys::MemberLeaf {
+            updated_at: None,
+            ..leaf.clone()
+        };
+        assert!(member_line("liaison@bz", false, Some(&unknown)).ends_with("before you joined"));
+        assert_eq!(member_line("x@bz", false, None), "x@bz");
+        let json = json_line(&MemberLine {
+            id: "liaison@bz",
+            admin: false,
+            leaf_updated_at: leaf.updated_at.and_then(rfc3339),
+            leaf_key: Some(&leaf.leaf_key),
+        });
+        assert_eq!(
+            json,
+            r#"{"id":"liaison@bz","admin":false,"leaf_updated_at":"2025-03-01T12:30:00Z","leaf_key":"3f9c01d2a7b45e08"}"#
+        );
     }
 }

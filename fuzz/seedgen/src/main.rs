@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! kring-certs-dev init --out /tmp/fed
-//! sed '/-----/d' /tmp/fed/users/admin@bz/user.key | base64 -d > /tmp/admin.pk8
-//! sed '/-----/d' /tmp/fed/users/liaison@nctv/user.key | base64 -d > /tmp/member.pk8
-//! kring-fuzz-seedgen /tmp/fed /tmp/admin.pk8 /tmp/member.pk8 fuzz/seeds
+//! for u in admin@bz liaison@nctv; do
+//!     openssl pkey -in /tmp/fed/users/$u/user.key -passin file:/tmp/fed/users/$u/passphrase \
+//!         -outform DER -out /tmp/$u.pk8
+//! done
+//! kring-fuzz-seedgen /tmp/fed /tmp/admin@bz.pk8 /tmp/liaison@nctv.pk8 fuzz/seeds
 //! ```
 //!
 //! Everything written is a valid message, so the fuzzer starts from inputs that
@@ -222,6 +224,15 @@ fn main() -> Res<()> {
         },
         Request::Trust,
         Request::AuditHead,
+        Request::TrustStatements {
+            after: Some("fuzz@bz".into()),
+        },
+        Request::Cursors {
+            cursors: vec![kring_protocol::wire::LogMark {
+                community: "fuzz@bz".into(),
+                seq: 5,
+            }],
+        },
     ];
     let errors = vec![
         ErrorCode::PolicyDenied {
@@ -321,6 +332,16 @@ fn main() -> Res<()> {
                 first_seq: 1,
             }],
         }),
+        Response::TrustStatements {
+            statements: vec![statement.clone()],
+            more: true,
+        },
+        Response::Cursors {
+            rewind: vec![kring_protocol::wire::LogMark {
+                community: "fuzz@bz".into(),
+                seq: 4,
+            }],
+        },
     ];
     responses.extend(errors.iter().cloned().map(Response::Error));
     let pushes = [
@@ -394,9 +415,28 @@ fn main() -> Res<()> {
             user: "liaison@nctv".into(),
             requester: "admin@bz".into(),
         },
+        FedRequest::Whereabouts,
+        FedRequest::FetchLog {
+            community: "fuzz@bz".into(),
+            after: 3,
+        },
     ];
     let fed_responses = [
         FedResponse::Ack { upto: 9 },
+        FedResponse::Whereabouts(kring_protocol::wire::Whereabouts {
+            applied: 4,
+            outbox_oldest: Some(2),
+            outbox_next: 7,
+            logs: vec![kring_protocol::wire::LogMark {
+                community: "fuzz@bz".into(),
+                seq: 12,
+            }],
+        }),
+        FedResponse::Log {
+            entries: Vec::new(),
+            last_seq: 12,
+            community: None,
+        },
         FedResponse::Response(Response::Pong),
         FedResponse::Response(Response::KeyPackage { key_package: kp }),
     ];
@@ -514,6 +554,8 @@ fn request_name(m: &Request) -> &'static str {
         Request::FileNotices { .. } => "file-many",
         Request::Trust => "trust",
         Request::AuditHead => "audit-head",
+        Request::TrustStatements { .. } => "trust-statements",
+        Request::Cursors { .. } => "cursors",
     }
 }
 
@@ -534,6 +576,8 @@ fn response_name(m: &Response) -> &'static str {
         Response::Filed { .. } => "filed",
         Response::Trust(_) => "trust",
         Response::AuditHead(_) => "audit-head",
+        Response::TrustStatements { .. } => "trust-statements",
+        Response::Cursors { .. } => "cursors",
     }
 }
 
@@ -583,6 +627,8 @@ fn fed_request_name(m: &FedRequest) -> &'static str {
         FedRequest::Deliver { .. } => "deliver-all",
         FedRequest::Handshake { .. } => "handshake",
         FedRequest::FetchKeyPackage { .. } => "fetch",
+        FedRequest::Whereabouts => "whereabouts",
+        FedRequest::FetchLog { .. } => "fetch-log",
     }
 }
 
@@ -590,5 +636,7 @@ fn fed_response_name(m: &FedResponse) -> &'static str {
     match m {
         FedResponse::Ack { .. } => "ack",
         FedResponse::Response(_) => "response",
+        FedResponse::Whereabouts(_) => "whereabouts",
+        FedResponse::Log { .. } => "log",
     }
 }

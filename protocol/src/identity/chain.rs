@@ -64,8 +64,9 @@ pub struct RevocationCheck<'a> {
 ///
 /// Checks, in order: sizes; the Ed25519 signature chain from the leaf through an
 /// intermediate to an anchor and every certificate's validity at `now_unix`
-/// (rustls-webpki, EKU clientAuth); the leaf is issued by an organisation CA (not
-/// directly by an anchor); [`Identity::from_der`] (the full profile, including the
+/// (rustls-webpki, EKU clientAuth); the shape of the path: exactly one CA (the
+/// organisation CA) between the leaf and the anchor, so the leaf is issued neither
+/// directly by an anchor nor through a sub-CA; [`Identity::from_der`] (the full profile, including the
 /// EKU rules for the kind); the kind is `expected`; the issuing CA's O equals the
 /// leaf's O. Revocation is not checked: see [`verify_chain_with_revocation`].
 ///
@@ -116,9 +117,26 @@ pub fn verify_chain_trusted(
     expected: IdentityKind,
     trust: &TrustMap,
 ) -> Result<Identity, IdentityError> {
+    verify_chain_trusted_issuer(chain_der, anchors_der, now_unix, expected, trust)
+        .map(|(identity, _)| identity)
+}
+
+/// [`verify_chain_trusted`], also returning the DER of the organisation CA the
+/// chain verified through (not merely the second certificate presented): the CA
+/// to record for a peer, and to check against its issuer's CRL.
+///
+/// # Errors
+/// As [`verify_chain_trusted`].
+pub fn verify_chain_trusted_issuer(
+    chain_der: &[Vec<u8>],
+    anchors_der: &[Vec<u8>],
+    now_unix: u64,
+    expected: IdentityKind,
+    trust: &TrustMap,
+) -> Result<(Identity, Vec<u8>), IdentityError> {
     let (identity, issuer) = verify_path(chain_der, anchors_der, now_unix, expected, None)?;
     trust.check(&identity, &issuer)?;
-    Ok(identity)
+    Ok((identity, issuer))
 }
 
 /// Verifies the chain and returns the leaf's identity and the DER of the
@@ -220,9 +238,22 @@ fn verify_path(
             None,
         )
         .map_err(|e| map_webpki(e, now_unix, expected))?;
-    let issuer_der: Vec<u8> = match path.intermediate_certificates().next() {
-        Some(issuer) => issuer.der().to_vec(),
-        None => return Err(IdentityError::NotIssuedByOrganisationCa),
+    // The one shape a Kring chain has: leaf <- organisation CA <- anchor. webpki
+    // has checked that every intermediate is a CA and the leaf is not; a path
+    // through a second CA (a sub-CA minted under an organisation CA that lacks
+    // `pathlen:0`) could carry any O and is refused here.
+    let mut path_cas = path.intermediate_certificates();
+    let issuer_der: Vec<u8> = match (path_cas.next(), path_cas.count()) {
+        (Some(issuer), 0) => issuer.der().to_vec(),
+        (None, _) => return Err(IdentityError::NotIssuedByOrganisationCa),
+        (Some(_), more) => {
+            return Err(IdentityError::ChainInvalid {
+                reason: format!(
+                    "the certificate is issued through {} CAs; it must be issued by an organisation CA that a federation trust anchor issued directly",
+                    more + 1
+                ),
+            });
+        }
     };
 
     let identity = Identity::from_der(leaf)?;

@@ -334,6 +334,62 @@ mod tests {
     }
 
     #[test]
+    fn a_sub_ca_under_an_organisation_ca_cannot_speak_for_another_organisation() {
+        use crate::identity::tests::{Ca, ca_params};
+        use rcgen::{BasicConstraints, IsCa, Issuer, KeyPair};
+        // A federation whose root and nctv's CA carry no path length limit: nctv
+        // can mint a sub-CA, and gives it O=bz.
+        let ca = |params: rcgen::CertificateParams, by: Option<&Ca>| {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+            let cert = match by {
+                Some(by) => params.signed_by(&key, &by.issuer).unwrap(),
+                None => params.self_signed(&key).unwrap(),
+            };
+            Ca {
+                der: cert.der().to_vec(),
+                pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            }
+        };
+        let unconstrained = |cn: &str, org: &str| {
+            let mut p = ca_params(cn, org, 0);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.use_authority_key_identifier_extension = true;
+            p
+        };
+        let root = ca(unconstrained("Root", "federation"), None);
+        let nctv = ca(unconstrained("CA nctv", "nctv"), Some(&root));
+        let sub = ca(unconstrained("CA bz", "bz"), Some(&nctv));
+        let anchors = vec![root.der.clone()];
+        let trust = map(&[("bz", "bz", None), ("nctv", "nctv", None)]);
+        let relay = sign(&relay_params("bz", "bz"), &sub);
+        let user = sign(&user_params("liaison", "bz", "bz"), &sub);
+        for (leaf, kind) in [(&relay, IdentityKind::Relay), (&user, IdentityKind::User)] {
+            let chain = [leaf.der.clone(), sub.der.clone(), nctv.der.clone()];
+            let err = verify_chain_trusted(&chain, &anchors, NOW, kind, &trust).unwrap_err();
+            assert!(
+                matches!(&err, IdentityError::ChainInvalid { reason } if reason.contains("2 CAs")),
+                "{err}"
+            );
+            // The same holds without a trust map (a device checking its home relay
+            // binds the organisation from the chain) and with the root appended.
+            let mut with_root = chain.to_vec();
+            with_root.push(root.der.clone());
+            assert!(crate::identity::verify_chain(&with_root, &anchors, NOW, kind).is_err());
+        }
+        // nctv's own relay, one level down, still verifies.
+        let genuine = sign(&relay_params("nctv", "nctv"), &nctv);
+        verify_chain_trusted(
+            &[genuine.der.clone(), nctv.der.clone()],
+            &anchors,
+            NOW,
+            IdentityKind::Relay,
+            &trust,
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn an_organisations_crl_signer_must_be_its_pinned_ca() {
         let f = fed();
         let rogue = org_ca(&f.root, "bz");

@@ -19,6 +19,7 @@ use super::credential::{
     credential_chain, identify_credential, leaf_public_key, validate_credential, x509_credential,
 };
 use super::key_package::parse_key_package;
+use super::padding;
 use super::relay::{GroupMember, parse_protocol_message};
 use super::summary::{CommitSummary, RemovalProposal, summarize_commit, summarize_proposal};
 use super::{
@@ -295,6 +296,45 @@ impl ClientGroup {
             .collect()
     }
 
+    /// Each member's current leaf encryption key (the HPKE public key others encrypt
+    /// path secrets to), by member id; it changes whenever the member's leaf is
+    /// updated.
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidCredential`] if a credential cannot be read at all.
+    pub fn leaf_keys(
+        &self,
+        validator: &impl CredentialValidator,
+    ) -> Result<Vec<(MemberId, Vec<u8>)>, MlsError> {
+        self.group
+            .members()
+            .map(|m| {
+                Ok((
+                    identify_credential(validator, &m.credential, &m.signature_key)?,
+                    m.encryption_key,
+                ))
+            })
+            .collect()
+    }
+
+    /// This device's own current leaf encryption key; `None` once removed.
+    pub fn own_leaf_key(&self) -> Option<Vec<u8>> {
+        if !self.group.is_active() {
+            return None;
+        }
+        let own = self.group.own_leaf_index();
+        self.group
+            .members()
+            .find(|m| m.index == own)
+            .map(|m| m.encryption_key)
+    }
+
+    /// The underlying openmls group, mutable (tests that forge messages).
+    #[cfg(test)]
+    pub(crate) fn mls_group_mut(&mut self) -> &mut MlsGroup {
+        &mut self.group
+    }
+
     /// A GroupInfo and ratchet tree of the current epoch, for a relay that starts
     /// tracking the group.
     ///
@@ -481,6 +521,42 @@ impl ClientGroup {
         self.finish_commit(provider, validator, bundle).map(Some)
     }
 
+    /// Updates this device's own leaf: a commit with an update path and no
+    /// proposals, which any member may make. It replaces the leaf's HPKE key and
+    /// every key on the leaf's path to the root, so that whoever copied this
+    /// device's keys before cannot read what is sent after it (post-compromise
+    /// security). Pending hub removals are not included: commit them with
+    /// [`commit_pending_proposals`](Self::commit_pending_proposals), which updates
+    /// the leaf as well.
+    ///
+    /// # Errors
+    /// [`MlsError::PendingProposals`], [`MlsError::PendingCommit`],
+    /// [`MlsError::Evicted`], [`MlsError::InvalidCredential`] (this device's own
+    /// certificate no longer valid), [`MlsError::Verification`].
+    pub fn self_update<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        signer: &CertSigner,
+        validator: &impl CredentialValidator,
+    ) -> Result<CommitOutput, MlsError> {
+        self.check_can_commit()?;
+        if self.group.has_pending_proposals() {
+            return Err(MlsError::PendingProposals);
+        }
+        let bundle = self
+            .group
+            .commit_builder()
+            .consume_proposal_store(false)
+            .force_self_update(true)
+            .load_psks(provider.storage())
+            .map_err(|e| MlsError::Storage(e.to_string()))?
+            .build(provider.rand(), provider.crypto(), signer, |_| false)
+            .map_err(|e| MlsError::Verification(format!("commit: {e}")))?
+            .stage_commit(provider)
+            .map_err(|e| MlsError::Verification(format!("commit: {e}")))?;
+        self.finish_commit(provider, validator, bundle)
+    }
+
     /// The hub accepted this device's pending commit: apply it.
     ///
     /// # Errors
@@ -510,7 +586,10 @@ impl ClientGroup {
 
     /// Encrypts an application message (PrivateMessage) with `aad` — the notice's
     /// label bytes — as authenticated data: relays read it in the clear, and any
-    /// change makes decryption fail at every recipient.
+    /// change makes decryption fail at every recipient. The plaintext is padded so
+    /// that the ciphertext is exactly the size of its bucket
+    /// ([`padding_bucket`](super::padding_bucket)): relays and links learn the size
+    /// class, not the length.
     ///
     /// # Errors
     /// [`MlsError::TooLarge`], [`MlsError::PendingProposals`] (commit them first),
@@ -530,8 +609,9 @@ impl ClientGroup {
         if self.group.has_pending_proposals() {
             return Err(MlsError::PendingProposals);
         }
+        let padded = padding::pad(plaintext)?;
         self.group.set_aad(aad.to_vec());
-        let result = self.group.create_message(provider, signer, plaintext);
+        let result = self.group.create_message(provider, signer, &padded);
         self.group.set_aad(Vec::new());
         let message = result.map_err(|e| MlsError::Crypto(format!("encryption: {e}")))?;
         let bytes = message
@@ -614,8 +694,9 @@ impl ClientGroup {
                     }
                 };
                 let sender = validate_credential(validator, &credential, &key)?;
+                let plaintext = application.into_bytes();
                 Ok(Received::Application {
-                    plaintext: application.into_bytes(),
+                    plaintext: padding::unpad(&plaintext)?.to_vec(),
                     aad,
                     sender,
                     epoch: message_epoch,

@@ -227,9 +227,10 @@ pub(crate) fn check_context_transition(
     let checked = check_context(new, validator)?;
     if checked.meta.community_id != old_meta.community_id
         || checked.meta.max_label != old_meta.max_label
+        || checked.meta.update_days != old_meta.update_days
     {
         return Err(MlsError::Forbidden(
-            "the community id and maximum label cannot change".into(),
+            "the community id, maximum label and update period cannot change".into(),
         ));
     }
     if old.extensions().external_senders() != new.extensions().external_senders()

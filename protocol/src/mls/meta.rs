@@ -9,15 +9,23 @@ use super::{MAX_ADMINS, MAX_ID_BYTES, MAX_LABEL_BYTES, MemberId, MlsError};
 /// RequiredCapabilities, so every member must support it.
 pub const KRING_EXTENSION_TYPE: u16 = 0xFF4B;
 
-/// Version byte that starts every encoded [`CommunityMeta`].
+/// Version byte of an encoded [`CommunityMeta`] with the default update period.
 const META_VERSION: u8 = 1;
+/// Version byte of an encoded [`CommunityMeta`] that names its update period.
+const META_VERSION_PERIOD: u8 = 2;
+
+/// The update period of a community that names none: members rotate their leaf
+/// keys at least every 7 days.
+pub const DEFAULT_UPDATE_DAYS: u16 = 7;
+/// The longest update period a community may set.
+pub const MAX_UPDATE_DAYS: u16 = 365;
 
 /// The community metadata every member and relay can read from the group context.
 ///
 /// Invariants (checked by [`CommunityMeta::new`] and on decoding): the community id
 /// is `NAME@HUB`; the maximum label is 1..=[`MAX_LABEL_BYTES`] opaque bytes (the
 /// binary label encoding of `kring-policy`); there are 1..=[`MAX_ADMINS`] admins,
-/// sorted and without duplicates.
+/// sorted and without duplicates; the update period is 1..=[`MAX_UPDATE_DAYS`] days.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommunityMeta {
     /// `NAME@HUB`, e.g. `desinformatie@bz`; also the MLS group id (its UTF-8 bytes).
@@ -27,6 +35,9 @@ pub struct CommunityMeta {
     pub max_label: Vec<u8>,
     /// Member ids of the community admins (sorted, unique, non-empty).
     pub admins: Vec<MemberId>,
+    /// How often every member rotates its own leaf key (a commit updating its
+    /// leaf), in days. Fixed at creation; [`DEFAULT_UPDATE_DAYS`] unless set.
+    pub update_days: u16,
 }
 
 impl CommunityMeta {
@@ -45,9 +56,28 @@ impl CommunityMeta {
             community_id: community_id.into(),
             max_label,
             admins,
+            update_days: DEFAULT_UPDATE_DAYS,
         };
         meta.check()?;
         Ok(meta)
+    }
+
+    /// A copy with another update period (1..=[`MAX_UPDATE_DAYS`] days).
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidMeta`] if the period is out of range.
+    pub fn with_update_days(&self, days: u16) -> Result<Self, MlsError> {
+        let meta = Self {
+            update_days: days,
+            ..self.clone()
+        };
+        meta.check()?;
+        Ok(meta)
+    }
+
+    /// The update period in seconds.
+    pub fn update_period_secs(&self) -> u64 {
+        u64::from(self.update_days) * 86_400
     }
 
     /// The hub relay id: the part of the community id after `@`.
@@ -67,12 +97,16 @@ impl CommunityMeta {
     /// # Errors
     /// [`MlsError::InvalidMeta`] if the list is empty, too long or has a bad id.
     pub fn with_admins(&self, admins: Vec<MemberId>) -> Result<Self, MlsError> {
-        Self::new(self.community_id.clone(), self.max_label.clone(), admins)
+        Self::new(self.community_id.clone(), self.max_label.clone(), admins)?
+            .with_update_days(self.update_days)
     }
 
     /// Deterministic encoding: `version(1) || id<V> || max_label<V> || admins<V>`
     /// where `admins<V>` is the concatenation of `admin<V>` (MLS variable-length
-    /// vectors).
+    /// vectors). A community with another update period than
+    /// [`DEFAULT_UPDATE_DAYS`] is encoded as `version(2) || ... || update_days(u16
+    /// BE)`, so that the metadata of a community with the default period reads the
+    /// same as before periods existed.
     ///
     /// # Errors
     /// [`MlsError::InvalidMeta`] if an invariant does not hold.
@@ -82,10 +116,18 @@ impl CommunityMeta {
         for admin in &self.admins {
             vl(admin.as_bytes(), &mut admins)?;
         }
-        let mut out = vec![META_VERSION];
+        let default_period = self.update_days == DEFAULT_UPDATE_DAYS;
+        let mut out = vec![if default_period {
+            META_VERSION
+        } else {
+            META_VERSION_PERIOD
+        }];
         vl(self.community_id.as_bytes(), &mut out)?;
         vl(&self.max_label, &mut out)?;
         vl(&admins, &mut out)?;
+        if !default_period {
+            out.extend_from_slice(&self.update_days.to_be_bytes());
+        }
         Ok(out)
     }
 
@@ -95,12 +137,12 @@ impl CommunityMeta {
     /// # Errors
     /// [`MlsError::TooLarge`] or [`MlsError::InvalidMeta`].
     pub fn decode(bytes: &[u8]) -> Result<Self, MlsError> {
-        let max = 16 + MAX_ID_BYTES + MAX_LABEL_BYTES + MAX_ADMINS * (MAX_ID_BYTES + 4);
+        let max = 18 + MAX_ID_BYTES + MAX_LABEL_BYTES + MAX_ADMINS * (MAX_ID_BYTES + 4);
         MlsError::check_len("community metadata", bytes.len(), max)?;
         let (version, rest) = bytes
             .split_first()
             .ok_or_else(|| MlsError::InvalidMeta("empty".into()))?;
-        if *version != META_VERSION {
+        if *version != META_VERSION && *version != META_VERSION_PERIOD {
             return Err(MlsError::InvalidMeta(format!(
                 "unknown metadata version {version}"
             )));
@@ -109,6 +151,15 @@ impl CommunityMeta {
         let id = take_vl(&mut rest)?;
         let max_label = take_vl(&mut rest)?;
         let admins_bytes = take_vl(&mut rest)?;
+        let update_days = if *version == META_VERSION_PERIOD {
+            let (days, tail) = rest
+                .split_first_chunk::<2>()
+                .ok_or_else(|| MlsError::InvalidMeta("truncated update period".into()))?;
+            rest = tail;
+            u16::from_be_bytes(*days)
+        } else {
+            DEFAULT_UPDATE_DAYS
+        };
         if !rest.is_empty() {
             return Err(MlsError::InvalidMeta("trailing bytes".into()));
         }
@@ -137,6 +188,7 @@ impl CommunityMeta {
             community_id,
             max_label,
             admins,
+            update_days,
         };
         if meta.encode()? != bytes {
             return Err(MlsError::InvalidMeta("not canonically encoded".into()));
@@ -165,6 +217,12 @@ impl CommunityMeta {
         }
         for admin in &self.admins {
             check_id("admin id", admin)?;
+        }
+        if self.update_days == 0 || self.update_days > MAX_UPDATE_DAYS {
+            return Err(MlsError::InvalidMeta(format!(
+                "update period of {} days (must be 1..={MAX_UPDATE_DAYS})",
+                self.update_days
+            )));
         }
         Ok(())
     }

@@ -51,6 +51,9 @@ pub struct CommitSummary {
     /// The new community metadata, if the commit changed it (only the admin list can
     /// change).
     pub new_meta: Option<CommunityMeta>,
+    /// True if the commit carries an update path: the committer's leaf (its HPKE
+    /// encryption key) and the keys on its path to the root were replaced.
+    pub leaf_updated: bool,
 }
 
 impl CommitSummary {
@@ -61,6 +64,16 @@ impl CommitSummary {
         !self.added.is_empty()
             || self.new_meta.is_some()
             || self.removed.iter().any(|r| !r.proposed_by_hub)
+    }
+
+    /// True if the commit does nothing but update the committer's own leaf: no
+    /// members added or removed, no metadata change, an update path. Any member
+    /// may make one.
+    pub fn is_self_update(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.new_meta.is_none()
+            && self.leaf_updated
     }
 }
 
@@ -80,10 +93,13 @@ pub struct RemovalProposal {
 /// `old` is the group state the commit applies to; `sender`/`sender_credential`
 /// come from the processed message (already signature-checked by openmls).
 /// Rules: only members commit (no external commits); only Add, Remove and
-/// GroupContextExtensions proposals; every added or updated credential validates;
-/// nobody changes identity; added members are not members yet (one leaf per member
-/// id); only the admin list of the metadata may change; and only admins may add,
-/// remove (except hub-proposed removals) or change the metadata.
+/// GroupContextExtensions proposals (no Update, PreSharedKey, ReInit or
+/// ExternalInit: a member's leaf changes only through its own commit's update
+/// path); every added or updated credential validates; nobody changes identity;
+/// added members are not members yet (one leaf per member id); only the admin list
+/// of the metadata may change; only admins may add, remove (except
+/// hub-proposed removals) or change the metadata; and a commit without proposals
+/// must carry an update path (a self-update, which any member may make).
 pub(crate) fn summarize_commit(
     old: &PublicGroup,
     validator: &impl CredentialValidator,
@@ -143,6 +159,13 @@ pub(crate) fn summarize_commit(
                 removed.push(removed_member(old, validator, remove.removed(), queued)?);
             }
             Proposal::GroupContextExtensions(_) => {}
+            Proposal::Update(_) => {
+                return Err(MlsError::Forbidden(
+                    "a commit may not change another member's leaf (Update proposals are \
+                     not used; a member updates its own leaf with its own commit)"
+                        .into(),
+                ));
+            }
             other => {
                 return Err(MlsError::Forbidden(format!(
                     "{:?} proposals are not used in Kring communities",
@@ -164,6 +187,12 @@ pub(crate) fn summarize_commit(
             )));
         }
     }
+    let leaf_updated = staged.update_path_leaf_node().is_some();
+    if staged.queued_proposals().next().is_none() && !leaf_updated {
+        return Err(MlsError::Forbidden(
+            "a commit without proposals must update the committer's leaf".into(),
+        ));
+    }
 
     let new_meta =
         check_context_transition(old.group_context(), staged.group_context(), validator)?;
@@ -174,6 +203,7 @@ pub(crate) fn summarize_commit(
         added,
         removed,
         new_meta,
+        leaf_updated,
     };
     if summary.requires_admin() && !old_meta.is_admin(&summary.committer) {
         return Err(MlsError::NotAdmin(summary.committer));

@@ -895,6 +895,38 @@ fn meta_codec_is_strict() {
         ..meta.clone()
     };
     assert!(unsorted.encode().is_err());
+
+    // The update period: the default is encoded as before periods existed (v1);
+    // another one as v2 with the period at the end.
+    assert_eq!(meta.update_days, DEFAULT_UPDATE_DAYS);
+    assert_eq!(bytes[0], 1);
+    let monthly = meta.with_update_days(30).unwrap();
+    let encoded = monthly.encode().unwrap();
+    assert_eq!(encoded[0], 2);
+    assert_eq!(&encoded[encoded.len() - 2..], &30u16.to_be_bytes());
+    assert_eq!(CommunityMeta::decode(&encoded).unwrap(), monthly);
+    assert_eq!(monthly.update_period_secs(), 30 * 86_400);
+    assert_eq!(
+        monthly
+            .with_admins(vec!["x@bz".into()])
+            .unwrap()
+            .update_days,
+        30
+    );
+    // v2 naming the default period is not canonical; truncated periods and
+    // periods out of range are refused.
+    let mut v2_default = bytes.clone();
+    v2_default[0] = 2;
+    v2_default.extend_from_slice(&DEFAULT_UPDATE_DAYS.to_be_bytes());
+    assert!(CommunityMeta::decode(&v2_default).is_err());
+    assert!(CommunityMeta::decode(&encoded[..encoded.len() - 1]).is_err());
+    for days in [0, MAX_UPDATE_DAYS + 1] {
+        assert!(meta.with_update_days(days).is_err());
+        let mut bad = bytes.clone();
+        bad[0] = 2;
+        bad.extend_from_slice(&days.to_be_bytes());
+        assert!(CommunityMeta::decode(&bad).is_err());
+    }
 }
 
 /// The glue is generic over storage: relay and client state survive a restart on
@@ -1295,4 +1327,388 @@ fn headers_are_read_without_keys_and_envelopes_must_match_them() {
         check_entry(&entry(COMMUNITY, EntryKind::Handshake { epoch: 0 }, b"x")),
         Err(MlsError::Malformed { .. })
     ));
+}
+
+/// A community of an admin and two members, tracked by a relay: (admin's group,
+/// member's group over `member_p`, other's group, relay group).
+fn three_members(
+    v: &TestValidator,
+    hub: &Actor,
+    admin: &Actor,
+    member: &Actor,
+    member_p: &crate::mls_storage::KringProvider<crate::mls_storage::MemoryKv>,
+    other: &Actor,
+    relay_p: &OpenMlsRustCrypto,
+) -> (ClientGroup, ClientGroup, ClientGroup, RelayGroup) {
+    let (mut g_admin, upload) = new_community(v, admin, hub);
+    let mut relay = RelayGroup::from_group_info(
+        relay_p.crypto(),
+        relay_p.storage(),
+        v,
+        &upload.group_info,
+        &upload.ratchet_tree,
+    )
+    .unwrap();
+    let kps = [
+        key_package(member_p, &member.signer, false).unwrap(),
+        key_package(&other.provider, &other.signer, false).unwrap(),
+    ];
+    let out = g_admin
+        .add_members(&admin.provider, &admin.signer, v, &kps)
+        .unwrap();
+    let verified = relay
+        .process_handshake(relay_p.crypto(), v, &out.commit)
+        .unwrap();
+    relay.merge(relay_p.storage(), verified).unwrap();
+    g_admin.commit_accepted(&admin.provider).unwrap();
+    let welcome = out.welcome.unwrap();
+    let g_member = ClientGroup::join(member_p, v, &welcome, None).unwrap();
+    let g_other = ClientGroup::join(&other.provider, v, &welcome, None).unwrap();
+    (g_admin, g_member, g_other, relay)
+}
+
+fn leaf_key_of(group: &ClientGroup, v: &TestValidator, id: &str) -> Vec<u8> {
+    group
+        .leaf_keys(v)
+        .unwrap()
+        .into_iter()
+        .find(|(m, _)| m == id)
+        .unwrap()
+        .1
+}
+
+/// A member (not an admin) updates its own leaf: the relay accepts it, the leaf key
+/// changes for everybody, the epoch moves, everyone reads what is filed after it,
+/// and a copy of the member's state from before the update reads nothing of it.
+#[test]
+fn a_self_update_rotates_the_leaf_and_locks_out_the_old_state() {
+    use crate::mls_storage::{KringProvider, MemoryKv};
+
+    let mut v = TestValidator::default();
+    let hub = mint(&mut v, "bz");
+    let admin = mint(&mut v, "admin@bz");
+    let member = mint(&mut v, "liaison@nctv");
+    let other = mint(&mut v, "analist@post-a");
+    let member_p = KringProvider::new(MemoryKv::new());
+    let relay_p = OpenMlsRustCrypto::default();
+    let (mut g_admin, mut g_member, mut g_other, mut relay) =
+        three_members(&v, &hub, &admin, &member, &member_p, &other, &relay_p);
+    let epoch = g_member.epoch();
+    let key_before = g_member.own_leaf_key().unwrap();
+    assert_eq!(leaf_key_of(&g_admin, &v, &member.id), key_before);
+
+    // The thief's copy of the member's device state.
+    let stolen = KringProvider::new(MemoryKv::from_entries(
+        member_p.backend().snapshot().unwrap(),
+    ));
+
+    let out = g_member.self_update(&member_p, &member.signer, &v).unwrap();
+    assert!(out.summary.is_self_update());
+    assert!(!out.summary.requires_admin());
+    assert!(out.welcome.is_none());
+    let verified = relay
+        .process_handshake(relay_p.crypto(), &v, &out.commit)
+        .unwrap();
+    let summary = commit_summary(&verified);
+    assert!(summary.is_self_update());
+    assert_eq!(summary.committer, member.id);
+    relay.merge(relay_p.storage(), verified).unwrap();
+    g_member.commit_accepted(&member_p).unwrap();
+    for (group, provider) in [
+        (&mut g_admin, &admin.provider),
+        (&mut g_other, &other.provider),
+    ] {
+        let summary = expect_commit(group.process(provider, &v, &out.commit).unwrap());
+        assert!(summary.is_self_update() && summary.leaf_updated);
+        assert_eq!(summary.committer, member.id);
+    }
+
+    let key_after = g_member.own_leaf_key().unwrap();
+    assert_ne!(key_after, key_before);
+    assert_eq!(g_member.epoch(), epoch + 1);
+    assert_eq!(relay.epoch(), epoch + 1);
+    assert_eq!(leaf_key_of(&g_admin, &v, &member.id), key_after);
+    assert_eq!(leaf_key_of(&g_other, &v, &member.id), key_after);
+    assert_ne!(
+        leaf_key_fingerprint(&key_after),
+        leaf_key_fingerprint(&key_before)
+    );
+    assert_eq!(leaf_key_fingerprint(&key_after).len(), 16);
+    // Membership and metadata are unchanged.
+    assert_eq!(
+        ids(&relay.members(&v).unwrap()),
+        set(&[&admin, &member, &other])
+    );
+    assert_eq!(relay.meta().unwrap(), g_admin.meta().unwrap());
+
+    // Everyone reads a notice filed after the update, the updater included.
+    let notice = g_admin
+        .encrypt(&admin.provider, &admin.signer, LABEL, b"after the update")
+        .unwrap();
+    let (plaintext, ..) = expect_application(g_member.process(&member_p, &v, &notice).unwrap());
+    assert_eq!(plaintext, b"after the update".to_vec());
+    let (plaintext, ..) =
+        expect_application(g_other.process(&other.provider, &v, &notice).unwrap());
+    assert_eq!(plaintext, b"after the update".to_vec());
+    let mine = g_member
+        .encrypt(&member_p, &member.signer, LABEL, b"from the updater")
+        .unwrap();
+    let (plaintext, _, sender, _) =
+        expect_application(g_other.process(&other.provider, &v, &mine).unwrap());
+    assert_eq!(
+        (plaintext, sender),
+        (b"from the updater".to_vec(), member.id.clone())
+    );
+
+    // The copy from before the update can follow neither the update nor what
+    // comes after it.
+    let mut g_stolen = ClientGroup::load(&stolen, COMMUNITY).unwrap().unwrap();
+    assert_eq!(g_stolen.epoch(), epoch);
+    assert!(g_stolen.process(&stolen, &v, &out.commit).is_err());
+    assert!(g_stolen.process(&stolen, &v, &notice).is_err());
+    assert!(g_stolen.process(&stolen, &v, &mine).is_err());
+}
+
+/// An "update" that touches another member's leaf, the membership or the context
+/// is refused by the relay (and by members); so is a revoked member's update.
+#[test]
+fn the_relay_refuses_updates_that_touch_more_than_the_own_leaf() {
+    use crate::mls_storage::{KringProvider, MemoryKv};
+    use openmls::prelude::{LeafNodeParameters, ProcessedMessageContent};
+
+    let mut v = TestValidator::default();
+    let hub = mint(&mut v, "bz");
+    let admin = mint(&mut v, "admin@bz");
+    let member = mint(&mut v, "liaison@nctv");
+    let other = mint(&mut v, "analist@post-a");
+    let member_p = KringProvider::new(MemoryKv::new());
+    let relay_p = OpenMlsRustCrypto::default();
+    let (mut g_admin, mut g_member, mut g_other, relay) =
+        three_members(&v, &hub, &admin, &member, &member_p, &other, &relay_p);
+    let epoch = relay.epoch();
+    let other_leaf = relay
+        .members(&v)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id == other.id)
+        .unwrap()
+        .leaf_index;
+
+    // Another member's leaf, through an Update proposal committed by reference.
+    let (proposal, _) = g_other
+        .mls_group_mut()
+        .propose_self_update(
+            &other.provider,
+            &other.signer,
+            LeafNodeParameters::default(),
+        )
+        .unwrap();
+    let proposal = proposal.to_bytes().unwrap();
+    g_other
+        .mls_group_mut()
+        .clear_pending_proposals(other.provider.storage())
+        .unwrap();
+    // Members and relays never take a member's standalone proposal ...
+    assert!(matches!(
+        g_member.process(&member_p, &v, &proposal),
+        Err(MlsError::Forbidden(_))
+    ));
+    assert!(matches!(
+        relay.process_handshake(relay_p.crypto(), &v, &proposal),
+        Err(MlsError::Forbidden(_))
+    ));
+    // ... but a forger may queue it by hand and commit it with a path.
+    let parsed = relay::parse_protocol_message(&proposal).unwrap();
+    let processed = g_member
+        .mls_group_mut()
+        .process_message(&member_p, parsed)
+        .unwrap();
+    let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
+        panic!("not a proposal");
+    };
+    g_member
+        .mls_group_mut()
+        .store_pending_proposal(member_p.storage(), *queued.clone())
+        .unwrap();
+    let bundle = g_member
+        .mls_group_mut()
+        .commit_builder()
+        .consume_proposal_store(true)
+        .load_psks(member_p.storage())
+        .unwrap()
+        .build(member_p.rand(), member_p.crypto(), &member.signer, |_| true)
+        .unwrap()
+        .stage_commit(&member_p)
+        .unwrap();
+    let (forged, _, _) = bundle.into_messages();
+    let forged = forged.to_bytes().unwrap();
+    g_member
+        .mls_group_mut()
+        .clear_pending_commit(member_p.storage())
+        .unwrap();
+    g_member
+        .mls_group_mut()
+        .clear_pending_proposals(member_p.storage())
+        .unwrap();
+    assert!(
+        relay
+            .process_handshake(relay_p.crypto(), &v, &forged)
+            .is_err()
+    );
+    g_admin
+        .mls_group_mut()
+        .store_pending_proposal(admin.provider.storage(), *queued)
+        .unwrap();
+    assert!(matches!(
+        g_admin.process(&admin.provider, &v, &forged),
+        Err(MlsError::Forbidden(reason)) if reason.contains("another member's leaf")
+    ));
+    g_admin
+        .mls_group_mut()
+        .clear_pending_proposals(admin.provider.storage())
+        .unwrap();
+
+    // Another member's leaf, by removing it along with the update.
+    let forged = raw_remove_with(&member_p, &member.signer, other_leaf);
+    assert_eq!(
+        relay
+            .process_handshake(relay_p.crypto(), &v, &forged)
+            .unwrap_err(),
+        MlsError::NotAdmin(member.id.clone())
+    );
+
+    // The context: a changed update period, from a member and from an admin.
+    let meta = g_admin.meta().unwrap().with_update_days(1).unwrap();
+    let forged = [
+        forge_context_change(&mut g_member, &member_p, &member.signer, &meta),
+        forge_context_change(&mut g_admin, &admin.provider, &admin.signer, &meta),
+    ];
+    for forged in forged {
+        let refused = relay
+            .process_handshake(relay_p.crypto(), &v, &forged)
+            .unwrap_err();
+        assert!(
+            matches!(&refused, MlsError::Forbidden(r) if r.contains("update period"))
+                || refused == MlsError::NotAdmin(member.id.clone()),
+            "{refused}"
+        );
+    }
+    assert_eq!(relay.epoch(), epoch);
+
+    // A revoked member cannot update.
+    let update = g_other
+        .self_update(&other.provider, &other.signer, &v)
+        .unwrap();
+    v.revoke(&other.id);
+    assert!(matches!(
+        relay.process_handshake(relay_p.crypto(), &v, &update.commit),
+        Err(MlsError::InvalidCredential(_))
+    ));
+}
+
+/// A commit changing the community metadata to `meta`, made directly with openmls
+/// (bypassing the client-side checks).
+fn forge_context_change<P: openmls::storage::OpenMlsProvider>(
+    group: &mut ClientGroup,
+    provider: &P,
+    signer: &CertSigner,
+    meta: &CommunityMeta,
+) -> Vec<u8> {
+    let extensions =
+        super::context::extensions_with_meta(group.mls_group().extensions(), meta).unwrap();
+    let bundle = group
+        .mls_group_mut()
+        .commit_builder()
+        .propose_group_context_extensions(extensions)
+        .unwrap()
+        .load_psks(provider.storage())
+        .unwrap()
+        .build(provider.rand(), provider.crypto(), signer, |_| true)
+        .unwrap()
+        .stage_commit(provider)
+        .unwrap();
+    let commit = bundle.into_messages().0.to_bytes().unwrap();
+    group
+        .mls_group_mut()
+        .clear_pending_commit(provider.storage())
+        .unwrap();
+    commit
+}
+
+/// A member's removal (with its update path) made directly with openmls.
+fn raw_remove_with(
+    provider: &crate::mls_storage::KringProvider<crate::mls_storage::MemoryKv>,
+    signer: &CertSigner,
+    leaf: u32,
+) -> Vec<u8> {
+    let mut group = MlsGroup::load(
+        provider.storage(),
+        &GroupId::from_slice(COMMUNITY.as_bytes()),
+    )
+    .unwrap()
+    .unwrap();
+    let (commit, _, _) = group
+        .remove_members(provider, signer, &[LeafNodeIndex::new(leaf)])
+        .unwrap();
+    group.clear_pending_commit(provider.storage()).unwrap();
+    commit.to_bytes().unwrap()
+}
+
+/// Notices of different lengths in one size bucket have ciphertexts of one length;
+/// the next bucket is exactly the bucket's size apart; contents round-trip.
+#[test]
+fn padded_ciphertexts_fall_in_buckets() {
+    let mut v = TestValidator::default();
+    let hub = mint(&mut v, "bz");
+    let admin = mint(&mut v, "admin@bz");
+    let member = mint(&mut v, "liaison@nctv");
+    let relay_p = OpenMlsRustCrypto::default();
+    let (mut g_admin, upload) = new_community(&v, &admin, &hub);
+    let relay = RelayGroup::from_group_info(
+        relay_p.crypto(),
+        relay_p.storage(),
+        &v,
+        &upload.group_info,
+        &upload.ratchet_tree,
+    )
+    .unwrap();
+    let kp = key_package(&member.provider, &member.signer, false).unwrap();
+    let out = g_admin
+        .add_members(&admin.provider, &admin.signer, &v, &[kp])
+        .unwrap();
+    g_admin.commit_accepted(&admin.provider).unwrap();
+    let mut g_member =
+        ClientGroup::join(&member.provider, &v, &out.welcome.unwrap(), None).unwrap();
+    let _ = relay;
+
+    let mut lengths = BTreeMap::new();
+    for len in [
+        0usize, 1, 40, 100, 123, 124, 200, 300, 379, 380, 1000, 1800, 5000, 70_000,
+    ] {
+        let body = vec![b'x'; len];
+        let ct = g_admin
+            .encrypt(&admin.provider, &admin.signer, LABEL, &body)
+            .unwrap();
+        let (plaintext, ..) =
+            expect_application(g_member.process(&member.provider, &v, &ct).unwrap());
+        assert_eq!(plaintext, body);
+        lengths
+            .entry(padding_bucket(len))
+            .or_insert_with(BTreeSet::new)
+            .insert(ct.len());
+    }
+    // One ciphertext length per bucket ...
+    assert!(lengths.values().all(|l| l.len() == 1), "{lengths:?}");
+    assert_eq!(
+        lengths.keys().copied().collect::<Vec<_>>(),
+        vec![256, 512, 1024, 2048, 8192, 128 << 10]
+    );
+    // ... and it is the bucket plus a fixed header (the length prefix grows once,
+    // at 16 KiB).
+    let overhead: BTreeSet<i64> = lengths
+        .iter()
+        .filter(|(bucket, _)| **bucket < 16 << 10)
+        .map(|(bucket, l)| *l.first().unwrap() as i64 - *bucket as i64)
+        .collect();
+    assert_eq!(overhead.len(), 1, "{lengths:?}");
 }

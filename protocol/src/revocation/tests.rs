@@ -208,7 +208,7 @@ fn the_revocation_set_checks_identities_and_certificates() {
         NOW as i64,
     )
     .unwrap();
-    assert_eq!(set.add_crl(&v), Some(vec![serial.clone()]));
+    assert_eq!(set.add_crl(&v).map(|c| c.added), Some(vec![serial.clone()]));
     assert_eq!(set.add_crl(&v), None, "not newer than the one held");
     let why = set.check(&id(&analist)).unwrap_err();
     assert!(why.contains("revoked by the CRL of bz"), "{why}");
@@ -246,4 +246,156 @@ fn only_the_configured_organisation_revokes_a_relays_users() {
     // A home relay nobody configured: refused.
     let unknown = statement(&f, &admin, "liaison@elsewhere");
     assert!(unknown.verify(&anchors, &trust(), NOW as i64).is_err());
+}
+
+/// A CRL of `ca` issued at `this_update` revoking `serials`.
+fn crl_at(ca: &crate::identity::tests::Ca, serials: &[Vec<u8>], this_update: i64) -> Vec<u8> {
+    use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+    CertificateRevocationListParams {
+        this_update: crate::identity::tests::at(this_update),
+        next_update: crate::identity::tests::at(this_update + 7 * DAY),
+        crl_number: SerialNumber::from_slice(&this_update.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(s),
+                revocation_time: crate::identity::tests::at(NOW as i64 - DAY),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca.issuer)
+    .unwrap()
+    .der()
+    .to_vec()
+}
+
+fn serial_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_crl_dated_in_the_future_is_refused() {
+    let f = fed();
+    let anchors = vec![f.root.der.clone()];
+    let now = NOW as i64;
+    let late = crl_at(&f.bz, &[vec![1, 2]], now + MAX_CLOCK_SKEW + 60);
+    let err = verify_crl(&late, &f.bz.der, &anchors, now).unwrap_err();
+    assert!(err.to_string().contains("in the future"), "{err}");
+    // Within the clock skew it is taken.
+    let skewed = crl_at(&f.bz, &[vec![1, 2]], now + MAX_CLOCK_SKEW - 60);
+    verify_crl(&skewed, &f.bz.der, &anchors, now).unwrap();
+}
+
+#[test]
+fn a_hundred_crls_in_a_row_leave_only_the_newest_held() {
+    let f = fed();
+    let anchors = vec![f.root.der.clone()];
+    let mut set = Revocations::new();
+    const PER_CRL: u16 = 50;
+    let mut generation = set.generation();
+    for round in 0..100u16 {
+        let serials: Vec<Vec<u8>> = (0..PER_CRL)
+            .map(|i| {
+                let n = round * PER_CRL + i + 1;
+                vec![0x10, (n >> 8) as u8, n as u8]
+            })
+            .collect();
+        let der = crl_at(&f.bz, &serials, NOW as i64 - 10_000 + i64::from(round));
+        let v = verify_crl(&der, &f.bz.der, &anchors, NOW as i64).unwrap();
+        let change = set.add_crl(&v).unwrap();
+        assert_eq!(change.added.len(), usize::from(PER_CRL));
+        assert_eq!(change.dropped, if round == 0 { 0 } else { 50 });
+        assert_ne!(set.generation(), generation, "new serials change the set");
+        generation = set.generation();
+        assert_eq!(set.revoked_certificates(), usize::from(PER_CRL));
+        assert_eq!(set.crl_issuers(), 1);
+        // The same CRL again, or an older one, changes nothing.
+        assert_eq!(set.add_crl(&v), None);
+        assert_eq!(set.generation(), generation);
+    }
+    // A newer CRL listing the same serials: taken, but nothing newly revoked.
+    let held: Vec<Vec<u8>> = (0..PER_CRL)
+        .map(|i| {
+            let n = 99 * PER_CRL + i + 1;
+            vec![0x10, (n >> 8) as u8, n as u8]
+        })
+        .collect();
+    let der = crl_at(&f.bz, &held, NOW as i64);
+    let v = verify_crl(&der, &f.bz.der, &anchors, NOW as i64).unwrap();
+    let change = set.add_crl(&v).unwrap();
+    assert!(change.added.is_empty() && change.dropped == 0, "{change:?}");
+    assert_eq!(set.generation(), generation);
+}
+
+#[test]
+fn crls_are_held_per_issuing_ca() {
+    let f = fed();
+    let anchors = vec![f.root.der.clone()];
+    // bz rotates its CA: both CAs are in use for a while.
+    let bz2 = crate::identity::tests::org_ca(&f.root, "bz");
+    let old = user(&f, "liaison", false);
+    let mut p: CertificateParams = user_params("analist", "bz", "bz");
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42]));
+    let new = sign(&p, &bz2);
+    let id = |l: &Leaf| Identity::from_der(&l.der).unwrap();
+    let old_serial = serial_bytes(&id(&old).serial);
+
+    let mut set = Revocations::new();
+    let crl1 = crl_at(&f.bz, std::slice::from_ref(&old_serial), NOW as i64 - 100);
+    set.add_crl(&verify_crl(&crl1, &f.bz.der, &anchors, NOW as i64).unwrap())
+        .unwrap();
+    // CA2's CRL, newer and listing the same serial bytes as CA2's own analist has
+    // under CA1's numbering: it does not replace CA1's.
+    let crl2 = crl_at(&bz2, &[vec![0x42]], NOW as i64 - 50);
+    set.add_crl(&verify_crl(&crl2, &bz2.der, &anchors, NOW as i64).unwrap())
+        .unwrap();
+    assert_eq!(set.crl_issuers(), 2);
+    let chain1 = vec![old.der.clone(), f.bz.der.clone()];
+    let chain2 = vec![new.der.clone(), bz2.der.clone()];
+    assert!(
+        set.check_chain(&id(&old), &chain1).is_err(),
+        "CA1's revocation stays"
+    );
+    assert!(set.check_chain(&id(&new), &chain2).is_err(), "CA2's too");
+    // CA1's entry does not revoke a CA2 certificate that happens to share the
+    // serial.
+    let mut p: CertificateParams = user_params("other", "bz", "bz");
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&old_serial));
+    let twin = sign(&p, &bz2);
+    set.check_chain(&id(&twin), &[twin.der.clone(), bz2.der.clone()])
+        .unwrap();
+}
+
+#[test]
+fn an_anchors_crl_revoking_an_organisation_ca_cuts_every_certificate_under_it() {
+    let f = fed();
+    let anchors = vec![f.root.der.clone()];
+    let liaison = user(&f, "liaison", false);
+    let chain = vec![liaison.der.clone(), f.bz.der.clone()];
+    let id = Identity::from_der(&liaison.der).unwrap();
+    let (_, bz_ca) = X509Certificate::from_der(&f.bz.der).unwrap();
+    let bz_serial = bz_ca.raw_serial().to_vec();
+
+    let mut set = Revocations::new();
+    set.check_chain(&id, &chain).unwrap();
+    let root_crl = crl_at(&f.root, &[bz_serial], NOW as i64 - 10);
+    let v = verify_crl(&root_crl, &f.root.der, &anchors, NOW as i64).unwrap();
+    assert!(v.anchor);
+    assert!(!set.add_crl(&v).unwrap().added.is_empty());
+    let why = set.check_chain(&id, &chain).unwrap_err();
+    assert!(why.contains("CA of bz"), "{why}");
+    // nctv's CA is not revoked.
+    let mut p: CertificateParams = user_params("liaison", "nctv", "nctv");
+    p.custom_extensions = sda(Some("NL:STG-GEHEIM"), &[]).into_iter().collect();
+    let other = sign(&p, &f.nctv);
+    let other_id = Identity::from_der(&other.der).unwrap();
+    set.check_chain(&other_id, &[other.der.clone(), f.nctv.der.clone()])
+        .unwrap();
 }

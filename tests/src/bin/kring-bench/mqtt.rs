@@ -20,7 +20,7 @@ use rumqttc::{
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::common::BODY_BYTES;
 use crate::kring_flow::DEVICES;
@@ -256,7 +256,7 @@ fn tls_config(fed_dir: &Path, user: &str) -> Result<rustls::ClientConfig, String
         .map_err(|e| s(&e))?
         .collect::<Result<_, _>>()
         .map_err(|e| s(&e))?;
-    let key = PrivateKeyDer::from_pem_file(dir.join("user.key")).map_err(|e| s(&e))?;
+    let key = kring_tests::chaos::private_key(&dir.join("user.key")).map_err(|e| s(&e))?;
     let mut roots = rustls::RootCertStore::empty();
     for a in CertificateDer::pem_file_iter(fed_dir.join("ca/root.crt")).map_err(|e| s(&e))? {
         roots.add(a.map_err(|e| s(&e))?).map_err(|e| s(&e))?;

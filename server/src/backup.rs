@@ -1,0 +1,461 @@
+//! Backup files of a relay's store (`kring-relay backup`, `kring-relay restore`).
+//!
+//! A backup is every key and value of the store as one consistent view: the
+//! running relay writes it with no batch applied meanwhile ([`Durability::exclusive`]),
+//! and it is complete only once the relay has flushed everything in it (so nothing
+//! in a backup can be taken back by a crash of the relay that wrote it).
+//!
+//! File layout (format 1):
+//!
+//! ```text
+//! MAGIC (19 bytes)  "KRING-RELAY-BACKUP\n"
+//! header            HEADER_LEN bytes: JSON (BackupHeader), padded with spaces
+//! body              per pair: u32 BE key length, key, u32 BE value length, value
+//! ```
+//!
+//! The header names the format, the relay, when the backup was made, how many pairs
+//! follow and the SHA-256 of the body; a reader checks all of it and that nothing
+//! follows the last pair.
+//!
+//! [`Durability::exclusive`]: crate::store::Durability::exclusive
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RelayError;
+use crate::store::{Batch, Engine};
+
+/// The first bytes of every backup file.
+pub const MAGIC: &[u8] = b"KRING-RELAY-BACKUP\n";
+/// Bytes reserved for the header (JSON padded with spaces).
+pub const HEADER_LEN: usize = 1024;
+/// The format this relay writes and reads.
+pub const FORMAT: u32 = 1;
+/// Longest key in a backup.
+const MAX_KEY: usize = 64 * 1024;
+/// Longest value in a backup (a Welcome with a large ratchet tree, the MLS state of
+/// a large community).
+const MAX_VALUE: usize = 256 << 20;
+/// Pairs read from the store per page while writing a backup, and written to the
+/// store per batch while restoring one.
+const PAGE: usize = 1024;
+
+/// What a backup says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupHeader {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The relay whose store it is.
+    pub relay: String,
+    /// When it was made (unix seconds).
+    pub created_at: i64,
+    /// Key-value pairs in the body.
+    pub pairs: u64,
+    /// SHA-256 of the body, hex.
+    pub sha256: String,
+}
+
+/// Why a backup cannot be made, read or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not a backup this relay can read, or it is damaged.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] RelayError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes the body of a backup while hashing and counting it.
+struct BodyWriter<W: Write> {
+    out: W,
+    hash: ring::digest::Context,
+    pairs: u64,
+}
+
+impl<W: Write> BodyWriter<W> {
+    fn pair(&mut self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+        for part in [key, value] {
+            let len = u32::try_from(part.len())
+                .map_err(|_| std::io::Error::other("a record too large for a backup"))?
+                .to_be_bytes();
+            self.hash.update(&len);
+            self.hash.update(part);
+            self.out.write_all(&len)?;
+            self.out.write_all(part)?;
+        }
+        self.pairs += 1;
+        Ok(())
+    }
+}
+
+fn header_bytes(header: &BackupHeader) -> Result<Vec<u8>, BackupError> {
+    let mut json = serde_json::to_vec(header)
+        .map_err(|e| BackupError::Invalid(format!("cannot encode the header: {e}")))?;
+    if json.len() > HEADER_LEN - 1 {
+        return Err(BackupError::Invalid("the header is too long".into()));
+    }
+    json.resize(HEADER_LEN - 1, b' ');
+    json.push(b'\n');
+    Ok(json)
+}
+
+/// Writes every pair of `engine` to `file` (at its start) as a backup of `relay`.
+/// The caller makes sure no batch is applied meanwhile.
+pub fn write_store(
+    engine: &dyn Engine,
+    relay: &str,
+    created_at: i64,
+    file: &mut std::fs::File,
+    path: &Path,
+) -> Result<BackupHeader, BackupError> {
+    file.set_len(0).map_err(io(path))?;
+    file.seek(SeekFrom::Start(0)).map_err(io(path))?;
+    let (pairs, digest) = {
+        let mut out = std::io::BufWriter::new(&mut *file);
+        out.write_all(MAGIC).map_err(io(path))?;
+        out.write_all(&[b' '; HEADER_LEN]).map_err(io(path))?;
+        let mut body = BodyWriter {
+            out,
+            hash: ring::digest::Context::new(&ring::digest::SHA256),
+            pairs: 0,
+        };
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = engine.scan(b"", after.as_deref(), PAGE)?;
+            let done = page.len() < PAGE;
+            for (k, v) in &page {
+                body.pair(k, v).map_err(io(path))?;
+            }
+            after = page.into_iter().last().map(|(k, _)| k);
+            if done || after.is_none() {
+                break;
+            }
+        }
+        body.out.flush().map_err(io(path))?;
+        (body.pairs, body.hash.finish())
+    };
+    let header = BackupHeader {
+        format: FORMAT,
+        relay: relay.to_string(),
+        created_at,
+        pairs,
+        sha256: hex::encode(digest.as_ref()),
+    };
+    file.seek(SeekFrom::Start(MAGIC.len() as u64))
+        .map_err(io(path))?;
+    file.write_all(&header_bytes(&header)?).map_err(io(path))?;
+    file.seek(SeekFrom::End(0)).map_err(io(path))?;
+    Ok(header)
+}
+
+/// Reads a backup from `input`, checking it whole: magic, format, pair count,
+/// checksum, nothing after the last pair. `each` sees every pair in order (it is
+/// called before the checksum is known to be right: restore into a place that is
+/// discarded on error).
+pub fn read(
+    input: &mut impl Read,
+    mut each: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), BackupError>,
+) -> Result<BackupHeader, BackupError> {
+    let bad = |why: &str| BackupError::Invalid(format!("not a valid relay backup: {why}"));
+    let mut magic = vec![0u8; MAGIC.len()];
+    input.read_exact(&mut magic).map_err(|_| bad("too short"))?;
+    if magic != MAGIC {
+        return Err(bad("it does not start as one"));
+    }
+    let mut head = vec![0u8; HEADER_LEN];
+    input
+        .read_exact(&mut head)
+        .map_err(|_| bad("the header is cut short"))?;
+    let header: BackupHeader = serde_json::from_slice(head.trim_ascii_end())
+        .map_err(|e| bad(&format!("unreadable header: {e}")))?;
+    if header.format != FORMAT {
+        return Err(BackupError::Invalid(format!(
+            "backup format {} is not supported (this relay reads format {FORMAT})",
+            header.format
+        )));
+    }
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut part = |max: usize, what: &str| -> Result<Vec<u8>, BackupError> {
+        let mut len = [0u8; 4];
+        input
+            .read_exact(&mut len)
+            .map_err(|_| bad("the body is cut short"))?;
+        let n = u32::from_be_bytes(len) as usize;
+        if n > max {
+            return Err(bad(&format!("a {what} of {n} bytes")));
+        }
+        let mut buf = Vec::new();
+        input
+            .take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|_| bad("the body is cut short"))?;
+        if buf.len() != n {
+            return Err(bad("the body is cut short"));
+        }
+        hash.update(&len);
+        hash.update(&buf);
+        Ok(buf)
+    };
+    for _ in 0..header.pairs {
+        let key = part(MAX_KEY, "key")?;
+        let value = part(MAX_VALUE, "value")?;
+        each(key, value)?;
+    }
+    let mut rest = [0u8; 1];
+    if input.read(&mut rest).map_err(|_| bad("unreadable"))? != 0 {
+        return Err(bad("bytes after the last record"));
+    }
+    let sum = hex::encode(hash.finish().as_ref());
+    if sum != header.sha256 {
+        return Err(BackupError::Invalid(
+            "the backup is damaged: its checksum does not match".into(),
+        ));
+    }
+    Ok(header)
+}
+
+/// A temporary file next to `out`, renamed to it by [`AtomicFile::commit`] (removed
+/// if dropped before).
+#[derive(Debug)]
+pub struct AtomicFile {
+    /// The open temporary file.
+    pub file: std::fs::File,
+    tmp: PathBuf,
+    out: PathBuf,
+    committed: bool,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file for `out` (mode 0600: a backup holds the whole
+    /// store).
+    pub fn create(out: &Path) -> Result<Self, BackupError> {
+        let name = out
+            .file_name()
+            .ok_or_else(|| BackupError::Invalid(format!("{}: not a file name", out.display())))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".partial-{}", std::process::id()));
+        let tmp = out.with_file_name(tmp_name);
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let file = options.open(&tmp).map_err(io(&tmp))?;
+        Ok(Self {
+            file,
+            tmp,
+            out: out.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    /// Makes the file durable and gives it its name (then makes the name durable).
+    pub fn commit(mut self) -> Result<(), BackupError> {
+        self.file.sync_all().map_err(io(&self.tmp))?;
+        std::fs::rename(&self.tmp, &self.out).map_err(io(&self.out))?;
+        self.committed = true;
+        if let Some(dir) = self.out.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// True if `dir` does not exist or is an empty directory.
+pub fn is_empty_dir(dir: &Path) -> Result<bool, BackupError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(BackupError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        }),
+    }
+}
+
+/// Restores the backup `from` of relay `relay` into `engine` (a fresh store),
+/// marking it restored ([`crate::recovery::mark_restoring`] first, then
+/// [`crate::recovery::mark_restored`] once every pair is in and flushed).
+pub fn restore_into(
+    engine: &dyn Engine,
+    relay: &str,
+    from: &Path,
+    now: i64,
+) -> Result<BackupHeader, BackupError> {
+    // Check the whole file before anything is written.
+    let mut file = std::fs::File::open(from).map_err(io(from))?;
+    let header = read(&mut std::io::BufReader::new(&mut file), |_, _| Ok(()))?;
+    if header.relay != relay {
+        return Err(BackupError::Invalid(format!(
+            "the backup is of relay {}, not of {relay} (the relay of --config)",
+            header.relay
+        )));
+    }
+    engine.apply(crate::recovery::mark_restoring(&header)?)?;
+    engine.flush()?;
+    file.seek(SeekFrom::Start(0)).map_err(io(from))?;
+    let mut batch = Batch::default();
+    let mut count = 0usize;
+    let read_again = read(&mut std::io::BufReader::new(&mut file), |k, v| {
+        if crate::recovery::is_recovery_key(&k) {
+            // A backup of a relay that was itself restored: its recovery state is
+            // the state of that earlier recovery, superseded by this one.
+            return Ok(());
+        }
+        batch.put(k, v);
+        count += 1;
+        if count >= PAGE {
+            engine.apply(std::mem::take(&mut batch))?;
+            count = 0;
+        }
+        Ok(())
+    })?;
+    engine.apply(batch)?;
+    if read_again != header {
+        return Err(BackupError::Invalid(
+            "the backup changed while it was restored".into(),
+        ));
+    }
+    engine.apply(crate::recovery::mark_restored(&header, now)?)?;
+    engine.flush()?;
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(pairs: &[(&[u8], &[u8])]) -> (tempfile::TempDir, crate::store::SledEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let e = crate::store::SledEngine::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        for (k, v) in pairs {
+            b.put(k.to_vec(), v.to_vec());
+        }
+        e.apply(b).unwrap();
+        (dir, e)
+    }
+
+    fn backup_of(e: &crate::store::SledEngine, dir: &Path) -> PathBuf {
+        let out = dir.join("b.kbk");
+        let mut f = AtomicFile::create(&out).unwrap();
+        let h = write_store(e, "bz", 100, &mut f.file, &out).unwrap();
+        assert_eq!(h.relay, "bz");
+        f.commit().unwrap();
+        out
+    }
+
+    #[test]
+    fn a_backup_reads_back_every_pair_in_order() {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..2500u32)
+            .map(|i| (format!("l/x@bz\0{i:05}").into_bytes(), vec![i as u8; 3]))
+            .collect();
+        let refs: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        let (dir, e) = store_with(&refs);
+        let out = backup_of(&e, dir.path());
+        let mut seen = Vec::new();
+        let h = read(&mut std::fs::File::open(&out).unwrap(), |k, v| {
+            seen.push((k, v));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(h.pairs, 2500);
+        assert_eq!(seen, pairs);
+        assert_eq!(h.format, FORMAT);
+        assert_eq!(h.created_at, 100);
+    }
+
+    #[test]
+    fn a_damaged_or_cut_backup_is_refused() {
+        let (dir, e) = store_with(&[(b"c/x@bz", b"record"), (b"s/x@bz", b"7")]);
+        let out = backup_of(&e, dir.path());
+        let good = std::fs::read(&out).unwrap();
+        let check = |bytes: &[u8]| read(&mut &bytes[..], |_, _| Ok(())).map(|_| ());
+        check(&good).unwrap();
+        // A flipped byte in a value.
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let e = check(&flipped).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        // Cut short, or with bytes after the end.
+        let e = check(&good[..good.len() - 2]).unwrap_err().to_string();
+        assert!(e.contains("cut short"), "{e}");
+        let mut longer = good.clone();
+        longer.push(0);
+        let e = check(&longer).unwrap_err().to_string();
+        assert!(e.contains("after the last record"), "{e}");
+        let e = check(b"something else entirely, long enough")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not start"), "{e}");
+    }
+
+    #[test]
+    fn restore_checks_the_relay_and_marks_the_store_restored() {
+        let (dir, e) = store_with(&[(b"c/x@bz", b"record"), (b"s/x@bz", b"7")]);
+        let out = backup_of(&e, dir.path());
+        let target = tempfile::tempdir().unwrap();
+        let fresh = crate::store::SledEngine::open(target.path()).unwrap();
+        let err = restore_into(&fresh, "nctv", &out, 200)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("of relay bz, not of nctv"), "{err}");
+        assert_eq!(fresh.get(b"c/x@bz").unwrap(), None, "nothing written");
+        restore_into(&fresh, "bz", &out, 200).unwrap();
+        assert_eq!(fresh.get(b"s/x@bz").unwrap(), Some(b"7".to_vec()));
+        let state = crate::recovery::load(&fresh).unwrap().unwrap();
+        assert_eq!(state.backup_created_at, 100);
+        assert!(state.complete);
+    }
+
+    #[test]
+    fn an_unfinished_temporary_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("b.kbk");
+        {
+            let mut f = AtomicFile::create(&out).unwrap();
+            f.file.write_all(b"half").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,957 @@
+//! What an operator watches: Prometheus metrics (`/metrics`) and health (`/healthz`)
+//! on the address of `[metrics] listen` in `relay.toml` (off unless configured).
+//!
+//! [`Metrics`] is held by the relay and counted where things happen (connections in
+//! [`crate::relay`], requests and refusals in [`crate::net`], [`crate::relay`] and
+//! [`crate::federation`], fsync in [`crate::store`]); gauges read from the store and
+//! the links (outbox depth and age, link state, store size, revocations) are set when
+//! a scrape comes. Label values come from small fixed sets (request kinds, refusal
+//! reasons) or are configured peer relay ids: never a community, user or notice.
+//!
+//! The HTTP side ([`serve`]) is a minimal HTTP/1.1 responder: `GET` or `HEAD` of two
+//! paths, one request per connection, a bounded request head read within a deadline,
+//! a bounded number of connections at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use kring_protocol::identity::IdentityKind;
+use kring_protocol::wire::ErrorCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::relay::Relay;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "kring_relay";
+
+/// Refusals of a request (or connection, or federation item) by what was refused
+/// and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    kind: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToLabel {
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
+/// `kind` label of a refusal before the request's frame was read whole (rate limit,
+/// budget, frame deadline, undecodable frame): what it would have been is unknown.
+pub const KIND_UNREAD: &str = "unread";
+/// `kind` label of a refused connection (TLS handshake, certificate, connection cap).
+pub const KIND_CONNECTION: &str = "connection";
+/// `kind` label of a federation item refused by the receiving relay.
+pub const KIND_FEDERATION_ITEM: &str = "federation-item";
+/// `reason` label of a federation item a relay does not take from that peer (not the
+/// hub of the community, not the home relay of the filer, not accredited).
+pub const REASON_NOT_ACCEPTED: &str = "not-accepted";
+/// `reason` label of a TLS handshake that failed (certificate refused by TLS, or the
+/// handshake broke off).
+pub const REASON_HANDSHAKE: &str = "handshake";
+
+/// The `reason` label of a refusal: the error code's name (a fixed set; no detail).
+pub fn reason_label(code: &ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::PolicyDenied { .. } => "policy-denied",
+        ErrorCode::NotMember => "not-member",
+        ErrorCode::NotAdmin => "not-admin",
+        ErrorCode::WrongEpoch { .. } => "wrong-epoch",
+        ErrorCode::Unauthenticated { .. } => "unauthenticated",
+        ErrorCode::Revoked => "revoked",
+        ErrorCode::KeyMaterialExhausted { .. } => "key-material-exhausted",
+        ErrorCode::TooLarge { .. } => "too-large",
+        ErrorCode::RateLimited { .. } => "rate-limited",
+        ErrorCode::BadRequest { .. } => "bad-request",
+        ErrorCode::NotFound { .. } => "not-found",
+        ErrorCode::Unavailable { .. } => "unavailable",
+        ErrorCode::Internal => "internal",
+        ErrorCode::OutcomeUnknown { .. } => "outcome-unknown",
+    }
+}
+
+/// The `kind` label of a connection: `device` or `peer`.
+pub fn connection_kind(kind: IdentityKind) -> &'static str {
+    match kind {
+        IdentityKind::User => "device",
+        IdentityKind::Relay => "peer",
+    }
+}
+
+/// Most enqueue times kept per peer for the outbox age; when full, every other one
+/// is dropped (the age then has a coarser resolution, never a smaller value).
+const AGE_MARKS: usize = 512;
+/// Least time between two enqueue times kept for one peer.
+const AGE_MARK_EVERY: Duration = Duration::from_secs(1);
+
+/// When items of one peer's outbox were enqueued, sparsely: `(seq, at)` means item
+/// `seq` was enqueued at `at` and every later item no earlier.
+#[derive(Debug, Default)]
+struct EnqueueMarks {
+    marks: VecDeque<(u64, Instant)>,
+}
+
+impl EnqueueMarks {
+    fn enqueued(&mut self, seq: u64, now: Instant) {
+        if let Some((last_seq, last_at)) = self.marks.back() {
+            // A seq can come again after a rolled-back batch: keep the earlier time.
+            if seq <= *last_seq || now.duration_since(*last_at) < AGE_MARK_EVERY {
+                return;
+            }
+        }
+        if self.marks.len() >= AGE_MARKS {
+            let mut i = 0;
+            self.marks.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+        self.marks.push_back((seq, now));
+    }
+
+    /// When the item `head` (the oldest in the outbox) was enqueued, at the latest;
+    /// `None` if it was enqueued before anything was marked (before the relay
+    /// started). Forgets marks older than needed for `head`.
+    fn enqueued_at(&mut self, head: u64) -> Option<Instant> {
+        while self.marks.len() >= 2 && self.marks[1].0 <= head {
+            self.marks.pop_front();
+        }
+        match self.marks.front() {
+            Some((seq, at)) if *seq <= head => Some(*at),
+            _ => None,
+        }
+    }
+}
+
+/// The relay's metrics. Cheap to count into (atomics, and a map lookup of a fixed
+/// label set); gauges that need the store are set by [`Metrics::refresh`].
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<KindLabel, Gauge>,
+    requests: Family<KindLabel, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
+    notices_ordered: Counter,
+    commits_ordered: Counter,
+    deliveries: Family<ToLabel, Counter>,
+    outbox_items: Family<PeerLabel, Gauge>,
+    outbox_age: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    link_up: Family<PeerLabel, Gauge>,
+    fsync: Histogram,
+    fsync_failures: Counter,
+    store_bytes: Gauge,
+    revocations: Family<KindLabel, Gauge>,
+    certificate_expiry: Gauge,
+    marks: Mutex<HashMap<String, EnqueueMarks>>,
+    /// One scrape at a time sets and reads the gauges [`Metrics::refresh`] sets.
+    scraping: Mutex<()>,
+    started: Instant,
+    serving: AtomicBool,
+    flush_failing: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every family registered, all at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let connections = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "connections",
+            "Open connections by kind (device, peer)",
+            connections.clone(),
+        );
+        let requests = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests received by kind (device request kinds; federation-* from peer relays)",
+            requests.clone(),
+        );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests, connections and federation items refused, by kind and reason",
+            refusals.clone(),
+        );
+        let notices_ordered = Counter::default();
+        registry.register(
+            "notices_ordered",
+            "Notices ordered into community logs hubbed here",
+            notices_ordered.clone(),
+        );
+        let commits_ordered = Counter::default();
+        registry.register(
+            "commits_ordered",
+            "Commits (membership changes) ordered into community logs hubbed here",
+            commits_ordered.clone(),
+        );
+        let deliveries = Family::<ToLabel, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Log entries pushed to devices (to=device) and outbox items peers acknowledged (to=peer)",
+            deliveries.clone(),
+        );
+        let outbox_items = Family::<PeerLabel, Gauge>::default();
+        registry.register(
+            "outbox_items",
+            "Items waiting in the outbox to each peer relay",
+            outbox_items.clone(),
+        );
+        let outbox_age = Family::<PeerLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "outbox_oldest_age",
+            "Age of the oldest item waiting for each peer relay (0 when none; counted from \
+             the relay's start for items older than that)",
+            Unit::Seconds,
+            outbox_age.clone(),
+        );
+        let link_up = Family::<PeerLabel, Gauge>::default();
+        registry.register(
+            "link_up",
+            "Whether the federation link to each peer relay is up (1) or down (0)",
+            link_up.clone(),
+        );
+        let fsync = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register_with_unit(
+            "fsync_duration",
+            "Time each store flush (fsync) took",
+            Unit::Seconds,
+            fsync.clone(),
+        );
+        let fsync_failures = Counter::default();
+        registry.register(
+            "fsync_failures",
+            "Store flushes that failed",
+            fsync_failures.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register_with_unit(
+            "store_size",
+            "Size of the store's files on disk",
+            Unit::Bytes,
+            store_bytes.clone(),
+        );
+        let revocations = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "revocations",
+            "Revocations known: users revoked by statements (kind=user), certificates \
+             revoked by CRLs (kind=certificate)",
+            revocations.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the relay's certificate chain (its certificate or its organisation CA's, \
+             whichever ends first) expires, in seconds since the Unix epoch",
+            certificate_expiry.clone(),
+        );
+        // Families that should show from the first scrape, not only after the
+        // first event.
+        for kind in ["device", "peer"] {
+            let _ = connections.get_or_create(&KindLabel { kind });
+        }
+        for to in ["device", "peer"] {
+            let _ = deliveries.get_or_create(&ToLabel { to });
+        }
+        for kind in ["user", "certificate"] {
+            let _ = revocations.get_or_create(&KindLabel { kind });
+        }
+        Self {
+            registry,
+            connections,
+            requests,
+            refusals,
+            notices_ordered,
+            commits_ordered,
+            deliveries,
+            outbox_items,
+            outbox_age,
+            link_up,
+            fsync,
+            fsync_failures,
+            store_bytes,
+            revocations,
+            certificate_expiry,
+            marks: Mutex::new(HashMap::new()),
+            scraping: Mutex::new(()),
+            started: Instant::now(),
+            serving: AtomicBool::new(true),
+            flush_failing: AtomicBool::new(false),
+        }
+    }
+
+    /// A connection of `kind` was registered.
+    pub fn connection_opened(&self, kind: IdentityKind) {
+        self.connections
+            .get_or_create(&KindLabel {
+                kind: connection_kind(kind),
+            })
+            .inc();
+    }
+
+    /// A registered connection of `kind` ended.
+    pub fn connection_closed(&self, kind: IdentityKind) {
+        self.connections
+            .get_or_create(&KindLabel {
+                kind: connection_kind(kind),
+            })
+            .dec();
+    }
+
+    /// A request of `kind` was read.
+    pub fn request(&self, kind: &'static str) {
+        self.requests.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Something of `kind` was refused with `code`.
+    pub fn refused(&self, kind: &'static str, code: &ErrorCode) {
+        self.refused_for(kind, reason_label(code));
+    }
+
+    /// Something of `kind` was refused for `reason` (one of the fixed reasons).
+    pub fn refused_for(&self, kind: &'static str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels { kind, reason })
+            .inc();
+    }
+
+    /// What a batch did, once it was applied.
+    pub fn counted(&self, counts: BatchCounts) {
+        if counts.notices_ordered > 0 {
+            self.notices_ordered.inc_by(counts.notices_ordered);
+        }
+        if counts.commits_ordered > 0 {
+            self.commits_ordered.inc_by(counts.commits_ordered);
+        }
+        if counts.items_not_accepted > 0 {
+            self.refusals
+                .get_or_create(&RefusalLabels {
+                    kind: KIND_FEDERATION_ITEM,
+                    reason: REASON_NOT_ACCEPTED,
+                })
+                .inc_by(counts.items_not_accepted);
+        }
+    }
+
+    /// `n` log entries were pushed to a device.
+    pub fn delivered_to_device(&self, n: u64) {
+        self.deliveries
+            .get_or_create(&ToLabel { to: "device" })
+            .inc_by(n);
+    }
+
+    /// A peer acknowledged `n` outbox items.
+    pub fn delivered_to_peer(&self, n: u64) {
+        self.deliveries
+            .get_or_create(&ToLabel { to: "peer" })
+            .inc_by(n);
+    }
+
+    /// Item `seq` was put in the outbox to `peer` (for the oldest item's age).
+    pub fn outbox_enqueued(&self, peer: &str, seq: u64) {
+        let mut marks = self
+            .marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match marks.get_mut(peer) {
+            Some(m) => m.enqueued(seq, Instant::now()),
+            None => {
+                let mut m = EnqueueMarks::default();
+                m.enqueued(seq, Instant::now());
+                marks.insert(peer.to_string(), m);
+            }
+        }
+    }
+
+    /// A store flush took `took`; `ok` false if it failed.
+    pub fn flushed(&self, took: Duration, ok: bool) {
+        self.fsync.observe(took.as_secs_f64());
+        if !ok {
+            self.fsync_failures.inc();
+        }
+        self.flush_failing.store(!ok, Ordering::Relaxed);
+    }
+
+    /// The relay stopped serving (shutdown began): `/healthz` answers 503.
+    pub fn stopping(&self) {
+        self.serving.store(false, Ordering::Relaxed);
+    }
+
+    /// Why the relay is not healthy, if it is not.
+    pub fn unhealthy(&self) -> Option<&'static str> {
+        if !self.serving.load(Ordering::Relaxed) {
+            Some("stopping")
+        } else if self.flush_failing.load(Ordering::Relaxed) {
+            Some("the last store flush failed")
+        } else {
+            None
+        }
+    }
+
+    /// Sets the gauges read from the relay and its store.
+    pub fn refresh(&self, relay: &Relay, data_dir: &std::path::Path) {
+        self.outbox_items.clear();
+        self.outbox_age.clear();
+        self.link_up.clear();
+        let now = Instant::now();
+        for peer in relay.peer_list() {
+            let id = &peer.id;
+            let label = PeerLabel { peer: id.clone() };
+            self.link_up
+                .get_or_create(&label)
+                .set(i64::from(peer.conn().is_some()));
+            let (depth, head) = match crate::federation::outbox_state(relay, id) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(peer = %id, error = %e, "cannot read the outbox for metrics");
+                    continue;
+                }
+            };
+            self.outbox_items
+                .get_or_create(&label)
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+            let age = match head {
+                None => 0.0,
+                Some(head) => {
+                    let since = self
+                        .marks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_mut(id.as_str())
+                        .and_then(|m| m.enqueued_at(head))
+                        .unwrap_or(self.started);
+                    now.duration_since(since).as_secs_f64()
+                }
+            };
+            self.outbox_age.get_or_create(&label).set(age);
+        }
+        let (users, certificates) = {
+            let revoked = relay.revocations();
+            (revoked.users().count(), revoked.revoked_certificates())
+        };
+        for (kind, n) in [("user", users), ("certificate", certificates)] {
+            self.revocations
+                .get_or_create(&KindLabel { kind })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.store_bytes
+            .set(i64::try_from(dir_size(data_dir)).unwrap_or(i64::MAX));
+        if let Some(t) = kring_protocol::identity::chain_not_after(&relay.cert_chain()) {
+            self.certificate_expiry.set(t);
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// What a batch not yet applied did that is counted (held by the writer; what a
+/// rolled-back batch did is dropped with it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Notices ordered.
+    pub notices_ordered: u64,
+    /// Commits ordered.
+    pub commits_ordered: u64,
+    /// Federation items not accepted from the peer that sent them.
+    pub items_not_accepted: u64,
+}
+
+/// Most directory entries [`dir_size`] looks at.
+const MAX_DIR_ENTRIES: usize = 100_000;
+
+/// Bytes of the files under `dir` (the store), not following symbolic links; stops
+/// after 100 000 entries.
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > MAX_DIR_ENTRIES {
+                return total;
+            }
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) if m.is_file() => total = total.saturating_add(m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+// ----- HTTP ---------------------------------------------------------------------------
+
+/// Largest request head read (request line and headers).
+const MAX_HEAD: usize = 8 * 1024;
+/// Deadline for a request head to arrive, and for the answer to be written.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed at once.
+const MAX_HTTP_CONNECTIONS: usize = 16;
+/// Content type of `/metrics` for a scraper that asks for OpenMetrics (Prometheus
+/// does).
+const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of `/metrics` otherwise: the classic Prometheus text format.
+const PROMETHEUS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What a request head asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/metrics`.
+    Metrics,
+    /// `/healthz`.
+    Health,
+}
+
+/// A parsed request: the route, and whether only the head is wanted (`HEAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asked {
+    /// What.
+    pub route: Route,
+    /// `HEAD` rather than `GET`.
+    pub head_only: bool,
+    /// The `Accept` header asks for OpenMetrics.
+    pub openmetrics: bool,
+}
+
+/// Why a request head is not answered with content: the status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// 400.
+    BadRequest,
+    /// 404.
+    NotFound,
+    /// 405.
+    MethodNotAllowed,
+    /// 431.
+    TooLarge,
+}
+
+impl Refused {
+    fn status(self) -> &'static str {
+        match self {
+            Refused::BadRequest => "400 Bad Request",
+            Refused::NotFound => "404 Not Found",
+            Refused::MethodNotAllowed => "405 Method Not Allowed",
+            Refused::TooLarge => "431 Request Header Fields Too Large",
+        }
+    }
+}
+
+/// Where the request head ends in `buf` (after its blank line), if it is complete.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Parses a complete request head (sans-IO).
+pub fn parse_head(head: &[u8]) -> Result<Asked, Refused> {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or(Refused::BadRequest)?;
+    let line = std::str::from_utf8(&head[..line_end]).map_err(|_| Refused::BadRequest)?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Refused::BadRequest);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(Refused::BadRequest);
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Err(Refused::MethodNotAllowed),
+    };
+    let path = target.split('?').next().unwrap_or(target);
+    let route = match path {
+        "/metrics" => Route::Metrics,
+        "/healthz" => Route::Health,
+        _ => return Err(Refused::NotFound),
+    };
+    let openmetrics = head[line_end..]
+        .split(|&b| b == b'\n')
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter_map(|line| line.split_once(':'))
+        .any(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("accept")
+                && value.contains("application/openmetrics-text")
+        });
+    Ok(Asked {
+        route,
+        head_only,
+        openmetrics,
+    })
+}
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics text exposition as
+/// [`Metrics::encode`] writes it: a counter family is named with its `_total`
+/// suffix, and the `# UNIT` and `# EOF` lines, which that format does not have, are
+/// left out. Everything else is the same in both.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match described {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn response(status: &str, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// What the server needs of a running relay.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The relay (the server stops answering `/metrics` with data once it is gone).
+    pub relay: Weak<Relay>,
+    /// The relay's metrics (kept for `/healthz` after the relay is gone).
+    pub metrics: Arc<Metrics>,
+    /// The store directory (its size on disk).
+    pub data_dir: PathBuf,
+}
+
+impl Source {
+    /// The answer to `asked`.
+    fn answer(&self, asked: Asked) -> Vec<u8> {
+        match asked.route {
+            Route::Health => match self.metrics.unhealthy() {
+                None if self.relay.strong_count() > 0 => {
+                    response("200 OK", "text/plain", "ok\n", asked.head_only)
+                }
+                None => response(
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "stopped\n",
+                    asked.head_only,
+                ),
+                Some(why) => response(
+                    "503 Service Unavailable",
+                    "text/plain",
+                    &format!("{why}\n"),
+                    asked.head_only,
+                ),
+            },
+            Route::Metrics => {
+                let body = {
+                    let _one = self
+                        .metrics
+                        .scraping
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(relay) = self.relay.upgrade() {
+                        self.metrics.refresh(&relay, &self.data_dir);
+                    }
+                    self.metrics.encode()
+                };
+                if asked.openmetrics {
+                    response("200 OK", OPENMETRICS_TYPE, &body, asked.head_only)
+                } else {
+                    let body = to_prometheus_text(&body);
+                    response("200 OK", PROMETHEUS_TYPE, &body, asked.head_only)
+                }
+            }
+        }
+    }
+}
+
+/// Binds the metrics listener (before the relay reports that it is listening, so a
+/// bad address is an error at start).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, source: Source) {
+    let permits = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, go on.
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            answer(stream, &source).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one request head (bounded, within [`IO_TIMEOUT`]), answers, closes.
+async fn answer(mut stream: TcpStream, source: &Source) {
+    let read = async {
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = head_end(&buf) {
+                return parse_head(&buf[..end]);
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(Refused::TooLarge);
+            }
+            let want = chunk.len().min(MAX_HEAD - buf.len());
+            match stream.read(&mut chunk[..want]).await {
+                Ok(0) | Err(_) => return Err(Refused::BadRequest),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let out = match tokio::time::timeout(IO_TIMEOUT, read).await {
+        Err(_) => return,
+        Ok(Ok(asked)) => {
+            let source = source.clone();
+            // Reading the store's outboxes and walking its directory block.
+            match tokio::task::spawn_blocking(move || source.answer(asked)).await {
+                Ok(out) => out,
+                Err(_) => response("500 Internal Server Error", "text/plain", "error\n", false),
+            }
+        }
+        Ok(Err(refused)) => response(refused.status(), "text/plain", "\n", false),
+    };
+    let _ = tokio::time::timeout(IO_TIMEOUT, async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads_are_parsed_strictly() {
+        let get = |t: &str| parse_head(format!("{t}\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(
+            get("GET /metrics HTTP/1.1"),
+            Ok(Asked {
+                route: Route::Metrics,
+                head_only: false,
+                openmetrics: false,
+            })
+        );
+        assert_eq!(
+            get("HEAD /healthz?x=1 HTTP/1.0"),
+            Ok(Asked {
+                route: Route::Health,
+                head_only: true,
+                openmetrics: false,
+            })
+        );
+        let prometheus = "GET /metrics HTTP/1.1\r\naccept: application/openmetrics-text;\
+                          version=1.0.0,text/plain;q=0.5\r\n\r\n";
+        assert!(parse_head(prometheus.as_bytes()).unwrap().openmetrics);
+        assert_eq!(
+            get("POST /metrics HTTP/1.1"),
+            Err(Refused::MethodNotAllowed)
+        );
+        assert_eq!(get("GET /other HTTP/1.1"), Err(Refused::NotFound));
+        assert_eq!(get("GET /metrics"), Err(Refused::BadRequest));
+        assert_eq!(get("GET /metrics SPDY/3"), Err(Refused::BadRequest));
+        assert_eq!(get("GET  /metrics HTTP/1.1"), Err(Refused::BadRequest));
+        assert_eq!(parse_head(b"\xff\xfe\r\n\r\n"), Err(Refused::BadRequest));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+    }
+
+    #[test]
+    fn every_family_shows_from_the_start_without_identifiers() {
+        let m = Metrics::new();
+        m.request("file-notice");
+        m.refused("file-notice", &ErrorCode::NotMember);
+        m.refused(
+            KIND_UNREAD,
+            &ErrorCode::BadRequest {
+                reason: "secret detail".into(),
+            },
+        );
+        m.counted(BatchCounts {
+            notices_ordered: 3,
+            commits_ordered: 1,
+            items_not_accepted: 2,
+        });
+        m.flushed(Duration::from_millis(2), true);
+        m.connection_opened(IdentityKind::User);
+        let text = m.encode();
+        for needle in [
+            "kring_relay_connections{kind=\"device\"} 1",
+            "kring_relay_connections{kind=\"peer\"} 0",
+            "kring_relay_requests_total{kind=\"file-notice\"} 1",
+            "kring_relay_refusals_total{kind=\"file-notice\",reason=\"not-member\"} 1",
+            "kring_relay_refusals_total{kind=\"unread\",reason=\"bad-request\"} 1",
+            "kring_relay_notices_ordered_total 3",
+            "kring_relay_commits_ordered_total 1",
+            "kring_relay_refusals_total{kind=\"federation-item\",reason=\"not-accepted\"} 2",
+            "kring_relay_deliveries_total{to=\"device\"} 0",
+            "kring_relay_fsync_duration_seconds_count 1",
+            "kring_relay_revocations{kind=\"user\"} 0",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        assert!(!text.contains("secret"), "{text}");
+        m.connection_closed(IdentityKind::User);
+        assert!(
+            m.encode()
+                .contains("kring_relay_connections{kind=\"device\"} 0")
+        );
+    }
+
+    #[test]
+    fn the_classic_text_format_names_counters_with_total() {
+        let m = Metrics::new();
+        m.request("ping");
+        m.flushed(Duration::from_millis(1), true);
+        let text = to_prometheus_text(&m.encode());
+        for needle in [
+            "# HELP kring_relay_requests_total Requests",
+            "# TYPE kring_relay_requests_total counter\nkring_relay_requests_total{kind=\"ping\"} 1\n",
+            "# TYPE kring_relay_fsync_duration_seconds histogram\n",
+            "# TYPE kring_relay_connections gauge\n",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        assert!(!text.contains("# UNIT"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            !text.contains("# TYPE kring_relay_requests counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn health_follows_flushes_and_shutdown() {
+        let m = Metrics::new();
+        assert_eq!(m.unhealthy(), None);
+        m.flushed(Duration::from_millis(1), false);
+        assert!(m.unhealthy().is_some());
+        assert!(m.encode().contains("kring_relay_fsync_failures_total 1"));
+        m.flushed(Duration::from_millis(1), true);
+        assert_eq!(m.unhealthy(), None);
+        m.stopping();
+        assert_eq!(m.unhealthy(), Some("stopping"));
+    }
+
+    #[test]
+    fn the_oldest_item_is_dated_by_the_mark_at_or_before_it() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut m = EnqueueMarks::default();
+        m.enqueued(5, at(0));
+        m.enqueued(6, at(0)); // within a second of the last mark: not kept
+        m.enqueued(9, at(10));
+        m.enqueued(12, at(20));
+        // Items before the first mark were enqueued before the relay started.
+        assert_eq!(m.enqueued_at(4), None);
+        assert_eq!(m.enqueued_at(5), Some(at(0)));
+        assert_eq!(m.enqueued_at(8), Some(at(0)));
+        assert_eq!(m.enqueued_at(9), Some(at(10)));
+        // Marks behind the head are forgotten.
+        assert_eq!(m.enqueued_at(13), Some(at(20)));
+        assert_eq!(m.marks.len(), 1);
+        // A seq that comes again (a rolled-back batch) keeps the earlier time.
+        m.enqueued(12, at(40));
+        assert_eq!(m.enqueued_at(12), Some(at(20)));
+    }
+
+    #[test]
+    fn enqueue_marks_stay_bounded_and_never_make_an_item_younger() {
+        let t0 = Instant::now();
+        let mut m = EnqueueMarks::default();
+        for i in 0..(AGE_MARKS as u64 * 4) {
+            m.enqueued(i + 1, t0 + Duration::from_secs(i * 2));
+        }
+        assert!(m.marks.len() <= AGE_MARKS);
+        for head in [1, 100, 1000, AGE_MARKS as u64 * 4] {
+            let at = m.enqueued_at(head).unwrap();
+            assert!(at <= t0 + Duration::from_secs((head - 1) * 2), "{head}");
+        }
+    }
+
+    #[test]
+    fn dir_size_adds_up_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 100]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), [0u8; 23]).unwrap();
+        assert_eq!(dir_size(dir.path()), 123);
+        assert_eq!(dir_size(&dir.path().join("missing")), 0);
+    }
+}
