@@ -179,7 +179,7 @@ impl Federation {
     /// Renews relay `id`'s certificate as an operator would: a new key, a new
     /// certificate from the same organisation CA with the same accreditation,
     /// written over `relay.crt` and `relay.key`. Takes effect when the relay
-    /// (re)starts.
+    /// (re)starts or reloads.
     pub fn renew_relay_certificate(&self, id: &str) -> Result<()> {
         let pki_err = |e: &dyn std::fmt::Display| HarnessError::Pki(e.to_string());
         let read = |p: PathBuf| {

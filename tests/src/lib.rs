@@ -596,7 +596,7 @@ pub async fn raw_federation_call(
 
 impl Federation {
     /// Lowers, in `relay`'s configuration, the accreditation it grants `peer`
-    /// (`[[peers]] accreditation`). Takes effect when `relay` (re)starts.
+    /// (`[[peers]] accreditation`). Takes effect when `relay` (re)starts or reloads.
     pub fn set_peer_accreditation(&self, relay: &str, peer: &str, label: &str) -> Result<()> {
         let path = self.relay_config(relay);
         let mut t = read_toml(&path)?;
