@@ -122,6 +122,54 @@ pub fn commit(
     Ok(())
 }
 
+/// The shortest time between two self-updates (commits that only update the
+/// committer's own leaf) of one member in one community. Each self-update moves
+/// the epoch and voids every commit made for the old one, so a member updating
+/// without pause would keep admins from ever committing.
+pub const SELF_UPDATE_INTERVAL_SECS: u64 = 600;
+
+/// Above this many remembered self-updates, expired ones are dropped.
+const SELF_UPDATES_PRUNE_AT: usize = 4096;
+
+/// When each member last updated its leaf in each community, at this hub (in
+/// memory: a restart forgets it, which at most allows one early update each).
+#[derive(Debug, Default)]
+pub struct SelfUpdates {
+    last: std::collections::HashMap<(String, String), u64>,
+}
+
+impl SelfUpdates {
+    /// A self-update of `member` in `community` at `now` (seconds): refused if
+    /// the member's previous one there is less than [`SELF_UPDATE_INTERVAL_SECS`]
+    /// old. The first one is always allowed (e.g. after a suspected compromise).
+    pub fn check(&self, community: &str, member: &str, now: u64) -> Result<(), ErrorCode> {
+        let Some(last) = self.last.get(&(community.to_owned(), member.to_owned())) else {
+            return Ok(());
+        };
+        let next = last.saturating_add(SELF_UPDATE_INTERVAL_SECS);
+        if now >= next {
+            return Ok(());
+        }
+        Err(deny(format!(
+            "{member} updated its keys in {community} {} s ago; a member may update \
+             them once every {} minutes: retry in {} s",
+            now.saturating_sub(*last),
+            SELF_UPDATE_INTERVAL_SECS / 60,
+            next - now
+        )))
+    }
+
+    /// Records an accepted self-update.
+    pub fn record(&mut self, community: &str, member: &str, now: u64) {
+        if self.last.len() >= SELF_UPDATES_PRUNE_AT {
+            self.last
+                .retain(|_, t| t.saturating_add(SELF_UPDATE_INTERVAL_SECS) > now);
+        }
+        self.last
+            .insert((community.to_owned(), member.to_owned()), now);
+    }
+}
+
 /// A notice filed into a community: it must be within the community's maximum, within
 /// the sender's clearance and within this relay's accreditation, and encrypted in the
 /// current epoch or one of the [`PAST_EPOCHS`] before it.
@@ -175,6 +223,34 @@ mod tests {
 
     fn l(s: &str) -> Label {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_member_self_updates_once_per_interval() {
+        let mut updates = SelfUpdates::default();
+        assert_eq!(updates.check("c@bz", "a@bz", 1000), Ok(()));
+        updates.record("c@bz", "a@bz", 1000);
+        let refused = updates.check("c@bz", "a@bz", 1001).unwrap_err();
+        assert!(
+            matches!(&refused, ErrorCode::PolicyDenied { reason }
+                if reason.contains("retry in 599 s")),
+            "{refused}"
+        );
+        let last = 1000 + SELF_UPDATE_INTERVAL_SECS - 1;
+        assert!(updates.check("c@bz", "a@bz", last).is_err());
+        // Other members and other communities are not held back.
+        assert_eq!(updates.check("c@bz", "b@bz", 1001), Ok(()));
+        assert_eq!(updates.check("d@bz", "a@bz", 1001), Ok(()));
+        assert_eq!(
+            updates.check("c@bz", "a@bz", 1000 + SELF_UPDATE_INTERVAL_SECS),
+            Ok(())
+        );
+        // Expired entries are dropped once there are many.
+        for i in 0..SELF_UPDATES_PRUNE_AT {
+            updates.record("c@bz", &format!("m{i}@bz"), 1000);
+        }
+        updates.record("c@bz", "late@bz", 1000 + SELF_UPDATE_INTERVAL_SECS);
+        assert_eq!(updates.last.len(), 1);
     }
 
     #[test]

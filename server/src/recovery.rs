@@ -172,12 +172,51 @@ pub fn load(engine: &dyn Engine) -> Result<Option<RestoreState>, RelayError> {
 /// seq the peer has applied: the peer applied up to `peer_applied`; the first item
 /// queued since the restore has seq `first_since_restore`.
 pub fn outbox_shift(first_since_restore: u64, peer_applied: u64) -> u64 {
-    (peer_applied + 1).saturating_sub(first_since_restore)
+    peer_applied
+        .saturating_add(1)
+        .saturating_sub(first_since_restore)
+}
+
+/// How far past where a restored log stood at the restore (its base) a peer's mark
+/// or a device's cursor may move the numbering. Entries ordered between the backup
+/// and the crash are fewer than this in any real deployment; the bound keeps a
+/// hostile or faulty report from exhausting the seq space (every later seq is
+/// `last_seq + 1`) or skipping the log arbitrarily far ahead.
+pub const MAX_RAISE: u64 = 1 << 20;
+
+/// `reported`, capped at what a report may move a log whose base is `base` to.
+pub fn capped_raise(reported: u64, base: u64) -> u64 {
+    reported.min(base.saturating_add(MAX_RAISE))
+}
+
+/// True if `peer` is the home relay of one of `members`: only such a relay holds a
+/// log hubbed here, so only its marks are acted on and only it is sent entries.
+pub fn has_members(members: &[String], peer: &str) -> bool {
+    members.iter().any(|m| home_relay(m) == peer)
+}
+
+/// True if an entry recovered from a peer for a log hubbed at `own` (with
+/// `members`) names a sender that could have had it ordered here: this relay
+/// itself, or a user homed at this relay or at a relay with members.
+pub fn plausible_sender(members: &[String], own: &str, sender: &str) -> bool {
+    sender == own || {
+        let home = home_relay(sender);
+        home == own || has_members(members, home)
+    }
+}
+
+/// True if an entry of `next` bytes may join a FetchLog answer of `taken` entries
+/// holding `used` bytes under a budget of `max` bytes: the answer never exceeds the
+/// budget, except that its first entry always goes (so every answer makes progress).
+pub fn fits_budget(taken: usize, used: usize, next: usize, max: usize) -> bool {
+    taken == 0 || used.saturating_add(next) <= max
 }
 
 /// What to do with a device's cursor `cursor` in a community hubbed here whose log
-/// ends at `last_seq`, where numbering resumed after the restore at `resumed` (the
-/// first seq ordered here since, if any).
+/// ends at `last_seq` (and stood at `base` at the restore), where numbering resumed
+/// after the restore at `resumed` (the first seq ordered here since, if any). The
+/// numbering moves only while the recovery is active (`recovering`), and at most
+/// [`MAX_RAISE`] past `base`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceVerdict {
     /// Move the log's last seq up to this: the device has seen entries up to it
@@ -189,9 +228,16 @@ pub struct DeviceVerdict {
 }
 
 /// See [`DeviceVerdict`].
-pub fn device_verdict(cursor: u64, last_seq: u64, resumed: Option<u64>) -> DeviceVerdict {
+pub fn device_verdict(
+    cursor: u64,
+    last_seq: u64,
+    base: u64,
+    resumed: Option<u64>,
+    recovering: bool,
+) -> DeviceVerdict {
+    let raise = capped_raise(cursor, base);
     DeviceVerdict {
-        raise_to: (cursor > last_seq).then_some(cursor),
+        raise_to: (recovering && raise > last_seq).then_some(raise),
         rewind_to: resumed
             .filter(|r| cursor >= *r)
             .map(|r| r.saturating_sub(1)),
@@ -205,7 +251,7 @@ pub fn missing_ranges(
     to: u64,
 ) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
-    let mut next = from + 1;
+    let mut next = from.saturating_add(1);
     for seq in present {
         if seq < next {
             continue;
@@ -215,6 +261,9 @@ pub fn missing_ranges(
         }
         if seq > next {
             out.push((next, seq - 1));
+        }
+        if seq == u64::MAX {
+            return out;
         }
         next = seq + 1;
     }
@@ -540,11 +589,11 @@ pub fn fetch_log(
                 continue;
             }
         }
-        bytes += v.len();
-        entries.push(entry);
-        if bytes >= max_bytes {
+        if !fits_budget(entries.len(), bytes, v.len(), max_bytes) {
             break;
         }
+        bytes += v.len();
+        entries.push(entry);
     }
     Ok(FedResponse::Log {
         entries,
@@ -664,7 +713,7 @@ async fn ask(relay: &Arc<Relay>, peer: &str) -> Result<(), RelayError> {
             }
         }
         let next = w_.outbox_next.entry(peer.to_string()).or_insert(1);
-        *next = (*next + shift).max(w.applied + 1);
+        *next = next.saturating_add(shift).max(w.applied.saturating_add(1));
         b.put_obj(outbox_next_key(peer), &*next)?;
         b.put_obj(
             keys::peer(peer),
@@ -677,7 +726,7 @@ async fn ask(relay: &Arc<Relay>, peer: &str) -> Result<(), RelayError> {
         Ok(shift)
     })?;
     if let Some(oldest) = w.outbox_oldest
-        && oldest > applied_here + 1
+        && oldest > applied_here.saturating_add(1)
     {
         report.push(format!(
             "items {}-{} relay {peer} sent here before the crash were applied then and are \
@@ -685,7 +734,7 @@ async fn ask(relay: &Arc<Relay>, peer: &str) -> Result<(), RelayError> {
             applied_here + 1,
             oldest - 1
         ));
-    } else if w.outbox_oldest.is_none() && w.outbox_next > applied_here + 1 {
+    } else if w.outbox_oldest.is_none() && w.outbox_next > applied_here.saturating_add(1) {
         report.push(format!(
             "items {}-{} relay {peer} sent here before the crash were applied then and are \
              lost here (what they carried is recovered only as far as logs hold it)",
@@ -770,10 +819,27 @@ async fn recover_log(
         }
         return Ok(());
     };
+    if !has_members(&rec.members, peer) {
+        // Only a relay with members holds this log: a mark from any other is ignored.
+        warn!(%community, %peer, "recovery: ignored a mark from a relay without members");
+        report.push(format!(
+            "its mark for {community} was ignored: it has no members there"
+        ));
+        return Ok(());
+    }
     let base = get_obj::<u64>(relay.engine(), &keys::base(community))?.unwrap_or(rec.last_seq);
+    let target = capped_raise(mark.seq, base);
+    if target < mark.seq {
+        warn!(%community, %peer, seq = mark.seq, "recovery: capped a mark far past the log");
+        report.push(format!(
+            "its mark for {community} ({}) is more than {MAX_RAISE} past the log at the \
+             restore ({base}): taken as {target}",
+            mark.seq
+        ));
+    }
     let mut after = base;
     let mut recovered = 0usize;
-    while after < mark.seq {
+    while after < target {
         let FedResponse::Log { entries, .. } = call(
             relay,
             peer,
@@ -795,7 +861,15 @@ async fn recover_log(
             break;
         }
         for entry in entries {
-            if entry.seq <= after || entry.seq > mark.seq {
+            if entry.seq <= after || entry.seq > target {
+                continue;
+            }
+            if !plausible_sender(&rec.members, relay.id(), &entry.sender) {
+                report.push(format!(
+                    "entry {} of {community} refused: its sender {} is homed at no relay \
+                     with members",
+                    entry.seq, entry.sender
+                ));
                 continue;
             }
             if store_recovered(relay, community, entry, report)? {
@@ -810,27 +884,35 @@ async fn recover_log(
         let Some(mut rec) = relay.community_in(b, community)? else {
             return Ok(());
         };
-        if mark.seq > rec.last_seq {
-            rec.last_seq = mark.seq;
-            crate::relay::put_last_seq(b, community, mark.seq)?;
+        if target > rec.last_seq {
+            rec.last_seq = target;
+            crate::relay::put_last_seq(b, community, target)?;
         }
         let mut marks = relay
             .recovery()
             .marks
             .lock()
             .map_err(|_| RelayError::Store("recovery lock poisoned".into()))?;
-        marks.insert((peer.to_string(), community.to_string()), mark.seq);
+        marks.insert((peer.to_string(), community.to_string()), target);
+        let prefix = crate::store::keys::log_prefix(community);
         for ((holder, c), seq) in marks.iter_mut() {
-            if c != community || *seq >= rec.last_seq {
+            if c != community || *seq >= rec.last_seq || !has_members(&rec.members, holder) {
                 continue;
             }
-            for (k, v) in relay.engine().scan(
-                &crate::store::keys::log_prefix(community),
-                Some(&crate::store::keys::log(community, *seq)),
-                usize::MAX,
-            )? {
-                let entry: LogEntry = decode(&k, &v)?;
-                crate::federation::enqueue_log_entry(relay, w, b, holder, &rec, &entry)?;
+            let mut from = crate::store::keys::log(community, *seq);
+            loop {
+                let page = relay
+                    .engine()
+                    .scan(&prefix, Some(&from), limits::MAX_LOG_PAGE)?;
+                let done = page.len() < limits::MAX_LOG_PAGE;
+                for (k, v) in &page {
+                    let entry: LogEntry = decode(k, v)?;
+                    crate::federation::enqueue_log_entry(relay, w, b, holder, &rec, &entry)?;
+                }
+                match page.last() {
+                    Some((k, _)) if !done => from = k.clone(),
+                    _ => break,
+                }
             }
             *seq = rec.last_seq;
         }
@@ -1146,7 +1228,16 @@ pub async fn cursors(
                 continue;
             };
             let resumed = b.get_obj::<u64>(relay.engine(), &keys::resumed(community))?;
-            let verdict = device_verdict(mark.seq, rec.last_seq, resumed);
+            let base = b
+                .get_obj::<u64>(relay.engine(), &keys::base(community))?
+                .unwrap_or(rec.last_seq);
+            let verdict = device_verdict(
+                mark.seq,
+                rec.last_seq,
+                base,
+                resumed,
+                relay.recovery().active(),
+            );
             if let Some(raise) = verdict.raise_to {
                 crate::relay::put_last_seq(b, community, raise)?;
                 notes.push(format!(
@@ -1154,7 +1245,7 @@ pub async fn cursors(
                      are lost here and numbering continues after {raise}",
                     caller.id,
                     rec.last_seq,
-                    rec.last_seq + 1
+                    rec.last_seq.saturating_add(1)
                 ));
             }
             if let Some(to) = verdict.rewind_to {
@@ -1172,7 +1263,7 @@ pub async fn cursors(
                      the restore from {}: its cursor goes back to {to}",
                     caller.id,
                     mark.seq,
-                    to + 1
+                    to.saturating_add(1)
                 ));
             }
             b.put(reported, Vec::new());
@@ -1217,7 +1308,7 @@ mod tests {
     fn a_device_past_the_log_moves_the_numbering_and_one_that_saw_reused_seqs_rewinds() {
         // Before anything new was ordered: the log moves past the device.
         assert_eq!(
-            device_verdict(30, 20, None),
+            device_verdict(30, 20, 20, None, true),
             DeviceVerdict {
                 raise_to: Some(30),
                 rewind_to: None
@@ -1225,7 +1316,7 @@ mod tests {
         );
         // Behind the log: nothing to do.
         assert_eq!(
-            device_verdict(10, 20, None),
+            device_verdict(10, 20, 20, None, true),
             DeviceVerdict {
                 raise_to: None,
                 rewind_to: None
@@ -1233,7 +1324,7 @@ mod tests {
         );
         // New entries from 21 on; the device saw old ones up to 25: back to 20.
         assert_eq!(
-            device_verdict(25, 30, Some(21)),
+            device_verdict(25, 30, 20, Some(21), true),
             DeviceVerdict {
                 raise_to: None,
                 rewind_to: Some(20)
@@ -1241,7 +1332,7 @@ mod tests {
         );
         // ... and up to 40, past the log: both.
         assert_eq!(
-            device_verdict(40, 30, Some(21)),
+            device_verdict(40, 30, 20, Some(21), true),
             DeviceVerdict {
                 raise_to: Some(40),
                 rewind_to: Some(20)
@@ -1249,12 +1340,88 @@ mod tests {
         );
         // It stopped before the resumption: nothing.
         assert_eq!(
-            device_verdict(20, 30, Some(21)),
+            device_verdict(20, 30, 20, Some(21), true),
             DeviceVerdict {
                 raise_to: None,
                 rewind_to: None
             }
         );
+    }
+
+    #[test]
+    fn a_device_moves_the_numbering_only_while_recovering_and_only_so_far() {
+        // After the recovery: a cursor far past the log moves nothing.
+        assert_eq!(device_verdict(u64::MAX, 30, 20, None, false).raise_to, None);
+        assert_eq!(device_verdict(40, 30, 20, None, false).raise_to, None);
+        // While recovering: at most MAX_RAISE past where the log stood at the restore.
+        assert_eq!(
+            device_verdict(u64::MAX, 30, 20, None, true).raise_to,
+            Some(20 + MAX_RAISE)
+        );
+        // Already that far: nothing more.
+        assert_eq!(
+            device_verdict(u64::MAX, 20 + MAX_RAISE, 20, None, true).raise_to,
+            None
+        );
+        assert_eq!(capped_raise(u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(outbox_shift(1, u64::MAX), u64::MAX - 1);
+    }
+
+    #[test]
+    fn the_next_seq_is_refused_rather_than_wrapped() {
+        let mut rec = CommunityRecord {
+            id: "x@bz".into(),
+            hub: "bz".into(),
+            max_label: Default::default(),
+            admins: Vec::new(),
+            members: Vec::new(),
+            epoch: 0,
+            last_seq: 41,
+            created_by: "a@bz".into(),
+            created_at: 0,
+        };
+        assert_eq!(crate::relay::next_seq(&rec).unwrap(), 42);
+        rec.last_seq = u64::MAX;
+        let err = crate::relay::next_seq(&rec).unwrap_err();
+        assert!(
+            matches!(err, RelayError::Refused(ErrorCode::Unavailable { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn marks_count_only_from_relays_with_members() {
+        let members: Vec<String> = ["a@bz", "b@nctv"].iter().map(|s| s.to_string()).collect();
+        assert!(has_members(&members, "nctv"));
+        assert!(!has_members(&members, "aivd"), "a relay without members");
+        assert!(!has_members(&members, ""));
+        // Recovered entries: sent by this relay, or by users homed at member relays.
+        assert!(plausible_sender(&members, "bz", "bz"));
+        assert!(plausible_sender(&members, "bz", "x@bz"));
+        assert!(plausible_sender(&members, "bz", "y@nctv"));
+        assert!(!plausible_sender(&members, "bz", "z@aivd"));
+        assert!(!plausible_sender(&members, "bz", "aivd"));
+    }
+
+    #[test]
+    fn a_fetch_log_answer_keeps_one_entry_and_stays_within_its_budget() {
+        let take = |sizes: &[usize], max: usize| {
+            let (mut taken, mut used) = (0usize, 0usize);
+            for &n in sizes {
+                if !fits_budget(taken, used, n, max) {
+                    break;
+                }
+                taken += 1;
+                used += n;
+            }
+            (taken, used)
+        };
+        // One entry larger than the budget still goes alone.
+        assert_eq!(take(&[500, 10], 100), (1, 500));
+        // Otherwise the answer never passes the budget.
+        assert_eq!(take(&[40, 40, 40], 100), (2, 80));
+        assert_eq!(take(&[50, 50, 1], 100), (2, 100));
+        assert_eq!(take(&[], 100), (0, 0));
     }
 
     #[test]
@@ -1271,6 +1438,10 @@ mod tests {
         assert_eq!(missing_ranges([11, 30], 10, 12), vec![(12, 12)]);
         assert_eq!(missing_ranges([], 12, 12), Vec::<(u64, u64)>::new());
         assert_eq!(ranges_text(&[(13, 14), (16, 16)]), "13-14, 16");
+        assert_eq!(
+            missing_ranges([u64::MAX], u64::MAX - 2, u64::MAX),
+            vec![(u64::MAX - 1, u64::MAX - 1)]
+        );
     }
 
     #[test]

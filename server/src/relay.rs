@@ -164,6 +164,8 @@ pub struct Relay {
     crl_rate: Mutex<crate::revocation::CrlRateLimit>,
     rate: Mutex<HashMap<String, Bucket>>,
     key_fetches: Mutex<crate::key_fetch::KeyFetchLimiter>,
+    /// When members last updated their own leaf, as the hub.
+    self_updates: Mutex<decide::SelfUpdates>,
     /// Federation peers by id (changed by a reload).
     peers: RwLock<std::collections::BTreeMap<String, Arc<crate::federation::Peer>>>,
     /// The QUIC endpoint (for dialling peers), set once bound.
@@ -279,6 +281,7 @@ impl Relay {
             conns: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
             key_fetches: Mutex::new(crate::key_fetch::KeyFetchLimiter::default()),
+            self_updates: Mutex::new(decide::SelfUpdates::default()),
             revocations: RwLock::new(revocations),
             enforce,
             // A first pass at start: the set loaded from the store may have changed
@@ -1313,7 +1316,7 @@ impl Relay {
                 &self.id,
                 community,
                 &rec.members,
-                rec.last_seq + 1,
+                next_seq(&rec)?,
             )?;
             let overlay = groups::Overlay::new(self.engine.clone());
             let staged = {
@@ -1360,6 +1363,13 @@ impl Relay {
                 staged.new_admins.as_deref(),
             )
             .map_err(RelayError::Refused)?;
+            if staged.self_update {
+                self.self_updates
+                    .lock()
+                    .map_err(|_| internal("self-update times poisoned"))?
+                    .check(community, sender, now() as u64)
+                    .map_err(RelayError::Refused)?;
+            }
             if !staged.added.is_empty() && welcome.is_none() {
                 return Err(ErrorCode::BadRequest {
                     reason: "a commit that adds members must come with their Welcome".into(),
@@ -1382,7 +1392,7 @@ impl Relay {
                 &self.trust(),
                 now() as u64,
             )?;
-            let seq = rec.last_seq + 1;
+            let seq = next_seq(&rec)?;
             let entry = LogEntry {
                 community: community.to_string(),
                 seq,
@@ -1435,6 +1445,10 @@ impl Relay {
                 )?;
             }
             if self_update {
+                self.self_updates
+                    .lock()
+                    .map_err(|_| internal("self-update times poisoned"))?
+                    .record(community, sender, now() as u64);
                 w.audit.append(
                     b,
                     now(),
@@ -1902,9 +1916,9 @@ impl Relay {
             &self.id,
             community,
             &rec.members,
-            rec.last_seq + 1,
+            next_seq(rec)?,
         )?;
-        let seq = rec.last_seq + 1;
+        let seq = next_seq(rec)?;
         let entry = LogEntry {
             community: community.to_string(),
             seq,
@@ -2192,6 +2206,17 @@ pub fn put_community(b: &mut Batch, rec: &CommunityRecord) -> Result<(), RelayEr
 /// Writes only a community's last seq: what a notice changes.
 pub fn put_last_seq(b: &mut Batch, id: &str, seq: u64) -> Result<(), RelayError> {
     b.put_obj(keys::last_seq(id), &seq)
+}
+
+/// The seq the next entry ordered in `rec` takes; refused (never wrapped) when the
+/// numbering is exhausted.
+pub fn next_seq(rec: &CommunityRecord) -> Result<u64, RelayError> {
+    rec.last_seq.checked_add(1).ok_or_else(|| {
+        ErrorCode::Unavailable {
+            reason: format!("the log of {} can take no further entry", rec.id),
+        }
+        .into()
+    })
 }
 
 /// The client-visible summary of a community record.

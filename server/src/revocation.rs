@@ -759,11 +759,11 @@ fn propose_removals(
         relay.id(),
         community,
         &rec.members,
-        rec.last_seq + 1,
+        crate::relay::next_seq(&rec)?,
     )?;
     b.extend(overlay.into_batch());
     for p in proposed {
-        let seq = rec.last_seq + 1;
+        let seq = crate::relay::next_seq(&rec)?;
         let entry = LogEntry {
             community: community.to_string(),
             seq,

@@ -269,7 +269,11 @@ async fn the_schedule_fires_from_the_devices_clock() {
     sync_until(&mut remote, "c@bz", &["after the updates"]).await;
 
     // The remote member comes back twenty days later and files first thing: it
-    // updates its leaf before the notice is encrypted.
+    // updates its leaf before the notice is encrypted. (The hub allows one
+    // self-update per member per ten minutes of its own clock, remembered in
+    // memory: a restart lets the remote member update again seconds later.)
+    fed.stop("bz").unwrap();
+    fed.start("bz").unwrap();
     remote.set_clock(at(t0 + 28 * DAY));
     let epoch = admin.community_info("c@bz").await.unwrap().epoch;
     let before = key(&remote, "liaison@nctv");
@@ -306,4 +310,57 @@ async fn the_schedule_fires_from_the_devices_clock() {
         })
         .collect();
     assert_eq!(updated, vec!["daily@bz"]);
+}
+
+/// The hub takes one self-update per member and community per ten minutes: a
+/// second `update_keys` right after the first is refused with a clear reason,
+/// audited, and leaves the community working; other members still update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_self_update_within_the_interval_is_refused() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("nctv").unwrap();
+    let (mut admin, mut member, mut remote) = community(&fed).await;
+    let epoch = admin.community_info("c@bz").await.unwrap().epoch;
+
+    member.update_keys(Some("c@bz")).await.unwrap();
+    let key = leaf_key(&member, "c@bz", "admin@bz");
+    let refused = member.update_keys(Some("c@bz")).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("once every 10 minutes"),
+        "{refused}"
+    );
+    assert_eq!(leaf_key(&member, "c@bz", "admin@bz"), key);
+    assert_eq!(admin.community_info("c@bz").await.unwrap().epoch, epoch + 1);
+
+    // Another member is not held back, and everyone keeps reading.
+    remote.update_keys(Some("c@bz")).await.unwrap();
+    admin
+        .file_notice(draft("c@bz", "NL:DEP-VERTROUWELIJK", "still here"))
+        .await
+        .unwrap();
+    sync_until(&mut member, "c@bz", &["still here"]).await;
+    sync_until(&mut remote, "c@bz", &["still here"]).await;
+
+    // The refusal is in the hub's audit log (admin@bz is bz's org-admin).
+    let mut lines = Vec::new();
+    let mut refusals = Vec::new();
+    member
+        .audit_each(false, |r| {
+            lines.push(format!("{} {} {}", r.actor, r.subject, r.action));
+            if r.action == "handshake" && r.detail.contains("once every 10 minutes") {
+                refusals.push(r.actor.clone());
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(refusals, vec!["admin@bz".to_string()], "{lines:?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| *l == "admin@bz c@bz update-keys")
+            .count(),
+        1,
+        "{lines:?}"
+    );
 }

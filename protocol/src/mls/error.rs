@@ -99,6 +99,15 @@ pub enum MlsError {
     /// An unexpected internal openmls error (a bug, not bad input).
     #[error("internal MLS error: {0}")]
     Internal(String),
+    /// A commit leaves out removals the hub relay proposed in this epoch (named
+    /// here). Every commit must include them; the member to be removed cannot
+    /// commit at all. Process the hub's proposals, then commit them
+    /// (`commit_pending_proposals`).
+    #[error(
+        "the commit leaves out the hub's pending removal of {0}; sync, then commit the \
+         pending proposals"
+    )]
+    UncommittedRemovals(String),
 }
 
 impl MlsError {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     ContentType, ExternalProposal, GroupContext, GroupId, LeafNodeIndex, MlsMessageBodyIn,
-    MlsMessageIn, OpenMlsCrypto, ProcessedMessageContent, ProposalStore, ProtocolMessage,
+    MlsMessageIn, OpenMlsCrypto, ProcessedMessageContent, Proposal, ProposalStore, ProtocolMessage,
     PublicGroup, QueuedProposal, RatchetTreeIn, SenderExtensionIndex, StagedCommit,
 };
 use openmls::storage::PublicStorageProvider;
@@ -84,6 +84,9 @@ pub struct ApplicationInfo {
 #[derive(Debug)]
 pub struct RelayGroup {
     group: PublicGroup,
+    /// Leaves the hub proposed to remove in the current epoch (mirrors the
+    /// group's stored proposal queue); every commit must remove them.
+    hub_removals: Vec<u32>,
 }
 
 impl RelayGroup {
@@ -131,7 +134,10 @@ impl RelayGroup {
         let (group, _) =
             PublicGroup::from_external(crypto, storage, tree, group_info, ProposalStore::new())
                 .map_err(|e| MlsError::Verification(format!("group info: {e}")))?;
-        let relay_group = Self { group };
+        let relay_group = Self {
+            group,
+            hub_removals: Vec::new(),
+        };
         if let Err(e) = relay_group.check_state(validator) {
             PublicGroup::delete(storage, &group_id)
                 .map_err(|e| MlsError::Storage(e.to_string()))?;
@@ -161,9 +167,16 @@ impl RelayGroup {
         community_id: &str,
     ) -> Result<Option<Self>, MlsError> {
         let group_id = GroupId::from_slice(community_id.as_bytes());
-        Ok(PublicGroup::load(storage, &group_id)
-            .map_err(|e| MlsError::Storage(e.to_string()))?
-            .map(|group| Self { group }))
+        let Some(group) =
+            PublicGroup::load(storage, &group_id).map_err(|e| MlsError::Storage(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let hub_removals = hub_removals(storage, &group)?;
+        Ok(Some(Self {
+            group,
+            hub_removals,
+        }))
     }
 
     /// The epoch of a tracked group as stored, without loading its ratchet tree;
@@ -349,6 +362,7 @@ impl RelayGroup {
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let summary =
                     summarize_commit(&self.group, validator, &sender, &credential, &staged)?;
+                self.check_hub_removals(validator, &summary)?;
                 (Handshake::Commit(summary), Pending::Commit(staged))
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
@@ -397,14 +411,53 @@ impl RelayGroup {
             });
         }
         match verified.pending {
-            Pending::Commit(staged) => self
-                .group
-                .merge_commit(storage, *staged)
-                .map_err(|e| MlsError::Storage(e.to_string())),
-            Pending::Proposal(proposal) => self
-                .group
-                .add_proposal(storage, *proposal)
-                .map_err(|e| MlsError::Storage(e.to_string())),
+            Pending::Commit(staged) => {
+                self.group
+                    .merge_commit(storage, *staged)
+                    .map_err(|e| MlsError::Storage(e.to_string()))?;
+                self.hub_removals.clear();
+            }
+            Pending::Proposal(proposal) => {
+                let removed = match proposal.proposal() {
+                    Proposal::Remove(remove) => Some(remove.removed().u32()),
+                    _ => None,
+                };
+                self.group
+                    .add_proposal(storage, *proposal)
+                    .map_err(|e| MlsError::Storage(e.to_string()))?;
+                self.hub_removals.extend(removed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The hub's removals pending in the current epoch, as leaf indices. Every
+    /// commit of this epoch must include them.
+    pub fn pending_hub_removals(&self) -> &[u32] {
+        &self.hub_removals
+    }
+
+    /// Refuses a commit that does not remove every leaf the hub proposed to
+    /// remove in this epoch: otherwise any member (the one to be removed first of
+    /// all) could keep the epoch moving with self-updates and void the removals.
+    fn check_hub_removals(
+        &self,
+        validator: &impl CredentialValidator,
+        summary: &CommitSummary,
+    ) -> Result<(), MlsError> {
+        let missing: Vec<String> = self
+            .hub_removals
+            .iter()
+            .filter(|leaf| !summary.removed.iter().any(|r| r.leaf_index == **leaf))
+            .map(|leaf| match self.member_at(validator, *leaf) {
+                Ok(Some(member)) => member.id,
+                _ => format!("leaf {leaf}"),
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(MlsError::UncommittedRemovals(missing.join(", ")))
         }
     }
 
@@ -488,7 +541,7 @@ impl RelayGroup {
             .queued_proposals(storage)
             .map_err(|e| MlsError::Storage(e.to_string()))?;
         if queued.iter().any(|(_, q)| {
-            matches!(q.proposal(), openmls::prelude::Proposal::Remove(r)
+            matches!(q.proposal(), Proposal::Remove(r)
                 if r.removed().u32() == leaf.leaf_index)
         }) {
             return Err(MlsError::Forbidden(format!(
@@ -637,6 +690,22 @@ pub fn check_entry(entry: &crate::wire::LogEntry) -> Result<MessageHeader, MlsEr
         )));
     }
     Ok(header)
+}
+
+/// The leaves the hub proposed to remove, from a group's stored proposal queue.
+fn hub_removals<S: PublicStorageProvider>(
+    storage: &S,
+    group: &PublicGroup,
+) -> Result<Vec<u32>, MlsError> {
+    Ok(group
+        .queued_proposals(storage)
+        .map_err(|e| MlsError::Storage(e.to_string()))?
+        .into_iter()
+        .filter_map(|(_, q)| match q.proposal() {
+            Proposal::Remove(remove) => Some(remove.removed().u32()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Parses a bounded `MLSMessage` that must be a PublicMessage or PrivateMessage.

@@ -95,7 +95,8 @@ pub struct RemovalProposal {
 /// Rules: only members commit (no external commits); only Add, Remove and
 /// GroupContextExtensions proposals (no Update, PreSharedKey, ReInit or
 /// ExternalInit: a member's leaf changes only through its own commit's update
-/// path); every added or updated credential validates; nobody changes identity;
+/// path); every added or updated credential validates; nobody changes identity
+/// or certificate (an update path keeps the leaf's credential and signature key);
 /// added members are not members yet (one leaf per member id); only the admin list
 /// of the metadata may change; only admins may add, remove (except
 /// hub-proposed removals) or change the metadata; and a commit without proposals
@@ -184,6 +185,17 @@ pub(crate) fn summarize_commit(
         if id != committer {
             return Err(MlsError::Forbidden(format!(
                 "{committer} tried to change its identity to {id}"
+            )));
+        }
+        // The certificate is admitted once, when the member is added (clearance,
+        // home relay accreditation): an update path keeps it. A renewed
+        // certificate enters the community by removal and re-adding.
+        if leaf.credential() != committer_leaf.credential()
+            || leaf.signature_key() != committer_leaf.signature_key()
+        {
+            return Err(MlsError::Forbidden(format!(
+                "{committer} tried to replace its certificate in an update path; a new \
+                 certificate needs removal and re-adding by an admin"
             )));
         }
     }

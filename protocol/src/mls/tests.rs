@@ -1712,3 +1712,155 @@ fn padded_ciphertexts_fall_in_buckets() {
         .collect();
     assert_eq!(overhead.len(), 1, "{lengths:?}");
 }
+
+/// While the hub's removal of a member is pending, every commit must include it:
+/// a self-update without it (the member to be removed, or anyone else who did not
+/// process the proposal) is refused, also by a relay that reloaded the group; the
+/// commit of the pending proposals is accepted.
+#[test]
+fn commits_must_include_the_hubs_pending_removals() {
+    use crate::mls_storage::{KringProvider, MemoryKv};
+
+    let mut v = TestValidator::default();
+    let hub = mint(&mut v, "bz");
+    let admin = mint(&mut v, "admin@bz");
+    let member = mint(&mut v, "liaison@nctv");
+    let other = mint(&mut v, "analist@post-a");
+    let member_p = KringProvider::new(MemoryKv::new());
+    let relay_p = OpenMlsRustCrypto::default();
+    let (mut g_admin, mut g_member, mut g_other, mut relay) =
+        three_members(&v, &hub, &admin, &member, &member_p, &other, &relay_p);
+    let epoch = relay.epoch();
+    let proposal = relay
+        .propose_remove(
+            relay_p.crypto(),
+            relay_p.storage(),
+            &v,
+            &hub.signer,
+            &other.id,
+        )
+        .unwrap();
+    assert_eq!(relay.pending_hub_removals().len(), 1);
+
+    // The member to be removed keeps updating its leaf: refused.
+    let update = g_other
+        .self_update(&other.provider, &other.signer, &v)
+        .unwrap();
+    assert_eq!(
+        relay
+            .process_handshake(relay_p.crypto(), &v, &update.commit)
+            .unwrap_err(),
+        MlsError::UncommittedRemovals(other.id.clone())
+    );
+    // So is anyone else's commit that leaves the removal out, also at a relay
+    // that loaded the group from storage.
+    let update = g_member.self_update(&member_p, &member.signer, &v).unwrap();
+    let reloaded = RelayGroup::load(relay_p.storage(), COMMUNITY)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reloaded.pending_hub_removals(),
+        relay.pending_hub_removals()
+    );
+    for r in [&relay, &reloaded] {
+        assert_eq!(
+            r.process_handshake(relay_p.crypto(), &v, &update.commit)
+                .unwrap_err(),
+            MlsError::UncommittedRemovals(other.id.clone())
+        );
+    }
+    g_member.commit_refused(&member_p).unwrap();
+    assert_eq!(relay.epoch(), epoch);
+
+    // Committing the pending proposals is accepted, and clears them.
+    expect_removal(g_admin.process(&admin.provider, &v, &proposal).unwrap());
+    let out = g_admin
+        .commit_pending_proposals(&admin.provider, &admin.signer, &v)
+        .unwrap()
+        .unwrap();
+    let verified = relay
+        .process_handshake(relay_p.crypto(), &v, &out.commit)
+        .unwrap();
+    relay.merge(relay_p.storage(), verified).unwrap();
+    assert!(relay.pending_hub_removals().is_empty());
+    assert_eq!(relay.epoch(), epoch + 1);
+    assert_eq!(ids(&relay.members(&v).unwrap()), set(&[&admin, &member]));
+}
+
+fn expect_removal(received: Received) {
+    assert!(
+        matches!(received, Received::RemovalProposal(_)),
+        "{received:?}"
+    );
+}
+
+/// An update path keeps the committer's certificate: a self-update carrying
+/// another (valid) certificate of the same member and key is refused by relays
+/// and members.
+#[test]
+fn a_self_update_cannot_swap_the_certificate() {
+    use openmls::prelude::LeafNodeParameters;
+
+    let mut v = TestValidator::default();
+    let hub = mint(&mut v, "bz");
+    let admin = mint(&mut v, "admin@bz");
+    let other = mint(&mut v, "analist@post-a");
+    // Two certificates of one member over one key, both trusted.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let cert = |unit: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "liaison@nctv");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, unit);
+        params.self_signed(&key).unwrap().der().to_vec()
+    };
+    let (first, second) = (cert("one"), cert("two"));
+    assert_ne!(first, second);
+    for c in [&first, &second] {
+        v.trusted.insert(c.clone(), "liaison@nctv".into());
+    }
+    let member = Actor {
+        id: "liaison@nctv".into(),
+        provider: OpenMlsRustCrypto::default(),
+        signer: CertSigner::from_pkcs8(vec![first], &key.serialize_der()).unwrap(),
+    };
+    let renewed = CertSigner::from_pkcs8(vec![second], &key.serialize_der()).unwrap();
+    let member_p = crate::mls_storage::KringProvider::new(crate::mls_storage::MemoryKv::new());
+    let relay_p = OpenMlsRustCrypto::default();
+    let (mut g_admin, mut g_member, _g_other, relay) =
+        three_members(&v, &hub, &admin, &member, &member_p, &other, &relay_p);
+
+    let bundle = g_member
+        .mls_group_mut()
+        .commit_builder()
+        .consume_proposal_store(false)
+        .force_self_update(true)
+        .leaf_node_parameters(
+            LeafNodeParameters::builder()
+                .with_credential_with_key(renewed.credential_with_key().unwrap())
+                .build(),
+        )
+        .load_psks(member_p.storage())
+        .unwrap()
+        .build(member_p.rand(), member_p.crypto(), &member.signer, |_| {
+            false
+        })
+        .unwrap()
+        .stage_commit(&member_p)
+        .unwrap();
+    let forged = bundle.into_messages().0.to_bytes().unwrap();
+    let refused = relay
+        .process_handshake(relay_p.crypto(), &v, &forged)
+        .unwrap_err();
+    assert!(
+        matches!(&refused, MlsError::Forbidden(r) if r.contains("certificate")),
+        "{refused}"
+    );
+    assert!(matches!(
+        g_admin.process(&admin.provider, &v, &forged),
+        Err(MlsError::Forbidden(r)) if r.contains("certificate")
+    ));
+}
