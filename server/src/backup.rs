@@ -252,10 +252,12 @@ impl AtomicFile {
             .ok_or_else(|| BackupError::Invalid(format!("{}: not a file name", out.display())))?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
-        tmp_name.push(format!(".partial-{}", std::process::id()));
+        // A name nobody can guess, created only if nothing (no file, no symlink) is
+        // there yet: in a shared directory no one can prepare it to read the backup.
+        tmp_name.push(format!(".partial-{}", uuid::Uuid::new_v4().simple()));
         let tmp = out.with_file_name(tmp_name);
         let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(true);
+        options.read(true).write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -360,6 +362,30 @@ pub fn restore_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Temporary backup files get fresh names and mode 0600, and one not committed
+    /// is removed.
+    #[test]
+    fn temporary_files_are_private_and_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("bz.backup");
+        let (a, b) = (
+            AtomicFile::create(&out).unwrap(),
+            AtomicFile::create(&out).unwrap(),
+        );
+        assert_ne!(a.tmp, b.tmp);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&a.tmp).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let tmp = a.tmp.clone();
+        drop(a);
+        assert!(!tmp.exists(), "an uncommitted temporary file is removed");
+        b.commit().unwrap();
+        assert!(out.exists());
+    }
 
     fn store_with(pairs: &[(&[u8], &[u8])]) -> (tempfile::TempDir, crate::store::SledEngine) {
         let dir = tempfile::tempdir().unwrap();
