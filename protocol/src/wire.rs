@@ -617,6 +617,29 @@ pub enum ErrorCode {
     },
 }
 
+impl ErrorCode {
+    /// The code's name, without its detail: a fixed set of words (for metrics labels,
+    /// logs and file names).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ErrorCode::PolicyDenied { .. } => "policy-denied",
+            ErrorCode::NotMember => "not-member",
+            ErrorCode::NotAdmin => "not-admin",
+            ErrorCode::WrongEpoch { .. } => "wrong-epoch",
+            ErrorCode::Unauthenticated { .. } => "unauthenticated",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::KeyMaterialExhausted { .. } => "key-material-exhausted",
+            ErrorCode::TooLarge { .. } => "too-large",
+            ErrorCode::RateLimited { .. } => "rate-limited",
+            ErrorCode::BadRequest { .. } => "bad-request",
+            ErrorCode::NotFound { .. } => "not-found",
+            ErrorCode::Unavailable { .. } => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::OutcomeUnknown { .. } => "outcome-unknown",
+        }
+    }
+}
+
 /// Requests one relay sends another over a federation link (ALPN
 /// [`ALPN_FEDERATION`]). Same framing as client requests: one request per stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,22 +75,7 @@ pub const REASON_HANDSHAKE: &str = "handshake";
 
 /// The `reason` label of a refusal: the error code's name (a fixed set; no detail).
 pub fn reason_label(code: &ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::PolicyDenied { .. } => "policy-denied",
-        ErrorCode::NotMember => "not-member",
-        ErrorCode::NotAdmin => "not-admin",
-        ErrorCode::WrongEpoch { .. } => "wrong-epoch",
-        ErrorCode::Unauthenticated { .. } => "unauthenticated",
-        ErrorCode::Revoked => "revoked",
-        ErrorCode::KeyMaterialExhausted { .. } => "key-material-exhausted",
-        ErrorCode::TooLarge { .. } => "too-large",
-        ErrorCode::RateLimited { .. } => "rate-limited",
-        ErrorCode::BadRequest { .. } => "bad-request",
-        ErrorCode::NotFound { .. } => "not-found",
-        ErrorCode::Unavailable { .. } => "unavailable",
-        ErrorCode::Internal => "internal",
-        ErrorCode::OutcomeUnknown { .. } => "outcome-unknown",
-    }
+    code.name()
 }
 
 /// The `kind` label of a connection: `device` or `peer`.

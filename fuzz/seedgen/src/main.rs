@@ -448,7 +448,7 @@ fn main() -> Res<()> {
     }
     for m in &responses {
         let name = match m {
-            Response::Error(e) => format!("resp-error-{}", error_name(e)),
+            Response::Error(e) => format!("resp-error-{}", e.name()),
             m => format!("resp-{}", response_name(m)),
         };
         frames.push((name, encode_frame(m, max)?));
@@ -578,25 +578,6 @@ fn response_name(m: &Response) -> &'static str {
         Response::AuditHead(_) => "audit-head",
         Response::TrustStatements { .. } => "trust-statements",
         Response::Cursors { .. } => "cursors",
-    }
-}
-
-fn error_name(e: &ErrorCode) -> &'static str {
-    match e {
-        ErrorCode::PolicyDenied { .. } => "policy",
-        ErrorCode::NotMember => "not-member",
-        ErrorCode::NotAdmin => "not-admin",
-        ErrorCode::WrongEpoch { .. } => "wrong-epoch",
-        ErrorCode::Unauthenticated { .. } => "unauthenticated",
-        ErrorCode::Revoked => "revoked",
-        ErrorCode::KeyMaterialExhausted { .. } => "exhausted",
-        ErrorCode::TooLarge { .. } => "too-large",
-        ErrorCode::RateLimited { .. } => "rate-limited",
-        ErrorCode::BadRequest { .. } => "bad-request",
-        ErrorCode::NotFound { .. } => "not-found",
-        ErrorCode::Unavailable { .. } => "unavailable",
-        ErrorCode::Internal => "internal",
-        ErrorCode::OutcomeUnknown { .. } => "outcome-unknown",
     }
 }
 
