@@ -50,10 +50,10 @@ async fn fed_call(conn: &quinn::Connection, request: &FedRequest) -> FedResponse
     decode_answer(&raw_stream(conn, &frame, true).await.unwrap()).unwrap()
 }
 
-/// Notices queued at the hub for a relay that is down add up to more than one
-/// frame: they go in several deliveries, and all of them arrive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_notices_queued_for_a_peer_all_arrive() {
+/// bz and post-a with community `d@bz` of `liaison@bz` and `analist@post-a`; then
+/// post-a stops (its device disconnected), so what bz sends it waits in the outbox.
+async fn shared_community_with_post_a_down()
+-> (Federation, kring_client::Client, kring_client::Client) {
     let mut fed = federation();
     fed.start("bz").unwrap();
     fed.start("post-a").unwrap();
@@ -66,6 +66,14 @@ async fn large_notices_queued_for_a_peer_all_arrive() {
     join(&mut post, "d@bz").await;
     post.disconnect().await;
     fed.stop("post-a").unwrap();
+    (fed, bz, post)
+}
+
+/// Notices queued at the hub for a relay that is down add up to more than one
+/// frame: they go in several deliveries, and all of them arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_notices_queued_for_a_peer_all_arrive() {
+    let (mut fed, mut bz, mut post) = shared_community_with_post_a_down().await;
 
     // Each notice is padded to a size class of at least 256 KiB: 40 of them are
     // more than one 8 MiB frame.
@@ -95,18 +103,7 @@ async fn large_notices_queued_for_a_peer_all_arrive() {
 /// without its content), the filer learns of the refusal, and it is audit-logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accreditation_is_checked_again_when_sending() {
-    let mut fed = federation();
-    fed.start("bz").unwrap();
-    fed.start("post-a").unwrap();
-    let mut bz = ready(&fed, "liaison@bz").await;
-    let mut post = ready(&fed, "analist@post-a").await;
-    bz.create_community("d", "NL:STG-CONFIDENTIEEL")
-        .await
-        .unwrap();
-    bz.add_members("d@bz", &["analist@post-a"]).await.unwrap();
-    join(&mut post, "d@bz").await;
-    post.disconnect().await;
-    fed.stop("post-a").unwrap();
+    let (mut fed, mut bz, mut post) = shared_community_with_post_a_down().await;
     let high = bz
         .file_notice(draft("d@bz", "NL:STG-CONFIDENTIEEL", "hoog"))
         .await
