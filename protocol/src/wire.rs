@@ -685,6 +685,16 @@ pub enum FedRequest {
         /// Entries after this seq.
         after: u64,
     },
+    /// From a relay restored from a backup: the revocation statements and CRLs the
+    /// receiver holds (the asker may have applied some after its backup was taken,
+    /// and acknowledged them, so no outbox sends them again). `after: None` is
+    /// answered with [`Response::Trust`] (the first page of statements and every
+    /// CRL), `Some(user)` with [`Response::TrustStatements`] (the page after that
+    /// user), each inside [`FedResponse::Response`].
+    Trust {
+        /// The last user id of the previous page, if any.
+        after: Option<String>,
+    },
 }
 
 /// Answer to [`FedRequest::Whereabouts`].
@@ -1119,6 +1129,10 @@ impl Validate for FedRequest {
             }
             FedRequest::Whereabouts => Ok(()),
             FedRequest::FetchLog { community, .. } => check_qualified_id("community", community),
+            FedRequest::Trust { after } => match after {
+                Some(user) => check_qualified_id("after", user),
+                None => Ok(()),
+            },
         }
     }
 }

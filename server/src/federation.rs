@@ -1007,6 +1007,16 @@ async fn handle_stream(
                 FedResponse::Response(Response::Error(e.to_code()))
             })
         }
+        FedRequest::Trust { after } => {
+            let answer = match after {
+                None => crate::revocation::trust_state(&relay).map(Response::Trust),
+                Some(user) => crate::revocation::trust_statements(&relay, Some(&user)),
+            };
+            FedResponse::Response(answer.unwrap_or_else(|e| {
+                relay.metrics().refused(kind, &e.to_code());
+                Response::Error(e.to_code())
+            }))
+        }
         FedRequest::FetchKeyPackage { user, requester } => {
             let r = match check_fetch(&relay, &peer, &requester, &user) {
                 Ok(()) => relay.take_key_package(&requester, &user).await,
@@ -1094,6 +1104,7 @@ pub fn fed_request_kind(r: &FedRequest) -> &'static str {
         FedRequest::FetchKeyPackage { .. } => "federation-fetch-key-package",
         FedRequest::Whereabouts => "federation-whereabouts",
         FedRequest::FetchLog { .. } => "federation-fetch-log",
+        FedRequest::Trust { .. } => "federation-trust",
     }
 }
 

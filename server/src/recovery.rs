@@ -683,6 +683,7 @@ async fn ask(relay: &Arc<Relay>, peer: &str) -> Result<(), RelayError> {
             recover_copy(relay, peer, mark, &mut report).await?;
         }
     }
+    recover_trust(relay, peer, &mut report).await?;
     // Outbox: the items queued since the restore move past what the peer applied.
     let applied_here = get_obj::<u64>(relay.engine(), &applied_key(peer))?.unwrap_or(0);
     let shifted = relay.write(|w_, b| {
@@ -777,6 +778,122 @@ async fn ask(relay: &Arc<Relay>, peer: &str) -> Result<(), RelayError> {
     recovery.changed.send_modify(|v| *v = v.wrapping_add(1));
     if done {
         finish(relay).await?;
+    }
+    Ok(())
+}
+
+/// The most statement pages asked of one peer during a recovery: enough for every
+/// organisation of the trust map at its cap, and a bound against a peer that pages
+/// for ever.
+fn max_trust_pages(organisations: usize) -> usize {
+    let per_page = kring_protocol::wire::limits::MAX_STATEMENTS.max(1);
+    (organisations.max(1) * kring_protocol::revocation::MAX_STATEMENTS_PER_ORGANISATION)
+        .div_ceil(per_page)
+        + 1
+}
+
+/// Learns again the revocation statements and CRLs `peer` holds: this relay may
+/// have applied some after its backup was taken and acknowledged them, so no
+/// outbox sends them again. Each is checked as if it came in an outbox item
+/// (signatures, trust map, per-organisation caps); what is new here is stored,
+/// passed on and enforced.
+async fn recover_trust(
+    relay: &Arc<Relay>,
+    peer: &str,
+    report: &mut Vec<String>,
+) -> Result<(), RelayError> {
+    let first = call(relay, peer, FedRequest::Trust { after: None }).await?;
+    let FedResponse::Response(Response::Trust(state)) = first else {
+        return Err(RelayError::Store(format!(
+            "relay {peer} answered Trust with something else"
+        )));
+    };
+    let mut statements = state.statements;
+    let mut after = statements.last().map(|s| s.user.clone());
+    let mut pages = 1;
+    let max_pages = max_trust_pages(relay.trust().iter().count());
+    while let Some(last) = after.take() {
+        if pages >= max_pages {
+            report.push(format!(
+                "relay {peer} offered more than {max_pages} pages of revocation statements; \
+                 the rest were not read"
+            ));
+            break;
+        }
+        pages += 1;
+        let answer = call(
+            relay,
+            peer,
+            FedRequest::Trust {
+                after: Some(last.clone()),
+            },
+        )
+        .await?;
+        let FedResponse::Response(Response::TrustStatements {
+            statements: page,
+            more,
+        }) = answer
+        else {
+            return Err(RelayError::Store(format!(
+                "relay {peer} answered Trust with something else"
+            )));
+        };
+        let next = page.last().map(|s| s.user.clone());
+        statements.extend(page);
+        // Pages run in user-id order; anything else ends the paging.
+        if more && next.as_ref().is_some_and(|n| *n > last) {
+            after = next;
+        }
+    }
+    let (mut learned, mut refused) = (0usize, Vec::new());
+    for statement in &statements {
+        let user = statement.user.clone();
+        let known = relay.revocations().user_revoked(&user).is_some();
+        // One batch each: accepting a statement changes the relay's memory too.
+        match relay.write(|w, b| {
+            crate::revocation::apply_statement(relay, w, b, peer, statement).map(|_| ())
+        }) {
+            Ok(()) => {}
+            Err(RelayError::Refused(code)) => refused.push(format!("{user}: {code}")),
+            Err(e) => return Err(e),
+        }
+        if !known && relay.revocations().user_revoked(&user).is_some() {
+            learned += 1;
+        }
+    }
+    let mut crls = 0usize;
+    for copy in &state.crls {
+        match relay.write(|w, b| {
+            crate::revocation::accept_crl(relay, w, b, &copy.crl, &copy.issuer, Some(peer))
+        }) {
+            Ok(Some(_)) => crls += 1,
+            Ok(None) => {}
+            Err(RelayError::Refused(code)) => refused.push(format!("a CRL: {code}")),
+            Err(e) => return Err(e),
+        }
+    }
+    relay.durable().await?;
+    relay.enforce_soon();
+    info!(
+        peer = %peer,
+        statements = statements.len(),
+        learned,
+        newer_crls = crls,
+        refused = refused.len(),
+        "recovery: revocations read again from a peer"
+    );
+    if learned > 0 || crls > 0 {
+        report.push(format!(
+            "{learned} revocation statement(s) and {crls} CRL(s) relay {peer} holds were \
+             missing here and are applied again"
+        ));
+    }
+    if !refused.is_empty() {
+        report.push(format!(
+            "{} revocation statement(s) or CRL(s) from relay {peer} refused: {}",
+            refused.len(),
+            refused.join("; ")
+        ));
     }
     Ok(())
 }

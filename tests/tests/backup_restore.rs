@@ -198,3 +198,80 @@ async fn a_restored_hub_never_numbers_again_what_peers_and_devices_have_seen() {
         "the device that had seen lost entries is not in the audit log: {records:?}"
     );
 }
+
+/// Whether the home relay of `c` holds a revocation statement for `revoked`.
+async fn relay_knows_revocation(c: &mut Client, revoked: &str) -> bool {
+    use kring_protocol::wire::{Request, Response};
+    match c.call(&Request::Trust).await {
+        Ok(Response::Trust(state)) => state.statements.iter().any(|s| s.user == revoked),
+        _ => false,
+    }
+}
+
+/// Polls until `c`'s home relay holds a statement for `revoked`, or fails.
+async fn until_relay_knows(c: &mut Client, revoked: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !relay_knows_revocation(c, revoked).await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_relay_learns_again_the_revocations_it_had_after_its_backup() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("nctv").unwrap();
+    let mut local = ready(&fed, "admin@bz").await;
+    let mut nctv_admin = fed.client("admin@nctv").unwrap();
+
+    let backup = fed.dir().join("bz.backup");
+    let (code, out) = run(&fed, "bz", &["backup", "--out", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "backup failed: {out}");
+
+    // Revoked after the backup: bz applies nctv's statement and acknowledges it, so
+    // nctv's outbox will never send it again.
+    nctv_admin
+        .revoke("liaison@nctv", "laptop seized at a border")
+        .await
+        .unwrap();
+    until_relay_knows(
+        &mut local,
+        "liaison@nctv",
+        "bz never received the revocation before the crash",
+    )
+    .await;
+    local.disconnect().await;
+    fed.kill("bz");
+    std::fs::rename(fed.data_dir("bz"), fed.dir().join("bz-data-crashed")).unwrap();
+    let (code, out) = run(&fed, "bz", &["restore", "--from", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "restore failed: {out}");
+
+    fed.start("bz").unwrap();
+    wait_for_log(&fed, "bz", "recovery: peer answered peer=nctv");
+    until_relay_knows(
+        &mut local,
+        "liaison@nctv",
+        "the restored relay does not know a revocation it had applied before the crash",
+    )
+    .await;
+    local.disconnect().await;
+    fed.stop("bz").unwrap();
+    let engine = fed.open_store("bz").unwrap();
+    let records = kring_tests::chaos::audit_actions(&engine);
+    assert!(
+        records
+            .iter()
+            .any(|(action, detail)| action == "restore-recovery"
+                && detail.contains("1 revocation statement(s) and")
+                && detail.contains("relay nctv holds were missing here")),
+        "the recovery does not report the revocation it learned again: {records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|(action, detail)| action == "revoke"
+                && detail.contains("received from relay nctv")),
+        "no audit record of the revocation: {records:?}"
+    );
+}

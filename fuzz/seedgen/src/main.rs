@@ -420,6 +420,9 @@ fn main() -> Res<()> {
             community: "fuzz@bz".into(),
             after: 3,
         },
+        FedRequest::Trust {
+            after: Some("liaison@nctv".into()),
+        },
     ];
     let fed_responses = [
         FedResponse::Ack { upto: 9 },
@@ -610,6 +613,7 @@ fn fed_request_name(m: &FedRequest) -> &'static str {
         FedRequest::FetchKeyPackage { .. } => "fetch",
         FedRequest::Whereabouts => "whereabouts",
         FedRequest::FetchLog { .. } => "fetch-log",
+        FedRequest::Trust { .. } => "trust",
     }
 }
 
