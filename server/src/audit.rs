@@ -215,6 +215,21 @@ impl CheckpointSigner {
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
     }
+
+    /// The relay it signs for.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
+    /// Its certificate chain, leaf first (DER).
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// Signs `message` with the relay's certificate key (Ed25519).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.key.sign(message).as_ref().to_vec()
+    }
 }
 
 /// The head of the chain, kept in memory by the writer.
@@ -296,6 +311,11 @@ impl AuditHead {
         self.push(batch, at, event)?;
         self.last_checkpoint = self.seq;
         Ok(())
+    }
+
+    /// The key that signs checkpoints now (and backups), if any.
+    pub fn signer(&self) -> Option<std::sync::Arc<CheckpointSigner>> {
+        self.signer.clone()
     }
 
     /// The head signed now (as far as applied; the caller makes it durable before
@@ -562,7 +582,7 @@ pub fn read(engine: &dyn Engine, from: u64, limit: usize) -> Result<Vec<AuditRec
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::SledEngine;
 
@@ -694,7 +714,7 @@ mod tests {
     }
 
     /// A relay certificate chain and its PKCS#8 key.
-    fn relay_cert(pki: &kring_certs_dev::Pki, id: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
+    pub(crate) fn relay_cert(pki: &kring_certs_dev::Pki, id: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
         let cert = pki
             .issue_relay(&kring_certs_dev::RelaySpec::new(id, id))
             .unwrap();

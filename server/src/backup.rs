@@ -5,7 +5,7 @@
 //! and it is complete only once the relay has flushed everything in it (so nothing
 //! in a backup can be taken back by a crash of the relay that wrote it).
 //!
-//! File layout (format 1):
+//! File layout (format 2):
 //!
 //! ```text
 //! MAGIC (19 bytes)  "KRING-RELAY-BACKUP\n"
@@ -15,7 +15,12 @@
 //!
 //! The header names the format, the relay, when the backup was made, how many pairs
 //! follow and the SHA-256 of the body; a reader checks all of it and that nothing
-//! follows the last pair.
+//! follows the last pair. The relay signs the header with its certificate key and
+//! carries the certificate chain: `restore` takes only a backup signed by a relay
+//! certificate of the relay it restores, issued by its organisation's CA under the
+//! federation's anchors (valid when the backup was made, so a backup outlives a
+//! renewed certificate). Whoever can write where backups are kept cannot hand a
+//! relay a store of their making.
 //!
 //! [`Durability::exclusive`]: crate::store::Durability::exclusive
 
@@ -24,15 +29,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::CheckpointSigner;
 use crate::error::RelayError;
 use crate::store::{Batch, Engine};
 
 /// The first bytes of every backup file.
 pub const MAGIC: &[u8] = b"KRING-RELAY-BACKUP\n";
 /// Bytes reserved for the header (JSON padded with spaces).
-pub const HEADER_LEN: usize = 1024;
+pub const HEADER_LEN: usize = 16 * 1024;
 /// The format this relay writes and reads.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
+/// What the relay signs: this, then the header's fields (see [`signed_message`]).
+const SIGNATURE_CONTEXT: &[u8] = b"kring relay backup v2\n";
 /// Longest key in a backup.
 const MAX_KEY: usize = 64 * 1024;
 /// Longest value in a backup (a Welcome with a large ratchet tree, the MLS state of
@@ -55,6 +63,83 @@ pub struct BackupHeader {
     pub pairs: u64,
     /// SHA-256 of the body, hex.
     pub sha256: String,
+    /// The certificate chain of the signing relay (leaf first), hex DER.
+    pub chain: Vec<String>,
+    /// The relay's Ed25519 signature over [`signed_message`], hex.
+    pub signature: String,
+}
+
+/// The bytes a backup's signature covers: every field of the header but the
+/// signature, one per line.
+fn signed_message(h: &BackupHeader) -> Vec<u8> {
+    let mut m = SIGNATURE_CONTEXT.to_vec();
+    let fields = [
+        h.format.to_string(),
+        h.relay.clone(),
+        h.created_at.to_string(),
+        h.pairs.to_string(),
+        h.sha256.clone(),
+    ];
+    for f in fields.iter().chain(h.chain.iter()) {
+        m.extend_from_slice(f.as_bytes());
+        m.push(b'\n');
+    }
+    m
+}
+
+/// Whose backup a restore takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The relay of `--config`.
+    pub relay: &'a str,
+    /// Its organisation.
+    pub organisation: &'a str,
+    /// The federation's trust anchors (DER).
+    pub anchors: &'a [Vec<u8>],
+}
+
+/// Checks that `header` is of the expected relay and signed by a certificate of
+/// it (issued by its organisation's CA, valid when the backup was made).
+pub fn verify(header: &BackupHeader, expected: &Expected<'_>) -> Result<(), BackupError> {
+    if header.relay != expected.relay {
+        return Err(BackupError::Invalid(format!(
+            "the backup is of relay {}, not of {} (the relay of --config)",
+            header.relay, expected.relay
+        )));
+    }
+    let unsigned = |why: String| {
+        BackupError::Invalid(format!(
+            "the backup's signature does not hold: {why}; it was not made by relay {} or was \
+             changed since",
+            expected.relay
+        ))
+    };
+    if header.chain.len() > 4 {
+        return Err(unsigned("more than 4 certificates".into()));
+    }
+    let chain = header
+        .chain
+        .iter()
+        .map(hex::decode)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unsigned(format!("a certificate is not hex: {e}")))?;
+    let identity = kring_protocol::audit::relay_certificate(
+        &chain,
+        expected.anchors,
+        header.created_at,
+        expected.relay,
+        Some(expected.organisation),
+    )
+    .map_err(|e| unsigned(e.to_string()))?;
+    let signature = hex::decode(&header.signature).map_err(|_| unsigned("it is not hex".into()))?;
+    if !kring_protocol::audit::signature_verifies(
+        &identity.public_key,
+        &signed_message(header),
+        &signature,
+    ) {
+        return Err(unsigned("the relay's key did not make it".into()));
+    }
+    Ok(())
 }
 
 /// Why a backup cannot be made, read or restored.
@@ -117,11 +202,11 @@ fn header_bytes(header: &BackupHeader) -> Result<Vec<u8>, BackupError> {
     Ok(json)
 }
 
-/// Writes every pair of `engine` to `file` (at its start) as a backup of `relay`.
-/// The caller makes sure no batch is applied meanwhile.
+/// Writes every pair of `engine` to `file` (at its start) as a backup of the
+/// relay `signer` signs for. The caller makes sure no batch is applied meanwhile.
 pub fn write_store(
     engine: &dyn Engine,
-    relay: &str,
+    signer: &CheckpointSigner,
     created_at: i64,
     file: &mut std::fs::File,
     path: &Path,
@@ -152,13 +237,16 @@ pub fn write_store(
         body.out.flush().map_err(io(path))?;
         (body.pairs, body.hash.finish())
     };
-    let header = BackupHeader {
+    let mut header = BackupHeader {
         format: FORMAT,
-        relay: relay.to_string(),
+        relay: signer.relay().to_string(),
         created_at,
         pairs,
         sha256: hex::encode(digest.as_ref()),
+        chain: signer.chain().iter().map(hex::encode).collect(),
+        signature: String::new(),
     };
+    header.signature = hex::encode(signer.sign(&signed_message(&header)));
     file.seek(SeekFrom::Start(MAGIC.len() as u64))
         .map_err(io(path))?;
     file.write_all(&header_bytes(&header)?).map_err(io(path))?;
@@ -188,7 +276,8 @@ pub fn read(
         .map_err(|e| bad(&format!("unreadable header: {e}")))?;
     if header.format != FORMAT {
         return Err(BackupError::Invalid(format!(
-            "backup format {} is not supported (this relay reads format {FORMAT})",
+            "backup format {} is not supported (this relay reads format {FORMAT}, signed \
+             backups)",
             header.format
         )));
     }
@@ -311,24 +400,27 @@ pub fn is_empty_dir(dir: &Path) -> Result<bool, BackupError> {
     }
 }
 
-/// Restores the backup `from` of relay `relay` into `engine` (a fresh store),
-/// marking it restored ([`crate::recovery::mark_restoring`] first, then
+/// Checks the backup `from` whole (format, checksum, signature, relay) without
+/// writing anything.
+pub fn check_file(from: &Path, expected: &Expected<'_>) -> Result<BackupHeader, BackupError> {
+    let mut file = std::fs::File::open(from).map_err(io(from))?;
+    let header = read(&mut std::io::BufReader::new(&mut file), |_, _| Ok(()))?;
+    verify(&header, expected)?;
+    Ok(header)
+}
+
+/// Restores the backup `from` of the expected relay into `engine` (a fresh
+/// store), marking it restored ([`crate::recovery::mark_restoring`] first, then
 /// [`crate::recovery::mark_restored`] once every pair is in and flushed).
 pub fn restore_into(
     engine: &dyn Engine,
-    relay: &str,
+    expected: &Expected<'_>,
     from: &Path,
     now: i64,
 ) -> Result<BackupHeader, BackupError> {
     // Check the whole file before anything is written.
+    let header = check_file(from, expected)?;
     let mut file = std::fs::File::open(from).map_err(io(from))?;
-    let header = read(&mut std::io::BufReader::new(&mut file), |_, _| Ok(()))?;
-    if header.relay != relay {
-        return Err(BackupError::Invalid(format!(
-            "the backup is of relay {}, not of {relay} (the relay of --config)",
-            header.relay
-        )));
-    }
     engine.apply(crate::recovery::mark_restoring(&header)?)?;
     engine.flush()?;
     file.seek(SeekFrom::Start(0)).map_err(io(from))?;
@@ -398,13 +490,108 @@ mod tests {
         (dir, e)
     }
 
-    fn backup_of(e: &crate::store::SledEngine, dir: &Path) -> PathBuf {
-        let out = dir.join("b.kbk");
+    /// Certificates are valid from this time on.
+    const NOW: i64 = 1_800_000_000;
+
+    /// A federation of organisations bz and nctv: its anchors, and the signing
+    /// key of relay `relay`.
+    struct Pki {
+        pki: kring_certs_dev::Pki,
+        anchors: Vec<Vec<u8>>,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let mut pki = kring_certs_dev::Pki::new(NOW).unwrap();
+            pki.add_organisation("bz").unwrap();
+            pki.add_organisation("nctv").unwrap();
+            let anchors = pki.anchors();
+            Self { pki, anchors }
+        }
+
+        fn signer(&self, relay: &str) -> CheckpointSigner {
+            let (chain, pkcs8) = crate::audit::tests::relay_cert(&self.pki, relay);
+            CheckpointSigner::new(relay, &pkcs8, chain).unwrap()
+        }
+
+        fn expect<'a>(&'a self, relay: &'a str) -> Expected<'a> {
+            Expected {
+                relay,
+                organisation: relay,
+                anchors: &self.anchors,
+            }
+        }
+    }
+
+    fn backup_by(e: &crate::store::SledEngine, dir: &Path, signer: &CheckpointSigner) -> PathBuf {
+        let out = dir.join(format!("{}.kbk", signer.relay()));
         let mut f = AtomicFile::create(&out).unwrap();
-        let h = write_store(e, "bz", 100, &mut f.file, &out).unwrap();
-        assert_eq!(h.relay, "bz");
+        let h = write_store(e, signer, NOW + 100, &mut f.file, &out).unwrap();
+        assert_eq!(h.relay, signer.relay());
         f.commit().unwrap();
         out
+    }
+
+    fn backup_of(e: &crate::store::SledEngine, dir: &Path) -> PathBuf {
+        backup_by(e, dir, &Pki::new().signer("bz"))
+    }
+
+    /// Rewrites the header of the backup at `path`.
+    fn edit_header(path: &Path, edit: impl FnOnce(&mut BackupHeader)) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let head = &bytes[MAGIC.len()..MAGIC.len() + HEADER_LEN];
+        let mut header: BackupHeader = serde_json::from_slice(head.trim_ascii_end()).unwrap();
+        edit(&mut header);
+        bytes[MAGIC.len()..MAGIC.len() + HEADER_LEN]
+            .copy_from_slice(&header_bytes(&header).unwrap());
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn only_a_backup_signed_by_the_relay_itself_is_restored() {
+        let pki = Pki::new();
+        let (dir, e) = store_with(&[(b"c/x@bz", b"record"), (b"s/x@bz", b"7")]);
+        let good = backup_by(&e, dir.path(), &pki.signer("bz"));
+        check_file(&good, &pki.expect("bz")).unwrap();
+        let refused = |path: &Path| check_file(path, &pki.expect("bz")).unwrap_err().to_string();
+        // Made by another relay, and then relabelled as bz's.
+        let other = backup_by(&e, dir.path(), &pki.signer("nctv"));
+        let err = refused(&other);
+        assert!(err.contains("of relay nctv, not of bz"), "{err}");
+        edit_header(&other, |h| h.relay = "bz".into());
+        let err = refused(&other);
+        assert!(err.contains("signature does not hold"), "{err}");
+        // Any header field changed after signing: here the body's checksum, after
+        // the body was swapped for another store (the checksum alone would pass).
+        let (dir2, e2) = store_with(&[(b"c/x@bz", b"forged"), (b"s/x@bz", b"7")]);
+        let forged = backup_by(&e2, dir2.path(), &pki.signer("nctv"));
+        let forged_body = std::fs::read(&forged).unwrap()[MAGIC.len() + HEADER_LEN..].to_vec();
+        let forged_sum = read(&mut std::fs::File::open(&forged).unwrap(), |_, _| Ok(()))
+            .unwrap()
+            .sha256;
+        let swapped = dir.path().join("swapped.kbk");
+        let mut bytes = std::fs::read(&good).unwrap()[..MAGIC.len() + HEADER_LEN].to_vec();
+        bytes.extend_from_slice(&forged_body);
+        std::fs::write(&swapped, bytes).unwrap();
+        edit_header(&swapped, |h| h.sha256 = forged_sum);
+        let err = refused(&swapped);
+        assert!(err.contains("the relay's key did not make it"), "{err}");
+        // No signature, or a certificate from outside the federation.
+        edit_header(&swapped, |h| h.signature.clear());
+        assert!(refused(&swapped).contains("signature does not hold"));
+        let stranger = Pki::new();
+        let err = check_file(&good, &stranger.expect("bz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a relay certificate of the federation"),
+            "{err}"
+        );
+        // Nothing was written by any refused restore.
+        let target = tempfile::tempdir().unwrap();
+        let fresh = crate::store::SledEngine::open(target.path()).unwrap();
+        assert!(restore_into(&fresh, &pki.expect("bz"), &swapped, NOW + 200).is_err());
+        assert_eq!(fresh.get(b"c/x@bz").unwrap(), None);
     }
 
     #[test]
@@ -427,7 +614,7 @@ mod tests {
         assert_eq!(h.pairs, 2500);
         assert_eq!(seen, pairs);
         assert_eq!(h.format, FORMAT);
-        assert_eq!(h.created_at, 100);
+        assert_eq!(h.created_at, NOW + 100);
     }
 
     #[test]
@@ -458,19 +645,20 @@ mod tests {
 
     #[test]
     fn restore_checks_the_relay_and_marks_the_store_restored() {
+        let pki = Pki::new();
         let (dir, e) = store_with(&[(b"c/x@bz", b"record"), (b"s/x@bz", b"7")]);
-        let out = backup_of(&e, dir.path());
+        let out = backup_by(&e, dir.path(), &pki.signer("bz"));
         let target = tempfile::tempdir().unwrap();
         let fresh = crate::store::SledEngine::open(target.path()).unwrap();
-        let err = restore_into(&fresh, "nctv", &out, 200)
+        let err = restore_into(&fresh, &pki.expect("nctv"), &out, NOW + 200)
             .unwrap_err()
             .to_string();
         assert!(err.contains("of relay bz, not of nctv"), "{err}");
         assert_eq!(fresh.get(b"c/x@bz").unwrap(), None, "nothing written");
-        restore_into(&fresh, "bz", &out, 200).unwrap();
+        restore_into(&fresh, &pki.expect("bz"), &out, NOW + 200).unwrap();
         assert_eq!(fresh.get(b"s/x@bz").unwrap(), Some(b"7".to_vec()));
         let state = crate::recovery::load(&fresh).unwrap().unwrap();
-        assert_eq!(state.backup_created_at, 100);
+        assert_eq!(state.backup_created_at, NOW + 100);
         assert!(state.complete);
     }
 

@@ -256,9 +256,15 @@ fn backup(config: RelayConfig, out: &std::path::Path) -> ExitCode {
                         crate::control::socket_path(&config.data_dir).display()
                     ))
                 })?;
+                let signer = crate::audit::CheckpointSigner::new(
+                    &config.identity.name,
+                    &config.key_pkcs8,
+                    config.cert_chain.iter().map(|c| c.to_vec()).collect(),
+                )
+                .map_err(|e| BackupError::Invalid(e.to_string()))?;
                 crate::backup::write_store(
                     &engine,
-                    &config.identity.name,
+                    &signer,
                     crate::now_unix(),
                     &mut file.file,
                     out,
@@ -297,24 +303,14 @@ fn backup(config: RelayConfig, out: &std::path::Path) -> ExitCode {
 /// `kring-relay restore`.
 fn restore(config: RelayConfig, from: &std::path::Path) -> ExitCode {
     let dir = &config.data_dir;
-    // The backup first: whole, undamaged, of this relay.
-    let checked = std::fs::File::open(from)
-        .map_err(|e| format!("{}: {e}", from.display()))
-        .and_then(|f| {
-            crate::backup::read(&mut std::io::BufReader::new(f), |_, _| Ok(()))
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|h| {
-            if h.relay == config.identity.name {
-                Ok(h)
-            } else {
-                Err(format!(
-                    "the backup is of relay {}, not of {} (the relay of --config)",
-                    h.relay, config.identity.name
-                ))
-            }
-        });
-    if let Err(e) = checked {
+    let anchors: Vec<Vec<u8>> = config.anchors.iter().map(|a| a.to_vec()).collect();
+    let expected = crate::backup::Expected {
+        relay: &config.identity.name,
+        organisation: &config.identity.organisation,
+        anchors: &anchors,
+    };
+    // The backup first: whole, undamaged, signed by this relay.
+    if let Err(e) = crate::backup::check_file(from, &expected) {
         eprintln!("kring-relay: restore refused: {e}");
         return ExitCode::from(1);
     }
@@ -344,7 +340,7 @@ fn restore(config: RelayConfig, from: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match crate::backup::restore_into(&engine, &config.identity.name, from, crate::now_unix()) {
+    match crate::backup::restore_into(&engine, &expected, from, crate::now_unix()) {
         Ok(header) => {
             println!(
                 "restored relay {} from {} ({} records, made at {}); on its next start it asks \

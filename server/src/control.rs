@@ -192,6 +192,10 @@ async fn write_backup(
         let snapshot = {
             let relay = relay.clone();
             let path = path.clone();
+            let signer = relay
+                .write(|w, _| Ok(w.audit.signer()))
+                .map_err(|e| e.to_string())?
+                .ok_or("the relay has no certificate key to sign the backup with")?;
             tokio::task::spawn_blocking(move || {
                 let mut options = std::fs::OpenOptions::new();
                 options.read(true).write(true).create_new(true);
@@ -208,7 +212,7 @@ async fn write_backup(
                     .exclusive(|engine| {
                         crate::backup::write_store(
                             engine,
-                            relay.id(),
+                            &signer,
                             crate::now_unix(),
                             &mut file,
                             &path,

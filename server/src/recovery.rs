@@ -1582,11 +1582,13 @@ mod tests {
         let fresh = Recovery::open(&e, "bz", &peers).unwrap();
         assert!(!fresh.restored() && !fresh.active());
         let header = BackupHeader {
-            format: 1,
+            format: crate::backup::FORMAT,
             relay: "bz".into(),
             created_at: 5,
             pairs: 0,
             sha256: String::new(),
+            chain: Vec::new(),
+            signature: String::new(),
         };
         e.apply(mark_restoring(&header).unwrap()).unwrap();
         let err = Recovery::open(&e, "bz", &peers).unwrap_err().to_string();
