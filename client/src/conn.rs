@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kring_protocol::close::CloseCode;
 use kring_protocol::wire::{
     self, ALPN_CLIENT, DEFAULT_MAX_FRAME, ErrorCode, FRAME_HEADER, Push, Request, Response,
 };
@@ -334,7 +335,7 @@ impl RelayConnection {
 
     /// Closes the connection gracefully and waits (briefly) for the relay to hear it.
     pub async fn close(self) {
-        self.conn.close(0u32.into(), b"bye");
+        self.conn.close(CloseCode::Done.code().into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
@@ -468,9 +469,6 @@ fn tls_alert_meaning(alert: u8) -> Option<&'static str> {
     })
 }
 
-/// QUIC application close code a relay uses when it cuts off a revoked identity.
-pub const REVOKED_CLOSE_CODE: u32 = 7;
-
 /// Classifies a QUIC connection error: TLS refusals are authentication failures
 /// (exit 4), everything else means the relay is unreachable (exit 5).
 pub(crate) fn connection_error(relay: &str, e: &quinn::ConnectionError) -> ClientError {
@@ -508,7 +506,7 @@ pub(crate) fn connection_error(relay: &str, e: &quinn::ConnectionError) -> Clien
             None => unreachable(format!("connection aborted: {close}")),
         },
         quinn::ConnectionError::ApplicationClosed(close)
-            if close.error_code == quinn::VarInt::from_u32(REVOKED_CLOSE_CODE) =>
+            if close.error_code == quinn::VarInt::from_u32(CloseCode::Revoked.code()) =>
         {
             ClientError::Relay(ErrorCode::Revoked)
         }

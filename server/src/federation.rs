@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kring_policy::{Clearance, Label, decide};
+use kring_protocol::close::CloseCode;
 use kring_protocol::identity::{Identity, IdentityKind};
 use kring_protocol::mls::{MessageHeader, MessageKind};
 use kring_protocol::wire::{
@@ -132,10 +133,6 @@ pub struct Peer {
     retired: std::sync::atomic::AtomicBool,
 }
 
-/// QUIC application close code of a link closed because a reload removed or changed
-/// the peer.
-pub const RECONFIGURED_CLOSE_CODE: u32 = 9;
-
 impl Peer {
     /// A peer from its `[[peers]]` entry.
     pub fn from_config(p: &crate::config::PeerToml, engine: &dyn Engine) -> Arc<Self> {
@@ -160,7 +157,7 @@ impl Peer {
     pub fn close_link(&self, reason: &str) {
         let conn = self.conn.lock().ok().and_then(|mut c| c.take());
         if let Some(c) = conn {
-            c.close(RECONFIGURED_CLOSE_CODE.into(), reason.as_bytes());
+            c.close(CloseCode::Reconfigured.code().into(), reason.as_bytes());
         }
         self.link.send_modify(|v| *v = v.wrapping_add(1));
     }
@@ -698,7 +695,7 @@ async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
                                 "link-refused",
                                 code.to_string(),
                             ));
-                            conn.close(4u32.into(), b"connection cap");
+                            conn.close(CloseCode::Refused.code().into(), b"connection cap");
                         }
                     }
                 }
@@ -714,7 +711,7 @@ async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
                         "link-refused",
                         reason.clone(),
                     ));
-                    conn.close(4u32.into(), reason.as_bytes());
+                    conn.close(CloseCode::Refused.code().into(), reason.as_bytes());
                 }
             },
             Err(e) => debug!(error = %e, "dial failed"),
@@ -766,7 +763,7 @@ pub async fn serve_peer(relay: Arc<Relay>, conn: quinn::Connection, identity: Id
                 "link-refused",
                 "not a configured peer",
             ));
-            conn.close(4u32.into(), b"not a configured peer");
+            conn.close(CloseCode::Refused.code().into(), b"not a configured peer");
             return;
         }
     };
@@ -791,7 +788,7 @@ async fn run_link(relay: Arc<Relay>, peer: Arc<Peer>, conn: quinn::Connection, i
                 peer.id
             ),
         ));
-        conn.close(4u32.into(), b"wrong organisation");
+        conn.close(CloseCode::Refused.code().into(), b"wrong organisation");
         return;
     }
     let granted = identity.clearance.clone();
@@ -1387,7 +1384,7 @@ async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
                 if several {
                     budget = (budget / 2).max(1);
                 }
-                conn.close(1u32.into(), b"delivery failed");
+                conn.close(CloseCode::DeliveryFailed.code().into(), b"delivery failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

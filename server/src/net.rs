@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kring_protocol::close::CloseCode;
 use kring_protocol::identity::{Identity, IdentityKind};
 use kring_protocol::wire::{
     self, ALPN_CLIENT, ALPN_FEDERATION, ErrorCode, FRAME_HEADER, Push, Request, Response,
@@ -438,7 +439,7 @@ pub async fn serve(
         }
     }
     info!("shutting down: no new connections; draining");
-    endpoint.close(0u32.into(), b"relay shutting down");
+    endpoint.close(CloseCode::Done.code().into(), b"relay shutting down");
     tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle())
         .await
         .ok();
@@ -483,14 +484,14 @@ async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
     let Some(chain) = peer_chain(&conn) else {
-        conn.close(4u32.into(), b"no client certificate");
+        conn.close(CloseCode::Refused.code().into(), b"no client certificate");
         return;
     };
     let expected = match alpn.as_deref() {
         Some(a) if a == ALPN_CLIENT => IdentityKind::User,
         Some(a) if a == ALPN_FEDERATION => IdentityKind::Relay,
         _ => {
-            conn.close(2u32.into(), b"unknown ALPN");
+            conn.close(CloseCode::UnknownProtocol.code().into(), b"unknown ALPN");
             return;
         }
     };
@@ -550,7 +551,7 @@ async fn refuse_connection(relay: &Relay, conn: &quinn::Connection, code: ErrorC
         // Let the peer read the refusal (and close) before the connection goes.
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     }
-    conn.close(4u32.into(), why.as_bytes());
+    conn.close(CloseCode::Refused.code().into(), why.as_bytes());
 }
 
 async fn serve_client(

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use kring_policy::{Clearance, Label};
+use kring_protocol::close::CloseCode;
 use kring_protocol::identity::{Identity, IdentityKind};
 use kring_protocol::revocation::Revocations;
 use kring_protocol::wire::{
@@ -174,10 +175,6 @@ pub struct Relay {
     recovery: crate::recovery::Recovery,
 }
 
-/// QUIC application close code of a connection cut off by revocation.
-pub const REVOKED_CLOSE_CODE: u32 = 7;
-/// QUIC application close code of a connection closed when its certificate expired.
-pub const EXPIRED_CLOSE_CODE: u32 = 8;
 /// Most hop refusals kept for one notice (one per hop; a federation has few relays).
 pub const MAX_HOP_REFUSALS: usize = 64;
 /// Longest single wait of a connection's expiry watch; the wall clock is read again
@@ -207,7 +204,7 @@ async fn close_at_expiry(
     if conn.close_reason().is_some() {
         return;
     }
-    conn.close(EXPIRED_CLOSE_CODE.into(), b"certificate expired");
+    conn.close(CloseCode::Expired.code().into(), b"certificate expired");
     tracing::info!(peer = %id, "certificate expired; connection closed");
     if let Some(relay) = relay.upgrade() {
         relay.audit_now(AuditEvent::new(
@@ -569,7 +566,7 @@ impl Relay {
                     }
                     let chain = crate::net::peer_chain(conn).unwrap_or_default();
                     if let Err(why) = revoked.check_chain(identity, &chain) {
-                        conn.close(REVOKED_CLOSE_CODE.into(), b"revoked");
+                        conn.close(CloseCode::Revoked.code().into(), b"revoked");
                         out.push((id.clone(), why));
                     }
                 }

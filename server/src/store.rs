@@ -1067,6 +1067,77 @@ mod tests {
         );
     }
 
+    /// Batches acknowledged before a crash (the process killed: no destructor,
+    /// no last flush) are all there when the store is opened again. The writer is
+    /// this test binary, run again as a child ([`crash_child`]).
+    #[test]
+    fn acknowledged_batches_survive_a_crash() {
+        const DURABLE: u64 = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "store::tests::crash_child",
+                "--nocapture",
+            ])
+            .env("KRING_STORE_CRASH_DIR", dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success(),
+            "the child was meant to die: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let acknowledged = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("durable "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .max();
+        assert_eq!(acknowledged, Some(DURABLE), "child output: {stdout}");
+        let e = SledEngine::open(dir.path()).unwrap();
+        for seq in 1..=DURABLE {
+            assert_eq!(
+                e.get(&keys::log("x@bz", seq)).unwrap(),
+                Some(vec![seq as u8; 64]),
+                "entry {seq} was acknowledged and is gone"
+            );
+        }
+        let last = e.get(&keys::last_seq("x@bz")).unwrap().unwrap();
+        assert!(u64::from_be_bytes(last.try_into().unwrap()) >= DURABLE);
+    }
+
+    /// The child of [`acknowledged_batches_survive_a_crash`]: applies batches,
+    /// prints each one acknowledged as durable, writes a few more without waiting,
+    /// then aborts. Does nothing unless run by that test.
+    #[tokio::test]
+    #[ignore = "run by acknowledged_batches_survive_a_crash in a child process"]
+    async fn crash_child() {
+        use std::io::Write as _;
+        let Some(dir) = std::env::var_os("KRING_STORE_CRASH_DIR") else {
+            return;
+        };
+        let e: Arc<dyn Engine> = Arc::new(SledEngine::open(std::path::Path::new(&dir)).unwrap());
+        let d = Durability::start(e.clone());
+        let put = |seq: u64| {
+            let mut b = Batch::default();
+            b.put(keys::log("x@bz", seq), vec![seq as u8; 64]);
+            b.put(keys::last_seq("x@bz"), seq.to_be_bytes().to_vec());
+            d.apply(b).unwrap();
+        };
+        for seq in 1..=200u64 {
+            put(seq);
+            d.wait().await.unwrap();
+            println!("durable {seq}");
+            std::io::stdout().flush().unwrap();
+        }
+        for seq in 201..=250u64 {
+            put(seq);
+        }
+        std::process::abort();
+    }
+
     fn outbox(peer: &str, seq: u64) -> Vec<u8> {
         [b"o/", peer.as_bytes(), b"\0", &seq.to_be_bytes()].concat()
     }

@@ -87,6 +87,7 @@ pub struct Federation {
 pub mod bench_support;
 pub mod chaos;
 pub mod demo;
+pub mod scrape;
 pub mod steps;
 
 /// Relay ids of the demo federation.

@@ -379,6 +379,9 @@ async fn slow_readers_do_not_grow_relay_memory() {
         join(c, "c@bz").await;
         c.disconnect().await;
     }
+    // Before the slow devices subscribe: what their connections take counts as
+    // growth too.
+    let rss_before = fed.rss_kib("bz").unwrap();
     // Each slow device subscribes and then never reads.
     let mut subs = Vec::new();
     for u in &slow {
@@ -389,8 +392,6 @@ async fn slow_readers_do_not_grow_relay_memory() {
             .unwrap();
         subs.push((ep, conn, send, recv));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = fed.rss_kib("bz").unwrap();
     let body = "x".repeat(BODY);
     for i in 0..NOTICES {
         admin
@@ -403,7 +404,17 @@ async fn slow_readers_do_not_grow_relay_memory() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A reading member gets everything: by then the relay has handed every entry
+    // to every subscriber's delivery (the slow ones stall on flow control).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        reader.sync().await.unwrap();
+        let n = reader.notices(Some("c@bz")).unwrap().len();
+        if n == NOTICES {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reader has {n} of {NOTICES}");
+    }
     let rss_after = fed.rss_kib("bz").unwrap();
     let data_kib = (NOTICES * BODY / 1024) as u64;
     eprintln!(
@@ -416,16 +427,6 @@ async fn slow_readers_do_not_grow_relay_memory() {
         rss_after < rss_before + data_kib * 3 + 8 * 1024,
         "relay memory grew from {rss_before} to {rss_after} KiB"
     );
-    // A reading member gets everything.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        reader.sync().await.unwrap();
-        let n = reader.notices(Some("c@bz")).unwrap().len();
-        if n == NOTICES {
-            break;
-        }
-        assert!(Instant::now() < deadline, "reader has {n} of {NOTICES}");
-    }
     others_are_served(&fed, "bz", "liaison@bz").await;
     drop(subs);
 }

@@ -5,8 +5,8 @@
 //! Needs `promtool` (Debian's `prometheus` package; `.ci/run` installs it).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -36,32 +36,12 @@ fn promtool() -> PathBuf {
         })
 }
 
-/// Adds `[metrics] listen` on a free loopback port to relay `id`'s configuration.
 fn enable_metrics(fed: &Federation, id: &str) -> SocketAddr {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let path = fed.relay_config(id);
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("{text}\n[metrics]\nlisten = \"{addr}\"\n")).unwrap();
-    addr
+    kring_tests::scrape::enable_metrics(fed, id).unwrap()
 }
 
-/// One HTTP/1.1 GET: the status code and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
-    (status, body.to_string())
+    kring_tests::scrape::get(addr, path).unwrap()
 }
 
 /// Scrapes `/metrics` and checks it with `promtool check metrics`.
@@ -91,13 +71,7 @@ fn scrape(addr: SocketAddr) -> String {
     body
 }
 
-/// The value of one series (`name` or `name{labels}` exactly as exposed), 0 if absent.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
+use kring_tests::scrape::value;
 
 /// Scrapes until `ok` holds for the exposition, within [`DEADLINE`].
 async fn scrape_until(addr: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {

@@ -176,34 +176,67 @@ async fn a_stale_filer_catches_up_and_a_filing_keeps_its_order() {
     assert_eq!(titles(&newcomer, "c@bz"), ["one", "two", "three"]);
 }
 
-/// Two admins commit for the same epoch: one wins, the other gets WrongEpoch from
-/// the relay, syncs, retries and succeeds.
+/// Two admins commit for the same epoch: one wins, the other is refused with
+/// WrongEpoch by the relay (counted in its metrics), syncs, retries at the next
+/// epoch and succeeds. Both commit at once, round after round, until the relay has
+/// seen a conflict (each round's two adds race; a round without a conflict proves
+/// nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_one_wins_other_retries() {
+    const ROUNDS: usize = 10;
     let mut fed = federation();
-    for u in ["a1@bz", "a2@bz", "x@bz", "y@bz"] {
-        fed.issue_user(u, "NL:STG-GEHEIM", &[]).unwrap();
+    let newcomers: Vec<String> = (0..2 * ROUNDS).map(|i| format!("nieuw{i}@bz")).collect();
+    for u in ["a1@bz", "a2@bz"]
+        .iter()
+        .map(|u| u.to_string())
+        .chain(newcomers.clone())
+    {
+        fed.issue_user(&u, "NL:STG-GEHEIM", &[]).unwrap();
     }
+    let metrics = kring_tests::scrape::enable_metrics(&fed, "bz").unwrap();
     fed.start("bz").unwrap();
+    let lost_epochs = || {
+        let (status, text) = kring_tests::scrape::get(metrics, "/metrics").unwrap();
+        assert_eq!(status, 200, "{text}");
+        kring_tests::scrape::value(
+            &text,
+            "kring_relay_refusals_total{kind=\"handshake\",reason=\"wrong-epoch\"}",
+        )
+    };
     let mut a1 = ready(&fed, "a1@bz").await;
     let mut a2 = ready(&fed, "a2@bz").await;
-    let _x = ready(&fed, "x@bz").await;
-    let _y = ready(&fed, "y@bz").await;
+    for u in &newcomers {
+        let _ = ready(&fed, u).await;
+    }
     a1.create_community("c", "NL:STG-GEHEIM").await.unwrap();
     a1.add_members("c", &["a2@bz".to_string()]).await.unwrap();
     a1.set_admin("c", kring_client::AdminChange::Add, "a2@bz")
         .await
         .unwrap();
     a2.sync().await.unwrap();
-    // Both are at the same epoch; both commit.
-    let (x, y) = (["x@bz".to_string()], ["y@bz".to_string()]);
-    let (r1, r2) = tokio::join!(a1.add_members("c@bz", &x), a2.add_members("c@bz", &y));
-    r1.unwrap();
-    r2.unwrap();
+    assert_eq!(lost_epochs(), 0.0);
+    let mut added = Vec::new();
+    for pair in newcomers.chunks(2) {
+        let (x, y) = ([pair[0].clone()], [pair[1].clone()]);
+        let (r1, r2) = tokio::join!(a1.add_members("c@bz", &x), a2.add_members("c@bz", &y));
+        let (r1, r2) = (r1.unwrap(), r2.unwrap());
+        assert_ne!(r1.epoch, r2.epoch, "two commits landed at one epoch");
+        added.extend(pair.iter().cloned());
+        if lost_epochs() >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        lost_epochs() >= 1.0,
+        "no commit lost its epoch in {ROUNDS} rounds of concurrent commits"
+    );
     let info = a1.community_info("c@bz").await.unwrap();
     let mut members = info.members.clone();
     members.sort();
-    assert_eq!(members, vec!["a1@bz", "a2@bz", "x@bz", "y@bz"]);
+    let mut want: Vec<String> = ["a1@bz", "a2@bz"].iter().map(|u| u.to_string()).collect();
+    want.extend(added);
+    want.sort();
+    assert_eq!(members, want);
 }
 
 /// Certificates that must not get in, refused by the relay itself (not only by the
