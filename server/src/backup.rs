@@ -65,7 +65,7 @@ pub struct BackupHeader {
     pub sha256: String,
     /// The certificate chain of the signing relay (leaf first), hex DER.
     pub chain: Vec<String>,
-    /// The relay's Ed25519 signature over [`signed_message`], hex.
+    /// The relay's Ed25519 signature over every field above (and a fixed context), hex.
     pub signature: String,
 }
 
