@@ -23,6 +23,7 @@ mod error;
 mod federation;
 mod pki;
 mod revoke;
+pub mod token;
 
 pub use csr::{
     CertifiedUser, CsrRequest, MAX_CSR_BYTES, SignCsrRequest, clearance_der, read_csr,

@@ -32,12 +32,24 @@ enum Command {
         /// Directory to create; must be missing or empty unless --force.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// First TCP port; relays listen on 127.0.0.1 ports P, P+1, P+2, P+3.
+        /// First UDP port (QUIC); relays listen on 127.0.0.1 ports P, P+1, P+2, P+3.
         #[arg(long, value_name = "P", default_value_t = DEFAULT_BASE_PORT)]
         base_port: u16,
         /// Replace DIR's ca/, orgs/, relays/ and users/ if DIR is not empty.
         #[arg(long)]
         force: bool,
+        /// Put the users' keys into PKCS#11 tokens of this library (e.g.
+        /// /usr/lib/softhsm/libsofthsm2.so; its configuration: DIR/softhsm2.conf).
+        #[arg(long, value_name = "MODULE")]
+        pkcs11: Option<PathBuf>,
+    },
+    /// Moves the users of DIR into tokens (run by `init --pkcs11` with SOFTHSM2_CONF set).
+    #[command(hide = true)]
+    Pkcs11Keys {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "MODULE")]
+        module: PathBuf,
     },
     /// Add a user to an existing federation, signed by its home relay's organisation CA.
     IssueUser {
@@ -313,9 +325,47 @@ fn run(cli: Cli) -> Result<(), CertsError> {
             out,
             base_port,
             force,
+            pkcs11,
         } => {
             let summary = init_demo(&out, base_port, force, now_unix())?;
-            print_init(&summary);
+            if let Some(module) = pkcs11 {
+                let conf = kring_certs_dev::token::write_softhsm_conf(&out)?;
+                // The library reads SOFTHSM2_CONF when it loads: run the token step
+                // in a child process that has it.
+                let exe = std::env::current_exe().map_err(|e| CertsError::Generate {
+                    what: "the token step".into(),
+                    reason: e.to_string(),
+                })?;
+                let status = std::process::Command::new(exe)
+                    .arg("pkcs11-keys")
+                    .arg("--dir")
+                    .arg(&out)
+                    .arg("--module")
+                    .arg(&module)
+                    .env("SOFTHSM2_CONF", &conf)
+                    .status()
+                    .map_err(|e| CertsError::Generate {
+                        what: "the token step".into(),
+                        reason: e.to_string(),
+                    })?;
+                if !status.success() {
+                    return Err(CertsError::Generate {
+                        what: "the users' tokens".into(),
+                        reason: format!("the token step failed ({status})"),
+                    });
+                }
+                print_init(&summary);
+                println!(
+                    "Keys are in PKCS#11 tokens of {}; before using a profile: export SOFTHSM2_CONF={}",
+                    module.display(),
+                    conf.display()
+                );
+            } else {
+                print_init(&summary);
+            }
+        }
+        Command::Pkcs11Keys { dir, module } => {
+            kring_certs_dev::token::move_keys_into_tokens(&dir, &module)?;
         }
         Command::IssueUser {
             dir,

@@ -108,15 +108,12 @@ impl Client {
                 ),
             });
         }
-        let signer = CertSigner::from_pkcs8(creds.chain_der(), &creds.key_pkcs8).map_err(|e| {
-            ClientError::Profile {
-                path: profile.key.display().to_string(),
-                reason: format!("cannot be used with the certificate: {e}"),
-            }
-        })?;
+        let signer = creds.mls_signer()?;
         let validator = Validator::new(creds.anchors_der());
         let (store, note) = crate::unlock::open_archive(&profile, unlocker)?;
         let provider = KringProvider::new(store.mls_backend());
+        // Notices past their community's retention period go at every start.
+        crate::retention::delete_expired_in(&store, i64::try_from(now_unix()).unwrap_or(i64::MAX))?;
         Ok(Client {
             profile,
             creds,
@@ -135,28 +132,84 @@ impl Client {
     }
 
     /// Whether `error` is the home relay saying, over an authenticated connection,
-    /// that this device's certificate is revoked.
+    /// that this device's certificate is revoked (with or without a wipe order).
     pub fn is_revocation(error: &ClientError) -> bool {
         matches!(
             error,
             ClientError::Relay(kring_protocol::wire::ErrorCode::Revoked)
+                | ClientError::WipeOrdered(_)
         )
     }
 
     /// Deletes this device's local archive and MLS state after its relay said it is
-    /// revoked ([`is_revocation`](Self::is_revocation)); the error to report, saying
-    /// what was deleted. The device cannot be used afterwards.
+    /// revoked ([`is_revocation`](Self::is_revocation)) and, if an org-admin ordered
+    /// it wiped (a [`ClientError::WipeOrdered`] whose order checks out, see
+    /// [`crate::wipe`]), its private key and passphrase file too; the error to
+    /// report, saying what was deleted. The device cannot be used afterwards.
+    ///
+    /// A revocation learnt otherwise than at connect (a closed push channel, a
+    /// closed connection) carries no wipe order: pass it through
+    /// [`with_wipe_order`](Self::with_wipe_order) first.
     pub fn wipe_after_revocation(self, error: ClientError) -> ClientError {
+        let order = match &error {
+            ClientError::WipeOrdered(order) => Some(order.as_ref().clone()),
+            _ => None,
+        };
+        let checked = order.map(|order| {
+            crate::wipe::check_order(
+                &order,
+                &self.me,
+                &self.creds.anchors_der(),
+                crate::validator::now_unix() as i64,
+            )
+            .map(|revoker| (order, revoker))
+        });
         let profile = self.profile.clone();
         drop(self);
-        let what = match crate::unlock::wipe(&profile) {
+        let archive = match crate::unlock::wipe(&profile) {
             Ok(()) => format!(
                 "this device's local archive and MLS state ({}) have been deleted",
                 profile.state_dir.display()
             ),
             Err(e) => format!("deleting this device's local archive failed: {e}"),
         };
-        ClientError::Auth(format!("{error}: {what}"))
+        let what = match checked {
+            None => archive,
+            Some(Ok((_, revoker))) => {
+                let keys = crate::wipe::destroy_secrets(&profile);
+                format!("{archive}; by order of {revoker}, {}", keys.describe())
+            }
+            Some(Err(why)) => format!(
+                "{archive}; the relay also sent an order to wipe this device's private key, \
+                 which was not followed: {why}"
+            ),
+        };
+        let cause = match &error {
+            ClientError::WipeOrdered(_) => {
+                "this device's certificate is revoked (refused by the relay)".to_string()
+            }
+            other => other.to_string(),
+        };
+        ClientError::Auth(format!("{cause}: {what}"))
+    }
+
+    /// For a plain revocation error (`Relay(Revoked)`), connects once more to learn
+    /// whether an org-admin ordered this device wiped: the relay's refusal at
+    /// connect then carries the order ([`ClientError::WipeOrdered`]). Any other
+    /// error comes back unchanged.
+    pub async fn with_wipe_order(&mut self, error: ClientError) -> ClientError {
+        match error {
+            ClientError::Relay(kring_protocol::wire::ErrorCode::Revoked) => {
+                self.conn = None;
+                let answer = self.connect().await.map(|_| ());
+                self.conn = None;
+                match answer {
+                    Err(e @ ClientError::WipeOrdered(_)) => e,
+                    _ => error,
+                }
+            }
+            other => other,
+        }
     }
 
     /// Things that happened while opening this device that the user should be told
@@ -471,6 +524,8 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
         Response::AuditHead(_) => "AuditHead",
         Response::TrustStatements { .. } => "TrustStatements",
         Response::Cursors { .. } => "Cursors",
+        Response::WipeOrdered(_) => "WipeOrdered",
+        Response::DeclaredClients { .. } => "DeclaredClients",
     };
     ClientError::Protocol(format!("the relay answered {request} with {name}"))
 }

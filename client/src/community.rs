@@ -21,8 +21,8 @@
 use kring_policy::{Label, decide_opt};
 use kring_protocol::identity::{Identity, IdentityKind, verify_chain_trusted};
 use kring_protocol::mls::{
-    ClientGroup, CommitOutput, CommunityMeta, DEFAULT_UPDATE_DAYS, MAX_UPDATE_DAYS, MlsError,
-    leaf_public_key,
+    ClientGroup, CommitOutput, CommunityMeta, DEFAULT_UPDATE_DAYS, MAX_RETENTION_DAYS,
+    MAX_UPDATE_DAYS, MlsError, leaf_public_key,
 };
 use kring_protocol::wire::{ErrorCode, Request, Response};
 
@@ -88,9 +88,30 @@ impl Client {
         max_label: &str,
         update_days: u16,
     ) -> Result<CommitReceipt> {
+        self.create_community_retaining(name, max_label, update_days, None)
+            .await
+    }
+
+    /// [`create_community_with`](Self::create_community_with) with a retention
+    /// period: every member's device deletes notices older than `retention_days`
+    /// days (1..=[`MAX_RETENTION_DAYS`]; exit 2 otherwise), and relays drop log
+    /// entries older than that once every member device has acknowledged them.
+    /// `None`: notices are kept without limit.
+    pub async fn create_community_retaining(
+        &mut self,
+        name: &str,
+        max_label: &str,
+        update_days: u16,
+        retention_days: Option<u16>,
+    ) -> Result<CommitReceipt> {
         if update_days == 0 || update_days > MAX_UPDATE_DAYS {
             return Err(ClientError::Usage(format!(
                 "the update period must be 1 to {MAX_UPDATE_DAYS} days"
+            )));
+        }
+        if retention_days.is_some_and(|d| d == 0 || d > MAX_RETENTION_DAYS) {
+            return Err(ClientError::Usage(format!(
+                "the retention period must be 1 to {MAX_RETENTION_DAYS} days"
             )));
         }
         self.reset_transaction()?;
@@ -112,7 +133,8 @@ impl Client {
         }
         let me = self.user();
         let meta = CommunityMeta::new(community.clone(), max.to_bytes(), vec![me.clone()])?
-            .with_update_days(update_days)?;
+            .with_update_days(update_days)?
+            .with_retention_days(retention_days)?;
         let hub_chain = self.connect().await?.peer_chain();
         let hub = verify_chain_trusted(
             &hub_chain,
@@ -177,6 +199,7 @@ impl Client {
             max_label: max.to_string(),
             joined_epoch: group.epoch(),
             active: true,
+            retention_days: meta.retention_days,
         })?;
         batch.put_cursor(&community, seq);
         batch.put_leaf_time(&community, &me, self.now());

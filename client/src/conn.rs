@@ -13,8 +13,8 @@ use kring_protocol::wire::{
     self, ALPN_CLIENT, DEFAULT_MAX_FRAME, ErrorCode, FRAME_HEADER, Push, Request, Response,
 };
 use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::error::{ClientError, Result};
 use crate::profile::{MAX_PEM_BYTES, Profile, read_bounded};
@@ -56,7 +56,7 @@ pub struct Credentials {
     /// DER certificates, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
     /// PKCS#8 DER private key (Ed25519).
-    pub key_pkcs8: Vec<u8>,
+    pub key: Arc<crate::device_key::DeviceKey>,
     /// DER trust anchors (federation roots).
     pub anchors: Vec<CertificateDer<'static>>,
 }
@@ -85,11 +85,38 @@ impl Credentials {
     ) -> Result<Credentials> {
         let chain = load_certs(&profile.cert, "certificate chain")?;
         let anchors = load_certs(&profile.trust_anchors, "trust anchors")?;
-        let key = crate::unlock::private_key(profile, unlocker)?;
+        let key = match &profile.key_uri {
+            None => Arc::new(crate::device_key::DeviceKey::from_pkcs8(
+                crate::unlock::private_key(profile, unlocker)?,
+                &profile.key,
+            )?),
+            Some(uri) => {
+                let leaf = chain
+                    .first()
+                    .ok_or_else(|| bad(&profile.cert, "holds no certificate"))?;
+                let public = kring_protocol::mls::leaf_public_key(leaf.as_ref())
+                    .map_err(|e| bad(&profile.cert, e.to_string()))?;
+                crate::device_key::token_key(uri, profile, &public)?
+            }
+        };
         Ok(Credentials {
             chain,
-            key_pkcs8: key.to_vec(),
+            key,
             anchors,
+        })
+    }
+
+    /// The MLS signer: the certificate chain and the device key.
+    ///
+    /// # Errors
+    /// [`ClientError::Profile`] if the key does not belong to the certificate.
+    pub fn mls_signer(&self) -> Result<kring_protocol::mls::CertSigner> {
+        let key: Arc<dyn kring_protocol::mls::DeviceSigner> = self.key.clone();
+        kring_protocol::mls::CertSigner::from_device_key(self.chain_der(), key).map_err(|e| {
+            ClientError::Profile {
+                path: "key".into(),
+                reason: format!("cannot be used with the certificate: {e}"),
+            }
         })
     }
 
@@ -113,13 +140,11 @@ impl Credentials {
             roots.add(anchor.clone()).map_err(tls_err)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()));
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
             .with_root_certificates(roots)
-            .with_client_auth_cert(self.chain.clone(), key)
-            .map_err(tls_err)?;
+            .with_client_cert_resolver(self.key.tls_resolver(self.chain.clone()));
         tls.alpn_protocols = vec![ALPN_CLIENT.to_vec()];
         tls.enable_early_data = false;
         Ok(tls)
@@ -274,6 +299,9 @@ impl RelayConnection {
                     waited += pause;
                 }
                 Response::Error(code) => return Err(ClientError::Relay(code)),
+                Response::WipeOrdered(order) => {
+                    return Err(ClientError::WipeOrdered(Box::new(order)));
+                }
                 other => return Ok(other),
             }
         }
@@ -412,6 +440,9 @@ impl Subscription {
                     // certificate) answers the first stream with a Response::Error.
                     Err(e) => match wire::decode_payload::<Response>(&payload) {
                         Ok(Response::Error(code)) => Err(ClientError::Relay(code)),
+                        Ok(Response::WipeOrdered(order)) => {
+                            Err(ClientError::WipeOrdered(Box::new(order)))
+                        }
                         _ => Err(e.into()),
                     },
                 };
@@ -574,7 +605,13 @@ mod tests {
             .unwrap();
         Credentials {
             chain: vec![cert.der().clone()],
-            key_pkcs8: key.serialize_der(),
+            key: Arc::new(
+                crate::device_key::DeviceKey::from_pkcs8(
+                    zeroize::Zeroizing::new(key.serialize_der()),
+                    std::path::Path::new("test.key"),
+                )
+                .unwrap(),
+            ),
             anchors: vec![cert.der().clone()],
         }
     }

@@ -86,8 +86,8 @@ pub enum ClientError {
     /// again).
     #[error(
         "the outcome of the change to {community} is not known yet: {reason}; \
-         run `kring sync` later to see whether it was made (running the command \
-         again sends the same change once more)"
+         run `kring community members {community}` later to see whether it was made \
+         (it syncs first; running the command again sends the same change once more)"
     )]
     CommitOutcomeUnknown {
         /// The community.
@@ -138,6 +138,12 @@ pub enum ClientError {
     /// The operation is not implemented in this version.
     #[error("{0} is not yet available in this version of kring")]
     NotYetAvailable(&'static str),
+
+    /// The home relay refused this device as revoked and handed over an org-admin's
+    /// order to wipe it (`kring admin revoke --wipe`); the device checks it before
+    /// acting on it.
+    #[error("this device's certificate is revoked, and an org-admin ordered this device wiped")]
+    WipeOrdered(Box<kring_protocol::revocation::WipeOrder>),
 }
 
 impl ClientError {
@@ -150,7 +156,7 @@ impl ClientError {
             | ClientError::InvalidLabel { .. }
             | ClientError::NotYetAvailable(_) => EXIT_USAGE,
             ClientError::PolicyDenied(_) | ClientError::RefusedAtHop { .. } => EXIT_POLICY,
-            ClientError::Auth(_) => EXIT_AUTH,
+            ClientError::Auth(_) | ClientError::WipeOrdered(_) => EXIT_AUTH,
             ClientError::Unreachable { .. }
             | ClientError::HubUnreachable { .. }
             | ClientError::CommitOutcomeUnknown { .. } => EXIT_UNREACHABLE,
@@ -234,7 +240,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relay_codes_map_to_spec_exit_codes() {
+    fn relay_codes_map_to_documented_exit_codes() {
         let cases = [
             (ErrorCode::PolicyDenied { reason: "x".into() }, 3),
             (ErrorCode::NotMember, 4),
@@ -266,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn local_errors_map_to_spec_exit_codes() {
+    fn local_errors_map_to_documented_exit_codes() {
         assert_eq!(ClientError::Usage("x".into()).exit_code(), 2);
         assert_eq!(ClientError::NoProfile.exit_code(), 2);
         assert_eq!(
@@ -322,7 +328,10 @@ mod tests {
             msg.starts_with("the outcome of the change to desinformatie@bz is not known yet"),
             "{msg}"
         );
-        assert!(msg.contains("kring sync"), "{msg}");
+        assert!(
+            msg.contains("kring community members desinformatie@bz"),
+            "{msg}"
+        );
         let other = ClientError::handshake_refused("c@bz", ErrorCode::NotAdmin);
         assert!(matches!(other, ClientError::Relay(ErrorCode::NotAdmin)));
         assert_eq!(other.exit_code(), 4);

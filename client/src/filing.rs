@@ -20,10 +20,16 @@ use crate::ordering::{Ordering, StatusSource, await_ordering};
 use crate::store::StoredNotice;
 
 /// A checked draft, ready to encrypt.
-struct Prepared {
-    notice: Notice,
-    label: Label,
-    plaintext: Vec<u8>,
+pub(crate) struct Prepared {
+    /// The notice.
+    pub(crate) notice: Notice,
+    /// Its label.
+    pub(crate) label: Label,
+    /// The authenticated data: the binary label, or a forward's marking
+    /// ([`kring_protocol::notice_aad`]).
+    pub(crate) aad: Vec<u8>,
+    /// The notice's JSON.
+    pub(crate) plaintext: Vec<u8>,
 }
 
 /// Shortest notice id prefix accepted in place of a full id.
@@ -110,6 +116,18 @@ impl Client {
         for draft in drafts {
             prepared.push(self.prepare(&community, draft)?);
         }
+        self.file_prepared(&community, prepared).await
+    }
+
+    /// Files checked notices of `community` (see [`file_notices`](Self::file_notices)):
+    /// checks each label against the community's maximum, encrypts with each one's
+    /// authenticated data, sends, stores.
+    pub(crate) async fn file_prepared(
+        &mut self,
+        community: &str,
+        prepared: Vec<Prepared>,
+    ) -> Result<Vec<FiledNotice>> {
+        let community = community.to_string();
         // No sync first: the home relay refuses a filing in an epoch older than the
         // one it knows (WrongEpoch), and then this device syncs and encrypts again.
         // A community this device has not joined yet needs a sync to be found.
@@ -166,10 +184,9 @@ impl Client {
             let epoch = group.epoch();
             let mut notices = Vec::with_capacity(prepared.len());
             for p in &prepared {
-                let aad = p.label.to_bytes();
                 notices.push(NoticeUpload {
                     notice_id: p.notice.id,
-                    message: group.encrypt(&self.provider, &self.signer, &aad, &p.plaintext)?,
+                    message: group.encrypt(&self.provider, &self.signer, &p.aad, &p.plaintext)?,
                 });
             }
             // The advanced ratchet is on disk before anything leaves the device.
@@ -224,6 +241,7 @@ impl Client {
             filed_at: now_utc(),
             in_reply_to: draft.in_reply_to,
             stix: draft.stix,
+            forwarded_from: None,
         };
         notice
             .validate()
@@ -233,6 +251,7 @@ impl Client {
             .map_err(|e| ClientError::Usage(e.to_string()))?;
         Ok(Prepared {
             notice,
+            aad: label.to_bytes(),
             label,
             plaintext,
         })
@@ -263,6 +282,7 @@ impl Client {
                 notice: notice.clone(),
                 seq: *seq,
                 own: true,
+                ordered_at: None,
             })?;
             Ok(())
         });

@@ -139,16 +139,21 @@ pub fn explain(label: &Label) -> Vec<String> {
 pub fn tlp_meaning(tlp: Tlp) -> &'static str {
     match tlp {
         Tlp::Clear => "disclosure is not limited; may be forwarded anywhere, including exports",
-        Tlp::Green => "limited to the community; may be forwarded into any community",
+        Tlp::Green => {
+            "limited to the community; may be forwarded into any community and exported to \
+             your organisation's platform"
+        }
         Tlp::Amber => {
             "limited to participants' organisations and their clients; forwarded only into \
-             communities of the forwarder's organisation and its declared clients"
+             communities of the forwarder's organisation and its declared clients; exported \
+             to your organisation's platform marked AMBER"
         }
         Tlp::AmberStrict => {
             "limited to participants' organisation only; forwarded only into communities \
-             whose members are all of the forwarder's organisation"
+             whose members are all of the forwarder's organisation; exported to your \
+             organisation's platform marked AMBER+STRICT"
         }
-        Tlp::Red => "for the named recipients only; never forwarded",
+        Tlp::Red => "for the named recipients only; never forwarded or exported",
     }
 }
 

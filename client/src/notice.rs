@@ -3,9 +3,12 @@
 //!
 //! The JSON form is fixed — exactly these fields, in this order:
 //! `{"id","community","label","kind","category","title","body","sender","filed_at",
-//! "in_reply_to","stix"}`. The same document is the MLS plaintext, so a receiver checks
-//! it strictly ([`Notice::from_plaintext`]): unknown fields, oversized fields and
-//! malformed values are refused.
+//! "in_reply_to","stix","forwarded_from"}` (`forwarded_from`: `null`, or for a
+//! forwarded notice `{"community","id","sender","filed_at"}` of the notice forwarded).
+//! The same document is the MLS plaintext, so a receiver checks it strictly
+//! ([`Notice::from_plaintext`]): unknown fields, oversized fields and malformed values
+//! are refused. The plaintext leaves `forwarded_from` out when it is `null`, so that a
+//! notice that is not a forward reads the same as before the field existed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -149,6 +152,44 @@ pub struct Notice {
     pub in_reply_to: Option<Uuid>,
     /// Attached STIX 2.1 objects.
     pub stix: Option<Vec<serde_json::Value>>,
+    /// For a forwarded notice: the notice it forwards (a notice without it decodes
+    /// as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_from: Option<ForwardedFrom>,
+}
+
+/// Where a forwarded notice comes from: the notice forwarded, as its recipients in
+/// its own community saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedFrom {
+    /// Its community, `NAME@HUB`.
+    pub community: String,
+    /// Its id.
+    pub id: Uuid,
+    /// Its filer, `NAME@RELAY`.
+    pub sender: String,
+    /// When it was filed, RFC 3339 in UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub filed_at: OffsetDateTime,
+}
+
+/// The `--json` form of a notice: every field, `forwarded_from` included when `null`.
+#[derive(Serialize)]
+struct NoticeJson<'a> {
+    id: &'a Uuid,
+    community: &'a str,
+    label: &'a str,
+    kind: NoticeKind,
+    category: Category,
+    title: &'a str,
+    body: &'a str,
+    sender: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    filed_at: OffsetDateTime,
+    in_reply_to: &'a Option<Uuid>,
+    stix: &'a Option<Vec<serde_json::Value>>,
+    forwarded_from: &'a Option<ForwardedFrom>,
 }
 
 impl Notice {
@@ -186,6 +227,21 @@ impl Notice {
         if let Some(stix) = &self.stix {
             check_stix_objects(stix)?;
         }
+        if let Some(from) = &self.forwarded_from {
+            check_qualified_id("forwarded_from", &from.community)
+                .map_err(|e| invalid("forwarded_from", e.to_string()))?;
+            check_qualified_id("forwarded_from", &from.sender)
+                .map_err(|e| invalid("forwarded_from", e.to_string()))?;
+            if from.filed_at.offset() != time::UtcOffset::UTC {
+                return Err(invalid("forwarded_from", "filed_at must be in UTC"));
+            }
+            if from.community == self.community {
+                return Err(invalid(
+                    "forwarded_from",
+                    "a notice is forwarded into another community",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -217,8 +273,22 @@ impl Notice {
 
     /// The notice as one line of JSON (the `--json` form).
     pub fn to_json_line(&self) -> String {
+        let json = NoticeJson {
+            id: &self.id,
+            community: &self.community,
+            label: &self.label,
+            kind: self.kind,
+            category: self.category,
+            title: &self.title,
+            body: &self.body,
+            sender: &self.sender,
+            filed_at: self.filed_at,
+            in_reply_to: &self.in_reply_to,
+            stix: &self.stix,
+            forwarded_from: &self.forwarded_from,
+        };
         // Serialising plain data with string keys cannot fail.
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        serde_json::to_string(&json).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 }
 
@@ -387,11 +457,12 @@ mod tests {
             filed_at: time::macros::datetime!(2025-03-01 12:30:00 UTC),
             in_reply_to: None,
             stix: None,
+            forwarded_from: None,
         }
     }
 
     #[test]
-    fn json_has_exactly_the_spec_fields_in_order() {
+    fn json_has_exactly_the_documented_fields_in_order() {
         let json = sample().to_json_line();
         assert_eq!(
             json,
@@ -399,9 +470,49 @@ mod tests {
              \"label\":\"NL:STG-CONFIDENTIEEL\",\"kind\":\"signal\",\"category\":\"disinformation\",\
              \"title\":\"Nepnieuws over verkiezingen\",\"body\":\"Zie bijlage.\\nTweede regel.\",\
              \"sender\":\"analist@post-a\",\"filed_at\":\"2025-03-01T12:30:00Z\",\
-             \"in_reply_to\":null,\"stix\":null}"
+             \"in_reply_to\":null,\"stix\":null,\"forwarded_from\":null}"
         );
         assert!(!json.contains('\n'));
+    }
+
+    #[test]
+    fn a_forward_shows_where_it_comes_from() {
+        let mut n = sample();
+        n.community = "liaisons@nctv".into();
+        n.forwarded_from = Some(ForwardedFrom {
+            community: "desinformatie@bz".into(),
+            id: Uuid::from_u128(0x99),
+            sender: "analist@post-a".into(),
+            filed_at: time::macros::datetime!(2025-03-01 12:00:00 UTC),
+        });
+        let json = n.to_json_line();
+        assert!(
+            json.ends_with(
+                "\"forwarded_from\":{\"community\":\"desinformatie@bz\",\
+                 \"id\":\"00000000-0000-0000-0000-000000000099\",\"sender\":\"analist@post-a\",\
+                 \"filed_at\":\"2025-03-01T12:00:00Z\"}}"
+            ),
+            "{json}"
+        );
+        let bytes = n.to_plaintext().unwrap();
+        assert_eq!(Notice::from_plaintext(&bytes).unwrap(), n);
+        // Into the community it came from: refused.
+        let mut same = n.clone();
+        same.community = "desinformatie@bz".into();
+        assert!(same.validate().is_err());
+    }
+
+    #[test]
+    fn a_notice_that_is_no_forward_reads_as_before() {
+        // No `forwarded_from` in the plaintext (what devices without forwarding
+        // send and expect), and none is taken as `null`.
+        let bytes = sample().to_plaintext().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("forwarded_from"));
+        let old = br#"{"id":"00000000-0000-0000-0000-000000001234","community":"desinformatie@bz",
+            "label":"NL:STG-CONFIDENTIEEL","kind":"signal","category":"disinformation",
+            "title":"t","body":"","sender":"analist@post-a","filed_at":"2025-03-01T12:30:00Z",
+            "in_reply_to":null,"stix":null}"#;
+        assert_eq!(Notice::from_plaintext(old).unwrap().forwarded_from, None);
     }
 
     #[test]

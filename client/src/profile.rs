@@ -49,11 +49,13 @@ struct RawProfile {
     relay: String,
     relay_id: String,
     cert: PathBuf,
-    key: PathBuf,
+    key: String,
     trust_anchors: PathBuf,
     state_dir: PathBuf,
     #[serde(default)]
     passphrase_file: Option<PathBuf>,
+    #[serde(default)]
+    pkcs11_module: Option<PathBuf>,
 }
 
 /// A loaded and checked profile. Paths are absolute or relative to the current
@@ -70,8 +72,13 @@ pub struct Profile {
     pub relay_id: String,
     /// PEM certificate chain (leaf first).
     pub cert: PathBuf,
-    /// PEM PKCS#8 private key.
+    /// PEM PKCS#8 private key (for a `pkcs11:` key, the profile directory joined
+    /// with the URI text; use [`Profile::key_uri`] instead).
     pub key: PathBuf,
+    /// The `pkcs11:` URI (RFC 7512) of a key on a smartcard or HSM, when `key` is one.
+    pub key_uri: Option<String>,
+    /// The PKCS#11 library for a `pkcs11:` key whose URI has no `module-path`.
+    pub pkcs11_module: Option<PathBuf>,
     /// PEM trust anchors (federation root CAs).
     pub trust_anchors: PathBuf,
     /// Directory of the local state database.
@@ -127,7 +134,9 @@ impl Profile {
             relay_addr: raw.relay,
             relay_id: raw.relay_id,
             cert: dir.join(raw.cert),
-            key: dir.join(raw.key),
+            key: dir.join(&raw.key),
+            key_uri: crate::device_key::Pkcs11Uri::is_uri(&raw.key).then(|| raw.key.clone()),
+            pkcs11_module: raw.pkcs11_module,
             trust_anchors: dir.join(raw.trust_anchors),
             state_dir: dir.join(raw.state_dir),
             passphrase_file: raw.passphrase_file.map(|p| dir.join(p)),
@@ -137,6 +146,9 @@ impl Profile {
             ("key", &profile.key),
             ("trust_anchors", &profile.trust_anchors),
         ] {
+            if what == "key" && profile.key_uri.is_some() {
+                continue;
+            }
             if !path.is_file() {
                 return Err(bad(format!(
                     "{what} file {} does not exist; fix the path, or put the file there \
@@ -417,7 +429,7 @@ state_dir = "state"
             // Profile, credentials and the MLS signer (Client::open), and TLS.
             let client = crate::Client::open(&dir).unwrap_or_else(|e| panic!("{form}: {e}"));
             let creds = crate::conn::Credentials::load(client.profile()).unwrap();
-            assert_eq!(creds.key_pkcs8, der, "{form}");
+            assert_eq!(creds.key.pkcs8(), Some(der.as_slice()), "{form}");
             rustls::crypto::ring::default_provider()
                 .key_provider
                 .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)))

@@ -137,6 +137,10 @@ pub struct StoredNotice {
     pub seq: Option<u64>,
     /// Whether this device filed it.
     pub own: bool,
+    /// When the hub ordered it (Unix seconds, from its log entry), once known: a
+    /// community's retention period counts from then (from `filed_at` until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_at: Option<i64>,
 }
 
 /// A community this device is a member of.
@@ -153,6 +157,10 @@ pub struct CommunityRecord {
     /// False once this device was removed from the community.
     #[serde(default = "active_default")]
     pub active: bool,
+    /// The community's retention period in days (from its group context), if any:
+    /// notices older than that are deleted from this device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u16>,
 }
 
 fn active_default() -> bool {
@@ -498,6 +506,11 @@ impl Batch {
         self.writes
             .push((prefixed(NOTICE, notice.notice.id.as_bytes()), Some(value)));
         Ok(())
+    }
+
+    /// Deletes a stored notice (its retention period has passed).
+    pub fn remove_notice(&mut self, id: Uuid) {
+        self.writes.push((prefixed(NOTICE, id.as_bytes()), None));
     }
 
     /// Sets a community's processed sequence number.
@@ -942,9 +955,11 @@ mod tests {
                 filed_at: time::macros::datetime!(2025-01-01 0:00 UTC),
                 in_reply_to: None,
                 stix: None,
+                forwarded_from: None,
             },
             seq: Some(n as u64),
             own: false,
+            ordered_at: None,
         }
     }
 
@@ -1054,6 +1069,7 @@ mod tests {
                 max_label: "NL:STG-GEHEIM".into(),
                 joined_epoch: 1,
                 active: true,
+                retention_days: None,
             })
             .unwrap();
             b.put_cursor("c@bz", 3);

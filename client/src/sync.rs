@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use kring_policy::{Label, decide_opt, within};
 use kring_protocol::mls::{ClientGroup, MlsError, Received};
+use kring_protocol::notice_aad::NoticeAad;
 use kring_protocol::wire::{EntryKind, LogEntry, LogMark, Push, Request, Response};
 use uuid::Uuid;
 
@@ -167,6 +168,7 @@ fn ordered_own(mut stored: StoredNotice, entry: &LogEntry) -> Option<StoredNotic
         return None;
     }
     stored.seq = Some(entry.seq);
+    stored.ordered_at = Some(entry.ordered_at);
     Some(stored)
 }
 
@@ -227,6 +229,7 @@ impl Client {
         drop(sub);
         self.settle(&mut owed, emit).await?;
         self.update_due_keys(emit).await?;
+        self.delete_expired_now()?;
         emit(SyncEvent::CaughtUp);
         Ok(())
     }
@@ -341,7 +344,10 @@ impl Client {
                             // on schedule.
                             match tokio::time::timeout(KEY_CHECK_EVERY, sub.next()).await {
                                 Ok(push) => break push?,
-                                Err(_) => self.update_due_keys(emit).await?,
+                                Err(_) => {
+                                    self.update_due_keys(emit).await?;
+                                    self.delete_expired_now()?;
+                                }
                             }
                         },
                     }
@@ -363,6 +369,7 @@ impl Client {
                         self.release_held(&mut held, emit)?;
                         self.settle(&mut owed, emit).await?;
                         self.update_due_keys(emit).await?;
+                        self.delete_expired_now()?;
                         emit(SyncEvent::CaughtUp);
                         live = true;
                     }
@@ -594,6 +601,7 @@ impl Client {
             max_label: max_label.clone(),
             joined_epoch: epoch,
             active: true,
+            retention_days: meta.retention_days,
         })?;
         // This device's leaf is the one of the key package the admin used.
         batch.put_leaf_time(community, &self.user(), self.now());
@@ -806,6 +814,7 @@ impl Client {
                             notice: notice.clone(),
                             seq: Some(entry.seq),
                             own: false,
+                            ordered_at: Some(entry.ordered_at),
                         })?;
                         self.store.commit(batch)?;
                         tracing::debug!(%community, seq = entry.seq, "notice stored");
@@ -871,10 +880,36 @@ impl Client {
                 "the label shown to the relays differs from the label bound to the message",
             ));
         }
-        let label = Label::from_bytes(aad)
+        let marked = NoticeAad::from_bytes(aad)
             .map_err(|e| invalid(&format!("its label does not decode ({e})")))?;
+        let label = marked.label;
         let notice = Notice::from_plaintext(plaintext)
             .map_err(|e| invalid(&format!("not a valid notice ({e})")))?;
+        // A forward is one in its content exactly when it is one in the data bound
+        // to the ciphertext, which the hub checked against the original's TLP; and
+        // its label is never lower than the original's.
+        match (&marked.original, &notice.forwarded_from) {
+            (None, None) => {}
+            (Some(original), Some(_)) => {
+                let d = kring_policy::keeps_or_raises(original, &label);
+                if !d.allowed {
+                    return Err(invalid(&format!(
+                        "a forward labelled lower than its original: {}",
+                        d.reason()
+                    )));
+                }
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "it claims to be forwarded, but was not filed as a forward",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "it was filed as a forward, but does not say what it forwards",
+                ));
+            }
+        }
         let inner = notice.label.parse::<Label>().ok();
         if inner.as_ref() != Some(&label) {
             return Err(invalid(
@@ -931,9 +966,11 @@ mod tests {
                 filed_at: time::macros::datetime!(2025-01-01 0:00 UTC),
                 in_reply_to: None,
                 stix: None,
+                forwarded_from: None,
             },
             seq,
             own,
+            ordered_at: None,
         }
     }
 
@@ -1045,6 +1082,7 @@ mod tests {
                     max_label: "NL:STG-GEHEIM".into(),
                     joined_epoch: 0,
                     active: true,
+                    retention_days: None,
                 })
                 .unwrap();
             batch.put_cursor(id, 3);
@@ -1091,5 +1129,88 @@ mod tests {
         assert_eq!(acked, Some(4));
         assert_eq!(client.store.cursor("y@bz").unwrap(), 4);
         assert_eq!(client.store.cursor("x@bz").unwrap(), 3);
+    }
+
+    /// A notice is a forward in its content exactly when its authenticated data says
+    /// so, and a forward is never labelled lower than its original.
+    #[test]
+    fn a_forward_must_say_so_in_its_authenticated_data_and_keep_the_label() {
+        use kring_protocol::notice_aad::NoticeAad;
+        let fed = crate::testpki::Fed::new("bz");
+        let leaf = fed.admin("bz", "analist", "bz");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fed.profile(tmp.path(), "analist@bz", "bz", &leaf);
+        let client = Client::open(&dir).unwrap();
+        let record = CommunityRecord {
+            id: "y@bz".into(),
+            max_label: "NL:STG-GEHEIM".into(),
+            joined_epoch: 0,
+            active: true,
+            retention_days: None,
+        };
+        let l = |s: &str| s.parse::<Label>().unwrap();
+        let green = l("NL:ONGERUBRICEERD;TLP=GREEN");
+        let notice = |forwarded: bool| {
+            let filed_at = time::macros::datetime!(2025-03-01 12:30:00 UTC);
+            let mut n = Notice {
+                id: Uuid::from_u128(9),
+                community: "y@bz".into(),
+                label: green.to_string(),
+                kind: crate::notice::NoticeKind::Notice,
+                category: crate::notice::Category::Cyber,
+                title: "t".into(),
+                body: String::new(),
+                sender: "liaison@bz".into(),
+                filed_at,
+                in_reply_to: None,
+                stix: None,
+                forwarded_from: None,
+            };
+            n.forwarded_from = forwarded.then(|| crate::notice::ForwardedFrom {
+                community: "x@bz".into(),
+                id: Uuid::from_u128(8),
+                sender: "admin@bz".into(),
+                filed_at,
+            });
+            n.to_plaintext().unwrap()
+        };
+        let check = |aad: &NoticeAad, plaintext: &[u8]| {
+            let aad = aad.to_bytes();
+            let entry = LogEntry {
+                community: "y@bz".into(),
+                seq: 4,
+                sender: "liaison@bz".into(),
+                ordered_at: 0,
+                kind: EntryKind::Notice {
+                    notice_id: Uuid::from_u128(9),
+                    label: aad.clone(),
+                    epoch: 0,
+                },
+                message: Vec::new(),
+            };
+            match client.check_notice(
+                &entry,
+                Uuid::from_u128(9),
+                &aad,
+                &record,
+                plaintext,
+                &aad,
+                "liaison@bz",
+            ) {
+                Ok(_) => Ok(()),
+                Err(Refusal::Invalid(why) | Refusal::Policy(why)) => Err(why),
+            }
+        };
+        let plain = NoticeAad::plain(green.clone());
+        let forward = NoticeAad::forward(green.clone(), l("TLP:GREEN"));
+        assert_eq!(check(&plain, &notice(false)), Ok(()));
+        assert_eq!(check(&forward, &notice(true)), Ok(()));
+        let claims = check(&plain, &notice(true)).unwrap_err();
+        assert!(claims.contains("claims to be forwarded"), "{claims}");
+        let silent = check(&forward, &notice(false)).unwrap_err();
+        assert!(silent.contains("does not say what it forwards"), "{silent}");
+        let lowered = NoticeAad::forward(green.clone(), l("NL:STG-CONFIDENTIEEL;TLP=GREEN"));
+        let lower = check(&lowered, &notice(true)).unwrap_err();
+        assert!(lower.contains("lower than its original"), "{lower}");
     }
 }

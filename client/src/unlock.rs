@@ -282,6 +282,12 @@ fn remember<T>(cache: &Cache<T>, id: (PathBuf, Vec<u8>), value: T) {
 /// The profile's private key (PKCS#8 DER), decrypted when it is encrypted.
 pub fn private_key(profile: &Profile, unlocker: &mut Unlocker) -> Result<Zeroizing<Vec<u8>>> {
     let path = &profile.key;
+    if profile.key_uri.is_some() {
+        return Err(ClientError::Profile {
+            path: "key".into(),
+            reason: "the key is on a PKCS#11 token and cannot be read out".into(),
+        });
+    }
     let bad = |reason: String| ClientError::Profile {
         path: path.display().to_string(),
         reason,
@@ -469,8 +475,12 @@ pub fn change_passphrase(
 ) -> Result<PassphraseChange> {
     let key_path = profile.state_dir.join(ARCHIVE_KEY_FILE);
     recover_sealing(&profile.state_dir)?;
-    // Unlock everything first.
-    let der = private_key(profile, unlocker)?;
+    // Unlock everything first. A key on a token (`pkcs11:`) has no file to
+    // re-encrypt: its PIN protects it.
+    let der = match profile.key_uri {
+        None => Some(private_key(profile, unlocker)?),
+        Some(_) => None,
+    };
     let rewrapped = if key_path.is_file() {
         let (_, wrapped) = read_wrapped(&key_path)?;
         let data_key = match wrapped.unwrap_key(unlocker.passphrase()?.as_bytes()) {
@@ -483,15 +493,21 @@ pub fn change_passphrase(
     } else {
         None
     };
-    let pem = keyfile::encrypt_pem(&der, new.as_bytes()).map_err(|e| ClientError::Profile {
-        path: profile.key.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let pem = der
+        .map(|der| {
+            keyfile::encrypt_pem(&der, new.as_bytes()).map_err(|e| ClientError::Profile {
+                path: profile.key.display().to_string(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()?;
     // Then write: the archive key, the private key, the passphrase file.
     if let Some(text) = &rewrapped {
         replace_file(&key_path, text.as_bytes(), 0o600)?;
     }
-    replace_file(&profile.key, pem.as_bytes(), 0o600)?;
+    if let Some(pem) = &pem {
+        replace_file(&profile.key, pem.as_bytes(), 0o600)?;
+    }
     let passphrase_file = match unlocker.source() {
         PassphraseSource::ProfileFile(p) => {
             let mut line = Zeroizing::new(new.as_bytes().to_vec());
@@ -556,9 +572,11 @@ mod tests {
                 filed_at: time::macros::datetime!(2025-01-01 0:00 UTC),
                 in_reply_to: None,
                 stix: None,
+                forwarded_from: None,
             },
             seq: Some(1),
             own: false,
+            ordered_at: None,
         }
     }
 

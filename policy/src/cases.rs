@@ -295,8 +295,8 @@ const CASES: &[(Check, bool, &str)] = &[
     ),
     (
         Export("TLP:AMBER+STRICT", "bz"),
-        DENY,
-        "TLP:AMBER+STRICT may not be exported",
+        ALLOW,
+        "TLP:AMBER+STRICT may be exported to the organisation's own platform, marked TLP:AMBER+STRICT",
     ),
     (
         ToCommunity("TLP:AMBER", "bz", &["bz", "post-a"], &["post-a"]),
@@ -330,8 +330,8 @@ const CASES: &[(Check, bool, &str)] = &[
     ),
     (
         Export("TLP:AMBER", "bz"),
-        DENY,
-        "TLP:AMBER may not be exported; only TLP:CLEAR may leave Kring",
+        ALLOW,
+        "TLP:AMBER may be exported to the organisation's own platform",
     ),
     (
         ToCommunity("TLP:GREEN", "bz", &["aivd", "nctv"], &[]),
@@ -345,8 +345,8 @@ const CASES: &[(Check, bool, &str)] = &[
     ),
     (
         Export("TLP:GREEN", "bz"),
-        DENY,
-        "TLP:GREEN may not be exported",
+        ALLOW,
+        "TLP:GREEN may be exported",
     ),
     (
         Export("TLP:CLEAR", "bz"),
@@ -370,8 +370,8 @@ const CASES: &[(Check, bool, &str)] = &[
     ),
     (
         Export("NL:ONGERUBRICEERD", "bz"),
-        DENY,
-        "treated as TLP:AMBER; TLP:AMBER may not be exported",
+        ALLOW,
+        "treated as TLP:AMBER; TLP:AMBER may be exported to the organisation's own platform",
     ),
 ];
 

@@ -2,12 +2,18 @@
 //!
 //! | colour        | may be forwarded into                                                    |
 //! |---------------|--------------------------------------------------------------------------|
-//! | CLEAR         | any community, and exported out of Kring                                 |
-//! | GREEN         | any community (not exported)                                             |
+//! | CLEAR         | any community, and exported                                              |
+//! | GREEN         | any community, and exported                                              |
 //! | AMBER         | communities whose member organisations are all the forwarder's own       |
-//! |               | organisation or its declared clients                                     |
-//! | AMBER+STRICT  | communities whose member organisations are all the forwarder's own       |
-//! | RED           | nowhere                                                                  |
+//! |               | organisation or its declared clients, and exported                       |
+//! | AMBER+STRICT  | communities whose member organisations are all the forwarder's own,      |
+//! |               | and exported                                                             |
+//! | RED           | nowhere, never exported                                                  |
+//!
+//! An **export** ([`Destination::Export`]) goes to the exporting member's own
+//! organisation: its threat-intelligence platform reads it (`kring notice export`, `kring
+//! taxii serve`), under the organisation's accreditation, with the TLP marking travelling
+//! along. That keeps every colour but RED (for its named recipients only) within its scope.
 //!
 //! A label **without TLP** is treated as the `unmarked` colour of `schemes/tlp.toml`, which
 //! is **AMBER**: conservative, since nobody said the notice may leave the organisation and its
@@ -34,7 +40,8 @@ pub enum Destination {
         /// The organisations of all its members.
         member_orgs: BTreeSet<String>,
     },
-    /// Out of Kring (e.g. to a partner system or e-mail).
+    /// Out of Kring into the exporting member's own organisation's tools (its
+    /// threat-intelligence platform), with the TLP marking carried along.
     Export,
 }
 
@@ -130,8 +137,9 @@ fn check_scope(
     }
     let (id, members) = match &target.destination {
         Destination::Export => {
-            return Err(format!(
-                "TLP:{colour} may not be exported; only TLP:CLEAR may leave Kring"
+            return Ok(format!(
+                "TLP:{colour} may be exported to the organisation's own platform, marked \
+                 TLP:{colour}"
             ));
         }
         Destination::Community { id, member_orgs } => (id, member_orgs),
@@ -193,6 +201,57 @@ fn check_scope(
     }
 }
 
+impl Registry {
+    /// Whether a forwarded copy of a notice labelled `original` may carry `label`: never
+    /// lower. `original` must be within `label` read as a maximum ([`within`](crate::within):
+    /// level, restrictive and permissive tags), and `label`'s TLP colour must be at least as
+    /// restrictive as `original`'s (a label without TLP counts as the `unmarked` colour).
+    pub fn keeps_or_raises(&self, original: &Label, label: &Label) -> Decision {
+        let unmarked = self.tlp_rules().unmarked;
+        let colour = |l: &Label| l.tlp().unwrap_or(unmarked);
+        let (mut ok, mut fail) = (Vec::new(), Vec::new());
+        let level = self.within(original, label);
+        if level.allowed {
+            ok.push(format!(
+                "{label} is at least as high as the original {original}"
+            ));
+        } else {
+            fail.push(format!(
+                "{label} is lower than the original {original}: {}",
+                level.reason()
+            ));
+        }
+        let (was, now) = (colour(original), colour(label));
+        if now >= was {
+            ok.push(format!("TLP:{now} is at least as restrictive as TLP:{was}"));
+        } else {
+            fail.push(format!(
+                "TLP:{now} is less restrictive than the original's TLP:{was}"
+            ));
+        }
+        if fail.is_empty() {
+            Decision::allow(ok)
+        } else {
+            Decision::deny(fail)
+        }
+    }
+}
+
+/// Whether a forwarded copy of a notice labelled `original` may carry `label` (never lower),
+/// under the built-in policies (see [`Registry::keeps_or_raises`]).
+///
+/// ```
+/// use kring_policy::{Label, keeps_or_raises};
+/// let original: Label = "NL:STG-CONFIDENTIEEL;TLP=GREEN".parse()?;
+/// assert!(keeps_or_raises(&original, &"NL:STG-GEHEIM;TLP=AMBER".parse()?).allowed);
+/// assert!(!keeps_or_raises(&original, &"NL:DEP-VERTROUWELIJK;TLP=GREEN".parse()?).allowed);
+/// assert!(!keeps_or_raises(&original, &"NL:STG-CONFIDENTIEEL;TLP=CLEAR".parse()?).allowed);
+/// # Ok::<(), kring_policy::PolicyError>(())
+/// ```
+pub fn keeps_or_raises(original: &Label, label: &Label) -> Decision {
+    Registry::builtin().keeps_or_raises(original, label)
+}
+
 /// Whether organisation `from_org` may forward a notice labelled `label` to `target`, under the
 /// built-in TLP 2.0 rules (see the [module docs](self)).
 ///
@@ -245,6 +304,32 @@ mod tests {
             a.reasons[0],
             "label carries no TLP marking; treated as TLP:AMBER"
         );
+    }
+
+    #[test]
+    fn a_forwarded_copy_keeps_or_raises_the_label() {
+        let l = |s: &str| -> Label { s.parse().unwrap() };
+        let original = l("NL:STG-CONFIDENTIEEL;CMP=CYBER;TLP=GREEN");
+        assert!(keeps_or_raises(&original, &original).allowed);
+        assert!(keeps_or_raises(&original, &l("NL:STG-GEHEIM;CMP=CYBER;TLP=GREEN")).allowed);
+        assert!(keeps_or_raises(&original, &l("NL:STG-CONFIDENTIEEL;CMP=CYBER;TLP=RED")).allowed);
+        // Unmarked counts as AMBER: more restrictive than GREEN.
+        assert!(keeps_or_raises(&original, &l("NL:STG-CONFIDENTIEEL;CMP=CYBER")).allowed);
+        let lower_level =
+            keeps_or_raises(&original, &l("NL:DEP-VERTROUWELIJK;CMP=CYBER;TLP=GREEN"));
+        assert!(!lower_level.allowed);
+        assert!(
+            lower_level.reasons[0].contains("lower than the original"),
+            "{lower_level}"
+        );
+        let dropped_compartment = keeps_or_raises(&original, &l("NL:STG-GEHEIM;TLP=GREEN"));
+        assert!(!dropped_compartment.allowed, "{dropped_compartment}");
+        let lighter = keeps_or_raises(&original, &l("NL:STG-CONFIDENTIEEL;CMP=CYBER;TLP=CLEAR"));
+        assert!(!lighter.allowed);
+        assert!(lighter.reasons[0].contains("less restrictive"), "{lighter}");
+        let unmarked = l("NL:STG-CONFIDENTIEEL");
+        assert!(!keeps_or_raises(&unmarked, &l("NL:STG-CONFIDENTIEEL;TLP=GREEN")).allowed);
+        assert!(keeps_or_raises(&unmarked, &l("NL:STG-CONFIDENTIEEL;TLP=AMBER")).allowed);
     }
 
     proptest! {

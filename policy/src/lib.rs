@@ -37,7 +37,7 @@ mod tlp;
 pub use codec::{ENCODING_VERSION, MAX_ENCODED_LEN};
 pub use decide::{Decision, decide, decide_opt, meet, within};
 pub use error::PolicyError;
-pub use forward::{Destination, ForwardTarget, may_forward};
+pub use forward::{Destination, ForwardTarget, keeps_or_raises, may_forward};
 pub use label::{Clearance, Label};
 pub use registry::Registry;
 pub use scheme::{Scheme, SchemeError, TagDef, TagKind, ValueSet};

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod keyfile;
 pub mod mls;
 pub mod mls_storage;
+pub mod notice_aad;
 pub mod revocation;
 pub mod validator;
 pub mod wire;

@@ -102,12 +102,15 @@ mod tests;
 pub use client::{ClientGroup, CommitOutput, GroupUpload, Received};
 pub use context::community_meta;
 pub use credential::{
-    CertSigner, CredentialValidator, credential_chain, leaf_key_matches, leaf_public_key,
-    x509_credential,
+    CertSigner, CredentialValidator, DeviceSigner, credential_chain, leaf_key_matches,
+    leaf_public_key, x509_credential,
 };
 pub use error::MlsError;
 pub use key_package::{KeyPackageInfo, key_package, verify_key_package};
-pub use meta::{CommunityMeta, DEFAULT_UPDATE_DAYS, KRING_EXTENSION_TYPE, MAX_UPDATE_DAYS};
+pub use meta::{
+    CommunityMeta, DAY_SECS, DEFAULT_UPDATE_DAYS, KRING_EXTENSION_TYPE, MAX_RETENTION_DAYS,
+    MAX_UPDATE_DAYS,
+};
 pub use padding::bucket as padding_bucket;
 pub use relay::{
     ApplicationInfo, GroupMember, Handshake, MessageHeader, MessageKind, RelayGroup,

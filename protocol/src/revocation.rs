@@ -164,49 +164,6 @@ impl RevocationStatement {
         now: i64,
     ) -> Result<Identity, RevocationError> {
         check_fields(&self.user, &self.reason)?;
-        if self.revoker_chain.is_empty()
-            || self.revoker_chain.len() > MAX_CHAIN_LEN
-            || self
-                .revoker_chain
-                .iter()
-                .any(|c| c.len() > MAX_CERT_DER_LEN)
-        {
-            return Err(RevocationError::Invalid(
-                "the revoker chain is empty or too large".into(),
-            ));
-        }
-        if self.signature.len() != 64 {
-            return Err(RevocationError::BadSignature);
-        }
-        if self.revoked_at > now + MAX_CLOCK_SKEW || self.revoked_at < 0 {
-            return Err(RevocationError::Invalid(format!(
-                "signed at {}, which is in the future",
-                self.revoked_at
-            )));
-        }
-        let revoker = identity::verify_chain_trusted(
-            &self.revoker_chain,
-            anchors,
-            self.revoked_at as u64,
-            IdentityKind::User,
-            trust,
-        )
-        .map_err(|e| RevocationError::Revoker(e.to_string()))?;
-        if !revoker.has_role(ROLE_ORG_ADMIN) {
-            return Err(RevocationError::NotOrgAdmin(revoker.id()));
-        }
-        if revoker.organisation != self.organisation {
-            return Err(RevocationError::OtherOrganisation {
-                user: self.user.clone(),
-                user_org: self.organisation.clone(),
-                revoker_org: revoker.organisation.clone(),
-            });
-        }
-        if revoker.id() == self.user {
-            return Err(RevocationError::Invalid(
-                "an org-admin cannot revoke themselves; ask another org-admin".into(),
-            ));
-        }
         let leaf = self
             .revoker_chain
             .first()
@@ -219,18 +176,19 @@ impl RevocationStatement {
             self.revoked_at,
             leaf,
         );
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &revoker.public_key)
-            .verify(&bytes, &self.signature)
-            .map_err(|_| RevocationError::BadSignature)?;
-        let home_org = trust.organisation_of(self.home_relay()).ok_or_else(|| {
-            RevocationError::Invalid(format!(
-                "{} is homed at relay {}, which is not a relay of this federation as configured here",
-                self.user,
-                self.home_relay()
-            ))
-        })?;
-        self.check_home(home_org)?;
-        Ok(revoker)
+        verify_signed(
+            &Signed {
+                user: &self.user,
+                organisation: &self.organisation,
+                at: self.revoked_at,
+                revoker_chain: &self.revoker_chain,
+                signature: &self.signature,
+                bytes: &bytes,
+            },
+            anchors,
+            trust,
+            now,
+        )
     }
 
     /// Checks that the revoked user's home relay belongs to the statement's
@@ -255,6 +213,203 @@ impl RevocationStatement {
             .split_once('@')
             .map(|(_, r)| r)
             .unwrap_or_default()
+    }
+}
+
+/// What a revocation statement and a wipe order have in common: signed by an
+/// org-admin of `organisation` about `user` at `at`, over `bytes`.
+struct Signed<'a> {
+    user: &'a str,
+    organisation: &'a str,
+    at: i64,
+    revoker_chain: &'a [Vec<u8>],
+    signature: &'a [u8],
+    bytes: &'a [u8],
+}
+
+/// The checks of [`RevocationStatement::verify`] and [`WipeOrder::verify`] after
+/// their own fields': the revoker's chain valid at `at` (and trusted for its home
+/// relay), `at` not in the future, the revoker an org-admin of `organisation`, not
+/// the user, the signature, and the user's home relay of `organisation`.
+fn verify_signed(
+    signed: &Signed<'_>,
+    anchors: &[Vec<u8>],
+    trust: &TrustMap,
+    now: i64,
+) -> Result<Identity, RevocationError> {
+    if signed.revoker_chain.is_empty()
+        || signed.revoker_chain.len() > MAX_CHAIN_LEN
+        || signed
+            .revoker_chain
+            .iter()
+            .any(|c| c.len() > MAX_CERT_DER_LEN)
+    {
+        return Err(RevocationError::Invalid(
+            "the revoker chain is empty or too large".into(),
+        ));
+    }
+    if signed.signature.len() != 64 {
+        return Err(RevocationError::BadSignature);
+    }
+    if signed.at > now + MAX_CLOCK_SKEW || signed.at < 0 {
+        return Err(RevocationError::Invalid(format!(
+            "signed at {}, which is in the future",
+            signed.at
+        )));
+    }
+    let revoker = identity::verify_chain_trusted(
+        signed.revoker_chain,
+        anchors,
+        signed.at as u64,
+        IdentityKind::User,
+        trust,
+    )
+    .map_err(|e| RevocationError::Revoker(e.to_string()))?;
+    if !revoker.has_role(ROLE_ORG_ADMIN) {
+        return Err(RevocationError::NotOrgAdmin(revoker.id()));
+    }
+    if revoker.organisation != signed.organisation {
+        return Err(RevocationError::OtherOrganisation {
+            user: signed.user.to_string(),
+            user_org: signed.organisation.to_string(),
+            revoker_org: revoker.organisation.clone(),
+        });
+    }
+    if revoker.id() == signed.user {
+        return Err(RevocationError::Invalid(
+            "an org-admin cannot revoke themselves; ask another org-admin".into(),
+        ));
+    }
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &revoker.public_key)
+        .verify(signed.bytes, signed.signature)
+        .map_err(|_| RevocationError::BadSignature)?;
+    let home = home_relay_of(signed.user);
+    let home_org = trust.organisation_of(home).ok_or_else(|| {
+        RevocationError::Invalid(format!(
+            "{} is homed at relay {home}, which is not a relay of this federation as configured here",
+            signed.user
+        ))
+    })?;
+    if home_org != signed.organisation {
+        return Err(RevocationError::OtherOrganisation {
+            user: signed.user.to_string(),
+            user_org: home_org.to_string(),
+            revoker_org: signed.organisation.to_string(),
+        });
+    }
+    Ok(revoker)
+}
+
+fn home_relay_of(user: &str) -> &str {
+    user.split_once('@').map(|(_, r)| r).unwrap_or_default()
+}
+
+/// Domain separator of the signed bytes of a wipe order.
+const WIPE_DOMAIN: &[u8] = b"kring-wipe-v1";
+
+/// A signed order by an org-admin, given with a revocation (`kring admin revoke
+/// --wipe`): besides its local archive and MLS state (which every revoked device
+/// deletes), the revoked user's device is to destroy its private key and the
+/// passphrase file its profile names. A separate statement, so that revocation
+/// statements keep their form: the user's home relay keeps it and hands it to the
+/// device with the refusal; the device checks the signature itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WipeOrder {
+    /// The user whose device is to be wiped, `NAME@RELAY`.
+    pub user: String,
+    /// The user's organisation (= the revoker's).
+    pub organisation: String,
+    /// When it was signed, unix seconds.
+    pub ordered_at: i64,
+    /// The org-admin's certificate chain, leaf first (DER).
+    pub revoker_chain: Vec<Vec<u8>>,
+    /// Ed25519 signature by the revoker's certificate key over
+    /// [`Self::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl WipeOrder {
+    /// The bytes the revoker signs.
+    pub fn signed_bytes(
+        user: &str,
+        organisation: &str,
+        ordered_at: i64,
+        revoker_leaf: &[u8],
+    ) -> Vec<u8> {
+        let body = postcard::to_stdvec(&(user, organisation, ordered_at, revoker_leaf))
+            .unwrap_or_default();
+        [WIPE_DOMAIN, &body].concat()
+    }
+
+    /// Builds and signs a wipe order with an org-admin's chain and signing function.
+    ///
+    /// # Errors
+    /// As [`RevocationStatement::sign`].
+    pub fn sign(
+        revoker_chain: Vec<Vec<u8>>,
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+        user: &str,
+        ordered_at: i64,
+    ) -> Result<Self, RevocationError> {
+        identity::parse_user_id(user).map_err(|e| RevocationError::Invalid(e.to_string()))?;
+        let leaf = revoker_chain
+            .first()
+            .ok_or_else(|| RevocationError::Invalid("empty revoker chain".into()))?;
+        let revoker =
+            Identity::from_der(leaf).map_err(|e| RevocationError::Revoker(e.to_string()))?;
+        if !revoker.has_role(ROLE_ORG_ADMIN) {
+            return Err(RevocationError::NotOrgAdmin(revoker.id()));
+        }
+        let organisation = revoker.organisation.clone();
+        let signature = sign(&Self::signed_bytes(user, &organisation, ordered_at, leaf));
+        Ok(Self {
+            user: user.to_string(),
+            organisation,
+            ordered_at,
+            revoker_chain,
+            signature,
+        })
+    }
+
+    /// Checks the order as [`RevocationStatement::verify`] checks a statement;
+    /// returns the revoker.
+    ///
+    /// # Errors
+    /// The [`RevocationError`] that says what is wrong.
+    pub fn verify(
+        &self,
+        anchors: &[Vec<u8>],
+        trust: &TrustMap,
+        now: i64,
+    ) -> Result<Identity, RevocationError> {
+        identity::parse_user_id(&self.user).map_err(|e| RevocationError::Invalid(e.to_string()))?;
+        let leaf = self
+            .revoker_chain
+            .first()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let bytes = Self::signed_bytes(&self.user, &self.organisation, self.ordered_at, leaf);
+        verify_signed(
+            &Signed {
+                user: &self.user,
+                organisation: &self.organisation,
+                at: self.ordered_at,
+                revoker_chain: &self.revoker_chain,
+                signature: &self.signature,
+                bytes: &bytes,
+            },
+            anchors,
+            trust,
+            now,
+        )
+    }
+
+    /// The revoker's id (`NAME@RELAY`), as its certificate names it, unverified.
+    pub fn revoker(&self) -> Option<String> {
+        self.revoker_chain
+            .first()
+            .and_then(|c| Identity::from_der(c).ok())
+            .map(|i| i.id())
     }
 }
 

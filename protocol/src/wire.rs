@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-use crate::revocation::RevocationStatement;
+use crate::revocation::{RevocationStatement, WipeOrder};
 
 /// ALPN protocol id for client ↔ relay connections.
 pub const ALPN_CLIENT: &[u8] = b"kring/1";
@@ -55,6 +55,8 @@ pub mod limits {
     pub const MAX_NOTICES_PER_FILING: usize = 256;
     /// Most revocation statements in one [`TrustState`](super::TrustState).
     pub const MAX_STATEMENTS: usize = 4096;
+    /// Most organisations a relay's organisation declares as its clients.
+    pub const MAX_CLIENTS: usize = 256;
 }
 
 /// Errors of this module: framing and message decoding.
@@ -242,6 +244,20 @@ pub enum Request {
         /// At most [`limits::MAX_LIST`] communities.
         cursors: Vec<LogMark>,
     },
+    /// [`Request::Revoke`] with an order to wipe the revoked user's device (its
+    /// private key and passphrase file besides its archive and MLS state): the
+    /// user's home relay (which must be the caller's) keeps the order and hands it
+    /// to the device with its refusal ([`Response::WipeOrdered`]).
+    RevokeAndWipe {
+        /// The signed statement.
+        statement: RevocationStatement,
+        /// The signed wipe order, for the same user and by the same org-admin.
+        wipe: WipeOrder,
+    },
+    /// The organisations the home relay's organisation declares as its clients
+    /// (`clients` in `relay.toml`): where the device may forward TLP:AMBER notices
+    /// besides its own organisation. Answered with [`Response::DeclaredClients`].
+    DeclaredClients,
 }
 
 /// A position in a community log: the community and a sequence number.
@@ -348,6 +364,18 @@ pub enum Response {
     Cursors {
         /// At most [`limits::MAX_LIST`] communities.
         rewind: Vec<LogMark>,
+    },
+    /// The caller's identity is revoked and an org-admin ordered its device wiped
+    /// (`kring admin revoke --wipe`): the refusal, in place of
+    /// `Error(ErrorCode::Revoked)`, with the signed order for the device to check.
+    WipeOrdered(WipeOrder),
+    /// Answer to [`Request::DeclaredClients`].
+    DeclaredClients {
+        /// The relay's organisation.
+        organisation: String,
+        /// The organisations it declares as its clients (at most
+        /// [`limits::MAX_CLIENTS`]).
+        clients: Vec<String>,
     },
 }
 
@@ -840,6 +868,24 @@ pub enum FedBody {
         #[serde(with = "serde_bytes")]
         ratchet_tree: Bytes,
     },
+    /// Hub → member relays: the community's retention period (from its group
+    /// context, which member relays do not hold), so that they drop their copies of
+    /// its log entries as the hub does. Sent with every commit entry.
+    Retention {
+        /// Community id.
+        community: String,
+        /// Seconds an entry is kept (once every member device acknowledged it).
+        seconds: u64,
+    },
+    /// A forwarder's home relay → the hub: the organisations the sending relay's
+    /// organisation declares as its clients, sent just before each forwarded notice
+    /// ([`FedBody::Notice`] whose authenticated data is a forward,
+    /// [`crate::notice_aad`]). The hub applies the TLP:AMBER rule to the forward with
+    /// the declaration last received from the forwarder's home relay.
+    DeclaredClients {
+        /// At most [`limits::MAX_CLIENTS`] organisations.
+        clients: Vec<String>,
+    },
 }
 
 /// Longest hop of a [`FedBody::Refusal`] (`FROM->TO`, two relay ids).
@@ -881,6 +927,33 @@ fn check_statement(s: &RevocationStatement) -> Result<(), WireError> {
         });
     }
     if s.revoker_chain.len() > 4 || s.signature.len() > 128 {
+        return Err(WireError::Invalid {
+            field: "revoker_chain",
+            reason: "too many certificates or signature too long".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a list of declared client organisations.
+pub fn check_clients(clients: &[String]) -> Result<(), WireError> {
+    if clients.len() > limits::MAX_CLIENTS {
+        return Err(WireError::Invalid {
+            field: "clients",
+            reason: format!(
+                "{} organisations; at most {}",
+                clients.len(),
+                limits::MAX_CLIENTS
+            ),
+        });
+    }
+    clients.iter().try_for_each(|c| check_name("clients", c))
+}
+
+fn check_wipe(w: &WipeOrder) -> Result<(), WireError> {
+    check_qualified_id("user", &w.user)?;
+    check_name("organisation", &w.organisation)?;
+    if w.revoker_chain.len() > 4 || w.signature.len() > 128 {
         return Err(WireError::Invalid {
             field: "revoker_chain",
             reason: "too many certificates or signature too long".into(),
@@ -988,9 +1061,14 @@ impl Validate for Request {
             | Request::NoticeStatus { .. }
             | Request::AuditLog { .. }
             | Request::Trust
+            | Request::DeclaredClients
             | Request::AuditHead
             | Request::Ping => Ok(()),
             Request::Revoke { statement } => check_statement(statement),
+            Request::RevokeAndWipe { statement, wipe } => {
+                check_statement(statement)?;
+                check_wipe(wipe)
+            }
             Request::TrustStatements { after } => match after {
                 Some(user) => check_qualified_id("after", user),
                 None => Ok(()),
@@ -1061,6 +1139,14 @@ impl Validate for Response {
                 reason: e.to_string(),
             }),
             Response::Cursors { rewind } => check_marks("rewind", rewind),
+            Response::WipeOrdered(wipe) => check_wipe(wipe),
+            Response::DeclaredClients {
+                organisation,
+                clients,
+            } => {
+                check_name("organisation", organisation)?;
+                check_clients(clients)
+            }
             _ => Ok(()),
         }
     }
@@ -1113,6 +1199,10 @@ impl Validate for FedRequest {
                         FedBody::Refusal { hop, reason, .. } => check_refusal(hop, reason)?,
                         FedBody::Crl { .. } => {}
                         FedBody::Revocation { statement } => check_statement(statement)?,
+                        FedBody::Retention { community, .. } => {
+                            check_qualified_id("community", community)?
+                        }
+                        FedBody::DeclaredClients { clients } => check_clients(clients)?,
                     }
                 }
                 Ok(())
@@ -1503,6 +1593,40 @@ mod tests {
             ratchet_tree: Vec::new(),
         };
         assert_eq!(item(welcomes), 7);
+        let retention = FedBody::Retention {
+            community: "x@bz".into(),
+            seconds: 86_400,
+        };
+        assert_eq!(item(retention), 8);
+        let wipe = WipeOrder {
+            user: "a@bz".into(),
+            organisation: "bz".into(),
+            ordered_at: 0,
+            revoker_chain: Vec::new(),
+            signature: Vec::new(),
+        };
+        assert_eq!(tag(answer(&Response::WipeOrdered(wipe.clone()))), 17);
+        let statement = RevocationStatement {
+            user: "a@bz".into(),
+            organisation: "bz".into(),
+            reason: "r".into(),
+            revoked_at: 0,
+            revoker_chain: Vec::new(),
+            signature: Vec::new(),
+        };
+        assert_eq!(tag(frame(&Request::RevokeAndWipe { statement, wipe })), 19);
+        assert_eq!(tag(frame(&Request::DeclaredClients)), 20);
+        let declared = Response::DeclaredClients {
+            organisation: "bz".into(),
+            clients: vec!["post-a".into()],
+        };
+        assert_eq!(tag(answer(&declared)), 18);
+        assert_eq!(
+            item(FedBody::DeclaredClients {
+                clients: vec!["post-a".into()]
+            }),
+            9
+        );
         let code = |c: &ErrorCode| postcard::to_allocvec(c).unwrap()[0];
         assert_eq!(code(&ErrorCode::Internal), 12);
         let unknown = ErrorCode::OutcomeUnknown {

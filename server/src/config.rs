@@ -22,6 +22,7 @@
 //! | `frame_timeout_ms` | deadline for a request frame to arrive whole from when its stream opens (default 30 000); a slower stream is refused (`BadRequest`, audited) |
 //! | `key_packages_per_user` | cap on stored key packages per user (default 100) |
 //! | `crls` | CRL files (DER or PEM) of organisation CAs, re-read when they change |
+//! | `clients` | organisations this relay's organisation declares as its clients (organisation ids, e.g. `["post-a"]`): TLP:AMBER notices may be forwarded by its users into communities whose members all belong to the organisation or to these; reloadable |
 //! | `[[peers]]` `id`, `address` | federation peers (used by federation) |
 //! | `[[peers]]` `organisation` | required: the peer's organisation; only certificates with this O speak for the peer and its users |
 //! | `[[peers]]` `ca_fingerprint` | optional: SHA-256 of the peer organisation's CA certificate (hex, `:` allowed); only that CA may issue them |
@@ -80,6 +81,9 @@ pub struct RelayToml {
     /// CRL files of organisation CAs.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// Organisations this relay's organisation declares as its clients.
+    #[serde(default)]
+    pub clients: Vec<String>,
     /// Federation peers.
     #[serde(default)]
     pub peers: Vec<PeerToml>,
@@ -137,6 +141,9 @@ pub struct RelayConfig {
     pub peers: Vec<PeerToml>,
     /// CRL files (resolved paths); they may not exist yet.
     pub crls: Vec<PathBuf>,
+    /// Organisations this relay's organisation declares as its clients (for the
+    /// TLP:AMBER forwarding rule), sorted, without duplicates.
+    pub clients: Vec<String>,
     /// Who may speak for which relay: this relay (its organisation, pinned to its
     /// own CA) and every peer (its configured organisation and optional CA pin).
     pub trust: TrustMap,
@@ -441,6 +448,8 @@ impl RelayConfig {
             frame_timeout_ms: raw.frame_timeout_ms.unwrap_or(d.frame_timeout_ms),
         };
         check_limits(&limits).map_err(|e| bad(path, e))?;
+        let clients =
+            check_clients(&raw.clients, &identity.organisation).map_err(|e| bad(path, e))?;
         Ok(Self {
             identity,
             accreditation,
@@ -453,10 +462,40 @@ impl RelayConfig {
             limits,
             peers: raw.peers,
             crls: raw.crls.iter().map(|p| resolve(p)).collect(),
+            clients,
             trust,
             metrics_listen: raw.metrics.map(|m| m.listen),
         })
     }
+}
+
+/// Checks `clients`: organisation ids, at most
+/// [`MAX_CLIENTS`](kring_protocol::wire::limits::MAX_CLIENTS), none twice and not the
+/// relay's own organisation. Returns them sorted.
+pub fn check_clients(clients: &[String], own: &str) -> Result<Vec<String>, String> {
+    let max = kring_protocol::wire::limits::MAX_CLIENTS;
+    if clients.len() > max {
+        return Err(format!(
+            "clients: {} organisations; at most {max}",
+            clients.len()
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(clients.len());
+    for c in clients {
+        kring_protocol::identity::validate_organisation(c)
+            .map_err(|e| format!("clients: {c:?}: {e}"))?;
+        if c == own {
+            return Err(format!(
+                "clients: {c} is this relay's own organisation; list only other organisations"
+            ));
+        }
+        if out.contains(c) {
+            return Err(format!("clients: {c} is listed twice"));
+        }
+        out.push(c.clone());
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Checks the ranges of the configured limits and how they fit together.
@@ -541,6 +580,27 @@ mod tests {
             assert!(t.ca.is_some(), "{id} is not pinned");
         }
         assert_eq!(config.trust.len(), 4);
+    }
+
+    #[test]
+    fn declared_clients_are_validated() {
+        let (_dir, path, text) = demo();
+        assert!(RelayConfig::load(&path).unwrap().clients.is_empty());
+        let with = |clients: &str| {
+            std::fs::write(&path, format!("clients = {clients}\n{text}")).unwrap();
+            RelayConfig::load(&path)
+        };
+        let config = with(r#"["post-a", "aivd"]"#).unwrap();
+        assert_eq!(config.clients, ["aivd", "post-a"]);
+        for (bad, says) in [
+            (r#"["bz"]"#, "own organisation"),
+            (r#"["post-a", "post-a"]"#, "listed twice"),
+            (r#"["not an org"]"#, "clients"),
+            (r#""post-a""#, "clients"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

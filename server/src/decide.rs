@@ -1,6 +1,8 @@
 //! The relay's decisions, as plain functions of their inputs (no store, no clock, no
 //! sockets), so every branch is unit-tested.
 
+use std::collections::BTreeSet;
+
 use kring_policy::{Clearance, Decision, Label, decide, within};
 use kring_protocol::wire::ErrorCode;
 
@@ -217,6 +219,25 @@ pub fn deliver(label: &Label, member: Option<&Clearance>) -> Decision {
     kring_policy::decide_opt(Some(label), member)
 }
 
+/// A forwarded notice at the hub of the target community `community`
+/// ([`kring_protocol::notice_aad`]): its label must be the original's or higher, and
+/// the original's TLP colour must allow organisation `forwarder_org` (with the
+/// `clients` it declares) to forward it into a community whose members belong to
+/// `member_orgs` (every member's home relay's organisation, as this relay's trust
+/// map has it). The refusal names the rule.
+pub fn forward(
+    label: &Label,
+    original: &Label,
+    community: &str,
+    forwarder_org: Option<&str>,
+    member_orgs: &BTreeSet<String>,
+    clients: &BTreeSet<String>,
+) -> Result<(), ErrorCode> {
+    let org = forwarder_org.unwrap_or_default();
+    kring_protocol::notice_aad::check_forward(original, label, community, org, member_orgs, clients)
+        .map_err(|refusal| deny(refusal.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,6 +429,83 @@ mod tests {
         );
         assert!(e.contains("relay accreditation"), "{e}");
         assert!(file_notice(&ok, &max, None, &relay, 3, 3).is_err());
+    }
+
+    #[test]
+    fn forwards_follow_the_originals_tlp_at_the_hub() {
+        let orgs = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let hub = |original: &str, label: &str, members: &[&str], clients: &[&str]| {
+            forward(
+                &l(label),
+                &l(original),
+                "c@bz",
+                Some("bz"),
+                &orgs(members),
+                &orgs(clients),
+            )
+        };
+        let mixed = ["bz", "nctv", "post-a"];
+        // GREEN and CLEAR anywhere.
+        assert_eq!(hub("TLP:GREEN", "TLP:GREEN", &mixed, &[]), Ok(()));
+        assert_eq!(hub("TLP:CLEAR", "TLP:CLEAR", &["aivd"], &[]), Ok(()));
+        // RED never, even into the forwarder's own organisation.
+        let red = reason(hub("TLP:RED", "TLP:RED", &["bz"], &[]).unwrap_err());
+        assert!(red.contains("forward refused by the TLP rule"), "{red}");
+        assert!(red.contains("TLP:RED may not be forwarded"), "{red}");
+        // AMBER+STRICT only among the forwarder's organisation, clients or not.
+        assert_eq!(
+            hub("TLP:AMBER+STRICT", "TLP:AMBER+STRICT", &["bz"], &[]),
+            Ok(())
+        );
+        let strict = hub(
+            "TLP:AMBER+STRICT",
+            "TLP:AMBER+STRICT",
+            &["bz", "post-a"],
+            &["post-a"],
+        );
+        let strict = reason(strict.unwrap_err());
+        assert!(strict.contains("TLP rule"), "{strict}");
+        assert!(strict.contains("members from post-a"), "{strict}");
+        // AMBER among the organisation and its declared clients.
+        assert_eq!(
+            hub("TLP:AMBER", "TLP:AMBER", &["bz", "post-a"], &["post-a"]),
+            Ok(())
+        );
+        let amber = reason(hub("TLP:AMBER", "TLP:AMBER", &["bz", "post-a"], &[]).unwrap_err());
+        assert!(amber.contains("none declared"), "{amber}");
+        let amber = reason(hub("TLP:AMBER", "TLP:AMBER", &mixed, &["post-a"]).unwrap_err());
+        assert!(amber.contains("members from nctv"), "{amber}");
+        // An unmarked original counts as AMBER.
+        let unmarked = hub("NL:STG-CONFIDENTIEEL", "NL:STG-CONFIDENTIEEL", &mixed, &[]);
+        assert!(reason(unmarked.unwrap_err()).contains("treated as TLP:AMBER"));
+        // The forward's label is the original's or higher, never lower.
+        assert_eq!(
+            hub("TLP:GREEN", "NL:STG-GEHEIM;TLP=AMBER", &mixed, &[]),
+            Ok(())
+        );
+        let lower = hub(
+            "NL:STG-GEHEIM;TLP=GREEN",
+            "NL:STG-CONFIDENTIEEL;TLP=GREEN",
+            &mixed,
+            &[],
+        );
+        let lower = reason(lower.unwrap_err());
+        assert!(lower.contains("never-lower label rule"), "{lower}");
+        let lighter = reason(hub("TLP:AMBER", "TLP:GREEN", &["bz"], &[]).unwrap_err());
+        assert!(lighter.contains("less restrictive"), "{lighter}");
+        // A forwarder whose organisation this hub does not know: only anywhere-colours.
+        let unknown = |original: &str| {
+            forward(
+                &l(original),
+                &l(original),
+                "c@bz",
+                None,
+                &orgs(&["bz"]),
+                &orgs(&[]),
+            )
+        };
+        assert_eq!(unknown("TLP:GREEN"), Ok(()));
+        assert!(reason(unknown("TLP:AMBER+STRICT").unwrap_err()).contains("unknown"));
     }
 
     #[test]

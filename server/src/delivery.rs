@@ -19,7 +19,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kring_policy::Label;
 use kring_protocol::wire::{self, EntryKind, ErrorCode, LogEntry, Push};
 use tracing::{debug, info};
 
@@ -202,7 +201,7 @@ async fn round(
                 notice_id, label, ..
             } = &entry.kind
             {
-                let allowed = match Label::from_bytes(label) {
+                let allowed = match kring_protocol::notice_aad::label_of(label) {
                     Ok(label) => {
                         let d = decide::deliver(&label, caller.identity.clearance.as_ref());
                         if d.allowed {

@@ -1468,7 +1468,7 @@ fn refused_at_send(
         ),
         _ => return None,
     };
-    let reason = match Label::from_bytes(&label) {
+    let reason = match kring_protocol::notice_aad::label_of(&label) {
         Ok(label) => {
             let d = kring_policy::decide_opt(Some(&label), accreditation);
             if d.allowed {
@@ -1801,6 +1801,17 @@ fn apply_item(
         FedBody::Revocation { statement } => {
             crate::revocation::apply_statement(relay, w, b, peer, &statement)
         }
+        FedBody::DeclaredClients { clients } => {
+            // What the peer's organisation declares: kept for the forwards that follow.
+            b.put_obj(declared_clients_key(peer), &clients)?;
+            Ok(())
+        }
+        FedBody::Retention { community, seconds } => {
+            match crate::retention::apply_from_hub(relay, w, b, peer, &community, seconds) {
+                Ok(()) => Ok(()),
+                Err(reason) => refuse(relay, w, b, peer, &community, reason),
+            }
+        }
         FedBody::Crl { crl, issuer } => {
             crate::revocation::accept_crl(relay, w, b, &crl, &issuer, Some(peer)).map(|_| ())
         }
@@ -1831,6 +1842,12 @@ fn apply_item(
             relay.record_refusal_for(w, b, &notice_id, &rec.community, &rec.sender, &hop, &reason)
         }
     }
+}
+
+/// `D/PEER` → the organisations `peer`'s organisation declared as its clients, as it
+/// said last ([`FedBody::DeclaredClients`]).
+pub fn declared_clients_key(peer: &str) -> Vec<u8> {
+    [b"D/", peer.as_bytes()].concat()
 }
 
 /// Whether `peer` may report that `hop` refused the notice of `rec`: only the relay
@@ -2013,7 +2030,7 @@ fn apply_entry(
                 Some(MessageKind::Application { aad }) => aad,
                 _ => &[],
             };
-            let verdict = Label::from_bytes(label)
+            let verdict = kring_protocol::notice_aad::label_of(label)
                 .map_err(|e| format!("unreadable label: {e}"))
                 .and_then(|label| {
                     let own = decide(&label, &relay.accreditation());

@@ -111,6 +111,8 @@ pub struct GroupView {
     pub max_label: Vec<u8>,
     /// Hub relay id named by the metadata.
     pub hub: String,
+    /// The community's retention period in seconds, if it has one.
+    pub retention_secs: Option<u64>,
     /// Ratchet tree (TLS-encoded), for Welcomes; empty after a merged commit that
     /// added nobody (exporting a 1,000-member tree is not free and nobody needs it).
     pub ratchet_tree: Vec<u8>,
@@ -127,6 +129,7 @@ fn view(
         members: members.iter().map(|m| m.id.clone()).collect(),
         admins: meta.admins.clone(),
         hub: meta.hub().to_string(),
+        retention_secs: meta.retention_secs(),
         max_label: meta.max_label.clone(),
         ratchet_tree: if with_tree {
             group.export_ratchet_tree()?

@@ -37,6 +37,7 @@ pub mod records;
 pub mod recovery;
 pub mod relay;
 pub mod reload;
+pub mod retention;
 pub mod revocation;
 pub mod store;
 pub mod tls;
@@ -165,6 +166,7 @@ pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
         ),
     }
     tokio::spawn(revocation::enforce_loop(relay.clone()));
+    tokio::spawn(retention::run(relay.clone()));
     tokio::spawn({
         let relay = relay.clone();
         async move {

@@ -508,7 +508,20 @@ async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
                 "connect",
                 code.to_string(),
             ));
-            refuse_connection(&relay, &conn, code).await;
+            // A revoked user's device whose wipe an org-admin ordered gets the
+            // order in place of the refusal (the chain verified; only its
+            // revocation failed).
+            let wipe = match (&code, expected) {
+                (ErrorCode::Revoked, IdentityKind::User) => chain
+                    .first()
+                    .and_then(|leaf| Identity::from_der(leaf).ok())
+                    .and_then(|id| crate::revocation::wipe_answer(&relay, &id.id())),
+                _ => None,
+            };
+            match wipe {
+                Some(answer) => refuse_connection_with(&relay, &conn, answer, &code).await,
+                None => refuse_connection(&relay, &conn, code).await,
+            }
             return;
         }
     };
@@ -542,11 +555,22 @@ async fn handle_incoming(relay: Arc<Relay>, incoming: quinn::Incoming) {
 /// Tells the peer of a refused connection why (on the first stream it opens, within
 /// 2 s), then closes the connection.
 async fn refuse_connection(relay: &Relay, conn: &quinn::Connection, code: ErrorCode) {
+    let answer = Response::Error(code.clone());
+    refuse_connection_with(relay, conn, answer, &code).await;
+}
+
+/// [`refuse_connection`] with another answer than `Error(code)`.
+async fn refuse_connection_with(
+    relay: &Relay,
+    conn: &quinn::Connection,
+    answer: Response,
+    code: &ErrorCode,
+) {
     let why = code.to_string();
     if let Ok(Ok((mut send, _recv))) =
         tokio::time::timeout(Duration::from_secs(2), conn.accept_bi()).await
     {
-        let _ = write_frame(&mut send, &Response::Error(code), relay.limits().max_frame).await;
+        let _ = write_frame(&mut send, &answer, relay.limits().max_frame).await;
         let _ = send.finish();
         // Let the peer read the refusal (and close) before the connection goes.
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
@@ -730,10 +754,12 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::AuditLog { .. } => "audit-log",
         Request::Ping => "ping",
         Request::Revoke { .. } => "revoke",
+        Request::RevokeAndWipe { .. } => "revoke-wipe",
         Request::Trust => "trust",
         Request::AuditHead => "audit-head",
         Request::TrustStatements { .. } => "trust-statements",
         Request::Cursors { .. } => "cursors",
+        Request::DeclaredClients => "declared-clients",
     }
 }
 

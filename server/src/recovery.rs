@@ -582,7 +582,7 @@ pub fn fetch_log(
         }
         if hubbed_here && let EntryKind::Notice { label, .. } = &entry.kind {
             // As the fan-out would: nothing above the peer's accreditation.
-            let allowed = kring_policy::Label::from_bytes(label).is_ok_and(|l| {
+            let allowed = kring_protocol::notice_aad::label_of(label).is_ok_and(|l| {
                 kring_policy::decide_opt(Some(&l), relay.relay_accreditation(peer).as_ref()).allowed
             });
             if !allowed {

@@ -12,6 +12,7 @@ use std::time::Instant;
 use kring_policy::{Clearance, Label};
 use kring_protocol::close::CloseCode;
 use kring_protocol::identity::{Identity, IdentityKind};
+use kring_protocol::notice_aad::NoticeAad;
 use kring_protocol::revocation::Revocations;
 use kring_protocol::wire::{
     CommunitySummary, EntryKind, ErrorCode, FedBody, LogEntry, NoticeStatus, NoticeUpload, Request,
@@ -151,6 +152,8 @@ pub struct Relay {
     tls_identity: Arc<crate::tls::CertResolver>,
     /// CRL files the enforcement task re-reads as they change.
     crl_files: RwLock<Vec<std::path::PathBuf>>,
+    /// Organisations this relay's organisation declares as its clients (`clients`).
+    clients: RwLock<Vec<String>>,
     engine: Arc<dyn Engine>,
     durability: Durability,
     writer: Mutex<Writer>,
@@ -266,6 +269,7 @@ impl Relay {
             own: RwLock::new(Arc::new(OwnIdentity::from_config(config))),
             tls_identity: crate::tls::CertResolver::new(config)?,
             crl_files: RwLock::new(config.crls.clone()),
+            clients: RwLock::new(config.clients.clone()),
             engine: engine.clone(),
             durability,
             writer: Mutex::new(Writer {
@@ -396,6 +400,20 @@ impl Relay {
             .trust
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(trust);
+    }
+    /// The organisations this relay's organisation declares as its clients.
+    pub fn clients(&self) -> Vec<String> {
+        self.clients
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+    /// Replaces the declared clients (a reload).
+    pub fn set_clients(&self, clients: Vec<String>) {
+        *self
+            .clients
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = clients;
     }
     /// The CRL files to re-read as they change.
     pub fn crl_files(&self) -> Vec<std::path::PathBuf> {
@@ -884,6 +902,12 @@ impl Relay {
             .check_chain(&caller.identity, &caller.chain)
             .is_err()
         {
+            // An org-admin may have ordered the device wiped: the order goes in
+            // place of the refusal.
+            if let Some(answer) = crate::revocation::wipe_answer(self, &caller.id) {
+                self.metrics.refused(action, &ErrorCode::Revoked);
+                return answer;
+            }
             Err(RelayError::Refused(ErrorCode::Revoked))
         } else {
             self.dispatch(caller, request).await
@@ -908,6 +932,10 @@ impl Relay {
     async fn dispatch(&self, caller: &Caller, request: Request) -> Result<Response, RelayError> {
         match request {
             Request::Ping => Ok(Response::Pong),
+            Request::DeclaredClients => Ok(Response::DeclaredClients {
+                organisation: self.organisation.clone(),
+                clients: self.clients(),
+            }),
             Request::Trust => crate::revocation::trust_state(self).map(Response::Trust),
             Request::TrustStatements { after } => {
                 crate::revocation::trust_statements(self, after.as_deref())
@@ -966,7 +994,10 @@ impl Relay {
             } => self.audit_log(caller, from, limit, verify),
             Request::AuditHead => self.audit_head(caller).await,
             Request::Revoke { statement } => {
-                crate::revocation::revoke(self, caller, statement).await
+                crate::revocation::revoke(self, caller, statement, None).await
+            }
+            Request::RevokeAndWipe { statement, wipe } => {
+                crate::revocation::revoke(self, caller, statement, Some(wipe)).await
             }
             Request::Cursors { cursors } => crate::recovery::cursors(self, caller, cursors).await,
             Request::Subscribe => Err(ErrorCode::BadRequest {
@@ -1246,6 +1277,9 @@ impl Relay {
             };
             b.extend(overlay.into_batch());
             put_community(b, &rec)?;
+            if let Some(secs) = view.retention_secs {
+                crate::retention::put_retention(b, community, secs);
+            }
             b.put_obj(
                 keys::member(&caller.id, community),
                 &MemberRecord {
@@ -1261,7 +1295,13 @@ impl Relay {
                     &caller.id,
                     community,
                     "create-community",
-                    format!("maximum label {max_label}"),
+                    match view.retention_secs {
+                        Some(secs) => format!(
+                            "maximum label {max_label}, notices kept {}",
+                            crate::retention::describe(secs)
+                        ),
+                        None => format!("maximum label {max_label}"),
+                    },
                 ),
             )?;
             Ok(0)
@@ -1597,7 +1637,7 @@ impl Relay {
                 notice_id, label, ..
             } = &entry.kind
             {
-                let label = Label::from_bytes(label).map_err(internal)?;
+                let label = kring_protocol::notice_aad::label_of(label).map_err(internal)?;
                 let d = match self.relay_accreditation(peer) {
                     Some(accr) => kring_policy::decide(&label, &accr),
                     None => kring_policy::decide_opt(Some(&label), None),
@@ -1625,6 +1665,18 @@ impl Relay {
                 crate::federation::enqueue(self, w, b, peer, body)?;
             } else {
                 crate::federation::enqueue_log_entry(self, w, b, peer, rec, entry)?;
+            }
+            // Member relays hold no group context: the hub tells them the
+            // retention period with every commit (after it, so they hold the
+            // community by then).
+            if matches!(entry.kind, EntryKind::Handshake { .. })
+                && let Some(seconds) = crate::retention::retention_of(self, b, &rec.id)?
+            {
+                let body = FedBody::Retention {
+                    community: rec.id.clone(),
+                    seconds,
+                };
+                crate::federation::enqueue(self, w, b, peer, body)?;
             }
         }
         Ok(())
@@ -1797,13 +1849,14 @@ impl Relay {
                 .into())
             };
         }
-        let label = check_notice_label(
+        let aad = check_notice_label(
             app,
             community,
             rec,
             caller.identity.clearance.as_ref(),
             &self.accreditation(),
         )?;
+        let label = aad.label;
         let hub_accr = self.relay_accreditation(&rec.hub);
         let d = kring_policy::decide_opt(Some(&label), hub_accr.as_ref());
         if !d.allowed {
@@ -1821,6 +1874,19 @@ impl Relay {
                 refusals: Vec::new(),
             },
         )?;
+        if aad.original.is_some() {
+            // The hub applies the TLP:AMBER rule to a forward with what this relay
+            // says its organisation's clients are: said just before the notice.
+            crate::federation::enqueue(
+                self,
+                w,
+                b,
+                &rec.hub,
+                FedBody::DeclaredClients {
+                    clients: self.clients(),
+                },
+            )?;
+        }
         crate::federation::enqueue(
             self,
             w,
@@ -1886,16 +1952,14 @@ impl Relay {
                 .into()),
             };
         }
-        match origin {
-            None => {
-                check_notice_label(
-                    &app,
-                    community,
-                    rec,
-                    sender_clearance,
-                    &self.accreditation(),
-                )?;
-            }
+        let aad = match origin {
+            None => check_notice_label(
+                &app,
+                community,
+                rec,
+                sender_clearance,
+                &self.accreditation(),
+            )?,
             Some(peer) => {
                 let peer_accr = self.relay_accreditation(peer);
                 check_notice_label(
@@ -1904,8 +1968,11 @@ impl Relay {
                     rec,
                     peer_accr.as_ref(),
                     &self.accreditation(),
-                )?;
+                )?
             }
+        };
+        if let Some(original) = &aad.original {
+            self.check_forward(b, &*rec, sender, origin, &aad.label, original)?;
         }
         self.recovery.may_order(
             self.engine(),
@@ -1943,6 +2010,55 @@ impl Relay {
         self.fan_out(w, b, rec, &entry, &[])?;
         w.counts.notices_ordered += 1;
         Ok(seq)
+    }
+
+    /// The hub's check of a forwarded notice (`decide::forward`): the members'
+    /// organisations as this relay's trust map has their home relays', the
+    /// forwarder's organisation likewise, and the clients its organisation declares:
+    /// this relay's own `clients` for a forwarder homed here, otherwise what the
+    /// forwarder's home relay declared last (`FedBody::DeclaredClients`, sent just
+    /// before the forward; nothing declared is no clients).
+    fn check_forward(
+        &self,
+        b: &Batch,
+        rec: &CommunityRecord,
+        sender: &str,
+        origin: Option<&str>,
+        label: &Label,
+        original: &Label,
+    ) -> Result<(), RelayError> {
+        let trust = self.trust();
+        let org_of = |relay: &str| trust.organisation_of(relay).map(str::to_owned);
+        let forwarder_org = org_of(home_relay(sender));
+        let member_orgs: std::collections::BTreeSet<String> = rec
+            .members
+            .iter()
+            .map(|m| {
+                let relay = home_relay(m);
+                org_of(relay)
+                    .unwrap_or_else(|| format!("(the unknown organisation of relay {relay})"))
+            })
+            .collect();
+        let clients: std::collections::BTreeSet<String> = match origin {
+            None => self.clients().into_iter().collect(),
+            Some(peer) => b
+                .get_obj::<Vec<String>>(
+                    self.engine(),
+                    &crate::federation::declared_clients_key(peer),
+                )?
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        };
+        decide::forward(
+            label,
+            original,
+            &rec.id,
+            forwarder_org.as_deref(),
+            &member_orgs,
+            &clients,
+        )?;
+        Ok(())
     }
 
     async fn ack(
@@ -2274,7 +2390,8 @@ pub fn home_relay(user: &str) -> &str {
     user.rsplit_once('@').map(|(_, r)| r).unwrap_or_default()
 }
 
-/// The label of an application message, checked against the community (right group,
+/// The label of an application message (and, for a forward, the original's:
+/// [`kring_protocol::notice_aad`]), checked against the community (right group,
 /// within the maximum, epoch window), a clearance and this relay's accreditation.
 fn check_notice_label(
     app: &groups::AppInfo,
@@ -2282,17 +2399,24 @@ fn check_notice_label(
     rec: &CommunityRecord,
     clearance: Option<&Clearance>,
     accreditation: &Clearance,
-) -> Result<Label, RelayError> {
+) -> Result<NoticeAad, RelayError> {
     if app.group_id != community.as_bytes() {
         return Err(ErrorCode::BadRequest {
             reason: "the message belongs to another group".into(),
         }
         .into());
     }
-    let label = Label::from_bytes(&app.aad).map_err(|e| ErrorCode::BadRequest {
+    let aad = NoticeAad::from_bytes(&app.aad).map_err(|e| ErrorCode::BadRequest {
         reason: format!("the notice carries no valid label: {e}"),
     })?;
     let max = Label::from_bytes(&rec.max_label).map_err(internal)?;
-    decide::file_notice(&label, &max, clearance, accreditation, app.epoch, rec.epoch)?;
-    Ok(label)
+    decide::file_notice(
+        &aad.label,
+        &max,
+        clearance,
+        accreditation,
+        app.epoch,
+        rec.epoch,
+    )?;
+    Ok(aad)
 }

@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub accreditation: String,
     /// CRL files.
     pub crls: Vec<PathBuf>,
+    /// Declared clients.
+    pub clients: Vec<String>,
     /// Peers.
     pub peers: Vec<PeerSnapshot>,
 }
@@ -88,6 +90,7 @@ impl Snapshot {
             cert_chain: config.cert_chain.iter().map(|c| c.to_vec()).collect(),
             accreditation: config.accreditation.to_string(),
             crls: config.crls.clone(),
+            clients: config.clients.clone(),
             peers: config.peers.iter().map(PeerSnapshot::of).collect(),
         }
     }
@@ -102,6 +105,8 @@ pub struct Plan {
     pub accreditation: bool,
     /// Another list of CRL files.
     pub crls: bool,
+    /// Other declared clients.
+    pub clients: bool,
     /// Peers to add and dial.
     pub peers_added: Vec<String>,
     /// Peers to cut off and refuse.
@@ -133,6 +138,9 @@ impl Plan {
         }
         if self.crls {
             parts.push("new CRL files".to_string());
+        }
+        if self.clients {
+            parts.push("new declared clients".to_string());
         }
         let list = |what: &str, ids: &[String]| format!("{what} {}", ids.join(", "));
         if !self.peers_added.is_empty() {
@@ -195,6 +203,7 @@ pub fn plan(old: &Snapshot, new: &Snapshot) -> Result<Plan, String> {
         certificate: old.cert_chain != new.cert_chain,
         accreditation: old.accreditation != new.accreditation,
         crls: old.crls != new.crls,
+        clients: old.clients != new.clients,
         ..Plan::default()
     };
     for n in &new.peers {
@@ -228,6 +237,9 @@ pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<Strin
         relay.set_accreditation(new);
     }
     relay.set_trust(new.trust.clone());
+    if plan.clients {
+        relay.set_clients(new.clients.clone());
+    }
     if plan.crls {
         relay.set_crl_files(new.crls.clone());
     }
@@ -324,6 +336,7 @@ mod tests {
             cert_chain: vec![vec![2], vec![3]],
             accreditation: "SECRET".into(),
             crls: vec![],
+            clients: vec![],
             peers: vec![peer("b", 1), peer("c", 2)],
         }
     }
@@ -341,8 +354,14 @@ mod tests {
         new.cert_chain[0] = vec![9];
         new.accreditation = "RESTRICTED".into();
         new.crls = vec!["/etc/kring/org.crl".into()];
+        new.clients = vec!["post-a".into()];
         let p = plan(&snap(), &new).unwrap();
-        assert!(p.certificate && p.accreditation && p.crls);
+        assert!(p.certificate && p.accreditation && p.crls && p.clients);
+        assert!(
+            p.summary().contains("new declared clients"),
+            "{}",
+            p.summary()
+        );
         assert!(p.peers_added.is_empty() && p.peers_removed.is_empty());
     }
 

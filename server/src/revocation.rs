@@ -22,7 +22,14 @@
 //!   identity at connect and at every request, delivery, key package hand-out,
 //!   commits (credentials are validated with the set) and notices at the hub.
 //!
-//! Store keys: `x/USER` statements, `X/FINGERPRINT` the newest CRL of each issuing
+//! - **Wipe orders** (`kring admin revoke --wipe`): a signed
+//!   [`WipeOrder`] given with the statement, accepted only at the revoked user's
+//!   home relay (the caller's own), kept under `y/USER` in the statement's batch,
+//!   and handed to the user's device in place of the refusal
+//!   ([`Response::WipeOrdered`], [`wipe_answer`]), at connect and on any request.
+//!   It does not travel: only the home relay serves the device.
+//!
+//! Store keys: `y/USER` wipe orders, `x/USER` statements, `X/FINGERPRINT` the newest CRL of each issuing
 //! CA with that CA (records stored under `X/ORG` are read too), `P/PEER` what a
 //! peer's certificate said (organisation, verified CA).
 
@@ -34,7 +41,7 @@ use std::time::{Duration, SystemTime};
 use kring_protocol::identity::{Identity, ROLE_ORG_ADMIN, certificates_from_pem};
 use kring_protocol::mls::CertSigner;
 use kring_protocol::revocation::{
-    MAX_STATEMENTS_PER_ORGANISATION, RevocationStatement, Revocations, verify_crl,
+    MAX_STATEMENTS_PER_ORGANISATION, RevocationStatement, Revocations, WipeOrder, verify_crl,
 };
 use kring_protocol::wire::{
     CrlCopy, EntryKind, ErrorCode, FedBody, LogEntry, Response, TrustState, TrustedRelay,
@@ -66,6 +73,11 @@ pub mod keys {
     /// What a peer's certificate said when last seen.
     pub fn peer_info(peer: &str) -> Vec<u8> {
         [b"P/", peer.as_bytes()].concat()
+    }
+    /// `y/USER` → the wipe order for a user of this relay (`kring admin revoke
+    /// --wipe`).
+    pub fn wipe(user: &str) -> Vec<u8> {
+        [b"y/", user.as_bytes()].concat()
     }
 }
 
@@ -235,12 +247,15 @@ fn refused(code: ErrorCode) -> RelayError {
     RelayError::Refused(code)
 }
 
-/// `Request::Revoke`: an org-admin of this relay's organisation revokes a user of
-/// that organisation.
+/// `Request::Revoke` (and, with `wipe`, `Request::RevokeAndWipe`): an org-admin of
+/// this relay's organisation revokes a user of that organisation, and may order the
+/// user's device wiped (the user must be homed here: the order is kept by the home
+/// relay, which alone serves the device).
 pub async fn revoke(
     relay: &Relay,
     caller: &Caller,
     statement: RevocationStatement,
+    wipe: Option<WipeOrder>,
 ) -> Result<Response, RelayError> {
     if !caller.identity.has_role(ROLE_ORG_ADMIN) {
         return Err(refused(ErrorCode::Unauthenticated {
@@ -250,7 +265,11 @@ pub async fn revoke(
             ),
         }));
     }
-    if statement.revoker_chain.first() != caller.chain.first() {
+    if statement.revoker_chain.first() != caller.chain.first()
+        || wipe
+            .as_ref()
+            .is_some_and(|w| w.revoker_chain.first() != caller.chain.first())
+    {
         return Err(refused(ErrorCode::Unauthenticated {
             reason: "the statement must be signed with the caller's own certificate".into(),
         }));
@@ -260,8 +279,48 @@ pub async fn revoke(
     statement
         .verify(relay.anchors(), &relay.trust(), now())
         .map_err(|e| statement_refusal(&e))?;
+    if let Some(w) = &wipe {
+        if w.user != statement.user {
+            return Err(refused(ErrorCode::BadRequest {
+                reason: format!(
+                    "the wipe order is for {}, the revocation for {}",
+                    w.user, statement.user
+                ),
+            }));
+        }
+        if home_relay(&w.user) != relay.id() {
+            return Err(refused(ErrorCode::BadRequest {
+                reason: format!(
+                    "{} is a user of relay {}: a wipe order is kept by the user's home \
+                     relay, so an org-admin homed there must give it",
+                    w.user,
+                    home_relay(&w.user)
+                ),
+            }));
+        }
+        w.verify(relay.anchors(), &relay.trust(), now())
+            .map_err(|e| statement_refusal(&e))?;
+    }
     let peers = relay
-        .write(|w, b| accept_statement(relay, w, b, &statement, None))?
+        .write(|w, b| {
+            let peers = accept_statement(relay, w, b, &statement, None)?;
+            if let Some(order) = &wipe {
+                b.put_obj(keys::wipe(&order.user), order)?;
+                w.audit.append(
+                    b,
+                    now(),
+                    AuditEvent::new(
+                        AuditKind::Revocation,
+                        caller.id.clone(),
+                        order.user.clone(),
+                        "wipe-ordered",
+                        "the device is to delete its archive, MLS state, private key and \
+                         passphrase file when it next reaches this relay",
+                    ),
+                )?;
+            }
+            Ok(peers)
+        })?
         .unwrap_or_default();
     relay.durable().await?;
     relay.enforce_soon();
@@ -271,6 +330,34 @@ pub async fn revoke(
         peers,
         removals,
     })
+}
+
+/// The answer to a revoked device of `user` for which an org-admin ordered a wipe
+/// (audited each time it is handed out); `None` if there is no order (the device
+/// gets `Error(Revoked)`).
+pub fn wipe_answer(relay: &Relay, user: &str) -> Option<Response> {
+    let order: WipeOrder = match relay.engine().get(&keys::wipe(user)) {
+        Ok(Some(v)) => match decode(&keys::wipe(user), &v) {
+            Ok(order) => order,
+            Err(e) => {
+                warn!(error = %e, user, "stored wipe order unreadable");
+                return None;
+            }
+        },
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(error = %e, user, "cannot read the wipe orders");
+            return None;
+        }
+    };
+    relay.audit_now(AuditEvent::new(
+        AuditKind::Revocation,
+        relay.id(),
+        user,
+        "wipe-order-sent",
+        "the wipe order went to the revoked device with the refusal",
+    ));
+    Some(Response::WipeOrdered(order))
 }
 
 fn statement_refusal(e: &kring_protocol::revocation::RevocationError) -> RelayError {

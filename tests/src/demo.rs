@@ -203,7 +203,7 @@ async fn story(options: &Options) -> Result<(), String> {
     let filed = analist
         .file_notice(crate::signal(
             "desinformatie@bz",
-            "NL:DEP-VERTROUWELIJK",
+            "NL:DEP-VERTROUWELIJK;TLP=GREEN",
             "Gecoördineerde berichten over verkiezingen",
             "Netwerk van accounts verspreidt identieke berichten.",
         ))
@@ -252,7 +252,60 @@ async fn story(options: &Options) -> Result<(), String> {
         Ok(_) => return Err("a notice above the community maximum was accepted".into()),
     }
 
-    step("8. The embassy's relay goes down; nothing is lost");
+    step("8. bz's liaison forwards the embassy's signal to nctv's community, as TLP allows");
+    nctv.add_members("statelijke-actoren@nctv", &["liaison@bz"])
+        .await
+        .map_err(|x| e(&x))?;
+    wait_joined(&mut liaison, "statelijke-actoren@nctv").await?;
+    say("liaison@nctv added liaison@bz to statelijke-actoren@nctv (members of nctv and bz)");
+    let signal = liaison
+        .notices(Some("desinformatie@bz"))
+        .map_err(|x| e(&x))?
+        .into_iter()
+        .next()
+        .ok_or("liaison@bz holds no signal to forward")?;
+    let forwarded = liaison
+        .forward(
+            &signal.id.to_string(),
+            "statelijke-actoren@nctv",
+            None,
+            Some("Mogelijk statelijke actor; ter beoordeling"),
+        )
+        .await
+        .map_err(|x| e(&x))?;
+    say(format!(
+        "the signal is TLP:GREEN, so it may go into any community: liaison@bz's device checked \
+         that, the label (never lower) against the maximum and their clearance; hub nctv checked \
+         the TLP of the original again (bound to the ciphertext) and ordered it as #{}",
+        forwarded.seq.map_or_else(|| "?".into(), |s| s.to_string())
+    ));
+    let got = wait_titles(&mut nctv, "statelijke-actoren@nctv", 1).await?;
+    let received = nctv
+        .notices(Some("statelijke-actoren@nctv"))
+        .map_err(|x| e(&x))?
+        .into_iter()
+        .find(|n| n.forwarded_from.is_some())
+        .ok_or("liaison@nctv did not receive the forward")?;
+    let from = received
+        .forwarded_from
+        .as_ref()
+        .ok_or("the forward does not say where it comes from")?;
+    expect(
+        from.community == "desinformatie@bz" && from.sender == "analist@post-a",
+        "the forward to name its original",
+    )?;
+    say(format!(
+        "liaison@nctv received {:?}, forwarded from {} (filed by {} at {})",
+        got[0],
+        from.community,
+        from.sender,
+        kring_client::cli::output::human_time(&from.filed_at)
+    ));
+    say(
+        "a TLP:RED notice is never forwarded; AMBER+STRICT stays within the organisation, AMBER within it and its declared clients",
+    );
+
+    step("9. The embassy's relay goes down; nothing is lost");
     analist.disconnect().await;
     fed.stop("post-a").map_err(|x| e(&x))?;
     say("relay post-a stopped");
@@ -282,7 +335,7 @@ async fn story(options: &Options) -> Result<(), String> {
         &got[1..]
     ));
 
-    step("9. A liaison's device is lost: nctv's org-admin revokes it");
+    step("10. A liaison's device is lost: nctv's org-admin revokes it");
     let watch = crate::steps::watch_online(nctv)
         .await
         .map_err(|x| format!("liaison@nctv: {x}"))?;

@@ -596,6 +596,16 @@ pub async fn raw_federation_call(
 }
 
 impl Federation {
+    /// Sets, in `relay`'s configuration, the organisations its organisation declares
+    /// as its clients (`clients`). Takes effect when `relay` (re)starts or reloads.
+    pub fn set_declared_clients(&self, relay: &str, clients: &[&str]) -> Result<()> {
+        let path = self.relay_config(relay);
+        let mut t = read_toml(&path)?;
+        let list = clients.iter().map(|c| toml::Value::from(*c)).collect();
+        t.insert("clients".into(), toml::Value::Array(list));
+        write_toml(&path, &t)
+    }
+
     /// Lowers, in `relay`'s configuration, the accreditation it grants `peer`
     /// (`[[peers]] accreditation`). Takes effect when `relay` (re)starts or reloads.
     pub fn set_peer_accreditation(&self, relay: &str, peer: &str, label: &str) -> Result<()> {

@@ -16,9 +16,11 @@ fn the_demo_tells_the_whole_story() {
     );
     for act in [
         "== 4. A disinformation community",
-        "== 8. The embassy's relay goes down",
+        "== 8. bz's liaison forwards the embassy's signal",
+        "forwarded from desinformatie@bz (filed by analist@post-a",
+        "== 9. The embassy's relay goes down",
         "caught up, in order, exactly once",
-        "== 9. A liaison's device is lost",
+        "== 10. A liaison's device is lost",
         "cut off",
         "it cannot reconnect",
         "carries on without a gap",

@@ -72,6 +72,20 @@ pub enum Command {
     /// The passphrase that protects this device's private key and local archive.
     #[command(subcommand)]
     Passphrase(PassphraseCommand),
+    /// TAXII 2.1: serve your communities to your organisation's threat-intelligence
+    /// platform; manage the service's users.
+    #[command(subcommand)]
+    Taxii(TaxiiCommand),
+    /// Open your notices and communities in the browser: a local web interface on
+    /// this device (loopback only) until Ctrl-C; the CLI keeps working meanwhile.
+    Ui {
+        /// Address to listen on: 127.0.0.1:PORT (port 0 or none picks a free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Only print the address; do not open the browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
 }
 
 /// `kring passphrase ...`
@@ -124,6 +138,12 @@ pub enum CommunityCommand {
         #[arg(long, value_name = "N", default_value_t = kring_protocol::mls::DEFAULT_UPDATE_DAYS,
               value_parser = clap::value_parser!(u16).range(1..=365))]
         update_days: u16,
+        /// Keep notices this many days (1 to 3650; fixed at creation): every
+        /// member's device deletes older ones, and relays drop them once every
+        /// member device has them. Default: no limit.
+        #[arg(long, value_name = "DAYS",
+              value_parser = clap::value_parser!(u16).range(1..=3650))]
+        retention: Option<u16>,
     },
     /// Add users (NAME@RELAY) to a community you administer.
     Add {
@@ -278,13 +298,75 @@ pub enum NoticeCommand {
         #[command(flatten)]
         wait: WaitTimeout,
     },
-    /// Forward a notice into another community (not yet available).
+    /// Forward a notice into another community, as TLP allows: RED never,
+    /// AMBER+STRICT only within your organisation, AMBER only to it and the
+    /// organisations it declares as clients, GREEN and CLEAR anywhere.
     Forward {
-        /// The notice id.
+        /// The notice id (or a unique prefix of at least 6 hex digits).
         notice_id: String,
         /// The destination community.
         #[arg(long, value_name = "COMMUNITY_ID")]
         to: String,
+        /// The forward's label: the original's unless a higher one is given (never
+        /// lower).
+        #[arg(long, value_name = "LABEL")]
+        label: Option<String>,
+        /// Your comment, shown before the original's body.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        /// The hub's ordering.
+        #[command(flatten)]
+        wait: WaitTimeout,
+    },
+    /// Export notices as STIX 2.1 or a MISP feed: only those whose label --max-label
+    /// admits and whose TLP allows an export (TLP:CLEAR; never RED).
+    Export {
+        /// Only this community.
+        #[arg(long, value_name = "ID")]
+        community: Option<String>,
+        /// Only notices filed at or after this time (2025-03-01T12:00:00Z or 2025-03-01).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// The destination's accreditation: the highest label it may hold.
+        #[arg(long, value_name = "LABEL")]
+        max_label: String,
+        /// stix (one bundle) or misp (a feed directory).
+        #[arg(long, value_enum)]
+        format: crate::export::Format,
+        /// Where to write: a file for stix (default stdout), a directory for misp.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `kring taxii ...`
+#[derive(Debug, Subcommand)]
+pub enum TaxiiCommand {
+    /// Serve your communities as TAXII 2.1 collections (until Ctrl-C): the notices
+    /// `kring notice export` would export; a POSTed envelope is filed as a notice.
+    Serve {
+        /// Address to listen on; plain HTTP only on loopback (127.0.0.1:PORT).
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// The platform's accreditation: the highest label it may hold.
+        #[arg(long, value_name = "LABEL")]
+        max_label: String,
+        /// The users file (NAME:HASH lines, see `kring taxii passwd`).
+        #[arg(long, value_name = "FILE")]
+        users: PathBuf,
+        /// PEM certificate chain for HTTPS.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for HTTPS.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Set a user's password in a users file (the password is read from stdin).
+    Passwd {
+        /// The users file (created if missing).
+        file: PathBuf,
+        /// The user name.
+        name: String,
     },
 }
 
@@ -313,6 +395,11 @@ pub enum AdminCommand {
         /// Why (written to every relay's audit log).
         #[arg(long)]
         reason: String,
+        /// Also order the user's device wiped: when it next reaches its home relay
+        /// (which must be yours) it deletes its private key and passphrase file as
+        /// well as its archive and MLS state (which every revoked device deletes).
+        #[arg(long)]
+        wipe: bool,
     },
     /// Your home relay's audit log, one line per record (org-admins of the relay's
     /// organisation only).
@@ -360,7 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn the_grammar_matches_the_spec() {
+    fn the_grammar_parses_the_documented_commands() {
         <Cli as clap::CommandFactory>::command().debug_assert();
         let cli = parse(&[
             "--profile",
@@ -424,6 +511,32 @@ mod tests {
         assert_eq!(create(&["--update-days", "30"]).unwrap(), 30);
         assert!(create(&["--update-days", "0"]).is_err());
         assert!(create(&["--update-days", "366"]).is_err());
+        let retention = |extra: &[&str]| {
+            let mut args = vec!["community", "create", "c", "--max-label", "TLP:GREEN"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|cli| match cli.command {
+                Command::Community(CommunityCommand::Create { retention, .. }) => retention,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(retention(&[]).unwrap(), None);
+        assert_eq!(retention(&["--retention", "90"]).unwrap(), Some(90));
+        assert!(retention(&["--retention", "0"]).is_err());
+        assert!(retention(&["--retention", "3651"]).is_err());
+        match parse(&["admin", "revoke", "a@bz", "--reason", "lost", "--wipe"])
+            .unwrap()
+            .command
+        {
+            Command::Admin(AdminCommand::Revoke { wipe, .. }) => assert!(wipe),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["admin", "revoke", "a@bz", "--reason", "lost"])
+            .unwrap()
+            .command
+        {
+            Command::Admin(AdminCommand::Revoke { wipe, .. }) => assert!(!wipe),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

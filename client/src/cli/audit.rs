@@ -318,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_have_exactly_the_spec_fields_in_order() {
+    fn json_lines_have_exactly_the_documented_fields_in_order() {
         let line = json_line(&RecordLine::from(&record()));
         assert!(line.starts_with(r#"{"seq":7,"at":"2025-03-01T12:30:00Z","kind":"refusal""#));
         assert!(!line.contains('\n'));

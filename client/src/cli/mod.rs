@@ -22,7 +22,7 @@ use crate::sync::SyncEvent;
 use crate::unlock::{Passphrase, Unlocker};
 use args::{
     AdminAction, AdminCommand, BodySource, Cli, Command, CommunityCommand, KeysCommand,
-    LabelCommand, NoticeCommand, PassphraseCommand,
+    LabelCommand, NoticeCommand, PassphraseCommand, TaxiiCommand,
 };
 
 /// Runs the command line with the process's arguments; returns the exit code.
@@ -205,10 +205,8 @@ pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         Command::Label(LabelCommand::Check { label, clearance }) => {
             label_check(&label, clearance.as_deref(), out)
         }
-        Command::Notice(NoticeCommand::Forward { .. }) => {
-            Err(ClientError::NotYetAvailable("kring notice forward"))
-        }
         Command::Whoami { json } => whoami::run(cli.profile.as_deref(), json, out),
+        Command::Taxii(TaxiiCommand::Passwd { file, name }) => crate::taxii::passwd(&file, &name),
         Command::Enroll {
             user,
             out: dir,
@@ -261,11 +259,21 @@ pub async fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             // Read the user's input before taking the state database, so a slow
             // typist does not keep other kring processes of this user waiting.
             let input = read_input(&command)?;
+            if let Command::Ui {
+                listen: Some(listen),
+                ..
+            } = &command
+            {
+                crate::ui::check_listen(listen)?;
+            }
             let mut client = open_client(cli.profile.as_deref())?;
             let result = run_with_client(&mut client, command, input, out).await;
             client.disconnect().await;
             match result {
-                Err(e) if Client::is_revocation(&e) => Err(client.wipe_after_revocation(e)),
+                Err(e) if Client::is_revocation(&e) => {
+                    let e = client.with_wipe_order(e).await;
+                    Err(client.wipe_after_revocation(e))
+                }
                 other => other,
             }
         }
@@ -289,6 +297,8 @@ fn read_input(command: &Command) -> Result<Input> {
                 .map(|p| {
                     let text =
                         read_text(p, MAX_STIX_BYTES as u64).map_err(|r| ClientError::io(p, r))?;
+                    crate::export::validate::check_document(&text)
+                        .map_err(|e| ClientError::Usage(e.to_string()))?;
                     parse_stix(&text).map_err(|e| ClientError::Usage(e.to_string()))
                 })
                 .transpose()?;
@@ -344,12 +354,23 @@ async fn run_with_client(
             }
             return audit::run(client, verify, against.as_deref(), json, out).await;
         }
-        Command::Admin(AdminCommand::Revoke { user, reason }) => {
-            let r = client.revoke(&user, &reason).await?;
+        Command::Admin(AdminCommand::Revoke { user, reason, wipe }) => {
+            let r = if wipe {
+                client.revoke_and_wipe(&user, &reason).await?
+            } else {
+                client.revoke(&user, &reason).await?
+            };
             out.line(&format!(
                 "revoked {}: relay {} has cut them off and refuses them from now on",
                 r.user, r.relay
             ));
+            if r.wipe {
+                out.line(&format!(
+                    "wipe ordered: when {}'s device next reaches relay {}, it deletes its \
+                     archive, MLS state, private key and passphrase file",
+                    r.user, r.relay
+                ));
+            }
             if r.peers.is_empty() {
                 out.line("no federation peers to tell");
             } else {
@@ -365,7 +386,27 @@ async fn run_with_client(
                 ));
             }
         }
+        Command::Taxii(TaxiiCommand::Serve {
+            listen,
+            max_label,
+            users,
+            tls_cert,
+            tls_key,
+        }) => {
+            let opts = crate::taxii::ServeOptions {
+                listen,
+                max_label,
+                users,
+                tls: tls_cert.zip(tls_key),
+            };
+            return crate::taxii::serve(client, opts, out).await;
+        }
+        Command::Ui { listen, no_browser } => {
+            let opts = crate::ui::UiOptions { listen, no_browser };
+            return crate::ui::serve(client, opts, out).await;
+        }
         Command::Label(_)
+        | Command::Taxii(TaxiiCommand::Passwd { .. })
         | Command::Whoami { .. }
         | Command::Enroll { .. }
         | Command::Passphrase(_) => {
@@ -381,13 +422,21 @@ async fn community(client: &mut Client, cmd: CommunityCommand, out: &mut Out) ->
             name,
             max_label,
             update_days,
+            retention,
         } => {
             let r = client
-                .create_community_with(&name, &max_label, update_days)
+                .create_community_retaining(&name, &max_label, update_days, retention)
                 .await?;
+            let kept = match retention {
+                Some(days) => format!(
+                    "; notices are kept {days} day(s), then deleted from every member's \
+                     device and (once every member device has them) from the relays"
+                ),
+                None => String::new(),
+            };
             out.line(&format!(
                 "created community {} with maximum label {}; you are its admin; members \
-                 update their keys at least every {update_days} day(s)",
+                 update their keys at least every {update_days} day(s){kept}",
                 r.community,
                 client
                     .store()
@@ -517,7 +566,8 @@ async fn notice(
                 out.line(&if json {
                     stored.notice.to_json_line()
                 } else {
-                    output::notice_line(&stored)
+                    let expires = client.notice_expiry(&stored)?;
+                    output::notice_line_expiring(&stored, expires)
                 });
             }
         }
@@ -528,6 +578,15 @@ async fn notice(
                 out.line(&stored.notice.to_json_line());
             } else {
                 out.line(&output::notice_full(&stored.notice, stored.seq));
+                if let Some(at) = client
+                    .notice_expiry(&stored)?
+                    .and_then(crate::retention::expiry_time)
+                {
+                    out.line(&format!(
+                        "  expires {} (the community's retention period)",
+                        output::human_time(&at)
+                    ));
+                }
             }
             if stored.own {
                 match client.notice_status(stored.notice.id).await {
@@ -570,8 +629,35 @@ async fn notice(
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
-        NoticeCommand::Forward { .. } => {
-            return Err(ClientError::NotYetAvailable("kring notice forward"));
+        NoticeCommand::Forward {
+            notice_id,
+            to,
+            label,
+            comment,
+            wait,
+        } => {
+            best_effort_sync(client).await?;
+            set_ordering_wait(client, wait.duration());
+            let filed = client
+                .forward(&notice_id, &to, label.as_deref(), comment.as_deref())
+                .await?;
+            report_filed(&filed, out)?;
+        }
+        NoticeCommand::Export {
+            community,
+            since,
+            max_label,
+            format,
+            out: path,
+        } => {
+            let args = crate::export::ExportArgs {
+                community,
+                since,
+                max_label,
+                format,
+                out: path,
+            };
+            crate::export::run(client, args, out).await?;
         }
     }
     Ok(())
@@ -764,11 +850,12 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_commands_are_usage_errors() {
+    fn forward_needs_a_profile_and_a_destination() {
         let (code, _) = run_cli(&["notice", "forward", "x", "--to", "c@bz"]);
-        let err = code.unwrap_err();
-        assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("not yet available"), "{err}");
+        assert!(matches!(code.unwrap_err(), ClientError::NoProfile));
+        let err = Cli::try_parse_from(["kring", "notice", "forward", "x"]).unwrap_err();
+        assert!(err.to_string().contains("--to"), "{err}");
+        assert_eq!(clap_error(&err), 2);
     }
 
     #[test]

@@ -35,6 +35,15 @@ pub fn notice_full(n: &Notice, seq: Option<u64>) -> String {
     if let Some(parent) = n.in_reply_to {
         out.push_str(&format!("  in reply to {parent}\n"));
     }
+    if let Some(from) = &n.forwarded_from {
+        out.push_str(&format!(
+            "  forwarded from {} notice {}, filed by {} at {}\n",
+            from.community,
+            from.id,
+            from.sender,
+            human_time(&from.filed_at)
+        ));
+    }
     if !n.body.is_empty() {
         out.push('\n');
         for line in n.body.lines() {
@@ -61,11 +70,21 @@ pub fn notice_full(n: &Notice, seq: Option<u64>) -> String {
 
 /// One line per notice, for `notice list`.
 pub fn notice_line(s: &StoredNotice) -> String {
+    notice_line_expiring(s, None)
+}
+
+/// [`notice_line`] saying when the notice expires (Unix seconds; its community's
+/// retention period), before the title: `... expires 2026-12-04 10:00:00Z  TITLE`.
+pub fn notice_line_expiring(s: &StoredNotice, expires_at: Option<i64>) -> String {
     let n = &s.notice;
+    let expires = expires_at
+        .and_then(crate::retention::expiry_time)
+        .map(|t| format!("expires {}  ", human_time(&t)))
+        .unwrap_or_default();
     let seq = s.seq.map_or_else(|| "-".to_string(), |q| q.to_string());
     let short: String = n.id.simple().to_string().chars().take(8).collect();
     format!(
-        "{short}  {}  #{seq:<4} {}  [{}]  {}/{}  {}  {}",
+        "{short}  {}  #{seq:<4} {}  [{}]  {}/{}  {}  {expires}{}",
         n.community,
         human_time(&n.filed_at),
         n.label,
@@ -297,6 +316,7 @@ mod tests {
             filed_at: time::macros::datetime!(2025-03-01 12:30:00 UTC),
             in_reply_to: None,
             stix: None,
+            forwarded_from: None,
         }
     }
 
@@ -316,6 +336,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  regel 2\n"), "{text}");
+        assert!(!text.contains("forwarded"), "{text}");
+        let mut forward = sample();
+        forward.forwarded_from = Some(crate::notice::ForwardedFrom {
+            community: "intern@bz".into(),
+            id: uuid::Uuid::from_u128(7),
+            sender: "liaison@bz".into(),
+            filed_at: time::macros::datetime!(2025-03-01 11:00:00 UTC),
+        });
+        let text = notice_full(&forward, None);
+        assert!(
+            text.contains(
+                "  forwarded from intern@bz notice 00000000-0000-0000-0000-000000000007, \
+                 filed by liaison@bz at 2025-03-01 11:00:00Z\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -324,10 +360,23 @@ mod tests {
             notice: sample(),
             seq: Some(3),
             own: false,
+            ordered_at: None,
         });
         assert!(!line.contains('\n'));
         assert!(line.contains("[NL:STG-CONFIDENTIEEL;TLP=AMBER]"), "{line}");
         assert!(line.contains("Nepnieuws"), "{line}");
+        assert!(!line.contains("expires"), "{line}");
+        let stored = StoredNotice {
+            notice: sample(),
+            seq: Some(3),
+            own: false,
+            ordered_at: None,
+        };
+        let line = notice_line_expiring(&stored, Some(1_800_000_000));
+        assert!(
+            line.contains("expires 2027-01-15 08:00:00Z  Nepnieuws"),
+            "{line}"
+        );
     }
 
     fn filed(home: &str, ordering: Ordering, refusals: &[(&str, &str)]) -> FiledNotice {

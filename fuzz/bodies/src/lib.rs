@@ -178,6 +178,14 @@ pub fn label_binary(data: &[u8]) {
             .unwrap_or_else(|e| panic!("decoded clearance {shown:?} does not parse as text: {e}"));
         assert_eq!(parsed, clearance, "clearance changed in a text round trip");
     }
+    // A notice's authenticated data: a label, or a forward's two labels.
+    if let Ok(aad) = kring_protocol::notice_aad::NoticeAad::from_bytes(data) {
+        assert_eq!(
+            aad.to_bytes(),
+            data,
+            "notice authenticated data is not canonical"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- identities
@@ -255,7 +263,7 @@ pub fn mls_message(data: &[u8]) {
     let _ = verify_key_package(&crypto, &AcceptAll, data);
     if let Ok(app) = read_application(data) {
         // Relays decode the label from the authenticated data of every notice.
-        let _ = Label::from_bytes(&app.aad);
+        let _ = kring_protocol::notice_aad::NoticeAad::from_bytes(&app.aad);
     }
 }
 

@@ -24,7 +24,7 @@ use kring_protocol::identity::{Identity, certificates_from_pem};
 use kring_protocol::mls::{
     CertSigner, ClientGroup, CommunityMeta, CredentialValidator, MemberId, key_package,
 };
-use kring_protocol::revocation::RevocationStatement;
+use kring_protocol::revocation::{RevocationStatement, WipeOrder};
 use kring_protocol::wire::{
     AuditPage, AuditRecordView, AuditVerdict, CommunitySummary, CrlCopy, EntryKind, ErrorCode,
     FedBody, FedItem, FedRequest, FedResponse, HopRefusal, LogEntry, NoticeStatus, NoticeUpload,
@@ -137,6 +137,13 @@ fn main() -> Res<()> {
         revoker_chain: admin_chain.clone(),
         signature: vec![0x5a; 64],
     };
+    let wipe = WipeOrder {
+        user: "liaison@bz".into(),
+        organisation: "bz".into(),
+        ordered_at: 1_700_000_000,
+        revoker_chain: admin_chain.clone(),
+        signature: vec![0x5b; 64],
+    };
     let ca_bz = certificates_from_pem(&fs::read(fed.join("orgs/bz/ca.crt"))?)?;
     let crl = pem_body(&fs::read_to_string(fed.join("orgs/bz/crl.pem"))?)?;
     let crl_copy = CrlCopy {
@@ -209,6 +216,10 @@ fn main() -> Res<()> {
         Request::Revoke {
             statement: statement.clone(),
         },
+        Request::RevokeAndWipe {
+            statement: statement.clone(),
+            wipe: wipe.clone(),
+        },
         Request::FileNotices {
             community: "fuzz@bz".into(),
             notices: vec![
@@ -233,6 +244,7 @@ fn main() -> Res<()> {
                 seq: 5,
             }],
         },
+        Request::DeclaredClients,
     ];
     let errors = vec![
         ErrorCode::PolicyDenied {
@@ -310,6 +322,7 @@ fn main() -> Res<()> {
             peers: vec!["nctv".into()],
             removals: vec!["fuzz@bz".into()],
         },
+        Response::WipeOrdered(wipe),
         Response::Filed {
             hub: "bz".into(),
             epoch: 1,
@@ -341,6 +354,10 @@ fn main() -> Res<()> {
                 community: "fuzz@bz".into(),
                 seq: 4,
             }],
+        },
+        Response::DeclaredClients {
+            organisation: "bz".into(),
+            clients: vec!["post-a".into()],
         },
     ];
     responses.extend(errors.iter().cloned().map(Response::Error));
@@ -380,6 +397,10 @@ fn main() -> Res<()> {
             reason: "level above accreditation".into(),
         },
         FedBody::Revocation { statement },
+        FedBody::Retention {
+            community: "fuzz@bz".into(),
+            seconds: 30 * 86_400,
+        },
         FedBody::Crl {
             crl,
             issuer: ca_bz[0].clone(),
@@ -394,6 +415,9 @@ fn main() -> Res<()> {
             community: "fuzz@bz".into(),
             welcome,
             ratchet_tree: upload.ratchet_tree,
+        },
+        FedBody::DeclaredClients {
+            clients: vec!["post-a".into()],
         },
     ];
     let fed_requests = vec![
@@ -559,6 +583,8 @@ fn request_name(m: &Request) -> &'static str {
         Request::AuditHead => "audit-head",
         Request::TrustStatements { .. } => "trust-statements",
         Request::Cursors { .. } => "cursors",
+        Request::RevokeAndWipe { .. } => "revoke-wipe",
+        Request::DeclaredClients => "declared-clients",
     }
 }
 
@@ -581,6 +607,8 @@ fn response_name(m: &Response) -> &'static str {
         Response::AuditHead(_) => "audit-head",
         Response::TrustStatements { .. } => "trust-statements",
         Response::Cursors { .. } => "cursors",
+        Response::WipeOrdered(_) => "wipe-ordered",
+        Response::DeclaredClients { .. } => "declared-clients",
     }
 }
 
@@ -603,6 +631,8 @@ fn fed_body_name(b: &FedBody) -> &'static str {
         FedBody::Crl { .. } => "crl",
         FedBody::NoticeEntry { .. } => "notice-entry",
         FedBody::Welcomes { .. } => "welcomes",
+        FedBody::Retention { .. } => "retention",
+        FedBody::DeclaredClients { .. } => "declared-clients",
     }
 }
 

@@ -228,9 +228,12 @@ pub(crate) fn check_context_transition(
     if checked.meta.community_id != old_meta.community_id
         || checked.meta.max_label != old_meta.max_label
         || checked.meta.update_days != old_meta.update_days
+        || checked.meta.retention_days != old_meta.retention_days
     {
         return Err(MlsError::Forbidden(
-            "the community id, maximum label and update period cannot change".into(),
+            "the community id, maximum label, update period and retention period cannot \
+             change"
+                .into(),
         ));
     }
     if old.extensions().external_senders() != new.extensions().external_senders()

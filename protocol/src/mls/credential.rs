@@ -193,18 +193,43 @@ pub fn leaf_public_key(cert_der: &[u8]) -> Result<Vec<u8>, MlsError> {
     Ok(key)
 }
 
+/// An Ed25519 signing key wherever it lives: in memory, or on a smartcard or HSM
+/// that signs without ever handing the key out. The key of a [`CertSigner`].
+pub trait DeviceSigner: Send + Sync {
+    /// The raw 32-byte Ed25519 public key.
+    fn public_key(&self) -> &[u8];
+    /// An Ed25519 signature of `message`.
+    ///
+    /// # Errors
+    /// A description of why the key could not sign (a token removed, a session closed).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// An Ed25519 key held in memory.
+struct MemoryKey(Ed25519KeyPair);
+
+impl DeviceSigner for MemoryKey {
+    fn public_key(&self) -> &[u8] {
+        self.0.public_key().as_ref()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(self.0.sign(message).as_ref().to_vec())
+    }
+}
+
 /// The MLS signer of a user or relay: its certificate chain and the certificate's
 /// Ed25519 private key. The MLS signature key *is* the certificate key.
 pub struct CertSigner {
     chain: Vec<Vec<u8>>,
-    key_pair: Ed25519KeyPair,
+    key: std::sync::Arc<dyn DeviceSigner>,
 }
 
 impl std::fmt::Debug for CertSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertSigner")
             .field("chain_len", &self.chain.len())
-            .field("public_key", &self.key_pair.public_key())
+            .field("public_key", &self.key.public_key())
             .finish_non_exhaustive()
     }
 }
@@ -218,22 +243,35 @@ impl CertSigner {
     /// valid Ed25519 PKCS#8 document, or the key does not belong to the leaf
     /// certificate.
     pub fn from_pkcs8(chain: Vec<Vec<u8>>, pkcs8_der: &[u8]) -> Result<Self, MlsError> {
-        check_chain_shape(&chain)?;
         MlsError::check_len("private key", pkcs8_der.len(), 1024)
             .map_err(|e| MlsError::InvalidCredential(e.to_string()))?;
         let key_pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8_der).map_err(|e| {
             MlsError::InvalidCredential(format!("not an Ed25519 PKCS#8 private key: {e}"))
         })?;
+        Self::from_device_key(chain, std::sync::Arc::new(MemoryKey(key_pair)))
+    }
+
+    /// Builds a signer from a certificate chain (leaf first, DER) and the leaf's
+    /// key wherever it lives (see [`DeviceSigner`]).
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidCredential`] if the chain is malformed or the key does not
+    /// belong to the leaf certificate.
+    pub fn from_device_key(
+        chain: Vec<Vec<u8>>,
+        key: std::sync::Arc<dyn DeviceSigner>,
+    ) -> Result<Self, MlsError> {
+        check_chain_shape(&chain)?;
         let leaf = chain
             .first()
             .ok_or_else(|| MlsError::InvalidCredential("certificate chain is empty".into()))?;
         let cert_key = leaf_public_key(leaf)?;
-        if !leaf_key_matches(key_pair.public_key().as_ref(), &cert_key) {
+        if !leaf_key_matches(key.public_key(), &cert_key) {
             return Err(MlsError::InvalidCredential(
                 "private key does not belong to the leaf certificate".into(),
             ));
         }
-        Ok(Self { chain, key_pair })
+        Ok(Self { chain, key })
     }
 
     /// The certificate chain, leaf first.
@@ -243,7 +281,7 @@ impl CertSigner {
 
     /// The raw Ed25519 public key (= MLS signature key = certificate key).
     pub fn public_key(&self) -> &[u8] {
-        self.key_pair.public_key().as_ref()
+        self.key.public_key()
     }
 
     /// The MLS credential (x509 chain) together with the signature key.
@@ -261,7 +299,9 @@ impl CertSigner {
 
 impl Signer for CertSigner {
     fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
-        Ok(self.key_pair.sign(payload).as_ref().to_vec())
+        self.key
+            .sign(payload)
+            .map_err(|_| SignerError::SigningError)
     }
 
     fn signature_scheme(&self) -> SignatureScheme {

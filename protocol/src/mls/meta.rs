@@ -13,19 +13,27 @@ pub const KRING_EXTENSION_TYPE: u16 = 0xFF4B;
 const META_VERSION: u8 = 1;
 /// Version byte of an encoded [`CommunityMeta`] that names its update period.
 const META_VERSION_PERIOD: u8 = 2;
+/// Version byte of an encoded [`CommunityMeta`] that names its update period and a
+/// retention period.
+const META_VERSION_RETENTION: u8 = 3;
 
 /// The update period of a community that names none: members rotate their leaf
 /// keys at least every 7 days.
 pub const DEFAULT_UPDATE_DAYS: u16 = 7;
 /// The longest update period a community may set.
 pub const MAX_UPDATE_DAYS: u16 = 365;
+/// The longest retention period a community may set (10 years).
+pub const MAX_RETENTION_DAYS: u16 = 3650;
+/// Seconds in a day: the unit of update and retention periods.
+pub const DAY_SECS: u64 = 86_400;
 
 /// The community metadata every member and relay can read from the group context.
 ///
 /// Invariants (checked by [`CommunityMeta::new`] and on decoding): the community id
 /// is `NAME@HUB`; the maximum label is 1..=[`MAX_LABEL_BYTES`] opaque bytes (the
 /// binary label encoding of `kring-policy`); there are 1..=[`MAX_ADMINS`] admins,
-/// sorted and without duplicates; the update period is 1..=[`MAX_UPDATE_DAYS`] days.
+/// sorted and without duplicates; the update period is 1..=[`MAX_UPDATE_DAYS`] days;
+/// a retention period, if any, is 1..=[`MAX_RETENTION_DAYS`] days.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommunityMeta {
     /// `NAME@HUB`, e.g. `desinformatie@bz`; also the MLS group id (its UTF-8 bytes).
@@ -38,6 +46,10 @@ pub struct CommunityMeta {
     /// How often every member rotates its own leaf key (a commit updating its
     /// leaf), in days. Fixed at creation; [`DEFAULT_UPDATE_DAYS`] unless set.
     pub update_days: u16,
+    /// How long notices are kept, in days: every member's device deletes notices
+    /// older than this, and relays drop log entries older than this once every
+    /// member device has acknowledged them. Fixed at creation; `None`: no limit.
+    pub retention_days: Option<u16>,
 }
 
 impl CommunityMeta {
@@ -57,6 +69,7 @@ impl CommunityMeta {
             max_label,
             admins,
             update_days: DEFAULT_UPDATE_DAYS,
+            retention_days: None,
         };
         meta.check()?;
         Ok(meta)
@@ -75,9 +88,27 @@ impl CommunityMeta {
         Ok(meta)
     }
 
+    /// A copy with a retention period (1..=[`MAX_RETENTION_DAYS`] days) or none.
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidMeta`] if the period is out of range.
+    pub fn with_retention_days(&self, days: Option<u16>) -> Result<Self, MlsError> {
+        let meta = Self {
+            retention_days: days,
+            ..self.clone()
+        };
+        meta.check()?;
+        Ok(meta)
+    }
+
     /// The update period in seconds.
     pub fn update_period_secs(&self) -> u64 {
-        u64::from(self.update_days) * 86_400
+        u64::from(self.update_days) * DAY_SECS
+    }
+
+    /// The retention period in seconds, if the community has one.
+    pub fn retention_secs(&self) -> Option<u64> {
+        self.retention_days.map(|d| u64::from(d) * DAY_SECS)
     }
 
     /// The hub relay id: the part of the community id after `@`.
@@ -98,7 +129,8 @@ impl CommunityMeta {
     /// [`MlsError::InvalidMeta`] if the list is empty, too long or has a bad id.
     pub fn with_admins(&self, admins: Vec<MemberId>) -> Result<Self, MlsError> {
         Self::new(self.community_id.clone(), self.max_label.clone(), admins)?
-            .with_update_days(self.update_days)
+            .with_update_days(self.update_days)?
+            .with_retention_days(self.retention_days)
     }
 
     /// Deterministic encoding: `version(1) || id<V> || max_label<V> || admins<V>`
@@ -106,7 +138,10 @@ impl CommunityMeta {
     /// vectors). A community with another update period than
     /// [`DEFAULT_UPDATE_DAYS`] is encoded as `version(2) || ... || update_days(u16
     /// BE)`, so that the metadata of a community with the default period reads the
-    /// same as before periods existed.
+    /// same as before periods existed. A community with a retention period is
+    /// encoded as `version(3) || ... || update_days(u16 BE) || retention_days(u16
+    /// BE)` (the update period always present), so that a community without one
+    /// reads the same as before retention existed.
     ///
     /// # Errors
     /// [`MlsError::InvalidMeta`] if an invariant does not hold.
@@ -116,17 +151,20 @@ impl CommunityMeta {
         for admin in &self.admins {
             vl(admin.as_bytes(), &mut admins)?;
         }
-        let default_period = self.update_days == DEFAULT_UPDATE_DAYS;
-        let mut out = vec![if default_period {
-            META_VERSION
-        } else {
-            META_VERSION_PERIOD
-        }];
+        let version = match (self.retention_days, self.update_days) {
+            (Some(_), _) => META_VERSION_RETENTION,
+            (None, DEFAULT_UPDATE_DAYS) => META_VERSION,
+            (None, _) => META_VERSION_PERIOD,
+        };
+        let mut out = vec![version];
         vl(self.community_id.as_bytes(), &mut out)?;
         vl(&self.max_label, &mut out)?;
         vl(&admins, &mut out)?;
-        if !default_period {
+        if version != META_VERSION {
             out.extend_from_slice(&self.update_days.to_be_bytes());
+        }
+        if let Some(days) = self.retention_days {
+            out.extend_from_slice(&days.to_be_bytes());
         }
         Ok(out)
     }
@@ -137,12 +175,12 @@ impl CommunityMeta {
     /// # Errors
     /// [`MlsError::TooLarge`] or [`MlsError::InvalidMeta`].
     pub fn decode(bytes: &[u8]) -> Result<Self, MlsError> {
-        let max = 18 + MAX_ID_BYTES + MAX_LABEL_BYTES + MAX_ADMINS * (MAX_ID_BYTES + 4);
+        let max = 20 + MAX_ID_BYTES + MAX_LABEL_BYTES + MAX_ADMINS * (MAX_ID_BYTES + 4);
         MlsError::check_len("community metadata", bytes.len(), max)?;
         let (version, rest) = bytes
             .split_first()
             .ok_or_else(|| MlsError::InvalidMeta("empty".into()))?;
-        if *version != META_VERSION && *version != META_VERSION_PERIOD {
+        if ![META_VERSION, META_VERSION_PERIOD, META_VERSION_RETENTION].contains(version) {
             return Err(MlsError::InvalidMeta(format!(
                 "unknown metadata version {version}"
             )));
@@ -151,14 +189,15 @@ impl CommunityMeta {
         let id = take_vl(&mut rest)?;
         let max_label = take_vl(&mut rest)?;
         let admins_bytes = take_vl(&mut rest)?;
-        let update_days = if *version == META_VERSION_PERIOD {
-            let (days, tail) = rest
-                .split_first_chunk::<2>()
-                .ok_or_else(|| MlsError::InvalidMeta("truncated update period".into()))?;
-            rest = tail;
-            u16::from_be_bytes(*days)
-        } else {
+        let update_days = if *version == META_VERSION {
             DEFAULT_UPDATE_DAYS
+        } else {
+            take_u16(&mut rest, "update period")?
+        };
+        let retention_days = if *version == META_VERSION_RETENTION {
+            Some(take_u16(&mut rest, "retention period")?)
+        } else {
+            None
         };
         if !rest.is_empty() {
             return Err(MlsError::InvalidMeta("trailing bytes".into()));
@@ -189,6 +228,7 @@ impl CommunityMeta {
             max_label,
             admins,
             update_days,
+            retention_days,
         };
         if meta.encode()? != bytes {
             return Err(MlsError::InvalidMeta("not canonically encoded".into()));
@@ -224,8 +264,24 @@ impl CommunityMeta {
                 self.update_days
             )));
         }
+        if let Some(days) = self.retention_days
+            && (days == 0 || days > MAX_RETENTION_DAYS)
+        {
+            return Err(MlsError::InvalidMeta(format!(
+                "retention period of {days} days (must be 1..={MAX_RETENTION_DAYS})"
+            )));
+        }
         Ok(())
     }
+}
+
+/// Reads a big-endian u16, advancing `bytes`.
+fn take_u16(bytes: &mut &[u8], what: &str) -> Result<u16, MlsError> {
+    let (value, tail) = bytes
+        .split_first_chunk::<2>()
+        .ok_or_else(|| MlsError::InvalidMeta(format!("truncated {what}")))?;
+    *bytes = tail;
+    Ok(u16::from_be_bytes(*value))
 }
 
 /// Checks an id of the form `NAME@RELAY`: non-empty parts, one `@`, printable

@@ -927,6 +927,47 @@ fn meta_codec_is_strict() {
         bad.extend_from_slice(&days.to_be_bytes());
         assert!(CommunityMeta::decode(&bad).is_err());
     }
+
+    // The retention period: none reads as before (v1 or v2); one is v3, with the
+    // update period and then the retention period at the end.
+    assert_eq!(meta.retention_days, None);
+    assert_eq!(meta.retention_secs(), None);
+    let kept = meta.with_retention_days(Some(90)).unwrap();
+    let encoded3 = kept.encode().unwrap();
+    assert_eq!(encoded3[0], 3);
+    assert_eq!(
+        &encoded3[encoded3.len() - 4..],
+        &[DEFAULT_UPDATE_DAYS.to_be_bytes(), 90u16.to_be_bytes()].concat()[..]
+    );
+    assert_eq!(CommunityMeta::decode(&encoded3).unwrap(), kept);
+    assert_eq!(kept.retention_secs(), Some(90 * 86_400));
+    assert_eq!(
+        kept.with_admins(vec!["x@bz".into()])
+            .unwrap()
+            .retention_days,
+        Some(90)
+    );
+    let both = monthly.with_retention_days(Some(1)).unwrap();
+    let decoded = CommunityMeta::decode(&both.encode().unwrap()).unwrap();
+    assert_eq!((decoded.update_days, decoded.retention_days), (30, Some(1)));
+    // Taking the retention away again gives back the earlier encodings.
+    assert_eq!(
+        kept.with_retention_days(None).unwrap().encode().unwrap(),
+        bytes
+    );
+    assert!(CommunityMeta::decode(&encoded3[..encoded3.len() - 1]).is_err());
+    for days in [0, MAX_RETENTION_DAYS + 1] {
+        assert!(meta.with_retention_days(Some(days)).is_err());
+        let mut bad = bytes.clone();
+        bad[0] = 3;
+        bad.extend_from_slice(&DEFAULT_UPDATE_DAYS.to_be_bytes());
+        bad.extend_from_slice(&days.to_be_bytes());
+        assert!(CommunityMeta::decode(&bad).is_err());
+    }
+    let mut v3_without = bytes.clone();
+    v3_without[0] = 3;
+    v3_without.extend_from_slice(&DEFAULT_UPDATE_DAYS.to_be_bytes());
+    assert!(CommunityMeta::decode(&v3_without).is_err());
 }
 
 /// The glue is generic over storage: relay and client state survive a restart on

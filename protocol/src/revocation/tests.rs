@@ -399,3 +399,71 @@ fn an_anchors_crl_revoking_an_organisation_ca_cuts_every_certificate_under_it() 
     set.check_chain(&other_id, &[other.der.clone(), f.nctv.der.clone()])
         .unwrap();
 }
+
+#[test]
+fn a_wipe_order_verifies_on_its_own_and_is_not_a_statement() {
+    let f = fed();
+    let admin = user(&f, "admin", true);
+    let plain = user(&f, "liaison", false);
+    let anchors = vec![f.root.der.clone()];
+    let chain = vec![admin.der.clone(), f.bz.der.clone()];
+    let order = WipeOrder::sign(chain.clone(), signer(&admin), "liaison@bz", NOW as i64).unwrap();
+    assert_eq!(order.organisation, "bz");
+    assert_eq!(order.revoker().as_deref(), Some("admin@bz"));
+    let revoker = order.verify(&anchors, &trust(), NOW as i64).unwrap();
+    assert_eq!(revoker.id(), "admin@bz");
+
+    // Another user, another time, another organisation: the signature no longer fits.
+    let mut other = order.clone();
+    other.user = "analist@bz".into();
+    assert_eq!(
+        other.verify(&anchors, &trust(), NOW as i64),
+        Err(RevocationError::BadSignature)
+    );
+    let mut later = order.clone();
+    later.ordered_at += 1;
+    assert_eq!(
+        later.verify(&anchors, &trust(), NOW as i64 + 10),
+        Err(RevocationError::BadSignature)
+    );
+    // A statement's signature does not make a wipe order (domain separation).
+    let s = statement(&f, &admin, "liaison@bz");
+    let mut borrowed = order.clone();
+    borrowed.signature = s.signature.clone();
+    assert_eq!(
+        borrowed.verify(&anchors, &trust(), NOW as i64),
+        Err(RevocationError::BadSignature)
+    );
+    // Only an org-admin signs one; not for themselves; not from the future.
+    assert!(matches!(
+        WipeOrder::sign(
+            vec![plain.der.clone(), f.bz.der.clone()],
+            signer(&plain),
+            "analist@bz",
+            NOW as i64
+        ),
+        Err(RevocationError::NotOrgAdmin(_))
+    ));
+    let own = WipeOrder::sign(chain.clone(), signer(&admin), "admin@bz", NOW as i64).unwrap();
+    assert!(matches!(
+        own.verify(&anchors, &trust(), NOW as i64),
+        Err(RevocationError::Invalid(_))
+    ));
+    let future = WipeOrder::sign(chain, signer(&admin), "liaison@bz", NOW as i64 + 3600).unwrap();
+    assert!(matches!(
+        future.verify(&anchors, &trust(), NOW as i64),
+        Err(RevocationError::Invalid(_))
+    ));
+    // A user of another organisation's relay is not bz's to wipe.
+    let foreign = WipeOrder::sign(
+        vec![admin.der.clone(), f.bz.der.clone()],
+        signer(&admin),
+        "liaison@nctv",
+        NOW as i64,
+    )
+    .unwrap();
+    assert!(matches!(
+        foreign.verify(&anchors, &trust(), NOW as i64),
+        Err(RevocationError::OtherOrganisation { .. })
+    ));
+}

@@ -164,6 +164,7 @@ pub fn client_cost(seconds: f64) -> Result<ClientCost, String> {
         filed_at: time::OffsetDateTime::now_utc(),
         in_reply_to: None,
         stix: None,
+        forwarded_from: None,
     };
     let plaintext = notice.to_plaintext().map_err(e)?;
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kring_client::conn::{Credentials, RelayConnection};
 use kring_client::profile::Profile;
-use kring_protocol::mls::{CertSigner, key_package};
+use kring_protocol::mls::key_package;
 use kring_protocol::wire::{Push, Request, Response};
 use kring_tests::{Federation, RelayLauncher};
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -79,8 +79,7 @@ pub fn measure_store(data_dir: &Path) -> Result<StoreBytes, String> {
 async fn publish_raw(dir: &Path) -> Result<(), String> {
     let profile = Profile::load(dir).map_err(|e| e.to_string())?;
     let creds = Credentials::load(&profile).map_err(|e| e.to_string())?;
-    let signer =
-        CertSigner::from_pkcs8(creds.chain_der(), &creds.key_pkcs8).map_err(|e| e.to_string())?;
+    let signer = creds.mls_signer().map_err(|e| e.to_string())?;
     let provider = OpenMlsRustCrypto::default();
     let kp = key_package(&provider, &signer, false).map_err(|e| e.to_string())?;
     let last = key_package(&provider, &signer, true).map_err(|e| e.to_string())?;

@@ -1,0 +1,148 @@
+"""`kring ui` in a real browser: filing and reading live across relays, banners,
+refusals in words, community and organisation administration, and the local
+server's security checks."""
+
+import http.client
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from playwright.sync_api import expect
+
+from conftest import ADMIN, COMMUNITY, FILER, MAX_LABEL, NEWCOMER, READER, VICTIM, base_of
+
+SHOTS = os.environ.get("KRING_UI_SCREENSHOTS")
+LIVE = 15_000  # ms: bound on waiting for a live update (the device syncs every second)
+
+
+def shot(page, name):
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+
+
+def request(fed, user, method, path, headers=None, body=None):
+    url = urlparse(fed.uis[user])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request(method, path, body=body, headers=headers or {})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, data
+
+
+def session_cookie(page):
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "kring_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    return f"kring_session={cookie['value']}"
+
+
+def file_notice(page, title, label=MAX_LABEL):
+    page.get_by_role("link", name="New notice").click()
+    page.get_by_label("Community").select_option(COMMUNITY)
+    page.get_by_label("Label").fill(label)
+    page.get_by_label("Category").select_option("cyber")
+    page.get_by_label("Title").fill(title)
+    page.get_by_label("Body").fill("Seen at the embassy gate: a phishing wave aimed at staff.")
+    page.get_by_role("button", name="File notice").click()
+
+
+def test_without_a_session_every_request_is_401(fed):
+    port = urlparse(fed.uis[FILER]).port
+    for path in ["/", "/new", "/admin", "/static/live.js"]:
+        status, body = request(fed, FILER, "GET", path, {"Host": f"127.0.0.1:{port}"})
+        assert status == 401, path
+        assert body == b"", path
+
+
+def test_a_foreign_host_and_a_foreign_origin_are_refused(fed, sessions):
+    page = sessions[FILER]
+    cookie = session_cookie(page)
+    port = urlparse(fed.uis[FILER]).port
+    status, _ = request(fed, FILER, "GET", "/", {"Host": f"evil.example:{port}", "Cookie": cookie})
+    assert status == 421
+    status, _ = request(fed, FILER, "GET", "/", {"Host": f"127.0.0.1:{port}", "Cookie": cookie})
+    assert status == 200
+    form = f"community={COMMUNITY}&label={MAX_LABEL}&category=cyber&title=forged&body=forged"
+    status, _ = request(fed, FILER, "POST", "/new", {
+        "Host": f"127.0.0.1:{port}", "Cookie": cookie, "Origin": "http://evil.example",
+        "Content-Type": "application/x-www-form-urlencoded"}, form)
+    assert status == 403
+    assert "forged" not in fed.kring(FILER, "notice", "list").stdout
+
+
+def test_a_notice_filed_in_one_ui_appears_live_in_another_on_another_relay(fed, sessions):
+    reader = sessions[READER]
+    reader.goto(base_of(fed.uis[READER]) + "/")
+    reader.evaluate("window.kringNotReloaded = true")
+    filer = sessions[FILER]
+    title = f"Phishing wave {time.time_ns()}"
+    file_notice(filer, title)
+    expect(filer.locator("#status")).to_contain_text("Status:")
+    expect(filer.locator("#status")).to_contain_text("Ordered by the hub", timeout=LIVE)
+    # The reader's inbox shows it without a reload.
+    expect(reader.get_by_role("link", name=title)).to_be_visible(timeout=LIVE)
+    assert reader.evaluate("window.kringNotReloaded === true"), "the page was reloaded"
+    expect(reader.locator("#banner-top")).to_have_text(MAX_LABEL)
+    shot(reader, "inbox")
+    reader.get_by_role("link", name=title).click()
+    expect(reader.locator("#banner-top")).to_have_text(MAX_LABEL)
+    expect(reader.locator("#banner-bottom")).to_have_text(MAX_LABEL)
+    shot(reader, "notice")
+    # Reply from the notice view; it reaches the filer's notice page live.
+    filer.goto(base_of(fed.uis[FILER]) + "/")
+    filer.get_by_role("link", name=title).click()
+    reader.get_by_label("Body").fill("Same here at the ministry.")
+    reader.get_by_role("button", name="Send reply").click()
+    expect(filer.locator("#replies")).to_contain_text("Re:", timeout=LIVE)
+    # The command line keeps working on a profile whose UI is running.
+    assert title in fed.kring(FILER, "notice", "list").stdout
+
+
+def test_a_refused_label_is_explained_before_anything_is_sent(fed, sessions):
+    page = sessions[FILER]
+    page.goto(base_of(fed.uis[FILER]) + "/")
+    file_notice(page, "Too high for this community", label="NL:STG-GEHEIM")
+    alert = page.locator("#refusal")
+    expect(alert).to_contain_text("nothing was sent")
+    expect(alert).to_contain_text(f"maximum label {MAX_LABEL}")
+    shot(page, "refused-label")
+    assert "Too high" not in fed.kring(FILER, "notice", "list").stdout
+
+
+def test_a_community_admin_adds_and_removes_a_member(fed, sessions):
+    page = sessions[FILER]
+    page.goto(base_of(fed.uis[FILER]) + f"/members/{COMMUNITY}")
+    members = page.locator("#members")
+    expect(members).to_contain_text(READER)
+    page.get_by_label("User (name@relay)").fill(NEWCOMER)
+    page.get_by_role("button", name="Add member").click()
+    expect(page.get_by_role("status")).to_contain_text("may join")
+    expect(members).to_contain_text(NEWCOMER)
+    shot(page, "members")
+    page.get_by_role("button", name=f"Remove {NEWCOMER}", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text("was removed")
+    expect(members).not_to_contain_text(NEWCOMER)
+
+
+def test_an_org_admin_revokes_a_user(fed, sessions):
+    page = sessions[ADMIN]
+    page.goto(base_of(fed.uis[ADMIN]) + "/admin")
+    expect(page.locator("#verdict")).to_contain_text("audit chain intact")
+    shot(page, "organisation")
+    page.get_by_label("User (name@relay)").fill(VICTIM)
+    page.get_by_label("Reason").fill("laptop lost on a trip")
+    page.get_by_role("button", name="Revoke…").click()
+    expect(page.get_by_role("alert")).to_contain_text("is final")
+    page.get_by_role("button", name=f"Revoke {VICTIM} now").click()
+    expect(page.locator("#revoked")).to_contain_text(f"{VICTIM} is revoked")
+    r = fed.kring(VICTIM, "notice", "list", check=False)
+    assert r.returncode != 0, "a revoked user's device is cut off"
+
+
+def test_kring_ui_refuses_a_non_loopback_address(fed):
+    r = fed.kring(FILER, "ui", "--no-browser", "--listen", "0.0.0.0:0", check=False)
+    assert r.returncode == 2, r.stderr
+    assert "loopback" in r.stderr
+    assert r.stdout == ""
