@@ -42,13 +42,13 @@ pub const CHECKPOINT_EVERY: u64 = 64;
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Store key of the relay's certificate chain as older versions kept it (one chain,
 /// rewritten at every start); moved into the history at the next start.
-pub const CERT_KEY: &[u8] = b"A/cert";
+pub const CERT_KEY: &[u8] = crate::keyspace::audit::LEGACY_CERT;
 /// Prefix of the certificate history: `A/cert/` + 8-byte big-endian index.
-pub const CERT_HISTORY: &[u8] = b"A/cert/";
+pub const CERT_HISTORY: &[u8] = crate::keyspace::audit::CERT_HISTORY;
 
 /// Store key of entry `index` of the certificate history.
 pub fn cert_key(index: u64) -> Vec<u8> {
-    [CERT_HISTORY, &index.to_be_bytes()].concat()
+    crate::keyspace::audit::cert_history(index)
 }
 
 /// What an audit record is about.

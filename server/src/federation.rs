@@ -80,34 +80,7 @@ pub const MAX_PEER_COMMUNITIES: u64 = 100_000;
 /// Longest wait between dial attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-mod keys {
-    pub fn outbox(peer: &str, seq: u64) -> Vec<u8> {
-        [b"o/", peer.as_bytes(), b"\0", &seq.to_be_bytes()].concat()
-    }
-    pub fn outbox_prefix(peer: &str) -> Vec<u8> {
-        [b"o/", peer.as_bytes(), b"\0"].concat()
-    }
-    /// Next outbox seq for a peer (kept even when the outbox is empty).
-    pub fn outbox_next(peer: &str) -> Vec<u8> {
-        [b"O/", peer.as_bytes()].concat()
-    }
-    /// Last item seq applied from a peer.
-    pub fn applied(peer: &str) -> Vec<u8> {
-        [b"r/", peer.as_bytes()].concat()
-    }
-    /// What a peer's certificate granted when last seen (canonical text).
-    pub fn accreditation(peer: &str) -> Vec<u8> {
-        [b"p/", peer.as_bytes()].concat()
-    }
-    /// Communities a peer hub registered here (u64).
-    pub fn hubbed(peer: &str) -> Vec<u8> {
-        [b"h/", peer.as_bytes()].concat()
-    }
-    /// Communities a peer hub registered here with `user` of this relay as a member (u64).
-    pub fn hubbed_for(peer: &str, user: &str) -> Vec<u8> {
-        [b"h/", peer.as_bytes(), b"\0", user.as_bytes()].concat()
-    }
-}
+use crate::keyspace::federation as keys;
 
 fn get_u64(engine: &dyn Engine, key: &[u8]) -> Result<u64, RelayError> {
     Ok(get_obj::<u64>(engine, key)?.unwrap_or(0))
@@ -1803,7 +1776,7 @@ fn apply_item(
         }
         FedBody::DeclaredClients { clients } => {
             // What the peer's organisation declares: kept for the forwards that follow.
-            b.put_obj(declared_clients_key(peer), &clients)?;
+            b.put_obj(keys::declared_clients(peer), &clients)?;
             Ok(())
         }
         FedBody::Retention { community, seconds } => {
@@ -1842,12 +1815,6 @@ fn apply_item(
             relay.record_refusal_for(w, b, &notice_id, &rec.community, &rec.sender, &hop, &reason)
         }
     }
-}
-
-/// `D/PEER` → the organisations `peer`'s organisation declared as its clients, as it
-/// said last ([`FedBody::DeclaredClients`]).
-pub fn declared_clients_key(peer: &str) -> Vec<u8> {
-    [b"D/", peer.as_bytes()].concat()
 }
 
 /// Whether `peer` may report that `hop` refused the notice of `rec`: only the relay

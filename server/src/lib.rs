@@ -31,6 +31,7 @@ pub mod error;
 pub mod federation;
 pub mod groups;
 pub mod key_fetch;
+pub mod keyspace;
 pub mod metrics;
 pub mod net;
 pub mod records;

@@ -49,54 +49,11 @@ use crate::relay::{Caller, Relay, home_relay, now};
 use crate::store::{Batch, Engine, decode, get_obj};
 
 /// Store keys of a restored relay (`R/`).
-pub mod keys {
-    /// Prefix of every recovery key.
-    pub const PREFIX: &[u8] = b"R/";
-    /// `R/state` → [`super::RestoreState`].
-    pub const STATE: &[u8] = b"R/state";
-    /// `R/peer/PEER` → [`super::PeerAnswer`]: the peer has answered.
-    pub fn peer(peer: &str) -> Vec<u8> {
-        [b"R/peer/", peer.as_bytes()].concat()
-    }
-    /// `R/base/COMMUNITY` → the last seq of a community hubbed here at the first
-    /// start after the restore.
-    pub fn base(community: &str) -> Vec<u8> {
-        [b"R/base/", community.as_bytes()].concat()
-    }
-    /// Prefix of [`base`].
-    pub const BASES: &[u8] = b"R/base/";
-    /// `R/outbox/PEER` → the next outbox seq to a peer at the first start.
-    pub fn outbox(peer: &str) -> Vec<u8> {
-        [b"R/outbox/", peer.as_bytes()].concat()
-    }
-    /// `R/resumed/COMMUNITY` → the first seq ordered here after the restore.
-    pub fn resumed(community: &str) -> Vec<u8> {
-        [b"R/resumed/", community.as_bytes()].concat()
-    }
-    /// `R/device/DEVICE\0COMMUNITY`: the device has reported its cursor.
-    pub fn device(device: &str, community: &str) -> Vec<u8> {
-        [b"R/device/", device.as_bytes(), b"\0", community.as_bytes()].concat()
-    }
-    /// `R/lost/COMMUNITY`: a community hubbed here that was created after the
-    /// backup; its id is not given out again.
-    pub fn lost(community: &str) -> Vec<u8> {
-        [b"R/lost/", community.as_bytes()].concat()
-    }
-}
+pub use crate::keyspace::recovery as keys;
 
-/// Outbox keys (`federation`'s layout).
-fn outbox_key(peer: &str, seq: u64) -> Vec<u8> {
-    [b"o/", peer.as_bytes(), b"\0", &seq.to_be_bytes()].concat()
-}
-fn outbox_prefix(peer: &str) -> Vec<u8> {
-    [b"o/", peer.as_bytes(), b"\0"].concat()
-}
-fn outbox_next_key(peer: &str) -> Vec<u8> {
-    [b"O/", peer.as_bytes()].concat()
-}
-fn applied_key(peer: &str) -> Vec<u8> {
-    [b"r/", peer.as_bytes()].concat()
-}
+use crate::keyspace::federation::{
+    applied as applied_key, outbox as outbox_key, outbox_next as outbox_next_key, outbox_prefix,
+};
 
 /// True for keys of the recovery state (not taken from a backup).
 pub fn is_recovery_key(key: &[u8]) -> bool {

@@ -2044,7 +2044,7 @@ impl Relay {
             Some(peer) => b
                 .get_obj::<Vec<String>>(
                     self.engine(),
-                    &crate::federation::declared_clients_key(peer),
+                    &crate::keyspace::federation::declared_clients(peer),
                 )?
                 .unwrap_or_default()
                 .into_iter()

@@ -41,14 +41,7 @@ use crate::relay::{Relay, Writer, home_relay};
 use crate::store::{Batch, decode, keys as store_keys};
 
 /// Store keys of retention.
-pub mod keys {
-    /// Prefix of the retention periods.
-    pub const RETENTION: &[u8] = b"t/";
-    /// `t/COMMUNITY` → the community's retention period in seconds (u64 big endian).
-    pub fn retention(community: &str) -> Vec<u8> {
-        [RETENTION, community.as_bytes()].concat()
-    }
-}
+pub use crate::keyspace::retention as keys;
 
 /// How often a relay looks for entries to drop.
 pub const PASS_EVERY: Duration = Duration::from_secs(600);
@@ -261,7 +254,7 @@ pub fn pass(relay: &Relay, now: i64) -> Result<PassReport, RelayError> {
     let wanted: HashMap<&str, u64> = periods.iter().map(|(c, s)| (c.as_str(), *s)).collect();
     // Every device homed here with a membership record in one of them.
     let mut floors: HashMap<String, Vec<u64>> = HashMap::new();
-    let memberships = scan_all(relay, b"m/", |k, v| {
+    let memberships = scan_all(relay, crate::keyspace::MEMBER, |k, v| {
         let rest = &k[2..];
         let split = rest.iter().position(|&c| c == 0)?;
         let user = String::from_utf8_lossy(&rest[..split]).into_owned();
@@ -361,7 +354,12 @@ fn outbox_firsts(relay: &Relay) -> Result<Option<HashMap<String, u64>>, RelayErr
     let mut after: Option<Vec<u8>> = None;
     let mut read = 0usize;
     loop {
-        let page = engine.scan_bounded(b"o/", after.as_deref(), SCAN_PAGE, PAGE_BYTES)?;
+        let page = engine.scan_bounded(
+            crate::keyspace::OUTBOX,
+            after.as_deref(),
+            SCAN_PAGE,
+            PAGE_BYTES,
+        )?;
         let last_page = page.len() < SCAN_PAGE && page_bytes(&page) < PAGE_BYTES;
         for (k, v) in &page {
             read += 1;

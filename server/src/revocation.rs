@@ -57,29 +57,7 @@ use crate::relay::{Caller, Relay, Writer, home_relay, now};
 use crate::store::{Batch, Engine, decode, keys as store_keys};
 
 /// Store keys of revocation.
-pub mod keys {
-    /// Prefix of revocation statements.
-    pub const STATEMENTS: &[u8] = b"x/";
-    /// Prefix of CRLs.
-    pub const CRLS: &[u8] = b"X/";
-    /// A statement revoking `user`.
-    pub fn statement(user: &str) -> Vec<u8> {
-        [STATEMENTS, user.as_bytes()].concat()
-    }
-    /// The newest CRL of the CA with fingerprint `issuer`.
-    pub fn crl(issuer: &kring_protocol::identity::CaFingerprint) -> Vec<u8> {
-        [CRLS, issuer.to_string().as_bytes()].concat()
-    }
-    /// What a peer's certificate said when last seen.
-    pub fn peer_info(peer: &str) -> Vec<u8> {
-        [b"P/", peer.as_bytes()].concat()
-    }
-    /// `y/USER` → the wipe order for a user of this relay (`kring admin revoke
-    /// --wipe`).
-    pub fn wipe(user: &str) -> Vec<u8> {
-        [b"y/", user.as_bytes()].concat()
-    }
-}
+pub use crate::keyspace::revocation as keys;
 
 /// How often configured CRL files are checked for changes.
 const CRL_POLL: Duration = Duration::from_secs(1);

@@ -496,11 +496,11 @@ impl Durability {
 /// disk: keys `PREFIX NAME \0 SEQ` (SEQ a big-endian u64), the prefix up to the `\0`
 /// naming the sequence. Community logs (`l/`, [`keys::log`]) and outboxes to peers
 /// (`o/`, `federation`).
-const GATED_SEQUENCES: [&[u8]; 2] = [keys::LOGS, b"o/"];
+const GATED_SEQUENCES: [&[u8]; 2] = [keys::LOGS, crate::keyspace::OUTBOX];
 /// Single keys the [`Watermark`] keeps from readers until they are on disk: pending
 /// welcomes, per member (`w/`, [`keys::welcome`]) and by reference (`v/`,
 /// [`keys::welcome_ref`]).
-const GATED_KEYS: [&[u8]; 2] = [b"w/", b"v/"];
+const GATED_KEYS: [&[u8]; 2] = [crate::keyspace::WELCOME, crate::keyspace::WELCOME_REF];
 
 /// What the [`Watermark`] does with a key.
 #[derive(Debug, PartialEq, Eq)]
@@ -846,91 +846,8 @@ pub mod failpoint {
     }
 }
 
-/// Key layout. Ids never contain `\0`, so it separates key parts.
-pub mod keys {
-    /// `c/COMMUNITY` → community record.
-    pub fn community(id: &str) -> Vec<u8> {
-        [b"c/", id.as_bytes()].concat()
-    }
-    /// Prefix of all community records.
-    pub const COMMUNITIES: &[u8] = b"c/";
-    /// `s/COMMUNITY` → the community's last log seq (postcard u64), written per
-    /// entry so that a notice does not rewrite the whole community record.
-    pub fn last_seq(id: &str) -> Vec<u8> {
-        [b"s/", id.as_bytes()].concat()
-    }
-    /// `l/COMMUNITY\0SEQ` → log entry.
-    pub fn log(id: &str, seq: u64) -> Vec<u8> {
-        [b"l/", id.as_bytes(), b"\0", &seq.to_be_bytes()].concat()
-    }
-    /// Prefix of every community's log.
-    pub const LOGS: &[u8] = b"l/";
-    /// Prefix of one community's log.
-    pub fn log_prefix(id: &str) -> Vec<u8> {
-        [b"l/", id.as_bytes(), b"\0"].concat()
-    }
-    /// `n/NOTICE` → notice record (status, for de-duplication).
-    pub fn notice(id: &uuid::Uuid) -> Vec<u8> {
-        [b"n/".as_slice(), id.as_bytes()].concat()
-    }
-    /// `m/USER\0COMMUNITY` → membership record.
-    pub fn member(user: &str, community: &str) -> Vec<u8> {
-        [b"m/", user.as_bytes(), b"\0", community.as_bytes()].concat()
-    }
-    /// Prefix of one user's memberships.
-    pub fn member_prefix(user: &str) -> Vec<u8> {
-        [b"m/", user.as_bytes(), b"\0"].concat()
-    }
-    /// `u/DEVICE\0COMMUNITY` → delivery cursor (u64 big-endian).
-    pub fn cursor(device: &str, community: &str) -> Vec<u8> {
-        [b"u/", device.as_bytes(), b"\0", community.as_bytes()].concat()
-    }
-    /// `w/USER\0WELCOME` → pending welcome.
-    pub fn welcome(user: &str, id: &uuid::Uuid) -> Vec<u8> {
-        [b"w/", user.as_bytes(), b"\0", id.as_bytes()].concat()
-    }
-    /// Prefix of one user's pending welcomes.
-    pub fn welcome_prefix(user: &str) -> Vec<u8> {
-        [b"w/", user.as_bytes(), b"\0"].concat()
-    }
-    /// `v/USER\0WELCOME` → a pending welcome kept once per commit ([`welcome_blob`]).
-    pub fn welcome_ref(user: &str, id: &uuid::Uuid) -> Vec<u8> {
-        [b"v/", user.as_bytes(), b"\0", id.as_bytes()].concat()
-    }
-    /// Prefix of one user's pending welcome references.
-    pub fn welcome_ref_prefix(user: &str) -> Vec<u8> {
-        [b"v/", user.as_bytes(), b"\0"].concat()
-    }
-    /// `W/BLOB` → a Welcome and its ratchet tree, shared by the members one commit
-    /// added here.
-    pub fn welcome_blob(blob: &uuid::Uuid) -> Vec<u8> {
-        [b"W/".as_slice(), blob.as_bytes()].concat()
-    }
-    /// `V/BLOB` → how many `v/` references a welcome blob still has (postcard u32).
-    pub fn welcome_refs(blob: &uuid::Uuid) -> Vec<u8> {
-        [b"V/".as_slice(), blob.as_bytes()].concat()
-    }
-    /// `k/USER\0ID` → key package.
-    pub fn key_package(user: &str, id: &uuid::Uuid) -> Vec<u8> {
-        [b"k/", user.as_bytes(), b"\0", id.as_bytes()].concat()
-    }
-    /// Prefix of one user's key packages.
-    pub fn key_package_prefix(user: &str) -> Vec<u8> {
-        [b"k/", user.as_bytes(), b"\0"].concat()
-    }
-    /// `K/USER` → last-resort key package.
-    pub fn last_resort(user: &str) -> Vec<u8> {
-        [b"K/", user.as_bytes()].concat()
-    }
-    /// Prefix of the MLS public-group storage.
-    pub const MLS: &[u8] = b"g/";
-    /// `a/SEQ` → audit record.
-    pub fn audit(seq: u64) -> Vec<u8> {
-        [b"a/".as_slice(), &seq.to_be_bytes()].concat()
-    }
-    /// Prefix of the audit log.
-    pub const AUDIT: &[u8] = b"a/";
-}
+/// Key layout (the store's namespaces of [`crate::keyspace`]).
+pub use crate::keyspace::store as keys;
 
 #[cfg(test)]
 mod tests {
