@@ -33,7 +33,7 @@ use kring_protocol::audit::{
     record_hash as chain_hash, relay_certificate,
 };
 
-use crate::error::RelayError;
+use crate::error::{RelayError, StoreError};
 use crate::store::{Batch, Engine, decode, keys};
 
 /// A signed checkpoint at least every this many records.
@@ -191,17 +191,28 @@ impl CheckpointSigner {
     /// (leaf first), whose key it must be.
     pub fn new(relay: &str, pkcs8: &[u8], chain: Vec<Vec<u8>>) -> Result<Self, RelayError> {
         use ring::signature::KeyPair;
-        let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
-            .map_err(|e| RelayError::Store(format!("checkpoint key: {e}")))?;
-        let leaf = chain
-            .first()
-            .ok_or_else(|| RelayError::Store("checkpoint key: no certificate".into()))?;
-        let identity = kring_protocol::identity::Identity::from_der(leaf)
-            .map_err(|e| RelayError::Store(format!("checkpoint certificate: {e}")))?;
+        let key =
+            ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|e| {
+                RelayError::OwnIdentity {
+                    what: "checkpoint key",
+                    reason: e.to_string(),
+                }
+            })?;
+        let leaf = chain.first().ok_or(RelayError::OwnIdentity {
+            what: "checkpoint key",
+            reason: "no certificate".into(),
+        })?;
+        let identity = kring_protocol::identity::Identity::from_der(leaf).map_err(|e| {
+            RelayError::OwnIdentity {
+                what: "checkpoint certificate",
+                reason: e.to_string(),
+            }
+        })?;
         if identity.public_key != key.public_key().as_ref() {
-            return Err(RelayError::Store(
-                "checkpoint key: not the key of the relay's certificate".into(),
-            ));
+            return Err(RelayError::OwnIdentity {
+                what: "checkpoint key",
+                reason: "not the key of the relay's certificate".into(),
+            });
         }
         Ok(Self {
             relay: relay.to_string(),
@@ -445,9 +456,7 @@ pub fn adopt_certificate_into(
         .map(|leaf| fingerprint(leaf));
     if latest != Some(signer.fingerprint) {
         if history.len() >= MAX_CERT_HISTORY {
-            return Err(RelayError::Store(format!(
-                "the audit certificate history holds {MAX_CERT_HISTORY} certificates already"
-            )));
+            return Err(StoreError::CertHistoryFull(MAX_CERT_HISTORY).into());
         }
         let identity = relay_certificate(
             &signer.chain,
@@ -456,7 +465,10 @@ pub fn adopt_certificate_into(
             &signer.relay,
             Some(organisation),
         )
-        .map_err(|e| RelayError::Store(format!("audit checkpoint {e}")))?;
+        .map_err(|e| RelayError::OwnIdentity {
+            what: "audit checkpoint certificate",
+            reason: e.to_string(),
+        })?;
         let from = head.seq() + 1;
         head.append(
             batch,

@@ -23,7 +23,7 @@ use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{MlsMessageIn, ProtocolMessage};
 use openmls_rust_crypto::RustCrypto;
 
-use crate::error::RelayError;
+use crate::error::{RelayError, StoreError};
 use crate::store::{Batch, Engine, keys};
 
 type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -232,8 +232,7 @@ pub fn mls_refusal(e: MlsError) -> RelayError {
         MlsError::WrongEpoch { current, .. } => ErrorCode::WrongEpoch { current },
         MlsError::NotAdmin(_) => ErrorCode::NotAdmin,
         MlsError::NotMember(_) => ErrorCode::NotMember,
-        MlsError::Storage(s) => return RelayError::Store(s),
-        MlsError::Internal(s) => return RelayError::Store(s),
+        e @ (MlsError::Storage(_) | MlsError::Internal(_)) => return RelayError::Mls(e),
         other => ErrorCode::BadRequest {
             reason: other.to_string(),
         },
@@ -350,7 +349,7 @@ pub fn process_handshake(
     let validator = FederationValidator::with_revocations(anchors, trust, now, revoked);
     let group = RelayGroup::load(&storage, community)
         .map_err(mls_refusal)?
-        .ok_or_else(|| RelayError::Store(format!("community {community} has no group state")))?;
+        .ok_or_else(|| StoreError::NoGroupState(community.to_string()))?;
     let verified = group
         .process_handshake(&RustCrypto::default(), &validator, message)
         .map_err(mls_refusal)?;
@@ -401,17 +400,18 @@ pub fn merge(
     now: u64,
 ) -> Result<GroupView, RelayError> {
     if staged.community != community {
-        return Err(RelayError::Store(format!(
-            "a commit verified for community {} cannot be merged into {community}",
-            staged.community
-        )));
+        return Err(StoreError::WrongCommunity {
+            verified: staged.community.clone(),
+            into: community.to_string(),
+        }
+        .into());
     }
     let storage = KvStorage::new(overlay.clone());
     // Exactly one commit per epoch: the stored group must still be at the epoch
     // the commit was verified in (reading the small group context suffices).
     let stored = RelayGroup::stored_epoch(&storage, community)
         .map_err(mls_refusal)?
-        .ok_or_else(|| RelayError::Store(format!("community {community} has no group state")))?;
+        .ok_or_else(|| StoreError::NoGroupState(community.to_string()))?;
     if stored != staged.epoch {
         return Err(mls_refusal(MlsError::WrongEpoch {
             current: stored,

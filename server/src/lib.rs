@@ -106,10 +106,7 @@ impl Running {
     /// Graceful stop: no new connections, drain, flush the store.
     pub async fn stop(self) -> Result<(), RelayError> {
         let _ = self.stop.send(());
-        let result = self
-            .task
-            .await
-            .map_err(|e| RelayError::Store(format!("relay task failed: {e}")));
+        let result = self.task.await.map_err(RelayError::Task);
         if let Some(task) = self.metrics_task {
             task.abort();
         }

@@ -302,10 +302,9 @@ impl Recovery {
             return Ok(Self::none());
         };
         if !state.complete {
-            return Err(RelayError::Store(
+            return Err(RelayError::Restore(
                 "the data directory holds an interrupted restore: empty it and run \
-                 `kring-relay restore` again"
-                    .into(),
+                 `kring-relay restore` again",
             ));
         }
         let mut awaiting = BTreeSet::new();
@@ -628,9 +627,10 @@ async fn call(relay: &Relay, peer: &str, request: FedRequest) -> Result<FedRespo
 /// Asks `peer` where it stands, recovers what it holds, and records its answer.
 async fn ask(relay: &Arc<Relay>, peer: &str) -> Result<(), RelayError> {
     let FedResponse::Whereabouts(w) = call(relay, peer, FedRequest::Whereabouts).await? else {
-        return Err(RelayError::Store(format!(
-            "relay {peer} answered Whereabouts with something else"
-        )));
+        return Err(RelayError::UnexpectedAnswer {
+            peer: peer.to_string(),
+            request: "Whereabouts",
+        });
     };
     let mut report: Vec<String> = Vec::new();
     for mark in &w.logs {
@@ -728,7 +728,7 @@ async fn ask(relay: &Arc<Relay>, peer: &str) -> Result<(), RelayError> {
         let mut awaiting = recovery
             .awaiting
             .lock()
-            .map_err(|_| RelayError::Store("recovery lock poisoned".into()))?;
+            .map_err(|_| RelayError::Poisoned("recovery"))?;
         awaiting.remove(peer);
         awaiting.is_empty()
     };
@@ -761,9 +761,10 @@ async fn recover_trust(
 ) -> Result<(), RelayError> {
     let first = call(relay, peer, FedRequest::Trust { after: None }).await?;
     let FedResponse::Response(Response::Trust(state)) = first else {
-        return Err(RelayError::Store(format!(
-            "relay {peer} answered Trust with something else"
-        )));
+        return Err(RelayError::UnexpectedAnswer {
+            peer: peer.to_string(),
+            request: "Trust",
+        });
     };
     let mut statements = state.statements;
     let mut after = statements.last().map(|s| s.user.clone());
@@ -791,9 +792,10 @@ async fn recover_trust(
             more,
         }) = answer
         else {
-            return Err(RelayError::Store(format!(
-                "relay {peer} answered Trust with something else"
-            )));
+            return Err(RelayError::UnexpectedAnswer {
+                peer: peer.to_string(),
+                request: "Trust",
+            });
         };
         let next = page.last().map(|s| s.user.clone());
         statements.extend(page);
@@ -924,9 +926,10 @@ async fn recover_log(
         )
         .await?
         else {
-            return Err(RelayError::Store(format!(
-                "relay {peer} answered FetchLog with something else"
-            )));
+            return Err(RelayError::UnexpectedAnswer {
+                peer: peer.to_string(),
+                request: "FetchLog",
+            });
         };
         let Some(last) = entries.last().map(|e| e.seq) else {
             break;
@@ -966,7 +969,7 @@ async fn recover_log(
             .recovery()
             .marks
             .lock()
-            .map_err(|_| RelayError::Store("recovery lock poisoned".into()))?;
+            .map_err(|_| RelayError::Poisoned("recovery"))?;
         marks.insert((peer.to_string(), community.to_string()), target);
         let prefix = crate::store::keys::log_prefix(community);
         for ((holder, c), seq) in marks.iter_mut() {
@@ -1153,9 +1156,10 @@ async fn recover_copy(
         )
         .await?
         else {
-            return Err(RelayError::Store(format!(
-                "relay {peer} answered FetchLog with something else"
-            )));
+            return Err(RelayError::UnexpectedAnswer {
+                peer: peer.to_string(),
+                request: "FetchLog",
+            });
         };
         now_summary = summary.or(now_summary);
         let last = entries.last().map_or(last_seq, |e| e.seq);
@@ -1242,9 +1246,8 @@ async fn finish(relay: &Arc<Relay>) -> Result<(), RelayError> {
     };
     warn!(%detail, "recovery: complete");
     relay.write(|w, b| {
-        let mut state = load(relay.engine())?.ok_or_else(|| {
-            RelayError::Store("the restore state disappeared during recovery".into())
-        })?;
+        let mut state = load(relay.engine())?
+            .ok_or_else(|| RelayError::Restore("the restore state disappeared during recovery"))?;
         state.finished = true;
         b.put_obj(keys::STATE.to_vec(), &state)?;
         w.audit.append(

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::audit::{AuditEvent, AuditHead, AuditKind};
 use crate::config::{Limits, RelayConfig};
 use crate::decide;
-use crate::error::RelayError;
+use crate::error::{RelayError, StoreError};
 use crate::groups;
 use crate::metrics::{BatchCounts, Metrics};
 use crate::net::ByteBudget;
@@ -227,8 +227,12 @@ pub fn now() -> i64 {
     crate::now_unix()
 }
 
-fn internal(e: impl std::fmt::Display) -> RelayError {
-    RelayError::Store(e.to_string())
+/// A community record whose stored maximum label does not decode.
+fn corrupt_label(community: &str, e: impl std::fmt::Display) -> RelayError {
+    RelayError::Corrupt {
+        key: format!("community {community}"),
+        reason: format!("maximum label: {e}"),
+    }
 }
 
 impl Relay {
@@ -843,7 +847,7 @@ impl Relay {
         let mut w = self
             .writer
             .lock()
-            .map_err(|_| RelayError::Store("writer lock poisoned".into()))?;
+            .map_err(|_| RelayError::Poisoned("writer"))?;
         let mut batch = Batch::default();
         match f(&mut w, &mut batch) {
             Ok(v) => match self.durability.apply(batch) {
@@ -1377,7 +1381,8 @@ impl Relay {
                 }
                 .into());
             }
-            let max_label = Label::from_bytes(&rec.max_label).map_err(internal)?;
+            let max_label =
+                Label::from_bytes(&rec.max_label).map_err(|e| corrupt_label(&rec.id, e))?;
             let added_clearances: Vec<(String, Option<Clearance>, Option<Clearance>)> = staged
                 .added
                 .iter()
@@ -1403,7 +1408,7 @@ impl Relay {
             if staged.self_update {
                 self.self_updates
                     .lock()
-                    .map_err(|_| internal("self-update times poisoned"))?
+                    .map_err(|_| RelayError::Poisoned("self-update times"))?
                     .check(community, sender, now() as u64)
                     .map_err(RelayError::Refused)?;
             }
@@ -1484,7 +1489,7 @@ impl Relay {
             if self_update {
                 self.self_updates
                     .lock()
-                    .map_err(|_| internal("self-update times poisoned"))?
+                    .map_err(|_| RelayError::Poisoned("self-update times"))?
                     .record(community, sender, now() as u64);
                 w.audit.append(
                     b,
@@ -1637,7 +1642,12 @@ impl Relay {
                 notice_id, label, ..
             } = &entry.kind
             {
-                let label = kring_protocol::notice_aad::label_of(label).map_err(internal)?;
+                let label = kring_protocol::notice_aad::label_of(label).map_err(|e| {
+                    RelayError::Corrupt {
+                        key: format!("log entry {} of {}", entry.seq, entry.community),
+                        reason: e.to_string(),
+                    }
+                })?;
                 let d = match self.relay_accreditation(peer) {
                     Some(accr) => kring_policy::decide(&label, &accr),
                     None => kring_policy::decide_opt(Some(&label), None),
@@ -2167,9 +2177,12 @@ impl Relay {
     /// certificate history.
     async fn audit_head(&self, caller: &Caller) -> Result<Response, RelayError> {
         self.audit_reader(caller)?;
-        let head = self
-            .write(|w, _| Ok(w.audit.signed_head(now())))?
-            .ok_or_else(|| RelayError::Store("no audit checkpoint signer".into()))?;
+        let head =
+            self.write(|w, _| Ok(w.audit.signed_head(now())))?
+                .ok_or(RelayError::OwnIdentity {
+                    what: "audit checkpoint signer",
+                    reason: "none is configured".into(),
+                })?;
         self.durable().await?;
         let certificates = crate::audit::cert_history(self.engine.as_ref())?;
         Ok(Response::AuditHead(kring_protocol::audit::AuditHeadPage {
@@ -2262,8 +2275,10 @@ pub fn store_welcome(
     welcome: &[u8],
     ratchet_tree: &[u8],
 ) -> Result<(), RelayError> {
-    let refs = u32::try_from(users.len())
-        .map_err(|_| RelayError::Store(format!("{} users in one welcome", users.len())))?;
+    let refs = u32::try_from(users.len()).map_err(|_| StoreError::TooMany {
+        what: "users",
+        count: users.len(),
+    })?;
     let blob = Uuid::new_v4();
     b.put_obj(
         keys::welcome_blob(&blob),
@@ -2409,7 +2424,7 @@ fn check_notice_label(
     let aad = NoticeAad::from_bytes(&app.aad).map_err(|e| ErrorCode::BadRequest {
         reason: format!("the notice carries no valid label: {e}"),
     })?;
-    let max = Label::from_bytes(&rec.max_label).map_err(internal)?;
+    let max = Label::from_bytes(&rec.max_label).map_err(|e| corrupt_label(&rec.id, e))?;
     decide::file_notice(
         &aad.label,
         &max,

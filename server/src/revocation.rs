@@ -778,8 +778,12 @@ pub async fn enforce(relay: &Relay, due: &EnforceDue) -> Result<(), RelayError> 
         let signer = match &signer {
             Some(s) => s,
             None => signer.insert(
-                CertSigner::from_pkcs8(relay.cert_chain(), &relay.own().key_pkcs8)
-                    .map_err(|e| RelayError::Store(format!("relay signer: {e}")))?,
+                CertSigner::from_pkcs8(relay.cert_chain(), &relay.own().key_pkcs8).map_err(
+                    |e| RelayError::OwnIdentity {
+                        what: "MLS signer",
+                        reason: e.to_string(),
+                    },
+                )?,
             ),
         };
         wrote |= relay.write(|w, b| propose_removals(relay, w, b, &community, signer, &invalid))?;

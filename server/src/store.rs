@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::RelayError;
+use crate::error::{RelayError, StoreError};
 
 /// One atomic set of writes that can also be read: [`Batch::get`] answers as if the
 /// batch were already applied, so code that builds one batch from many steps (a whole
@@ -51,7 +51,7 @@ impl Batch {
     }
     /// Sets `key` to the postcard encoding of `value`.
     pub fn put_obj<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), RelayError> {
-        let bytes = postcard::to_stdvec(value).map_err(|e| RelayError::Store(e.to_string()))?;
+        let bytes = postcard::to_stdvec(value).map_err(StoreError::Encode)?;
         self.put(key, bytes);
         Ok(())
     }
@@ -170,19 +170,18 @@ pub struct SledEngine {
 impl SledEngine {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &std::path::Path) -> Result<Self, RelayError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            RelayError::Store(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
         })?;
         let db = sled::Config::new()
             .path(dir.join("store"))
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()
-            .map_err(|e| {
-                RelayError::Store(format!("cannot open store in {}: {e}", dir.display()))
+            .map_err(|source| StoreError::Open {
+                dir: dir.to_path_buf(),
+                source,
             })?;
         let tree = db.open_tree("kring")?;
         Ok(Self { db, tree })
@@ -483,12 +482,10 @@ impl Durability {
         msg: FlushMsg,
         rx: oneshot::Receiver<Result<(), String>>,
     ) -> Result<(), RelayError> {
-        self.tx
-            .send(msg)
-            .map_err(|_| RelayError::Store("the store is shut down".into()))?;
+        self.tx.send(msg).map_err(|_| StoreError::ShutDown)?;
         rx.await
-            .map_err(|_| RelayError::Store("the store is shut down".into()))?
-            .map_err(RelayError::Store)
+            .map_err(|_| StoreError::ShutDown)?
+            .map_err(|e| StoreError::Flush(e).into())
     }
 }
 
@@ -1189,7 +1186,7 @@ mod tests {
             Ok(None)
         }
         fn apply(&self, _: Batch) -> Result<(), RelayError> {
-            Err(RelayError::Store("disk full".into()))
+            Err(StoreError::Injected("disk full").into())
         }
         fn flush(&self) -> Result<(), RelayError> {
             Ok(())

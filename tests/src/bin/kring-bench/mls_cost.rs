@@ -381,7 +381,7 @@ impl MemEngine {
     fn entries(&self) -> Result<std::sync::MutexGuard<'_, Entries>, RelayError> {
         self.entries
             .lock()
-            .map_err(|_| RelayError::Store("bench store lock poisoned".into()))
+            .map_err(|_| RelayError::Poisoned("bench store"))
     }
 }
 
