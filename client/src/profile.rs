@@ -396,19 +396,25 @@ state_dir = "state"
         assert_eq!(days_left(now + DAY, now), 1);
     }
 
-    /// The PKCS#8 v1 (RFC 5208) form of a v2 Ed25519 key as ring writes it.
-    fn v1_of(v2: &[u8]) -> Vec<u8> {
+    /// The PKCS#8 v1 (RFC 5208, as OpenSSL writes it) and v2 (RFC 5958, with the
+    /// public key, as ring writes it) forms of an Ed25519 key.
+    fn both_forms(key: &rcgen::KeyPair) -> (Vec<u8>, Vec<u8>) {
+        const V1_PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
         const V2_PREFIX: [u8; 16] = [
             0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
             0x04, 0x20,
         ];
-        assert_eq!(v2[..16], V2_PREFIX);
-        let mut v1 = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
-        v1.extend_from_slice(&v2[16..48]);
-        v1
+        let der = key.serialize_der();
+        assert!(der[..16] == V1_PREFIX || der[..16] == V2_PREFIX, "{der:?}");
+        let seed = &der[16..48];
+        let public = key.public_key_raw();
+        assert_eq!(public.len(), 32);
+        let v1 = [&V1_PREFIX[..], seed].concat();
+        let v2 = [&V2_PREFIX[..], seed, &[0x81, 0x21, 0x00][..], public].concat();
+        (v1, v2)
     }
 
     #[test]
@@ -416,9 +422,8 @@ state_dir = "state"
         use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
         let fed = crate::testpki::Fed::new("bz");
         let leaf = fed.user("bz", "analist", "bz", "NL:STG-GEHEIM");
-        let v2 = leaf.key.serialize_der();
-        let v1 = v1_of(&v2);
-        assert_eq!(v1.len(), 48);
+        let (v1, v2) = both_forms(&leaf.key);
+        assert_eq!((v1.len(), v2.len()), (48, 83));
         for (form, der) in [("v1", v1), ("v2", v2)] {
             let tmp = tempfile::tempdir().unwrap();
             let dir = fed.profile(tmp.path(), "analist@bz", "bz", &leaf);

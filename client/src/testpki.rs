@@ -1,18 +1,14 @@
-//! A small test federation minted with rcgen (tests only): a root, an organisation
-//! CA, relay and user certificates following Kring's certificate profile, and
-//! profile directories for the users.
+//! A small test federation for the client's unit tests (tests only): a thin
+//! adapter over the development PKI of `kring-certs-dev` (one root, one
+//! organisation CA, relay and user certificates of Kring's certificate profile),
+//! with profile directories for the users.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use kring_certs_dev::{IssuedCert, Pki, RelaySpec, UserSpec};
 use kring_policy::Clearance;
-use kring_protocol::identity::{
-    OID_SUBJECT_DIRECTORY_ATTRIBUTES, encode_subject_directory_attributes,
-};
-use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose as Eku, IsCa, Issuer, KeyPair, KeyUsagePurpose as Ku, SanType,
-};
+use rcgen::KeyPair;
 
 pub(crate) struct Leaf {
     pub(crate) chain: Vec<Vec<u8>>,
@@ -20,118 +16,55 @@ pub(crate) struct Leaf {
     pub(crate) key: KeyPair,
 }
 
+impl From<IssuedCert> for Leaf {
+    fn from(issued: IssuedCert) -> Leaf {
+        Leaf {
+            key: KeyPair::from_pem(&issued.key_pem).unwrap(),
+            chain: issued.chain_der,
+            chain_pem: issued.chain_pem,
+        }
+    }
+}
+
 pub(crate) struct Fed {
     pub(crate) root_der: Vec<u8>,
     pub(crate) root_pem: String,
-    org_der: Vec<u8>,
-    org_pem: String,
-    org: Issuer<'static, KeyPair>,
-}
-
-fn days(d: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc() + time::Duration::days(d)
-}
-
-fn ca_params(cn: &str, org: &str, path_len: u8) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    dn.push(DnType::OrganizationName, org);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
-    p.key_usages = vec![Ku::KeyCertSign, Ku::CrlSign, Ku::DigitalSignature];
-    p.not_before = days(-1);
-    p.not_after = days(365);
-    p
+    pki: Pki,
 }
 
 impl Fed {
     /// A root and the organisation CA of `org`.
     pub(crate) fn new(org: &str) -> Fed {
-        let root_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let root_params = ca_params("Test root", "federation", 1);
-        let root = root_params.self_signed(&root_key).unwrap();
-        let root_issuer = Issuer::new(root_params, root_key);
-        let org_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let mut org_params = ca_params(&format!("CA {org}"), org, 0);
-        org_params.use_authority_key_identifier_extension = true;
-        let org_cert = org_params.signed_by(&org_key, &root_issuer).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut pki = Pki::new(now).unwrap();
+        pki.add_organisation(org).unwrap();
         Fed {
-            root_der: root.der().to_vec(),
-            root_pem: root.pem(),
-            org_der: org_cert.der().to_vec(),
-            org_pem: org_cert.pem(),
-            org: Issuer::new(org_params, org_key),
-        }
-    }
-
-    fn leaf(&self, p: CertificateParams, org: &str, name: &str, clearance: &str) -> Leaf {
-        self.leaf_with_roles(p, org, name, clearance, &[])
-    }
-
-    fn leaf_with_roles(
-        &self,
-        mut p: CertificateParams,
-        org: &str,
-        name: &str,
-        clearance: &str,
-        roles: &[String],
-    ) -> Leaf {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        dn.push(DnType::OrganizationName, org);
-        p.distinguished_name = dn;
-        p.key_usages = vec![Ku::DigitalSignature];
-        p.not_before = days(-1);
-        p.not_after = days(300);
-        p.use_authority_key_identifier_extension = true;
-        let c = Clearance::from_str(clearance).unwrap();
-        let sda = encode_subject_directory_attributes(Some(&c), roles)
-            .unwrap()
-            .unwrap();
-        p.custom_extensions = vec![CustomExtension::from_oid_content(
-            &OID_SUBJECT_DIRECTORY_ATTRIBUTES,
-            sda,
-        )];
-        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let cert = p.signed_by(&key, &self.org).unwrap();
-        Leaf {
-            chain: vec![cert.der().to_vec(), self.org_der.clone()],
-            chain_pem: format!("{}{}", cert.pem(), self.org_pem),
-            key,
+            root_der: pki.root().cert_der().to_vec(),
+            root_pem: pki.root().cert_pem().to_string(),
+            pki,
         }
     }
 
     /// A user certificate `name@relay` of organisation `org`.
     pub(crate) fn user(&self, org: &str, name: &str, relay: &str, clearance: &str) -> Leaf {
-        let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![SanType::URI(
-            format!("kring:user:{name}@{relay}").try_into().unwrap(),
-        )];
-        p.extended_key_usages = vec![Eku::ClientAuth];
-        self.leaf(p, org, name, clearance)
+        let spec =
+            UserSpec::new(name, relay, org).with_clearance(Clearance::from_str(clearance).unwrap());
+        self.pki.issue_user(&spec).unwrap().into()
     }
 
     /// An org-admin `name@relay` of organisation `org`.
     pub(crate) fn admin(&self, org: &str, name: &str, relay: &str) -> Leaf {
-        let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![SanType::URI(
-            format!("kring:user:{name}@{relay}").try_into().unwrap(),
-        )];
-        p.extended_key_usages = vec![Eku::ClientAuth];
-        let roles = [kring_protocol::identity::ROLE_ORG_ADMIN.to_string()];
-        self.leaf_with_roles(p, org, name, "NL:STG-GEHEIM", &roles)
+        let spec = UserSpec::new(name, relay, org)
+            .with_clearance(Clearance::from_str("NL:STG-GEHEIM").unwrap())
+            .with_role(kring_protocol::identity::ROLE_ORG_ADMIN);
+        self.pki.issue_user(&spec).unwrap().into()
     }
 
     /// A relay certificate.
     pub(crate) fn relay(&self, org: &str, id: &str, accreditation: &str) -> Leaf {
-        let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![
-            SanType::URI(format!("kring:relay:{id}").try_into().unwrap()),
-            SanType::DnsName(format!("{id}.relay.kring").try_into().unwrap()),
-        ];
-        p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
-        self.leaf(p, org, id, accreditation)
+        let spec =
+            RelaySpec::new(id, org).with_accreditation(Clearance::from_str(accreditation).unwrap());
+        self.pki.issue_relay(&spec).unwrap().into()
     }
 
     /// Writes a profile directory for `leaf` as `user` at `relay_id` under `dir`.

@@ -169,7 +169,8 @@ mod tests {
         assert_eq!(w.roles, ["org-admin"]);
         assert_eq!(w.serial.len() % 2, 0);
         assert!(w.not_after.ends_with('Z'), "UTC: {}", w.not_after);
-        assert!((298..=300).contains(&w.days_left), "{}", w.days_left);
+        let days = kring_certs_dev::USER_DAYS;
+        assert!((days - 2..=days).contains(&w.days_left), "{}", w.days_left);
         assert!(w.chain_verified, "{:?}", w.chain_problem);
         assert_eq!(w.warning, None);
         // Offline: no local state was opened or created.
@@ -199,13 +200,14 @@ mod tests {
     fn whoami_warns_within_30_days_and_after_expiry() {
         let tmp = tempfile::tempdir().unwrap();
         let profile = profile(tmp.path());
-        let soon = whoami(&profile, now() + 280 * DAY).unwrap();
+        let days = kring_certs_dev::USER_DAYS;
+        let soon = whoami(&profile, now() + (days - 20) * DAY).unwrap();
         let warning = soon.warning.unwrap();
         assert!(warning.contains("consul@bz expires in"), "{warning}");
         assert!(warning.contains(&soon.not_after), "{warning}");
         assert!(soon.chain_verified);
 
-        let late = whoami(&profile, now() + 301 * DAY).unwrap();
+        let late = whoami(&profile, now() + (days + 1) * DAY).unwrap();
         assert!(late.days_left < 0);
         assert!(late.warning.as_deref().unwrap().contains("expired"));
         assert!(!late.chain_verified);
