@@ -295,8 +295,8 @@ fn storage_key<K: Serialize + ?Sized>(label: &'static str, key: &K) -> Result<Ve
 /// The first byte of every value this version writes: MessagePack follows.
 ///
 /// `0xC1` is the one byte MessagePack never uses and cannot start UTF-8 text, so
-/// it tells these values from the JSON values earlier versions wrote (which
-/// [`decode`] still reads; they are rewritten in MessagePack when next stored).
+/// a value of this format cannot be mistaken for text; [`decode`] refuses any
+/// value that does not start with it.
 const MSGPACK: u8 = 0xC1;
 
 /// Encodes a value as `MSGPACK || MessagePack(value)`, within [`MAX_VALUE_LEN`].
@@ -317,9 +317,8 @@ fn encode<V: Serialize + ?Sized>(label: &'static str, value: &V) -> Result<Vec<u
     Ok(bytes)
 }
 
-/// Decodes a stored value (MessagePack behind the [`MSGPACK`] byte, or the JSON
-/// of earlier versions), refusing values over [`MAX_VALUE_LEN`] and trailing
-/// bytes.
+/// Decodes a stored value (MessagePack behind the [`MSGPACK`] byte), refusing
+/// values without that byte, over [`MAX_VALUE_LEN`], or with trailing bytes.
 fn decode<V: DeserializeOwned>(label: &'static str, bytes: &[u8]) -> Result<V> {
     check_value_len(label, bytes.len())?;
     let decode_error = |source: Box<dyn std::error::Error + Send + Sync>| MlsStorageError::Decode {
@@ -327,7 +326,9 @@ fn decode<V: DeserializeOwned>(label: &'static str, bytes: &[u8]) -> Result<V> {
         source,
     };
     let Some((&MSGPACK, body)) = bytes.split_first() else {
-        return serde_json::from_slice(bytes).map_err(|e| decode_error(e.into()));
+        return Err(decode_error(
+            "not a value of this storage format (no MessagePack mark)".into(),
+        ));
     };
     let mut deserializer = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
     let value = V::deserialize(CompactDe(&mut deserializer)).map_err(|e| decode_error(e.into()))?;

@@ -256,7 +256,7 @@ fn corrupt_values_are_errors_not_panics() {
     let refs_key = storage_key(label::PROPOSAL_QUEUE_REFS, &g).unwrap();
     storage
         .backend()
-        .insert(&refs_key, b"[7]".to_vec())
+        .insert(&refs_key, encode("ProposalQueueRefs", &[7u64]).unwrap())
         .unwrap();
     let refs: Vec<ProposalRef> = storage.queued_proposal_refs(&g).unwrap();
     assert_eq!(refs, vec![ProposalRef(7)]);
@@ -272,7 +272,10 @@ fn corrupt_values_are_errors_not_panics() {
     let leaves_key = storage_key(label::OWN_LEAF_NODES, &g).unwrap();
     storage
         .backend()
-        .insert(&leaves_key, b"{\"a\":1}".to_vec())
+        .insert(
+            &leaves_key,
+            encode("OwnLeafNodes", &BTreeMap::from([("a", 1)])).unwrap(),
+        )
         .unwrap();
     let err = storage
         .append_own_leaf_node(
@@ -287,14 +290,11 @@ fn corrupt_values_are_errors_not_panics() {
 }
 
 #[test]
-fn json_values_of_earlier_versions_are_read_and_rewritten() {
+fn values_without_the_msgpack_mark_are_refused() {
     let g = group("g");
     let storage = KvStorage::new(MemoryKv::new());
     let tree_key = storage_key(label::TREE, &g).unwrap();
-    let leaf = Leaf {
-        key: vec![1, 200],
-        name: "a".into(),
-    };
+    // JSON, as a store of another format would hold it.
     storage
         .backend()
         .insert(
@@ -302,20 +302,12 @@ fn json_values_of_earlier_versions_are_read_and_rewritten() {
             serde_json::to_vec(&Tree(b"old".to_vec())).unwrap(),
         )
         .unwrap();
-    let leaves_key = storage_key(label::OWN_LEAF_NODES, &g).unwrap();
-    storage
-        .backend()
-        .insert(&leaves_key, serde_json::to_vec(&[&leaf]).unwrap())
-        .unwrap();
-
-    let tree: Option<Tree> = storage.tree(&g).unwrap();
-    assert_eq!(tree, Some(Tree(b"old".to_vec())));
-    // Appending to a JSON list rewrites the whole list in MessagePack.
-    storage.append_own_leaf_node(&g, &leaf).unwrap();
-    let stored = storage.backend().get(&leaves_key).unwrap().unwrap();
-    assert_eq!(stored.first(), Some(&MSGPACK));
-    let leaves: Vec<Leaf> = storage.own_leaf_nodes(&g).unwrap();
-    assert_eq!(leaves, vec![leaf.clone(), leaf]);
+    let err = storage.tree::<GroupId, Tree>(&g).unwrap_err();
+    assert!(
+        matches!(err, MlsStorageError::Decode { what: "Tree", .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("MessagePack"), "{err}");
 }
 
 #[test]
@@ -348,7 +340,7 @@ fn lists_are_bounded() {
     let full: Vec<u64> = (0..MAX_LIST_LEN as u64).collect();
     storage
         .backend()
-        .insert(&refs_key, serde_json::to_vec(&full).unwrap())
+        .insert(&refs_key, encode("ProposalRefs", &full).unwrap())
         .unwrap();
     let err = storage
         .queue_proposal(&g, &ProposalRef(u64::MAX), &Proposal(vec![]))
