@@ -1037,11 +1037,16 @@ mod tests {
     struct Named;
 
     impl kring_protocol::mls::CredentialValidator for Named {
-        fn validate(&self, chain: &[Vec<u8>], _key: &[u8]) -> std::result::Result<String, String> {
-            let leaf = chain.first().ok_or("empty chain")?;
+        fn validate(
+            &self,
+            chain: &[Vec<u8>],
+            _key: &[u8],
+        ) -> std::result::Result<String, kring_protocol::mls::CredentialError> {
+            use kring_protocol::mls::CredentialError;
+            let leaf = chain.first().ok_or(CredentialError::EmptyChain)?;
             kring_protocol::identity::Identity::from_der(leaf)
                 .map(|i| i.id())
-                .map_err(|e| e.to_string())
+                .map_err(CredentialError::Unreadable)
         }
     }
 

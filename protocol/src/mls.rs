@@ -102,8 +102,8 @@ mod tests;
 pub use client::{ClientGroup, CommitOutput, GroupUpload, Received};
 pub use context::community_meta;
 pub use credential::{
-    CertSigner, CredentialValidator, DeviceSigner, credential_chain, leaf_key_matches,
-    leaf_public_key, x509_credential,
+    CertSigner, CredentialError, CredentialValidator, DeviceSigner, credential_chain,
+    leaf_key_matches, leaf_public_key, x509_credential,
 };
 pub use error::MlsError;
 pub use key_package::{KeyPackageInfo, key_package, verify_key_package};

@@ -584,6 +584,45 @@ pub struct CrlChange {
 
 static EMPTY: Revocations = Revocations::new();
 
+/// How a certificate is revoked ([`Revocations::check_chain`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Revoked {
+    /// A revocation statement of the user's organisation revokes the user.
+    #[error("{user} is revoked: {reason}")]
+    ByStatement {
+        /// The user.
+        user: String,
+        /// The statement's reason.
+        reason: String,
+    },
+    /// The CRL of the holder's organisation lists the certificate.
+    #[error(
+        "the certificate of {holder} (serial {serial}) is revoked by the CRL of {organisation}"
+    )]
+    ByCrl {
+        /// The certificate's holder.
+        holder: String,
+        /// Its serial number (hex).
+        serial: String,
+        /// The organisation whose CRL lists it.
+        organisation: String,
+    },
+    /// A federation anchor's CRL revokes the CA that issued the certificate.
+    #[error(
+        "the certificate of {user} was issued by the CA of {ca_organisation} (serial {serial}), which is revoked by the CRL of the federation anchor of {anchor_organisation}"
+    )]
+    IssuingCa {
+        /// The certificate's holder.
+        user: String,
+        /// The organisation of the revoked CA.
+        ca_organisation: String,
+        /// The CA certificate's serial number (hex).
+        serial: String,
+        /// The organisation of the anchor whose CRL revokes it.
+        anchor_organisation: String,
+    },
+}
+
 impl Revocations {
     /// No revocations.
     pub const fn new() -> Self {
@@ -686,8 +725,8 @@ impl Revocations {
     /// [`Self::check_chain`], which also checks the organisation CA.
     ///
     /// # Errors
-    /// The reason.
-    pub fn check(&self, id: &Identity) -> Result<(), String> {
+    /// [`Revoked`]: which statement or CRL revoked it.
+    pub fn check(&self, id: &Identity) -> Result<(), Revoked> {
         self.check_leaf(id, |_| true)
     }
 
@@ -697,8 +736,8 @@ impl Revocations {
     /// CRL revoking an organisation CA cuts off every certificate under it.
     ///
     /// # Errors
-    /// The reason.
-    pub fn check_chain(&self, id: &Identity, chain: &[Vec<u8>]) -> Result<(), String> {
+    /// How the certificate is revoked.
+    pub fn check_chain(&self, id: &Identity, chain: &[Vec<u8>]) -> Result<(), Revoked> {
         if self.crls.is_empty() {
             return self.check_leaf(id, |_| false);
         }
@@ -722,12 +761,13 @@ impl Revocations {
             if let Some(root) = self.crls.values().find(|held| {
                 held.anchor && held.issuer_name == issuer_name && held.serials.contains(&serial)
             }) {
-                return Err(format!(
-                    "the certificate of {} was issued by the CA of {} (serial {serial}), which is revoked by the CRL of the federation anchor of {}",
-                    id.id(),
-                    subject_org(ca).unwrap_or_else(|| "an unnamed organisation".into()),
-                    root.organisation
-                ));
+                return Err(Revoked::IssuingCa {
+                    user: id.id(),
+                    ca_organisation: subject_org(ca)
+                        .unwrap_or_else(|| "an unnamed organisation".into()),
+                    serial,
+                    anchor_organisation: root.organisation.clone(),
+                });
             }
         }
         Ok(())
@@ -737,11 +777,14 @@ impl Revocations {
         &self,
         id: &Identity,
         issued_by: impl Fn(&CaFingerprint) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Revoked> {
         if id.kind == IdentityKind::User
             && let Some(reason) = self.user_revoked(&id.id())
         {
-            return Err(format!("{} is revoked: {reason}", id.id()));
+            return Err(Revoked::ByStatement {
+                user: id.id(),
+                reason: reason.to_string(),
+            });
         }
         let revoked = self.crls.iter().any(|(issuer, held)| {
             !held.anchor
@@ -750,12 +793,11 @@ impl Revocations {
                 && held.serials.contains(&id.serial)
         });
         if revoked {
-            return Err(format!(
-                "the certificate of {} (serial {}) is revoked by the CRL of {}",
-                id.id(),
-                id.serial,
-                id.organisation
-            ));
+            return Err(Revoked::ByCrl {
+                holder: id.id(),
+                serial: id.serial.clone(),
+                organisation: id.organisation.clone(),
+            });
         }
         Ok(())
     }

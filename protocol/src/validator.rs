@@ -6,7 +6,7 @@
 //! validator.
 
 use crate::identity::{Identity, TrustMap, verify_chain_trusted};
-use crate::mls::{CredentialValidator, MemberId, leaf_key_matches};
+use crate::mls::{CredentialError, CredentialValidator, MemberId, leaf_key_matches};
 use crate::revocation::Revocations;
 
 /// Validates credentials against the federation trust anchors at a fixed time.
@@ -69,13 +69,13 @@ static IDENTITIES: std::sync::Mutex<Cache> =
 /// Most certificates kept in [`IDENTITIES`].
 const MAX_CACHED_IDENTITIES: usize = 16_384;
 
-fn read_identity(leaf: &[u8]) -> Result<std::sync::Arc<Known>, String> {
+fn read_identity(leaf: &[u8]) -> Result<std::sync::Arc<Known>, CredentialError> {
     if let Ok(cache) = IDENTITIES.lock()
         && let Some(known) = cache.get(leaf)
     {
         return Ok(known.clone());
     }
-    let identity = Identity::from_der(leaf).map_err(|e| e.to_string())?;
+    let identity = Identity::from_der(leaf).map_err(CredentialError::Unreadable)?;
     let known = std::sync::Arc::new(Known {
         id: identity.id(),
         identity,
@@ -89,20 +89,24 @@ fn read_identity(leaf: &[u8]) -> Result<std::sync::Arc<Known>, String> {
     Ok(known)
 }
 
-fn leaf_identity(chain: &[Vec<u8>], signature_key: &[u8]) -> Result<std::sync::Arc<Known>, String> {
-    let leaf = chain.first().ok_or("empty certificate chain")?;
+fn leaf_identity(
+    chain: &[Vec<u8>],
+    signature_key: &[u8],
+) -> Result<std::sync::Arc<Known>, CredentialError> {
+    let leaf = chain.first().ok_or(CredentialError::EmptyChain)?;
     let known = read_identity(leaf)?;
     if !leaf_key_matches(signature_key, &known.identity.public_key) {
-        return Err(format!(
-            "the MLS signature key of {} is not its certificate's key",
-            known.id
-        ));
+        return Err(CredentialError::KeyMismatch(known.id.clone()));
     }
     Ok(known)
 }
 
 impl CredentialValidator for FederationValidator<'_> {
-    fn validate(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
+    fn validate(
+        &self,
+        chain: &[Vec<u8>],
+        signature_key: &[u8],
+    ) -> Result<MemberId, CredentialError> {
         let claimed = leaf_identity(chain, signature_key)?;
         let id = verify_chain_trusted(
             chain,
@@ -111,12 +115,19 @@ impl CredentialValidator for FederationValidator<'_> {
             claimed.identity.kind,
             self.trust,
         )
-        .map_err(|e| format!("credential of {}: {e}", claimed.id))?;
+        .map_err(|reason| CredentialError::Untrusted {
+            member: claimed.id.clone(),
+            reason,
+        })?;
         self.revoked.check_chain(&id, chain)?;
         Ok(id.id())
     }
 
-    fn identify(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
+    fn identify(
+        &self,
+        chain: &[Vec<u8>],
+        signature_key: &[u8],
+    ) -> Result<MemberId, CredentialError> {
         Ok(leaf_identity(chain, signature_key)?.id.clone())
     }
 }

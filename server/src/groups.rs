@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use kring_policy::Clearance;
 use kring_protocol::identity::{Identity, TrustMap};
 use kring_protocol::mls::{
-    CredentialValidator, GroupMember, Handshake, MlsError, RelayGroup, VerifiedHandshake,
-    verify_key_package,
+    CredentialError, CredentialValidator, GroupMember, Handshake, MlsError, RelayGroup,
+    VerifiedHandshake, verify_key_package,
 };
 use kring_protocol::mls_storage::{KvBackend, KvBatch, KvStorage};
 use kring_protocol::revocation::Revocations;
@@ -268,9 +268,11 @@ struct SameChain<'a> {
 }
 
 impl CredentialValidator for SameChain<'_> {
-    fn validate(&self, chain: &[Vec<u8>], key: &[u8]) -> Result<String, String> {
+    fn validate(&self, chain: &[Vec<u8>], key: &[u8]) -> Result<String, CredentialError> {
         if chain.first().map(|c| c.as_slice()) != Some(self.expected_leaf) {
-            return Err("the key package's credential is not the caller's own certificate".into());
+            return Err(CredentialError::NotExpected(
+                "the key package's credential is not the caller's own certificate",
+            ));
         }
         self.inner.validate(chain, key)
     }

@@ -589,7 +589,7 @@ impl Relay {
                     let chain = crate::net::peer_chain(conn).unwrap_or_default();
                     if let Err(why) = revoked.check_chain(identity, &chain) {
                         conn.close(CloseCode::Revoked.code().into(), b"revoked");
-                        out.push((id.clone(), why));
+                        out.push((id.clone(), why.to_string()));
                     }
                 }
             }
@@ -694,7 +694,7 @@ impl Relay {
                 id.id(),
                 self.id.clone(),
                 "connect-refused",
-                why,
+                why.to_string(),
             ));
             return Err(ErrorCode::Revoked);
         }

@@ -13,6 +13,7 @@ use kring_protocol::identity::{
     Identity, decode_subject_directory_attributes, encode_subject_directory_attributes,
 };
 use kring_protocol::mls::{
+    CredentialError,
     CredentialValidator, MemberId, RelayGroup, read_header, verify_key_package,
 };
 use kring_protocol::wire::{
@@ -250,7 +251,11 @@ pub fn relay_config(data: &[u8]) {
 struct AcceptAll;
 
 impl CredentialValidator for AcceptAll {
-    fn validate(&self, _chain: &[Vec<u8>], _signature_key: &[u8]) -> Result<MemberId, String> {
+    fn validate(
+        &self,
+        _chain: &[Vec<u8>],
+        _signature_key: &[u8],
+    ) -> Result<MemberId, CredentialError> {
         Ok("fuzz@fuzz".to_owned())
     }
 }
@@ -280,11 +285,15 @@ const HUB_RATCHET_TREE: &[u8] = include_bytes!("../fixtures/commit_verify/ratche
 struct ByCertificate;
 
 impl CredentialValidator for ByCertificate {
-    fn validate(&self, chain: &[Vec<u8>], _signature_key: &[u8]) -> Result<MemberId, String> {
-        let leaf = chain.first().ok_or("empty chain")?;
+    fn validate(
+        &self,
+        chain: &[Vec<u8>],
+        _signature_key: &[u8],
+    ) -> Result<MemberId, CredentialError> {
+        let leaf = chain.first().ok_or(CredentialError::EmptyChain)?;
         Identity::from_der(leaf)
             .map(|i| i.id())
-            .map_err(|e| e.to_string())
+            .map_err(CredentialError::Unreadable)
     }
 }
 

@@ -22,6 +22,7 @@ use kring_protocol::audit::{AuditHeadPage, CertificateUse, SignedAuditHead};
 use kring_protocol::identity::CaFingerprint;
 use kring_protocol::identity::{Identity, certificates_from_pem};
 use kring_protocol::mls::{
+    CredentialError,
     CertSigner, ClientGroup, CommunityMeta, CredentialValidator, MemberId, key_package,
 };
 use kring_protocol::revocation::{RevocationStatement, WipeOrder};
@@ -39,11 +40,11 @@ type Res<T> = Result<T, Box<dyn Error>>;
 struct ByCertificate;
 
 impl CredentialValidator for ByCertificate {
-    fn validate(&self, chain: &[Vec<u8>], _key: &[u8]) -> Result<MemberId, String> {
-        let leaf = chain.first().ok_or("empty chain")?;
+    fn validate(&self, chain: &[Vec<u8>], _key: &[u8]) -> Result<MemberId, CredentialError> {
+        let leaf = chain.first().ok_or(CredentialError::EmptyChain)?;
         Identity::from_der(leaf)
             .map(|i| i.id())
-            .map_err(|e| e.to_string())
+            .map_err(CredentialError::Unreadable)
     }
 }
 

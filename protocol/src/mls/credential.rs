@@ -96,6 +96,36 @@ fn check_chain_shape(chain: &[Vec<u8>]) -> Result<(), MlsError> {
     Ok(())
 }
 
+/// Why a credential is not accepted (by a [`CredentialValidator`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialError {
+    /// The credential carries no certificate.
+    #[error("empty certificate chain")]
+    EmptyChain,
+    /// The leaf certificate cannot be read as a Kring certificate.
+    #[error("unreadable certificate: {0}")]
+    Unreadable(crate::identity::IdentityError),
+    /// The MLS signature key is not the leaf certificate's key.
+    #[error("the MLS signature key of {0} is not its certificate's key")]
+    KeyMismatch(MemberId),
+    /// The chain does not verify to the federation's anchors and trust map.
+    #[error("credential of {member}: {reason}")]
+    Untrusted {
+        /// Whom the leaf names.
+        member: MemberId,
+        /// Why it does not verify.
+        reason: crate::identity::IdentityError,
+    },
+    /// The certificate is revoked.
+    #[error(transparent)]
+    Revoked(#[from] crate::revocation::Revoked),
+    /// The credential is valid but not the one this check expects (e.g. a key
+    /// package that is not the caller's own certificate's).
+    #[error("{0}")]
+    NotExpected(&'static str),
+}
+
 /// The hook through which every credential this module accepts is checked.
 ///
 /// It is called for the creator and members of a group (on creation, on join from a
@@ -113,8 +143,12 @@ pub trait CredentialValidator {
     /// key that must equal the leaf certificate's public key.
     ///
     /// # Errors
-    /// A reason a person can read.
-    fn validate(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String>;
+    /// Why the credential is not accepted.
+    fn validate(
+        &self,
+        chain: &[Vec<u8>],
+        signature_key: &[u8],
+    ) -> Result<MemberId, CredentialError>;
 
     /// Reads the identity of a credential that was fully validated earlier, without
     /// the time-dependent checks (expiry, revocation) that may now fail.
@@ -125,8 +159,12 @@ pub trait CredentialValidator {
     /// revocation and expiry but still check the leaf key.
     ///
     /// # Errors
-    /// A reason a person can read.
-    fn identify(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
+    /// Why the credential cannot be identified.
+    fn identify(
+        &self,
+        chain: &[Vec<u8>],
+        signature_key: &[u8],
+    ) -> Result<MemberId, CredentialError> {
         self.validate(chain, signature_key)
     }
 }
@@ -140,7 +178,7 @@ pub(crate) fn validate_credential(
     let chain = credential_chain(credential)?;
     validator
         .validate(&chain, signature_key)
-        .map_err(MlsError::InvalidCredential)
+        .map_err(|e| MlsError::InvalidCredential(e.to_string()))
 }
 
 /// Identifies an MLS credential + signature key with `validator` (lenient).
@@ -152,7 +190,7 @@ pub(crate) fn identify_credential(
     let chain = credential_chain(credential)?;
     validator
         .identify(&chain, signature_key)
-        .map_err(MlsError::InvalidCredential)
+        .map_err(|e| MlsError::InvalidCredential(e.to_string()))
 }
 
 /// True if an MLS signature key equals a certificate's Ed25519 public key (both raw,

@@ -22,18 +22,27 @@ struct TestValidator {
 }
 
 impl TestValidator {
-    fn check(&self, chain: &[Vec<u8>], key: &[u8], strict: bool) -> Result<MemberId, String> {
-        let leaf = chain.first().ok_or("empty chain")?;
-        let id = self
-            .trusted
-            .get(leaf)
-            .ok_or("certificate not issued by the test federation")?;
-        let cert_key = leaf_public_key(leaf).map_err(|e| e.to_string())?;
+    fn check(
+        &self,
+        chain: &[Vec<u8>],
+        key: &[u8],
+        strict: bool,
+    ) -> Result<MemberId, CredentialError> {
+        let leaf = chain.first().ok_or(CredentialError::EmptyChain)?;
+        let id = self.trusted.get(leaf).ok_or(CredentialError::NotExpected(
+            "certificate not issued by the test federation",
+        ))?;
+        let cert_key = leaf_public_key(leaf)
+            .map_err(|_| CredentialError::NotExpected("certificate has no Ed25519 key"))?;
         if !leaf_key_matches(key, &cert_key) {
-            return Err("signature key is not the certificate key".into());
+            return Err(CredentialError::KeyMismatch(id.clone()));
         }
         if strict && self.revoked.borrow().contains(id) {
-            return Err(format!("certificate of {id} is revoked"));
+            return Err(crate::revocation::Revoked::ByStatement {
+                user: id.clone(),
+                reason: "revoked in the test".into(),
+            }
+            .into());
         }
         Ok(id.clone())
     }
@@ -44,11 +53,19 @@ impl TestValidator {
 }
 
 impl CredentialValidator for TestValidator {
-    fn validate(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
+    fn validate(
+        &self,
+        chain: &[Vec<u8>],
+        signature_key: &[u8],
+    ) -> Result<MemberId, CredentialError> {
         self.check(chain, signature_key, true)
     }
 
-    fn identify(&self, chain: &[Vec<u8>], signature_key: &[u8]) -> Result<MemberId, String> {
+    fn identify(
+        &self,
+        chain: &[Vec<u8>],
+        signature_key: &[u8],
+    ) -> Result<MemberId, CredentialError> {
         self.check(chain, signature_key, false)
     }
 }

@@ -192,7 +192,14 @@ fn the_revocation_set_checks_identities_and_certificates() {
     assert!(set.add_statement(&s));
     assert!(!set.add_statement(&s), "a second copy is not new");
     let why = set.check(&id(&liaison)).unwrap_err();
-    assert!(why.contains("liaison@bz is revoked: device lost"), "{why}");
+    assert_eq!(
+        why,
+        Revoked::ByStatement {
+            user: "liaison@bz".into(),
+            reason: "device lost".into()
+        }
+    );
+    assert_eq!(why.to_string(), "liaison@bz is revoked: device lost");
     assert_eq!(set.user_revoked("liaison@bz"), Some("device lost"));
     assert!(set.check(&id(&analist)).is_ok());
 
@@ -211,7 +218,10 @@ fn the_revocation_set_checks_identities_and_certificates() {
     assert_eq!(set.add_crl(&v).map(|c| c.added), Some(vec![serial.clone()]));
     assert_eq!(set.add_crl(&v), None, "not newer than the one held");
     let why = set.check(&id(&analist)).unwrap_err();
-    assert!(why.contains("revoked by the CRL of bz"), "{why}");
+    assert!(
+        matches!(&why, Revoked::ByCrl { serial: s, organisation, .. } if *s == serial && organisation == "bz"),
+        "{why:?}"
+    );
     // The same serial under another organisation is not revoked.
     let mut foreign = id(&analist);
     foreign.organisation = "nctv".into();
@@ -390,7 +400,10 @@ fn an_anchors_crl_revoking_an_organisation_ca_cuts_every_certificate_under_it() 
     assert!(v.anchor);
     assert!(!set.add_crl(&v).unwrap().added.is_empty());
     let why = set.check_chain(&id, &chain).unwrap_err();
-    assert!(why.contains("CA of bz"), "{why}");
+    assert!(
+        matches!(&why, Revoked::IssuingCa { ca_organisation, .. } if ca_organisation == "bz"),
+        "{why:?}"
+    );
     // nctv's CA is not revoked.
     let mut p: CertificateParams = user_params("liaison", "nctv", "nctv");
     p.custom_extensions = sda(Some("NL:STG-GEHEIM"), &[]).into_iter().collect();
