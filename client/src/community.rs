@@ -33,6 +33,47 @@ use crate::labels::parse_label;
 use crate::store::{Batch, CommunityRecord, SentCommit};
 use crate::validator::now_unix;
 
+/// The policy decision on adding a user, as an admin sees it before anything is
+/// committed: the clearance their certificate carries and whether it admits the
+/// community's maximum label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddDecision {
+    /// `NAME@HUB`.
+    pub community: String,
+    /// `NAME@RELAY`.
+    pub user: String,
+    /// The user's organisation, from their certificate.
+    pub organisation: String,
+    /// Canonical text of the user's clearance; `None` if the certificate has none.
+    pub clearance: Option<String>,
+    /// Canonical text of the community's maximum label.
+    pub max_label: String,
+    /// `None` if the user may join; otherwise why not, in words.
+    pub refusal: Option<String>,
+}
+
+/// An [`AddDecision`] with the key package it was read from, so that
+/// [`Client::add_previewed`] commits exactly the user that was shown, without
+/// fetching (and using up) a second key package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddPreview {
+    /// What adding the user means.
+    pub decision: AddDecision,
+    key_package: Vec<u8>,
+}
+
+/// A member as an admin sees them: who, from which organisation and relay, with
+/// which clearance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberProfile {
+    /// `NAME@RELAY`.
+    pub id: String,
+    /// The member's organisation, from their certificate.
+    pub organisation: String,
+    /// Canonical text of the member's clearance; `None` if the certificate has none.
+    pub clearance: Option<String>,
+}
+
 /// How often a commit is rebuilt after losing its epoch to another commit.
 pub const COMMIT_ATTEMPTS: usize = 3;
 
@@ -227,20 +268,11 @@ impl Client {
         self.reset_transaction()?;
         let community = self.resolve_community(community)?;
         let users = self.resolve_users(users)?;
-        self.sync().await?;
-        let group = self.load_group(&community)?;
-        self.check_admin(&group)?;
+        let group = self.synced_admin_group(&community).await?;
         let max = community_max_label(&group)?;
         let mut key_packages = Vec::with_capacity(users.len());
         for user in &users {
-            let kp = match self
-                .call(&Request::FetchKeyPackage { user: user.clone() })
-                .await?
-            {
-                Response::KeyPackage { key_package } => key_package,
-                other => return Err(unexpected("FetchKeyPackage", &other)),
-            };
-            key_packages.push(kp);
+            key_packages.push(self.fetch_key_package(user).await?);
         }
         let receipt = self
             .commit_change(&community, Change::Add(&key_packages), |out| {
@@ -248,6 +280,118 @@ impl Client {
             })
             .await?;
         Ok(receipt)
+    }
+
+    /// As a community admin, fetches one key package of `user` and shows what adding
+    /// them would mean: their clearance and the policy decision against the
+    /// community's maximum label. Nothing is committed; [`Self::add_previewed`] adds
+    /// the user shown.
+    pub async fn preview_add(&mut self, community: &str, user: &str) -> Result<AddPreview> {
+        self.reset_transaction()?;
+        let community = self.resolve_community(community)?;
+        let user = self.resolve_user(user)?;
+        let group = self.synced_admin_group(&community).await?;
+        if group.members(&self.validator)?.iter().any(|m| m.id == user) {
+            return Err(ClientError::Usage(format!(
+                "{user} is already a member of {community}"
+            )));
+        }
+        let max = community_max_label(&group)?;
+        let key_package = self.fetch_key_package(&user).await?;
+        let info = kring_protocol::mls::verify_key_package(
+            openmls_traits::OpenMlsProvider::crypto(&self.provider),
+            &self.validator,
+            &key_package,
+        )?;
+        if info.id != user {
+            return Err(ClientError::Protocol(format!(
+                "the relay handed out a key package of {} instead of {user}",
+                info.id
+            )));
+        }
+        let identity = Identity::from_der(&info.certificate)
+            .map_err(|e| ClientError::Protocol(format!("certificate of {user}: {e}")))?;
+        let decision = decide_opt(Some(&max), identity.clearance.as_ref());
+        Ok(AddPreview {
+            decision: AddDecision {
+                community,
+                refusal: (!decision.allowed).then(|| decision.reason()),
+                organisation: identity.organisation,
+                clearance: identity.clearance.as_ref().map(ToString::to_string),
+                max_label: max.to_string(),
+                user,
+            },
+            key_package,
+        })
+    }
+
+    /// Adds the user of a [`Self::preview_add`] with the key package it fetched.
+    /// Refused (exit 3) if the preview said the user may not join: the policy is
+    /// checked again on the commit itself, as for [`Self::add_members`].
+    pub async fn add_previewed(&mut self, preview: AddPreview) -> Result<CommitReceipt> {
+        let AddPreview {
+            decision: d,
+            key_package,
+        } = preview;
+        if let Some(why) = &d.refusal {
+            return Err(ClientError::PolicyDenied(format!(
+                "{} may not join: the community's maximum label is {}, and {why}",
+                d.user, d.max_label
+            )));
+        }
+        self.reset_transaction()?;
+        let group = self.synced_admin_group(&d.community).await?;
+        let max = community_max_label(&group)?;
+        let users = [d.user];
+        let key_packages = [key_package];
+        self.commit_change(&d.community, Change::Add(&key_packages), |out| {
+            check_added(out, &users, &max)
+        })
+        .await
+    }
+
+    /// The members of `community` in this device's group, with the organisation and
+    /// clearance their certificates carry.
+    pub fn member_profiles(&self, community: &str) -> Result<Vec<MemberProfile>> {
+        let community = self.resolve_community(community)?;
+        let group = self.load_group(&community)?;
+        if !group.is_active() {
+            return Err(not_member(&community));
+        }
+        group
+            .member_certificates(&self.validator)?
+            .into_iter()
+            .map(|(id, leaf)| {
+                let identity = Identity::from_der(&leaf)
+                    .map_err(|e| ClientError::Protocol(format!("certificate of {id}: {e}")))?;
+                Ok(MemberProfile {
+                    id,
+                    organisation: identity.organisation,
+                    clearance: identity.clearance.as_ref().map(ToString::to_string),
+                })
+            })
+            .collect()
+    }
+
+    /// Syncs (to be at the group's current epoch) and loads `community`'s group,
+    /// refusing a caller who is not one of its admins.
+    async fn synced_admin_group(&mut self, community: &str) -> Result<ClientGroup> {
+        self.sync().await?;
+        let group = self.load_group(community)?;
+        self.check_admin(&group)?;
+        Ok(group)
+    }
+
+    async fn fetch_key_package(&mut self, user: &str) -> Result<Vec<u8>> {
+        match self
+            .call(&Request::FetchKeyPackage {
+                user: user.to_string(),
+            })
+            .await?
+        {
+            Response::KeyPackage { key_package } => Ok(key_package),
+            other => Err(unexpected("FetchKeyPackage", &other)),
+        }
     }
 
     /// As a community admin, removes `users` from the community.
@@ -259,9 +403,7 @@ impl Client {
         self.reset_transaction()?;
         let community = self.resolve_community(community)?;
         let users = self.resolve_users(users)?;
-        self.sync().await?;
-        let group = self.load_group(&community)?;
-        self.check_admin(&group)?;
+        self.synced_admin_group(&community).await?;
         self.commit_change(&community, Change::Remove(&users), |_| Ok(()))
             .await
     }
@@ -277,9 +419,7 @@ impl Client {
         self.reset_transaction()?;
         let community = self.resolve_community(community)?;
         let user = self.resolve_user(user)?;
-        self.sync().await?;
-        let group = self.load_group(&community)?;
-        self.check_admin(&group)?;
+        let group = self.synced_admin_group(&community).await?;
         let mut admins = group.meta()?.admins;
         match change {
             AdminChange::Add if admins.contains(&user) => {

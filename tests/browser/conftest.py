@@ -35,6 +35,8 @@ COMMUNITY = "ui@bz"
 MAX_LABEL = "NL:DEP-VERTROUWELIJK"
 FILER, READER, ADMIN = "liaison@bz", "liaison@nctv", "admin@bz"
 NEWCOMER, VICTIM = "admin@nctv", "victim@bz"
+# A user whose clearance is below a community's maximum label.
+LOW, LOW_CLEARANCE = "stagiair@bz", "NL:DEP-VERTROUWELIJK"
 
 
 def wait_until(what, predicate, timeout=60.0, interval=0.25):
@@ -138,10 +140,13 @@ def fed():
         subprocess.run([str(BIN / "kring-certs-dev"), "issue-user", "--dir", root, "--user", VICTIM,
                         "--clearance", "NL:DEP-VERTROUWELIJK"],
                        check=True, capture_output=True, timeout=60)
+        subprocess.run([str(BIN / "kring-certs-dev"), "issue-user", "--dir", root, "--user", LOW,
+                        "--clearance", LOW_CLEARANCE],
+                       check=True, capture_output=True, timeout=60)
         for relay in RELAYS:
             f.spawn(f"relay-{relay}", [str(BIN / "kring-relay"), "--config",
                                        str(Path(root) / "relays" / relay / "relay.toml")])
-        for user in (FILER, READER, ADMIN, NEWCOMER, VICTIM):
+        for user in (FILER, READER, ADMIN, NEWCOMER, VICTIM, LOW):
             wait_until(f"{user}'s home relay", lambda u=user: f.kring(u, "keys", "publish", check=False).returncode == 0)
         f.kring(FILER, "community", "create", "ui", "--max-label", MAX_LABEL)
         f.kring(FILER, "community", "add", COMMUNITY, READER)

@@ -10,9 +10,15 @@ from urllib.parse import urlparse
 
 from playwright.sync_api import expect
 
-from conftest import ADMIN, COMMUNITY, FILER, MAX_LABEL, NEWCOMER, READER, VICTIM, base_of
+from axe_playwright_python.sync_playwright import Axe
 
+from conftest import (ADMIN, COMMUNITY, FILER, LOW, LOW_CLEARANCE, MAX_LABEL, NEWCOMER, READER,
+                      VICTIM, base_of)
+
+# Screenshots go to KRING_UI_SCREENSHOTS, a directory relative to the repository root.
 SHOTS = os.environ.get("KRING_UI_SCREENSHOTS")
+if SHOTS:
+    SHOTS = str(Path(__file__).resolve().parents[2] / SHOTS)
 LIVE = 15_000  # ms: bound on waiting for a live update (the device syncs every second)
 
 
@@ -116,14 +122,97 @@ def test_a_community_admin_adds_and_removes_a_member(fed, sessions):
     page.goto(base_of(fed.uis[FILER]) + f"/members/{COMMUNITY}")
     members = page.locator("#members")
     expect(members).to_contain_text(READER)
+    # Clearances and home relays are shown with the members.
+    expect(members.get_by_role("row").filter(has_text=READER)).to_contain_text("NL:STG-GEHEIM")
     page.get_by_label("User (name@relay)").fill(NEWCOMER)
-    page.get_by_role("button", name="Add member").click()
-    expect(page.get_by_role("status")).to_contain_text("may join")
+    page.get_by_role("button", name="Check").click()
+    # The decision comes first; nothing is committed until it is confirmed.
+    expect(page.locator("#add-check")).to_contain_text(f"{NEWCOMER} may join")
+    assert NEWCOMER not in fed.kring(FILER, "community", "members", COMMUNITY).stdout
+    shot(page, "add-check")
+    page.get_by_role("button", name=f"Add {NEWCOMER}", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text("was added")
     expect(members).to_contain_text(NEWCOMER)
     shot(page, "members")
     page.get_by_role("button", name=f"Remove {NEWCOMER}", exact=True).click()
     expect(page.get_by_role("status")).to_contain_text("was removed")
     expect(members).not_to_contain_text(NEWCOMER)
+
+
+def test_a_user_below_the_maximum_label_may_not_join_and_nothing_is_committed(fed, sessions):
+    page = sessions[FILER]
+    page.goto(base_of(fed.uis[FILER]) + "/communities")
+    page.get_by_label("Name").fill("hoog")
+    page.get_by_label("Maximum label").fill("NL:STG-GEHEIM")
+    page.get_by_role("button", name="Create community").click()
+    expect(page.get_by_role("status")).to_contain_text("was created")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Members of hoog@bz")
+    page.get_by_label("User (name@relay)").fill(LOW)
+    page.get_by_role("button", name="Check").click()
+    check = page.locator("#add-check")
+    expect(check).to_contain_text(f"{LOW} may not join")
+    expect(check).to_contain_text(LOW_CLEARANCE)
+    expect(page.get_by_role("button", name=f"Add {LOW}")).to_have_count(0)
+    shot(page, "may-not-join")
+    assert LOW not in fed.kring(FILER, "community", "members", "hoog@bz").stdout
+
+
+def test_a_notice_is_forwarded_into_another_community_with_its_provenance(fed, sessions):
+    fed.kring(FILER, "community", "create", "doorsturen", "--max-label", "NL:STG-GEHEIM")
+    page = sessions[FILER]
+    page.goto(base_of(fed.uis[FILER]) + "/")
+    title = f"Forward me {time.time_ns()}"
+    file_notice(page, title)
+    expect(page.locator("#status")).to_contain_text("Ordered by the hub", timeout=LIVE)
+    page.get_by_label("Forward to").select_option("doorsturen@bz")
+    page.get_by_label("Comment (optional)").fill("For the wider circle.")
+    page.get_by_role("button", name="Forward notice").click()
+    expect(page.locator("#provenance")).to_contain_text(f"Forwarded from {COMMUNITY}")
+    expect(page.locator("article .meta").first).to_contain_text("doorsturen@bz")
+    expect(page.locator("article .body")).to_contain_text("For the wider circle.")
+    expect(page.locator("#banner-top")).to_have_text(MAX_LABEL)
+    shot(page, "forwarded")
+    # A label lower than the original's is refused, naming the rule, and nothing is sent.
+    page.goto(base_of(fed.uis[FILER]) + f"/community/{COMMUNITY}")
+    page.get_by_role("link", name=title).click()
+    page.get_by_label("Forward to").select_option("doorsturen@bz")
+    page.get_by_label("Label (optional").fill("NL:ONGERUBRICEERD")
+    page.get_by_role("button", name="Forward notice").click()
+    expect(page.get_by_role("alert")).to_contain_text("lower")
+
+
+def test_search_by_text_finds_only_matching_notices(fed, sessions):
+    page = sessions[FILER]
+    page.goto(base_of(fed.uis[FILER]) + "/")
+    marker = f"zoekterm{time.time_ns()}"
+    file_notice(page, f"Needle {marker}")
+    file_notice(page, f"Haystack {time.time_ns()}")
+    page.goto(base_of(fed.uis[FILER]) + "/")
+    page.get_by_role("search").get_by_label("Text").fill(marker)
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("#list").get_by_role("link")
+    expect(rows).to_have_count(1)
+    expect(rows).to_have_text(f"Needle {marker}")
+
+
+def test_the_main_pages_pass_axe_core(fed, sessions):
+    axe = Axe()
+    options = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
+    checked = []
+    for user, paths in [(FILER, ["/", "/new", "/communities", f"/members/{COMMUNITY}"]),
+                        (ADMIN, ["/admin"])]:
+        page = sessions[user]
+        for path in paths:
+            page.goto(base_of(fed.uis[user]) + path)
+            checked.append(path)
+            results = axe.run(page, options=options)
+            assert results.violations_count == 0, f"{path}:\n{results.generate_report()}"
+    page = sessions[FILER]
+    page.goto(base_of(fed.uis[FILER]) + "/")
+    page.locator("#list").get_by_role("link").first.click()
+    results = axe.run(page, options=options)
+    assert results.violations_count == 0, f"notice page:\n{results.generate_report()}"
+    assert len(checked) == 5
 
 
 def test_an_org_admin_revokes_a_user(fed, sessions):

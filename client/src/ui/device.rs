@@ -12,10 +12,11 @@ use uuid::Uuid;
 
 use super::State;
 use super::view::{
-    Action, AuditView, Call, CommunityView, Done, MembersView, NoticeView, Problem, Snapshot,
+    Action, AddCheck, AuditView, Call, CommunityView, Done, MembersView, NoticeView, Problem,
+    Snapshot,
 };
 use crate::client::Client;
-use crate::community::AdminChange;
+use crate::community::{AddPreview, AdminChange};
 use crate::error::{
     ClientError, EXIT_AUTH, EXIT_OK, EXIT_POLICY, EXIT_UNREACHABLE, EXIT_USAGE, Result,
 };
@@ -27,6 +28,11 @@ use crate::sync::SyncEvent;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Newest audit records shown.
 const AUDIT_SHOWN: u64 = 200;
+/// How long an add's preview (and the key package it fetched) is kept for the
+/// admin's confirmation.
+const PREVIEW_KEPT: Duration = Duration::from_secs(600);
+/// Previews kept at most (the oldest goes first).
+const PREVIEWS_KEPT: usize = 16;
 
 /// Runs the device until the routes are gone, Ctrl-C or SIGTERM; a revoked device stops it.
 pub(super) async fn run(
@@ -80,6 +86,8 @@ struct Device {
     refused: BTreeMap<Uuid, String>,
     /// Own notices not yet ordered by the hub.
     pending: Vec<Uuid>,
+    /// Adds previewed and awaiting the admin's confirmation, by (community, user).
+    previews: BTreeMap<(String, String), (std::time::Instant, AddPreview)>,
 }
 
 impl Device {
@@ -132,6 +140,10 @@ impl Device {
                 let result = members(client, &community).await;
                 let _ = reply.send(self.outcome(result)?);
             }
+            Call::PreviewAdd(community, user, reply) => {
+                let result = self.preview_add(client, &community, &user).await;
+                let _ = reply.send(self.outcome(result)?);
+            }
             Call::Audit(reply) => {
                 let result = audit(client).await;
                 let _ = reply.send(self.outcome(result)?);
@@ -152,6 +164,49 @@ impl Device {
             Err(e) if Client::is_revocation(&e) => Err(e),
             Err(e) => Ok(Err(problem(&e))),
         }
+    }
+
+    async fn preview_add(
+        &mut self,
+        client: &mut Client,
+        community: &str,
+        user: &str,
+    ) -> Result<AddCheck> {
+        let preview = client.preview_add(community, user).await?;
+        let check = preview.decision.clone();
+        let now = std::time::Instant::now();
+        self.previews
+            .retain(|_, (at, _)| now.duration_since(*at) < PREVIEW_KEPT);
+        while self.previews.len() >= PREVIEWS_KEPT {
+            let oldest = self
+                .previews
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.previews.remove(&k),
+                None => break,
+            };
+        }
+        // Keyed by the names as entered and as resolved, so that the confirmation
+        // finds it either way.
+        self.previews.insert(
+            (community.to_string(), user.to_string()),
+            (now, preview.clone()),
+        );
+        let resolved = (check.community.clone(), check.user.clone());
+        self.previews.insert(resolved, (now, preview));
+        Ok(check)
+    }
+
+    /// The kept preview of adding `user` to `community`, if it is recent.
+    fn take_preview(&mut self, community: &str, user: &str) -> Option<AddPreview> {
+        let (at, preview) = self
+            .previews
+            .remove(&(community.to_string(), user.to_string()))?;
+        let d = &preview.decision;
+        self.previews.remove(&(d.community.clone(), d.user.clone()));
+        (at.elapsed() < PREVIEW_KEPT).then_some(preview)
     }
 
     fn snapshot(&self, client: &Client) -> std::result::Result<Snapshot, Problem> {
@@ -226,8 +281,22 @@ impl Device {
                 let filed = client.reply(&to.to_string(), &label, body, None).await?;
                 Ok(self.filed(&filed))
             }
+            Action::Forward {
+                id,
+                to,
+                label,
+                comment,
+            } => {
+                let filed = client
+                    .forward(&id.to_string(), &to, label.as_deref(), comment.as_deref())
+                    .await?;
+                Ok(self.filed(&filed))
+            }
             Action::Add { community, user } => {
-                let r = client.add_members(&community, &[user]).await?;
+                let r = match self.take_preview(&community, &user) {
+                    Some(preview) => client.add_previewed(preview).await?,
+                    None => client.add_members(&community, &[user]).await?,
+                };
                 Ok(done(format!(
                     "{} may join {} and was added (epoch {}).",
                     r.added.join(", "),
@@ -314,11 +383,13 @@ async fn members(client: &mut Client, community: &str) -> Result<MembersView> {
     // A sync first commits removals the hub proposed (revocations).
     client.sync().await?;
     let info = client.community_info(community).await?;
+    let profiles = client.member_profiles(&info.id)?;
     Ok(MembersView {
         id: info.id,
         max_label: info.max_label,
         members: info.members,
         admins: info.admins,
+        profiles,
     })
 }
 

@@ -8,7 +8,7 @@ use maud::{DOCTYPE, Markup, html};
 use uuid::Uuid;
 
 use super::labels::{choices, highest, level_class};
-use super::view::{AuditView, MembersView, NoticeView, Problem, Snapshot};
+use super::view::{AddCheck, AuditView, MembersView, NoticeView, Problem, Snapshot};
 use crate::notice::Category;
 
 /// The banner text when nothing labelled is on the page.
@@ -229,6 +229,12 @@ pub fn notice(snap: &Snapshot, n: &NoticeView, flash: Option<&str>) -> Markup {
                     (crate::cli::output::human_time(&n.notice.filed_at))
                 }
                 @if n.own { p id="status" data-live="" role="status" { "Status: " (status(n)) } }
+                @if let Some(f) = &n.notice.forwarded_from {
+                    p id="provenance" class="meta" {
+                        "Forwarded from " (f.community) ": " a href={"/notice/" (f.id)} { "notice " (f.id) } " filed by " (f.sender)
+                        " on " (crate::cli::output::human_time(&f.filed_at)) "."
+                    }
+                }
                 div class="body" { (n.notice.body) }
             }
             @if !replies.is_empty() {
@@ -245,8 +251,44 @@ pub fn notice(snap: &Snapshot, n: &NoticeView, flash: Option<&str>) -> Markup {
                 textarea id="body" name="body" required rows="4" {}
                 button type="submit" { "Send reply" }
             }
+            (forward_form(snap, n))
         },
     )
+}
+
+/// Forwarding into another community; the rules are checked on this device and
+/// again at the target's hub, and a refusal names the rule.
+fn forward_form(snap: &Snapshot, n: &NoticeView) -> Markup {
+    let targets: Vec<_> = snap
+        .communities
+        .iter()
+        .filter(|c| c.id != n.notice.community)
+        .collect();
+    html! {
+        h2 { "Forward" }
+        @if targets.is_empty() {
+            p { "You are a member of no other community to forward this notice into." }
+        } @else {
+            p {
+                "The forward carries the original with where it came from. Its label is the original's "
+                "unless you choose a higher one; TLP:RED is never forwarded, AMBER only within your "
+                "organisation and the organisations it serves."
+            }
+            form method="post" action={"/notice/" (n.notice.id) "/forward"} {
+                label for="forward-to" { "Forward to" }
+                select id="forward-to" name="to" required {
+                    @for c in &targets {
+                        option value=(c.id) { (c.id) " (maximum " (c.max_label) ")" }
+                    }
+                }
+                label for="forward-label" { "Label (optional, never lower than the original's)" }
+                input id="forward-label" name="label" autocomplete="off" placeholder=(n.notice.label);
+                label for="forward-comment" { "Comment (optional)" }
+                textarea id="forward-comment" name="comment" rows="2" {}
+                button type="submit" { "Forward notice" }
+            }
+        }
+    }
 }
 
 fn label_input(labels: &[String], value: &str) -> Markup {
@@ -331,8 +373,10 @@ pub fn members(
     snap: &Snapshot,
     m: &MembersView,
     flash: Option<&Result<String, Problem>>,
+    check: Option<&AddCheck>,
 ) -> Markup {
     let me_admin = m.admins.contains(&snap.user);
+    let profile = |user: &str| m.profiles.iter().find(|p| p.id == user);
     layout(
         &format!("Members of {}", m.id),
         snap,
@@ -346,13 +390,21 @@ pub fn members(
                 None => {}
             }
             table id="members" {
-                thead { tr { th { "Member" } th { "Home relay" } th { "Role" } @if me_admin { th { "Actions" } } } }
+                thead { tr { th { "Member" } th { "Organisation" } th { "Home relay" } th { "Clearance" } th { "Role" } @if me_admin { th { "Actions" } } } }
                 tbody {
                     @for user in &m.members {
                         @let admin = m.admins.contains(user);
+                        @let p = profile(user);
                         tr {
                             td { (user) }
+                            td { @if let Some(p) = p { (p.organisation) } @else { "not yet known" } }
                             td { (user.rsplit_once('@').map(|(_, r)| r).unwrap_or("")) }
+                            td {
+                                @match p.and_then(|p| p.clearance.as_deref()) {
+                                    Some(c) => span class={"chip " (level_class(c))} { (c) },
+                                    None => @if p.is_some() { "none" } @else { "not yet known" },
+                                }
+                            }
                             td { @if admin { "admin" } @else { "member" } }
                             @if me_admin {
                                 td {
@@ -370,18 +422,44 @@ pub fn members(
             }
             @if me_admin {
                 h2 { "Add a member" }
-                p { "The user's clearance (from their certificate) is checked against the maximum label before anything is committed; you see whether they may join." }
-                form method="post" action="/members/add" {
+                @if let Some(c) = check { (add_check(c)) }
+                p { "The user's clearance (from their certificate) is checked against the maximum label before anything is committed: you see whether they may join, then confirm." }
+                form method="post" action="/members/check" {
                     input type="hidden" name="community" value=(m.id);
                     label for="user" { "User (name@relay)" }
-                    input id="user" name="user" required;
-                    button type="submit" { "Add member" }
+                    input id="user" name="user" required value=[check.map(|c| c.user.as_str())];
+                    button type="submit" { "Check" }
                 }
             } @else {
                 p { "Only the community's admins add and remove members." }
             }
         },
     )
+}
+
+/// The policy decision on an add, with the confirmation when the user may join.
+fn add_check(c: &AddCheck) -> Markup {
+    let clearance = c.clearance.as_deref().unwrap_or("no clearance");
+    html! {
+        @match &c.refusal {
+            None => section id="add-check" class="done" role="status" {
+                p {
+                    strong { (c.user) " may join" } " " (c.community) ": their clearance "
+                    span class={"chip " (level_class(clearance))} { (clearance) }
+                    " (" (c.organisation) ") admits the maximum label "
+                    span class={"chip " (level_class(&c.max_label))} { (c.max_label) } "."
+                }
+                (action_button("/members/add", &c.community, &c.user, None, &format!("Add {}", c.user)))
+            },
+            Some(why) => section id="add-check" class="problem" role="alert" {
+                p {
+                    strong { (c.user) " may not join" } " " (c.community) ", because " (why)
+                    " (maximum label " (c.max_label) ", their clearance " (clearance) ")."
+                }
+                p { "Nothing was committed. Choose another community, or ask your security officer about the user's clearance." }
+            },
+        }
+    }
 }
 
 fn action_button(

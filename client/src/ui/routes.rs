@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::State;
 use super::labels;
 use super::pages::{self, Draft, Filter};
-use super::view::{Action, Call, Problem, Snapshot};
+use super::view::{Action, AddCheck, Call, Problem, Snapshot};
 
 /// Largest form accepted, in bytes.
 const MAX_FORM: usize = 256 * 1024;
@@ -35,7 +35,9 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/community/{id}", get(community))
         .route("/notice/{id}", get(notice))
         .route("/notice/{id}/reply", post(reply))
+        .route("/notice/{id}/forward", post(forward))
         .route("/members/{id}", get(members))
+        .route("/members/check", post(check_add))
         .route("/members/add", post(add))
         .route("/members/remove", post(remove))
         .route("/members/admin", post(admin_change))
@@ -229,6 +231,39 @@ async fn reply(
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct ForwardForm {
+    to: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// Text of an optional field; empty is absent.
+fn given(text: String) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+async fn forward(
+    AxumState(state): S,
+    Path(id): Path<Uuid>,
+    Form(form): Form<ForwardForm>,
+) -> Result<Response, Response> {
+    let snap = snapshot(&state).await?;
+    let action = Action::Forward {
+        id,
+        to: form.to,
+        label: given(form.label),
+        comment: given(form.comment),
+    };
+    match state.ask(|r| Call::Act(action, r)).await {
+        Ok(done) => Ok(to_notice(done.notice.unwrap_or(id), &done.message)),
+        Err(p) => Ok(pages::problem(&snap, &p).into_response()),
+    }
+}
+
 async fn members(AxumState(state): S, Path(id): Path<String>) -> Result<Response, Response> {
     members_page(&state, &id, None).await
 }
@@ -238,11 +273,30 @@ async fn members_page(
     id: &str,
     flash: Option<Result<String, Problem>>,
 ) -> Result<Response, Response> {
+    members_with(state, id, flash, None).await
+}
+
+async fn members_with(
+    state: &State,
+    id: &str,
+    flash: Option<Result<String, Problem>>,
+    check: Option<&AddCheck>,
+) -> Result<Response, Response> {
     let snap = snapshot(state).await?;
     let id = id.to_string();
     match state.ask(|r| Call::Members(id, r)).await {
-        Ok(m) => Ok(pages::members(&snap, &m, flash.as_ref()).into_response()),
+        Ok(m) => Ok(pages::members(&snap, &m, flash.as_ref(), check).into_response()),
         Err(p) => Ok(pages::problem(&snap, &p).into_response()),
+    }
+}
+
+/// Shows the policy decision on adding a user before anything is committed.
+async fn check_add(AxumState(state): S, Form(f): Form<MemberForm>) -> Result<Response, Response> {
+    let user = f.user.trim().to_string();
+    let community = f.community.clone();
+    match state.ask(|r| Call::PreviewAdd(community, user, r)).await {
+        Ok(check) => members_with(&state, &f.community, None, Some(&check)).await,
+        Err(p) => members_page(&state, &f.community, Some(Err(p))).await,
     }
 }
 
@@ -299,12 +353,17 @@ struct CreateForm {
 
 async fn create(AxumState(state): S, Form(f): Form<CreateForm>) -> Result<Response, Response> {
     let snap = snapshot(&state).await?;
+    let name = f.name.trim().to_string();
     let action = Action::Create {
-        name: f.name.trim().to_string(),
+        name: name.clone(),
         max_label: f.max_label.trim().to_string(),
     };
     match state.ask(|r| Call::Act(action, r)).await {
-        Ok(_) => Ok(Redirect::to("/communities").into_response()),
+        // A community is hubbed at the creator's home relay: on to its members.
+        Ok(done) => {
+            let id = format!("{name}@{}", snap.relay);
+            members_page(&state, &id, Some(Ok(done.message))).await
+        }
         Err(p) => Ok(pages::problem(&snap, &p).into_response()),
     }
 }

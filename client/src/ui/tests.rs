@@ -12,7 +12,8 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use super::view::{
-    Action, AuditView, Call, CommunityView, Done, MembersView, NoticeView, Problem, Snapshot,
+    Action, AddCheck, AuditView, Call, CommunityView, Done, MemberProfile, MembersView, NoticeView,
+    Problem, Snapshot,
 };
 use super::{State, check_listen, router};
 use crate::notice::{Category, Notice, NoticeKind};
@@ -87,6 +88,11 @@ fn ui_with(snap: Snapshot) -> Ui {
                             max_label: "NL:DEP-VERTROUWELIJK".into(),
                             members: vec!["anna@bz".into(), "bert@nctv".into()],
                             admins: vec!["anna@bz".into()],
+                            profiles: vec![MemberProfile {
+                                id: "bert@nctv".into(),
+                                organisation: "nctv".into(),
+                                clearance: Some("NL:STG-GEHEIM".into()),
+                            }],
                         })
                     } else {
                         Err(Problem::new(
@@ -94,6 +100,19 @@ fn ui_with(snap: Snapshot) -> Ui {
                             "Ask one of its admins to add you.",
                         ))
                     });
+                }
+                Call::PreviewAdd(community, user, r) => {
+                    // cees may not join; everyone else may.
+                    let refusal = (user == "cees@bz")
+                        .then(|| "clearance level DEP-VERTROUWELIJK is below STG-GEHEIM".into());
+                    let _ = r.send(Ok(AddCheck {
+                        community,
+                        clearance: Some("NL:DEP-VERTROUWELIJK".into()),
+                        organisation: "bz".into(),
+                        max_label: "NL:STG-GEHEIM".into(),
+                        refusal,
+                        user,
+                    }));
                 }
                 Call::Audit(r) => {
                     let _ = r.send(Ok(AuditView {
@@ -372,6 +391,63 @@ async fn the_inbox_is_newest_first_marked_with_the_highest_label() {
 }
 
 #[tokio::test]
+async fn a_notice_is_forwarded_from_its_page_with_optional_fields_left_out() {
+    let mut snap = snapshot(false);
+    let ui = ui_with(snap.clone());
+    let cookie = ui.login().await;
+    let path = format!("/notice/{}", Uuid::from_u128(2));
+    let (_, page) = ui.page(&cookie, &path).await;
+    assert!(
+        page.contains("no other community to forward"),
+        "one community only: nowhere to forward to"
+    );
+    snap.communities.push(CommunityView {
+        id: "cert@nctv".into(),
+        max_label: "NL:STG-GEHEIM".into(),
+    });
+    let ui = ui_with(snap);
+    let cookie = ui.login().await;
+    let (_, page) = ui.page(&cookie, &path).await;
+    assert!(page.contains(r#"<option value="cert@nctv">"#), "{page}");
+    assert!(
+        !page.contains(r#"<option value="liaison@bz">"#),
+        "not into its own community"
+    );
+    let (status, _) = ui
+        .post(
+            &cookie,
+            &format!("{path}/forward"),
+            "to=cert%40nctv&label=&comment=++",
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        ui.actions.lock().unwrap().last(),
+        Some(&Action::Forward {
+            id: Uuid::from_u128(2),
+            to: "cert@nctv".into(),
+            label: None,
+            comment: None,
+        })
+    );
+    ui.post(
+        &cookie,
+        &format!("{path}/forward"),
+        "to=cert%40nctv&label=NL%3ASTG-GEHEIM&comment=for+the+CERT",
+    )
+    .await;
+    assert_eq!(
+        ui.actions.lock().unwrap().last(),
+        Some(&Action::Forward {
+            id: Uuid::from_u128(2),
+            to: "cert@nctv".into(),
+            label: Some("NL:STG-GEHEIM".into()),
+            comment: Some("for the CERT".into()),
+        })
+    );
+}
+
+#[tokio::test]
 async fn a_notice_page_carries_its_label_top_and_bottom_and_is_then_read() {
     let ui = ui_with(snapshot(false));
     let cookie = ui.login().await;
@@ -434,7 +510,60 @@ async fn members_and_admin_pages() {
     let cookie = ui.login().await;
     let (_, members) = ui.page(&cookie, "/members/liaison@bz").await;
     assert!(members.contains("bert@nctv") && members.contains("<td>nctv</td>"));
-    assert!(members.contains("Add member"));
+    assert!(
+        members.contains(">NL:STG-GEHEIM</span>"),
+        "a member's clearance is shown"
+    );
+    assert!(
+        members.contains("not yet known"),
+        "a member not yet in this device's group"
+    );
+    assert!(members.contains(">Check</button>"));
+
+    // Adding shows the decision first and commits nothing until confirmed.
+    let (status, may) = ui
+        .post(
+            &cookie,
+            "/members/check",
+            "community=liaison%40bz&user=dirk%40bz",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(may.contains("dirk@bz may join"), "{may}");
+    assert!(may.contains(">Add dirk@bz</button>"));
+    assert!(
+        ui.actions.lock().unwrap().is_empty(),
+        "nothing committed yet"
+    );
+    let (_, may_not) = ui
+        .post(
+            &cookie,
+            "/members/check",
+            "community=liaison%40bz&user=cees%40bz",
+        )
+        .await;
+    assert!(may_not.contains("cees@bz may not join"), "{may_not}");
+    assert!(may_not.contains("because clearance level DEP-VERTROUWELIJK is below"));
+    assert!(
+        !may_not.contains(">Add cees@bz</button>"),
+        "no way to confirm"
+    );
+    assert!(ui.actions.lock().unwrap().is_empty());
+    let (status, _) = ui
+        .post(
+            &cookie,
+            "/members/add",
+            "community=liaison%40bz&user=dirk%40bz",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        ui.actions.lock().unwrap().last(),
+        Some(&Action::Add {
+            community: "liaison@bz".into(),
+            user: "dirk@bz".into()
+        })
+    );
     let (_, problem) = ui.page(&cookie, "/members/other@bz").await;
     assert!(problem.contains("You are not a member of that community."));
     assert!(problem.contains("Ask one of its admins"));

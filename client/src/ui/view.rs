@@ -16,6 +16,9 @@ pub enum Call {
     Snapshot(Reply<Snapshot>),
     /// A community's members and admins (asked of the relay).
     Members(String, Reply<MembersView>),
+    /// What adding a user to a community would mean (community, user); nothing
+    /// is committed.
+    PreviewAdd(String, String, Reply<AddCheck>),
     /// The home relay's audit log with its verification (org-admins).
     Audit(Reply<AuditView>),
     /// Something that changes state; the answer is a sentence saying what was done.
@@ -55,6 +58,17 @@ pub enum Action {
         label: String,
         /// Body.
         body: String,
+    },
+    /// Forward a notice into another community.
+    Forward {
+        /// The notice forwarded.
+        id: Uuid,
+        /// The target community, `NAME@HUB`.
+        to: String,
+        /// A higher label than the original's, if wanted.
+        label: Option<String>,
+        /// A comment for the target community.
+        comment: Option<String>,
     },
     /// Add a member.
     Add {
@@ -166,7 +180,15 @@ pub struct MembersView {
     pub members: Vec<String>,
     /// Admins.
     pub admins: Vec<String>,
+    /// Organisation and clearance of the members in this device's group.
+    pub profiles: Vec<MemberProfile>,
 }
+
+/// A member's organisation and clearance, from their certificate.
+pub use crate::community::MemberProfile;
+
+/// The policy decision on adding a user, shown before anything is committed.
+pub use crate::community::AddDecision as AddCheck;
 
 /// The home relay's audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -317,6 +317,28 @@ impl ClientGroup {
             .collect()
     }
 
+    /// Each member's leaf certificate (DER), by member id, for showing members'
+    /// organisations and clearances.
+    ///
+    /// # Errors
+    /// [`MlsError::InvalidCredential`] if a credential cannot be read at all.
+    pub fn member_certificates(
+        &self,
+        validator: &impl CredentialValidator,
+    ) -> Result<Vec<(MemberId, Vec<u8>)>, MlsError> {
+        self.group
+            .members()
+            .map(|m| {
+                let id = identify_credential(validator, &m.credential, &m.signature_key)?;
+                let leaf = credential_chain(&m.credential)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| MlsError::InvalidCredential("empty certificate chain".into()))?;
+                Ok((id, leaf))
+            })
+            .collect()
+    }
+
     /// This device's own current leaf encryption key; `None` once removed.
     pub fn own_leaf_key(&self) -> Option<Vec<u8>> {
         if !self.group.is_active() {

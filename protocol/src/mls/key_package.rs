@@ -8,7 +8,7 @@ use openmls::prelude::{
 use openmls::storage::OpenMlsProvider;
 
 use super::context::leaf_capabilities;
-use super::credential::validate_credential;
+use super::credential::{credential_chain, validate_credential};
 use super::{
     CIPHERSUITE, CertSigner, CredentialValidator, MAX_KEY_PACKAGE_BYTES, MemberId, MlsError,
 };
@@ -22,6 +22,9 @@ pub struct KeyPackageInfo {
     pub last_resort: bool,
     /// The key package reference (hash), a stable id for storage and de-duplication.
     pub hash_ref: Vec<u8>,
+    /// The owner's leaf certificate (DER), from which an admin reads the clearance
+    /// before adding them.
+    pub certificate: Vec<u8>,
 }
 
 /// Creates a key package for `signer` (x509 credential, Kring capabilities), stores
@@ -63,7 +66,12 @@ pub fn verify_key_package(
     bytes: &[u8],
 ) -> Result<KeyPackageInfo, MlsError> {
     let (key_package, id) = parse_key_package(crypto, validator, bytes)?;
+    let certificate = credential_chain(key_package.leaf_node().credential())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| MlsError::InvalidCredential("empty certificate chain".into()))?;
     Ok(KeyPackageInfo {
+        certificate,
         id,
         last_resort: key_package.last_resort(),
         hash_ref: key_package
