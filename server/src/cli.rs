@@ -265,7 +265,7 @@ fn backup(config: RelayConfig, out: &std::path::Path) -> ExitCode {
                 crate::backup::write_store(
                     &engine,
                     &signer,
-                    crate::now_unix(),
+                    crate::now(),
                     &mut file.file,
                     out,
                 )?
@@ -340,7 +340,7 @@ fn restore(config: RelayConfig, from: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match crate::backup::restore_into(&engine, &expected, from, crate::now_unix()) {
+    match crate::backup::restore_into(&engine, &expected, from, crate::now()) {
         Ok(header) => {
             println!(
                 "restored relay {} from {} ({} records, made at {}); on its next start it asks \

@@ -351,7 +351,7 @@ impl RelayConfig {
         let identity = kring_protocol::identity::verify_chain(
             &chain,
             &anchor_der,
-            crate::now_unix() as u64,
+            crate::now() as u64,
             IdentityKind::Relay,
         )
         .map_err(|e| bad(&cert_path, format!("relay certificate refused: {e}")))?;
@@ -564,7 +564,7 @@ mod tests {
     /// The demo federation in a temporary directory, and relay bz's config text.
     fn demo() -> (tempfile::TempDir, PathBuf, String) {
         let dir = tempfile::tempdir().unwrap();
-        kring_certs_dev::init_demo(dir.path(), 47_000, false, crate::now_unix()).unwrap();
+        kring_certs_dev::init_demo(dir.path(), 47_000, false, crate::now()).unwrap();
         let path = dir.path().join("relays/bz/relay.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         (dir, path, text)

@@ -213,7 +213,7 @@ async fn write_backup(
                         crate::backup::write_store(
                             engine,
                             &signer,
-                            crate::now_unix(),
+                            crate::now(),
                             &mut file,
                             &path,
                         )

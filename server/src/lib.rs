@@ -47,8 +47,9 @@ use std::sync::Arc;
 
 pub use error::RelayError;
 
-/// Seconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_unix() -> i64 {
+/// Seconds since the Unix epoch (0 if the clock is before 1970): the relay's one
+/// reading of the wall clock; decisions take the time as an argument.
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

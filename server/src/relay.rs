@@ -239,10 +239,7 @@ async fn close_at_expiry(
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    crate::now_unix()
-}
+pub use crate::now;
 
 /// A community record whose stored maximum label does not decode.
 fn corrupt_label(community: &str, e: impl std::fmt::Display) -> RelayError {
