@@ -93,17 +93,54 @@ pub mod steps;
 /// Relay ids of the demo federation.
 pub const RELAYS: [&str; 4] = ["bz", "nctv", "aivd", "post-a"];
 
-/// Picks `n` distinct free UDP ports on 127.0.0.1.
+/// Picks `n` distinct free UDP ports on 127.0.0.1 for relays that bind them later.
+///
+/// A port picked here is free when picked but not held, so it must not be one the
+/// kernel may hand to any socket bound to port 0 meanwhile (the devices' and
+/// relays' own client sockets, other tests): ports come from below the kernel's
+/// ephemeral range, never twice in one process, and from a stretch chosen by the
+/// process id so that concurrent test processes do not meet.
 pub fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
-    let socks: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| HarnessError::Pki(format!("cannot pick a free port: {e}")))?;
-    socks
-        .iter()
-        .map(|s| s.local_addr().map(|a| a.port()))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| HarnessError::Pki(e.to_string()))
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ceiling = ephemeral_floor().clamp(FLOOR + 1_000, u32::from(u16::MAX));
+    let span = ceiling - FLOOR;
+    let start = FLOOR + (std::process::id().wrapping_mul(997) % span);
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..span {
+        if out.len() == n {
+            break;
+        }
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(FLOOR + (start - FLOOR + offset) % span) else {
+            continue;
+        };
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            out.push(port);
+        }
+    }
+    if out.len() < n {
+        return Err(HarnessError::Pki(format!(
+            "cannot find {n} free ports on 127.0.0.1 below {ceiling}"
+        )));
+    }
+    Ok(out)
+}
+
+/// The lowest port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_floor() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 impl Federation {
