@@ -262,13 +262,7 @@ fn backup(config: RelayConfig, out: &std::path::Path) -> ExitCode {
                     config.cert_chain.iter().map(|c| c.to_vec()).collect(),
                 )
                 .map_err(|e| BackupError::Invalid(e.to_string()))?;
-                crate::backup::write_store(
-                    &engine,
-                    &signer,
-                    crate::now(),
-                    &mut file.file,
-                    out,
-                )?
+                crate::backup::write_store(&engine, &signer, crate::now(), &mut file.file, out)?
             }
         };
         if header.relay != config.identity.name {

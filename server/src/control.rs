@@ -210,13 +210,7 @@ async fn write_backup(
                 let header = relay
                     .durability()
                     .exclusive(|engine| {
-                        crate::backup::write_store(
-                            engine,
-                            &signer,
-                            crate::now(),
-                            &mut file,
-                            &path,
-                        )
+                        crate::backup::write_store(engine, &signer, crate::now(), &mut file, &path)
                     })
                     .map_err(|e| e.to_string())?;
                 file.sync_all()

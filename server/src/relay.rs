@@ -43,6 +43,8 @@ mod dispatch;
 mod key_packages;
 mod notices;
 mod queries;
+#[cfg(test)]
+mod tests;
 
 pub use communities::{
     next_seq, put_community, put_last_seq, release_welcome, store_welcome, summary,

@@ -109,7 +109,9 @@ pub fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
     let ceiling = ephemeral_floor().clamp(FLOOR + 1_000, u32::from(u16::MAX));
     let span = ceiling - FLOOR;
     let start = FLOOR + (std::process::id().wrapping_mul(997) % span);
-    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut out = Vec::with_capacity(n);
     for _ in 0..span {
         if out.len() == n {

@@ -121,8 +121,6 @@ impl Relay {
             .into()),
         }
     }
-
-    // ----- key packages --------------------------------------------------------------
 }
 
 pub(super) fn request_subject(r: &Request) -> String {

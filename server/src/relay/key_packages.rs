@@ -161,6 +161,4 @@ impl Relay {
         }
         Ok(Response::KeyPackage { key_package: kp })
     }
-
-    // ----- communities ---------------------------------------------------------------
 }

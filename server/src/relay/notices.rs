@@ -149,8 +149,6 @@ impl Relay {
         Ok(())
     }
 
-    // ----- notices -------------------------------------------------------------------
-
     /// One notice ([`Request::FileNotice`]): a filing of one.
     pub(super) async fn file_notice(
         &self,

@@ -1,0 +1,375 @@
+//! The request handlers called in-process: relay `bz` of a development federation
+//! opened on a store in a temporary directory, callers made from the users'
+//! certificates, requests handed to [`Relay::handle`] directly. No socket, no
+//! spawned relay; every refusal comes back as its typed [`ErrorCode`] and is
+//! written to the audit log.
+
+use kring_policy::Label;
+use kring_protocol::identity::certificates_from_pem;
+use kring_protocol::mls::{CertSigner, ClientGroup, CommunityMeta, leaf_public_key};
+use kring_protocol::revocation::RevocationStatement;
+use kring_protocol::validator::FederationValidator;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::signatures::Signer as _;
+
+use super::*;
+use crate::audit::AuditRecord;
+use crate::store::{SledEngine, decode};
+
+/// Relay `bz` opened in-process, and the federation directory it came from.
+struct Bz {
+    relay: Arc<Relay>,
+    dir: tempfile::TempDir,
+}
+
+impl Bz {
+    fn open() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        kring_certs_dev::init_demo(dir.path(), 47_950, false, now()).unwrap();
+        let path = kring_certs_dev::relay_dir(dir.path(), "bz").join("relay.toml");
+        let config = RelayConfig::load(&path).unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&config.data_dir).unwrap());
+        let relay = Relay::open(&config, engine).unwrap();
+        Self { relay, dir }
+    }
+
+    fn user_dir(&self, user: &str) -> std::path::PathBuf {
+        kring_certs_dev::user_dir(self.dir.path(), user)
+    }
+
+    fn chain(&self, user: &str) -> Vec<Vec<u8>> {
+        let pem = std::fs::read(self.user_dir(user).join("user.crt")).unwrap();
+        certificates_from_pem(&pem).unwrap()
+    }
+
+    /// `user` as the relay sees them after authentication.
+    fn caller(&self, user: &str) -> Caller {
+        let chain = self.chain(user);
+        let identity = self.relay.authenticate(&chain, IdentityKind::User).unwrap();
+        Caller::new(identity, chain)
+    }
+
+    /// `user`'s signing key, from the key file and the development passphrase.
+    fn signer(&self, user: &str) -> CertSigner {
+        let dir = self.user_dir(user);
+        let pem = std::fs::read_to_string(dir.join("user.key")).unwrap();
+        let passphrase = std::fs::read(dir.join(kring_certs_dev::PASSPHRASE_FILE)).unwrap();
+        let passphrase = String::from_utf8(passphrase).unwrap();
+        let der = kring_protocol::keyfile::decrypt_pem(&pem, passphrase.trim().as_bytes()).unwrap();
+        CertSigner::from_pkcs8(self.chain(user), &der).unwrap()
+    }
+
+    async fn answer(&self, user: &str, request: Request) -> Response {
+        self.relay.handle(&self.caller(user), request).await
+    }
+
+    async fn refusal(&self, user: &str, request: Request) -> ErrorCode {
+        match self.answer(user, request).await {
+            Response::Error(code) => code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn audit(&self) -> Vec<AuditRecord> {
+        self.relay
+            .engine()
+            .scan(keys::AUDIT, None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v).unwrap())
+            .collect()
+    }
+
+    /// Whether the audit log holds a refusal of `action` to `actor`.
+    fn refusal_audited(&self, actor: &str, action: &str) -> bool {
+        self.audit().iter().any(|r| {
+            r.event.kind == AuditKind::Refusal && r.event.actor == actor && r.event.action == action
+        })
+    }
+
+    /// `creator` creates `NAME@bz` with maximum `max` as a device would.
+    async fn create(&self, creator: &str, name: &str, max: &str) -> Response {
+        let community = format!("{name}@bz");
+        let max: Label = max.parse().unwrap();
+        let meta =
+            CommunityMeta::new(community.clone(), max.to_bytes(), vec![creator.into()]).unwrap();
+        let hub_chain = self.relay.cert_chain();
+        let hub_key = leaf_public_key(&hub_chain[0]).unwrap();
+        let trust = self.relay.trust();
+        let validator = FederationValidator::new(self.relay.anchors(), &trust, now() as u64);
+        let provider = OpenMlsRustCrypto::default();
+        let (_, upload) = ClientGroup::create(
+            &provider,
+            &self.signer(creator),
+            &validator,
+            &meta,
+            &hub_chain,
+            &hub_key,
+        )
+        .unwrap();
+        self.answer(
+            creator,
+            Request::CreateCommunity {
+                community,
+                group_info: upload.group_info,
+                ratchet_tree: upload.ratchet_tree,
+            },
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_user_of_another_relay_is_not_served_here() {
+    let bz = Bz::open();
+    let err = bz
+        .relay
+        .authenticate(&bz.chain("liaison@nctv"), IdentityKind::User)
+        .unwrap_err();
+    assert!(
+        matches!(&err, ErrorCode::Unauthenticated { reason } if reason.contains("is not a user of relay bz")),
+        "{err:?}"
+    );
+    // A relay certificate is not a user's.
+    let err = bz
+        .relay
+        .authenticate(&bz.chain("liaison@bz"), IdentityKind::Relay)
+        .unwrap_err();
+    assert!(matches!(err, ErrorCode::Unauthenticated { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_community_is_created_once_and_only_by_someone_cleared_for_its_maximum() {
+    let bz = Bz::open();
+    let created = bz
+        .create("liaison@bz", "kring", "NL:STG-CONFIDENTIEEL")
+        .await;
+    assert!(
+        !matches!(created, Response::Error(_)),
+        "created: {created:?}"
+    );
+    let again = bz
+        .create("liaison@bz", "kring", "NL:STG-CONFIDENTIEEL")
+        .await;
+    assert!(
+        matches!(again, Response::Error(ErrorCode::BadRequest { .. })),
+        "{again:?}"
+    );
+    // Above the creator's clearance (STG-GEHEIM): refused, and audited.
+    let over = bz.create("liaison@bz", "hoog", "NL:STG-ZEER-GEHEIM").await;
+    assert!(
+        matches!(over, Response::Error(ErrorCode::PolicyDenied { .. })),
+        "{over:?}"
+    );
+    assert!(bz.refusal_audited("liaison@bz", "create-community"));
+    // The community is the creator's: members see it, others do not.
+    let info = bz
+        .answer(
+            "liaison@bz",
+            Request::CommunityInfo {
+                community: "kring@bz".into(),
+            },
+        )
+        .await;
+    assert!(matches!(info, Response::Community(_)), "{info:?}");
+    let code = bz
+        .refusal(
+            "admin@bz",
+            Request::CommunityInfo {
+                community: "kring@bz".into(),
+            },
+        )
+        .await;
+    assert_eq!(code, ErrorCode::NotMember);
+    assert!(bz.refusal_audited("admin@bz", "community-info"));
+}
+
+#[tokio::test]
+async fn a_non_member_cannot_acknowledge_and_a_filing_that_is_no_mls_message_is_refused() {
+    let bz = Bz::open();
+    let created = bz
+        .create("liaison@bz", "kring", "NL:STG-CONFIDENTIEEL")
+        .await;
+    assert!(!matches!(created, Response::Error(_)), "{created:?}");
+    let code = bz
+        .refusal(
+            "admin@bz",
+            Request::Ack {
+                community: "kring@bz".into(),
+                seq: 1,
+            },
+        )
+        .await;
+    assert_eq!(code, ErrorCode::NotMember);
+    let code = bz
+        .refusal(
+            "admin@bz",
+            Request::FileNotices {
+                community: "kring@bz".into(),
+                notices: vec![NoticeUpload {
+                    notice_id: Uuid::from_u128(1),
+                    message: vec![0; 64],
+                }],
+            },
+        )
+        .await;
+    assert!(
+        matches!(&code, ErrorCode::BadRequest { reason } if reason.contains("not an MLS application message")),
+        "{code:?}"
+    );
+    assert!(bz.refusal_audited("admin@bz", "ack"));
+    // A member cannot acknowledge past the end of the log.
+    let code = bz
+        .refusal(
+            "liaison@bz",
+            Request::Ack {
+                community: "kring@bz".into(),
+                seq: 1_000,
+            },
+        )
+        .await;
+    assert!(
+        matches!(&code, ErrorCode::BadRequest { reason } if reason.contains("the log ends at")),
+        "{code:?}"
+    );
+    // Nor acknowledge a community that does not exist.
+    let code = bz
+        .refusal(
+            "liaison@bz",
+            Request::Ack {
+                community: "nergens@bz".into(),
+                seq: 1,
+            },
+        )
+        .await;
+    assert_eq!(code, ErrorCode::NotMember);
+}
+
+#[tokio::test]
+async fn the_audit_log_is_read_by_org_admins_only() {
+    let bz = Bz::open();
+    let code = bz
+        .refusal(
+            "liaison@bz",
+            Request::AuditLog {
+                from: 1,
+                limit: 10,
+                verify: false,
+            },
+        )
+        .await;
+    assert!(
+        matches!(&code, ErrorCode::Unauthenticated { reason } if reason.contains("for org-admins of organisation bz")),
+        "{code:?}"
+    );
+    assert!(bz.refusal_audited("liaison@bz", "audit-log"));
+    let page = bz
+        .answer(
+            "admin@bz",
+            Request::AuditLog {
+                from: 1,
+                limit: 10,
+                verify: true,
+            },
+        )
+        .await;
+    assert!(matches!(page, Response::AuditLog(_)), "{page:?}");
+}
+
+#[tokio::test]
+async fn key_packages_of_unknown_relays_and_garbage_are_refused() {
+    let bz = Bz::open();
+    let code = bz
+        .refusal(
+            "liaison@bz",
+            Request::FetchKeyPackage {
+                user: "consul@elders".into(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(&code, ErrorCode::NotFound { what } if what.contains("not a peer")),
+        "{code:?}"
+    );
+    let code = bz
+        .refusal(
+            "liaison@bz",
+            Request::PublishKeyPackages {
+                key_packages: vec![vec![1, 2, 3]],
+                last_resort: None,
+            },
+        )
+        .await;
+    assert!(matches!(code, ErrorCode::BadRequest { .. }), "{code:?}");
+    assert!(bz.refusal_audited("liaison@bz", "publish-key-packages"));
+    // A local user who published nothing has no key package to hand out.
+    let code = bz
+        .refusal(
+            "liaison@bz",
+            Request::FetchKeyPackage {
+                user: "admin@bz".into(),
+            },
+        )
+        .await;
+    assert_eq!(
+        code,
+        ErrorCode::KeyMaterialExhausted {
+            user: "admin@bz".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_user_is_refused_every_request_and_their_keys_are_not_handed_out() {
+    let bz = Bz::open();
+    let admin = bz.signer("admin@bz");
+    let statement = RevocationStatement::sign(
+        bz.chain("admin@bz"),
+        |bytes| admin.sign(bytes).unwrap(),
+        "liaison@bz",
+        "laptop lost",
+        now() - 10,
+    )
+    .unwrap();
+    // Only an org-admin of the user's organisation revokes.
+    let code = bz
+        .refusal(
+            "liaison@bz",
+            Request::Revoke {
+                statement: statement.clone(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(&code, ErrorCode::Unauthenticated { reason } if reason.contains("only org-admins may revoke")),
+        "{code:?}"
+    );
+    // A device connected before the revocation...
+    let connected = bz.caller("liaison@bz");
+    let done = bz.answer("admin@bz", Request::Revoke { statement }).await;
+    assert!(!matches!(done, Response::Error(_)), "{done:?}");
+    // ...is refused its next request, and a new connection is refused outright.
+    let answer = bz.relay.handle(&connected, Request::ListCommunities).await;
+    assert_eq!(answer, Response::Error(ErrorCode::Revoked));
+    assert!(bz.refusal_audited("liaison@bz", "list-communities"));
+    assert_eq!(
+        bz.relay
+            .authenticate(&bz.chain("liaison@bz"), IdentityKind::User),
+        Err(ErrorCode::Revoked)
+    );
+    let code = bz
+        .refusal(
+            "admin@bz",
+            Request::FetchKeyPackage {
+                user: "liaison@bz".into(),
+            },
+        )
+        .await;
+    assert_eq!(code, ErrorCode::Revoked);
+    // The revocation itself is in the audit log.
+    assert!(
+        bz.audit()
+            .iter()
+            .any(|r| r.event.kind == AuditKind::Revocation && r.event.subject == "liaison@bz")
+    );
+}
