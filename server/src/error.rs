@@ -149,3 +149,124 @@ pub enum StoreError {
     #[error("injected fault: {0}")]
     Injected(&'static str),
 }
+
+/// Why a relay does not take what a peer sent it about a community: an entry of the
+/// community's log from its hub, or a report that a later hop refused a notice.
+/// Answered to the peer (an entry's refusal goes back toward the filer) and audited.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryRefusal {
+    /// The entry's envelope names another community than the log it came in.
+    #[error("entry {seq} of {community} names community {named}")]
+    OtherCommunity {
+        /// The entry's place in the log.
+        seq: u64,
+        /// The log it came in.
+        community: String,
+        /// The community the envelope names.
+        named: String,
+    },
+    /// The entry's envelope names another place in the log.
+    #[error("entry {seq} of {community} names seq {named}")]
+    OtherSeq {
+        /// The entry's place in the log.
+        seq: u64,
+        /// The log it came in.
+        community: String,
+        /// The seq the envelope names.
+        named: u64,
+    },
+    /// The MLS message inside does not say what the envelope says.
+    #[error("entry {seq} of {community}: {error}")]
+    Message {
+        /// The entry's place in the log.
+        seq: u64,
+        /// The log it came in.
+        community: String,
+        /// What is wrong with the message.
+        error: kring_protocol::mls::MlsError,
+    },
+    /// A handshake of an epoch other than the one the community is at here.
+    #[error("a handshake of epoch {epoch}, but the community is at epoch {held} here")]
+    HandshakeEpoch {
+        /// The handshake's epoch.
+        epoch: u64,
+        /// The epoch held here.
+        held: u64,
+    },
+    /// A handshake the hub says leaves the community at an epoch it cannot lead to.
+    #[error("a handshake of epoch {epoch} said to leave the community at epoch {after}")]
+    HandshakeLeads {
+        /// The handshake's epoch.
+        epoch: u64,
+        /// The epoch the hub says follows.
+        after: u64,
+    },
+    /// A notice of an epoch the community has not reached.
+    #[error("a notice of epoch {epoch}, but the community is at epoch {current}")]
+    NoticeEpoch {
+        /// The notice's epoch.
+        epoch: u64,
+        /// The community's epoch.
+        current: u64,
+    },
+    /// The hub registers more communities here than any hub may.
+    #[error("relay {hub} already hubs {count} communities known here (limit {limit})")]
+    TooManyCommunities {
+        /// The hub.
+        hub: String,
+        /// Communities it has registered here.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The hub makes a user of this relay a member of more of its communities than
+    /// any hub may.
+    #[error(
+        "relay {hub} already made {user} a member of {count} of its communities ({community} refused) (limit {limit})"
+    )]
+    TooManyForUser {
+        /// The hub.
+        hub: String,
+        /// The user of this relay.
+        user: String,
+        /// Communities of the hub the user is a member of.
+        count: u64,
+        /// The community refused.
+        community: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A refusal report about a notice that neither was filed nor ordered here.
+    #[error("the notice was not filed here, nor ordered here (its hub is {hub})")]
+    NotOurs {
+        /// The notice's hub.
+        hub: String,
+    },
+    /// A refusal report from a relay the notice did not go to from here.
+    #[error("the notice went from here to its hub {hub}, not to relay {peer}")]
+    NotSentThere {
+        /// The notice's hub.
+        hub: String,
+        /// The reporting peer.
+        peer: String,
+    },
+    /// A refusal report about a notice the hub has not ordered.
+    #[error("the notice was not ordered, so it went to no relay")]
+    NotOrdered,
+    /// A peer reporting another hop's refusal than its own.
+    #[error("relay {peer} may only report its own refusal ({own_hop})")]
+    NotOwnHop {
+        /// The reporting peer.
+        peer: String,
+        /// The hop it may report.
+        own_hop: String,
+    },
+    /// A refusal report from a relay with no member in the community.
+    #[error("relay {peer} has no member in {community}, the notice did not go there")]
+    NoMemberThere {
+        /// The reporting peer.
+        peer: String,
+        /// The community.
+        community: String,
+    },
+}

@@ -249,7 +249,7 @@ pub fn validate_key_package(
     anchors: &[Vec<u8>],
     trust: &TrustMap,
     now: u64,
-) -> Result<(), String> {
+) -> Result<(), MlsError> {
     let validator = SameChain {
         inner: FederationValidator::new(anchors, trust, now),
         expected_leaf: caller_chain
@@ -257,9 +257,7 @@ pub fn validate_key_package(
             .map(|c| c.as_slice())
             .unwrap_or_default(),
     };
-    verify_key_package(&RustCrypto::default(), &validator, bytes)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    verify_key_package(&RustCrypto::default(), &validator, bytes).map(|_| ())
 }
 
 struct SameChain<'a> {
@@ -287,7 +285,7 @@ pub fn create(
     anchors: &[Vec<u8>],
     trust: &TrustMap,
     now: u64,
-) -> Result<GroupView, String> {
+) -> Result<GroupView, MlsError> {
     let storage = KvStorage::new(overlay.clone());
     let validator = FederationValidator::new(anchors, trust, now);
     let group = RelayGroup::from_group_info(
@@ -296,16 +294,15 @@ pub fn create(
         &validator,
         group_info,
         ratchet_tree,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if group.community_id() != community {
-        return Err(format!(
-            "the group is for community {}, not {community}",
-            group.community_id()
-        ));
+        return Err(MlsError::WrongGroup {
+            got: group.community_id().to_string(),
+            expected: community.to_string(),
+        });
     }
-    let members = group.members(&validator).map_err(|e| e.to_string())?;
-    let view = view(&group, &members, true).map_err(|e| e.to_string())?;
+    let members = group.members(&validator)?;
+    let view = view(&group, &members, true)?;
     remember_members(community, group.tree_hash(), Arc::new(members));
     Ok(view)
 }
@@ -458,17 +455,28 @@ pub struct AppInfo {
 }
 
 /// Parses an application message (PrivateMessage) without loading the group.
-pub fn read_application(message: &[u8]) -> Result<AppInfo, String> {
-    if message.len() > kring_protocol::mls::MAX_MESSAGE_BYTES {
-        return Err("message too large".into());
+pub fn read_application(message: &[u8]) -> Result<AppInfo, MlsError> {
+    let max = kring_protocol::mls::MAX_MESSAGE_BYTES;
+    if message.len() > max {
+        return Err(MlsError::TooLarge {
+            what: "notice",
+            len: message.len(),
+            max,
+        });
     }
-    let msg = MlsMessageIn::tls_deserialize_exact(message).map_err(|e| e.to_string())?;
-    let proto = msg.try_into_protocol_message().map_err(|e| e.to_string())?;
+    let malformed = |reason: String| MlsError::Malformed {
+        what: "notice",
+        reason,
+    };
+    let msg = MlsMessageIn::tls_deserialize_exact(message).map_err(|e| malformed(e.to_string()))?;
+    let proto = msg
+        .try_into_protocol_message()
+        .map_err(|e| malformed(e.to_string()))?;
     let ProtocolMessage::PrivateMessage(private) = proto else {
-        return Err("a notice must be an MLS PrivateMessage".into());
+        return Err(malformed("not an MLS PrivateMessage".into()));
     };
     if private.content_type() != openmls::prelude::ContentType::Application {
-        return Err("a notice must be an application message".into());
+        return Err(malformed("not an application message".into()));
     }
     Ok(AppInfo {
         group_id: private.group_id().as_slice().to_vec(),
@@ -565,9 +573,7 @@ pub fn check_key_package_credential(
     trust: &TrustMap,
     now: u64,
     revoked: &Revocations,
-) -> Result<(), String> {
+) -> Result<(), MlsError> {
     let validator = FederationValidator::with_revocations(anchors, trust, now, revoked);
-    verify_key_package(&RustCrypto::default(), &validator, bytes)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    verify_key_package(&RustCrypto::default(), &validator, bytes).map(|_| ())
 }

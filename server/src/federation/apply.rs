@@ -306,40 +306,38 @@ pub(super) fn refusal_source(
     peer: &str,
     rec: &NoticeRecord,
     hop: &str,
-) -> Result<Result<(), String>, RelayError> {
+) -> Result<Result<(), EntryRefusal>, RelayError> {
     let hub = home_relay(&rec.community);
     if hub != relay.id() {
         if home_relay(&rec.sender) != relay.id() {
-            return Ok(Err(format!(
-                "the notice was not filed here, nor ordered here (its hub is {hub})"
-            )));
+            return Ok(Err(EntryRefusal::NotOurs { hub: hub.into() }));
         }
         if peer != hub {
-            return Ok(Err(format!(
-                "the notice went from here to its hub {hub}, not to relay {peer}"
-            )));
+            return Ok(Err(EntryRefusal::NotSentThere {
+                hub: hub.into(),
+                peer: peer.into(),
+            }));
         }
         return Ok(Ok(()));
     }
     if rec.seq.is_none() {
-        return Ok(Err(
-            "the notice was not ordered, so it went to no relay".into()
-        ));
+        return Ok(Err(EntryRefusal::NotOrdered));
     }
     let own_hop = format!("{hub}->{peer}");
     if hop != own_hop {
-        return Ok(Err(format!(
-            "relay {peer} may only report its own refusal ({own_hop})"
-        )));
+        return Ok(Err(EntryRefusal::NotOwnHop {
+            peer: peer.into(),
+            own_hop,
+        }));
     }
     let went_there = relay
         .community_in(b, &rec.community)?
         .is_some_and(|c| c.members.iter().any(|m| home_relay(m) == peer));
     if !went_there {
-        return Ok(Err(format!(
-            "relay {peer} has no member in {}, the notice did not go there",
-            rec.community
-        )));
+        return Ok(Err(EntryRefusal::NoMemberThere {
+            peer: peer.into(),
+            community: rec.community.clone(),
+        }));
     }
     Ok(Ok(()))
 }
@@ -553,16 +551,6 @@ pub(super) fn apply_entry(
     Ok(())
 }
 
-/// Whether a hub that has registered `count` communities here may register one
-/// more (at most `limit`); the reason if not.
-pub(super) fn within(count: u64, limit: u64, what: impl FnOnce() -> String) -> Result<(), String> {
-    if count >= limit {
-        Err(format!("{} (limit {limit})", what()))
-    } else {
-        Ok(())
-    }
-}
-
 /// Counts, in `b`, a community `id` that hub `peer` registers here (`new`) and the
 /// users of this relay it makes members for the first time, within
 /// [`MAX_PEER_COMMUNITIES`] and [`MAX_PEER_COMMUNITIES_PER_USER`]: a hub cannot
@@ -575,16 +563,18 @@ pub(super) fn count_registrations(
     id: &str,
     new: bool,
     summary: &CommunitySummary,
-) -> Result<Result<(), String>, RelayError> {
+) -> Result<Result<(), EntryRefusal>, RelayError> {
     let engine = relay.engine();
     let mut counts = Vec::new();
     if new {
         let key = keys::hubbed(peer);
         let n = b.get_obj::<u64>(engine, &key)?.unwrap_or(0);
-        if let Err(why) = within(n, MAX_PEER_COMMUNITIES, || {
-            format!("relay {peer} already hubs {n} communities known here")
-        }) {
-            return Ok(Err(why));
+        if n >= MAX_PEER_COMMUNITIES {
+            return Ok(Err(EntryRefusal::TooManyCommunities {
+                hub: peer.into(),
+                count: n,
+                limit: MAX_PEER_COMMUNITIES,
+            }));
         }
         counts.push((key, n + 1));
     }
@@ -602,12 +592,14 @@ pub(super) fn count_registrations(
         }
         let key = keys::hubbed_for(peer, user);
         let n = b.get_obj::<u64>(engine, &key)?.unwrap_or(0);
-        if let Err(why) = within(n, MAX_PEER_COMMUNITIES_PER_USER, || {
-            format!(
-                "relay {peer} already made {user} a member of {n} of its communities ({id} refused)"
-            )
-        }) {
-            return Ok(Err(why));
+        if n >= MAX_PEER_COMMUNITIES_PER_USER {
+            return Ok(Err(EntryRefusal::TooManyForUser {
+                hub: peer.into(),
+                user: user.clone(),
+                count: n,
+                community: id.into(),
+                limit: MAX_PEER_COMMUNITIES_PER_USER,
+            }));
         }
         counts.push((key, n + 1));
     }
@@ -623,17 +615,26 @@ pub(crate) fn check_envelope(
     id: &str,
     seq: u64,
     entry: &LogEntry,
-) -> Result<MessageHeader, String> {
+) -> Result<MessageHeader, EntryRefusal> {
     if entry.community != id {
-        return Err(format!(
-            "entry {seq} of {id} names community {}",
-            entry.community
-        ));
+        return Err(EntryRefusal::OtherCommunity {
+            seq,
+            community: id.into(),
+            named: entry.community.clone(),
+        });
     }
     if entry.seq != seq {
-        return Err(format!("entry {seq} of {id} names seq {}", entry.seq));
+        return Err(EntryRefusal::OtherSeq {
+            seq,
+            community: id.into(),
+            named: entry.seq,
+        });
     }
-    kring_protocol::mls::check_entry(entry).map_err(|e| format!("entry {seq} of {id}: {e}"))
+    kring_protocol::mls::check_entry(entry).map_err(|error| EntryRefusal::Message {
+        seq,
+        community: id.into(),
+        error,
+    })
 }
 
 /// Checks the epoch of a verified entry against the community as this relay holds
@@ -645,33 +646,29 @@ pub(super) fn check_epoch(
     after: Option<&CommunitySummary>,
     held: u64,
     continuous: bool,
-) -> Result<(), String> {
+) -> Result<(), EntryRefusal> {
     let epoch = header.epoch;
     match kind {
         EntryKind::Handshake { .. } => {
             if epoch < held || (continuous && epoch != held) {
-                return Err(format!(
-                    "a handshake of epoch {epoch}, but the community is at epoch {held} here"
-                ));
+                return Err(EntryRefusal::HandshakeEpoch { epoch, held });
             }
             let next = match header.kind {
                 MessageKind::Commit => epoch.saturating_add(1),
                 _ => epoch,
             };
             match after {
-                Some(after) if after.epoch != next => Err(format!(
-                    "a handshake of epoch {epoch} said to leave the community at epoch {}",
-                    after.epoch
-                )),
+                Some(after) if after.epoch != next => Err(EntryRefusal::HandshakeLeads {
+                    epoch,
+                    after: after.epoch,
+                }),
                 _ => Ok(()),
             }
         }
         EntryKind::Notice { .. } => {
             let current = after.map_or(held, |a| a.epoch);
             if epoch > current {
-                return Err(format!(
-                    "a notice of epoch {epoch}, but the community is at epoch {current}"
-                ));
+                return Err(EntryRefusal::NoticeEpoch { epoch, current });
             }
             Ok(())
         }
@@ -687,9 +684,9 @@ pub(super) fn refuse_entry(
     peer: &str,
     id: &str,
     entry: Option<&LogEntry>,
-    reason: String,
+    reason: EntryRefusal,
 ) -> Result<(), RelayError> {
-    let reason = kring_protocol::wire::bounded_reason(&reason);
+    let reason = kring_protocol::wire::bounded_reason(&reason.to_string());
     refuse(relay, w, b, peer, id, reason.clone())?;
     if let Some(LogEntry {
         kind: EntryKind::Notice { notice_id, .. },

@@ -81,7 +81,9 @@ impl Relay {
                 &self.trust(),
                 now() as u64,
             )
-            .map_err(|reason| ErrorCode::BadRequest { reason })?;
+            .map_err(|e| ErrorCode::BadRequest {
+                reason: e.to_string(),
+            })?;
             // The group must name this relay as its external sender, and its creator
             // must be the caller, alone and admin.
             if view.hub != self.id {

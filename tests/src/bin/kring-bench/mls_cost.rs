@@ -277,7 +277,8 @@ pub fn membership(members: usize, repetitions: usize) -> Result<Membership, Stri
         &w.anchors,
         &w.trust,
         w.now,
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     engine.apply(overlay.into_batch()).map_err(e)?;
     let build = build_start.elapsed();
     if relay.epoch() != group.epoch() {
