@@ -580,15 +580,18 @@ fn run(path: &std::path::Path) -> ExitCode {
 /// configuration, or one changing what needs a restart, is refused: the relay keeps
 /// running as it was, and the answer says why (as a failure, so that `systemctl
 /// reload` shows it).
-fn reload(running: &crate::Running, path: &std::path::Path) -> Result<String, String> {
+fn reload(
+    running: &crate::Running,
+    path: &std::path::Path,
+) -> Result<String, crate::error::ReloadError> {
     match RelayConfig::load(path) {
         Ok(config) => running
             .reload(&config)
             .map(|summary| format!("{} reloaded: {summary}", path.display())),
         Err(e) => {
-            let reason = format!("the configuration is not valid, nothing changed: {e}");
-            running.refused(&reason);
-            Err(reason)
+            let error = crate::error::ReloadError::Invalid(e);
+            running.refused(&error.to_string());
+            Err(error)
         }
     }
 }

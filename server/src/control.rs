@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::ReloadError;
 use crate::relay::Relay;
 
 /// The socket's file name in the data directory.
@@ -44,7 +45,7 @@ pub struct Answer {
 }
 
 /// A reload asked for on the control socket: the answer goes back on the sender.
-pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+pub type ReloadRequest = oneshot::Sender<Result<String, crate::error::ReloadError>>;
 
 /// The socket path for `data_dir`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -163,8 +164,8 @@ async fn handle(
             let result = match reloads.send(tx).await {
                 Ok(()) => rx
                     .await
-                    .unwrap_or_else(|_| Err("the relay is stopping".into())),
-                Err(_) => Err("this relay cannot reload".into()),
+                    .unwrap_or(Err(ReloadError::Unavailable("the relay is stopping"))),
+                Err(_) => Err(ReloadError::Unavailable("this relay cannot reload")),
             };
             let a = match result {
                 Ok(message) => Answer {
@@ -172,7 +173,7 @@ async fn handle(
                     message,
                     bytes: 0,
                 },
-                Err(message) => fail(message),
+                Err(error) => fail(error.to_string()),
             };
             answer(&mut stream, &a).await
         }

@@ -270,3 +270,29 @@ pub enum EntryRefusal {
         community: String,
     },
 }
+
+/// Why a reload (SIGHUP, `kring-relay reload`) changed nothing: the relay keeps
+/// running as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration file cannot be read or is not valid.
+    #[error("the configuration is not valid, nothing changed: {0}")]
+    Invalid(RelayError),
+    /// It changes what only a restart can change (each named with old → new).
+    #[error("{} changed: that needs a restart (nothing was changed)", .0.join(", "))]
+    NeedsRestart(Vec<String>),
+    /// The new certificate or key cannot be used.
+    #[error("the new certificate cannot be used: {0}")]
+    Certificate(RelayError),
+    /// A new or changed peer cannot be set up.
+    #[error("peer {peer}: {error}")]
+    Peer {
+        /// The peer's id.
+        peer: String,
+        /// What went wrong.
+        error: RelayError,
+    },
+    /// The relay is stopping or does not take reloads.
+    #[error("{0}")]
+    Unavailable(&'static str),
+}

@@ -77,7 +77,7 @@ impl Running {
     /// Reloads the relay with `config` (read again from its file): what changed is
     /// applied, connections it does not concern stay up. Refused (nothing changed)
     /// when it changes what needs a restart. Audited either way.
-    pub fn reload(&self, config: &config::RelayConfig) -> Result<String, String> {
+    pub fn reload(&self, config: &config::RelayConfig) -> Result<String, error::ReloadError> {
         let mut current = self
             .current
             .lock()
@@ -87,7 +87,7 @@ impl Running {
             reload::plan(&current, &new).and_then(|plan| reload::apply(&self.relay, &plan, config));
         match &result {
             Ok(_) => *current = new,
-            Err(reason) => self.refused(reason),
+            Err(reason) => self.refused(&reason.to_string()),
         }
         result
     }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::{PeerToml, RelayConfig};
+use crate::error::ReloadError;
 use crate::relay::Relay;
 
 /// What of a configuration a reload compares.
@@ -160,7 +161,7 @@ impl Plan {
 }
 
 /// What changed from `old` to `new`, or why the change needs a restart.
-pub fn plan(old: &Snapshot, new: &Snapshot) -> Result<Plan, String> {
+pub fn plan(old: &Snapshot, new: &Snapshot) -> Result<Plan, ReloadError> {
     let mut restart = Vec::new();
     if old.id != new.id {
         restart.push(format!("the relay id ({} → {})", old.id, new.id));
@@ -194,10 +195,7 @@ pub fn plan(old: &Snapshot, new: &Snapshot) -> Result<Plan, String> {
         restart.push("the metrics listener".into());
     }
     if !restart.is_empty() {
-        return Err(format!(
-            "{} changed: that needs a restart (nothing was changed)",
-            restart.join(", ")
-        ));
+        return Err(ReloadError::NeedsRestart(restart));
     }
     let mut p = Plan {
         certificate: old.cert_chain != new.cert_chain,
@@ -228,11 +226,11 @@ pub fn plan(old: &Snapshot, new: &Snapshot) -> Result<Plan, String> {
 
 /// Reads nothing: carries out `plan` on `relay`, whose new configuration is `new`.
 /// Returns the summary line.
-pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<String, String> {
+pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<String, ReloadError> {
     if plan.certificate {
         relay
             .renew_identity(new)
-            .map_err(|e| format!("the new certificate cannot be used: {e}"))?;
+            .map_err(ReloadError::Certificate)?;
     } else if plan.accreditation {
         relay.set_accreditation(new);
     }
@@ -260,9 +258,13 @@ pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<Strin
             continue;
         };
         let peer = crate::federation::Peer::from_config(entry, relay.engine());
-        if let Some(old) = relay
-            .insert_peer(entry, peer.clone())
-            .map_err(|e| format!("peer {id}: {e}"))?
+        if let Some(old) =
+            relay
+                .insert_peer(entry, peer.clone())
+                .map_err(|error| ReloadError::Peer {
+                    peer: id.clone(),
+                    error,
+                })?
         {
             old.retire("its configuration changed");
         }
@@ -407,7 +409,14 @@ mod tests {
             new.cert_chain[0] = vec![9];
             change(&mut new);
             let e = plan(&snap(), &new).unwrap_err();
-            assert!(e.contains(word) && e.contains("restart"), "{e}");
+            let ReloadError::NeedsRestart(what) = &e else {
+                panic!("{e:?}");
+            };
+            assert!(what.iter().any(|w| w.contains(word)), "{what:?}");
+            assert!(
+                e.to_string()
+                    .ends_with("needs a restart (nothing was changed)")
+            );
         }
     }
 }
