@@ -13,8 +13,7 @@ use kring_protocol::identity::{
     Identity, decode_subject_directory_attributes, encode_subject_directory_attributes,
 };
 use kring_protocol::mls::{
-    CredentialError,
-    CredentialValidator, MemberId, RelayGroup, read_header, verify_key_package,
+    CredentialError, CredentialValidator, MemberId, RelayGroup, read_header, verify_key_package,
 };
 use kring_protocol::wire::{
     DEFAULT_MAX_FRAME, FRAME_HEADER, FedRequest, FedResponse, FrameDecoder, Push, Request,

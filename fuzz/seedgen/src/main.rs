@@ -22,8 +22,8 @@ use kring_protocol::audit::{AuditHeadPage, CertificateUse, SignedAuditHead};
 use kring_protocol::identity::CaFingerprint;
 use kring_protocol::identity::{Identity, certificates_from_pem};
 use kring_protocol::mls::{
-    CredentialError,
-    CertSigner, ClientGroup, CommunityMeta, CredentialValidator, MemberId, key_package,
+    CertSigner, ClientGroup, CommunityMeta, CredentialError, CredentialValidator, MemberId,
+    key_package,
 };
 use kring_protocol::revocation::{RevocationStatement, WipeOrder};
 use kring_protocol::wire::{
