@@ -41,6 +41,8 @@ pub struct Client {
     pub(crate) timeouts: Timeouts,
     pub(crate) conn: Option<RelayConnection>,
     pub(crate) event_sink: Option<EventSink>,
+    /// Told how uploads of attachments progress (see [`Client::set_progress`]).
+    pub(crate) progress: Option<ProgressSink>,
     /// The time source of the leaf update schedule.
     pub(crate) clock: crate::keys::Clock,
     /// Whether a sync starts the leaf updates that are due (off while
@@ -52,6 +54,9 @@ pub struct Client {
 
 /// A callback receiving the events of every sync (see [`Client::set_event_sink`]).
 pub type EventSink = Box<dyn FnMut(&SyncEvent) + Send>;
+
+/// A callback told how transfers of attachments progress (see [`Client::set_progress`]).
+pub type ProgressSink = Box<dyn FnMut(crate::attachments::Progress) + Send>;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,6 +130,7 @@ impl Client {
             timeouts: Timeouts::default(),
             conn: None,
             event_sink: None,
+            progress: None,
             clock: crate::keys::system_clock(),
             scheduled_updates: true,
             notes: note.into_iter().collect(),
@@ -235,6 +241,12 @@ impl Client {
     /// warnings and policy refusals to the user.
     pub fn set_event_sink(&mut self, sink: EventSink) {
         self.event_sink = Some(sink);
+    }
+
+    /// Sets the callback told how uploads of attachments progress while notices
+    /// with files are filed, replied or forwarded.
+    pub fn set_progress(&mut self, sink: ProgressSink) {
+        self.progress = Some(sink);
     }
 
     /// The user's identity, `NAME@RELAY`.
@@ -518,6 +530,8 @@ pub(crate) fn unexpected(request: &str, response: &Response) -> ClientError {
         Response::Community(_) => "Community",
         Response::Status(_) => "Status",
         Response::Pong => "Pong",
+        Response::BlobProgress { .. } => "BlobProgress",
+        Response::BlobChunk { .. } => "BlobChunk",
         Response::Error(_) => "Error",
         Response::Revoked { .. } => "Revoked",
         Response::Trust(_) => "Trust",
@@ -551,6 +565,7 @@ fn futures_are_send(client: &mut Client) {
         body: String::new(),
         in_reply_to: None,
         stix: None,
+        attachments: Vec::new(),
     }));
 }
 
@@ -625,6 +640,7 @@ mod tests {
                 body: String::new(),
                 in_reply_to: None,
                 stix: None,
+                attachments: Vec::new(),
             })
             .await
             .unwrap_err();

@@ -7,15 +7,17 @@
 use std::time::Duration;
 
 use kring_policy::{Label, within};
+use kring_protocol::notice_aad::NoticeAad;
 use kring_protocol::wire::limits::MAX_NOTICES_PER_FILING;
 use kring_protocol::wire::{ErrorCode, HopRefusal, NoticeStatus, NoticeUpload, Request, Response};
 use uuid::Uuid;
 
+use crate::attachments::blob_refs;
 use crate::client::{Client, not_member, unexpected};
 use crate::community::COMMIT_ATTEMPTS;
 use crate::error::{ClientError, Result};
 use crate::labels::parse_label;
-use crate::notice::{MAX_TITLE, Notice, NoticeDraft, NoticeKind, now_utc};
+use crate::notice::{Attachment, MAX_TITLE, Notice, NoticeDraft, NoticeKind, now_utc};
 use crate::ordering::{Ordering, StatusSource, await_ordering};
 use crate::store::StoredNotice;
 
@@ -30,6 +32,26 @@ pub(crate) struct Prepared {
     pub(crate) aad: Vec<u8>,
     /// The notice's JSON.
     pub(crate) plaintext: Vec<u8>,
+}
+
+impl Prepared {
+    /// Checks `notice` and binds to it `aad` (its label, or a forward's marking)
+    /// with the blobs of its attachments.
+    pub(crate) fn new(notice: Notice, aad: NoticeAad) -> Result<Prepared> {
+        notice
+            .validate()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let plaintext = notice
+            .to_plaintext()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let label = aad.label.clone();
+        Ok(Prepared {
+            aad: aad.with_blobs(blob_refs(&notice.attachments)?).to_bytes(),
+            notice,
+            label,
+            plaintext,
+        })
+    }
 }
 
 /// Shortest notice id prefix accepted in place of a full id.
@@ -113,8 +135,15 @@ impl Client {
         self.reset_transaction()?;
         let community = self.resolve_community(&first.community)?;
         let mut prepared = Vec::with_capacity(drafts.len());
-        for draft in drafts {
-            prepared.push(self.prepare(&community, draft)?);
+        for mut draft in drafts {
+            let files = std::mem::take(&mut draft.attachments);
+            // Label and fields are checked before any file is sealed or sent.
+            let mut p = self.prepare(&community, draft, Vec::new())?;
+            if !files.is_empty() {
+                let attachments = self.upload_with_progress(&community, &files).await?;
+                p = self.reprepare(p, attachments)?;
+            }
+            prepared.push(p);
         }
         self.file_prepared(&community, prepared).await
     }
@@ -214,7 +243,12 @@ impl Client {
 
     /// Checks a draft of `community` against the user's clearance and turns it into
     /// a notice and its plaintext.
-    fn prepare(&self, community: &str, draft: NoticeDraft) -> Result<Prepared> {
+    fn prepare(
+        &self,
+        community: &str,
+        draft: NoticeDraft,
+        attachments: Vec<Attachment>,
+    ) -> Result<Prepared> {
         if self.resolve_community(&draft.community)? != community {
             return Err(ClientError::Usage(format!(
                 "one filing is for one community: {} is not {community}",
@@ -242,19 +276,16 @@ impl Client {
             in_reply_to: draft.in_reply_to,
             stix: draft.stix,
             forwarded_from: None,
+            attachments,
         };
-        notice
-            .validate()
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
-        let plaintext = notice
-            .to_plaintext()
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
-        Ok(Prepared {
-            notice,
-            aad: label.to_bytes(),
-            label,
-            plaintext,
-        })
+        Prepared::new(notice, NoticeAad::plain(label))
+    }
+
+    /// `p` with `attachments` (uploaded since it was prepared).
+    fn reprepare(&self, p: Prepared, attachments: Vec<Attachment>) -> Result<Prepared> {
+        let mut notice = p.notice;
+        notice.attachments = attachments;
+        Prepared::new(notice, NoticeAad::plain(p.label))
     }
 
     /// The home relay acknowledged `notices` (durable there): stores them (one
@@ -370,6 +401,18 @@ impl Client {
         body: String,
         title: Option<String>,
     ) -> Result<FiledNotice> {
+        self.reply_with(to, label, body, title, Vec::new()).await
+    }
+
+    /// [`reply`](Self::reply) with files attached.
+    pub async fn reply_with(
+        &mut self,
+        to: &str,
+        label: &str,
+        body: String,
+        title: Option<String>,
+        attachments: Vec<std::path::PathBuf>,
+    ) -> Result<FiledNotice> {
         let original = self.find_notice(to)?.notice;
         let title = title.unwrap_or_else(|| reply_title(&original.title));
         self.file_notice(NoticeDraft {
@@ -381,6 +424,7 @@ impl Client {
             body,
             in_reply_to: Some(original.id),
             stix: None,
+            attachments,
         })
         .await
     }

@@ -145,7 +145,21 @@ impl Client {
         label: Option<&str>,
         comment: Option<&str>,
     ) -> Result<FiledNotice> {
-        let forward = self.prepare_forward(notice_id, to, label, comment).await?;
+        self.forward_with(notice_id, to, label, comment, Vec::new())
+            .await
+    }
+
+    /// [`forward`](Self::forward) with more files attached besides the original's.
+    pub async fn forward_with(
+        &mut self,
+        notice_id: &str,
+        to: &str,
+        label: Option<&str>,
+        comment: Option<&str>,
+        attach: Vec<std::path::PathBuf>,
+    ) -> Result<FiledNotice> {
+        let mut forward = self.prepare_forward(notice_id, to, label, comment).await?;
+        forward.attach = attach;
         self.file_forward(forward).await
     }
 
@@ -233,10 +247,12 @@ impl Client {
                 sender: original.sender.clone(),
                 filed_at: original.filed_at,
             }),
+            attachments: original.attachments.clone(),
         };
         Ok(ForwardDraft {
             notice,
             original_label,
+            attach: Vec::new(),
         })
     }
 
@@ -248,14 +264,15 @@ impl Client {
     pub async fn file_forward(&mut self, forward: ForwardDraft) -> Result<FiledNotice> {
         self.reset_transaction()?;
         let ForwardDraft {
-            notice,
+            mut notice,
             original_label,
+            attach,
         } = forward;
-        if notice.forwarded_from.is_none() {
+        let Some(from) = notice.forwarded_from.clone() else {
             return Err(ClientError::Usage(
                 "a forward must say what it forwards (forwarded_from)".into(),
             ));
-        }
+        };
         if notice.sender != self.user() {
             return Err(ClientError::Usage(format!(
                 "a forward is filed by its sender, not {}",
@@ -273,16 +290,33 @@ impl Client {
         notice
             .validate()
             .map_err(|e| ClientError::Usage(e.to_string()))?;
-        let plaintext = notice
-            .to_plaintext()
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
         let target = notice.community.clone();
-        let prepared = Prepared {
-            notice,
-            aad: NoticeAad::forward(label.clone(), original_label).to_bytes(),
-            label,
-            plaintext,
-        };
+        // The original's files travel as they are (same blobs, same keys): the
+        // home relay must hold them, as it holds any filer's uploads.
+        if !notice.attachments.is_empty() {
+            let mut sink = self.progress.take();
+            let mut tell = |p: crate::attachments::Progress| {
+                if let Some(sink) = sink.as_mut() {
+                    sink(p);
+                }
+            };
+            let held = self
+                .hold_at_home(
+                    &target,
+                    &from.community,
+                    from.id,
+                    &notice.attachments,
+                    &mut tell,
+                )
+                .await;
+            self.progress = sink;
+            held?;
+        }
+        if !attach.is_empty() {
+            let more = self.upload_with_progress(&target, &attach).await?;
+            notice.attachments.extend(more);
+        }
+        let prepared = Prepared::new(notice, NoticeAad::forward(label, original_label))?;
         let mut filed = self.file_prepared(&target, vec![prepared]).await?;
         match (filed.pop(), filed.is_empty()) {
             (Some(one), true) => Ok(one),
@@ -301,6 +335,8 @@ pub struct ForwardDraft {
     pub notice: Notice,
     /// The original's label, bound to the forward's ciphertext for the hub's check.
     pub original_label: Label,
+    /// Files to attach besides the original's.
+    pub attach: Vec<std::path::PathBuf>,
 }
 
 #[cfg(test)]

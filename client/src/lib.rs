@@ -8,6 +8,7 @@
 //! [`ClientError`] whose [`exit_code`](ClientError::exit_code) follows the documented exit codes.
 #![forbid(unsafe_code)]
 
+pub mod attachments;
 pub mod audit;
 pub mod cli;
 mod client;

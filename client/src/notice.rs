@@ -3,12 +3,16 @@
 //!
 //! The JSON form is fixed — exactly these fields, in this order:
 //! `{"id","community","label","kind","category","title","body","sender","filed_at",
-//! "in_reply_to","stix","forwarded_from"}` (`forwarded_from`: `null`, or for a
-//! forwarded notice `{"community","id","sender","filed_at"}` of the notice forwarded).
+//! "in_reply_to","stix","forwarded_from","attachments"}` (`forwarded_from`: `null`, or
+//! for a forwarded notice `{"community","id","sender","filed_at"}` of the notice
+//! forwarded; `attachments`: `[{"name","size","sha256"}]`).
 //! The same document is the MLS plaintext, so a receiver checks it strictly
 //! ([`Notice::from_plaintext`]): unknown fields, oversized fields and malformed values
-//! are refused. The plaintext leaves `forwarded_from` out when it is `null`, so that a
-//! notice that is not a forward reads the same as before the field existed.
+//! are refused. The plaintext leaves `forwarded_from` out when it is `null` and
+//! `attachments` when there are none, so that such a notice reads the same as before
+//! the fields existed. In the plaintext an attachment also carries what opens it: the
+//! name and sealed size of its blob and its key ([`kring_protocol::attachment`]); the
+//! `--json` form shows only name, size and SHA-256.
 
 use std::fmt;
 use std::str::FromStr;
@@ -156,6 +160,89 @@ pub struct Notice {
     /// as `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded_from: Option<ForwardedFrom>,
+    /// Attached files (none decodes as empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// An attached file: what a recipient sees of it, and what fetches and opens it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// File name (no directory).
+    pub name: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// SHA-256 of the plaintext, hex.
+    pub sha256: String,
+    /// The sealed blob's name (SHA-256 of the sealed bytes), hex.
+    pub blob: String,
+    /// The key that opens the blob, hex (32 bytes).
+    pub key: String,
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("Attachment")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("sha256", &self.sha256)
+            .field("blob", &self.blob)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attachment {
+    /// The blob as relays know it (name and sealed size).
+    pub fn blob_ref(&self) -> Result<kring_protocol::attachment::BlobRef, NoticeError> {
+        let id = kring_protocol::attachment::BlobId::from_hex(&self.blob)
+            .ok_or_else(|| invalid("attachments", "a blob name is 64 hex digits"))?;
+        Ok(kring_protocol::attachment::BlobRef {
+            id,
+            size: kring_protocol::attachment::sealed_len(self.size),
+        })
+    }
+
+    /// The key, as bytes.
+    pub fn key_bytes(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, NoticeError> {
+        let bytes = kring_protocol::attachment::unhex(&self.key)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| invalid("attachments", "a key is 64 hex digits"))?;
+        Ok(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// The plaintext SHA-256, as bytes.
+    pub fn sha256_bytes(&self) -> Result<[u8; 32], NoticeError> {
+        kring_protocol::attachment::unhex(&self.sha256)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| invalid("attachments", "a SHA-256 is 64 hex digits"))
+    }
+}
+
+/// Checks an attachment's file name: 1 to
+/// [`MAX_NAME`](kring_protocol::attachment::MAX_NAME) bytes, no directory, no
+/// control characters, not `.` or `..`, not hidden.
+pub fn check_attachment_name(name: &str) -> Result<(), NoticeError> {
+    let bad = |why: &str| invalid("attachments", format!("file name {name:?}: {why}"));
+    if name.is_empty() || name.len() > kring_protocol::attachment::MAX_NAME {
+        return Err(bad("must be 1 to 255 bytes"));
+    }
+    if name.contains(['/', '\\']) || name.chars().any(char::is_control) {
+        return Err(bad("no directories or control characters"));
+    }
+    if name.starts_with('.') {
+        return Err(bad("must not start with a dot"));
+    }
+    Ok(())
+}
+
+/// What `--json` shows of an attachment.
+#[derive(Serialize)]
+struct AttachmentJson<'a> {
+    name: &'a str,
+    size: u64,
+    sha256: &'a str,
 }
 
 /// Where a forwarded notice comes from: the notice forwarded, as its recipients in
@@ -190,6 +277,7 @@ struct NoticeJson<'a> {
     in_reply_to: &'a Option<Uuid>,
     stix: &'a Option<Vec<serde_json::Value>>,
     forwarded_from: &'a Option<ForwardedFrom>,
+    attachments: Vec<AttachmentJson<'a>>,
 }
 
 impl Notice {
@@ -227,6 +315,7 @@ impl Notice {
         if let Some(stix) = &self.stix {
             check_stix_objects(stix)?;
         }
+        check_attachments(&self.attachments)?;
         if let Some(from) = &self.forwarded_from {
             check_qualified_id("forwarded_from", &from.community)
                 .map_err(|e| invalid("forwarded_from", e.to_string()))?;
@@ -286,10 +375,57 @@ impl Notice {
             in_reply_to: &self.in_reply_to,
             stix: &self.stix,
             forwarded_from: &self.forwarded_from,
+            attachments: self
+                .attachments
+                .iter()
+                .map(|a| AttachmentJson {
+                    name: &a.name,
+                    size: a.size,
+                    sha256: &a.sha256,
+                })
+                .collect(),
         };
         // Serialising plain data with string keys cannot fail.
         serde_json::to_string(&json).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
+}
+
+/// Checks a notice's attachments: at most
+/// [`MAX_ATTACHMENTS`](kring_protocol::attachment::MAX_ATTACHMENTS), at most
+/// [`MAX_ATTACHMENT_BYTES`](kring_protocol::attachment::MAX_ATTACHMENT_BYTES) in all,
+/// names valid and distinct, hashes, blob names and keys well-formed, no blob twice.
+pub fn check_attachments(attachments: &[Attachment]) -> Result<(), NoticeError> {
+    use kring_protocol::attachment::{MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS};
+    if attachments.len() > MAX_ATTACHMENTS {
+        return Err(invalid(
+            "attachments",
+            format!("{} files; at most {MAX_ATTACHMENTS}", attachments.len()),
+        ));
+    }
+    let mut total = 0u64;
+    for (i, a) in attachments.iter().enumerate() {
+        check_attachment_name(&a.name)?;
+        a.blob_ref()?;
+        a.key_bytes()?;
+        a.sha256_bytes()?;
+        total = total.saturating_add(a.size);
+        if attachments[..i]
+            .iter()
+            .any(|b| b.name == a.name || b.blob == a.blob)
+        {
+            return Err(invalid(
+                "attachments",
+                format!("{:?} is attached twice", a.name),
+            ));
+        }
+    }
+    if total > MAX_ATTACHMENT_BYTES {
+        return Err(invalid(
+            "attachments",
+            format!("{total} bytes; at most {MAX_ATTACHMENT_BYTES} per notice"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a title: 1 to [`MAX_TITLE`] bytes, one line, no control characters.
@@ -432,6 +568,8 @@ pub struct NoticeDraft {
     pub in_reply_to: Option<Uuid>,
     /// STIX 2.1 objects to attach.
     pub stix: Option<Vec<serde_json::Value>>,
+    /// Files to attach (sealed and uploaded when the notice is filed).
+    pub attachments: Vec<std::path::PathBuf>,
 }
 
 /// The current time in UTC, to the second (the `filed_at` of new notices).
@@ -458,6 +596,7 @@ mod tests {
             in_reply_to: None,
             stix: None,
             forwarded_from: None,
+            attachments: Vec::new(),
         }
     }
 
@@ -470,7 +609,7 @@ mod tests {
              \"label\":\"NL:STG-CONFIDENTIEEL\",\"kind\":\"signal\",\"category\":\"disinformation\",\
              \"title\":\"Nepnieuws over verkiezingen\",\"body\":\"Zie bijlage.\\nTweede regel.\",\
              \"sender\":\"analist@post-a\",\"filed_at\":\"2025-03-01T12:30:00Z\",\
-             \"in_reply_to\":null,\"stix\":null,\"forwarded_from\":null}"
+             \"in_reply_to\":null,\"stix\":null,\"forwarded_from\":null,\"attachments\":[]}"
         );
         assert!(!json.contains('\n'));
     }
@@ -490,7 +629,7 @@ mod tests {
             json.ends_with(
                 "\"forwarded_from\":{\"community\":\"desinformatie@bz\",\
                  \"id\":\"00000000-0000-0000-0000-000000000099\",\"sender\":\"analist@post-a\",\
-                 \"filed_at\":\"2025-03-01T12:00:00Z\"}}"
+                 \"filed_at\":\"2025-03-01T12:00:00Z\"},\"attachments\":[]}"
             ),
             "{json}"
         );

@@ -129,6 +129,7 @@ mod tests {
                 in_reply_to: None,
                 stix: None,
                 forwarded_from: None,
+                attachments: Vec::new(),
             },
             seq: ordered_at.map(|_| 1),
             own: false,

@@ -956,6 +956,7 @@ mod tests {
                 in_reply_to: None,
                 stix: None,
                 forwarded_from: None,
+                attachments: Vec::new(),
             },
             seq: Some(n as u64),
             own: false,

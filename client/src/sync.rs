@@ -910,6 +910,14 @@ impl Client {
                 ));
             }
         }
+        // The relays hand out exactly the blobs the content opens.
+        let blobs: std::result::Result<Vec<_>, _> =
+            notice.attachments.iter().map(|a| a.blob_ref()).collect();
+        if blobs.ok().as_ref() != Some(&marked.blobs) {
+            return Err(invalid(
+                "its attachments differ from the blobs bound to the message",
+            ));
+        }
         let inner = notice.label.parse::<Label>().ok();
         if inner.as_ref() != Some(&label) {
             return Err(invalid(
@@ -967,6 +975,7 @@ mod tests {
                 in_reply_to: None,
                 stix: None,
                 forwarded_from: None,
+                attachments: Vec::new(),
             },
             seq,
             own,
@@ -1170,6 +1179,7 @@ mod tests {
                 in_reply_to: None,
                 stix: None,
                 forwarded_from: None,
+                attachments: Vec::new(),
             };
             n.forwarded_from = forwarded.then(|| crate::notice::ForwardedFrom {
                 community: "x@bz".into(),

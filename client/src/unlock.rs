@@ -573,6 +573,7 @@ mod tests {
                 in_reply_to: None,
                 stix: None,
                 forwarded_from: None,
+                attachments: Vec::new(),
             },
             seq: Some(1),
             own: false,

@@ -6,6 +6,7 @@
 //! time and bytes in, and get decisions and bytes out.
 #![forbid(unsafe_code)]
 
+pub mod attachment;
 pub mod audit;
 pub mod close;
 pub mod identity;

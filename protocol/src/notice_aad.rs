@@ -16,6 +16,18 @@
 //! label     the rest: this notice's binary label
 //! ```
 //!
+//! A notice with **attachments** puts in front of either form the blobs it refers
+//! to, so that every relay on its path knows which blobs it may hand to whom
+//! ([`crate::attachment`]):
+//!
+//! ```text
+//! mark      u8 = 0xF1
+//! version   u8 = 1
+//! count     u8 (1..=MAX_ATTACHMENTS)
+//! blobs     count × (id: 32 bytes, sealed size: u64 big-endian)
+//! rest      a plain label or the forwarded form above
+//! ```
+//!
 //! Both labels decode strictly; anything else is refused. Being the MLS
 //! authenticated data, the whole form is bound to the ciphertext: a relay cannot
 //! add, drop or change the forward marking without every recipient refusing the
@@ -26,12 +38,24 @@ use std::collections::BTreeSet;
 
 use kring_policy::{ForwardTarget, Label, MAX_ENCODED_LEN, PolicyError};
 
+use crate::attachment::{BlobId, BlobRef, MAX_ATTACHMENTS, MAX_SEALED_BYTES};
+
 /// First byte of the authenticated data of a forwarded notice.
 pub const FORWARD_MARK: u8 = 0xF0;
 /// Version of the forwarded form.
 pub const FORWARD_VERSION: u8 = 1;
-/// Largest authenticated data of a notice (a forwarded one with two largest labels).
-pub const MAX_NOTICE_AAD: usize = 4 + 2 * MAX_ENCODED_LEN;
+/// First byte of the authenticated data of a notice with attachments.
+pub const ATTACHMENTS_MARK: u8 = 0xF1;
+/// Version of the attachments form.
+pub const ATTACHMENTS_VERSION: u8 = 1;
+/// Bytes of one blob in the attachments form.
+const BLOB_LEN: usize = 32 + 8;
+/// Largest authenticated data of a notice (a forwarded one with two largest
+/// labels and the most attachments).
+pub const MAX_NOTICE_AAD: usize = 3 + MAX_ATTACHMENTS * BLOB_LEN + 4 + 2 * MAX_ENCODED_LEN;
+
+// Every form fits the MLS layer's bound on authenticated data.
+const _: () = assert!(MAX_NOTICE_AAD <= crate::mls::MAX_AAD_BYTES);
 
 /// Why the authenticated data of a notice is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +75,8 @@ pub struct NoticeAad {
     pub label: Label,
     /// For a forwarded notice, the label of the original.
     pub original: Option<Label>,
+    /// The blobs of its attachments, in the notice's order.
+    pub blobs: Vec<BlobRef>,
 }
 
 impl NoticeAad {
@@ -59,6 +85,7 @@ impl NoticeAad {
         Self {
             label,
             original: None,
+            blobs: Vec::new(),
         }
     }
 
@@ -67,7 +94,14 @@ impl NoticeAad {
         Self {
             label,
             original: Some(original),
+            blobs: Vec::new(),
         }
+    }
+
+    /// The same, referring to `blobs` (at most [`MAX_ATTACHMENTS`]).
+    pub fn with_blobs(mut self, blobs: Vec<BlobRef>) -> Self {
+        self.blobs = blobs;
+        self
     }
 
     /// Whether the notice is a forward.
@@ -77,6 +111,24 @@ impl NoticeAad {
 
     /// The bytes to bind to the ciphertext.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let rest = self.labels_to_bytes();
+        if self.blobs.is_empty() {
+            return rest;
+        }
+        let mut out = Vec::with_capacity(3 + self.blobs.len() * BLOB_LEN + rest.len());
+        out.push(ATTACHMENTS_MARK);
+        out.push(ATTACHMENTS_VERSION);
+        // Invariant: at most MAX_ATTACHMENTS (< 256) blobs; `from_bytes` refuses more.
+        out.push(u8::try_from(self.blobs.len()).unwrap_or(u8::MAX));
+        for b in &self.blobs {
+            out.extend_from_slice(&b.id.0);
+            out.extend_from_slice(&b.size.to_be_bytes());
+        }
+        out.extend_from_slice(&rest);
+        out
+    }
+
+    fn labels_to_bytes(&self) -> Vec<u8> {
         let label = self.label.to_bytes();
         let Some(original) = &self.original else {
             return label;
@@ -102,6 +154,61 @@ impl NoticeAad {
     /// [`AadError::Label`] when a label does not decode, [`AadError::Malformed`] for a
     /// bad forward marking.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AadError> {
+        if bytes.len() > MAX_NOTICE_AAD {
+            return Err(AadError::Malformed("too long"));
+        }
+        if bytes.first() != Some(&ATTACHMENTS_MARK) {
+            return Self::labels_from_bytes(bytes);
+        }
+        let rest = &bytes[1..];
+        let (&version, rest) = rest.split_first().ok_or(AadError::Malformed("truncated"))?;
+        if version != ATTACHMENTS_VERSION {
+            return Err(AadError::Malformed(
+                "unknown version of the attachments form",
+            ));
+        }
+        let (&count, mut rest) = rest.split_first().ok_or(AadError::Malformed("truncated"))?;
+        let count = usize::from(count);
+        if count == 0 || count > MAX_ATTACHMENTS {
+            return Err(AadError::Malformed("bad number of attachments"));
+        }
+        let mut blobs = Vec::with_capacity(count);
+        let mut total = 0u64;
+        for _ in 0..count {
+            let (blob, after) = rest
+                .split_first_chunk::<BLOB_LEN>()
+                .ok_or(AadError::Malformed("truncated"))?;
+            let (id, size) = blob.split_at(32);
+            let size = u64::from_be_bytes(
+                size.try_into()
+                    .map_err(|_| AadError::Malformed("truncated"))?,
+            );
+            let id = BlobId(
+                id.try_into()
+                    .map_err(|_| AadError::Malformed("truncated"))?,
+            );
+            if crate::attachment::plain_len(size).is_none() {
+                return Err(AadError::Malformed("a blob size no sealed blob has"));
+            }
+            if blobs.iter().any(|b: &BlobRef| b.id == id) {
+                return Err(AadError::Malformed("a blob named twice"));
+            }
+            total = total.saturating_add(size);
+            blobs.push(BlobRef { id, size });
+            rest = after;
+        }
+        if total > MAX_SEALED_BYTES {
+            return Err(AadError::Malformed(
+                "attachments larger than a notice may carry",
+            ));
+        }
+        if rest.first() == Some(&ATTACHMENTS_MARK) {
+            return Err(AadError::Malformed("attachments marked twice"));
+        }
+        Ok(Self::labels_from_bytes(rest)?.with_blobs(blobs))
+    }
+
+    fn labels_from_bytes(bytes: &[u8]) -> Result<Self, AadError> {
         if bytes.first() != Some(&FORWARD_MARK) {
             return Ok(Self::plain(Label::from_bytes(bytes)?));
         }
@@ -260,5 +367,68 @@ mod tests {
         assert!(NoticeAad::from_bytes(&len).is_err());
         assert!(NoticeAad::from_bytes(&[FORWARD_MARK]).is_err());
         assert!(NoticeAad::from_bytes(&[]).is_err());
+    }
+
+    fn blobs(n: usize) -> Vec<BlobRef> {
+        (0..n)
+            .map(|i| BlobRef {
+                id: BlobId([i as u8 + 1; 32]),
+                size: crate::attachment::sealed_len(1000 * i as u64),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attachments_round_trip_in_front_of_either_form() {
+        let plain = NoticeAad::plain(l("TLP:GREEN")).with_blobs(blobs(2));
+        let forward =
+            NoticeAad::forward(l("TLP:AMBER"), l("TLP:GREEN")).with_blobs(blobs(MAX_ATTACHMENTS));
+        for aad in [plain, forward] {
+            let bytes = aad.to_bytes();
+            assert_eq!(bytes[0], ATTACHMENTS_MARK);
+            assert!(bytes.len() <= MAX_NOTICE_AAD);
+            assert_eq!(NoticeAad::from_bytes(&bytes).unwrap(), aad);
+            assert_eq!(label_of(&bytes).unwrap(), aad.label);
+        }
+    }
+
+    #[test]
+    fn malformed_attachment_lists_are_refused() {
+        let good = NoticeAad::forward(l("TLP:AMBER"), l("TLP:GREEN"))
+            .with_blobs(blobs(2))
+            .to_bytes();
+        for n in 0..good.len() {
+            assert!(NoticeAad::from_bytes(&good[..n]).is_err(), "{n}");
+        }
+        let mut count = good.clone();
+        count[2] = 0;
+        assert!(NoticeAad::from_bytes(&count).is_err());
+        let mut twice = NoticeAad::plain(l("TLP:GREEN"))
+            .with_blobs(blobs(2))
+            .to_bytes();
+        twice[3 + 40..3 + 40 + 32].copy_from_slice(&[1; 32]);
+        assert_eq!(
+            NoticeAad::from_bytes(&twice),
+            Err(AadError::Malformed("a blob named twice"))
+        );
+        let mut size = NoticeAad::plain(l("TLP:GREEN"))
+            .with_blobs(blobs(1))
+            .to_bytes();
+        size[3 + 32..3 + 40].copy_from_slice(&5u64.to_be_bytes());
+        assert!(NoticeAad::from_bytes(&size).is_err());
+        let mut huge = blobs(2);
+        huge[0].size = crate::attachment::sealed_len(crate::attachment::MAX_ATTACHMENT_BYTES);
+        huge[1].size = crate::attachment::sealed_len(1 << 20);
+        let huge = NoticeAad::plain(l("TLP:GREEN")).with_blobs(huge).to_bytes();
+        assert!(NoticeAad::from_bytes(&huge).is_err());
+        let mut nested = vec![ATTACHMENTS_MARK, ATTACHMENTS_VERSION, 1];
+        nested.extend_from_slice(&[1; 32]);
+        nested.extend_from_slice(&crate::attachment::sealed_len(0).to_be_bytes());
+        nested.extend_from_slice(
+            &NoticeAad::plain(l("TLP:GREEN"))
+                .with_blobs(blobs(1))
+                .to_bytes(),
+        );
+        assert!(NoticeAad::from_bytes(&nested).is_err());
     }
 }

@@ -61,6 +61,7 @@ namespaces! {
     PEER_INFO = "P/", "revocation", "what a peer's certificate said when last seen";
     WIPE = "y/", "revocation", "wipe orders for users of this relay";
     RETENTION = "t/", "retention", "community retention periods";
+    ATTACHMENTS = "b/", "attachments", "the blobs a notice refers to and where to fetch them";
 }
 
 /// Keys of the store proper: communities, logs, notices, memberships, cursors,
@@ -280,6 +281,17 @@ pub mod retention {
     }
 }
 
+/// Keys of attachments.
+pub mod attachments {
+    /// Prefix of the notices' blob records.
+    pub const ATTACHMENTS: &[u8] = super::ATTACHMENTS;
+
+    /// `b/NOTICE_ID` → the blobs a notice refers to.
+    pub fn notice(id: &uuid::Uuid) -> Vec<u8> {
+        [ATTACHMENTS, id.as_bytes()].concat()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,7 +326,7 @@ mod tests {
     fn every_builder_stays_in_its_owners_namespace() {
         let id = uuid::Uuid::nil();
         let ca = kring_protocol::identity::CaFingerprint::of(b"ca");
-        let owned: [(&str, Vec<Vec<u8>>); 7] = [
+        let owned: [(&str, Vec<Vec<u8>>); 8] = [
             (
                 "store",
                 vec![
@@ -392,6 +404,13 @@ mod tests {
             (
                 "retention",
                 vec![retention::retention("c@bz"), retention::RETENTION.to_vec()],
+            ),
+            (
+                "attachments",
+                vec![
+                    attachments::notice(&uuid::Uuid::nil()),
+                    attachments::ATTACHMENTS.to_vec(),
+                ],
             ),
         ];
         for (owner, keys) in owned {

@@ -760,6 +760,9 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::TrustStatements { .. } => "trust-statements",
         Request::Cursors { .. } => "cursors",
         Request::DeclaredClients => "declared-clients",
+        Request::OfferBlob { .. } => "offer-blob",
+        Request::PutBlob { .. } => "put-blob",
+        Request::GetBlob { .. } => "get-blob",
     }
 }
 

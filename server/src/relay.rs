@@ -8,7 +8,8 @@
 //! This module holds the relay's state and its accessors; the handlers live in one
 //! submodule per concept: `connections` (authentication, registry, budgets),
 //! `dispatch` (one request in, one answer out), `key_packages`, `communities`
-//! (creation, commits, Welcomes), `notices` (filing, ordering, fan-out) and `queries`
+//! (creation, commits, Welcomes), `notices` (filing, ordering, fan-out), `attachments`
+//! (blobs: upload, which notice refers to which, fetch-through) and `queries`
 //! (cursors, lists, audit reads, notice status).
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use crate::net::ByteBudget;
 use crate::records::{CommunityRecord, MemberRecord, NoticeRecord, WelcomeBlob, WelcomeRef};
 use crate::store::{Batch, Durability, Engine, get_obj, keys};
 
+mod attachments;
 mod communities;
 mod connections;
 mod dispatch;
@@ -46,6 +48,7 @@ mod queries;
 #[cfg(test)]
 mod tests;
 
+pub use attachments::{FETCH_THROUGH_WAIT, NoticeBlobs, put_notice_blobs};
 pub use communities::{
     next_seq, put_community, put_last_seq, release_welcome, store_welcome, summary,
 };
@@ -195,6 +198,7 @@ pub struct Relay {
     pub endpoint: std::sync::OnceLock<(quinn::Endpoint, quinn::ClientConfig)>,
     metrics: Arc<Metrics>,
     recovery: crate::recovery::Recovery,
+    blobs: crate::blobs::BlobStore,
 }
 
 /// Most hop refusals kept for one notice (one per hop; a federation has few relays).
@@ -324,6 +328,7 @@ impl Relay {
             ),
             endpoint: std::sync::OnceLock::new(),
             metrics,
+            blobs: crate::blobs::BlobStore::open(&config.data_dir.join("blobs"))?,
             recovery: crate::recovery::Recovery::open(
                 engine.as_ref(),
                 &config.identity.name,

@@ -542,6 +542,7 @@ pub fn signal(community: &str, label: &str, title: &str, body: &str) -> kring_cl
         body: body.into(),
         in_reply_to: None,
         stix: None,
+        attachments: Vec::new(),
     }
 }
 

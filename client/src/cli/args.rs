@@ -251,6 +251,9 @@ pub enum NoticeCommand {
         /// A STIX 2.1 bundle, array of objects or object to attach.
         #[arg(long, value_name = "FILE")]
         stix_file: Option<PathBuf>,
+        /// A file to attach (repeatable; at most 50 MiB in all).
+        #[arg(long = "attach", value_name = "FILE")]
+        attach: Vec<PathBuf>,
         /// The hub's ordering.
         #[command(flatten)]
         wait: WaitTimeout,
@@ -281,6 +284,15 @@ pub enum NoticeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Save the attachments of a notice, each checked against the SHA-256 the
+    /// notice gives (an existing file is never overwritten).
+    Attachments {
+        /// The notice id (or a unique prefix of at least 6 hex digits).
+        notice_id: String,
+        /// The directory to save into (created if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
     /// Reply to a notice (same community).
     Reply {
         /// The notice id (or a unique prefix of at least 6 hex digits).
@@ -291,6 +303,9 @@ pub enum NoticeCommand {
         /// The reply's title (default: "Re: " and the original title).
         #[arg(long)]
         title: Option<String>,
+        /// A file to attach (repeatable; at most 50 MiB in all).
+        #[arg(long = "attach", value_name = "FILE")]
+        attach: Vec<PathBuf>,
         /// The body.
         #[command(flatten)]
         body: BodySource,
@@ -314,6 +329,9 @@ pub enum NoticeCommand {
         /// Your comment, shown before the original's body.
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
+        /// A file to attach besides the original's (repeatable; at most 50 MiB in all).
+        #[arg(long = "attach", value_name = "FILE")]
+        attach: Vec<PathBuf>,
         /// The hub's ordering.
         #[command(flatten)]
         wait: WaitTimeout,

@@ -528,9 +528,11 @@ async fn notice(
             title,
             kind,
             wait,
+            attach,
             ..
         } => {
             set_ordering_wait(client, wait.duration());
+            show_progress(client);
             let filed = client
                 .file_notice(NoticeDraft {
                     community,
@@ -541,6 +543,7 @@ async fn notice(
                     body: input.body,
                     in_reply_to: None,
                     stix: input.stix,
+                    attachments: attach,
                 })
                 .await?;
             report_filed(&filed, out)?;
@@ -550,11 +553,15 @@ async fn notice(
             label,
             title,
             wait,
+            attach,
             ..
         } => {
             best_effort_sync(client).await?;
             set_ordering_wait(client, wait.duration());
-            let filed = client.reply(&notice_id, &label, input.body, title).await?;
+            show_progress(client);
+            let filed = client
+                .reply_with(&notice_id, &label, input.body, title, attach)
+                .await?;
             report_filed(&filed, out)?;
         }
         NoticeCommand::List { community, json } => {
@@ -635,13 +642,43 @@ async fn notice(
             label,
             comment,
             wait,
+            attach,
         } => {
             best_effort_sync(client).await?;
             set_ordering_wait(client, wait.duration());
+            show_progress(client);
             let filed = client
-                .forward(&notice_id, &to, label.as_deref(), comment.as_deref())
+                .forward_with(
+                    &notice_id,
+                    &to,
+                    label.as_deref(),
+                    comment.as_deref(),
+                    attach,
+                )
                 .await?;
             report_filed(&filed, out)?;
+        }
+        NoticeCommand::Attachments {
+            notice_id,
+            out: dir,
+        } => {
+            best_effort_sync(client).await?;
+            let mut progress = Progress::new();
+            let saved = client
+                .save_attachments(&notice_id, &dir, &mut |p| progress.show(&p))
+                .await?;
+            progress.done();
+            if saved.is_empty() {
+                eprintln!("kring: the notice has no attachments");
+            }
+            for a in saved {
+                out.line(&format!(
+                    "{}\t{} bytes\tsha256 {}",
+                    a.path.display(),
+                    a.size,
+                    a.sha256
+                ));
+            }
         }
         NoticeCommand::Export {
             community,
@@ -661,6 +698,43 @@ async fn notice(
         }
     }
     Ok(())
+}
+
+/// Transfer progress of attachments on stderr: one line per file and a
+/// percentage every tenth, the relay's word while it fetches a file itself.
+struct Progress {
+    last: Option<(String, u64)>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { last: None }
+    }
+
+    fn show(&mut self, p: &crate::attachments::Progress) {
+        match p {
+            crate::attachments::Progress::Transfer { name, done, total } => {
+                let tenth = done.saturating_mul(10) / (*total).max(1);
+                if self.last.as_ref() != Some(&(name.clone(), tenth)) {
+                    eprintln!("kring: {name}: {}% of {total} bytes", tenth * 10);
+                    self.last = Some((name.clone(), tenth));
+                }
+            }
+            crate::attachments::Progress::Waiting { name, reason } => {
+                eprintln!("kring: {name}: waiting: {reason}");
+            }
+        }
+    }
+
+    fn done(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Reports upload progress of attachments on stderr.
+fn show_progress(client: &mut Client) {
+    let mut progress = Progress::new();
+    client.set_progress(Box::new(move |p| progress.show(&p)));
 }
 
 /// Sets how long filing waits for a remote hub's ordering.

@@ -317,6 +317,7 @@ mod tests {
             in_reply_to: None,
             stix: None,
             forwarded_from: None,
+            attachments: Vec::new(),
         }
     }
 

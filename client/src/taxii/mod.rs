@@ -356,6 +356,7 @@ impl Device {
                 body: filing.body,
                 in_reply_to: None,
                 stix: (!filing.stix.is_empty()).then_some(filing.stix),
+                attachments: Vec::new(),
             })
             .await?;
         self.last_sync = None;

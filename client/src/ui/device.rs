@@ -273,6 +273,7 @@ impl Device {
                         body,
                         in_reply_to: None,
                         stix: None,
+                        attachments: Vec::new(),
                     })
                     .await?;
                 Ok(self.filed(&filed))

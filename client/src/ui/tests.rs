@@ -37,6 +37,7 @@ fn notice(n: u128, label: &str, title: &str) -> NoticeView {
             in_reply_to: None,
             stix: None,
             forwarded_from: None,
+            attachments: Vec::new(),
         },
         seq: Some(n as u64),
         own: false,

@@ -246,6 +246,24 @@ fn main() -> Res<()> {
             }],
         },
         Request::DeclaredClients,
+        Request::OfferBlob {
+            community: "fuzz@bz".into(),
+            blob: kring_protocol::attachment::BlobRef {
+                id: kring_protocol::attachment::BlobId([7; 32]),
+                size: kring_protocol::attachment::sealed_len(1000),
+            },
+        },
+        Request::PutBlob {
+            blob: kring_protocol::attachment::BlobId([7; 32]),
+            offset: 0,
+            data: vec![0x5a; 64],
+        },
+        Request::GetBlob {
+            community: "fuzz@bz".into(),
+            notice_id,
+            blob: kring_protocol::attachment::BlobId([7; 32]),
+            offset: 64,
+        },
     ];
     let errors = vec![
         ErrorCode::PolicyDenied {
@@ -360,6 +378,15 @@ fn main() -> Res<()> {
             organisation: "bz".into(),
             clients: vec!["post-a".into()],
         },
+        Response::BlobProgress {
+            received: 64,
+            size: kring_protocol::attachment::sealed_len(1000),
+        },
+        Response::BlobChunk {
+            size: kring_protocol::attachment::sealed_len(1000),
+            offset: 64,
+            data: vec![0x5a; 64],
+        },
     ];
     responses.extend(errors.iter().cloned().map(Response::Error));
     let pushes = [
@@ -447,6 +474,12 @@ fn main() -> Res<()> {
         },
         FedRequest::Trust {
             after: Some("liaison@nctv".into()),
+        },
+        FedRequest::FetchBlob {
+            community: "fuzz@bz".into(),
+            notice_id,
+            blob: kring_protocol::attachment::BlobId([7; 32]),
+            offset: 0,
         },
     ];
     let fed_responses = [
@@ -586,6 +619,9 @@ fn request_name(m: &Request) -> &'static str {
         Request::Cursors { .. } => "cursors",
         Request::RevokeAndWipe { .. } => "revoke-wipe",
         Request::DeclaredClients => "declared-clients",
+        Request::OfferBlob { .. } => "offer-blob",
+        Request::PutBlob { .. } => "put-blob",
+        Request::GetBlob { .. } => "get-blob",
     }
 }
 
@@ -610,6 +646,8 @@ fn response_name(m: &Response) -> &'static str {
         Response::Cursors { .. } => "cursors",
         Response::WipeOrdered(_) => "wipe-ordered",
         Response::DeclaredClients { .. } => "declared-clients",
+        Response::BlobProgress { .. } => "blob-progress",
+        Response::BlobChunk { .. } => "blob-chunk",
     }
 }
 
@@ -645,6 +683,7 @@ fn fed_request_name(m: &FedRequest) -> &'static str {
         FedRequest::Whereabouts => "whereabouts",
         FedRequest::FetchLog { .. } => "fetch-log",
         FedRequest::Trust { .. } => "trust",
+        FedRequest::FetchBlob { .. } => "fetch-blob",
     }
 }
 

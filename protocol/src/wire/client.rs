@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::validate::*;
 use super::{Bytes, ErrorCode, Validate, WireError, limits};
+use crate::attachment::{BlobId, BlobRef};
 use crate::revocation::{RevocationStatement, WipeOrder};
 
 /// Requests a client sends to its home relay.
@@ -154,6 +155,40 @@ pub enum Request {
     /// (`clients` in `relay.toml`): where the device may forward TLP:AMBER notices
     /// besides its own organisation. Answered with [`Response::DeclaredClients`].
     DeclaredClients,
+    /// Announce a sealed attachment ([`crate::attachment`]) before uploading it for
+    /// a notice of `community`: its name and sealed size. Answered with
+    /// [`Response::BlobProgress`]: how much of it the relay holds already (all of
+    /// it when the relay has it; what survived an interrupted upload otherwise).
+    OfferBlob {
+        /// Community the notice is for (the caller must be a member).
+        community: String,
+        /// The blob.
+        blob: BlobRef,
+    },
+    /// Bytes of an announced blob, from `offset` (what the relay holds). The relay
+    /// answers [`Response::BlobProgress`]; with the last bytes it checks the whole
+    /// blob against its name and keeps it (durably) or discards it.
+    PutBlob {
+        /// The blob.
+        blob: BlobId,
+        /// Where these bytes go.
+        offset: u64,
+        /// At most [`TRANSFER_CHUNK`](crate::attachment::TRANSFER_CHUNK) bytes.
+        #[serde(with = "serde_bytes")]
+        data: Bytes,
+    },
+    /// Bytes of an attachment of a notice the caller may read, from `offset`.
+    /// Answered with [`Response::BlobChunk`].
+    GetBlob {
+        /// The notice's community.
+        community: String,
+        /// The notice.
+        notice_id: Uuid,
+        /// One of its blobs.
+        blob: BlobId,
+        /// First byte wanted.
+        offset: u64,
+    },
 }
 
 /// A position in a community log: the community and a sequence number.
@@ -272,6 +307,27 @@ pub enum Response {
         /// The organisations it declares as its clients (at most
         /// [`limits::MAX_CLIENTS`]).
         clients: Vec<String>,
+    },
+    /// Answer to [`Request::OfferBlob`] and [`Request::PutBlob`]: the relay holds
+    /// the first `received` of `size` bytes; all of them (durably, checked against
+    /// the blob's name) when `received == size`.
+    BlobProgress {
+        /// Bytes held.
+        received: u64,
+        /// The blob's sealed size.
+        size: u64,
+    },
+    /// Answer to [`Request::GetBlob`] (and a relay's
+    /// [`FedRequest::FetchBlob`](super::FedRequest::FetchBlob)): the blob's bytes
+    /// from `offset`, at most [`TRANSFER_CHUNK`](crate::attachment::TRANSFER_CHUNK).
+    BlobChunk {
+        /// The blob's sealed size.
+        size: u64,
+        /// Where these bytes start.
+        offset: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Bytes,
     },
 }
 
@@ -481,7 +537,13 @@ impl Validate for Request {
                 Ok(())
             }
             Request::FetchKeyPackage { user } => check_qualified_id("user", user),
+            Request::OfferBlob { community, blob } => {
+                check_qualified_id("community", community)?;
+                check_blob_size(blob.size)
+            }
+            Request::PutBlob { data, .. } => check_transfer("data", data),
             Request::CreateCommunity { community, .. }
+            | Request::GetBlob { community, .. }
             | Request::Handshake { community, .. }
             | Request::FileNotice { community, .. }
             | Request::Ack { community, .. }
@@ -570,6 +632,20 @@ impl Validate for Response {
                 reason: e.to_string(),
             }),
             Response::Cursors { rewind } => check_marks("rewind", rewind),
+            Response::BlobProgress { received, size } => {
+                check_blob_size(*size)?;
+                if received > size {
+                    return Err(WireError::Invalid {
+                        field: "received",
+                        reason: "more than the blob's size".into(),
+                    });
+                }
+                Ok(())
+            }
+            Response::BlobChunk { size, data, .. } => {
+                check_blob_size(*size)?;
+                check_transfer("data", data)
+            }
             Response::WipeOrdered(wipe) => check_wipe(wipe),
             Response::DeclaredClients {
                 organisation,

@@ -63,6 +63,19 @@ pub enum FedRequest {
         /// The last user id of the previous page, if any.
         after: Option<String>,
     },
+    /// Bytes of an attachment of a notice, from a relay that holds it (the filer's
+    /// home relay, asked by the hub; the hub, asked by a member relay). Answered with
+    /// [`Response::BlobChunk`] inside [`FedResponse::Response`].
+    FetchBlob {
+        /// The notice's community.
+        community: String,
+        /// The notice.
+        notice_id: Uuid,
+        /// One of its blobs.
+        blob: crate::attachment::BlobId,
+        /// First byte wanted.
+        offset: u64,
+    },
 }
 
 /// Answer to [`FedRequest::Whereabouts`].
@@ -294,7 +307,9 @@ impl Validate for FedRequest {
                 check_qualified_id("requester", requester)
             }
             FedRequest::Whereabouts => Ok(()),
-            FedRequest::FetchLog { community, .. } => check_qualified_id("community", community),
+            FedRequest::FetchLog { community, .. } | FedRequest::FetchBlob { community, .. } => {
+                check_qualified_id("community", community)
+            }
             FedRequest::Trust { after } => match after {
                 Some(user) => check_qualified_id("after", user),
                 None => Ok(()),

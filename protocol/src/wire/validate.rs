@@ -145,3 +145,32 @@ pub fn check_name(field: &'static str, s: &str) -> Result<(), WireError> {
     }
     Ok(())
 }
+
+/// A sealed blob's size: one a sealed blob can have, within what one notice may carry.
+pub(super) fn check_blob_size(size: u64) -> Result<(), WireError> {
+    if size > crate::attachment::MAX_SEALED_BYTES || crate::attachment::plain_len(size).is_none() {
+        return Err(WireError::Invalid {
+            field: "size",
+            reason: format!(
+                "{size} bytes is not the size of a sealed attachment of at most {} bytes",
+                crate::attachment::MAX_SEALED_BYTES
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The bytes of one blob transfer: at most [`crate::attachment::TRANSFER_CHUNK`].
+pub(super) fn check_transfer(field: &'static str, data: &[u8]) -> Result<(), WireError> {
+    if data.len() > crate::attachment::TRANSFER_CHUNK {
+        return Err(WireError::Invalid {
+            field,
+            reason: format!(
+                "{} bytes; at most {} per message",
+                data.len(),
+                crate::attachment::TRANSFER_CHUNK
+            ),
+        });
+    }
+    Ok(())
+}

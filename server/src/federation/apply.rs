@@ -533,6 +533,21 @@ pub(super) fn apply_entry(
             }
         }
         if keep {
+            if let EntryKind::Notice {
+                notice_id, label, ..
+            } = &entry.kind
+                && label.first() == Some(&kring_protocol::notice_aad::ATTACHMENTS_MARK)
+                && let Ok(aad) = kring_protocol::notice_aad::NoticeAad::from_bytes(label)
+                && b.get(
+                    relay.engine(),
+                    &crate::keyspace::attachments::notice(notice_id),
+                )?
+                .is_none()
+            {
+                // Its blobs come from the hub when a member here asks for them (unless
+                // it was filed here, with them).
+                crate::relay::put_notice_blobs(b, notice_id, id, &aad, label, Some(peer))?;
+            }
             b.put_obj(crate::store::keys::log(id, seq), &entry)?;
         }
     }

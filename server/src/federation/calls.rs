@@ -197,3 +197,13 @@ pub async fn forward_fetch_key_package(
     }
     Ok(r)
 }
+
+/// Asks relay `to` for bytes of an attachment
+/// ([`FedRequest::FetchBlob`]); asking again is harmless.
+pub async fn fetch_blob(
+    relay: &Relay,
+    to: &str,
+    request: FedRequest,
+) -> Result<Response, RelayError> {
+    forward(relay, to, request).await
+}

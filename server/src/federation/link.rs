@@ -392,6 +392,37 @@ pub(super) async fn handle_stream(
                 Response::Error(e.to_code())
             }))
         }
+        FedRequest::FetchBlob {
+            community,
+            notice_id,
+            blob,
+            offset,
+        } => {
+            let r = relay
+                .fetch_blob_for_peer(&peer, &community, &notice_id, &blob, offset)
+                .await;
+            FedResponse::Response(match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let code = e.to_code();
+                    relay.metrics().refused(kind, &code);
+                    if !matches!(code, ErrorCode::Unavailable { .. }) {
+                        audit_peer_refusal_now(
+                            &relay,
+                            &peer,
+                            AuditEvent::new(
+                                AuditKind::Refusal,
+                                peer.as_str(),
+                                format!("{community} notice {notice_id}"),
+                                "fetch-blob",
+                                code.to_string(),
+                            ),
+                        );
+                    }
+                    Response::Error(code)
+                }
+            })
+        }
         FedRequest::FetchKeyPackage { user, requester } => {
             let r = match check_fetch(&relay, &peer, &requester, &user) {
                 Ok(()) => relay.take_key_package(&requester, &user).await,
@@ -485,5 +516,6 @@ pub fn fed_request_kind(r: &FedRequest) -> &'static str {
         FedRequest::Whereabouts => "federation-whereabouts",
         FedRequest::FetchLog { .. } => "federation-fetch-log",
         FedRequest::Trust { .. } => "federation-trust",
+        FedRequest::FetchBlob { .. } => "federation-fetch-blob",
     }
 }

@@ -115,6 +115,21 @@ impl Relay {
                 crate::revocation::revoke(self, caller, statement, Some(wipe)).await
             }
             Request::Cursors { cursors } => crate::recovery::cursors(self, caller, cursors).await,
+            Request::OfferBlob { community, blob } => {
+                self.offer_blob(caller, &community, blob).await
+            }
+            Request::PutBlob { blob, offset, data } => {
+                self.put_blob(caller, &blob, offset, &data).await
+            }
+            Request::GetBlob {
+                community,
+                notice_id,
+                blob,
+                offset,
+            } => {
+                self.get_blob(caller, &community, &notice_id, &blob, offset)
+                    .await
+            }
             Request::Subscribe => Err(ErrorCode::BadRequest {
                 reason: "subscribe is handled on its own stream".into(),
             }
@@ -140,6 +155,14 @@ pub(super) fn request_subject(r: &Request) -> String {
             more => format!("{community} {} notices", more.len()),
         },
         Request::NoticeStatus { notice_id } => notice_id.to_string(),
+        Request::OfferBlob { community, blob } => format!("{community} blob {}", blob.id),
+        Request::PutBlob { blob, .. } => format!("blob {blob}"),
+        Request::GetBlob {
+            community,
+            notice_id,
+            blob,
+            ..
+        } => format!("{community} notice {notice_id} blob {blob}"),
         Request::AckWelcome { id } => id.to_string(),
         _ => "-".into(),
     }

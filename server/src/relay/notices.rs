@@ -258,6 +258,8 @@ impl Relay {
             caller.identity.clearance.as_ref(),
             &self.accreditation(),
         )?;
+        self.check_blobs_held(&aad)?;
+        put_notice_blobs(b, &notice_id, community, &aad, &app.aad, None)?;
         let label = aad.label;
         let hub_accr = self.relay_accreditation(&rec.hub);
         let d = kring_policy::decide_opt(Some(&label), hub_accr.as_ref());
@@ -376,6 +378,9 @@ impl Relay {
         if let Some(original) = &aad.original {
             self.check_forward(b, &*rec, sender, origin, &aad.label, original)?;
         }
+        if origin.is_none() {
+            self.check_blobs_held(&aad)?;
+        }
         self.recovery.may_order(
             self.engine(),
             b,
@@ -397,6 +402,7 @@ impl Relay {
             },
             message,
         };
+        put_notice_blobs(b, &notice_id, community, &aad, &app.aad, origin)?;
         b.put_obj(keys::log(community, seq), &entry)?;
         b.put_obj(
             keys::notice(&notice_id),

@@ -89,6 +89,16 @@ impl Bz {
 
     /// `creator` creates `NAME@bz` with maximum `max` as a device would.
     async fn create(&self, creator: &str, name: &str, max: &str) -> Response {
+        self.create_group(creator, name, max).await.2
+    }
+
+    /// [`create`](Self::create), keeping the creator's group (to encrypt with).
+    async fn create_group(
+        &self,
+        creator: &str,
+        name: &str,
+        max: &str,
+    ) -> (ClientGroup, OpenMlsRustCrypto, Response) {
         let community = format!("{name}@bz");
         let max: Label = max.parse().unwrap();
         let meta =
@@ -98,7 +108,7 @@ impl Bz {
         let trust = self.relay.trust();
         let validator = FederationValidator::new(self.relay.anchors(), &trust, now() as u64);
         let provider = OpenMlsRustCrypto::default();
-        let (_, upload) = ClientGroup::create(
+        let (group, upload) = ClientGroup::create(
             &provider,
             &self.signer(creator),
             &validator,
@@ -107,15 +117,17 @@ impl Bz {
             &hub_key,
         )
         .unwrap();
-        self.answer(
-            creator,
-            Request::CreateCommunity {
-                community,
-                group_info: upload.group_info,
-                ratchet_tree: upload.ratchet_tree,
-            },
-        )
-        .await
+        let answer = self
+            .answer(
+                creator,
+                Request::CreateCommunity {
+                    community,
+                    group_info: upload.group_info,
+                    ratchet_tree: upload.ratchet_tree,
+                },
+            )
+            .await;
+        (group, provider, answer)
     }
 }
 
@@ -371,5 +383,142 @@ async fn a_revoked_user_is_refused_every_request_and_their_keys_are_not_handed_o
         bz.audit()
             .iter()
             .any(|r| r.event.kind == AuditKind::Revocation && r.event.subject == "liaison@bz")
+    );
+}
+
+/// A sealed attachment of `data` and its bytes.
+fn sealed(data: &[u8]) -> (kring_protocol::attachment::BlobRef, Vec<u8>) {
+    let mut out = Vec::new();
+    let s = kring_protocol::attachment::seal(
+        &mut &data[..],
+        &mut out,
+        &[8; 32],
+        kring_protocol::attachment::MAX_ATTACHMENT_BYTES,
+    )
+    .unwrap();
+    (s.blob, out)
+}
+
+#[tokio::test]
+async fn attachments_are_announced_uploaded_before_filing_and_handed_to_members_only() {
+    let bz = Bz::open();
+    let (mut group, provider, created) = bz
+        .create_group("liaison@bz", "bijlagen", "NL:STG-GEHEIM")
+        .await;
+    assert!(matches!(created, Response::Accepted { .. }), "{created:?}");
+    let community = "bijlagen@bz".to_string();
+    let (blob, bytes) = sealed(&vec![5u8; 3 * kring_protocol::attachment::CHUNK + 7]);
+    let label: Label = "NL:STG-CONFIDENTIEEL".parse().unwrap();
+    let aad = NoticeAad::plain(label).with_blobs(vec![blob]).to_bytes();
+    let notice_id = Uuid::new_v4();
+    let message = group
+        .encrypt(&provider, &bz.signer("liaison@bz"), &aad, b"{}")
+        .unwrap();
+    let file = Request::FileNotices {
+        community: community.clone(),
+        notices: vec![NoticeUpload { notice_id, message }],
+    };
+
+    // Bytes nobody announced are refused; so is a notice naming a blob not here.
+    let code = bz
+        .refusal(
+            "liaison@bz",
+            Request::PutBlob {
+                blob: blob.id,
+                offset: 0,
+                data: bytes.clone(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(&code, ErrorCode::BadRequest { reason } if reason.contains("not announced")),
+        "{code:?}"
+    );
+    assert!(bz.refusal_audited("liaison@bz", "put-blob"));
+    let code = bz.refusal("liaison@bz", file.clone()).await;
+    assert!(
+        matches!(&code, ErrorCode::BadRequest { reason } if reason.contains("is not uploaded")),
+        "{code:?}"
+    );
+    // A non-member may not announce one for the community.
+    let offer = Request::OfferBlob {
+        community: community.clone(),
+        blob,
+    };
+    assert_eq!(
+        bz.refusal("admin@bz", offer.clone()).await,
+        ErrorCode::NotMember
+    );
+
+    // Announced, sent in two pieces (the second after asking where to go on).
+    assert_eq!(
+        bz.answer("liaison@bz", offer.clone()).await,
+        Response::BlobProgress {
+            received: 0,
+            size: blob.size
+        }
+    );
+    let put = |offset: usize, end: usize| Request::PutBlob {
+        blob: blob.id,
+        offset: offset as u64,
+        data: bytes[offset..end].to_vec(),
+    };
+    assert_eq!(
+        bz.answer("liaison@bz", put(0, 1000)).await,
+        Response::BlobProgress {
+            received: 1000,
+            size: blob.size
+        }
+    );
+    assert_eq!(
+        bz.answer("liaison@bz", offer.clone()).await,
+        Response::BlobProgress {
+            received: 1000,
+            size: blob.size
+        }
+    );
+    assert_eq!(
+        bz.answer("liaison@bz", put(1000, bytes.len())).await,
+        Response::BlobProgress {
+            received: blob.size,
+            size: blob.size
+        }
+    );
+    match bz.answer("liaison@bz", file).await {
+        Response::Filed { seqs, .. } => assert!(seqs[0].is_some()),
+        other => panic!("{other:?}"),
+    }
+
+    // A member gets it back, in pieces; a non-member and a wrong notice get nothing.
+    let get = |notice_id: Uuid, offset: u64| Request::GetBlob {
+        community: community.clone(),
+        notice_id,
+        blob: blob.id,
+        offset,
+    };
+    match bz.answer("liaison@bz", get(notice_id, 10)).await {
+        Response::BlobChunk { size, offset, data } => {
+            assert_eq!((size, offset), (blob.size, 10));
+            assert_eq!(data, bytes[10..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        bz.refusal("admin@bz", get(notice_id, 0)).await,
+        ErrorCode::NotMember
+    );
+    assert!(matches!(
+        bz.refusal("liaison@bz", get(Uuid::new_v4(), 0)).await,
+        ErrorCode::NotFound { .. }
+    ));
+    // A peer relay that is neither the hub nor home to a member is not served.
+    let err = bz
+        .relay
+        .fetch_blob_for_peer("aivd", &community, &notice_id, &blob.id, 0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RelayError::Refused(ErrorCode::NotFound { .. })),
+        "{err:?}"
     );
 }

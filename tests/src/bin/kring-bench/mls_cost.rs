@@ -165,6 +165,7 @@ pub fn client_cost(seconds: f64) -> Result<ClientCost, String> {
         in_reply_to: None,
         stix: None,
         forwarded_from: None,
+        attachments: Vec::new(),
     };
     let plaintext = notice.to_plaintext().map_err(e)?;
 

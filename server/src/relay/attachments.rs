@@ -1,0 +1,282 @@
+//! Attachments: blobs announced and uploaded at the filer's home relay, the record
+//! of which notice refers to which blob at every relay on the notice's path, and
+//! handing a blob only to a member (or relay) entitled to its notice's label,
+//! fetched through from the relay before when it is not here yet.
+
+use kring_protocol::attachment::{BlobId, BlobRef};
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// How long one request waits for a blob fetched through from another relay. The
+/// fetch stops there and resumes with the next request for it (what arrived is
+/// kept), so a device asking again sees it progress.
+pub const FETCH_THROUGH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The blobs a notice refers to, as a relay on its path keeps them (`b/NOTICE_ID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeBlobs {
+    /// The notice's community.
+    pub community: String,
+    /// The notice's authenticated data: its label(s) and blobs.
+    pub aad: Vec<u8>,
+    /// Where a blob not held here comes from: the relay the notice came from
+    /// (`None`: it was filed here, with its blobs).
+    pub source: Option<String>,
+}
+
+impl NoticeBlobs {
+    fn decoded(&self) -> Result<NoticeAad, RelayError> {
+        NoticeAad::from_bytes(&self.aad).map_err(|e| RelayError::Corrupt {
+            key: format!("attachments of a notice of {}", self.community),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Records, in `b`, the blobs of a notice that has any: its community, its
+/// authenticated data and the relay to fetch them from.
+pub fn put_notice_blobs(
+    b: &mut Batch,
+    notice_id: &Uuid,
+    community: &str,
+    aad: &NoticeAad,
+    aad_bytes: &[u8],
+    source: Option<&str>,
+) -> Result<(), RelayError> {
+    if aad.blobs.is_empty() {
+        return Ok(());
+    }
+    b.put_obj(
+        crate::keyspace::attachments::notice(notice_id),
+        &NoticeBlobs {
+            community: community.to_string(),
+            aad: aad_bytes.to_vec(),
+            source: source.map(str::to_string),
+        },
+    )
+}
+
+impl Relay {
+    /// [`Request::OfferBlob`]: a member announces a blob for a notice of `community`.
+    pub(super) async fn offer_blob(
+        &self,
+        caller: &Caller,
+        community: &str,
+        blob: BlobRef,
+    ) -> Result<Response, RelayError> {
+        self.member_community(caller, community)?;
+        let received = self.blobs.offer(&caller.id, blob, now()).await?;
+        Ok(Response::BlobProgress {
+            received,
+            size: blob.size,
+        })
+    }
+
+    /// [`Request::PutBlob`]: bytes of a blob the caller announced.
+    pub(super) async fn put_blob(
+        &self,
+        caller: &Caller,
+        blob: &BlobId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Response, RelayError> {
+        let (received, size) = self.blobs.put(&caller.id, blob, offset, data).await?;
+        Ok(Response::BlobProgress { received, size })
+    }
+
+    /// At the filer's home relay: every blob a notice refers to is held here whole,
+    /// with the size the notice gives.
+    pub(super) fn check_blobs_held(&self, aad: &NoticeAad) -> Result<(), RelayError> {
+        for blob in &aad.blobs {
+            match self.blobs.sealed_size(&blob.id) {
+                Some(size) if size == blob.size => {}
+                Some(size) => {
+                    return Err(ErrorCode::BadRequest {
+                        reason: format!(
+                            "attachment blob {} is {size} bytes here, not {}",
+                            blob.id, blob.size
+                        ),
+                    }
+                    .into());
+                }
+                None => {
+                    return Err(ErrorCode::BadRequest {
+                        reason: format!(
+                            "attachment blob {} is not uploaded to relay {}: upload it before filing",
+                            blob.id, self.id
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of `notice_id`'s blobs, the blob `blob` among them, and the
+    /// notice's label; `NotFound` (the same for every miss) otherwise.
+    fn notice_blob(
+        &self,
+        community: &str,
+        notice_id: &Uuid,
+        blob: &BlobId,
+    ) -> Result<(NoticeBlobs, BlobRef, Label), RelayError> {
+        let missing = || {
+            RelayError::Refused(ErrorCode::NotFound {
+                what: format!("attachment {blob} of notice {notice_id}"),
+            })
+        };
+        let rec: NoticeBlobs = get_obj(
+            self.engine(),
+            &crate::keyspace::attachments::notice(notice_id),
+        )?
+        .ok_or_else(missing)?;
+        if rec.community != community {
+            return Err(missing());
+        }
+        let aad = rec.decoded()?;
+        let found = aad
+            .blobs
+            .iter()
+            .find(|b| b.id == *blob)
+            .copied()
+            .ok_or_else(missing)?;
+        Ok((rec, found, aad.label))
+    }
+
+    /// [`Request::GetBlob`]: a member whose clearance admits the notice's label.
+    pub(super) async fn get_blob(
+        &self,
+        caller: &Caller,
+        community: &str,
+        notice_id: &Uuid,
+        blob: &BlobId,
+        offset: u64,
+    ) -> Result<Response, RelayError> {
+        self.member_community(caller, community)?;
+        let (rec, blob, label) = self.notice_blob(community, notice_id, blob)?;
+        let d = kring_policy::decide_opt(Some(&label), caller.identity.clearance.as_ref());
+        if !d.allowed {
+            return Err(ErrorCode::PolicyDenied {
+                reason: format!("the attachment's notice is labelled {label}: {d}"),
+            }
+            .into());
+        }
+        self.serve_blob(&rec, notice_id, blob, offset).await
+    }
+
+    /// [`FedRequest::FetchBlob`](kring_protocol::wire::FedRequest::FetchBlob) from
+    /// relay `peer`: the community's hub (asking the filer's home relay) or a relay
+    /// with members in the community (asking its hub), accredited for the label.
+    pub async fn fetch_blob_for_peer(
+        &self,
+        peer: &str,
+        community: &str,
+        notice_id: &Uuid,
+        blob: &BlobId,
+        offset: u64,
+    ) -> Result<Response, RelayError> {
+        let (rec, blob, label) = self.notice_blob(community, notice_id, blob)?;
+        let entitled = home_relay(community) == peer
+            || self
+                .community(community)?
+                .is_some_and(|c| c.members.iter().any(|m| home_relay(m) == peer));
+        if !entitled {
+            return Err(ErrorCode::NotFound {
+                what: format!("attachment {} of notice {notice_id}", blob.id),
+            }
+            .into());
+        }
+        let d = kring_policy::decide_opt(Some(&label), self.relay_accreditation(peer).as_ref());
+        if !d.allowed {
+            return Err(ErrorCode::PolicyDenied {
+                reason: format!("relay {peer} is not accredited for {label}: {d}"),
+            }
+            .into());
+        }
+        self.serve_blob(&rec, notice_id, blob, offset).await
+    }
+
+    /// Bytes of a blob from `offset`, fetched through from the notice's source
+    /// first when it is not held here.
+    async fn serve_blob(
+        &self,
+        rec: &NoticeBlobs,
+        notice_id: &Uuid,
+        blob: BlobRef,
+        offset: u64,
+    ) -> Result<Response, RelayError> {
+        if self.blobs.sealed_size(&blob.id).is_none() {
+            let Some(source) = &rec.source else {
+                return Err(ErrorCode::NotFound {
+                    what: format!("attachment {} at relay {}", blob.id, self.id),
+                }
+                .into());
+            };
+            let fetch = self.fetch_through(source, &rec.community, notice_id, blob);
+            match tokio::time::timeout(FETCH_THROUGH_WAIT, fetch).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(ErrorCode::Unavailable {
+                        reason: format!(
+                            "the attachment is on its way from relay {source} ({} of {} bytes here); ask again",
+                            self.blobs.partial_size(&blob.id),
+                            blob.size
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
+        let (size, data) = self.blobs.read(&blob.id, offset)?;
+        Ok(Response::BlobChunk { size, offset, data })
+    }
+
+    /// Fetches a blob from `source`, from what is held of it already, checks it
+    /// against its name and keeps it. Cancelled (by the caller's wait), it resumes
+    /// next time from the bytes that arrived.
+    async fn fetch_through(
+        &self,
+        source: &str,
+        community: &str,
+        notice_id: &Uuid,
+        blob: BlobRef,
+    ) -> Result<(), RelayError> {
+        let _guard = self.blobs.lock(&blob.id).await;
+        loop {
+            if self.blobs.sealed_size(&blob.id).is_some() {
+                return Ok(());
+            }
+            let offset = self.blobs.partial_size(&blob.id);
+            let answer = crate::federation::fetch_blob(
+                self,
+                source,
+                kring_protocol::wire::FedRequest::FetchBlob {
+                    community: community.to_string(),
+                    notice_id: *notice_id,
+                    blob: blob.id,
+                    offset,
+                },
+            )
+            .await?;
+            match answer {
+                Response::BlobChunk {
+                    size,
+                    offset: at,
+                    data,
+                } if size == blob.size && at == offset && (!data.is_empty() || offset == size) => {
+                    // With `offset == size` (an earlier fetch stopped before its
+                    // check) the empty answer seals what is held.
+                    self.blobs.append_fetched(&blob, offset, &data).await?;
+                }
+                _ => {
+                    return Err(RelayError::UnexpectedAnswer {
+                        peer: source.to_string(),
+                        request: "fetch-blob",
+                    });
+                }
+            }
+        }
+    }
+}
