@@ -130,6 +130,13 @@ impl BlobStore {
                     ),
                 }));
             }
+            // Offered again: kept at least as long as a fresh one.
+            if let Ok(f) = std::fs::File::options()
+                .append(true)
+                .open(self.sealed_path(&blob.id))
+            {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(size);
         }
         self.expire(now)?;
@@ -302,6 +309,20 @@ impl BlobStore {
         let _ = std::fs::remove_file(self.sealed_path(id));
     }
 
+    /// Whole blobs written more than [`PARTIAL_TTL`] before `now`.
+    pub fn sealed_before(&self, now: i64) -> Vec<BlobId> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .filter(|e| {
+                modified_secs(e).is_some_and(|t| now - t > PARTIAL_TTL)
+                    && e.file_type().is_ok_and(|t| t.is_file())
+            })
+            .filter_map(|e| BlobId::from_hex(&e.file_name().to_string_lossy()))
+            .collect()
+    }
+
     fn read_offer(&self, id: &BlobId) -> Option<Offer> {
         let bytes = std::fs::read(self.offer_path(id)).ok()?;
         serde_json::from_slice(&bytes).ok()
@@ -320,7 +341,7 @@ impl BlobStore {
 
     /// Discards uploads announced more than [`PARTIAL_TTL`] ago, and bytes of
     /// fetches nobody has continued for as long.
-    fn expire(&self, now: i64) -> Result<(), RelayError> {
+    pub fn expire(&self, now: i64) -> Result<(), RelayError> {
         for entry in std::fs::read_dir(self.dir.join("partial"))?.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
             let hex = name.trim_end_matches(".offer");
@@ -331,13 +352,8 @@ impl BlobStore {
                 self.read_offer(&id)
                     .is_none_or(|o| now - o.at > PARTIAL_TTL)
             } else {
-                let modified = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs() as i64);
-                now - modified > PARTIAL_TTL && self.read_offer(&id).is_none()
+                now - modified_secs(&entry).unwrap_or(0) > PARTIAL_TTL
+                    && self.read_offer(&id).is_none()
             };
             if stale {
                 self.discard(&id);
@@ -345,6 +361,13 @@ impl BlobStore {
         }
         Ok(())
     }
+}
+
+/// When a directory entry was last written, in seconds since the Unix epoch.
+fn modified_secs(entry: &std::fs::DirEntry) -> Option<i64> {
+    let t = entry.metadata().and_then(|m| m.modified()).ok()?;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs).ok()
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -48,7 +48,9 @@ mod queries;
 #[cfg(test)]
 mod tests;
 
-pub use attachments::{FETCH_THROUGH_WAIT, NoticeBlobs, put_notice_blobs};
+pub use attachments::{
+    FETCH_THROUGH_WAIT, NoticeBlobs, entry_blobs, put_notice_blobs, release_blobs, sweep_blobs,
+};
 pub use communities::{
     next_seq, put_community, put_last_seq, release_welcome, store_welcome, summary,
 };

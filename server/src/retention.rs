@@ -200,7 +200,8 @@ pub fn describe(secs: u64) -> String {
 }
 
 /// The retention task: a pass at start, then every [`PASS_EVERY`] (in test builds,
-/// see [`test_clock`], every 100 ms with the test's time).
+/// see [`test_clock`], every 100 ms with the test's time); each also sweeps the
+/// attachments no notice refers to any more ([`crate::relay::sweep_blobs`]).
 pub async fn run(relay: Arc<Relay>) {
     let every = if test_clock::active() {
         Duration::from_millis(100)
@@ -230,6 +231,9 @@ pub async fn run(relay: Arc<Relay>) {
                 }
             }
             Err(e) => warn!(error = %e, "retention pass failed"),
+        }
+        if let Err(e) = crate::relay::sweep_blobs(&relay, now) {
+            warn!(error = %e, "sweeping attachments failed");
         }
     }
 }
@@ -297,9 +301,13 @@ pub fn pass(relay: &Relay, now: i64) -> Result<PassReport, RelayError> {
         loop {
             let page = engine.scan_bounded(&log, None, PAGE.min(budget), PAGE_BYTES)?;
             let mut marks = Vec::with_capacity(page.len());
+            let mut attached = Vec::new();
             for (k, v) in &page {
                 let entry: LogEntry = decode(k, v)?;
                 marks.push((entry.seq, entry.ordered_at));
+                if let Some(blobs) = crate::relay::entry_blobs(&entry) {
+                    attached.push((entry.seq, blobs));
+                }
             }
             let upto = prune_upto(marks.iter().copied(), floor, *secs, now);
             let held = marks
@@ -316,9 +324,17 @@ pub fn pass(relay: &Relay, now: i64) -> Result<PassReport, RelayError> {
                 .take_while(|seq| *seq <= upto)
                 .collect();
             let count = drop.len();
+            let released: Vec<_> = attached
+                .into_iter()
+                .filter(|(seq, _)| *seq <= upto)
+                .map(|(_, blobs)| blobs)
+                .collect();
             relay.write(|w, b| {
                 for seq in &drop {
                     b.delete(store_keys::log(community, *seq));
+                }
+                for (notice_id, _) in &released {
+                    b.delete(crate::keyspace::attachments::notice(notice_id));
                 }
                 w.audit.append(
                     b,
@@ -336,6 +352,12 @@ pub fn pass(relay: &Relay, now: i64) -> Result<PassReport, RelayError> {
                     ),
                 )
             })?;
+            // Blobs no notice held here refers to any more go with their notices.
+            let ids: Vec<_> = released
+                .iter()
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .collect();
+            crate::relay::release_blobs(relay, &ids)?;
             *report.pruned.entry(community.clone()).or_default() += count as u64;
             budget = budget.saturating_sub(count);
             if count < marks.len() || budget == 0 {

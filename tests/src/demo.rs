@@ -199,17 +199,33 @@ async fn story(options: &Options) -> Result<(), String> {
         Ok(_) => return Err("an under-cleared member was added".into()),
     }
 
-    step("5. The embassy analyst files a signal");
-    let filed = analist
-        .file_notice(crate::signal(
-            "desinformatie@bz",
-            "NL:DEP-VERTROUWELIJK;TLP=GREEN",
-            "Gecoördineerde berichten over verkiezingen",
-            "Netwerk van accounts verspreidt identieke berichten.",
-        ))
-        .await
-        .map_err(|x| e(&x))?;
+    step("5. The embassy analyst files a signal, with the list of accounts attached");
+    let files = fed.dir().join("demo-files");
+    std::fs::create_dir_all(&files).map_err(|x| e(&x))?;
+    let accounts = files.join("accounts.csv");
+    let listing: String = (1..=2000)
+        .map(|i| {
+            format!(
+                "@burger_{i:04},2024-05-{:02},identiek bericht\n",
+                i % 28 + 1
+            )
+        })
+        .collect();
+    std::fs::write(&accounts, &listing).map_err(|x| e(&x))?;
+    let mut signal = crate::signal(
+        "desinformatie@bz",
+        "NL:DEP-VERTROUWELIJK;TLP=GREEN",
+        "Gecoördineerde berichten over verkiezingen",
+        "Netwerk van accounts verspreidt identieke berichten.",
+    );
+    signal.attachments = vec![accounts.clone()];
+    let filed = analist.file_notice(signal).await.map_err(|x| e(&x))?;
     say("analist@post-a's device checked the label against their clearance and encrypted it");
+    say(format!(
+        "it sealed accounts.csv ({} bytes) with a fresh key, carried inside the encrypted notice, \
+         and uploaded the sealed file to relay post-a before filing",
+        listing.len()
+    ));
     let seq = filed.seq.ok_or("the hub did not order the signal")?;
     say(
         "post-a checked member, maximum and accreditation, stored it durably and queued it for hub bz",
@@ -225,6 +241,23 @@ async fn story(options: &Options) -> Result<(), String> {
             got[0]
         ));
     }
+
+    let saved_dir = files.join("liaison-nctv");
+    let saved = nctv
+        .save_attachments(&filed.notice.id.to_string(), &saved_dir, &mut |_| {})
+        .await
+        .map_err(|x| e(&x))?;
+    let copy = std::fs::read_to_string(saved_dir.join("accounts.csv")).map_err(|x| e(&x))?;
+    expect(
+        saved.len() == 1 && copy == listing,
+        "liaison@nctv to save the attachment as filed",
+    )?;
+    say(format!(
+        "liaison@nctv saved accounts.csv (SHA-256 {}…, as the notice says): relay nctv fetched \
+         the sealed file through hub bz from post-a, each relay checking the notice's label \
+         against the next one's accreditation; no relay can open it",
+        &saved[0].sha256[..16]
+    ));
 
     step("6. A state-actors community at nctv (max NL:STG-GEHEIM) refuses the embassy analyst");
     nctv.create_community("statelijke-actoren", "NL:STG-GEHEIM")
@@ -295,12 +328,17 @@ async fn story(options: &Options) -> Result<(), String> {
         "the forward to name its original",
     )?;
     say(format!(
-        "liaison@nctv received {:?}, forwarded from {} (filed by {} at {})",
+        "liaison@nctv received {:?}, forwarded from {} (filed by {} at {}), with {} attachment(s)",
         got[0],
         from.community,
         from.sender,
-        kring_client::cli::output::human_time(&from.filed_at)
+        kring_client::cli::output::human_time(&from.filed_at),
+        received.attachments.len()
     ));
+    expect(
+        received.attachments.len() == 1,
+        "the forward to carry the original's attachment",
+    )?;
     say(
         "a TLP:RED notice is never forwarded; AMBER+STRICT stays within the organisation, AMBER within it and its declared clients",
     );
@@ -440,7 +478,14 @@ async fn story(options: &Options) -> Result<(), String> {
         say(
             "echo tekst | kring --profile $ANALIST_POST_A notice file --community desinformatie@bz \\",
         );
-        say("     --label NL:DEP-VERTROUWELIJK --category disinformation --title 'Nieuw signaal'");
+        say(
+            "     --label NL:DEP-VERTROUWELIJK --category disinformation --title 'Nieuw signaal' \\",
+        );
+        say("     --attach FILE");
+        say(format!(
+            "kring --profile $LIAISON_BZ notice attachments {} --out /tmp/bijlagen",
+            filed.notice.id
+        ));
         say("Press Ctrl-C to stop the federation (its directory is then removed).");
         let _ = tokio::signal::ctrl_c().await;
     }

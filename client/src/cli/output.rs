@@ -65,6 +65,19 @@ pub fn notice_full(n: &Notice, seq: Option<u64>) -> String {
             types.join(", ")
         ));
     }
+    if !n.attachments.is_empty() {
+        out.push_str(&format!(
+            "\n  {} attachment(s) (`kring notice attachments {}` saves them):\n",
+            n.attachments.len(),
+            n.id
+        ));
+        for a in &n.attachments {
+            out.push_str(&format!(
+                "    {}  {} bytes  sha256 {}\n",
+                a.name, a.size, a.sha256
+            ));
+        }
+    }
     out
 }
 

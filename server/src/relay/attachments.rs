@@ -57,6 +57,50 @@ pub fn put_notice_blobs(
     )
 }
 
+/// The notice id and blob names of a log entry that is a notice with attachments.
+pub fn entry_blobs(entry: &LogEntry) -> Option<(Uuid, Vec<BlobId>)> {
+    let EntryKind::Notice {
+        notice_id, label, ..
+    } = &entry.kind
+    else {
+        return None;
+    };
+    if label.first() != Some(&kring_protocol::notice_aad::ATTACHMENTS_MARK) {
+        return None;
+    }
+    let aad = NoticeAad::from_bytes(label).ok()?;
+    Some((*notice_id, aad.blobs.iter().map(|b| b.id).collect()))
+}
+
+/// Removes the blobs among `ids` that no notice record here refers to any more
+/// (their notices were pruned).
+pub fn release_blobs(relay: &Relay, ids: &[BlobId]) -> Result<(), RelayError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut still = std::collections::HashSet::new();
+    let prefix = crate::keyspace::attachments::ATTACHMENTS;
+    for (k, v) in relay.engine().scan(prefix, None, usize::MAX)? {
+        let rec: NoticeBlobs = crate::store::decode(&k, &v)?;
+        if let Ok(aad) = NoticeAad::from_bytes(&rec.aad) {
+            still.extend(aad.blobs.iter().map(|b| b.id));
+        }
+    }
+    for id in ids.iter().filter(|id| !still.contains(*id)) {
+        relay.blobs.remove(id);
+    }
+    Ok(())
+}
+
+/// Discards uploads not completed in time and blobs uploaded but never filed:
+/// whole blobs older than [`PARTIAL_TTL`](crate::blobs::PARTIAL_TTL) that no
+/// notice here refers to.
+pub fn sweep_blobs(relay: &Relay, now: i64) -> Result<(), RelayError> {
+    relay.blobs.expire(now)?;
+    let old = relay.blobs.sealed_before(now);
+    release_blobs(relay, &old)
+}
+
 impl Relay {
     /// [`Request::OfferBlob`]: a member announces a blob for a notice of `community`.
     pub(super) async fn offer_blob(

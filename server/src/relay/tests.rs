@@ -521,4 +521,18 @@ async fn attachments_are_announced_uploaded_before_filing_and_handed_to_members_
         matches!(err, RelayError::Refused(ErrorCode::NotFound { .. })),
         "{err:?}"
     );
+
+    // Swept only once no notice refers to it: a day on, it stays while its notice
+    // is here, and goes with the notice's record.
+    let later = now() + 2 * crate::blobs::PARTIAL_TTL;
+    sweep_blobs(&bz.relay, later).unwrap();
+    assert_eq!(bz.relay.blobs.sealed_size(&blob.id), Some(blob.size));
+    bz.relay
+        .write(|_, b| {
+            b.delete(crate::keyspace::attachments::notice(&notice_id));
+            Ok(())
+        })
+        .unwrap();
+    sweep_blobs(&bz.relay, later).unwrap();
+    assert_eq!(bz.relay.blobs.sealed_size(&blob.id), None);
 }
