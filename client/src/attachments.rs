@@ -359,61 +359,87 @@ impl Client {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut saved = Vec::with_capacity(notice.attachments.len());
         for a in &notice.attachments {
-            // Names were checked when the notice arrived; checked again before
-            // they become paths.
-            check_attachment_name(&a.name).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let target = dir.join(&a.name);
-            if target.exists() {
-                return Err(io_err(
-                    &target,
-                    "exists already; move it away or save into another directory with --out",
-                ));
-            }
-            let blob = a
-                .blob_ref()
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let part = dir.join(format!(".{}.kring-part", &a.blob[..16]));
-            self.download_blob(&notice, a, blob, &part, progress)
-                .await?;
-            let opened = TempFile {
-                path: dir.join(format!(".{}.kring-open", &a.blob[..16])),
-                keep: false,
-            };
-            let result =
-                (|| -> std::result::Result<u64, kring_protocol::attachment::AttachmentError> {
-                    let mut src = std::io::BufReader::new(std::fs::File::open(&part)?);
-                    let mut dst = std::io::BufWriter::new(std::fs::File::create(&opened.path)?);
-                    let key = a
-                        .key_bytes()
-                        .map_err(|_| kring_protocol::attachment::AttachmentError::BadKey)?;
-                    let sha = a
-                        .sha256_bytes()
-                        .map_err(|_| kring_protocol::attachment::AttachmentError::BadKey)?;
-                    let n = open(&mut src, blob.size, &mut dst, &key, &sha)?;
-                    dst.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                    Ok(n)
-                })();
-            let size = match result {
-                Ok(n) => n,
-                Err(e) => {
-                    // What arrived is not what the notice says: never kept.
-                    let _ = std::fs::remove_file(&part);
-                    return Err(ClientError::Protocol(format!(
-                        "attachment {} of notice {}: {e}; nothing was saved",
-                        a.name, notice.id
-                    )));
-                }
-            };
-            // A link never replaces an existing file.
-            std::fs::hard_link(&opened.path, &target).map_err(|e| io_err(&target, e))?;
-            let _ = std::fs::remove_file(&part);
-            saved.push(SavedAttachment {
-                path: target,
-                size,
-                sha256: a.sha256.clone(),
-            });
+            saved.push(self.save_one(&notice, a, dir, progress).await?);
         }
         Ok(saved)
+    }
+
+    /// Saves attachment `index` (0-based) of stored notice `id` into `dir` (see
+    /// [`save_attachments`](Self::save_attachments)).
+    pub async fn save_attachment(
+        &mut self,
+        id: &str,
+        index: usize,
+        dir: &Path,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<SavedAttachment> {
+        let notice: Notice = self.find_notice(id)?.notice;
+        let a = notice.attachments.get(index).cloned().ok_or_else(|| {
+            ClientError::NotFound(format!(
+                "notice {} has {} attachment(s); there is no number {}",
+                notice.id,
+                notice.attachments.len(),
+                index + 1
+            ))
+        })?;
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        self.save_one(&notice, &a, dir, progress).await
+    }
+
+    /// A directory of its own in the profile's scratch space (for the local
+    /// interface, which hands a saved file to the browser and removes it).
+    pub fn scratch_space(&self) -> Result<PathBuf> {
+        let dir = self.scratch_dir()?.join(uuid::Uuid::new_v4().to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        Ok(dir)
+    }
+
+    /// Fetches, opens and checks one attachment into `dir`.
+    async fn save_one(
+        &mut self,
+        notice: &Notice,
+        a: &Attachment,
+        dir: &Path,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<SavedAttachment> {
+        // Names were checked when the notice arrived; checked again before they
+        // become paths.
+        check_attachment_name(&a.name).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let target = dir.join(&a.name);
+        if target.exists() {
+            return Err(io_err(
+                &target,
+                "exists already; move it away or save into another directory with --out",
+            ));
+        }
+        let blob = a
+            .blob_ref()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let part = dir.join(format!(".{}.kring-part", &a.blob[..16]));
+        self.download_blob(notice, a, blob, &part, progress).await?;
+        let opened = TempFile {
+            path: dir.join(format!(".{}.kring-open", &a.blob[..16])),
+            keep: false,
+        };
+        let size = match open_into(&part, &opened.path, a, blob.size) {
+            Ok(n) => n,
+            Err(e) => {
+                // What arrived is not what the notice says: never kept.
+                let _ = std::fs::remove_file(&part);
+                return Err(ClientError::Protocol(format!(
+                    "attachment {} of notice {}: {e}; nothing was saved",
+                    a.name, notice.id
+                )));
+            }
+        };
+        // A link never replaces an existing file.
+        std::fs::hard_link(&opened.path, &target).map_err(|e| io_err(&target, e))?;
+        let _ = std::fs::remove_file(&part);
+        Ok(SavedAttachment {
+            path: target,
+            size,
+            sha256: a.sha256.clone(),
+        })
     }
 
     /// Downloads a sealed blob into `part`, from what `part` holds already.
@@ -456,6 +482,23 @@ impl Client {
         file.sync_all().map_err(|e| io_err(part, e))?;
         Ok(())
     }
+}
+
+/// Opens the sealed blob in `part` into `out` (synced), checked against `a`.
+fn open_into(
+    part: &Path,
+    out: &Path,
+    a: &Attachment,
+    sealed_len: u64,
+) -> std::result::Result<u64, kring_protocol::attachment::AttachmentError> {
+    use kring_protocol::attachment::AttachmentError;
+    let key = a.key_bytes().map_err(|_| AttachmentError::BadKey)?;
+    let sha = a.sha256_bytes().map_err(|_| AttachmentError::BadKey)?;
+    let mut src = std::io::BufReader::new(std::fs::File::open(part)?);
+    let mut dst = std::io::BufWriter::new(std::fs::File::create(out)?);
+    let n = open(&mut src, sealed_len, &mut dst, &key, &sha)?;
+    dst.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(n)
 }
 
 /// The blobs of `attachments`, as the notice's authenticated data names them.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::State;
 use super::view::{
     Action, AddCheck, AuditView, Call, CommunityView, Done, MembersView, NoticeView, Problem,
-    Snapshot,
+    SavedFile, Snapshot,
 };
 use crate::client::Client;
 use crate::community::{AddPreview, AdminChange};
@@ -146,6 +146,10 @@ impl Device {
             }
             Call::Audit(reply) => {
                 let result = audit(client).await;
+                let _ = reply.send(self.outcome(result)?);
+            }
+            Call::Attachment(id, index, reply) => {
+                let result = attachment(client, id, index).await;
                 let _ = reply.send(self.outcome(result)?);
             }
             Call::Act(action, reply) => {
@@ -414,6 +418,30 @@ async fn audit(client: &mut Client) -> Result<AuditView> {
 }
 
 /// A client error in words, with what to do.
+/// Opens attachment `index` of notice `id` into a fresh scratch directory.
+async fn attachment(client: &mut Client, id: Uuid, index: usize) -> Result<SavedFile> {
+    let dir = client.scratch_space()?;
+    let saved = client
+        .save_attachment(&id.to_string(), index, &dir, &mut |_| {})
+        .await;
+    match saved {
+        Ok(s) => Ok(SavedFile {
+            name: s
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: s.path,
+            dir,
+            size: s.size,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
 pub(super) fn problem(e: &ClientError) -> Problem {
     let todo = match e.exit_code() {
         EXIT_USAGE => "Check what you entered and try again.",

@@ -236,6 +236,22 @@ pub fn notice(snap: &Snapshot, n: &NoticeView, flash: Option<&str>) -> Markup {
                     }
                 }
                 div class="body" { (n.notice.body) }
+                @if !n.notice.attachments.is_empty() {
+                    section id="attachments" aria-labelledby="attachments-title" {
+                        h2 id="attachments-title" { "Attachments" }
+                        ul {
+                            @for (i, a) in n.notice.attachments.iter().enumerate() {
+                                li {
+                                    a href={"/notice/" (n.notice.id) "/attachment/" (i)} download=(a.name) { (a.name) }
+                                    " · " (a.size) " bytes · SHA-256 " code { (a.sha256.get(..16).unwrap_or_default()) "…" }
+                                }
+                            }
+                        }
+                        p class="meta" {
+                            "Each file is fetched from your relay, opened on this device and checked against the SHA-256 the notice gives before it is handed to the browser."
+                        }
+                    }
+                }
             }
             @if !replies.is_empty() {
                 h2 { "Replies" }

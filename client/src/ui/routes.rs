@@ -36,6 +36,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/notice/{id}", get(notice))
         .route("/notice/{id}/reply", post(reply))
         .route("/notice/{id}/forward", post(forward))
+        .route("/notice/{id}/attachment/{n}", get(attachment))
         .route("/members/{id}", get(members))
         .route("/members/check", post(check_add))
         .route("/members/add", post(add))
@@ -262,6 +263,71 @@ async fn forward(
         Ok(done) => Ok(to_notice(done.notice.unwrap_or(id), &done.message)),
         Err(p) => Ok(pages::problem(&snap, &p).into_response()),
     }
+}
+
+/// An attachment, fetched from the home relay, opened and checked on the device,
+/// handed to the browser as a download (never shown inline) and removed from disk.
+async fn attachment(
+    AxumState(state): S,
+    Path((id, n)): Path<(Uuid, usize)>,
+) -> Result<Response, Response> {
+    let snap = snapshot(&state).await?;
+    let saved = match state.ask(|r| Call::Attachment(id, n, r)).await {
+        Ok(saved) => saved,
+        Err(p) => return Ok(pages::problem(&snap, &p).into_response()),
+    };
+    let file = tokio::fs::File::open(&saved.path).await;
+    // The open file is all the response needs: the scratch copy goes now.
+    let _ = tokio::fs::remove_dir_all(&saved.dir).await;
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            let p = Problem::new(
+                format!("The attachment could not be read back: {e}."),
+                "Try again, or save it with `kring notice attachments`.",
+            );
+            return Ok(pages::problem(&snap, &p).into_response());
+        }
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, saved.size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                content_disposition(&saved.name),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `attachment; filename="..."` with a plain ASCII fallback and the UTF-8 name
+/// percent-encoded (RFC 6266).
+fn content_disposition(name: &str) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
 async fn members(AxumState(state): S, Path(id): Path<String>) -> Result<Response, Response> {

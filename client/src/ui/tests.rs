@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::view::{
     Action, AddCheck, AuditView, Call, CommunityView, Done, MemberProfile, MembersView, NoticeView,
-    Problem, Snapshot,
+    Problem, SavedFile, Snapshot,
 };
 use super::{State, check_listen, router};
 use crate::notice::{Category, Notice, NoticeKind};
@@ -45,6 +45,17 @@ fn notice(n: u128, label: &str, title: &str) -> NoticeView {
     }
 }
 
+fn with_attachment(mut n: NoticeView) -> NoticeView {
+    n.notice.attachments = vec![crate::notice::Attachment {
+        name: "kaart \"oost\".pdf".into(),
+        size: 14,
+        sha256: "ab".repeat(32),
+        blob: "cd".repeat(32),
+        key: "ef".repeat(32),
+    }];
+    n
+}
+
 fn snapshot(org_admin: bool) -> Snapshot {
     Snapshot {
         user: "anna@bz".into(),
@@ -56,7 +67,7 @@ fn snapshot(org_admin: bool) -> Snapshot {
             max_label: "NL:DEP-VERTROUWELIJK".into(),
         }],
         notices: vec![
-            notice(2, "NL:DEP-VERTROUWELIJK", "Phishing wave"),
+            with_attachment(notice(2, "NL:DEP-VERTROUWELIJK", "Phishing wave")),
             notice(1, "NL:ONGERUBRICEERD", "Open report"),
         ],
         offline: None,
@@ -123,6 +134,25 @@ fn ui_with(snap: Snapshot) -> Ui {
                         verdict: "audit chain intact: 0 records".into(),
                         intact: true,
                     }));
+                }
+                Call::Attachment(id, n, r) => {
+                    // The device opens the file into a scratch directory of its own.
+                    let _ = r.send(if n == 0 && id == Uuid::from_u128(2) {
+                        let dir = tempfile::tempdir().unwrap().keep();
+                        let path = dir.join("kaart \"oost\".pdf");
+                        std::fs::write(&path, b"%PDF-1.7 kaart").unwrap();
+                        Ok(SavedFile {
+                            path,
+                            dir,
+                            name: "kaart \"oost\".pdf".into(),
+                            size: 14,
+                        })
+                    } else {
+                        Err(Problem::new(
+                            "The notice has no such attachment.",
+                            "Go back to the notice.",
+                        ))
+                    });
                 }
                 Call::Act(action, r) => {
                     seen.lock().unwrap().push(action);
@@ -470,6 +500,39 @@ async fn a_notice_page_carries_its_label_top_and_bottom_and_is_then_read() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(missing.contains("not on this device"));
+}
+
+#[tokio::test]
+async fn attachments_are_listed_and_handed_over_as_downloads_only() {
+    let ui = ui_with(snapshot(false));
+    let cookie = ui.login().await;
+    let id = Uuid::from_u128(2);
+    let (_, page) = ui.page(&cookie, &format!("/notice/{id}")).await;
+    assert!(page.contains(r#"id="attachments""#), "{page}");
+    assert!(page.contains(&format!(r#"href="/notice/{id}/attachment/0""#)));
+    assert!(page.contains("kaart &quot;oost&quot;.pdf"), "{page}");
+    assert!(!page.contains(&"ef".repeat(32)), "the key is never shown");
+    let r = ui
+        .send(
+            get(&format!("/notice/{id}/attachment/0"))
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let h = r.headers();
+    assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream");
+    assert_eq!(
+        h[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"kaart _oost_.pdf\"; filename*=UTF-8''kaart%20%22oost%22.pdf"
+    );
+    assert!(h.contains_key("content-security-policy"));
+    assert_eq!(text(r).await, "%PDF-1.7 kaart");
+    let (_, missing) = ui
+        .page(&cookie, &format!("/notice/{id}/attachment/3"))
+        .await;
+    assert!(missing.contains("no such attachment"), "{missing}");
 }
 
 #[tokio::test]

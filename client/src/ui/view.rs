@@ -23,6 +23,23 @@ pub enum Call {
     Audit(Reply<AuditView>),
     /// Something that changes state; the answer is a sentence saying what was done.
     Act(Action, Reply<Done>),
+    /// Attachment number `.1` (0-based) of notice `.0`, fetched, opened and checked
+    /// into a scratch directory of the profile.
+    Attachment(Uuid, usize, Reply<SavedFile>),
+}
+
+/// An attachment opened on the device for the browser: the file (in a scratch
+/// directory the route removes) and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedFile {
+    /// The opened file.
+    pub path: std::path::PathBuf,
+    /// Its scratch directory.
+    pub dir: std::path::PathBuf,
+    /// The file's name in the notice.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
 }
 
 /// What an action did.
