@@ -164,7 +164,7 @@ impl Client {
         };
         let mut src = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
         let mut dst = std::io::BufWriter::new(
-            std::fs::File::create(&scratch.path).map_err(|e| io_err(&scratch.path, e))?,
+            private(&scratch.path, false).map_err(|e| io_err(&scratch.path, e))?,
         );
         let sealed =
             seal(&mut src, &mut dst, &key, MAX_ATTACHMENT_BYTES).map_err(|e| io_err(path, e))?;
@@ -451,11 +451,7 @@ impl Client {
         part: &Path,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(part)
-            .map_err(|e| io_err(part, e))?;
+        let mut file = private(part, true).map_err(|e| io_err(part, e))?;
         let mut at = file.metadata().map_err(|e| io_err(part, e))?.len();
         if at > blob.size {
             file.set_len(0).map_err(|e| io_err(part, e))?;
@@ -484,6 +480,24 @@ impl Client {
     }
 }
 
+/// Creates (or, with `append`, opens for appending) a file only its owner may read:
+/// an opened attachment is as sensitive as the notice.
+fn private(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).write(true);
+    if append {
+        options.append(true);
+    } else {
+        options.truncate(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
 /// Opens the sealed blob in `part` into `out` (synced), checked against `a`.
 fn open_into(
     part: &Path,
@@ -495,7 +509,7 @@ fn open_into(
     let key = a.key_bytes().map_err(|_| AttachmentError::BadKey)?;
     let sha = a.sha256_bytes().map_err(|_| AttachmentError::BadKey)?;
     let mut src = std::io::BufReader::new(std::fs::File::open(part)?);
-    let mut dst = std::io::BufWriter::new(std::fs::File::create(out)?);
+    let mut dst = std::io::BufWriter::new(private(out, false)?);
     let n = open(&mut src, sealed_len, &mut dst, &key, &sha)?;
     dst.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(n)

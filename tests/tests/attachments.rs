@@ -172,3 +172,63 @@ async fn attachments_travel_sealed_and_reach_entitled_members_only() {
     assert_eq!(err.exit_code(), 2, "{err}");
     assert!(err.to_string().contains("50 MiB"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_survive_a_relay_that_goes_away_and_bad_bytes_are_never_saved() {
+    let mut fed = federation();
+    fed.start_all().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("opname.bin");
+    let content = bytes(3 * 1024 * 1024 + 5, 7);
+    std::fs::write(&file, &content).unwrap();
+    let mut liaison = ready(&fed, "liaison@bz").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    liaison
+        .create_community("onderweg", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    liaison
+        .add_members("onderweg@bz", &["analist@post-a"])
+        .await
+        .unwrap();
+    join(&mut post, "onderweg@bz").await;
+
+    // The embassy's relay is down when the analyst files: the device keeps trying
+    // and the upload goes through once the relay is back.
+    post.disconnect().await;
+    fed.stop("post-a").unwrap();
+    let filing = tokio::spawn(async move {
+        let mut signal = draft("onderweg@bz", "NL:STG-CONFIDENTIEEL", "Opname");
+        signal.attachments = vec![file];
+        let filed = post.file_notice(signal).await;
+        (post, filed)
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    fed.start("post-a").unwrap();
+    let (_post, filed) = filing.await.unwrap();
+    let filed = filed.unwrap();
+    assert_eq!(filed.notice.attachments[0].size, content.len() as u64);
+
+    // A download whose part file holds bytes that are not the blob's: the file
+    // does not open, nothing is saved, the part file is gone; the next try works.
+    sync_until(&mut liaison, "onderweg@bz", &["Opname"]).await;
+    let id = filed.notice.id.to_string();
+    let a = &filed.notice.attachments[0];
+    let out = tempfile::tempdir().unwrap();
+    let part = out.path().join(format!(".{}.kring-part", &a.blob[..16]));
+    std::fs::write(&part, vec![0u8; 1000]).unwrap();
+    let err = liaison
+        .save_attachments(&id, out.path(), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nothing was saved"), "{err}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    liaison
+        .save_attachments(&id, out.path(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(out.path().join("opname.bin")).unwrap(),
+        content
+    );
+}
