@@ -106,6 +106,31 @@ def test_a_notice_filed_in_one_ui_appears_live_in_another_on_another_relay(fed, 
     assert title in fed.kring(FILER, "notice", "list").stdout
 
 
+def test_an_attachment_filed_on_the_command_line_is_downloaded_in_another_ui(fed, sessions, tmp_path):
+    content = os.urandom(300_000)
+    path = tmp_path / "kaart.pdf"
+    path.write_bytes(content)
+    title = f"With a map {time.time_ns()}"
+    fed.kring(FILER, "notice", "file", "--community", COMMUNITY, "--label", MAX_LABEL,
+              "--category", "cyber", "--title", title, "--body", "See the map.",
+              "--attach", str(path))
+    reader = sessions[READER]
+    reader.goto(base_of(fed.uis[READER]) + "/")
+    reader.get_by_role("link", name=title).click(timeout=LIVE)
+    attachments = reader.locator("#attachments")
+    expect(attachments).to_contain_text("kaart.pdf")
+    expect(attachments).to_contain_text("300000 bytes")
+    with reader.expect_download() as info:
+        attachments.get_by_role("link", name="kaart.pdf").click()
+    download = info.value
+    assert download.suggested_filename == "kaart.pdf"
+    assert Path(download.path()).read_bytes() == content
+    # The same address without a session gets nothing.
+    status, body = request(fed, READER, "GET", urlparse(reader.url).path + "/attachment/0",
+                           headers={"Host": urlparse(fed.uis[READER]).netloc})
+    assert status == 401 and body == b""
+
+
 def test_a_refused_label_is_explained_before_anything_is_sent(fed, sessions):
     page = sessions[FILER]
     page.goto(base_of(fed.uis[FILER]) + "/")
