@@ -483,6 +483,12 @@ impl Client {
 /// Creates (or, with `append`, opens for appending) a file only its owner may read:
 /// an opened attachment is as sensitive as the notice.
 fn private(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    // Never written through a link someone placed in a shared directory.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other(
+            "a symbolic link is in the way; remove it or save elsewhere",
+        ));
+    }
     let mut options = std::fs::OpenOptions::new();
     options.create(true).write(true);
     if append {

@@ -228,8 +228,25 @@ pub fn check_attachment_name(name: &str) -> Result<(), NoticeError> {
     if name.is_empty() || name.len() > kring_protocol::attachment::MAX_NAME {
         return Err(bad("must be 1 to 255 bytes"));
     }
-    if name.contains(['/', '\\']) || name.chars().any(char::is_control) {
-        return Err(bad("no directories or control characters"));
+    // Portable on every file system, and shown as it is: no separators or
+    // characters Windows refuses, no control, direction or invisible formatting
+    // characters (which could disguise an extension).
+    const INVISIBLE: &[char] = &[
+        '\u{061c}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}', '\u{202a}',
+        '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2060}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}', '\u{feff}',
+    ];
+    if name.contains(['/', '\\', ':', '*', '?', '"', '<', '>', '|'])
+        || name
+            .chars()
+            .any(|c| c.is_control() || INVISIBLE.contains(&c))
+    {
+        return Err(bad(
+            "no directories, control or invisible characters, or any of : * ? \" < > |",
+        ));
+    }
+    if name.ends_with(['.', ' ']) {
+        return Err(bad("must not end with a dot or a space"));
     }
     if name.starts_with('.') {
         return Err(bad("must not start with a dot"));
@@ -639,6 +656,39 @@ mod tests {
         let mut same = n.clone();
         same.community = "desinformatie@bz".into();
         assert!(same.validate().is_err());
+    }
+
+    #[test]
+    fn attachment_names_are_plain_file_names() {
+        for good in [
+            "kaart.pdf",
+            "Verslag 12 mei.docx",
+            "foto's (1).jpg",
+            "é.txt",
+        ] {
+            assert!(check_attachment_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".verborgen",
+            "..",
+            "a/b",
+            "a\\b",
+            "C:x",
+            "a*b",
+            "a?b",
+            "a|b",
+            "a\"b",
+            "a<b",
+            "x.",
+            "x ",
+            "tab\tbed",
+            "fdp.\u{202e}exe.pdf",
+            "a\u{200b}b",
+        ] {
+            assert!(check_attachment_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_attachment_name(&"a".repeat(256)).is_err());
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub const MAX_NAME: usize = 255;
 /// when the plaintext fills its chunks exactly (or is empty).
 pub const fn sealed_len(plain: u64) -> u64 {
     let chunk = CHUNK as u64;
-    plain + (plain / chunk + 1) * TAG as u64
+    // Saturating: a size from the network never overflows (and is then refused
+    // as larger than any attachment may be).
+    plain.saturating_add((plain / chunk + 1).saturating_mul(TAG as u64))
 }
 
 /// The plaintext length of a blob of `sealed` bytes, if that is a length a sealed
@@ -308,9 +310,9 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Parses hex (either case).
+/// Parses hex (either case; nothing but hex digits).
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -423,6 +425,9 @@ mod tests {
         assert_eq!(BlobId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(BlobId::from_hex("ab"), None);
         assert_eq!(BlobId::from_hex(&"zz".repeat(32)), None);
+        // One spelling per id: no signs.
+        assert_eq!(BlobId::from_hex(&format!("+a{}", "ab".repeat(31))), None);
+        assert_eq!(sealed_len(u64::MAX), u64::MAX);
     }
 
     proptest! {

@@ -286,9 +286,11 @@ pub mod attachments {
     /// Prefix of the notices' blob records.
     pub const ATTACHMENTS: &[u8] = super::ATTACHMENTS;
 
-    /// `b/NOTICE_ID` → the blobs a notice refers to.
-    pub fn notice(id: &uuid::Uuid) -> Vec<u8> {
-        [ATTACHMENTS, id.as_bytes()].concat()
+    /// `b/COMMUNITY\0NOTICE_ID` → the blobs a notice of a community refers to
+    /// (keyed by community too: a notice id another community reuses is another
+    /// record).
+    pub fn notice(community: &str, id: &uuid::Uuid) -> Vec<u8> {
+        [ATTACHMENTS, community.as_bytes(), b"\0", id.as_bytes()].concat()
     }
 }
 
@@ -408,7 +410,7 @@ mod tests {
             (
                 "attachments",
                 vec![
-                    attachments::notice(&uuid::Uuid::nil()),
+                    attachments::notice("c@bz", &uuid::Uuid::nil()),
                     attachments::ATTACHMENTS.to_vec(),
                 ],
             ),

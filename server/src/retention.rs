@@ -334,7 +334,7 @@ pub fn pass(relay: &Relay, now: i64) -> Result<PassReport, RelayError> {
                     b.delete(store_keys::log(community, *seq));
                 }
                 for (notice_id, _) in &released {
-                    b.delete(crate::keyspace::attachments::notice(notice_id));
+                    b.delete(crate::keyspace::attachments::notice(community, notice_id));
                 }
                 w.audit.append(
                     b,

@@ -290,6 +290,14 @@ pub(super) fn apply_item(
                     kring_protocol::wire::bounded_reason(&reason),
                 );
             }
+            if rec.seq.is_none() && hop == home_relay(&rec.community) {
+                // The hub refused it: it will never be ordered, and its files are
+                // handed to nobody (the sweep removes them in time).
+                b.delete(crate::keyspace::attachments::notice(
+                    &rec.community,
+                    &notice_id,
+                ));
+            }
             relay.record_refusal_for(w, b, &notice_id, &rec.community, &rec.sender, &hop, &reason)
         }
     }
@@ -536,17 +544,10 @@ pub(super) fn apply_entry(
             if let EntryKind::Notice {
                 notice_id, label, ..
             } = &entry.kind
-                && label.first() == Some(&kring_protocol::notice_aad::ATTACHMENTS_MARK)
-                && let Ok(aad) = kring_protocol::notice_aad::NoticeAad::from_bytes(label)
-                && b.get(
-                    relay.engine(),
-                    &crate::keyspace::attachments::notice(notice_id),
-                )?
-                .is_none()
             {
-                // Its blobs come from the hub when a member here asks for them (unless
-                // it was filed here, with them).
-                crate::relay::put_notice_blobs(b, notice_id, id, &aad, label, Some(peer))?;
+                // Its blobs come from the hub when a member here asks for them
+                // (unless it was filed here, with them).
+                crate::relay::put_notice_blobs(relay, b, notice_id, id, label, Some(peer))?;
             }
             b.put_obj(crate::store::keys::log(id, seq), &entry)?;
         }

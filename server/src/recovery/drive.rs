@@ -621,6 +621,19 @@ pub(super) async fn recover_copy(
                 let key = crate::store::keys::log(community, entry.seq);
                 if b.get(relay.engine(), &key)?.is_none() {
                     b.put_obj(key, entry)?;
+                    if let EntryKind::Notice {
+                        notice_id, label, ..
+                    } = &entry.kind
+                    {
+                        crate::relay::put_notice_blobs(
+                            relay,
+                            b,
+                            notice_id,
+                            community,
+                            label,
+                            Some(peer),
+                        )?;
+                    }
                     recovered += 1;
                 }
             }

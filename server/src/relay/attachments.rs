@@ -7,13 +7,15 @@ use kring_protocol::attachment::{BlobId, BlobRef};
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::blobs::FetchError;
 
 /// How long one request waits for a blob fetched through from another relay. The
 /// fetch stops there and resumes with the next request for it (what arrived is
 /// kept), so a device asking again sees it progress.
 pub const FETCH_THROUGH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The blobs a notice refers to, as a relay on its path keeps them (`b/NOTICE_ID`).
+/// The blobs a notice refers to, as a relay on its path keeps them
+/// (`b/COMMUNITY\0NOTICE_ID`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoticeBlobs {
     /// The notice's community.
@@ -34,29 +36,6 @@ impl NoticeBlobs {
     }
 }
 
-/// Records, in `b`, the blobs of a notice that has any: its community, its
-/// authenticated data and the relay to fetch them from.
-pub fn put_notice_blobs(
-    b: &mut Batch,
-    notice_id: &Uuid,
-    community: &str,
-    aad: &NoticeAad,
-    aad_bytes: &[u8],
-    source: Option<&str>,
-) -> Result<(), RelayError> {
-    if aad.blobs.is_empty() {
-        return Ok(());
-    }
-    b.put_obj(
-        crate::keyspace::attachments::notice(notice_id),
-        &NoticeBlobs {
-            community: community.to_string(),
-            aad: aad_bytes.to_vec(),
-            source: source.map(str::to_string),
-        },
-    )
-}
-
 /// The notice id and blob names of a log entry that is a notice with attachments.
 pub fn entry_blobs(entry: &LogEntry) -> Option<(Uuid, Vec<BlobId>)> {
     let EntryKind::Notice {
@@ -72,27 +51,68 @@ pub fn entry_blobs(entry: &LogEntry) -> Option<(Uuid, Vec<BlobId>)> {
     Some((*notice_id, aad.blobs.iter().map(|b| b.id).collect()))
 }
 
-/// Removes the blobs among `ids` that no notice record here refers to any more
-/// (their notices were pruned).
-pub fn release_blobs(relay: &Relay, ids: &[BlobId]) -> Result<(), RelayError> {
-    if ids.is_empty() {
+/// Records, in `b`, the blobs of a notice that has any: its community, its
+/// authenticated data and the relay to fetch them from. A record already there
+/// (the notice was filed here, with its blobs) is kept.
+pub fn put_notice_blobs(
+    relay: &Relay,
+    b: &mut Batch,
+    notice_id: &Uuid,
+    community: &str,
+    aad: &[u8],
+    source: Option<&str>,
+) -> Result<(), RelayError> {
+    if aad.first() != Some(&kring_protocol::notice_aad::ATTACHMENTS_MARK) {
         return Ok(());
     }
-    let mut still = std::collections::HashSet::new();
-    let prefix = crate::keyspace::attachments::ATTACHMENTS;
-    for (k, v) in relay.engine().scan(prefix, None, usize::MAX)? {
-        let rec: NoticeBlobs = crate::store::decode(&k, &v)?;
-        if let Ok(aad) = NoticeAad::from_bytes(&rec.aad) {
-            still.extend(aad.blobs.iter().map(|b| b.id));
-        }
+    let Ok(decoded) = NoticeAad::from_bytes(aad) else {
+        return Ok(());
+    };
+    let key = crate::keyspace::attachments::notice(community, notice_id);
+    if source.is_some() && b.get(relay.engine(), &key)?.is_some() {
+        return Ok(());
     }
-    for id in ids.iter().filter(|id| !still.contains(*id)) {
-        relay.blobs.remove(id);
+    b.put_obj(
+        key,
+        &NoticeBlobs {
+            community: community.to_string(),
+            aad: aad.to_vec(),
+            source: source.map(str::to_string),
+        },
+    )?;
+    if source.is_none() {
+        // Filed: the uploads no longer count as unfiled.
+        for blob in &decoded.blobs {
+            relay.blobs.filed(&blob.id);
+        }
     }
     Ok(())
 }
 
-/// Discards uploads not completed in time and blobs uploaded but never filed:
+/// Removes the blobs among `ids` that no notice record here refers to any more
+/// (their notices were pruned or refused). Runs in the writer's critical section,
+/// so no filing that names one of them commits in between.
+pub fn release_blobs(relay: &Relay, ids: &[BlobId]) -> Result<(), RelayError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    relay.write(|_, _| {
+        let mut still = std::collections::HashSet::new();
+        let prefix = crate::keyspace::attachments::ATTACHMENTS;
+        for (k, v) in relay.engine().scan(prefix, None, usize::MAX)? {
+            let rec: NoticeBlobs = crate::store::decode(&k, &v)?;
+            if let Ok(aad) = NoticeAad::from_bytes(&rec.aad) {
+                still.extend(aad.blobs.iter().map(|b| b.id));
+            }
+        }
+        for id in ids.iter().filter(|id| !still.contains(*id)) {
+            relay.blobs.remove(id);
+        }
+        Ok(())
+    })
+}
+
+/// Discards uploads and fetches not completed in time and blobs nobody filed:
 /// whole blobs older than [`PARTIAL_TTL`](crate::blobs::PARTIAL_TTL) that no
 /// notice here refers to.
 pub fn sweep_blobs(relay: &Relay, now: i64) -> Result<(), RelayError> {
@@ -158,8 +178,8 @@ impl Relay {
         Ok(())
     }
 
-    /// The record of `notice_id`'s blobs, the blob `blob` among them, and the
-    /// notice's label; `NotFound` (the same for every miss) otherwise.
+    /// The record of `notice_id`'s blobs in `community`, the blob `blob` among
+    /// them, and the notice's label; `NotFound` (the same for every miss) otherwise.
     fn notice_blob(
         &self,
         community: &str,
@@ -173,12 +193,9 @@ impl Relay {
         };
         let rec: NoticeBlobs = get_obj(
             self.engine(),
-            &crate::keyspace::attachments::notice(notice_id),
+            &crate::keyspace::attachments::notice(community, notice_id),
         )?
         .ok_or_else(missing)?;
-        if rec.community != community {
-            return Err(missing());
-        }
         let aad = rec.decoded()?;
         let found = aad
             .blobs
@@ -190,6 +207,7 @@ impl Relay {
     }
 
     /// [`Request::GetBlob`]: a member whose clearance admits the notice's label.
+    /// A miss is audited too (it may be someone probing for blobs).
     pub(super) async fn get_blob(
         &self,
         caller: &Caller,
@@ -199,7 +217,19 @@ impl Relay {
         offset: u64,
     ) -> Result<Response, RelayError> {
         self.member_community(caller, community)?;
-        let (rec, blob, label) = self.notice_blob(community, notice_id, blob)?;
+        let (rec, blob, label) = match self.notice_blob(community, notice_id, blob) {
+            Ok(found) => found,
+            Err(RelayError::Refused(code)) => {
+                self.audit_refusal(
+                    &caller.id,
+                    &format!("{community} notice {notice_id} blob {blob}"),
+                    "get-blob",
+                    &code,
+                );
+                return Err(code.into());
+            }
+            Err(e) => return Err(e),
+        };
         let d = kring_policy::decide_opt(Some(&label), caller.identity.clearance.as_ref());
         if !d.allowed {
             return Err(ErrorCode::PolicyDenied {
@@ -212,7 +242,9 @@ impl Relay {
 
     /// [`FedRequest::FetchBlob`](kring_protocol::wire::FedRequest::FetchBlob) from
     /// relay `peer`: the community's hub (asking the filer's home relay) or a relay
-    /// with members in the community (asking its hub), accredited for the label.
+    /// with members in the community (asking its hub), accredited for the label. Only
+    /// the hub fetches through on a peer's behalf (from the filer's home relay); any
+    /// other relay hands out only what it holds.
     pub async fn fetch_blob_for_peer(
         &self,
         peer: &str,
@@ -222,7 +254,8 @@ impl Relay {
         offset: u64,
     ) -> Result<Response, RelayError> {
         let (rec, blob, label) = self.notice_blob(community, notice_id, blob)?;
-        let entitled = home_relay(community) == peer
+        let hub = home_relay(community);
+        let entitled = hub == peer
             || self
                 .community(community)?
                 .is_some_and(|c| c.members.iter().any(|m| home_relay(m) == peer));
@@ -236,6 +269,12 @@ impl Relay {
         if !d.allowed {
             return Err(ErrorCode::PolicyDenied {
                 reason: format!("relay {peer} is not accredited for {label}: {d}"),
+            }
+            .into());
+        }
+        if hub != self.id && self.blobs.sealed_size(&blob.id).is_none() {
+            return Err(ErrorCode::NotFound {
+                what: format!("attachment {} at relay {}", blob.id, self.id),
             }
             .into());
         }
@@ -265,7 +304,7 @@ impl Relay {
                     return Err(ErrorCode::Unavailable {
                         reason: format!(
                             "the attachment is on its way from relay {source} ({} of {} bytes here); ask again",
-                            self.blobs.partial_size(&blob.id),
+                            self.blobs.fetched_size(&blob.id),
                             blob.size
                         ),
                     }
@@ -279,7 +318,8 @@ impl Relay {
 
     /// Fetches a blob from `source`, from what is held of it already, checks it
     /// against its name and keeps it. Cancelled (by the caller's wait), it resumes
-    /// next time from the bytes that arrived.
+    /// next time from the bytes that arrived. A source that sends bytes out of place
+    /// or not matching the name is audited, and what it sent discarded.
     async fn fetch_through(
         &self,
         source: &str,
@@ -288,11 +328,19 @@ impl Relay {
         blob: BlobRef,
     ) -> Result<(), RelayError> {
         let _guard = self.blobs.lock(&blob.id).await;
+        let unavailable = |why: String| {
+            RelayError::Refused(ErrorCode::Unavailable {
+                reason: format!("the attachment could not be fetched from relay {source}: {why}"),
+            })
+        };
         loop {
             if self.blobs.sealed_size(&blob.id).is_some() {
                 return Ok(());
             }
-            let offset = self.blobs.partial_size(&blob.id);
+            if !self.blobs.may_fetch(&blob.id) {
+                return Err(unavailable("too many transfers in progress here".into()));
+            }
+            let offset = self.blobs.fetched_size(&blob.id);
             let answer = crate::federation::fetch_blob(
                 self,
                 source,
@@ -304,7 +352,7 @@ impl Relay {
                 },
             )
             .await?;
-            match answer {
+            let bad = match answer {
                 Response::BlobChunk {
                     size,
                     offset: at,
@@ -312,15 +360,22 @@ impl Relay {
                 } if size == blob.size && at == offset && (!data.is_empty() || offset == size) => {
                     // With `offset == size` (an earlier fetch stopped before its
                     // check) the empty answer seals what is held.
-                    self.blobs.append_fetched(&blob, offset, &data).await?;
+                    match self.blobs.append_fetched(&blob, offset, &data).await {
+                        Ok(_) => continue,
+                        Err(FetchError::Local(e)) => return Err(e),
+                        Err(FetchError::Source(why)) => why,
+                    }
                 }
-                _ => {
-                    return Err(RelayError::UnexpectedAnswer {
-                        peer: source.to_string(),
-                        request: "fetch-blob",
-                    });
-                }
-            }
+                _ => "an answer that is not the blob's next bytes".to_string(),
+            };
+            self.audit_now(AuditEvent::new(
+                AuditKind::Refusal,
+                source,
+                format!("{community} notice {notice_id} blob {}", blob.id),
+                "fetch-blob",
+                format!("relay {source} sent {bad}; discarded"),
+            ));
+            return Err(unavailable(bad));
         }
     }
 }

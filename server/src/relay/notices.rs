@@ -258,8 +258,13 @@ impl Relay {
             caller.identity.clearance.as_ref(),
             &self.accreditation(),
         )?;
+        if let Some(original) = &aad.original {
+            // The hub checks a forward's rules again; checked here first, so that
+            // a refused forward never holds files here for its target community.
+            self.check_forward(b, rec, &caller.id, None, &aad.label, original)?;
+        }
         self.check_blobs_held(&aad)?;
-        put_notice_blobs(b, &notice_id, community, &aad, &app.aad, None)?;
+        put_notice_blobs(self, b, &notice_id, community, &app.aad, None)?;
         let label = aad.label;
         let hub_accr = self.relay_accreditation(&rec.hub);
         let d = kring_policy::decide_opt(Some(&label), hub_accr.as_ref());
@@ -402,7 +407,7 @@ impl Relay {
             },
             message,
         };
-        put_notice_blobs(b, &notice_id, community, &aad, &app.aad, origin)?;
+        put_notice_blobs(self, b, &notice_id, community, &app.aad, origin)?;
         b.put_obj(keys::log(community, seq), &entry)?;
         b.put_obj(
             keys::notice(&notice_id),

@@ -522,6 +522,27 @@ async fn attachments_are_announced_uploaded_before_filing_and_handed_to_members_
         "{err:?}"
     );
 
+    // A peer that reuses the notice id (and the blob) in another community gets a
+    // record of its own: dropping that one leaves this notice's blob alone.
+    bz.relay
+        .write(|_, b| put_notice_blobs(&bz.relay, b, &notice_id, "ander@nctv", &aad, Some("nctv")))
+        .unwrap();
+    bz.relay
+        .write(|_, b| {
+            b.delete(crate::keyspace::attachments::notice(
+                "ander@nctv",
+                &notice_id,
+            ));
+            Ok(())
+        })
+        .unwrap();
+    release_blobs(&bz.relay, &[blob.id]).unwrap();
+    assert_eq!(bz.relay.blobs.sealed_size(&blob.id), Some(blob.size));
+    match bz.answer("liaison@bz", get(notice_id, 0)).await {
+        Response::BlobChunk { size, .. } => assert_eq!(size, blob.size),
+        other => panic!("{other:?}"),
+    }
+
     // Swept only once no notice refers to it: a day on, it stays while its notice
     // is here, and goes with the notice's record.
     let later = now() + 2 * crate::blobs::PARTIAL_TTL;
@@ -529,7 +550,7 @@ async fn attachments_are_announced_uploaded_before_filing_and_handed_to_members_
     assert_eq!(bz.relay.blobs.sealed_size(&blob.id), Some(blob.size));
     bz.relay
         .write(|_, b| {
-            b.delete(crate::keyspace::attachments::notice(&notice_id));
+            b.delete(crate::keyspace::attachments::notice(&community, &notice_id));
             Ok(())
         })
         .unwrap();
