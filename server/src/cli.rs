@@ -359,7 +359,7 @@ fn restore(config: RelayConfig, from: &std::path::Path) -> ExitCode {
 /// The data directory of the relay to reload: from the configuration, or, when it
 /// is not valid, from its `data_dir` alone (the running relay then reads the file,
 /// refuses it and audits the refusal).
-fn reload_data_dir(path: &std::path::Path) -> Result<PathBuf, String> {
+fn reload_data_dir(path: &std::path::Path) -> Result<PathBuf, crate::error::ReloadError> {
     match RelayConfig::load(path) {
         Ok(c) => Ok(c.data_dir),
         Err(e) => {
@@ -374,9 +374,7 @@ fn reload_data_dir(path: &std::path::Path) -> Result<PathBuf, String> {
             match dir {
                 Some(d) if d.is_absolute() => Ok(d),
                 Some(d) => Ok(path.parent().unwrap_or(std::path::Path::new(".")).join(d)),
-                None => Err(format!(
-                    "the configuration is not valid, nothing changed: {e}"
-                )),
+                None => Err(crate::error::ReloadError::Invalid(e)),
             }
         }
     }
@@ -490,7 +488,9 @@ fn audit_verify(
 }
 
 /// Reads a head file written by `kring admin audit --head`.
-fn read_head(path: &std::path::Path) -> Result<kring_protocol::audit::SignedAuditHead, String> {
+fn read_head(
+    path: &std::path::Path,
+) -> Result<kring_protocol::audit::SignedAuditHead, crate::error::FileError> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)
@@ -498,9 +498,16 @@ fn read_head(path: &std::path::Path) -> Result<kring_protocol::audit::SignedAudi
             f.take(kring_protocol::audit::MAX_HEAD_FILE as u64 + 1)
                 .read_to_string(&mut text)
         })
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    kring_protocol::audit::SignedAuditHead::from_json(text.trim())
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| crate::error::FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    kring_protocol::audit::SignedAuditHead::from_json(text.trim()).map_err(|e| {
+        crate::error::FileError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })
 }
 
 fn run(path: &std::path::Path) -> ExitCode {

@@ -37,7 +37,7 @@ use kring_protocol::identity::{CaFingerprint, Identity, IdentityKind, RelayTrust
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::Deserialize;
 
-use crate::error::RelayError;
+use crate::error::{ConfigProblem, RelayError};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -365,7 +365,7 @@ impl RelayConfig {
             ));
         }
         crate::tls::check_key_matches(&key_pkcs8, &identity)
-            .map_err(|e| bad(&resolve(&raw.key), e))?;
+            .map_err(|e| bad(&resolve(&raw.key), e.to_string()))?;
 
         let cert_accr = identity.clearance.clone().ok_or_else(|| {
             bad(
@@ -379,7 +379,7 @@ impl RelayConfig {
                 let lowered: Clearance = text
                     .parse()
                     .map_err(|e| bad(path, format!("accreditation: {e}")))?;
-                lower_only(&cert_accr, lowered).map_err(|e| bad(path, e))?
+                lower_only(&cert_accr, lowered).map_err(|e| bad(path, e.to_string()))?
             }
         };
         let own_ca = cert_chain.get(1).ok_or_else(|| {
@@ -447,7 +447,7 @@ impl RelayConfig {
                 .unwrap_or(raw.max_frame.unwrap_or(d.max_frame)),
             frame_timeout_ms: raw.frame_timeout_ms.unwrap_or(d.frame_timeout_ms),
         };
-        check_limits(&limits).map_err(|e| bad(path, e))?;
+        check_limits(&limits).map_err(|e| bad(path, e.to_string()))?;
         let clients =
             check_clients(&raw.clients, &identity.organisation).map_err(|e| bad(path, e))?;
         Ok(Self {
@@ -499,59 +499,56 @@ pub fn check_clients(clients: &[String], own: &str) -> Result<Vec<String>, Strin
 }
 
 /// Checks the ranges of the configured limits and how they fit together.
-fn check_limits(limits: &Limits) -> Result<(), String> {
+fn check_limits(limits: &Limits) -> Result<(), ConfigProblem> {
     let min_frame = crate::federation::MIN_MAX_FRAME;
     if limits.max_frame < min_frame || limits.max_frame > 64 << 20 {
-        return Err(format!(
-            "max_frame must be between {min_frame} bytes (the largest notice with its \
-             envelope, in one federation delivery) and 64 MiB"
-        ));
+        return Err(ConfigProblem::MaxFrame { min: min_frame });
     }
     if limits.max_connections == 0 || limits.requests_per_second == 0 {
-        return Err("max_connections and requests_per_second must be positive".into());
+        return Err(ConfigProblem::NotPositive);
     }
     if limits.max_connections_per_identity == 0
         || limits.max_connections_per_identity > limits.max_connections
     {
-        return Err(format!(
-            "max_connections_per_identity must be between 1 and max_connections ({})",
-            limits.max_connections
-        ));
+        return Err(ConfigProblem::ConnectionsPerIdentity {
+            max: limits.max_connections,
+        });
     }
     if limits.request_bytes_per_identity < limits.max_frame
         || limits.request_bytes_per_identity > MAX_REQUEST_BYTES_PER_IDENTITY
     {
-        return Err(format!(
-            "request_bytes_per_identity must be between max_frame ({}) and {} (1 GiB): \
-             a request of max_frame bytes must fit",
-            limits.max_frame, MAX_REQUEST_BYTES_PER_IDENTITY
-        ));
+        return Err(ConfigProblem::RequestBytes {
+            max_frame: limits.max_frame,
+            max: MAX_REQUEST_BYTES_PER_IDENTITY,
+        });
     }
     if !FRAME_TIMEOUT_MS.contains(&limits.frame_timeout_ms) {
-        return Err(format!(
-            "frame_timeout_ms must be between {} and {}",
-            FRAME_TIMEOUT_MS.start(),
-            FRAME_TIMEOUT_MS.end()
-        ));
+        return Err(ConfigProblem::FrameTimeout {
+            min: *FRAME_TIMEOUT_MS.start(),
+            max: *FRAME_TIMEOUT_MS.end(),
+        });
     }
     Ok(())
 }
 
 /// Accepts `lowered` only if it grants nothing `granted` does not: same policy, level
 /// not higher, and it holds no tag value the certificate does not.
-pub fn lower_only(granted: &Clearance, lowered: Clearance) -> Result<Clearance, String> {
+pub fn lower_only(granted: &Clearance, lowered: Clearance) -> Result<Clearance, ConfigProblem> {
     if lowered.policy() != granted.policy() || lowered.level_rank() > granted.level_rank() {
-        return Err(format!(
-            "configured accreditation {lowered} would raise the certificate's {granted}"
-        ));
+        return Err(ConfigProblem::AccreditationRaises {
+            lowered: lowered.to_string(),
+            granted: granted.to_string(),
+        });
     }
     for (tag, values) in lowered.tags() {
         let held = granted.tags().find(|(t, _)| *t == tag).map(|(_, v)| v);
         let ok = held.is_some_and(|h| values.is_subset(h));
         if !ok {
-            return Err(format!(
-                "configured accreditation {lowered} holds {tag} values the certificate's {granted} does not"
-            ));
+            return Err(ConfigProblem::AccreditationAddsTags {
+                lowered: lowered.to_string(),
+                tag: tag.to_string(),
+                granted: granted.to_string(),
+            });
         }
     }
     Ok(lowered)

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ReloadError;
+use crate::backup::BackupError;
+use crate::error::{RelayError, ReloadError};
 use crate::relay::Relay;
 
 /// The socket's file name in the data directory.
@@ -187,16 +188,22 @@ async fn handle(
 async fn write_backup(
     relay: &Arc<Relay>,
     data_dir: &Path,
-) -> Result<(PathBuf, crate::backup::BackupHeader, u64), String> {
+) -> Result<(PathBuf, crate::backup::BackupHeader, u64), BackupError> {
     let path = data_dir.join(format!("backup-{}.partial", uuid::Uuid::new_v4()));
+    let at = |source: std::io::Error, path: &Path| BackupError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let result = async {
         let snapshot = {
             let relay = relay.clone();
             let path = path.clone();
-            let signer = relay
-                .write(|w, _| Ok(w.audit.signer()))
-                .map_err(|e| e.to_string())?
-                .ok_or("the relay has no certificate key to sign the backup with")?;
+            let signer = relay.write(|w, _| Ok(w.audit.signer()))?.ok_or_else(|| {
+                RelayError::OwnIdentity {
+                    what: "certificate key",
+                    reason: "none is loaded, so the backup cannot be signed".into(),
+                }
+            })?;
             tokio::task::spawn_blocking(move || {
                 let mut options = std::fs::OpenOptions::new();
                 options.read(true).write(true).create_new(true);
@@ -205,29 +212,20 @@ async fn write_backup(
                     use std::os::unix::fs::OpenOptionsExt as _;
                     options.mode(0o600);
                 }
-                let mut file = options
-                    .open(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let header = relay
-                    .durability()
-                    .exclusive(|engine| {
-                        crate::backup::write_store(engine, &signer, crate::now(), &mut file, &path)
-                    })
-                    .map_err(|e| e.to_string())?;
-                file.sync_all()
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let bytes = file
-                    .metadata()
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .len();
-                Ok::<_, String>((header, bytes))
+                let mut file = options.open(&path).map_err(|e| at(e, &path))?;
+                let header = relay.durability().exclusive(|engine| {
+                    crate::backup::write_store(engine, &signer, crate::now(), &mut file, &path)
+                })?;
+                file.sync_all().map_err(|e| at(e, &path))?;
+                let bytes = file.metadata().map_err(|e| at(e, &path))?.len();
+                Ok::<_, BackupError>((header, bytes))
             })
             .await
-            .map_err(|e| e.to_string())??
+            .map_err(RelayError::from)??
         };
         // Everything in the backup must be on disk here before the backup counts.
-        relay.durable().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(snapshot)
+        relay.durable().await?;
+        Ok::<_, BackupError>(snapshot)
     }
     .await;
     match result {

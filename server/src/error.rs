@@ -115,10 +115,10 @@ pub enum StoreError {
     /// A record cannot be encoded.
     #[error("cannot encode a record: {0}")]
     Encode(#[from] postcard::Error),
-    /// Writing to disk (fsync) failed; every write waiting for it fails alike, so
-    /// the engine's message is shared as text.
+    /// Writing to disk (fsync) failed; every write waiting for it fails alike and
+    /// shares the one error.
     #[error("flush to disk failed: {0}")]
-    Flush(String),
+    Flush(std::sync::Arc<RelayError>),
     /// The store's writer has shut down (the relay is stopping).
     #[error("the store is shut down")]
     ShutDown,
@@ -269,6 +269,65 @@ pub enum EntryRefusal {
         /// The community.
         community: String,
     },
+    /// A community's retention period from a relay that is not its hub.
+    #[error("relay {peer} sent the retention period of {community}, whose hub it is not")]
+    RetentionNotFromHub {
+        /// The sending peer.
+        peer: String,
+        /// The community.
+        community: String,
+    },
+    /// A retention period of zero or above the most a community may keep.
+    #[error("retention period of {secs} s for {community} is out of bounds")]
+    RetentionOutOfBounds {
+        /// The period announced.
+        secs: u64,
+        /// The community.
+        community: String,
+    },
+    /// A retention period for a community this relay does not hold.
+    #[error("retention period for {community}, which this relay does not hold")]
+    RetentionUnknownCommunity {
+        /// The community.
+        community: String,
+    },
+    /// A retention period other than the one the community was created with.
+    #[error(
+        "relay {peer} announced a retention period of {announced} for {community}, \
+         which keeps log entries {held} since it was created"
+    )]
+    RetentionChanged {
+        /// The sending peer.
+        peer: String,
+        /// The community.
+        community: String,
+        /// The period announced, as people read it.
+        announced: String,
+        /// The period held, as people read it.
+        held: String,
+    },
+}
+
+/// Why a peer's connection is not taken as the relay it must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerAuthError {
+    /// The TLS peer presented no certificate.
+    #[error("no peer certificate")]
+    NoCertificate,
+    /// Its certificate is refused (chain, trust map, revocation).
+    #[error("{0}")]
+    Refused(ErrorCode),
+    /// It is a relay this relay has no `[[peers]]` entry for.
+    #[error("relay {0} is not a configured peer")]
+    NotAPeer(String),
+    /// The relay dialled answered with another relay's certificate.
+    #[error("dialled {expected} but the certificate is for relay {got}")]
+    WrongRelay {
+        /// The peer dialled.
+        expected: String,
+        /// The relay its certificate names.
+        got: String,
+    },
 }
 
 /// Why a reload (SIGHUP, `kring-relay reload`) changed nothing: the relay keeps
@@ -295,4 +354,94 @@ pub enum ReloadError {
     /// The relay is stopping or does not take reloads.
     #[error("{0}")]
     Unavailable(&'static str),
+}
+
+/// What is wrong with a relay's configured key, accreditation or limits (reported
+/// as [`RelayError::Config`] with the file it is in).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigProblem {
+    /// The key file holds no Ed25519 PKCS#8 key.
+    #[error("the private key is not a valid Ed25519 PKCS#8 key")]
+    KeyNotEd25519,
+    /// The key is not the certificate's.
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+    /// A configured accreditation above the certificate's.
+    #[error("configured accreditation {lowered} would raise the certificate's {granted}")]
+    AccreditationRaises {
+        /// The configured accreditation.
+        lowered: String,
+        /// The certificate's.
+        granted: String,
+    },
+    /// A configured accreditation with tag values the certificate does not hold.
+    #[error(
+        "configured accreditation {lowered} holds {tag} values the certificate's {granted} does not"
+    )]
+    AccreditationAddsTags {
+        /// The configured accreditation.
+        lowered: String,
+        /// The tag.
+        tag: String,
+        /// The certificate's.
+        granted: String,
+    },
+    /// `max_frame` out of range.
+    #[error(
+        "max_frame must be between {min} bytes (the largest notice with its envelope, in one \
+         federation delivery) and 64 MiB"
+    )]
+    MaxFrame {
+        /// The smallest allowed.
+        min: usize,
+    },
+    /// A connection or rate limit of zero.
+    #[error("max_connections and requests_per_second must be positive")]
+    NotPositive,
+    /// `max_connections_per_identity` out of range.
+    #[error("max_connections_per_identity must be between 1 and max_connections ({max})")]
+    ConnectionsPerIdentity {
+        /// `max_connections`.
+        max: usize,
+    },
+    /// `request_bytes_per_identity` out of range.
+    #[error(
+        "request_bytes_per_identity must be between max_frame ({max_frame}) and {max} (1 GiB): \
+         a request of max_frame bytes must fit"
+    )]
+    RequestBytes {
+        /// `max_frame`.
+        max_frame: usize,
+        /// The largest allowed.
+        max: usize,
+    },
+    /// `frame_timeout_ms` out of range.
+    #[error("frame_timeout_ms must be between {min} and {max}")]
+    FrameTimeout {
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+}
+
+/// A file given on the command line that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// It cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// It is not what it must be.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::error::{EntryRefusal, RelayError};
+use crate::error::{EntryRefusal, PeerAuthError, RelayError};
 use crate::groups;
 use crate::net::{read_frame, write_frame};
 use crate::records::{CommunityRecord, NoticeRecord, OutboxRecord, Outgoing};

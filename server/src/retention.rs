@@ -35,7 +35,7 @@ use kring_protocol::wire::LogEntry;
 use tracing::{info, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::error::RelayError;
+use crate::error::{EntryRefusal, RelayError};
 use crate::records::{MemberRecord, OutboxRecord, Outgoing};
 use crate::relay::{Relay, Writer, home_relay};
 use crate::store::{Batch, decode, keys as store_keys};
@@ -133,6 +133,7 @@ pub fn put_retention(b: &mut Batch, community: &str, secs: u64) {
 
 /// `FedBody::Retention` from `peer`: taken only from the community's hub, for a
 /// community this relay holds, within bounds; audited when it changes.
+/// `Ok(Err(why))` when refused.
 pub fn apply_from_hub(
     relay: &Relay,
     w: &mut Writer,
@@ -140,53 +141,51 @@ pub fn apply_from_hub(
     peer: &str,
     community: &str,
     secs: u64,
-) -> Result<(), String> {
+) -> Result<Result<(), EntryRefusal>, RelayError> {
     if home_relay(community) != peer {
-        return Err(format!(
-            "relay {peer} sent the retention period of {community}, whose hub it is not"
-        ));
+        return Ok(Err(EntryRefusal::RetentionNotFromHub {
+            peer: peer.into(),
+            community: community.into(),
+        }));
     }
     if secs == 0 || secs > MAX_RETENTION_SECS {
-        return Err(format!(
-            "retention period of {secs} s for {community} is out of bounds"
-        ));
+        return Ok(Err(EntryRefusal::RetentionOutOfBounds {
+            secs,
+            community: community.into(),
+        }));
     }
-    let held = relay
-        .community_in(b, community)
-        .map_err(|e| e.to_string())?;
-    if held.is_none() {
-        return Err(format!(
-            "retention period for {community}, which this relay does not hold"
-        ));
+    if relay.community_in(b, community)?.is_none() {
+        return Ok(Err(EntryRefusal::RetentionUnknownCommunity {
+            community: community.into(),
+        }));
     }
     // A community's period is fixed when it is created (it is in its group context):
     // the first one a hub announced stays, a different one later is refused.
-    match retention_of(relay, b, community).map_err(|e| e.to_string())? {
-        Some(held) if held == secs => return Ok(()),
+    match retention_of(relay, b, community)? {
+        Some(held) if held == secs => return Ok(Ok(())),
         Some(held) => {
-            return Err(format!(
-                "relay {peer} announced a retention period of {} for {community}, \
-                 which keeps log entries {} since it was created",
-                describe(secs),
-                describe(held)
-            ));
+            return Ok(Err(EntryRefusal::RetentionChanged {
+                peer: peer.into(),
+                community: community.into(),
+                announced: describe(secs),
+                held: describe(held),
+            }));
         }
         None => {}
     }
     put_retention(b, community, secs);
-    w.audit
-        .append(
-            b,
-            crate::relay::now(),
-            AuditEvent::new(
-                AuditKind::Membership,
-                peer,
-                community,
-                "community-retention",
-                format!("log entries kept {}", describe(secs)),
-            ),
-        )
-        .map_err(|e| e.to_string())
+    w.audit.append(
+        b,
+        crate::relay::now(),
+        AuditEvent::new(
+            AuditKind::Membership,
+            peer,
+            community,
+            "community-retention",
+            format!("log entries kept {}", describe(secs)),
+        ),
+    )?;
+    Ok(Ok(()))
 }
 
 /// A retention period as people read it.

@@ -304,8 +304,8 @@ pub fn get_obj<T: DeserializeOwned>(
 }
 
 enum FlushMsg {
-    Wait(oneshot::Sender<Result<(), String>>),
-    Stop(oneshot::Sender<Result<(), String>>),
+    Wait(oneshot::Sender<Result<(), Arc<RelayError>>>),
+    Stop(oneshot::Sender<Result<(), Arc<RelayError>>>),
 }
 
 /// Group commit: one flush for every waiter queued while the previous flush ran.
@@ -373,8 +373,8 @@ impl Durability {
                 let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || engine.flush())
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                    .map_err(|e| Arc::new(RelayError::from(e)))
+                    .and_then(|r| r.map_err(Arc::new));
                 if let Some(observe) = &observer {
                     observe(started.elapsed(), result.is_ok());
                 }
@@ -480,7 +480,7 @@ impl Durability {
     async fn send(
         &self,
         msg: FlushMsg,
-        rx: oneshot::Receiver<Result<(), String>>,
+        rx: oneshot::Receiver<Result<(), Arc<RelayError>>>,
     ) -> Result<(), RelayError> {
         self.tx.send(msg).map_err(|_| StoreError::ShutDown)?;
         rx.await

@@ -43,12 +43,15 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Checks that a PKCS#8 Ed25519 key belongs to the certificate's public key.
-pub fn check_key_matches(pkcs8: &[u8], identity: &Identity) -> Result<(), String> {
+pub fn check_key_matches(
+    pkcs8: &[u8],
+    identity: &Identity,
+) -> Result<(), crate::error::ConfigProblem> {
     use ring::signature::KeyPair;
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
-        .map_err(|_| "the private key is not a valid Ed25519 PKCS#8 key".to_string())?;
+        .map_err(|_| crate::error::ConfigProblem::KeyNotEd25519)?;
     if pair.public_key().as_ref() != identity.public_key.as_slice() {
-        return Err("the private key does not match the certificate".into());
+        return Err(crate::error::ConfigProblem::KeyMismatch);
     }
     Ok(())
 }

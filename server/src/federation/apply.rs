@@ -258,9 +258,9 @@ pub(super) fn apply_item(
             Ok(())
         }
         FedBody::Retention { community, seconds } => {
-            match crate::retention::apply_from_hub(relay, w, b, peer, &community, seconds) {
+            match crate::retention::apply_from_hub(relay, w, b, peer, &community, seconds)? {
                 Ok(()) => Ok(()),
-                Err(reason) => refuse(relay, w, b, peer, &community, reason),
+                Err(why) => refuse(relay, w, b, peer, &community, why.to_string()),
             }
         }
         FedBody::Crl { crl, issuer } => {

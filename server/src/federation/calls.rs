@@ -4,27 +4,20 @@
 use super::*;
 
 /// Why a call on a link got no answer.
-#[derive(Debug)]
-pub(super) enum CallError {
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
     /// The request did not leave this relay whole (no stream, or writing it
     /// failed before its end): the peer cannot have acted on it.
+    #[error("not sent: {0}")]
     NotSent(String),
     /// The request was sent, but no answer came back (in time): the peer may have
     /// acted on it.
+    #[error("no answer: {0}")]
     NoAnswer(String),
 }
 
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::NotSent(why) => write!(f, "not sent: {why}"),
-            CallError::NoAnswer(why) => write!(f, "no answer: {why}"),
-        }
-    }
-}
-
 /// One request/response on a link.
-pub(super) async fn call(
+pub(crate) async fn call(
     conn: &quinn::Connection,
     request: &FedRequest,
     max: usize,
@@ -69,10 +62,8 @@ pub(crate) async fn call_peer(
     request: &FedRequest,
     max: usize,
     deadline: Duration,
-) -> Result<FedResponse, String> {
-    call(conn, request, max, deadline)
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<FedResponse, CallError> {
+    call(conn, request, max, deadline).await
 }
 
 /// A forwarded request without a verdict.

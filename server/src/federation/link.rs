@@ -72,7 +72,8 @@ pub(super) async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
                         }
                     }
                 }
-                Err(reason) => {
+                Err(refusal) => {
+                    let reason = refusal.to_string();
                     warn!(%reason, "peer refused");
                     relay
                         .metrics()
@@ -98,7 +99,7 @@ pub(super) fn authenticate_peer(
     relay: &Relay,
     conn: &quinn::Connection,
     expected: Option<&str>,
-) -> Result<Identity, String> {
+) -> Result<Identity, PeerAuthError> {
     let chain: Vec<Vec<u8>> = conn
         .peer_identity()
         .and_then(|a| {
@@ -106,20 +107,20 @@ pub(super) fn authenticate_peer(
                 .ok()
         })
         .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
-        .ok_or("no peer certificate")?;
+        .ok_or(PeerAuthError::NoCertificate)?;
     let identity = relay
         .authenticate(&chain, IdentityKind::Relay)
-        .map_err(|e| e.to_string())?;
+        .map_err(PeerAuthError::Refused)?;
     if !relay.is_peer(&identity.name) {
-        return Err(format!("relay {} is not a configured peer", identity.name));
+        return Err(PeerAuthError::NotAPeer(identity.name));
     }
     if let Some(expected) = expected
         && identity.name != expected
     {
-        return Err(format!(
-            "dialled {expected} but the certificate is for relay {}",
-            identity.name
-        ));
+        return Err(PeerAuthError::WrongRelay {
+            expected: expected.to_string(),
+            got: identity.name,
+        });
     }
     Ok(identity)
 }

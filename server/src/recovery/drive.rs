@@ -68,7 +68,7 @@ pub(super) async fn call(
     {
         Ok(FedResponse::Response(Response::Error(code))) => Err(RelayError::Refused(code)),
         Ok(r) => Ok(r),
-        Err(why) => Err(unavailable(why)),
+        Err(why) => Err(unavailable(why.to_string())),
     }
 }
 
