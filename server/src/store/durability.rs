@@ -1,0 +1,196 @@
+//! Group commit: one flush for every waiter queued while the previous one ran.
+
+use std::sync::{Arc, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
+
+#[cfg(feature = "failpoints")]
+use super::failpoint;
+use super::{Batch, Engine, Watermark};
+use crate::error::{RelayError, StoreError};
+
+enum FlushMsg {
+    Wait(oneshot::Sender<Result<(), Arc<RelayError>>>),
+    Stop(oneshot::Sender<Result<(), Arc<RelayError>>>),
+}
+
+/// Group commit: one flush for every waiter queued while the previous flush ran.
+#[derive(Debug, Clone)]
+pub struct Durability {
+    tx: mpsc::UnboundedSender<FlushMsg>,
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    engine: Arc<dyn Engine>,
+    watermark: Arc<Watermark>,
+    #[cfg(feature = "failpoints")]
+    failpoint: Option<Arc<failpoint::Failpoint>>,
+}
+
+impl std::fmt::Debug for FlushMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlushMsg::Wait(_) => "Wait",
+            FlushMsg::Stop(_) => "Stop",
+        })
+    }
+}
+
+/// Told how long each store flush took and whether it succeeded (the relay's metrics).
+pub type FlushObserver = Arc<dyn Fn(std::time::Duration, bool) + Send + Sync>;
+
+impl Durability {
+    /// Starts the flusher task for `engine`.
+    pub fn start(engine: Arc<dyn Engine>) -> Self {
+        Self::start_observed(engine, None)
+    }
+
+    /// [`Durability::start`], telling `observer` about every flush.
+    pub fn start_observed(engine: Arc<dyn Engine>, observer: Option<FlushObserver>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<FlushMsg>();
+        let watermark = Arc::new(Watermark::default());
+        let durable = watermark.clone();
+        let flushed = engine.clone();
+        #[cfg(feature = "failpoints")]
+        let failpoint = failpoint::Failpoint::from_env().map(Arc::new);
+        #[cfg(feature = "failpoints")]
+        let armed = failpoint.clone();
+        let task = tokio::spawn(async move {
+            let (engine, watermark) = (flushed, durable);
+            while let Some(first) = rx.recv().await {
+                let mut waiters = Vec::new();
+                let mut stop = None;
+                let mut push = |m: FlushMsg| match m {
+                    FlushMsg::Wait(w) => waiters.push(w),
+                    FlushMsg::Stop(w) => stop = Some(w),
+                };
+                push(first);
+                while let Ok(m) = rx.try_recv() {
+                    push(m);
+                }
+                // Every batch up to `upto` was applied before the flush starts, so the
+                // flush covers it (later ones perhaps too: the next flush says so).
+                let upto = watermark.applied();
+                #[cfg(feature = "failpoints")]
+                if let Some(failpoint) = &armed {
+                    failpoint
+                        .before_flush(engine.as_ref(), &watermark, upto)
+                        .await;
+                }
+                let engine = engine.clone();
+                let started = std::time::Instant::now();
+                let result = tokio::task::spawn_blocking(move || engine.flush())
+                    .await
+                    .map_err(|e| Arc::new(RelayError::from(e)))
+                    .and_then(|r| r.map_err(Arc::new));
+                if let Some(observe) = &observer {
+                    observe(started.elapsed(), result.is_ok());
+                }
+                match &result {
+                    // Before any waiter wakes: what it wakes others for must be readable.
+                    Ok(()) => {
+                        watermark.flushed(upto);
+                        #[cfg(feature = "failpoints")]
+                        if let Some(failpoint) = &armed {
+                            failpoint.forget(|w| w <= upto);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "store flush failed"),
+                }
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+                if let Some(w) = stop {
+                    let _ = w.send(result);
+                    return;
+                }
+            }
+        });
+        Self {
+            tx,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+            engine,
+            watermark,
+            #[cfg(feature = "failpoints")]
+            failpoint,
+        }
+    }
+
+    /// Applies `batch` atomically (visible in the engine at once, durable after the
+    /// next flush) and returns its write number (0 for an empty batch, which writes
+    /// nothing). The [`Watermark`] keeps the log entries, outbox items and welcomes it
+    /// adds from readers until a flush covers it.
+    pub fn apply(&self, batch: Batch) -> Result<u64, RelayError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // Write numbers follow the order in which batches reach the engine.
+        let _serial = self
+            .watermark
+            .applying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = self.watermark.applied() + 1;
+        #[cfg(feature = "failpoints")]
+        if let Some(failpoint) = &self.failpoint {
+            failpoint.before_apply(self.engine.as_ref(), n, &batch)?;
+        }
+        self.watermark.record(n, &batch);
+        match self.engine.apply(batch) {
+            Ok(()) => {
+                self.watermark.lock().applied = n;
+                Ok(n)
+            }
+            Err(e) => {
+                self.watermark.forget(n);
+                #[cfg(feature = "failpoints")]
+                if let Some(failpoint) = &self.failpoint {
+                    failpoint.forget(|w| w == n);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` with no batch applied meanwhile (a consistent view of the whole
+    /// store, for a backup). Writers wait until it returns.
+    pub fn exclusive<T>(&self, f: impl FnOnce(&dyn Engine) -> T) -> T {
+        let _serial = self
+            .watermark
+            .applying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(self.engine.as_ref())
+    }
+
+    /// What readers may see of the store.
+    pub fn watermark(&self) -> &Watermark {
+        &self.watermark
+    }
+
+    /// Returns once everything applied before this call is on disk.
+    pub async fn wait(&self) -> Result<(), RelayError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(FlushMsg::Wait(tx), rx).await
+    }
+
+    /// Flushes a last time and stops the flusher (graceful shutdown); later waits fail.
+    pub async fn stop(&self) -> Result<(), RelayError> {
+        let (tx, rx) = oneshot::channel();
+        let result = self.send(FlushMsg::Stop(tx), rx).await;
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        msg: FlushMsg,
+        rx: oneshot::Receiver<Result<(), Arc<RelayError>>>,
+    ) -> Result<(), RelayError> {
+        self.tx.send(msg).map_err(|_| StoreError::ShutDown)?;
+        rx.await
+            .map_err(|_| StoreError::ShutDown)?
+            .map_err(|e| StoreError::Flush(e).into())
+    }
+}

@@ -1,0 +1,204 @@
+//! The durable watermark: what readers may hand on before it is on disk.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::{Batch, keys};
+
+/// Sequences whose new keys the [`Watermark`] keeps from readers until they are on
+/// disk: keys `PREFIX NAME \0 SEQ` (SEQ a big-endian u64), the prefix up to the `\0`
+/// naming the sequence. Community logs (`l/`, [`keys::log`]) and outboxes to peers
+/// (`o/`, `federation`).
+const GATED_SEQUENCES: [&[u8]; 2] = [keys::LOGS, crate::keyspace::OUTBOX];
+/// Single keys the [`Watermark`] keeps from readers until they are on disk: pending
+/// welcomes, per member (`w/`, [`keys::welcome`]) and by reference (`v/`,
+/// [`keys::welcome_ref`]).
+const GATED_KEYS: [&[u8]; 2] = [crate::keyspace::WELCOME, crate::keyspace::WELCOME_REF];
+
+/// What the [`Watermark`] does with a key.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Gate<'a> {
+    /// An element `seq` of a sequence (named by the key without its seq).
+    Sequence { sequence: &'a [u8], seq: u64 },
+    /// A key readers must not see before it is durable.
+    Key,
+}
+
+pub(super) fn gate(key: &[u8]) -> Option<Gate<'_>> {
+    if GATED_SEQUENCES.iter().any(|p| key.starts_with(p)) {
+        let (sequence, seq) = key.split_at(key.len().checked_sub(8)?);
+        if sequence.last() != Some(&0) {
+            return None;
+        }
+        let seq = u64::from_be_bytes(seq.try_into().ok()?);
+        return Some(Gate::Sequence { sequence, seq });
+    }
+    GATED_KEYS
+        .iter()
+        .any(|p| key.starts_with(p))
+        .then_some(Gate::Key)
+}
+
+/// True if the [`Watermark`] gates `key` (for modules that own a gated key family).
+pub fn is_gated(key: &[u8]) -> bool {
+    gate(key).is_some()
+}
+
+/// The durable watermark: which new log entries, outbox items and welcomes readers
+/// may hand to a peer or a device.
+///
+/// A batch is visible in the engine as soon as it is applied, but a crash before its
+/// flush takes it back: the relay would then give a log or outbox sequence number a
+/// device or peer already has to other content, or a device would hold the Welcome
+/// of a commit that never happened. So every applied batch gets
+/// a write number; [`Durability::apply`](super::Durability::apply) records what it appends to a gated sequence
+/// (the first seq per sequence) and which gated keys it writes; the flusher moves the
+/// durable mark to the last write number applied before it flushed, and forgets
+/// everything up to it. A reader sees a sequence up to just before its first
+/// un-flushed element ([`Watermark::readable_upto`]) and no un-flushed gated key
+/// ([`Watermark::is_unflushed`]). The bookkeeping is per batch and per sequence, not
+/// per entry: a sequence costs one allocation when it first has un-flushed writes.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    pub(super) state: Mutex<Unflushed>,
+    /// Held by [`Durability::apply`](super::Durability::apply) around recording and applying one batch.
+    pub(super) applying: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Unflushed {
+    /// Write number of the last batch applied.
+    pub(super) applied: u64,
+    /// Every batch up to this write number is on disk.
+    pub(super) durable: u64,
+    /// Per gated sequence: the un-flushed writes that appended to it, oldest first,
+    /// each with the first seq it appended.
+    pub(super) sequences: HashMap<Vec<u8>, VecDeque<(u64, u64)>>,
+    /// Gated keys written by un-flushed batches, with the write number.
+    pub(super) keys: HashMap<Vec<u8>, u64>,
+}
+
+impl Watermark {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Unflushed> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Write number of the last batch applied.
+    pub fn applied(&self) -> u64 {
+        self.lock().applied
+    }
+
+    /// Write number up to which everything is on disk.
+    pub fn durable(&self) -> u64 {
+        self.lock().durable
+    }
+
+    /// The highest seq of `sequence` (a key prefix such as [`keys::log_prefix`]) a
+    /// reader may hand on: everything below its first un-flushed element
+    /// (`u64::MAX` when it has none).
+    pub fn readable_upto(&self, sequence: &[u8]) -> u64 {
+        let s = self.lock();
+        match s
+            .sequences
+            .get(sequence)
+            .and_then(|q| q.iter().map(|e| e.1).min())
+        {
+            Some(first) => first.saturating_sub(1),
+            None => u64::MAX,
+        }
+    }
+
+    /// True if gated `key` was written by a batch not yet on disk.
+    pub fn is_unflushed(&self, key: &[u8]) -> bool {
+        let s = self.lock();
+        !s.keys.is_empty() && s.keys.contains_key(key)
+    }
+
+    /// Lets readers see, before the flush, what the writes `writes` appended to
+    /// `sequence` (only for what a crash cannot change: see `Relay::deliver_early`).
+    pub fn release(&self, writes: &[u64], sequence: &[u8]) {
+        let mut s = self.lock();
+        if let Some(q) = s.sequences.get_mut(sequence) {
+            q.retain(|(w, _)| !writes.contains(w));
+            if q.is_empty() {
+                s.sequences.remove(sequence);
+            }
+        }
+    }
+
+    /// Records what batch `n` (about to be applied) appends and writes.
+    pub(super) fn record(&self, n: u64, batch: &Batch) {
+        // First seq per sequence of this batch (a batch touches few sequences).
+        let mut firsts: Vec<(&[u8], u64)> = Vec::new();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for (key, value) in &batch.ops {
+            if value.is_none() {
+                continue; // a delete hands nothing new to readers
+            }
+            match gate(key) {
+                Some(Gate::Sequence { sequence, seq }) => {
+                    match firsts.iter_mut().find(|(name, _)| *name == sequence) {
+                        Some((_, first)) => *first = (*first).min(seq),
+                        None => firsts.push((sequence, seq)),
+                    }
+                }
+                Some(Gate::Key) => keys.push(key),
+                None => {}
+            }
+        }
+        if firsts.is_empty() && keys.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        for (sequence, first) in firsts {
+            match s.sequences.get_mut(sequence) {
+                Some(q) => q.push_back((n, first)),
+                None => {
+                    s.sequences
+                        .insert(sequence.to_vec(), VecDeque::from([(n, first)]));
+                }
+            }
+        }
+        for key in keys {
+            s.keys.insert(key.to_vec(), n);
+        }
+    }
+
+    /// Forgets batch `n`, which was not applied.
+    pub(super) fn forget(&self, n: u64) {
+        let mut s = self.lock();
+        s.sequences.retain(|_, q| {
+            q.retain(|(w, _)| *w != n);
+            !q.is_empty()
+        });
+        s.keys.retain(|_, w| *w != n);
+    }
+
+    /// Everything up to write `upto` is on disk.
+    pub(super) fn flushed(&self, upto: u64) {
+        let mut s = self.lock();
+        if upto <= s.durable {
+            return;
+        }
+        s.durable = upto;
+        s.sequences.retain(|_, q| {
+            while q.front().is_some_and(|(w, _)| *w <= upto) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        if !s.keys.is_empty() {
+            s.keys.retain(|_, w| *w > upto);
+        }
+    }
+
+    /// True if a write up to `upto` appended to a sequence whose name starts with
+    /// `prefix` and is not yet on disk.
+    #[cfg(feature = "failpoints")]
+    pub(super) fn appends_unflushed(&self, prefix: &[u8], upto: u64) -> bool {
+        let s = self.lock();
+        s.sequences
+            .iter()
+            .any(|(name, q)| name.starts_with(prefix) && q.iter().any(|(w, _)| *w <= upto))
+    }
+}
