@@ -142,6 +142,61 @@ pub fn verify(header: &BackupHeader, expected: &Expected<'_>) -> Result<(), Back
     Ok(())
 }
 
+// The restore state of a store (`R/state`): written by a restore, read by
+// `crate::recovery`, which drives a restored relay until its peers have answered.
+
+/// True for keys of the recovery state (not taken from a backup).
+pub fn is_recovery_key(key: &[u8]) -> bool {
+    key.starts_with(crate::keyspace::recovery::PREFIX)
+}
+
+/// What `R/state` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreState {
+    /// When the backup was made (unix seconds).
+    pub backup_created_at: i64,
+    /// When it was restored.
+    pub restored_at: i64,
+    /// Every pair of the backup is in (false: the restore was interrupted).
+    pub complete: bool,
+    /// The first start has recorded where logs and outboxes stood.
+    pub initialized: bool,
+    /// Every configured peer has answered: recovery is over.
+    pub finished: bool,
+}
+
+/// The batch that marks a store as being restored from `header` (written first).
+pub fn mark_restoring(header: &BackupHeader) -> Result<Batch, BackupError> {
+    let mut b = Batch::default();
+    b.put_obj(
+        crate::keyspace::recovery::STATE.to_vec(),
+        &RestoreState {
+            backup_created_at: header.created_at,
+            restored_at: 0,
+            complete: false,
+            initialized: false,
+            finished: false,
+        },
+    )?;
+    Ok(b)
+}
+
+/// The batch that marks a store as restored from `header` (written last).
+pub fn mark_restored(header: &BackupHeader, now: i64) -> Result<Batch, BackupError> {
+    let mut b = Batch::default();
+    b.put_obj(
+        crate::keyspace::recovery::STATE.to_vec(),
+        &RestoreState {
+            backup_created_at: header.created_at,
+            restored_at: now,
+            complete: true,
+            initialized: false,
+            finished: false,
+        },
+    )?;
+    Ok(b)
+}
+
 /// Why a backup cannot be made, read or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -410,8 +465,8 @@ pub fn check_file(from: &Path, expected: &Expected<'_>) -> Result<BackupHeader, 
 }
 
 /// Restores the backup `from` of the expected relay into `engine` (a fresh
-/// store), marking it restored ([`crate::recovery::mark_restoring`] first, then
-/// [`crate::recovery::mark_restored`] once every pair is in and flushed).
+/// store), marking it restored ([`mark_restoring`] first, then
+/// [`mark_restored`] once every pair is in and flushed).
 pub fn restore_into(
     engine: &dyn Engine,
     expected: &Expected<'_>,
@@ -421,13 +476,13 @@ pub fn restore_into(
     // Check the whole file before anything is written.
     let header = check_file(from, expected)?;
     let mut file = std::fs::File::open(from).map_err(io(from))?;
-    engine.apply(crate::recovery::mark_restoring(&header)?)?;
+    engine.apply(mark_restoring(&header)?)?;
     engine.flush()?;
     file.seek(SeekFrom::Start(0)).map_err(io(from))?;
     let mut batch = Batch::default();
     let mut count = 0usize;
     let read_again = read(&mut std::io::BufReader::new(&mut file), |k, v| {
-        if crate::recovery::is_recovery_key(&k) {
+        if is_recovery_key(&k) {
             // A backup of a relay that was itself restored: its recovery state is
             // the state of that earlier recovery, superseded by this one.
             return Ok(());
@@ -446,7 +501,7 @@ pub fn restore_into(
             "the backup changed while it was restored".into(),
         ));
     }
-    engine.apply(crate::recovery::mark_restored(&header, now)?)?;
+    engine.apply(mark_restored(&header, now)?)?;
     engine.flush()?;
     Ok(header)
 }

@@ -364,7 +364,7 @@ impl RelayConfig {
                 ),
             ));
         }
-        crate::tls::check_key_matches(&key_pkcs8, &identity)
+        check_key_matches(&key_pkcs8, &identity)
             .map_err(|e| bad(&resolve(&raw.key), e.to_string()))?;
 
         let cert_accr = identity.clearance.clone().ok_or_else(|| {
@@ -498,9 +498,26 @@ pub fn check_clients(clients: &[String], own: &str) -> Result<Vec<String>, Strin
     Ok(out)
 }
 
+/// The smallest `max_frame` a relay may be configured with: one federation delivery
+/// must be able to carry the largest notice (an MLS message of
+/// [`MAX_MESSAGE_BYTES`](kring_protocol::mls::MAX_MESSAGE_BYTES) with its envelope)
+/// to any peer.
+pub const MIN_MAX_FRAME: usize = kring_protocol::mls::MAX_MESSAGE_BYTES + (64 << 10);
+
+/// Checks that a PKCS#8 Ed25519 key belongs to the certificate's public key.
+pub fn check_key_matches(pkcs8: &[u8], identity: &Identity) -> Result<(), ConfigProblem> {
+    use ring::signature::KeyPair;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+        .map_err(|_| ConfigProblem::KeyNotEd25519)?;
+    if pair.public_key().as_ref() != identity.public_key.as_slice() {
+        return Err(ConfigProblem::KeyMismatch);
+    }
+    Ok(())
+}
+
 /// Checks the ranges of the configured limits and how they fit together.
 fn check_limits(limits: &Limits) -> Result<(), ConfigProblem> {
-    let min_frame = crate::federation::MIN_MAX_FRAME;
+    let min_frame = MIN_MAX_FRAME;
     if limits.max_frame < min_frame || limits.max_frame > 64 << 20 {
         return Err(ConfigProblem::MaxFrame { min: min_frame });
     }

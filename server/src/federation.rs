@@ -57,11 +57,7 @@ const BATCH: usize = 64;
 /// Bytes of a federation frame kept free for the envelope of a delivery (the request,
 /// its version and item count): a delivery's items fill at most `max_frame` less this.
 pub const DELIVER_MARGIN: usize = 4096;
-/// The smallest `max_frame` a relay may be configured with: one delivery must be able
-/// to carry the largest notice (an MLS message of
-/// [`MAX_MESSAGE_BYTES`](kring_protocol::mls::MAX_MESSAGE_BYTES) with its envelope)
-/// to any peer.
-pub const MIN_MAX_FRAME: usize = kring_protocol::mls::MAX_MESSAGE_BYTES + (64 << 10);
+pub use crate::config::MIN_MAX_FRAME;
 /// Federation requests one peer relay may make per second, as a multiple of the
 /// per-identity `requests_per_second` (a peer speaks for all its users); the burst
 /// is twice that.

@@ -33,6 +33,8 @@ pub mod federation;
 pub mod groups;
 pub mod key_fetch;
 pub mod keyspace;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod net;
 pub mod records;

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::backup::{BackupError, BackupHeader};
+pub use crate::backup::{RestoreState, is_recovery_key, mark_restored, mark_restoring};
 use crate::error::RelayError;
 use crate::records::{CommunityRecord, MemberRecord, NoticeRecord, OutboxRecord};
 use crate::relay::{Caller, Relay, home_relay, now};
@@ -63,26 +63,6 @@ use crate::keyspace::federation::{
     applied as applied_key, outbox as outbox_key, outbox_next as outbox_next_key, outbox_prefix,
 };
 
-/// True for keys of the recovery state (not taken from a backup).
-pub fn is_recovery_key(key: &[u8]) -> bool {
-    key.starts_with(keys::PREFIX)
-}
-
-/// What `R/state` holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreState {
-    /// When the backup was made (unix seconds).
-    pub backup_created_at: i64,
-    /// When it was restored.
-    pub restored_at: i64,
-    /// Every pair of the backup is in (false: the restore was interrupted).
-    pub complete: bool,
-    /// The first start has recorded where logs and outboxes stood.
-    pub initialized: bool,
-    /// Every configured peer has answered: recovery is over.
-    pub finished: bool,
-}
-
 /// What a peer said when it answered, kept for the record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerAnswer {
@@ -92,38 +72,6 @@ pub struct PeerAnswer {
     pub shifted: u64,
     /// When.
     pub at: i64,
-}
-
-/// The batch that marks a store as being restored from `header` (written first).
-pub fn mark_restoring(header: &BackupHeader) -> Result<Batch, BackupError> {
-    let mut b = Batch::default();
-    b.put_obj(
-        keys::STATE.to_vec(),
-        &RestoreState {
-            backup_created_at: header.created_at,
-            restored_at: 0,
-            complete: false,
-            initialized: false,
-            finished: false,
-        },
-    )?;
-    Ok(b)
-}
-
-/// The batch that marks a store as restored from `header` (written last).
-pub fn mark_restored(header: &BackupHeader, now: i64) -> Result<Batch, BackupError> {
-    let mut b = Batch::default();
-    b.put_obj(
-        keys::STATE.to_vec(),
-        &RestoreState {
-            backup_created_at: header.created_at,
-            restored_at: now,
-            complete: true,
-            initialized: false,
-            finished: false,
-        },
-    )?;
-    Ok(b)
 }
 
 /// The restore state of a store, if it was restored.

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use kring_protocol::identity::Identity;
 use kring_protocol::wire::{ALPN_CLIENT, ALPN_FEDERATION};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
@@ -40,20 +39,6 @@ fn bound_receiving(transport: &mut quinn::TransportConfig) {
 /// The crypto provider every TLS config of Kring uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Checks that a PKCS#8 Ed25519 key belongs to the certificate's public key.
-pub fn check_key_matches(
-    pkcs8: &[u8],
-    identity: &Identity,
-) -> Result<(), crate::error::ConfigProblem> {
-    use ring::signature::KeyPair;
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
-        .map_err(|_| crate::error::ConfigProblem::KeyNotEd25519)?;
-    if pair.public_key().as_ref() != identity.public_key.as_slice() {
-        return Err(crate::error::ConfigProblem::KeyMismatch);
-    }
-    Ok(())
 }
 
 /// The relay's own certificate and key as TLS presents them, swappable while the

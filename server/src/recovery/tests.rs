@@ -170,7 +170,7 @@ fn a_restored_store_waits_for_its_peers_and_a_fresh_one_does_not() {
     let peers: Vec<crate::config::PeerToml> = Vec::new();
     let fresh = Recovery::open(&e, "bz", &peers).unwrap();
     assert!(!fresh.restored() && !fresh.active());
-    let header = BackupHeader {
+    let header = crate::backup::BackupHeader {
         format: crate::backup::FORMAT,
         relay: "bz".into(),
         created_at: 5,
