@@ -316,7 +316,7 @@ impl Client {
             let warnings = self
                 .validator
                 .update(&state, &self.me, now_unix())
-                .map_err(ClientError::Auth)?;
+                .map_err(|e| ClientError::Auth(e.to_string()))?;
             self.conn = Some(conn);
             for change in changes {
                 eprintln!("kring: warning: {change}");

@@ -159,7 +159,7 @@ fn bad(path: &std::path::Path, reason: impl Into<String>) -> ClientError {
 }
 
 fn load_certs(path: &std::path::Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read_bounded(path, MAX_PEM_BYTES).map_err(|r| bad(path, r))?;
+    let pem = read_bounded(path, MAX_PEM_BYTES).map_err(|r| bad(path, r.to_string()))?;
     let mut certs = Vec::new();
     for item in CertificateDer::pem_slice_iter(&pem) {
         let cert = item.map_err(|e| bad(path, format!("{what}: invalid PEM ({e})")))?;
@@ -213,7 +213,9 @@ impl RelayConnection {
 
         let server_name = format!("{relay_id}.relay.kring");
         let fut = async {
-            let target = resolve(addr).await.map_err(unreachable)?;
+            let target = resolve(addr)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
             let bind: SocketAddr = if target.is_ipv6() {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             } else {
@@ -473,15 +475,40 @@ impl Subscription {
     }
 }
 
-async fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
+/// Why the relay's address does not lead to a socket address; check `relay` in
+/// `profile.toml` and the name service.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The host name could not be looked up.
+    #[error("cannot resolve {addr}: {source}")]
+    Lookup {
+        /// The relay address (`HOST:PORT`).
+        addr: String,
+        /// The resolver's explanation.
+        source: std::io::Error,
+    },
+    /// The host name exists but has no address.
+    #[error("{addr} resolves to no address")]
+    NoAddress {
+        /// The relay address (`HOST:PORT`).
+        addr: String,
+    },
+}
+
+async fn resolve(addr: &str) -> std::result::Result<SocketAddr, ResolveError> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return Ok(a);
     }
     tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .map_err(|source| ResolveError::Lookup {
+            addr: addr.to_owned(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{addr} resolves to no address"))
+        .ok_or_else(|| ResolveError::NoAddress {
+            addr: addr.to_owned(),
+        })
 }
 
 /// TLS alert descriptions relevant to authentication (RFC 8446 §6).

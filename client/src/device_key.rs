@@ -66,7 +66,45 @@ impl std::fmt::Debug for Pkcs11Uri {
     }
 }
 
-fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
+/// What is wrong with a `pkcs11:` URI (RFC 7512); fix the profile's `key`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Pkcs11UriError {
+    /// The URI is longer than [`MAX_URI_LEN`].
+    #[error("longer than {max} bytes", max = MAX_URI_LEN)]
+    TooLong,
+    /// It is not a `pkcs11:` URI at all.
+    #[error("does not start with pkcs11:")]
+    NotPkcs11,
+    /// A path attribute is not `NAME=VALUE`.
+    #[error("attribute {attr:?} has no value")]
+    AttributeWithoutValue {
+        /// The attribute as written.
+        attr: String,
+    },
+    /// A query attribute is not `NAME=VALUE`.
+    #[error("query attribute {attr:?} has no value")]
+    QueryAttributeWithoutValue {
+        /// The attribute as written.
+        attr: String,
+    },
+    /// A `%` is not followed by two hexadecimal digits.
+    #[error("bad percent-encoding in {value:?}")]
+    BadPercentEncoding {
+        /// The attribute value as written.
+        value: String,
+    },
+    /// A text attribute does not decode to UTF-8.
+    #[error("{value:?} is not UTF-8")]
+    NotUtf8 {
+        /// The attribute value as written.
+        value: String,
+    },
+    /// Neither `object=` nor `id=` says which key to use.
+    #[error("names no key: give object= (the key's label) or id=")]
+    NoKey,
+}
+
+fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, Pkcs11UriError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -76,7 +114,7 @@ fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
+                .ok_or_else(|| Pkcs11UriError::BadPercentEncoding { value: s.into() })?;
             out.push(hex);
             i += 3;
         } else {
@@ -87,8 +125,8 @@ fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn decode_text(s: &str) -> std::result::Result<String, String> {
-    String::from_utf8(percent_decode(s)?).map_err(|_| format!("{s:?} is not UTF-8"))
+fn decode_text(s: &str) -> std::result::Result<String, Pkcs11UriError> {
+    String::from_utf8(percent_decode(s)?).map_err(|_| Pkcs11UriError::NotUtf8 { value: s.into() })
 }
 
 impl Pkcs11Uri {
@@ -100,14 +138,14 @@ impl Pkcs11Uri {
     /// Parses a `pkcs11:` URI.
     ///
     /// # Errors
-    /// A description of what is wrong with it.
-    pub fn parse(uri: &str) -> std::result::Result<Pkcs11Uri, String> {
+    /// A [`Pkcs11UriError`] saying what is wrong with it.
+    pub fn parse(uri: &str) -> std::result::Result<Pkcs11Uri, Pkcs11UriError> {
         if uri.len() > MAX_URI_LEN {
-            return Err(format!("longer than {MAX_URI_LEN} bytes"));
+            return Err(Pkcs11UriError::TooLong);
         }
         let rest = uri
             .strip_prefix("pkcs11:")
-            .ok_or("does not start with pkcs11:")?;
+            .ok_or(Pkcs11UriError::NotPkcs11)?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut out = Pkcs11Uri {
             token: None,
@@ -120,7 +158,7 @@ impl Pkcs11Uri {
         for attr in path.split(';').filter(|a| !a.is_empty()) {
             let (k, v) = attr
                 .split_once('=')
-                .ok_or_else(|| format!("attribute {attr:?} has no value"))?;
+                .ok_or_else(|| Pkcs11UriError::AttributeWithoutValue { attr: attr.into() })?;
             match k {
                 "token" => out.token = Some(decode_text(v)?),
                 "object" => out.object = Some(decode_text(v)?),
@@ -133,7 +171,7 @@ impl Pkcs11Uri {
         for attr in query.split('&').filter(|a| !a.is_empty()) {
             let (k, v) = attr
                 .split_once('=')
-                .ok_or_else(|| format!("query attribute {attr:?} has no value"))?;
+                .ok_or_else(|| Pkcs11UriError::QueryAttributeWithoutValue { attr: attr.into() })?;
             match k {
                 "pin-source" => out.pin_source = Some(decode_text(v)?),
                 "pin-value" => out.pin_value = Some(decode_text(v)?),
@@ -142,7 +180,7 @@ impl Pkcs11Uri {
             }
         }
         if out.object.is_none() && out.id.is_none() {
-            return Err("names no key: give object= (the key's label) or id=".into());
+            return Err(Pkcs11UriError::NoKey);
         }
         Ok(out)
     }
@@ -306,7 +344,7 @@ impl DeviceKey {
                 let path = dir.join(src.strip_prefix("file:").unwrap_or(src));
                 let raw = Zeroizing::new(
                     crate::profile::read_bounded(&path, MAX_PIN_BYTES)
-                        .map_err(|r| key_err(&path.display().to_string(), r))?,
+                        .map_err(|r| key_err(&path.display().to_string(), r.to_string()))?,
                 );
                 let text = std::str::from_utf8(&raw).map_err(|_| {
                     key_err(&path.display().to_string(), "PIN file is not UTF-8 text")
@@ -422,19 +460,28 @@ impl DeviceKey {
     }
 }
 
+/// Why a token did not sign.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenSignError {
+    /// A thread panicked while using the token's session; restart kring.
+    #[error("token session poisoned")]
+    SessionPoisoned,
+    /// The token (or its PKCS#11 library) refused or failed.
+    #[error("{0}")]
+    Token(#[from] CkError),
+}
+
 impl Pkcs11Key {
-    fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, TokenSignError> {
         let session = self
             .session
             .lock()
-            .map_err(|_| "token session poisoned".to_string())?;
-        session
-            .sign(
-                &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
-                self.handle,
-                message,
-            )
-            .map_err(|e| e.to_string())
+            .map_err(|_| TokenSignError::SessionPoisoned)?;
+        Ok(session.sign(
+            &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+            self.handle,
+            message,
+        )?)
     }
 }
 
@@ -449,7 +496,8 @@ impl kring_protocol::mls::DeviceSigner for DeviceKey {
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, String> {
         match self {
             DeviceKey::Memory { pair, .. } => Ok(pair.sign(message).as_ref().to_vec()),
-            DeviceKey::Pkcs11(k) => k.sign(message),
+            // The trait (kring_protocol) carries the reason as text.
+            DeviceKey::Pkcs11(k) => k.sign(message).map_err(|e| e.to_string()),
         }
     }
 }
@@ -530,16 +578,31 @@ mod tests {
 
     #[test]
     fn malformed_uris_are_refused() {
-        for bad in [
-            "file:user.key",
-            "pkcs11:token=t",
-            "pkcs11:object=%zz",
-            "pkcs11:object",
-            "pkcs11:object=k?pin-value",
+        for (bad, says) in [
+            ("file:user.key", "does not start with pkcs11:"),
+            (
+                "pkcs11:token=t",
+                "names no key: give object= (the key's label) or id=",
+            ),
+            ("pkcs11:object=%zz", "bad percent-encoding in \"%zz\""),
+            ("pkcs11:object=%ff", "\"%ff\" is not UTF-8"),
+            ("pkcs11:object", "attribute \"object\" has no value"),
+            (
+                "pkcs11:object=k?pin-value",
+                "query attribute \"pin-value\" has no value",
+            ),
         ] {
-            assert!(Pkcs11Uri::parse(bad).is_err(), "{bad}");
+            let err = Pkcs11Uri::parse(bad).unwrap_err();
+            assert_eq!(err.to_string(), says, "{bad}");
         }
-        assert!(Pkcs11Uri::parse(&format!("pkcs11:object={}", "a".repeat(5000))).is_err());
+        assert_eq!(
+            Pkcs11Uri::parse(&format!("pkcs11:object={}", "a".repeat(5000))),
+            Err(Pkcs11UriError::TooLong)
+        );
+        assert_eq!(
+            Pkcs11UriError::TooLong.to_string(),
+            format!("longer than {MAX_URI_LEN} bytes")
+        );
     }
 
     #[test]

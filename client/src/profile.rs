@@ -94,9 +94,9 @@ impl Profile {
     pub fn load(dir: impl AsRef<Path>) -> Result<Profile> {
         let dir = dir.as_ref();
         let file = dir.join(PROFILE_FILE);
-        let text = read_text(&file, MAX_PROFILE_BYTES).map_err(|reason| ClientError::Profile {
+        let text = read_text(&file, MAX_PROFILE_BYTES).map_err(|e| ClientError::Profile {
             path: file.display().to_string(),
-            reason,
+            reason: e.to_string(),
         })?;
         Self::parse(dir, &text)
     }
@@ -175,7 +175,7 @@ impl Profile {
             path: self.cert.display().to_string(),
             reason,
         };
-        let pem = read_bounded(&self.cert, MAX_PEM_BYTES).map_err(&bad)?;
+        let pem = read_bounded(&self.cert, MAX_PEM_BYTES).map_err(|e| bad(e.to_string()))?;
         let chain = identity::certificates_from_pem(&pem).map_err(|e| bad(e.to_string()))?;
         let leaf = chain
             .first()
@@ -241,36 +241,80 @@ pub fn expiry_warning(identity: &Identity, now: i64) -> Option<String> {
     })
 }
 
-fn check_relay_addr(addr: &str) -> std::result::Result<(), String> {
+/// What is wrong with a profile's `relay` address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayAddrError {
+    /// There is no `:` separating a host and a port; write the address as `HOST:PORT`.
+    #[error("{addr:?} is not of the form HOST:PORT")]
+    NotHostPort {
+        /// The address as written.
+        addr: String,
+    },
+    /// The host part is empty or longer than 253 characters.
+    #[error("{addr:?} has no valid host")]
+    NoHost {
+        /// The address as written.
+        addr: String,
+    },
+    /// The port part is not a number from 1 to 65535.
+    #[error("{addr:?} has no valid port (1-65535)")]
+    NoPort {
+        /// The address as written.
+        addr: String,
+    },
+}
+
+fn check_relay_addr(addr: &str) -> std::result::Result<(), RelayAddrError> {
     let (host, port) = addr
         .rsplit_once(':')
-        .ok_or_else(|| format!("{addr:?} is not of the form HOST:PORT"))?;
+        .ok_or_else(|| RelayAddrError::NotHostPort { addr: addr.into() })?;
     if host.is_empty() || host.len() > 253 {
-        return Err(format!("{addr:?} has no valid host"));
+        return Err(RelayAddrError::NoHost { addr: addr.into() });
     }
     match port.parse::<u16>() {
         Ok(p) if p != 0 => Ok(()),
-        _ => Err(format!("{addr:?} has no valid port (1-65535)")),
+        _ => Err(RelayAddrError::NoPort { addr: addr.into() }),
     }
 }
 
+/// Why a file of the profile (or another small local file) could not be read; the
+/// caller names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file cannot be opened (missing, no permission...).
+    #[error("cannot open: {0}")]
+    Open(#[source] std::io::Error),
+    /// Reading the opened file failed.
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    /// The file is larger than the limit for its kind: not the file expected.
+    #[error("larger than the limit of {max} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        max: u64,
+    },
+    /// A text file holds bytes that are not UTF-8.
+    #[error("not UTF-8 text")]
+    NotUtf8,
+}
+
 /// Reads a whole file of at most `max` bytes.
-pub(crate) fn read_bounded(path: &Path, max: u64) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::result::Result<Vec<u8>, ReadError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let file = std::fs::File::open(path).map_err(ReadError::Open)?;
     let mut buf = Vec::new();
-    file.take(max + 1)
+    file.take(max.saturating_add(1))
         .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read: {e}"))?;
+        .map_err(ReadError::Read)?;
     if buf.len() as u64 > max {
-        return Err(format!("larger than the limit of {max} bytes"));
+        return Err(ReadError::TooLarge { max });
     }
     Ok(buf)
 }
 
 /// Reads a whole UTF-8 text file of at most `max` bytes.
-pub(crate) fn read_text(path: &Path, max: u64) -> std::result::Result<String, String> {
-    String::from_utf8(read_bounded(path, max)?).map_err(|_| "not UTF-8 text".to_string())
+pub(crate) fn read_text(path: &Path, max: u64) -> std::result::Result<String, ReadError> {
+    String::from_utf8(read_bounded(path, max)?).map_err(|_| ReadError::NotUtf8)
 }
 
 #[cfg(test)]
@@ -447,7 +491,9 @@ state_dir = "state"
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
         std::fs::write(&path, vec![b'a'; 100]).unwrap();
-        assert!(read_bounded(&path, 99).unwrap_err().contains("limit"));
+        let err = read_bounded(&path, 99).unwrap_err();
+        assert!(matches!(err, ReadError::TooLarge { max: 99 }), "{err}");
+        assert_eq!(err.to_string(), "larger than the limit of 99 bytes");
         assert_eq!(read_bounded(&path, 100).unwrap().len(), 100);
     }
 }

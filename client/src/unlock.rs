@@ -292,7 +292,7 @@ pub fn private_key(profile: &Profile, unlocker: &mut Unlocker) -> Result<Zeroizi
         path: path.display().to_string(),
         reason,
     };
-    let pem = Zeroizing::new(read_bounded(path, MAX_PEM_BYTES).map_err(&bad)?);
+    let pem = Zeroizing::new(read_bounded(path, MAX_PEM_BYTES).map_err(|e| bad(e.to_string()))?);
     let text = std::str::from_utf8(&pem).map_err(|_| bad("not PEM text".into()))?;
     if !keyfile::is_encrypted(text) {
         return keyfile::decrypt_pem(text, b"").map_err(|e| bad(e.to_string()));

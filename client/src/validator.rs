@@ -6,11 +6,30 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kring_protocol::identity::{Identity, RelayTrust, TrustMap};
+use kring_protocol::identity::{Identity, IdentityError, RelayTrust, TrustMap};
 use kring_protocol::mls::{CredentialError, CredentialValidator, MemberId};
 use kring_protocol::revocation::{Revocations, verify_crl};
 use kring_protocol::validator::FederationValidator;
 use kring_protocol::wire::TrustState;
+
+/// Why the home relay's trust state is unusable ([`Validator::update`]); the
+/// device does not trust the relay's statements until it sends a usable one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustStateError {
+    /// The relay entries do not form a trust map.
+    #[error("the home relay's trust map is unusable: {0}")]
+    TrustMap(#[source] IdentityError),
+    /// The home relay does not list itself as a relay of the user's organisation.
+    #[error(
+        "the home relay {relay} does not list itself as a relay of organisation {organisation}"
+    )]
+    HomeRelayElsewhere {
+        /// The home relay.
+        relay: String,
+        /// The user's organisation.
+        organisation: String,
+    },
+}
 
 /// Validates MLS credentials: chain to the federation anchors now, organisation
 /// and CA as the trust map gives them for the relay the certificate names, not
@@ -39,14 +58,15 @@ impl Validator {
     /// and CRL is verified here; one that does not verify is skipped and reported.
     ///
     /// # Errors
-    /// A reason when the state itself is unusable (bad relay entries, or the home
-    /// relay bound to another organisation); the validator is then unchanged.
+    /// A [`TrustStateError`] when the state itself is unusable (bad relay entries,
+    /// or the home relay bound to another organisation); the validator is then
+    /// unchanged.
     pub fn update(
         &mut self,
         state: &TrustState,
         me: &Identity,
         now_unix: u64,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, TrustStateError> {
         let trust = TrustMap::from_entries(state.relays.iter().map(|r| {
             (
                 r.relay.as_str(),
@@ -56,12 +76,12 @@ impl Validator {
                 },
             )
         }))
-        .map_err(|e| format!("the home relay's trust map is unusable: {e}"))?;
+        .map_err(TrustStateError::TrustMap)?;
         if trust.organisation_of(&me.home_relay) != Some(me.organisation.as_str()) {
-            return Err(format!(
-                "the home relay {} does not list itself as a relay of organisation {}",
-                me.home_relay, me.organisation
-            ));
+            return Err(TrustStateError::HomeRelayElsewhere {
+                relay: me.home_relay.clone(),
+                organisation: me.organisation.clone(),
+            });
         }
         let mut warnings = Vec::new();
         let mut revoked = Revocations::new();
@@ -318,7 +338,10 @@ mod tests {
         };
         let me = Identity::from_der(&me.chain[0]).unwrap();
         let err = v.update(&state, &me, now_unix()).unwrap_err();
-        assert!(err.contains("does not list itself"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the home relay post-a does not list itself as a relay of organisation post-a"
+        );
         assert!(v.trust().is_empty());
     }
 

@@ -19,10 +19,106 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use kring_protocol::identity::{Identity, RelayTrust, TrustMap};
-use kring_protocol::revocation::WipeOrder;
+use kring_protocol::identity::{Identity, IdentityError, RelayTrust, TrustMap};
+use kring_protocol::revocation::{RevocationError, WipeOrder};
 
 use crate::profile::Profile;
+
+/// Why a wipe order is not followed ([`check_order`]); the order is ignored, and
+/// only the local archive is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WipeOrderError {
+    /// The order names another user.
+    #[error("it is for {ordered}, not for {me}")]
+    OtherUser {
+        /// The user the order names.
+        ordered: String,
+        /// This device's user.
+        me: String,
+    },
+    /// The order names another organisation.
+    #[error("it names organisation {ordered}, not {mine}")]
+    OtherOrganisation {
+        /// The organisation the order names.
+        ordered: String,
+        /// This device's organisation.
+        mine: String,
+    },
+    /// The order was signed before this device's certificate was issued: it was
+    /// for an earlier certificate of the same user (replayed).
+    #[error(
+        "it was signed at {signed_at}, before this device's certificate was issued \
+         ({issued}): it is for an earlier certificate"
+    )]
+    EarlierCertificate {
+        /// When the order was signed (unix seconds).
+        signed_at: i64,
+        /// When this device's certificate was issued (unix seconds).
+        issued: i64,
+    },
+    /// The trust map of this device's own home relay cannot be formed.
+    #[error("{0}")]
+    TrustMap(#[from] IdentityError),
+    /// The order's signature or signer does not check out.
+    #[error("{0}")]
+    Signature(#[from] RevocationError),
+}
+
+/// Why a local file could not be destroyed ([`destroy_secrets`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ShredError {
+    /// The file cannot be looked at (missing, no permission...).
+    #[error("{path}: {source}")]
+    Stat {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's explanation.
+        source: std::io::Error,
+    },
+    /// It is not a regular file (a directory, a link...): left alone.
+    #[error("{path} is not a regular file")]
+    NotRegularFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// It could not be deleted; delete it by hand.
+    #[error("{path}: cannot delete: {source}")]
+    Delete {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's explanation.
+        source: std::io::Error,
+    },
+    /// It was deleted, but overwriting it first failed: its contents may remain on
+    /// the disk.
+    #[error("{path}: deleted, but not overwritten: {source}")]
+    NotOverwritten {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's explanation.
+        source: std::io::Error,
+    },
+}
+
+/// Why a secret was not destroyed ([`Destroyed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WipeError {
+    /// The private key is on a PKCS#11 token: take the token away.
+    #[error("it is on a PKCS#11 token, not on this disk (take the token away)")]
+    OnToken,
+    /// The passphrase file lies outside the profile directory and may serve others.
+    #[error(
+        "{path} is outside the profile directory; delete it yourself if nothing \
+         else uses it"
+    )]
+    OutsideProfile {
+        /// The passphrase file.
+        path: PathBuf,
+    },
+    /// The file could not be overwritten or deleted.
+    #[error("{0}")]
+    Shred(#[from] ShredError),
+}
 
 /// Checks a wipe order handed to this device (`me`): for this user and
 /// organisation, signed by an org-admin of it whose home relay is this device's home
@@ -34,22 +130,24 @@ pub fn check_order(
     me: &Identity,
     anchors: &[Vec<u8>],
     now: i64,
-) -> Result<String, String> {
+) -> Result<String, WipeOrderError> {
     if order.user != me.id() {
-        return Err(format!("it is for {}, not for {}", order.user, me.id()));
+        return Err(WipeOrderError::OtherUser {
+            ordered: order.user.clone(),
+            me: me.id(),
+        });
     }
     if order.organisation != me.organisation {
-        return Err(format!(
-            "it names organisation {}, not {}",
-            order.organisation, me.organisation
-        ));
+        return Err(WipeOrderError::OtherOrganisation {
+            ordered: order.organisation.clone(),
+            mine: me.organisation.clone(),
+        });
     }
     if order.ordered_at < me.not_before {
-        return Err(format!(
-            "it was signed at {}, before this device's certificate was issued ({}): \
-             it is for an earlier certificate",
-            order.ordered_at, me.not_before
-        ));
+        return Err(WipeOrderError::EarlierCertificate {
+            signed_at: order.ordered_at,
+            issued: me.not_before,
+        });
     }
     let trust = TrustMap::from_entries([(
         me.home_relay.as_str(),
@@ -57,21 +155,17 @@ pub fn check_order(
             organisation: me.organisation.clone(),
             ca: None,
         },
-    )])
-    .map_err(|e| e.to_string())?;
-    order
-        .verify(anchors, &trust, now)
-        .map(|revoker| revoker.id())
-        .map_err(|e| e.to_string())
+    )])?;
+    Ok(order.verify(anchors, &trust, now)?.id())
 }
 
 /// What [`destroy_secrets`] did with each secret.
 #[derive(Debug)]
 pub struct Destroyed {
     /// The private key file: deleted, or why not.
-    pub key: Result<PathBuf, String>,
+    pub key: Result<PathBuf, WipeError>,
     /// The passphrase file, if the profile names one: deleted, or why not.
-    pub passphrase: Option<Result<PathBuf, String>>,
+    pub passphrase: Option<Result<PathBuf, WipeError>>,
 }
 
 impl Destroyed {
@@ -96,19 +190,17 @@ impl Destroyed {
 /// (only one inside the profile directory: a file elsewhere may serve others).
 pub fn destroy_secrets(profile: &Profile) -> Destroyed {
     let key = if profile.key_uri.is_some() {
-        Err("it is on a PKCS#11 token, not on this disk (take the token away)".to_string())
+        Err(WipeError::OnToken)
     } else {
-        shred(&profile.key).map(|()| profile.key.clone())
+        shred(&profile.key)
+            .map(|()| profile.key.clone())
+            .map_err(WipeError::from)
     };
     let passphrase = profile.passphrase_file.as_ref().map(|file| {
         if !inside(file, &profile.dir) {
-            return Err(format!(
-                "{} is outside the profile directory; delete it yourself if nothing \
-                 else uses it",
-                file.display()
-            ));
+            return Err(WipeError::OutsideProfile { path: file.clone() });
         }
-        shred(file).map(|()| file.clone())
+        shred(file).map(|()| file.clone()).map_err(WipeError::from)
     });
     Destroyed { key, passphrase }
 }
@@ -122,10 +214,15 @@ fn inside(file: &Path, dir: &Path) -> bool {
 }
 
 /// Overwrites a regular file with zeros (flushed to disk), then deletes it.
-fn shred(path: &Path) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn shred(path: &Path) -> Result<(), ShredError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ShredError::Stat {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
+        return Err(ShredError::NotRegularFile {
+            path: path.to_path_buf(),
+        });
     }
     let overwrite = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
@@ -140,8 +237,14 @@ fn shred(path: &Path) -> Result<(), String> {
     };
     // A file that cannot be overwritten is still deleted.
     let overwritten = overwrite();
-    std::fs::remove_file(path).map_err(|e| format!("{}: cannot delete: {e}", path.display()))?;
-    overwritten.map_err(|e| format!("{}: deleted, but not overwritten: {e}", path.display()))
+    std::fs::remove_file(path).map_err(|source| ShredError::Delete {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    overwritten.map_err(|source| ShredError::NotOverwritten {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -175,12 +278,27 @@ mod tests {
         );
         // An order signed before this certificate existed was for an earlier one.
         let old = check_order(&sign(me.not_before - 1), &me, &anchors, now).unwrap_err();
-        assert!(old.contains("earlier certificate"), "{old}");
+        assert!(
+            matches!(old, WipeOrderError::EarlierCertificate { .. }),
+            "{old}"
+        );
+        assert_eq!(
+            old.to_string(),
+            format!(
+                "it was signed at {}, before this device's certificate was issued ({}): \
+                 it is for an earlier certificate",
+                me.not_before - 1,
+                me.not_before
+            )
+        );
         // Not for this user.
         let other = fed.user("bz", "analist", "bz", "NL:DEP-VERTROUWELIJK");
         let them = Identity::from_der(&other.chain[0]).unwrap();
         let wrong = check_order(&sign(now - 60), &them, &anchors, now).unwrap_err();
-        assert!(wrong.contains("not for analist@bz"), "{wrong}");
+        assert_eq!(
+            wrong.to_string(),
+            "it is for liaison@bz, not for analist@bz"
+        );
     }
 
     #[test]
@@ -221,8 +339,25 @@ mod tests {
         std::fs::write(&shared, b"secret\n").unwrap();
         profile.passphrase_file = Some(shared.clone());
         let done = destroy_secrets(&profile);
-        assert!(done.key.is_err());
-        assert!(matches!(&done.passphrase, Some(Err(why)) if why.contains("outside")));
+        let Err(WipeError::Shred(ShredError::Stat { path, .. })) = &done.key else {
+            panic!("{:?}", done.key);
+        };
+        assert_eq!(path, &key);
+        assert!(matches!(
+            &done.passphrase,
+            Some(Err(WipeError::OutsideProfile { path })) if path == &shared
+        ));
+        assert_eq!(
+            done.describe(),
+            format!(
+                "the private key was not deleted: {}: {}; the passphrase file was not \
+                 deleted: {} is outside the profile directory; delete it yourself if \
+                 nothing else uses it",
+                key.display(),
+                std::fs::symlink_metadata(&key).unwrap_err(),
+                shared.display()
+            )
+        );
         assert!(shared.exists());
     }
 }

@@ -74,7 +74,8 @@ fn read_head(path: &Path) -> Result<SignedAuditHead> {
         path: path.display().to_string(),
         reason,
     };
-    let text = crate::profile::read_text(path, MAX_HEAD_FILE as u64).map_err(io)?;
+    let text =
+        crate::profile::read_text(path, MAX_HEAD_FILE as u64).map_err(|e| io(e.to_string()))?;
     SignedAuditHead::from_json(text.trim()).map_err(|e| io(e.to_string()))
 }
 

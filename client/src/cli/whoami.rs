@@ -79,7 +79,8 @@ fn read_anchors(profile: &Profile) -> Result<Vec<Vec<u8>>> {
         path: profile.trust_anchors.display().to_string(),
         reason,
     };
-    let pem = read_bounded(&profile.trust_anchors, MAX_PEM_BYTES).map_err(&bad)?;
+    let pem =
+        read_bounded(&profile.trust_anchors, MAX_PEM_BYTES).map_err(|e| bad(e.to_string()))?;
     identity::certificates_from_pem(&pem).map_err(|e| bad(e.to_string()))
 }
 

@@ -35,20 +35,51 @@ pub enum Format {
     Misp,
 }
 
+/// Why a notice may not leave Kring for a destination (see [`admits`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExportRefusal {
+    /// The notice's label does not parse (a notice of a newer version of Kring, or
+    /// a damaged one): it is withheld.
+    #[error("label {label:?}: {reason}")]
+    InvalidLabel {
+        /// The label's text.
+        label: String,
+        /// The parser's explanation.
+        reason: kring_policy::PolicyError,
+    },
+    /// The label is above the destination's accreditation (`--max-label`); a
+    /// destination accredited higher may receive it.
+    #[error("{0}")]
+    AboveMaximum(kring_policy::Decision),
+    /// The label's TLP does not allow an export to the organisation's own platform
+    /// (TLP:RED).
+    #[error("{0}")]
+    Tlp(kring_policy::Decision),
+}
+
 /// Whether a notice labelled `label` may leave Kring for a destination accredited up
-/// to `max`: within `max`, and its TLP allows an export. The reason says which
+/// to `max`: within `max`, and its TLP allows an export. The refusal says which
 /// rule refused it.
-pub fn admits(label: &str, max: &Label, exporter_org: &str) -> std::result::Result<Label, String> {
-    let label: Label = label.parse().map_err(|e| format!("label {label:?}: {e}"))?;
-    let fits = within(&label, max);
+pub fn admits(
+    label: &str,
+    max: &Label,
+    exporter_org: &str,
+) -> std::result::Result<Label, ExportRefusal> {
+    let parsed: Label = label
+        .parse()
+        .map_err(|reason| ExportRefusal::InvalidLabel {
+            label: label.to_owned(),
+            reason,
+        })?;
+    let fits = within(&parsed, max);
     if !fits.allowed {
-        return Err(fits.to_string());
+        return Err(ExportRefusal::AboveMaximum(fits));
     }
-    let tlp = may_forward(&label, exporter_org, &ForwardTarget::export());
+    let tlp = may_forward(&parsed, exporter_org, &ForwardTarget::export());
     if !tlp.allowed {
-        return Err(tlp.to_string());
+        return Err(ExportRefusal::Tlp(tlp));
     }
-    Ok(label)
+    Ok(parsed)
 }
 
 /// Which notices to export.
@@ -294,14 +325,22 @@ mod tests {
     fn red_is_refused_with_the_policy_reason() {
         let max: Label = "NL:STG-ZEER-GEHEIM".parse().unwrap();
         let err = admits("NL:ONGERUBRICEERD;TLP=RED", &max, "bz").unwrap_err();
-        assert!(err.contains("TLP:RED may not be forwarded"), "{err}");
+        assert!(matches!(err, ExportRefusal::Tlp(_)), "{err}");
+        assert!(
+            err.to_string().contains("TLP:RED may not be forwarded"),
+            "{err}"
+        );
         let err = admits(
             "NL:STG-ZEER-GEHEIM;TLP=CLEAR",
             &"NL:STG-GEHEIM".parse().unwrap(),
             "bz",
         )
         .unwrap_err();
-        assert!(err.contains("above maximum label"), "{err}");
+        assert!(matches!(err, ExportRefusal::AboveMaximum(_)), "{err}");
+        assert!(err.to_string().contains("above maximum label"), "{err}");
+        let err = admits("NL:NOPE", &max, "bz").unwrap_err();
+        assert!(matches!(err, ExportRefusal::InvalidLabel { .. }), "{err}");
+        assert!(err.to_string().starts_with("label \"NL:NOPE\": "), "{err}");
     }
 
     #[test]

@@ -19,13 +19,145 @@ use uuid::Uuid;
 
 use crate::notice::{MAX_STIX_BYTES, MAX_STIX_OBJECTS};
 
-/// Why STIX content is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid STIX 2.1: {0}")]
-pub struct StixError(pub String);
+/// Why STIX content is refused: the first problem found. Every message starts with
+/// `invalid STIX 2.1:`; the content must be fixed before it is given again.
+#[derive(Debug, thiserror::Error)]
+pub enum StixError {
+    /// The document is larger than [`MAX_STIX_BYTES`].
+    #[error("invalid STIX 2.1: {bytes} bytes; at most {max} are allowed", max = MAX_STIX_BYTES)]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
+    /// The document is not JSON.
+    #[error("invalid STIX 2.1: not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The document is JSON, but not a bundle, an array of objects or one object.
+    #[error("invalid STIX 2.1: expected a STIX bundle, an array of STIX objects or one object")]
+    NotStix,
+    /// The bundle's `id` is not `bundle--UUID`.
+    #[error("invalid STIX 2.1: the bundle has no valid \"id\" of the form bundle--UUID")]
+    BundleId,
+    /// The bundle has a `spec_version`: a STIX 2.0 bundle.
+    #[error("invalid STIX 2.1: a STIX 2.1 bundle has no \"spec_version\" (that is STIX 2.0)")]
+    BundleSpecVersion,
+    /// The bundle's `objects` is an empty array.
+    #[error("invalid STIX 2.1: the bundle's \"objects\" must not be empty")]
+    EmptyBundle,
+    /// The bundle's `objects` is not an array.
+    #[error("invalid STIX 2.1: the bundle's \"objects\" must be an array")]
+    ObjectsNotArray,
+    /// More than [`MAX_STIX_OBJECTS`] objects.
+    #[error("invalid STIX 2.1: {count} objects; at most {max} are allowed", max = MAX_STIX_OBJECTS)]
+    TooManyObjects {
+        /// How many there are.
+        count: usize,
+    },
+    /// An object is refused ([`check_object`]).
+    #[error("invalid STIX 2.1: object {index} ({id}): {problem}")]
+    Object {
+        /// Its position, from 0.
+        index: usize,
+        /// Its id, or `no id`.
+        id: String,
+        /// What is wrong with it.
+        #[source]
+        problem: StixObjectError,
+    },
+}
 
-fn err(msg: impl Into<String>) -> StixError {
-    StixError(msg.into())
+/// What is wrong with one STIX object; each names the property at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StixObjectError {
+    /// The object is not a JSON object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// `type` is missing or not a STIX type name.
+    #[error("no valid \"type\" (3 to 250 characters of a-z, 0-9 and -)")]
+    InvalidType,
+    /// A bundle is given as an object of a bundle.
+    #[error("a bundle inside a bundle")]
+    NestedBundle,
+    /// `id` is missing or not `TYPE--UUID` of the object's type.
+    #[error("no valid \"id\" of the form {ty}--UUID")]
+    InvalidId {
+        /// The object's type.
+        ty: String,
+    },
+    /// `spec_version` is missing (required of all but cyber observables).
+    #[error("missing required property \"spec_version\" (2.1)")]
+    MissingSpecVersion,
+    /// `spec_version` is not `2.1`.
+    #[error("\"spec_version\" is {found}, expected \"2.1\"")]
+    WrongSpecVersion {
+        /// The value given.
+        found: Value,
+    },
+    /// A required property is missing or null.
+    #[error("missing required property \"{name}\"")]
+    Missing {
+        /// The property.
+        name: String,
+    },
+    /// A required property is an empty string or list.
+    #[error("\"{name}\" is empty")]
+    Empty {
+        /// The property.
+        name: String,
+    },
+    /// A marking definition without its definition or extensions.
+    #[error("a marking definition needs \"definition_type\" and \"definition\", or \"extensions\"")]
+    IncompleteMarking,
+    /// A property name is not 3 to 250 characters of `a-z 0-9 _`.
+    #[error("property name {name:?} is not 3 to 250 characters of a-z, 0-9 and _")]
+    PropertyName {
+        /// The property.
+        name: String,
+    },
+    /// A timestamp property is not RFC 3339 in UTC.
+    #[error("\"{name}\" is not a timestamp like 2025-03-01T12:30:00.000Z")]
+    NotTimestamp {
+        /// The property.
+        name: String,
+    },
+    /// A `*_ref` property does not hold an id.
+    #[error("\"{name}\" is not an id TYPE--UUID")]
+    NotAnId {
+        /// The property.
+        name: String,
+    },
+    /// `created_by_ref` names something other than an identity.
+    #[error("\"created_by_ref\" must name an identity")]
+    CreatorNotIdentity,
+    /// A `*_refs` property is not a list.
+    #[error("\"{name}\" is not a list")]
+    NotAList {
+        /// The property.
+        name: String,
+    },
+    /// A `*_refs` property holds something other than an id.
+    #[error("\"{name}\" holds {item}, not an id TYPE--UUID")]
+    ListItemNotAnId {
+        /// The property.
+        name: String,
+        /// The item at fault.
+        item: Value,
+    },
+    /// `object_marking_refs` holds an id of something other than a marking definition.
+    #[error("\"object_marking_refs\" holds {id}, not a marking definition")]
+    NotAMarking {
+        /// The id at fault.
+        id: String,
+    },
+    /// `confidence` is not an integer from 0 to 100.
+    #[error("\"confidence\" must be an integer from 0 to 100")]
+    Confidence,
+    /// `extensions` is not an object.
+    #[error("\"extensions\" must be an object")]
+    ExtensionsNotObject,
+    /// `modified` is before `created`.
+    #[error("\"modified\" is before \"created\"")]
+    ModifiedBeforeCreated,
 }
 
 /// Cyber-observable types (no `created`/`modified`, `spec_version` optional).
@@ -119,12 +251,9 @@ const TIMESTAMPS: &[&str] = &[
 /// one object) and returns its objects.
 pub fn check_document(text: &str) -> Result<Vec<Value>, StixError> {
     if text.len() > MAX_STIX_BYTES {
-        return Err(err(format!(
-            "{} bytes; at most {MAX_STIX_BYTES} are allowed",
-            text.len()
-        )));
+        return Err(StixError::TooLarge { bytes: text.len() });
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| err(format!("not JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(StixError::NotJson)?;
     match value {
         Value::Object(map) if map.get("type").and_then(Value::as_str) == Some("bundle") => {
             check_bundle(&map)
@@ -138,9 +267,7 @@ pub fn check_document(text: &str) -> Result<Vec<Value>, StixError> {
             check_objects(&objects)?;
             Ok(objects)
         }
-        _ => Err(err(
-            "expected a STIX bundle, an array of STIX objects or one object",
-        )),
+        _ => Err(StixError::NotStix),
     }
 }
 
@@ -148,22 +275,18 @@ pub fn check_document(text: &str) -> Result<Vec<Value>, StixError> {
 pub fn check_bundle(bundle: &Map<String, Value>) -> Result<Vec<Value>, StixError> {
     let id = bundle.get("id").and_then(Value::as_str).unwrap_or_default();
     if !is_id_of(id, "bundle") {
-        return Err(err(
-            "the bundle has no valid \"id\" of the form bundle--UUID",
-        ));
+        return Err(StixError::BundleId);
     }
     if bundle.contains_key("spec_version") {
-        return Err(err(
-            "a STIX 2.1 bundle has no \"spec_version\" (that is STIX 2.0)",
-        ));
+        return Err(StixError::BundleSpecVersion);
     }
     let objects = match bundle.get("objects") {
         None => Vec::new(),
         Some(Value::Array(objects)) if !objects.is_empty() => objects.clone(),
         Some(Value::Array(_)) => {
-            return Err(err("the bundle's \"objects\" must not be empty"));
+            return Err(StixError::EmptyBundle);
         }
-        Some(_) => return Err(err("the bundle's \"objects\" must be an array")),
+        Some(_) => return Err(StixError::ObjectsNotArray),
     };
     check_objects(&objects)?;
     Ok(objects)
@@ -172,40 +295,48 @@ pub fn check_bundle(bundle: &Map<String, Value>) -> Result<Vec<Value>, StixError
 /// Checks objects: their number, and each as [`check_object`].
 pub fn check_objects(objects: &[Value]) -> Result<(), StixError> {
     if objects.len() > MAX_STIX_OBJECTS {
-        return Err(err(format!(
-            "{} objects; at most {MAX_STIX_OBJECTS} are allowed",
-            objects.len()
-        )));
+        return Err(StixError::TooManyObjects {
+            count: objects.len(),
+        });
     }
     for (i, obj) in objects.iter().enumerate() {
-        check_object(obj).map_err(|reason| {
-            let id = obj.get("id").and_then(Value::as_str).unwrap_or("no id");
-            err(format!("object {i} ({id}): {reason}"))
+        check_object(obj).map_err(|problem| StixError::Object {
+            index: i,
+            id: obj
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("no id")
+                .to_owned(),
+            problem,
         })?;
     }
     Ok(())
 }
 
-/// Checks one object; the reason names the property at fault.
-pub fn check_object(obj: &Value) -> Result<(), String> {
-    let map = obj.as_object().ok_or("not a JSON object")?;
+/// Checks one object; the error names the property at fault.
+pub fn check_object(obj: &Value) -> Result<(), StixObjectError> {
+    let map = obj.as_object().ok_or(StixObjectError::NotAnObject)?;
     let ty = map.get("type").and_then(Value::as_str).unwrap_or_default();
     if !is_type_name(ty) {
-        return Err("no valid \"type\" (3 to 250 characters of a-z, 0-9 and -)".into());
+        return Err(StixObjectError::InvalidType);
     }
     if ty == "bundle" {
-        return Err("a bundle inside a bundle".into());
+        return Err(StixObjectError::NestedBundle);
     }
     let id = map.get("id").and_then(Value::as_str).unwrap_or_default();
     if !is_id_of(id, ty) {
-        return Err(format!("no valid \"id\" of the form {ty}--UUID"));
+        return Err(StixObjectError::InvalidId { ty: ty.to_owned() });
     }
     let observable = OBSERVABLES.contains(&ty);
     match map.get("spec_version") {
         Some(Value::String(v)) if v == "2.1" => {}
         None if observable => {}
-        None => return Err("missing required property \"spec_version\" (2.1)".into()),
-        Some(other) => return Err(format!("\"spec_version\" is {other}, expected \"2.1\"")),
+        None => return Err(StixObjectError::MissingSpecVersion),
+        Some(other) => {
+            return Err(StixObjectError::WrongSpecVersion {
+                found: other.clone(),
+            });
+        }
     }
     if !observable {
         require(map, "created")?;
@@ -225,10 +356,7 @@ pub fn check_object(obj: &Value) -> Result<(), String> {
         && !map.contains_key("extensions")
         && (!map.contains_key("definition_type") || !map.contains_key("definition"))
     {
-        return Err(
-            "a marking definition needs \"definition_type\" and \"definition\", or \"extensions\""
-                .into(),
-        );
+        return Err(StixObjectError::IncompleteMarking);
     }
     for (name, value) in map {
         check_property(name, value)?;
@@ -239,69 +367,82 @@ pub fn check_object(obj: &Value) -> Result<(), String> {
     ) && let (Some(c), Some(m)) = (parse_timestamp(c), parse_timestamp(m))
         && m < c
     {
-        return Err("\"modified\" is before \"created\"".into());
+        return Err(StixObjectError::ModifiedBeforeCreated);
     }
     Ok(())
 }
 
-fn require(map: &Map<String, Value>, name: &str) -> Result<(), String> {
-    match map.get(name) {
-        None | Some(Value::Null) => Err(format!("missing required property \"{name}\"")),
-        Some(Value::String(s)) if s.is_empty() => Err(format!("\"{name}\" is empty")),
-        Some(Value::Array(a)) if a.is_empty() => Err(format!("\"{name}\" is empty")),
-        Some(_) => Ok(()),
+fn require(map: &Map<String, Value>, name: &str) -> Result<(), StixObjectError> {
+    let empty = match map.get(name) {
+        None | Some(Value::Null) => {
+            return Err(StixObjectError::Missing {
+                name: name.to_owned(),
+            });
+        }
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(_) => false,
+    };
+    if empty {
+        return Err(StixObjectError::Empty {
+            name: name.to_owned(),
+        });
     }
+    Ok(())
 }
 
-fn check_property(name: &str, value: &Value) -> Result<(), String> {
+fn check_property(name: &str, value: &Value) -> Result<(), StixObjectError> {
     let ok_name = name == "id"
         || ((3..=250).contains(&name.len())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
     if !ok_name {
-        return Err(format!(
-            "property name {name:?} is not 3 to 250 characters of a-z, 0-9 and _"
-        ));
+        return Err(StixObjectError::PropertyName {
+            name: name.to_owned(),
+        });
     }
     if TIMESTAMPS.contains(&name) {
         let ok = value.as_str().and_then(parse_timestamp).is_some();
         if !ok {
-            return Err(format!(
-                "\"{name}\" is not a timestamp like 2025-03-01T12:30:00.000Z"
-            ));
+            return Err(StixObjectError::NotTimestamp {
+                name: name.to_owned(),
+            });
         }
     }
     if name.ends_with("_ref") {
         let id = value.as_str().unwrap_or_default();
         if !is_id(id) {
-            return Err(format!("\"{name}\" is not an id TYPE--UUID"));
+            return Err(StixObjectError::NotAnId {
+                name: name.to_owned(),
+            });
         }
         if name == "created_by_ref" && !is_id_of(id, "identity") {
-            return Err("\"created_by_ref\" must name an identity".into());
+            return Err(StixObjectError::CreatorNotIdentity);
         }
     }
     if name.ends_with("_refs") {
-        let items = value
-            .as_array()
-            .ok_or_else(|| format!("\"{name}\" is not a list"))?;
+        let items = value.as_array().ok_or_else(|| StixObjectError::NotAList {
+            name: name.to_owned(),
+        })?;
         for item in items {
             let id = item.as_str().unwrap_or_default();
             if !is_id(id) {
-                return Err(format!("\"{name}\" holds {item}, not an id TYPE--UUID"));
+                return Err(StixObjectError::ListItemNotAnId {
+                    name: name.to_owned(),
+                    item: item.clone(),
+                });
             }
             if name == "object_marking_refs" && !is_id_of(id, "marking-definition") {
-                return Err(format!(
-                    "\"object_marking_refs\" holds {id}, not a marking definition"
-                ));
+                return Err(StixObjectError::NotAMarking { id: id.to_owned() });
             }
         }
     }
     if name == "confidence" && value.as_u64().is_none_or(|c| c > 100) {
-        return Err("\"confidence\" must be an integer from 0 to 100".into());
+        return Err(StixObjectError::Confidence);
     }
     if name == "extensions" && !value.is_object() {
-        return Err("\"extensions\" must be an object".into());
+        return Err(StixObjectError::ExtensionsNotObject);
     }
     Ok(())
 }
@@ -421,6 +562,53 @@ mod tests {
         let mut o = indicator();
         o["confidence"] = json!(101);
         assert!(refused(o).contains("confidence"));
+    }
+
+    #[test]
+    fn messages_keep_their_documented_text() {
+        let mut o = indicator();
+        o.as_object_mut().unwrap().remove("pattern");
+        let id = o["id"].as_str().unwrap().to_owned();
+        let err = check_objects(&[o]).unwrap_err();
+        assert!(
+            matches!(&err, StixError::Object { index: 0, problem: StixObjectError::Missing { name }, .. } if name == "pattern"),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("invalid STIX 2.1: object 0 ({id}): missing required property \"pattern\"")
+        );
+        let mut o = indicator();
+        o["spec_version"] = json!("2.0");
+        assert_eq!(
+            check_object(&o).unwrap_err().to_string(),
+            "\"spec_version\" is \"2.0\", expected \"2.1\""
+        );
+        let mut o = indicator();
+        o["object_refs"] = json!([1]);
+        assert_eq!(
+            check_object(&o).unwrap_err().to_string(),
+            "\"object_refs\" holds 1, not an id TYPE--UUID"
+        );
+        assert_eq!(
+            check_objects(&[json!(1)]).unwrap_err().to_string(),
+            "invalid STIX 2.1: object 0 (no id): not a JSON object"
+        );
+        assert_eq!(
+            check_document("[]x").unwrap_err().to_string(),
+            format!(
+                "invalid STIX 2.1: not JSON: {}",
+                serde_json::from_str::<Value>("[]x").unwrap_err()
+            )
+        );
+        let big = " ".repeat(MAX_STIX_BYTES + 1);
+        assert_eq!(
+            check_document(&big).unwrap_err().to_string(),
+            format!(
+                "invalid STIX 2.1: {} bytes; at most {MAX_STIX_BYTES} are allowed",
+                MAX_STIX_BYTES + 1
+            )
+        );
     }
 
     #[test]

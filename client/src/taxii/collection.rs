@@ -145,9 +145,30 @@ pub struct Query {
     pub next: usize,
 }
 
+/// What is wrong with the query of an objects or manifest request (answered with
+/// HTTP 400); each names the parameter at fault and what it must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// `added_after` is not a STIX timestamp.
+    #[error("added_after is not a timestamp like 2025-03-01T12:00:00.000Z")]
+    AddedAfter,
+    /// `limit` is not a positive integer.
+    #[error("limit must be a positive integer")]
+    Limit,
+    /// `next` is not a page token of this server.
+    #[error("next is not a token this server gave")]
+    Next,
+    /// A parameter TAXII 2.1 does not define for this request.
+    #[error("unknown query parameter {name:?}")]
+    UnknownParameter {
+        /// The parameter's name.
+        name: String,
+    },
+}
+
 impl Query {
-    /// Parses the query string pairs; the reason names the parameter at fault.
-    pub fn parse(pairs: &[(String, String)]) -> Result<Query, String> {
+    /// Parses the query string pairs; the error names the parameter at fault.
+    pub fn parse(pairs: &[(String, String)]) -> Result<Query, QueryError> {
         let mut q = Query {
             limit: DEFAULT_PAGE,
             ..Query::default()
@@ -155,30 +176,27 @@ impl Query {
         for (key, value) in pairs {
             match key.as_str() {
                 "added_after" => {
-                    q.added_after =
-                        Some(parse_timestamp(value).ok_or(
-                            "added_after is not a timestamp like 2025-03-01T12:00:00.000Z",
-                        )?);
+                    q.added_after = Some(parse_timestamp(value).ok_or(QueryError::AddedAfter)?);
                 }
                 "match[id]" => q.ids.extend(split(value)),
                 "match[type]" => q.types.extend(split(value)),
                 "limit" => {
-                    let n: usize = value
-                        .parse()
-                        .map_err(|_| "limit must be a positive integer")?;
+                    let n: usize = value.parse().map_err(|_| QueryError::Limit)?;
                     if n == 0 {
-                        return Err("limit must be a positive integer".into());
+                        return Err(QueryError::Limit);
                     }
                     q.limit = n.min(MAX_PAGE);
                 }
                 "next" => {
-                    q.next = value
-                        .parse()
-                        .map_err(|_| "next is not a token this server gave")?;
+                    q.next = value.parse().map_err(|_| QueryError::Next)?;
                 }
                 // One version per object, in STIX 2.1.
                 "match[version]" | "match[spec_version]" => {}
-                other => return Err(format!("unknown query parameter {other:?}")),
+                other => {
+                    return Err(QueryError::UnknownParameter {
+                        name: other.to_owned(),
+                    });
+                }
             }
         }
         Ok(q)
@@ -307,8 +325,12 @@ mod tests {
             one.items[0].manifest()["version"],
             "2025-03-01T12:00:00.000Z"
         );
-        assert!(Query::parse(&[("limit".into(), "0".into())]).is_err());
-        assert!(Query::parse(&[("bogus".into(), "1".into())]).is_err());
+        assert_eq!(
+            Query::parse(&[("limit".into(), "0".into())]),
+            Err(QueryError::Limit)
+        );
+        let bogus = Query::parse(&[("bogus".into(), "1".into())]).unwrap_err();
+        assert_eq!(bogus.to_string(), "unknown query parameter \"bogus\"");
         assert_eq!(q(&[("limit", "99999")]).limit, MAX_PAGE);
     }
 

@@ -64,9 +64,20 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum Call {
     /// The communities and the notices that may be shown.
-    Snapshot(oneshot::Sender<std::result::Result<Vec<Community>, String>>),
+    Snapshot(oneshot::Sender<std::result::Result<Vec<Community>, SnapshotError>>),
     /// File a notice.
     File(Filing, oneshot::Sender<std::result::Result<Uuid, Refusal>>),
+}
+
+/// Why the service cannot show the communities (HTTP 503).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The service is shutting down; the platform may try again once it is back.
+    #[error("the service is stopping")]
+    Stopping,
+    /// This device could not read its communities or notices.
+    #[error("{0}")]
+    Device(#[from] ClientError),
 }
 
 /// A notice to file from posted objects.
@@ -126,14 +137,13 @@ impl State {
         }
     }
 
-    async fn snapshot(&self) -> std::result::Result<Vec<Community>, String> {
+    async fn snapshot(&self) -> std::result::Result<Vec<Community>, SnapshotError> {
         let (tx, rx) = oneshot::channel();
         self.calls
             .send(Call::Snapshot(tx))
             .await
-            .map_err(|_| "the service is stopping".to_string())?;
-        rx.await
-            .map_err(|_| "the service is stopping".to_string())?
+            .map_err(|_| SnapshotError::Stopping)?;
+        rx.await.map_err(|_| SnapshotError::Stopping)?
     }
 
     async fn file(&self, filing: Filing) -> std::result::Result<Uuid, Refusal> {
@@ -315,18 +325,18 @@ impl Device {
     async fn snapshot(
         &mut self,
         client: &mut Client,
-    ) -> Result<std::result::Result<Vec<Community>, String>> {
+    ) -> Result<std::result::Result<Vec<Community>, SnapshotError>> {
         self.sync(client).await?;
         let org = client.me.organisation.clone();
         let records = match client.store().communities() {
             Ok(r) => r,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Err(SnapshotError::Device(e.into()))),
         };
         let mut out = Vec::new();
         for record in records.into_iter().filter(|r| r.active) {
             let notices = match client.notices(Some(&record.id)) {
                 Ok(n) => n,
-                Err(e) => return Ok(Err(e.to_string())),
+                Err(e) => return Ok(Err(SnapshotError::Device(e))),
             };
             let shown = notices
                 .into_iter()

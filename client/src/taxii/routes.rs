@@ -276,11 +276,11 @@ async fn api_root() -> Response {
 
 /// The communities, or the error response.
 async fn communities(state: &State) -> Result<Vec<Community>, Response> {
-    state.snapshot().await.map_err(|reason| {
+    state.snapshot().await.map_err(|e| {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service unavailable",
-            reason,
+            e.to_string(),
         )
     })
 }
@@ -336,7 +336,8 @@ fn parse_query(
             format!("query: {e}"),
         )
     })?;
-    TaxiiQuery::parse(&pairs).map_err(|e| error(StatusCode::BAD_REQUEST, "Bad request", e))
+    TaxiiQuery::parse(&pairs)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "Bad request", e.to_string()))
 }
 
 /// An envelope or manifest page with the date-added headers.

@@ -29,32 +29,90 @@ pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
+/// What is wrong with a line of a users file; fix the line, or write it again with
+/// `kring taxii passwd FILE NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaxiiUsersError {
+    /// The line has no `:` between the name and the hash.
+    #[error("line {line}: expected NAME:HASH")]
+    NoSeparator {
+        /// The line number, from 1.
+        line: usize,
+    },
+    /// The name is not a user name ([`valid_name`]).
+    #[error("line {line}: invalid user name {name:?}")]
+    InvalidName {
+        /// The line number, from 1.
+        line: usize,
+        /// The name as written.
+        name: String,
+    },
+    /// The hash is not a PHC string (`$argon2id$v=19$...`).
+    #[error("line {line}: the hash of {name} is not a PHC string: {reason}")]
+    NotPhc {
+        /// The line number, from 1.
+        line: usize,
+        /// The user.
+        name: String,
+        /// The PHC parser's explanation.
+        reason: argon2::password_hash::Error,
+    },
+    /// The hash is a PHC string of another algorithm than Argon2.
+    #[error("line {line}: the hash of {name} is not Argon2")]
+    NotArgon2 {
+        /// The line number, from 1.
+        line: usize,
+        /// The user.
+        name: String,
+    },
+    /// The user already has a line above this one.
+    #[error("line {line}: {name} appears twice")]
+    Duplicate {
+        /// The line number, from 1.
+        line: usize,
+        /// The user.
+        name: String,
+    },
+}
+
 impl Users {
     /// Parses the text of a users file.
-    pub fn parse(text: &str) -> std::result::Result<Users, String> {
+    ///
+    /// # Errors
+    /// The first line at fault, as a [`TaxiiUsersError`].
+    pub fn parse(text: &str) -> std::result::Result<Users, TaxiiUsersError> {
         let mut hashes = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
+            let number = i + 1;
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let (name, hash) = line
                 .split_once(':')
-                .ok_or_else(|| format!("line {}: expected NAME:HASH", i + 1))?;
+                .ok_or(TaxiiUsersError::NoSeparator { line: number })?;
             if !valid_name(name) {
-                return Err(format!("line {}: invalid user name {name:?}", i + 1));
+                return Err(TaxiiUsersError::InvalidName {
+                    line: number,
+                    name: name.to_owned(),
+                });
             }
-            PasswordHash::new(hash).map_err(|e| {
-                format!(
-                    "line {}: the hash of {name} is not a PHC string: {e}",
-                    i + 1
-                )
+            PasswordHash::new(hash).map_err(|reason| TaxiiUsersError::NotPhc {
+                line: number,
+                name: name.to_owned(),
+                reason,
             })?;
             if !hash.starts_with("$argon2") {
-                return Err(format!("line {}: the hash of {name} is not Argon2", i + 1));
+                return Err(TaxiiUsersError::NotArgon2 {
+                    line: number,
+                    name: name.to_owned(),
+                });
             }
             if hashes.insert(name.to_owned(), hash.to_owned()).is_some() {
-                return Err(format!("line {}: {name} appears twice", i + 1));
+                return Err(TaxiiUsersError::Duplicate {
+                    line: number,
+                    name: name.to_owned(),
+                });
             }
         }
         Ok(Users { hashes })
@@ -188,8 +246,30 @@ mod tests {
 
     #[test]
     fn malformed_files_are_refused() {
-        assert!(Users::parse("misp").is_err());
-        assert!(Users::parse("misp:plaintext").is_err());
+        assert_eq!(
+            Users::parse("misp"),
+            Err(TaxiiUsersError::NoSeparator { line: 1 })
+        );
+        assert_eq!(
+            Users::parse("misp").unwrap_err().to_string(),
+            "line 1: expected NAME:HASH"
+        );
+        let err = Users::parse("# users\nmisp:plaintext").unwrap_err();
+        assert!(
+            matches!(err, TaxiiUsersError::NotPhc { line: 2, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("line 2: the hash of misp is not a PHC string: "),
+            "{err}"
+        );
+        assert_eq!(
+            Users::parse("bad name:$argon2id$x")
+                .unwrap_err()
+                .to_string(),
+            "line 1: invalid user name \"bad name\""
+        );
         assert!(Users::parse("# comment\n\n").unwrap().is_empty());
     }
 }
