@@ -131,6 +131,29 @@ def test_an_attachment_filed_on_the_command_line_is_downloaded_in_another_ui(fed
     assert status == 401 and body == b""
 
 
+def test_a_file_chosen_in_the_new_notice_form_reaches_another_ui(fed, sessions, tmp_path):
+    path = tmp_path / "foto.jpg"
+    content = os.urandom(120_000)
+    path.write_bytes(content)
+    filer = sessions[FILER]
+    title = f"With a photo {time.time_ns()}"
+    filer.get_by_role("link", name="New notice").click()
+    filer.get_by_label("Community").select_option(COMMUNITY)
+    filer.get_by_label("Label").fill(MAX_LABEL)
+    filer.get_by_label("Category").select_option("cyber")
+    filer.get_by_label("Title").fill(title)
+    filer.get_by_label("Body").fill("Photo of the gate.")
+    filer.get_by_label("Attachments").set_input_files(str(path))
+    filer.get_by_role("button", name="File notice").click()
+    expect(filer.locator("#attachments")).to_contain_text("foto.jpg", timeout=LIVE)
+    reader = sessions[READER]
+    reader.goto(base_of(fed.uis[READER]) + "/")
+    reader.get_by_role("link", name=title).click(timeout=LIVE)
+    with reader.expect_download() as info:
+        reader.locator("#attachments").get_by_role("link", name="foto.jpg").click()
+    assert Path(info.value.path()).read_bytes() == content
+
+
 def test_a_refused_label_is_explained_before_anything_is_sent(fed, sessions):
     page = sessions[FILER]
     page.goto(base_of(fed.uis[FILER]) + "/")

@@ -266,6 +266,7 @@ impl Device {
                 category,
                 title,
                 body,
+                attachments,
             } => {
                 let filed = client
                     .file_notice(NoticeDraft {
@@ -277,7 +278,7 @@ impl Device {
                         body,
                         in_reply_to: None,
                         stix: None,
-                        attachments: Vec::new(),
+                        attachments,
                     })
                     .await?;
                 Ok(self.filed(&filed))

@@ -58,6 +58,9 @@ pub struct State {
     changes: tokio::sync::watch::Sender<u64>,
     /// Notices opened in this interface (the rest are shown as unread).
     read: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
+    /// Where files uploaded with a notice wait until it is filed (a directory of
+    /// the profile's scratch space; each filing gets one of its own, removed after).
+    uploads: std::path::PathBuf,
 }
 
 impl State {
@@ -68,7 +71,14 @@ impl State {
             calls,
             changes: tokio::sync::watch::channel(0).0,
             read: std::sync::Mutex::new(std::collections::HashSet::new()),
+            uploads: std::env::temp_dir().join(format!("kring-ui-{}", uuid::Uuid::new_v4())),
         }
+    }
+
+    /// The same, keeping uploaded files in `dir`.
+    pub fn with_uploads(mut self, dir: std::path::PathBuf) -> State {
+        self.uploads = dir;
+        self
     }
 
     /// Tells open pages that what they show may have changed.
@@ -117,7 +127,8 @@ pub async fn serve(client: &mut Client, opts: UiOptions, out: &mut Out) -> Resul
         .local_addr()
         .map_err(|e| ClientError::io(listen.to_string(), e))?;
     let (calls, incoming) = mpsc::channel(16);
-    let state = Arc::new(State::new(local, calls));
+    let uploads = client.scratch_space()?;
+    let state = Arc::new(State::new(local, calls).with_uploads(uploads.clone()));
     let token = state.security.issue_token();
     let app = router(state.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -143,6 +154,7 @@ pub async fn serve(client: &mut Client, opts: UiOptions, out: &mut Out) -> Resul
     let result = device::run(client, incoming, state.clone()).await;
     let _ = stop.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    let _ = std::fs::remove_dir_all(&uploads);
     result
 }
 

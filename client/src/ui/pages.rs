@@ -336,23 +336,44 @@ pub struct Draft {
 
 /// The "New notice" form; `refusal` explains why the label was not accepted.
 pub fn new_notice(snap: &Snapshot, draft: &Draft, refusal: Option<&[String]>) -> Markup {
+    let refusal = refusal.map(|reasons| Refusal {
+        headline: "This label may not be used here; nothing was sent.",
+        reasons,
+        advice: "Choose one of the labels offered for the community.",
+    });
+    new_notice_with(snap, draft, refusal.as_ref())
+}
+
+/// Why a filing from the form was not sent, for the person.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal<'a> {
+    /// What happened.
+    pub headline: &'a str,
+    /// The reasons.
+    pub reasons: &'a [String],
+    /// What to do.
+    pub advice: &'a str,
+}
+
+/// The "New notice" form, with why the last filing was not sent.
+pub fn new_notice_with(snap: &Snapshot, draft: &Draft, refusal: Option<&Refusal<'_>>) -> Markup {
     layout(
         "New notice",
         snap,
         None,
         html! {
             h1 { "New notice" }
-            @if let Some(reasons) = refusal {
+            @if let Some(r) = refusal {
                 div id="refusal" class="problem" role="alert" {
-                    p { strong { "This label may not be used here; nothing was sent." } }
-                    ul { @for r in reasons { li { (r) } } }
-                    p { "Choose one of the labels offered for the community." }
+                    p { strong { (r.headline) } }
+                    ul { @for reason in r.reasons { li { (reason) } } }
+                    p { (r.advice) }
                 }
             }
             @if snap.communities.is_empty() {
                 p class="problem" { "You are not a member of any community yet. Ask a community admin to add you, or create one under Communities." }
             }
-            form method="post" action="/new" {
+            form method="post" action="/new" enctype="multipart/form-data" {
                 label for="community" { "Community" }
                 select id="community" name="community" required {
                     @for c in &snap.communities {
@@ -378,6 +399,9 @@ pub fn new_notice(snap: &Snapshot, draft: &Draft, refusal: Option<&[String]>) ->
                 input id="title" name="title" required value=(draft.title);
                 label for="body" { "Body" }
                 textarea id="body" name="body" required rows="8" { (draft.body) }
+                label for="attach" { "Attachments" }
+                input id="attach" name="attach" type="file" multiple aria-describedby="attach-help";
+                p id="attach-help" class="help" { "Up to 16 files, 50 MiB in all. Each is sealed on this device with a key of its own before it goes to your relay." }
                 button type="submit" { "File notice" }
             }
         },

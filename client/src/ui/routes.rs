@@ -20,6 +20,8 @@ use super::view::{Action, AddCheck, Call, Problem, Snapshot};
 
 /// Largest form accepted, in bytes.
 const MAX_FORM: usize = 256 * 1024;
+/// Largest "New notice" form with its files, in bytes.
+const MAX_UPLOAD: usize = kring_protocol::attachment::MAX_ATTACHMENT_BYTES as usize + 2 * MAX_FORM;
 
 const STYLE: &str = include_str!("static/style.css");
 const SCRIPT: &str = include_str!("static/live.js");
@@ -30,7 +32,12 @@ type S = AxumState<Arc<State>>;
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/", get(inbox))
-        .route("/new", get(new_form).post(file))
+        .route(
+            "/new",
+            get(new_form)
+                .post(file)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
         .route("/communities", get(communities).post(create))
         .route("/community/{id}", get(community))
         .route("/notice/{id}", get(notice))
@@ -166,8 +173,119 @@ fn form_urlencoded(text: &str) -> String {
     out
 }
 
-async fn file(AxumState(state): S, Form(draft): Form<Draft>) -> Result<Response, Response> {
+/// A directory removed when this goes out of scope.
+struct UploadDir(std::path::PathBuf);
+
+impl Drop for UploadDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Why the "New notice" form cannot be used (said to the person).
+#[derive(Debug, thiserror::Error)]
+enum FormProblem {
+    /// The request broke off or is not a form.
+    #[error("the form did not arrive whole: {0}")]
+    Broken(#[from] axum::extract::multipart::MultipartError),
+    /// A file name that is not a plain file name.
+    #[error("{0}")]
+    Name(#[from] crate::notice::NoticeError),
+    /// More files than a notice carries.
+    #[error(
+        "at most {} files go with one notice",
+        kring_protocol::attachment::MAX_ATTACHMENTS
+    )]
+    TooMany,
+    /// The same name twice.
+    #[error("{0:?} is attached twice")]
+    Twice(String),
+    /// More bytes than a notice carries.
+    #[error("the files are over 50 MiB in all; attach less")]
+    TooLarge,
+    /// A text field over the form's bound.
+    #[error("the {0} field is too long")]
+    FieldTooLong(String),
+    /// The scratch space cannot take the files.
+    #[error("no room for uploads: {0}")]
+    NoRoom(#[from] std::io::Error),
+}
+
+/// Reads the "New notice" form: its fields into a draft, its files into `dir`.
+async fn read_new_form(
+    form: &mut axum::extract::Multipart,
+    dir: &std::path::Path,
+) -> Result<(Draft, Vec<std::path::PathBuf>), FormProblem> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut draft = Draft::default();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    while let Some(mut field) = form.next_field().await? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "attach" {
+            let file_name = field.file_name().unwrap_or_default().to_string();
+            if file_name.is_empty() {
+                continue; // no file chosen
+            }
+            crate::notice::check_attachment_name(&file_name)?;
+            if files.len() >= kring_protocol::attachment::MAX_ATTACHMENTS {
+                return Err(FormProblem::TooMany);
+            }
+            let path = dir.join(&file_name);
+            if files.contains(&path) {
+                return Err(FormProblem::Twice(file_name));
+            }
+            std::fs::create_dir_all(dir)?;
+            let mut out = tokio::fs::File::create(&path).await?;
+            while let Some(chunk) = field.chunk().await? {
+                total += chunk.len() as u64;
+                if total > kring_protocol::attachment::MAX_ATTACHMENT_BYTES {
+                    return Err(FormProblem::TooLarge);
+                }
+                out.write_all(&chunk).await?;
+            }
+            out.flush().await?;
+            files.push(path);
+            continue;
+        }
+        let text = field.text().await?;
+        if text.len() > MAX_FORM {
+            return Err(FormProblem::FieldTooLong(name));
+        }
+        match name.as_str() {
+            "community" => draft.community = text,
+            "label" => draft.label = text,
+            "category" => draft.category = text,
+            "title" => draft.title = text,
+            "body" => draft.body = text,
+            _ => {}
+        }
+    }
+    Ok((draft, files))
+}
+
+async fn file(
+    AxumState(state): S,
+    mut form: axum::extract::Multipart,
+) -> Result<Response, Response> {
     let snap = snapshot(&state).await?;
+    let uploads = UploadDir(state.uploads.join(Uuid::new_v4().to_string()));
+    let (draft, attachments) = match read_new_form(&mut form, &uploads.0).await {
+        Ok(read) => read,
+        Err(problem) => {
+            let reasons = vec![problem.to_string()];
+            let refusal = pages::Refusal {
+                headline: "The files could not be taken; nothing was sent.",
+                reasons: &reasons,
+                advice: "Choose the files again (at most 16, 50 MiB in all, plain file names) and file the notice once more.",
+            };
+            return Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::new_notice_with(&snap, &Draft::default(), Some(&refusal)),
+            )
+                .into_response());
+        }
+    };
     let Some(community) = snap.communities.iter().find(|c| c.id == draft.community) else {
         let reasons = vec![format!(
             "you are not a member of {:?}; choose one of your communities",
@@ -199,7 +317,10 @@ async fn file(AxumState(state): S, Form(draft): Form<Draft>) -> Result<Response,
         category,
         title: draft.title.clone(),
         body: draft.body.clone(),
+        attachments,
     };
+    // The files stay until the device has sealed and sent them (`uploads` goes
+    // when this returns).
     match state.ask(|r| Call::Act(action, r)).await {
         Ok(done) => match done.notice {
             Some(id) => Ok(to_notice(id, &done.message)),

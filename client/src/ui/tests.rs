@@ -74,11 +74,16 @@ fn snapshot(org_admin: bool) -> Snapshot {
     }
 }
 
+/// A file the fake device was given with a filing: its name and content.
+type Upload = (String, Vec<u8>);
+
 /// A served interface with a fake device; the actions it was asked to take.
 struct Ui {
     app: Router,
     state: Arc<State>,
     actions: Arc<Mutex<Vec<Action>>>,
+    /// The files the device saw with a filing (name, content).
+    uploads: Arc<Mutex<Vec<Upload>>>,
 }
 
 fn ui_with(snap: Snapshot) -> Ui {
@@ -87,6 +92,8 @@ fn ui_with(snap: Snapshot) -> Ui {
     let state = Arc::new(State::new(addr, tx));
     let actions = Arc::new(Mutex::new(Vec::new()));
     let seen = actions.clone();
+    let uploads = Arc::new(Mutex::new(Vec::new()));
+    let uploaded = uploads.clone();
     tokio::spawn(async move {
         while let Some(call) = rx.recv().await {
             match call {
@@ -155,6 +162,15 @@ fn ui_with(snap: Snapshot) -> Ui {
                     });
                 }
                 Call::Act(action, r) => {
+                    if let Action::File { attachments, .. } = &action {
+                        for path in attachments {
+                            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                            uploaded
+                                .lock()
+                                .unwrap()
+                                .push((name, std::fs::read(path).unwrap()));
+                        }
+                    }
                     seen.lock().unwrap().push(action);
                     let _ = r.send(Ok(Done {
                         message: "Filed: ordered by the hub bz as #3.".into(),
@@ -168,6 +184,7 @@ fn ui_with(snap: Snapshot) -> Ui {
         app: router(state.clone()),
         state,
         actions,
+        uploads,
     }
 }
 
@@ -206,6 +223,34 @@ impl Ui {
         (status, text(r).await)
     }
 
+    /// Posts the "New notice" form with `fields` and `files`.
+    async fn post_new(
+        &self,
+        cookie: &str,
+        fields: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+    ) -> (StatusCode, String) {
+        let (content_type, body) = multipart(fields, files);
+        let r = self
+            .send(
+                Request::post("/new")
+                    .header(header::HOST, HOST)
+                    .header(header::ORIGIN, ORIGIN)
+                    .header(header::COOKIE, cookie)
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await;
+        let status = r.status();
+        let location = r
+            .headers()
+            .get(header::LOCATION)
+            .map(|l| l.to_str().unwrap().to_string());
+        let body = text(r).await;
+        (status, location.unwrap_or(body))
+    }
+
     async fn post(&self, cookie: &str, path: &str, form: &str) -> (StatusCode, String) {
         let r = self
             .send(
@@ -226,6 +271,34 @@ impl Ui {
         let body = text(r).await;
         (status, location.unwrap_or(body))
     }
+}
+
+/// A `multipart/form-data` body of `fields` and `files` (name, content), and its
+/// content type.
+fn multipart(fields: &[(&str, &str)], files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "kring-test-boundary";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    for (file_name, content) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"attach\"; filename=\"{file_name}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 fn get(path: &str) -> axum::http::request::Builder {
@@ -342,7 +415,14 @@ async fn a_state_change_needs_the_servers_own_origin() {
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin:?}");
     }
     assert!(ui.actions.lock().unwrap().is_empty(), "nothing was filed");
-    let (status, location) = ui.post(&cookie, "/new", form).await;
+    let fields = [
+        ("community", "liaison@bz"),
+        ("label", "NL:DEP-VERTROUWELIJK"),
+        ("category", "cyber"),
+        ("title", "t"),
+        ("body", "b"),
+    ];
+    let (status, location) = ui.post_new(&cookie, &fields, &[]).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(
         location.starts_with(&format!("/notice/{}", Uuid::from_u128(2))),
@@ -356,7 +436,52 @@ async fn a_state_change_needs_the_servers_own_origin() {
             category: Category::Cyber,
             title: "t".into(),
             body: "b".into(),
+            attachments: Vec::new(),
         }]
+    );
+}
+
+#[tokio::test]
+async fn files_chosen_in_the_form_go_with_the_notice_and_are_removed_after() {
+    let ui = ui_with(snapshot(false));
+    let cookie = ui.login().await;
+    let (_, form) = ui.page(&cookie, "/new").await;
+    assert!(form.contains(r#"enctype="multipart/form-data""#));
+    assert!(form.contains(r#"type="file""#) && form.contains(">Attachments</label>"));
+    let fields = [
+        ("community", "liaison@bz"),
+        ("label", "NL:DEP-VERTROUWELIJK"),
+        ("category", "cyber"),
+        ("title", "met kaart"),
+        ("body", "zie bijlage"),
+    ];
+    let files: [(&str, &[u8]); 2] = [("kaart.pdf", b"%PDF-1.7 kaart"), ("lijst.csv", b"a,b\n")];
+    let (status, _) = ui.post_new(&cookie, &fields, &files).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    // The device saw both files, by name and content, while the filing ran.
+    assert_eq!(
+        ui.uploads.lock().unwrap().as_slice(),
+        &[
+            ("kaart.pdf".to_string(), b"%PDF-1.7 kaart".to_vec()),
+            ("lijst.csv".to_string(), b"a,b\n".to_vec())
+        ]
+    );
+    let attachments = match ui.actions.lock().unwrap().first() {
+        Some(Action::File { attachments, .. }) => attachments.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        attachments.iter().all(|p| !p.exists()),
+        "removed after filing"
+    );
+    // A file name that is no plain file name is refused before anything is sent.
+    let (status, page) = ui.post_new(&cookie, &fields, &[(".verborgen", b"x")]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("must not start with a dot"), "{page}");
+    assert_eq!(
+        ui.actions.lock().unwrap().len(),
+        1,
+        "nothing more was filed"
     );
 }
 
@@ -549,13 +674,14 @@ async fn the_new_notice_form_offers_only_allowed_labels_and_explains_a_refusal()
         !form.contains(r#"<option value="NL:STG-GEHEIM">"#),
         "above the maximum"
     );
-    let (status, refused) = ui
-        .post(
-            &cookie,
-            "/new",
-            "community=liaison%40bz&label=NL%3ASTG-GEHEIM&category=cyber&title=t&body=b",
-        )
-        .await;
+    let fields = [
+        ("community", "liaison@bz"),
+        ("label", "NL:STG-GEHEIM"),
+        ("category", "cyber"),
+        ("title", "t"),
+        ("body", "b"),
+    ];
+    let (status, refused) = ui.post_new(&cookie, &fields, &[]).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(refused.contains("nothing was sent"), "{refused}");
     assert!(

@@ -66,6 +66,8 @@ pub enum Action {
         title: String,
         /// Body.
         body: String,
+        /// Files to attach (uploaded into the interface's scratch space).
+        attachments: Vec<std::path::PathBuf>,
     },
     /// Reply to a notice.
     Reply {
