@@ -10,7 +10,7 @@ use super::*;
 /// batch's earlier writes); a revocation or CRL, which also changes the relay's
 /// memory, gets a batch of its own. A refused item is rolled back, recorded and
 /// skipped: it must not block the link.
-pub(super) async fn apply_items(
+pub(crate) async fn apply_items(
     relay: &Relay,
     peer: &str,
     items: Vec<FedItem>,

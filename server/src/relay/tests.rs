@@ -557,3 +557,102 @@ async fn attachments_are_announced_uploaded_before_filing_and_handed_to_members_
     sweep_blobs(&bz.relay, later).unwrap();
     assert_eq!(bz.relay.blobs.sealed_size(&blob.id), None);
 }
+
+/// Whether the audit log holds a refusal of a federation item from `peer` whose
+/// detail says `says`.
+fn item_refused(bz: &Bz, peer: &str, says: &str) -> bool {
+    bz.audit().iter().any(|r| {
+        r.event.kind == AuditKind::Refusal
+            && r.event.actor == peer
+            && r.event.action == "federation-item"
+            && r.event.detail.contains(says)
+    })
+}
+
+#[tokio::test]
+async fn what_a_peer_may_not_send_is_refused_audited_and_skipped() {
+    use kring_protocol::wire::FedItem;
+    let bz = Bz::open();
+    let (_, _, created) = bz
+        .create_group("liaison@bz", "eigen", "NL:STG-GEHEIM")
+        .await;
+    assert!(matches!(created, Response::Accepted { .. }), "{created:?}");
+    let item = |seq: u64, body: FedBody| FedItem { seq, body };
+    let entry = LogEntry {
+        community: "vreemd@nctv".into(),
+        seq: 1,
+        sender: "liaison@nctv".into(),
+        ordered_at: now(),
+        kind: EntryKind::Notice {
+            notice_id: Uuid::from_u128(9),
+            label: "NL:DEP-VERTROUWELIJK".parse::<Label>().unwrap().to_bytes(),
+            epoch: 0,
+        },
+        message: vec![1, 2, 3],
+    };
+    let items = vec![
+        // A retention period for a community hubbed here, from another relay.
+        item(
+            1,
+            FedBody::Retention {
+                community: "eigen@bz".into(),
+                seconds: 86_400,
+            },
+        ),
+        // An entry of a community hubbed at nctv, sent by aivd's link.
+        item(
+            2,
+            FedBody::NoticeEntry {
+                community: "vreemd@nctv".into(),
+                seq: 1,
+                entry: Some(entry),
+            },
+        ),
+        // A hop's refusal of a notice nobody filed here.
+        item(
+            3,
+            FedBody::Refusal {
+                notice_id: Uuid::from_u128(7),
+                hop: "aivd".into(),
+                reason: "made up".into(),
+            },
+        ),
+    ];
+    let upto = crate::federation::apply_items(&bz.relay, "aivd", items)
+        .await
+        .unwrap();
+    // Each was skipped, not applied, and the link goes on past them.
+    assert_eq!(upto, 3);
+    assert!(item_refused(&bz, "aivd", "whose hub it is not"));
+    assert!(item_refused(
+        &bz,
+        "aivd",
+        "relay aivd is not the hub of vreemd@nctv"
+    ));
+    assert!(item_refused(&bz, "aivd", "is unknown here"));
+    assert_eq!(
+        crate::retention::retention_of(&bz.relay, &Batch::default(), "eigen@bz").unwrap(),
+        None
+    );
+    assert!(bz.relay.community("vreemd@nctv").unwrap().is_none());
+    // Items at or below what was applied are not applied again.
+    let again = vec![item(
+        3,
+        FedBody::Retention {
+            community: "eigen@bz".into(),
+            seconds: 1,
+        },
+    )];
+    let before = bz.audit().len();
+    assert_eq!(
+        crate::federation::apply_items(&bz.relay, "aivd", again)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        bz.audit().len(),
+        before,
+        "a repeated item is skipped silently"
+    );
+}
