@@ -184,6 +184,28 @@ pub fn rss_bytes(pid: u32) -> Result<u64, String> {
     Ok(kib * 1024)
 }
 
+/// CPU time (user + system) process `pid` has used, in seconds (`utime` and
+/// `stime` of `/proc/PID/stat`, in Linux's fixed 100 ticks per second).
+pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    // The command name (field 2) may hold spaces: fields are counted after its ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| format!("{path}: unreadable"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let tick = |i: usize| -> Result<f64, String> {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|t| t as f64 / 100.0)
+            .ok_or_else(|| format!("{path}: no field {i}"))
+    };
+    Ok(tick(14)? + tick(15)?)
+}
+
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }

@@ -534,7 +534,15 @@ async fn flows(o: &Options, t: &mut Table) -> Result<(Option<f64>, bool), String
                 "throughput: Kring, {} notices, {w} in flight",
                 o.notices
             ));
+            let pids: Vec<u32> = [HUB, FILER_RELAY]
+                .iter()
+                .filter_map(|r| k.fed.pid(r))
+                .collect();
+            let cpu =
+                || -> Result<f64, String> { pids.iter().map(|p| common::cpu_seconds(*p)).sum() };
+            let cpu_before = cpu()?;
             let kr = k.run(o.notices, None, w, Duration::from_secs(3600)).await?;
+            let relay_cpu = cpu()? - cpu_before;
             progress(&format!(
                 "throughput: mosquitto, {} messages, {w} in flight",
                 o.notices
@@ -547,6 +555,16 @@ async fn flows(o: &Options, t: &mut Table) -> Result<(Option<f64>, bool), String
             };
             t.info(scenario, "in flight per sender", w.to_string());
             flow_rows(t, scenario, "Kring", &kr);
+            t.info(
+                scenario,
+                "Kring: relay CPU per delivery",
+                format!(
+                    "{:.0} µs (both relays: {:.2} s of CPU for {} deliveries)",
+                    relay_cpu * 1e6 / kr.deliveries.max(1) as f64,
+                    relay_cpu,
+                    kr.deliveries
+                ),
+            );
             flow_rows(t, scenario, "mosquitto", &mr);
             problems.extend(kr.problems.iter().map(|p| format!("Kring: {p}")));
             problems.extend(mr.problems.iter().map(|p| format!("mosquitto: {p}")));
