@@ -5,7 +5,8 @@
 //! - `throughput`: filing -> delivery across two federated relays (filers at
 //!   `nctv`, hub `bz`, 10 devices split across both, 1 KiB bodies), closed loop,
 //!   against mosquitto (TLS 1.3 with client certificates, QoS 1, persistence) with
-//!   the same message count, size, publisher and subscriber count;
+//!   the same message count, size, publisher and subscriber count; with the relays'
+//!   CPU per delivery (user and system time of both relay processes);
 //! - `latency`: the same paths at an offered load of 1,000 notices/s (open loop);
 //! - `client-cost`: encrypt-and-sign and decrypt-and-verify per second on one core;
 //! - `membership`: adding / removing one member of a 1,000-member community,
