@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::CheckpointSigner;
 use crate::error::RelayError;
+use crate::keyspace::JOURNAL;
 use crate::store::{Batch, Engine};
 
 /// The first bytes of every backup file.
@@ -281,7 +282,8 @@ pub fn write_store(
         loop {
             let page = engine.scan(b"", after.as_deref(), PAGE)?;
             let done = page.len() < PAGE;
-            for (k, v) in &page {
+            // The journal position belongs to this store's engine, not to its data.
+            for (k, v) in page.iter().filter(|(k, _)| !k.starts_with(JOURNAL)) {
                 body.pair(k, v).map_err(io(path))?;
             }
             after = page.into_iter().last().map(|(k, _)| k);
@@ -482,7 +484,7 @@ pub fn restore_into(
     let mut batch = Batch::default();
     let mut count = 0usize;
     let read_again = read(&mut std::io::BufReader::new(&mut file), |k, v| {
-        if is_recovery_key(&k) {
+        if is_recovery_key(&k) || k.starts_with(JOURNAL) {
             // A backup of a relay that was itself restored: its recovery state is
             // the state of that earlier recovery, superseded by this one.
             return Ok(());
@@ -491,6 +493,8 @@ pub fn restore_into(
         count += 1;
         if count >= PAGE {
             engine.apply(std::mem::take(&mut batch))?;
+            // Durable page by page: the engine's journal holds no more than a page.
+            engine.flush()?;
             count = 0;
         }
         Ok(())

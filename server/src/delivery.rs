@@ -24,6 +24,7 @@ use tracing::{debug, info};
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::decide;
+use crate::entry_cache::SharedEntry;
 use crate::error::RelayError;
 use crate::net::push;
 use crate::records::{MemberRecord, WelcomeBlob, WelcomeRecord, WelcomeRef};
@@ -185,32 +186,45 @@ async fn round(
         if from >= end {
             continue;
         }
-        let page =
-            engine.scan_bounded(&log, Some(&keys::log(&community, from)), PAGE, PAGE_BYTES)?;
-        // A full page that does not reach `end`: there is more to send at once (but
-        // not when `end` stopped it: what is past it waits for a flush or a commit).
-        let mut full = page.len() == PAGE || page_bytes(&page) >= PAGE_BYTES;
-        for (k, v) in page {
-            let entry: LogEntry = decode(&k, &v)?;
-            if entry.seq > end {
-                full = false;
-                break;
+        // Entries other devices' tasks already read and encoded, else a page from
+        // the store (encoded once here and shared from then on).
+        let cache = relay.entry_cache();
+        let mut run = cache.run(&community, from, end, PAGE);
+        let full = if run.is_empty() {
+            let page =
+                engine.scan_bounded(&log, Some(&keys::log(&community, from)), PAGE, PAGE_BYTES)?;
+            // A full page that does not reach `end`: there is more to send at once
+            // (but not when `end` stopped it: what is past it waits for a flush or a
+            // commit).
+            let mut full = page.len() == PAGE || page_bytes(&page) >= PAGE_BYTES;
+            for (k, v) in page {
+                let entry: LogEntry = decode(&k, &v)?;
+                if entry.seq > end {
+                    full = false;
+                    break;
+                }
+                let shared = Arc::new(share(entry, &k, max)?);
+                cache.insert(&community, shared.clone());
+                run.push(shared);
             }
-            sent.insert(community.clone(), entry.seq);
-            if let EntryKind::Notice {
-                notice_id, label, ..
-            } = &entry.kind
-            {
-                let allowed = match kring_protocol::notice_aad::label_of(label) {
+            full
+        } else {
+            // The run stopped short of `end`: the rest comes from the store at once.
+            run.last().is_some_and(|e| e.seq < end)
+        };
+        for shared in run {
+            sent.insert(community.clone(), shared.seq);
+            if let Some((notice_id, label)) = &shared.notice {
+                let allowed = match label {
                     Ok(label) => {
-                        let d = decide::deliver(&label, caller.identity.clearance.as_ref());
+                        let d = decide::deliver(label, caller.identity.clearance.as_ref());
                         if d.allowed {
                             Ok(())
                         } else {
                             Err(d.to_string())
                         }
                     }
-                    Err(e) => Err(format!("stored label unreadable: {e}")),
+                    Err(e) => Err(e.clone()),
                 };
                 if let Err(reason) = allowed {
                     relay.audit_now(AuditEvent::new(
@@ -225,12 +239,7 @@ async fn round(
             }
             // Frames go out together: one stream write per run of entries, not one
             // per entry.
-            let frame =
-                wire::encode_frame(&Push::Entry(entry), max).map_err(|e| RelayError::Corrupt {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    reason: format!("cannot be sent: {e}"),
-                })?;
-            out.extend_from_slice(&frame);
+            out.extend_from_slice(&shared.frame);
             relay.metrics().delivered_to_device(1);
             if out.len() >= WRITE_CHUNK && !write_out(send, &mut out).await {
                 return Ok(None);
@@ -242,6 +251,26 @@ async fn round(
         return Ok(None);
     }
     Ok(Some(more))
+}
+
+/// Decodes a stored entry's label and encodes its push frame, once for every device.
+fn share(entry: LogEntry, key: &[u8], max: usize) -> Result<SharedEntry, RelayError> {
+    let notice = match &entry.kind {
+        EntryKind::Notice {
+            notice_id, label, ..
+        } => Some((
+            *notice_id,
+            kring_protocol::notice_aad::label_of(label)
+                .map_err(|e| format!("stored label unreadable: {e}")),
+        )),
+        _ => None,
+    };
+    let seq = entry.seq;
+    let frame = wire::encode_frame(&Push::Entry(entry), max).map_err(|e| RelayError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: format!("cannot be sent: {e}"),
+    })?;
+    Ok(SharedEntry { seq, frame, notice })
 }
 
 /// Membership records read from the store at once.

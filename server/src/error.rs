@@ -144,6 +144,46 @@ pub enum StoreError {
     /// The audit log's certificate history is full.
     #[error("the audit certificate history holds {0} certificates already")]
     CertHistoryFull(usize),
+    /// The store's journal cannot be read or written.
+    #[error("cannot read or write the store's journal {}: {source}", path.display())]
+    Journal {
+        /// The journal file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A journal record other than the last is damaged: the store cannot be
+    /// brought up to date from it.
+    #[error(
+        "the store's journal {} is corrupt at byte {offset} ({reason}); restore the relay from a backup",
+        path.display()
+    )]
+    JournalCorrupt {
+        /// The journal file.
+        path: PathBuf,
+        /// Where the damaged record starts.
+        offset: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The journal does not continue where the store's engine stopped.
+    #[error(
+        "the store's journal {} continues at batch {found}, expected batch {expected}; restore the relay from a backup",
+        path.display()
+    )]
+    JournalGap {
+        /// The journal file.
+        path: PathBuf,
+        /// The batch the engine needs next.
+        expected: u64,
+        /// The batch the journal holds instead.
+        found: u64,
+    },
+    /// An earlier journal write or sync failed, so what reached the disk is unknown.
+    #[error(
+        "an earlier write of the store's journal failed; nothing more is acknowledged until the relay restarts (it replays the journal)"
+    )]
+    JournalFailed,
     /// A write failed in a test's fault injection.
     #[cfg(test)]
     #[error("injected fault: {0}")]

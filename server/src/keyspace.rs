@@ -62,12 +62,13 @@ namespaces! {
     WIPE = "y/", "revocation", "wipe orders for users of this relay";
     RETENTION = "t/", "retention", "community retention periods";
     ATTACHMENTS = "b/", "attachments", "the blobs a notice refers to and where to fetch them";
+    JOURNAL = "J/", "store", "the last journal batch the engine holds";
 }
 
 /// Keys of the store proper: communities, logs, notices, memberships, cursors,
 /// welcomes, key packages, MLS state and the audit log.
 pub mod store {
-    pub use super::{AUDIT, LOG as LOGS, MLS};
+    pub use super::{AUDIT, JOURNAL, LOG as LOGS, MLS};
     /// Prefix of all community records.
     pub const COMMUNITIES: &[u8] = super::COMMUNITY;
 

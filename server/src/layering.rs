@@ -14,6 +14,7 @@ const FOUNDATION: &[&str] = &[
     "blobs",
     "config",
     "decide",
+    "entry_cache",
     "error",
     "groups",
     "key_fetch",

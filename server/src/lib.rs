@@ -28,6 +28,7 @@ pub mod config;
 pub mod control;
 pub mod decide;
 pub mod delivery;
+pub mod entry_cache;
 pub mod error;
 pub mod federation;
 pub mod groups;

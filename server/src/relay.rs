@@ -201,7 +201,13 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     recovery: crate::recovery::Recovery,
     blobs: crate::blobs::BlobStore,
+    /// Log entries read and encoded once for every device's delivery.
+    entries: crate::entry_cache::EntryCache,
 }
+
+/// What the shared delivery copies of log entries may hold
+/// ([`crate::entry_cache`]).
+const ENTRY_CACHE_BYTES: usize = 16 << 20;
 
 /// Most hop refusals kept for one notice (one per hop; a federation has few relays).
 pub const MAX_HOP_REFUSALS: usize = 64;
@@ -331,6 +337,7 @@ impl Relay {
             endpoint: std::sync::OnceLock::new(),
             metrics,
             blobs: crate::blobs::BlobStore::open(&config.data_dir.join("blobs"))?,
+            entries: crate::entry_cache::EntryCache::new(ENTRY_CACHE_BYTES),
             recovery: crate::recovery::Recovery::open(
                 engine.as_ref(),
                 &config.identity.name,
@@ -672,6 +679,11 @@ impl Relay {
     /// The highest seq of a log or outbox (`sequence`: [`keys::log_prefix`] or an
     /// outbox prefix) that may be sent to a device or a peer: nothing at or after the
     /// first entry not yet on disk, unless [`deliver_early`](Self::deliver_early)
+    /// The log entries delivery shares between devices.
+    pub fn entry_cache(&self) -> &crate::entry_cache::EntryCache {
+        &self.entries
+    }
+
     /// released it. `u64::MAX` when all of it is on disk.
     pub fn readable_upto(&self, sequence: &[u8]) -> u64 {
         self.durability.watermark().readable_upto(sequence)

@@ -351,6 +351,8 @@ pub fn pass(relay: &Relay, now: i64) -> Result<PassReport, RelayError> {
                     ),
                 )
             })?;
+            // Delivery's shared copies must not outlive the entries.
+            relay.entry_cache().forget(community);
             // Blobs no notice held here refers to any more go with their notices.
             let ids: Vec<_> = released
                 .iter()

@@ -183,6 +183,7 @@ pub use crate::keyspace::store as keys;
 mod durability;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
+mod journal;
 mod sled_engine;
 mod watermark;
 
