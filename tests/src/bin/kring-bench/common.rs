@@ -120,6 +120,11 @@ pub fn verdict(met: bool) -> Verdict {
     if met { Verdict::Met } else { Verdict::NotMet }
 }
 
+/// [`verdict`] when the run is at the size the goal is stated for, else no verdict.
+pub fn verdict_if(judged: bool, met: bool) -> Verdict {
+    if judged { verdict(met) } else { Verdict::Info }
+}
+
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -213,4 +218,29 @@ pub fn mib(bytes: u64) -> String {
 /// Unix seconds now.
 pub fn now_unix() -> i64 {
     kring_tests::now()
+}
+
+/// Counts, per receiver, the arrivals that belong to the current run, scanning
+/// only what arrived since the last look: waiting for 100,000 deliveries must not
+/// rescan them every few milliseconds on the cores the relays need.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Per receiver: (arrivals scanned, of which matching).
+    seen: Vec<(usize, usize)>,
+}
+
+impl Tally {
+    /// Adds receiver `r`'s arrivals after those already seen; returns how many of
+    /// all its arrivals so far match (duplicates included).
+    pub fn update<T>(&mut self, r: usize, arrivals: &[T], matches: impl Fn(&T) -> bool) -> usize {
+        if self.seen.len() <= r {
+            self.seen.resize(r + 1, (0, 0));
+        }
+        let (scanned, matched) = &mut self.seen[r];
+        if let Some(new) = arrivals.get(*scanned..) {
+            *matched += new.iter().filter(|a| matches(a)).count();
+        }
+        *scanned = arrivals.len();
+        *matched
+    }
 }

@@ -1,6 +1,8 @@
-//! Kring filing -> delivery across two federated relays.
+//! Kring filing -> delivery: filers, a community (or several) hubbed at `bz`, and
+//! raw devices, on one or two relays ([`Shape`]).
 //!
-//! The community `bench@bz` is hubbed at `bz`. Its filers are users of `nctv`
+//! The throughput scenario's shape ([`Shape::federated`]): the community
+//! `bench@bz` is hubbed at `bz`. Its filers are users of `nctv`
 //! (`filer0@nctv`, ...), each an in-process [`Client`] filing `window` notices per
 //! request (`Client::file_notices`: one sync, one round trip, one fsync per filing;
 //! the client API files sequentially per device: it takes `&mut self`).
@@ -13,8 +15,12 @@
 //! Path of every notice: filer -> nctv (durable, `Queued` = the filer's ack) ->
 //! outbox -> bz (ordered, durable) -> bz's devices and nctv's copy of the log
 //! (durable) -> nctv's devices.
+//!
+//! [`Shape::single_relay`] puts the filers and every device at `bz` (one relay, no
+//! federation), with any number of devices and communities (every filer and device
+//! a member of each; filings go to the communities in turn).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,31 +33,141 @@ use kring_protocol::wire::{EntryKind, Push, Request, Response};
 use kring_tests::{Federation, RelayLauncher};
 use uuid::Uuid;
 
-use crate::common::{CLEARANCE, LABEL, body, demo_binary};
+use crate::common::{CLEARANCE, LABEL, Tally, body, cpu_seconds, demo_binary};
+use crate::relay_scale::{bounded, publish_raw};
 
-/// Subscribed devices.
+/// Subscribed devices of the throughput scenario.
 pub const DEVICES: usize = 10;
 /// The hub.
 pub const HUB: &str = "bz";
-/// The filers' home relay.
+/// The filers' home relay in the throughput scenario.
 pub const FILER_RELAY: &str = "nctv";
 const COMMUNITY: &str = "bench";
+/// Communities one owner creates: one requester may fetch one user's key packages
+/// at most 30 times an hour (`kring_relay::key_fetch`), once per community here.
+const COMMUNITIES_PER_OWNER: usize = 25;
+/// Owners creating their communities at the same time.
+const OWNERS_AT_ONCE: usize = 8;
+/// Devices that connect and catch up at the same time during the setup.
+const CONNECT_WAVE: usize = 50;
+
+/// Where the bench's users are and how many communities they share. The hub of
+/// every community is [`HUB`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Home relay of the filers (`filer0@...`).
+    pub filer_relay: &'static str,
+    pub filers: usize,
+    /// Devices `dev0..`: the first half at the hub, the rest at `filer_relay`.
+    pub devices: usize,
+    /// Communities hubbed at the hub, each with every filer and device as a member.
+    pub communities: usize,
+    /// The relays' per-identity request limit (`requests_per_second`), when not
+    /// the relay's default.
+    pub requests_per_second: Option<u32>,
+}
+
+impl Shape {
+    /// The throughput scenario: `filers` at [`FILER_RELAY`], [`DEVICES`] devices
+    /// split across both relays, one community.
+    pub fn federated(filers: usize) -> Shape {
+        Shape {
+            filer_relay: FILER_RELAY,
+            filers,
+            devices: DEVICES,
+            communities: 1,
+            requests_per_second: None,
+        }
+    }
+
+    /// Everything at the hub: one relay process.
+    pub fn single_relay(filers: usize, devices: usize, communities: usize) -> Shape {
+        Shape {
+            filer_relay: HUB,
+            filers,
+            devices,
+            communities,
+            requests_per_second: None,
+        }
+    }
+
+    /// The same with the relays' per-identity request limit set to `limit`
+    /// (`None`: the relay's default).
+    pub fn with_request_limit(self, limit: Option<u32>) -> Shape {
+        Shape {
+            requests_per_second: limit,
+            ..self
+        }
+    }
+
+    /// The relays this shape runs.
+    pub fn relays(&self) -> Vec<&'static str> {
+        let mut r = vec![HUB];
+        if self.filer_relay != HUB {
+            r.push(self.filer_relay);
+        }
+        r
+    }
+
+    fn device_relay(&self, i: usize) -> &'static str {
+        if i < self.devices / 2 {
+            HUB
+        } else {
+            self.filer_relay
+        }
+    }
+
+    /// E.g. `hub bz, 1 filer(s) at nctv, 10 devices (dev0-4@bz, dev5-9@nctv)`.
+    pub fn describe(&self) -> String {
+        let devices = if self.filer_relay == HUB {
+            format!("{} devices at {HUB}", self.devices)
+        } else {
+            let half = self.devices / 2;
+            format!(
+                "{} devices (dev0-{}@{HUB}, dev{half}-{}@{})",
+                self.devices,
+                half.saturating_sub(1),
+                self.devices.saturating_sub(1),
+                self.filer_relay
+            )
+        };
+        let communities = if self.communities == 1 {
+            String::new()
+        } else {
+            format!(", {} communities", self.communities)
+        };
+        let limit = match self.requests_per_second {
+            Some(l) => format!(", requests_per_second {l}"),
+            None => String::new(),
+        };
+        format!(
+            "hub {HUB}, {} filer(s) at {}, {devices}{communities}{limit}",
+            self.filers, self.filer_relay
+        )
+    }
+}
 
 /// Deliveries seen by one device: notice id -> arrival instant.
 #[derive(Debug, Default)]
 struct DeviceLog {
     received: Vec<(Uuid, Instant)>,
+    /// `Ack` requests sent.
+    acks: usize,
     live: bool,
     error: Option<String>,
 }
 
-type Logs = Arc<Mutex<Vec<DeviceLog>>>;
+/// One log per device, each behind its own lock (a thousand devices record at once).
+type Logs = Arc<Vec<Mutex<DeviceLog>>>;
 
-/// A running two-relay federation with a community, filers and live devices.
+/// A running federation of one or two relays with communities, filers and live
+/// devices.
 pub struct KringSetup {
     pub fed: Federation,
-    pub community: String,
+    pub shape: Shape,
+    communities: Vec<String>,
     filers: Vec<Client>,
+    pub filer_ids: Vec<String>,
     logs: Logs,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub device_ids: Vec<String>,
@@ -61,7 +177,7 @@ pub struct KringSetup {
 impl std::fmt::Debug for KringSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KringSetup")
-            .field("community", &self.community)
+            .field("shape", &self.shape)
             .finish_non_exhaustive()
     }
 }
@@ -74,9 +190,27 @@ impl Drop for KringSetup {
     }
 }
 
-fn lock(logs: &Logs) -> Result<std::sync::MutexGuard<'_, Vec<DeviceLog>>, String> {
-    logs.lock()
-        .map_err(|_| "a device task panicked".to_string())
+fn lock(log: &Mutex<DeviceLog>) -> Result<std::sync::MutexGuard<'_, DeviceLog>, String> {
+    log.lock().map_err(|_| "a device task panicked".to_string())
+}
+
+/// Runs `f` on device `d`'s log (nothing if its lock is poisoned).
+fn record(logs: &Logs, d: usize, f: impl FnOnce(&mut DeviceLog)) {
+    if let Some(log) = logs.get(d)
+        && let Ok(mut l) = log.lock()
+    {
+        f(&mut l);
+    }
+}
+
+/// The first device error, if any.
+fn device_error(logs: &Logs) -> Result<Option<String>, String> {
+    for log in logs.iter() {
+        if let Some(e) = lock(log)?.error.clone() {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
 }
 
 async fn ready_client(fed: &Federation, user: &str) -> Result<Client, String> {
@@ -85,6 +219,33 @@ async fn ready_client(fed: &Federation, user: &str) -> Result<Client, String> {
         .await
         .map_err(|e| format!("{user}: publishing key packages: {e}"))?;
     Ok(c)
+}
+
+/// Issues `users`. The first user of each relay gets its key encrypted, as
+/// `kring-certs-dev` writes it; the others are minted by the same organisation
+/// CA with their keys in the clear (`issue_quirky_user` with no quirk, the profile
+/// copied from the first): a thousand users would otherwise spend about a minute
+/// in scrypt to issue and again to load. A key's encryption at rest changes
+/// nothing at the relay.
+pub fn issue_users(fed: &Federation, users: &[String]) -> Result<(), String> {
+    let relay_of = |u: &str| u.rsplit_once('@').map(|(_, r)| r.to_string());
+    let mut relays: HashSet<String> = fed
+        .users()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|u| relay_of(u))
+        .collect();
+    for u in users {
+        let issued = match relay_of(u) {
+            Some(r) if relays.contains(&r) => {
+                kring_tests::issue_quirky_user(fed, u, kring_certs_dev::Quirk::None).map(|_| ())
+            }
+            _ => fed.issue_user(u, CLEARANCE, &[]).map(|_| ()),
+        };
+        issued.map_err(|e| format!("issuing {u}: {e}"))?;
+        relays.extend(relay_of(u));
+    }
+    Ok(())
 }
 
 /// Opens an authenticated connection for the user of profile `dir`.
@@ -104,36 +265,38 @@ pub async fn raw_connect(dir: &std::path::Path) -> Result<RelayConnection, Strin
 /// A device that receives and acknowledges every entry and welcome, recording
 /// when each notice arrived. Like the real client (`kring_client` sync), it
 /// acknowledges a run of entries once: when the push stream pauses for
-/// [`ACK_DELAY`] or after [`ACK_EVERY`] entries, one `Ack` of the highest sequence
-/// number acknowledges every entry up to it.
+/// [`ACK_DELAY`] or after [`ACK_EVERY`] entries, one `Ack` per community of its
+/// highest sequence number acknowledges every entry up to it.
 async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
     let result: Result<(), String> = async {
         let conn = raw_connect(&dir).await?;
         let mut sub = conn.subscribe().await.map_err(|e| e.to_string())?;
-        // (community, highest unacknowledged seq, entries since the last ack)
-        let mut owed: Option<(String, u64, usize)> = None;
+        // Highest unacknowledged seq per community, and entries since the last ack.
+        let mut owed: BTreeMap<String, u64> = BTreeMap::new();
+        let mut unacked = 0usize;
         loop {
-            let push = match &owed {
-                Some((_, _, n)) if *n < ACK_EVERY => {
-                    match tokio::time::timeout(ACK_DELAY, sub.next()).await {
-                        Ok(p) => Some(p.map_err(|e| e.to_string())?),
-                        Err(_) => None,
-                    }
+            let push = if owed.is_empty() {
+                Some(sub.next().await.map_err(|e| e.to_string())?)
+            } else if unacked < ACK_EVERY {
+                match tokio::time::timeout(ACK_DELAY, sub.next()).await {
+                    Ok(p) => Some(p.map_err(|e| e.to_string())?),
+                    Err(_) => None,
                 }
-                Some(_) => None,
-                None => Some(sub.next().await.map_err(|e| e.to_string())?),
+            } else {
+                None
             };
             let Some(push) = push else {
-                if let Some((community, seq, _)) = owed.take() {
+                for (community, seq) in std::mem::take(&mut owed) {
                     match conn
                         .call(&Request::Ack { community, seq })
                         .await
                         .map_err(|e| e.to_string())?
                     {
-                        Response::Ok => {}
+                        Response::Ok => record(&logs, d, |l| l.acks += 1),
                         other => return Err(format!("Ack answered {other:?}")),
                     }
                 }
+                unacked = 0;
                 continue;
             };
             match push {
@@ -141,40 +304,24 @@ async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
                 Some(Push::Entry(entry)) => {
                     if let EntryKind::Notice { notice_id, .. } = entry.kind {
                         let now = Instant::now();
-                        if let Ok(mut l) = logs.lock()
-                            && let Some(log) = l.get_mut(d)
-                        {
-                            log.received.push((notice_id, now));
-                        }
+                        record(&logs, d, |l| l.received.push((notice_id, now)));
                     }
-                    let n = match &owed {
-                        Some((c, _, n)) if *c == entry.community => n + 1,
-                        _ => 1,
-                    };
-                    owed = Some((entry.community, entry.seq, n));
+                    owed.insert(entry.community, entry.seq);
+                    unacked += 1;
                 }
                 Some(Push::Welcome { id, .. }) => {
                     conn.call(&Request::AckWelcome { id })
                         .await
                         .map_err(|e| e.to_string())?;
                 }
-                Some(Push::CaughtUp) => {
-                    if let Ok(mut l) = logs.lock()
-                        && let Some(log) = l.get_mut(d)
-                    {
-                        log.live = true;
-                    }
-                }
+                Some(Push::CaughtUp) => record(&logs, d, |l| l.live = true),
                 Some(Push::Closed(code)) => return Err(format!("closed: {code:?}")),
             }
         }
     }
     .await;
-    if let Err(e) = result
-        && let Ok(mut l) = logs.lock()
-        && let Some(log) = l.get_mut(d)
-    {
-        log.error = Some(e);
+    if let Err(e) = result {
+        record(&logs, d, |l| l.error = Some(e));
     }
 }
 
@@ -184,34 +331,70 @@ const ACK_DELAY: Duration = Duration::from_millis(2);
 /// ... or after this many entries.
 const ACK_EVERY: usize = 256;
 
+/// Creates communities `range` of `total` (`bench@bz` when `total` is 1, else
+/// `benchI@bz`) as `owner`, each with `members`; returns (index, community id).
+async fn create_communities(
+    mut owner: Client,
+    range: std::ops::Range<usize>,
+    total: usize,
+    members: Arc<Vec<String>>,
+) -> Result<Vec<(usize, String)>, String> {
+    let mut out = Vec::with_capacity(range.len());
+    for i in range {
+        let name = if total == 1 {
+            COMMUNITY.to_string()
+        } else {
+            format!("{COMMUNITY}{i}")
+        };
+        let created = owner
+            .create_community(&name, CLEARANCE)
+            .await
+            .map_err(|e| format!("creating {name}: {e}"))?;
+        for chunk in members.chunks(kring_protocol::mls::MAX_BATCH_MEMBERS) {
+            owner
+                .add_members(&created.community, chunk)
+                .await
+                .map_err(|e| format!("adding members to {}: {e}", created.community))?;
+        }
+        out.push((i, created.community));
+    }
+    Ok(out)
+}
+
 impl KringSetup {
-    /// Mints the federation, starts `bz` and `nctv`, creates `bench@bz` with
-    /// `filers` filers at nctv and [`DEVICES`] devices, and waits until every device
-    /// is live.
-    pub async fn create(filers: usize) -> Result<KringSetup, String> {
+    /// Mints the federation, starts the shape's relays, creates its communities
+    /// (`bench@bz`, or `bench0@bz`, ...) with every filer and device as a member,
+    /// and waits until every filer has joined each and every device is live.
+    pub async fn create(shape: Shape) -> Result<KringSetup, String> {
         let start = Instant::now();
         let demo = demo_binary()?;
         let mut fed =
             Federation::create(RelayLauncher::demo_binary(demo)).map_err(|e| e.to_string())?;
-        let owner = format!("owner@{HUB}");
-        let filer_ids: Vec<String> = (0..filers)
-            .map(|i| format!("filer{i}@{FILER_RELAY}"))
+        let owners: Vec<String> = (0..shape.communities.div_ceil(COMMUNITIES_PER_OWNER).max(1))
+            .map(|i| format!("owner{i}@{HUB}"))
             .collect();
-        let device_ids: Vec<String> = (0..DEVICES)
-            .map(|i| {
-                let relay = if i < DEVICES / 2 { HUB } else { FILER_RELAY };
-                format!("dev{i}@{relay}")
-            })
+        let filer_ids: Vec<String> = (0..shape.filers)
+            .map(|i| format!("filer{i}@{}", shape.filer_relay))
             .collect();
-        for u in std::iter::once(&owner).chain(&filer_ids).chain(&device_ids) {
-            fed.issue_user(u, CLEARANCE, &[])
-                .map_err(|e| format!("issuing {u}: {e}"))?;
+        let device_ids: Vec<String> = (0..shape.devices)
+            .map(|i| format!("dev{i}@{}", shape.device_relay(i)))
+            .collect();
+        let users: Vec<String> = owners
+            .iter()
+            .chain(&filer_ids)
+            .chain(&device_ids)
+            .cloned()
+            .collect();
+        issue_users(&fed, &users)?;
+        for r in shape.relays() {
+            if let Some(limit) = shape.requests_per_second {
+                fed.set_relay_option(r, "requests_per_second", toml::Value::from(limit))
+                    .map_err(|e| e.to_string())?;
+            }
+            fed.start(r).map_err(|e| e.to_string())?;
         }
-        fed.start(HUB).map_err(|e| e.to_string())?;
-        fed.start(FILER_RELAY).map_err(|e| e.to_string())?;
 
-        let mut owner_client = ready_client(&fed, &owner).await?;
-        let mut filer_clients = Vec::with_capacity(filers);
+        let mut filer_clients = Vec::with_capacity(shape.filers);
         for u in &filer_ids {
             let mut c = ready_client(&fed, u).await?;
             // The filer's ack is the home relay's durable `Queued`; do not wait for
@@ -222,72 +405,127 @@ impl KringSetup {
             });
             filer_clients.push(c);
         }
-        for u in &device_ids {
-            ready_client(&fed, u).await?;
+        // Devices never decrypt: key packages over a raw connection suffice.
+        let dirs = device_ids.iter().map(|u| fed.user_dir(u)).collect();
+        bounded(dirs, 32, |d| async move { publish_raw(&d).await }).await?;
+        let members: Arc<Vec<String>> =
+            Arc::new(filer_ids.iter().chain(&device_ids).cloned().collect());
+        // Each owner creates its share of the communities, several at a time.
+        let mut creating = tokio::task::JoinSet::new();
+        let mut communities = Vec::with_capacity(shape.communities);
+        for (o, owner) in owners.iter().enumerate() {
+            if creating.len() >= OWNERS_AT_ONCE
+                && let Some(r) = creating.join_next().await
+            {
+                communities.extend(r.map_err(|e| format!("owner task: {e}"))??);
+            }
+            let client = ready_client(&fed, owner).await?;
+            let first = o * COMMUNITIES_PER_OWNER;
+            let last = (first + COMMUNITIES_PER_OWNER).min(shape.communities);
+            creating.spawn(create_communities(
+                client,
+                first..last,
+                shape.communities,
+                Arc::clone(&members),
+            ));
         }
-        let created = owner_client
-            .create_community(COMMUNITY, CLEARANCE)
-            .await
-            .map_err(|e| format!("creating the community: {e}"))?;
-        let members: Vec<String> = filer_ids.iter().chain(&device_ids).cloned().collect();
-        for chunk in members.chunks(50) {
-            owner_client
-                .add_members(&created.community, chunk)
-                .await
-                .map_err(|e| format!("adding members: {e}"))?;
+        while let Some(r) = creating.join_next().await {
+            communities.extend(r.map_err(|e| format!("owner task: {e}"))??);
         }
+        communities.sort();
+        let communities: Vec<String> = communities.into_iter().map(|(_, c)| c).collect();
         for (c, u) in filer_clients.iter_mut().zip(&filer_ids) {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
+            let mut missing: HashSet<&String> = communities.iter().collect();
+            let deadline = Instant::now() + Duration::from_secs(30 + communities.len() as u64);
+            while !missing.is_empty() {
                 let report = c.sync().await.map_err(|e| format!("{u}: sync: {e}"))?;
-                let joined = report.events.iter().any(|e| {
-                    matches!(e, SyncEvent::Joined { community, .. } if *community == created.community)
-                });
-                if joined {
+                for e in &report.events {
+                    if let SyncEvent::Joined { community, .. } = e {
+                        missing.remove(community);
+                    }
+                }
+                if missing.is_empty() {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("{u} did not join {}", created.community));
+                    return Err(format!(
+                        "{u} did not join {} of the communities",
+                        missing.len()
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let logs: Logs = Arc::new(Mutex::new(
-            (0..DEVICES).map(|_| DeviceLog::default()).collect(),
-        ));
+        let logs: Logs = Arc::new(
+            (0..shape.devices)
+                .map(|_| Mutex::new(DeviceLog::default()))
+                .collect(),
+        );
         let mut tasks = Vec::new();
-        for (d, u) in device_ids.iter().enumerate() {
-            tasks.push(tokio::spawn(raw_device(
-                fed.user_dir(u),
-                d,
-                Arc::clone(&logs),
-            )));
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            {
-                let l = lock(&logs)?;
-                if let Some(e) = l.iter().find_map(|d| d.error.clone()) {
+        // Devices connect in waves: each catches up (welcomes, the log) before the
+        // next wave starts.
+        for wave in (0..shape.devices).collect::<Vec<_>>().chunks(CONNECT_WAVE) {
+            for &d in wave {
+                tasks.push(tokio::spawn(raw_device(
+                    fed.user_dir(&device_ids[d]),
+                    d,
+                    Arc::clone(&logs),
+                )));
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(e) = device_error(&logs)? {
+                    for t in &tasks {
+                        t.abort();
+                    }
                     return Err(format!("a device failed: {e}"));
                 }
-                if l.iter().all(|d| d.live) {
+                let mut live = true;
+                for &d in wave {
+                    live &= lock(&logs[d])?.live;
+                }
+                if live {
                     break;
                 }
+                if Instant::now() > deadline {
+                    for t in &tasks {
+                        t.abort();
+                    }
+                    return Err("the devices did not catch up within 60 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if Instant::now() > deadline {
-                return Err("the devices did not catch up within 60 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(KringSetup {
             fed,
-            community: created.community,
+            shape,
+            communities,
             filers: filer_clients,
+            filer_ids,
             logs,
             tasks,
             device_ids,
             setup: start.elapsed(),
         })
+    }
+
+    /// CPU time (user + system) the shape's relay processes have used, in seconds.
+    pub fn relay_cpu(&self) -> Result<f64, String> {
+        self.shape
+            .relays()
+            .iter()
+            .map(|r| {
+                let pid = self.fed.pid(r).ok_or(format!("relay {r} is not running"))?;
+                cpu_seconds(pid)
+            })
+            .sum()
+    }
+
+    /// Disconnects every device (their connections close; the relays keep running).
+    pub fn disconnect_devices(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
     }
 
     pub fn filers(&self) -> usize {
@@ -300,8 +538,10 @@ impl KringSetup {
     /// one, at most `window`) and files them together; latency counts from each
     /// notice's scheduled instant, so a backlog shows; scheduling stops `max_wall`
     /// after the start. Without `rate`, every filer files `window` notices at a
-    /// time back to back (closed loop). Then waits for every device to receive every
-    /// filed notice.
+    /// time back to back (closed loop). Filings go to the communities in turn (one
+    /// community per filing). Then waits for every device to receive every filed
+    /// notice. The relays' CPU time is measured from before the first filing to
+    /// the last delivery.
     pub async fn run(
         &mut self,
         total: usize,
@@ -309,9 +549,12 @@ impl KringSetup {
         window: usize,
         max_wall: Duration,
     ) -> Result<FlowResult, String> {
-        for l in lock(&self.logs)?.iter_mut() {
+        for l in self.logs.iter() {
+            let mut l = lock(l)?;
             l.received.clear();
+            l.acks = 0;
         }
+        let cpu_before = self.relay_cpu()?;
         let body = body();
         let next = Arc::new(AtomicUsize::new(0));
         let t0 = Instant::now() + Duration::from_millis(50);
@@ -320,7 +563,7 @@ impl KringSetup {
         for mut filer in std::mem::take(&mut self.filers) {
             let next = Arc::clone(&next);
             let body = body.clone();
-            let community = self.community.clone();
+            let communities = self.communities.clone();
             handles.push(tokio::spawn(async move {
                 // (notice id, scheduled instant, filing start, ack instant)
                 let mut filed: Vec<(Uuid, Instant, Instant, Instant)> = Vec::new();
@@ -332,6 +575,7 @@ impl KringSetup {
                     let Some((from, to)) = claim(&next, total, window, rate, t0).await else {
                         break;
                     };
+                    let community = &communities[(from / window) % communities.len()];
                     let now = Instant::now();
                     let scheduled: Vec<Instant> = (from..to)
                         .map(|i| match rate {
@@ -341,7 +585,7 @@ impl KringSetup {
                         .collect();
                     let drafts = (from..to)
                         .map(|i| {
-                            kring_tests::signal(&community, LABEL, &format!("bench {i}"), &body)
+                            kring_tests::signal(community, LABEL, &format!("bench {i}"), &body)
                         })
                         .collect();
                     let start = Instant::now();
@@ -380,21 +624,18 @@ impl KringSetup {
         let deadline =
             Instant::now() + Duration::from_secs(60) + Duration::from_millis(n as u64 * 20);
         let mut timed_out = false;
+        let mut tally = Tally::default();
         loop {
-            {
-                let l = lock(&self.logs)?;
-                if let Some(e) = l.iter().find_map(|d| d.error.clone()) {
-                    return Err(format!("a device failed: {e}"));
-                }
-                if l.iter().all(|d| {
-                    d.received
-                        .iter()
-                        .filter(|(id, _)| wanted.contains_key(id))
-                        .count()
-                        >= n
-                }) {
-                    break;
-                }
+            if let Some(e) = device_error(&self.logs)? {
+                return Err(format!("a device failed: {e}"));
+            }
+            let mut all = true;
+            for (d, log) in self.logs.iter().enumerate() {
+                let l = lock(log)?;
+                all &= tally.update(d, &l.received, |(id, _)| wanted.contains_key(id)) >= n;
+            }
+            if all {
+                break;
             }
             if Instant::now() > deadline {
                 timed_out = true;
@@ -402,13 +643,17 @@ impl KringSetup {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let logs = lock(&self.logs)?;
-        let mut latency = Vec::with_capacity(n * DEVICES);
-        let mut service = Vec::with_capacity(n * DEVICES);
+        let relay_cpu = self.relay_cpu()? - cpu_before;
+        let devices = self.logs.len();
+        let mut acks = 0;
+        let mut latency = Vec::with_capacity(n * devices);
+        let mut service = Vec::with_capacity(n * devices);
         let mut last = t0;
         let mut problems = Vec::new();
-        for (d, log) in logs.iter().enumerate() {
-            let mut seen = std::collections::HashSet::new();
+        for (d, log) in self.logs.iter().enumerate() {
+            let log = lock(log)?;
+            acks += log.acks;
+            let mut seen = HashSet::new();
             let mut duplicates = 0;
             for (id, at) in &log.received {
                 let Some(&(sched, start)) = wanted.get(id) else {
@@ -444,6 +689,7 @@ impl KringSetup {
         Ok(FlowResult {
             notices: n,
             offered: total,
+            devices,
             deliveries: latency.len(),
             window: last.saturating_duration_since(first_start),
             filing_window: filing_done.saturating_duration_since(first_start),
@@ -451,6 +697,8 @@ impl KringSetup {
             service,
             filing,
             problems,
+            server_cpu: Some(relay_cpu),
+            device_acks: Some(acks),
         })
     }
 }
@@ -496,6 +744,8 @@ pub struct FlowResult {
     pub notices: usize,
     /// Notices scheduled.
     pub offered: usize,
+    /// Receiving devices / subscribers.
+    pub devices: usize,
     /// Distinct deliveries recorded.
     pub deliveries: usize,
     /// First filing start -> last delivery.
@@ -509,12 +759,17 @@ pub struct FlowResult {
     /// Filing call durations (sorted).
     pub filing: Vec<Duration>,
     pub problems: Vec<String>,
+    /// CPU seconds (user + system) of the relay processes over the run (Kring only).
+    pub server_cpu: Option<f64>,
+    /// `Ack` requests the devices sent during the run (Kring only; sent after the
+    /// last delivery may be missed).
+    pub device_acks: Option<usize>,
 }
 
 impl FlowResult {
     /// Notices per second delivered to all devices.
     pub fn notices_per_s(&self) -> f64 {
-        (self.deliveries as f64 / DEVICES as f64) / self.window.as_secs_f64().max(1e-9)
+        (self.deliveries as f64 / self.devices.max(1) as f64) / self.window.as_secs_f64().max(1e-9)
     }
 
     pub fn deliveries_per_s(&self) -> f64 {
@@ -524,5 +779,17 @@ impl FlowResult {
     /// Filings acknowledged per second.
     pub fn filed_per_s(&self) -> f64 {
         self.notices as f64 / self.filing_window.as_secs_f64().max(1e-9)
+    }
+
+    /// The relays' CPU time per delivery, in microseconds (Kring runs only).
+    pub fn cpu_per_delivery_us(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|s| s * 1e6 / self.deliveries.max(1) as f64)
+    }
+
+    /// The relays' CPU time per notice filed, in microseconds (Kring runs only).
+    pub fn cpu_per_notice_us(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|s| s * 1e6 / self.notices.max(1) as f64)
     }
 }

@@ -8,6 +8,14 @@
 //!   the same message count, size, publisher and subscriber count; with the relays'
 //!   CPU per delivery (user and system time of both relay processes);
 //! - `latency`: the same paths at an offered load of 1,000 notices/s (open loop);
+//! - `single-relay`: the throughput flow with the filers and all 10 devices at one
+//!   relay, the community's hub `bz` (no federation), against mosquitto;
+//! - `fan-out`: one community at one relay with 10, 100 and 1,000 connected devices
+//!   (`--fanout`), closed loop with W in flight: deliveries/s, p99 and relay CPU per
+//!   delivery, against mosquitto with as many subscribers;
+//! - `communities`: one relay hubbing 1,000 communities of 10 members
+//!   (`--communities`), a notice filed to each in turn, against the same number of
+//!   notices in one community: relay CPU per notice at 1 and at N communities;
 //! - `client-cost`: encrypt-and-sign and decrypt-and-verify per second on one core;
 //! - `membership`: adding / removing one member of a 1,000-member community,
 //!   committer vs relay verification;
@@ -16,8 +24,10 @@
 //! - `revocation`: revocation acknowledged -> the device cut off at its relay, and
 //!   -> the member removed at the hub of its community (another relay).
 //!
-//! Relays run as separate processes of the sibling `kring-demo` binary; mosquitto
-//! is Debian's package (`scripts/mosquitto.sh install`). The last line printed is
+//! Relays run as separate processes of the sibling `kring-demo` binary, with the
+//! relay's default per-identity request limit (`--relay-rps` sets another; the
+//! `communities` relay runs with 100,000); mosquitto is Debian's package
+//! (`scripts/mosquitto.sh install`). The last line printed is
 //! `ratio_vs_mosquitto: X.XX` (Kring notices/s / mosquitto messages/s).
 #![forbid(unsafe_code)]
 
@@ -31,13 +41,17 @@ mod revocation;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use common::{Table, Verdict, mib, ms, percentile, verdict};
-use kring_flow::{DEVICES, FILER_RELAY, FlowResult, HUB, KringSetup};
+use common::{Table, Verdict, mib, ms, percentile, verdict, verdict_if};
+use kring_flow::{DEVICES, FILER_RELAY, FlowResult, HUB, KringSetup, Shape};
 use kring_protocol::wire::limits::MAX_NOTICES_PER_FILING;
+use mqtt::{Autosave, MqttSetup, Session};
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 10] = [
     "throughput",
     "latency",
+    "single-relay",
+    "fan-out",
+    "communities",
     "client-cost",
     "membership",
     "storage",
@@ -46,22 +60,32 @@ const SCENARIOS: [&str; 7] = [
 ];
 
 const USAGE: &str = "kring-bench [--quick] [--only SCENARIO,...] [options]\n\n\
-    Scenarios: throughput, latency, client-cost, membership, storage, memory,\n\
-    revocation\n\
-    (default: all). Throughput and latency need mosquitto (install it with\n\
-    scripts/mosquitto.sh install) and kring-demo next to this binary:\n\
+    Scenarios: throughput, latency, single-relay, fan-out, communities,\n\
+    client-cost, membership, storage, memory, revocation\n\
+    (default: all). Throughput, latency, single-relay and fan-out need mosquitto\n\
+    (install it with scripts/mosquitto.sh install); every scenario but\n\
+    client-cost and membership needs kring-demo next to this binary:\n\
     \x20   cargo build --release --bin kring-demo --bin kring-bench\n\n\
     --quick            smaller counts, finishes in under 2 minutes on 2 cores\n\
     --only LIST        comma-separated scenarios\n\
-    --notices N        throughput: notices (default 5000, quick 500)\n\
-    --filers N         filers at nctv / MQTT publishers (default 1)\n\
+    --notices N        throughput and single-relay: notices (default 5000, quick 500)\n\
+    --filers N         filers (at nctv; at bz in single-relay and fan-out) /\n\
+    \x20                  MQTT publishers (default 1)\n\
     --latency-secs S   latency: seconds of offered load (default 5, quick 2)\n\
     --rate R           latency: offered notices/s (default 1000)\n\
     --members N        membership and the large storage community (default 1000, quick 100)\n\
     --devices N        memory: idle devices (default 1000)\n\
-    --window W         throughput: notices in flight per filer / publisher in the\n\
-    \x20                  pipelined run (default 100 = rumqttc's and mosquitto's\n\
-    \x20                  inflight limit; a run with 1 in flight is always made too)\n\
+    --window W         throughput, single-relay, fan-out: notices in flight per\n\
+    \x20                  filer / publisher in the pipelined run (default 100 =\n\
+    \x20                  rumqttc's and mosquitto's inflight limit; throughput and\n\
+    \x20                  single-relay always make a run with 1 in flight too)\n\
+    --fanout LIST      fan-out: comma-separated device counts (default\n\
+    \x20                  10,100,1000; quick 10,100)\n\
+    --communities N    communities: communities at the hub (default 1000, quick 100)\n\
+    --relay-rps R      requests_per_second (per identity) of the relays of\n\
+    \x20                  throughput, latency, single-relay, fan-out and\n\
+    \x20                  communities (default: the relay's, 200; communities\n\
+    \x20                  100000)\n\
     Exit status: 0 when every scenario ran and every delivery arrived (goals not\n\
     met do not fail the run; they are marked in the table), 1 otherwise, 2 on usage.";
 
@@ -76,6 +100,9 @@ struct Options {
     members: usize,
     devices: usize,
     window: usize,
+    fanout: Vec<usize>,
+    communities: usize,
+    relay_rps: Option<u32>,
 }
 
 fn parse_args() -> Result<Option<Options>, String> {
@@ -91,17 +118,27 @@ fn parse_args() -> Result<Option<Options>, String> {
         members: if quick { 100 } else { 1000 },
         devices: 1000,
         window: 100,
+        fanout: if quick {
+            vec![10, 100]
+        } else {
+            vec![10, 100, 1000]
+        },
+        communities: if quick { 100 } else { 1000 },
+        relay_rps: None,
     };
     let mut it = args.into_iter();
-    let num = |v: Option<String>, name: &str, max: usize| -> Result<usize, String> {
-        let v = v.ok_or(format!("{name} needs a number"))?;
+    let one = |v: &str, name: &str, max: usize| -> Result<usize, String> {
         let n: usize = v
+            .trim()
             .parse()
             .map_err(|_| format!("{name} {v:?} is not a number"))?;
         if n == 0 || n > max {
             return Err(format!("{name} must be 1..={max}, not {n}"));
         }
         Ok(n)
+    };
+    let num = |v: Option<String>, name: &str, max: usize| -> Result<usize, String> {
+        one(&v.ok_or(format!("{name} needs a number"))?, name, max)
     };
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -123,6 +160,20 @@ fn parse_args() -> Result<Option<Options>, String> {
             "--members" => o.members = num(it.next(), "--members", 5000)?.max(2),
             "--devices" => o.devices = num(it.next(), "--devices", 10_000)?,
             "--window" => o.window = num(it.next(), "--window", MAX_NOTICES_PER_FILING)?,
+            "--fanout" => {
+                let v = it.next().ok_or("--fanout needs a list")?;
+                let mut list = v
+                    .split(',')
+                    .map(|n| one(n, "--fanout", 5000))
+                    .collect::<Result<Vec<_>, _>>()?;
+                list.sort_unstable();
+                list.dedup();
+                o.fanout = list;
+            }
+            "--communities" => o.communities = num(it.next(), "--communities", 10_000)?,
+            "--relay-rps" => {
+                o.relay_rps = Some(num(it.next(), "--relay-rps", 1_000_000)? as u32);
+            }
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
@@ -186,11 +237,13 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
         format!("{cpus}, {}", if o.quick { "--quick" } else { "full" }),
     );
     let mut ratio = None;
+    let mut federated = None;
 
     if wants(o, "throughput") || wants(o, "latency") {
         match flows(o, &mut t).await {
-            Ok((r, delivered)) => {
+            Ok((r, last, delivered)) => {
                 ratio = r;
+                federated = last;
                 ok &= delivered;
             }
             Err(e) => {
@@ -198,6 +251,18 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
                 t.info("throughput", "FAILED", e);
             }
         }
+    }
+    if wants(o, "single-relay") {
+        let r = single_relay(o, &mut t, federated.as_ref()).await;
+        ok &= outcome(&mut t, "single-relay", r);
+    }
+    if wants(o, "fan-out") {
+        let r = fan_out(o, &mut t).await;
+        ok &= outcome(&mut t, "fan-out", r);
+    }
+    if wants(o, "communities") {
+        let r = communities(o, &mut t).await;
+        ok &= outcome(&mut t, "communities", r);
     }
     if wants(o, "client-cost") {
         progress("client cost");
@@ -452,16 +517,62 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
     (t, ratio, ok)
 }
 
+/// Whether a scenario ran and every delivery arrived; a failure becomes a row.
+fn outcome(t: &mut Table, scenario: &'static str, r: Result<bool, String>) -> bool {
+    match r {
+        Ok(delivered) => delivered,
+        Err(e) => {
+            t.info(scenario, "FAILED", e);
+            false
+        }
+    }
+}
+
+/// Adds the delivery problems of a run, each prefixed with `who`.
+fn collect(problems: &mut Vec<String>, who: &str, r: &FlowResult) {
+    problems.extend(r.problems.iter().map(|p| format!("{who}: {p}")));
+}
+
+/// One row per delivery problem; true when there were none.
+fn problem_rows(t: &mut Table, problems: &[String]) -> bool {
+    for p in problems {
+        t.info("PROBLEM", "delivery", p.clone());
+    }
+    problems.is_empty()
+}
+
+/// A closed-loop run: `notices` with `window` in flight.
+async fn closed_loop(
+    k: &mut KringSetup,
+    notices: usize,
+    window: usize,
+) -> Result<FlowResult, String> {
+    k.run(notices, None, window, Duration::from_secs(3600))
+        .await
+}
+
+/// `X µs (RELAYS: S s of CPU for N deliveries)`.
+fn cpu_per_delivery(k: &KringSetup, r: &FlowResult) -> String {
+    format!(
+        "{:.0} µs ({}: {:.2} s of CPU for {} deliveries)",
+        r.cpu_per_delivery_us().unwrap_or_default(),
+        k.shape.relays().join(" + "),
+        r.server_cpu.unwrap_or_default(),
+        r.deliveries
+    )
+}
+
 fn flow_rows(t: &mut Table, scenario: &'static str, who: &str, r: &FlowResult) {
     t.info(
         scenario,
         format!("{who}: delivered"),
         format!(
-            "{:.1} msg/s to all {DEVICES} ({:.0} deliveries/s; {} of {} in {:.2} s)",
+            "{:.1} msg/s to all {} ({:.0} deliveries/s; {} of {} in {:.2} s)",
             r.notices_per_s(),
+            r.devices,
             r.deliveries_per_s(),
             r.deliveries,
-            r.notices * DEVICES,
+            r.notices * r.devices,
             r.window.as_secs_f64()
         ),
     );
@@ -487,108 +598,131 @@ fn flow_rows(t: &mut Table, scenario: &'static str, who: &str, r: &FlowResult) {
     );
 }
 
-async fn flows(o: &Options, t: &mut Table) -> Result<(Option<f64>, bool), String> {
-    let broker_bin = mqtt::mosquitto_binary();
-    if let Err(e) = &broker_bin {
-        return Err(e.clone());
+/// Kring, then mosquitto, closed loop with `w` in flight and `notices` each; rows
+/// under `scenario`, the last one the ratio (judged against the throughput goal
+/// when `goal`). Returns Kring's run and Kring / mosquitto notices/s.
+async fn compare(
+    t: &mut Table,
+    (scenario, goal): (&'static str, bool),
+    k: &mut KringSetup,
+    m: &mut MqttSetup,
+    (notices, w): (usize, usize),
+    problems: &mut Vec<String>,
+) -> Result<(FlowResult, f64), String> {
+    let name = scenario.split('/').next().unwrap_or(scenario);
+    progress(&format!("{name}: Kring, {notices} notices, {w} in flight"));
+    let kr = closed_loop(k, notices, w).await?;
+    progress(&format!(
+        "{name}: mosquitto, {notices} messages, {w} in flight"
+    ));
+    let mr = m.run(notices, None, w, Duration::from_secs(3600)).await?;
+    t.info(scenario, "in flight per sender", w.to_string());
+    flow_rows(t, scenario, "Kring", &kr);
+    t.info(
+        scenario,
+        "Kring: relay CPU per delivery",
+        cpu_per_delivery(k, &kr),
+    );
+    flow_rows(t, scenario, "mosquitto", &mr);
+    collect(problems, "Kring", &kr);
+    collect(problems, "mosquitto", &mr);
+    let r = kr.notices_per_s() / mr.notices_per_s().max(1e-9);
+    if goal {
+        t.goal(
+            scenario,
+            "Kring / mosquitto",
+            format!("{r:.2}"),
+            ">= 2.00",
+            verdict(r >= 2.0),
+        );
+    } else {
+        t.info(scenario, "Kring / mosquitto", format!("{r:.2}"));
     }
+    Ok((kr, r))
+}
+
+/// One comparison of [`compare`].
+struct Compared {
+    /// In flight per sender.
+    window: usize,
+    /// `names[0]` for 1 in flight, `names[1]` for `--window`.
+    scenario: &'static str,
+    kring: FlowResult,
+    /// Kring / mosquitto notices/s.
+    ratio: f64,
+}
+
+/// [`compare`] with 1 in flight, then with `--window` (if more), `--notices` each.
+async fn compare_windows(
+    o: &Options,
+    t: &mut Table,
+    (names, goal): ([&'static str; 2], bool),
+    k: &mut KringSetup,
+    m: &mut MqttSetup,
+    problems: &mut Vec<String>,
+) -> Result<Vec<Compared>, String> {
+    let mut out = Vec::new();
+    for (window, scenario) in [(1, names[0]), (o.window, names[1])] {
+        if window == 1 && !out.is_empty() {
+            break;
+        }
+        let (kring, ratio) =
+            compare(t, (scenario, goal), k, m, (o.notices, window), problems).await?;
+        out.push(Compared {
+            window,
+            scenario,
+            kring,
+            ratio,
+        });
+    }
+    Ok(out)
+}
+
+/// The mosquitto side for the users of `k`, persistence as in the ratio.
+async fn mosquitto_for(k: &KringSetup, autosave: Autosave) -> Result<Session, String> {
+    Session::start(k.fed.dir(), autosave, &k.filer_ids, &k.device_ids).await
+}
+
+/// throughput and latency on the federated shape. Returns the headline ratio, the
+/// Kring run with `--window` in flight, and whether every delivery arrived.
+async fn flows(
+    o: &Options,
+    t: &mut Table,
+) -> Result<(Option<f64>, Option<FlowResult>, bool), String> {
+    mqtt::mosquitto_binary()?;
     progress("setting up two relays (bz hub, nctv), filers and devices");
-    let mut k = KringSetup::create(o.filers).await?;
+    let mut k =
+        KringSetup::create(Shape::federated(o.filers).with_request_limit(o.relay_rps)).await?;
     t.info(
         "setup",
         "Kring",
-        format!(
-            "hub {HUB}, {} filer(s) at {FILER_RELAY}, {DEVICES} devices ({:.1} s)",
-            k.filers(),
-            k.setup.as_secs_f64()
-        ),
+        format!("{} ({:.1} s)", k.shape.describe(), k.setup.as_secs_f64()),
     );
-    let fed_dir = k.fed.dir().to_path_buf();
-    let tmp = tempfile::Builder::new()
-        .prefix("kring-bench-mosquitto-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let filer_users: Vec<String> = (0..k.filers())
-        .map(|i| format!("filer{i}@{FILER_RELAY}"))
-        .collect();
-    let broker = mqtt::Broker::start(&fed_dir, &tmp.path().join("a"), mqtt::Autosave::EverySecond)?;
-    let mut m =
-        mqtt::MqttSetup::connect(&fed_dir, broker.port, &filer_users, &k.device_ids).await?;
+    let mut m = mosquitto_for(&k, Autosave::EverySecond).await?;
     t.info(
         "setup",
         "mosquitto",
         format!(
             "{} publisher(s), {DEVICES} subscribers, QoS 1, TLS 1.3 + client certs, persistence ({})",
-            filer_users.len(),
-            mqtt::Autosave::EverySecond.describe()
+            k.filer_ids.len(),
+            Autosave::EverySecond.describe()
         ),
     );
     let mut problems = Vec::new();
     let mut ratio = None;
+    let mut last = None;
     if wants(o, "throughput") {
-        let mut windows = vec![1];
-        if o.window > 1 {
-            windows.push(o.window);
-        }
-        for &w in &windows {
-            progress(&format!(
-                "throughput: Kring, {} notices, {w} in flight",
-                o.notices
-            ));
-            let pids: Vec<u32> = [HUB, FILER_RELAY]
-                .iter()
-                .filter_map(|r| k.fed.pid(r))
-                .collect();
-            let cpu =
-                || -> Result<f64, String> { pids.iter().map(|p| common::cpu_seconds(*p)).sum() };
-            let cpu_before = cpu()?;
-            let kr = k.run(o.notices, None, w, Duration::from_secs(3600)).await?;
-            let relay_cpu = cpu()? - cpu_before;
-            progress(&format!(
-                "throughput: mosquitto, {} messages, {w} in flight",
-                o.notices
-            ));
-            let mr = m.run(o.notices, None, w, Duration::from_secs(3600)).await?;
-            let scenario = if w == 1 {
-                "throughput/1"
-            } else {
-                "throughput/W"
-            };
-            t.info(scenario, "in flight per sender", w.to_string());
-            flow_rows(t, scenario, "Kring", &kr);
-            t.info(
-                scenario,
-                "Kring: relay CPU per delivery",
-                format!(
-                    "{:.0} µs (both relays: {:.2} s of CPU for {} deliveries)",
-                    relay_cpu * 1e6 / kr.deliveries.max(1) as f64,
-                    relay_cpu,
-                    kr.deliveries
-                ),
-            );
-            flow_rows(t, scenario, "mosquitto", &mr);
-            problems.extend(kr.problems.iter().map(|p| format!("Kring: {p}")));
-            problems.extend(mr.problems.iter().map(|p| format!("mosquitto: {p}")));
-            let r = kr.notices_per_s() / mr.notices_per_s().max(1e-9);
+        let names = (["throughput/1", "throughput/W"], true);
+        for c in compare_windows(o, t, names, &mut k, &mut m.clients, &mut problems).await? {
             // The headline ratio is the last (largest) window's.
-            ratio = Some(r);
-            t.goal(
-                scenario,
-                "Kring / mosquitto",
-                format!("{r:.2}"),
-                ">= 2.00",
-                verdict(r >= 2.0),
-            );
+            ratio = Some(c.ratio);
+            last = Some(c.kring);
         }
         // The strictest persistence mosquitto offers, for reference.
-        drop(m);
-        let strict =
-            mqtt::Broker::start(&fed_dir, &tmp.path().join("b"), mqtt::Autosave::EveryChange)?;
-        let mut ms_ =
-            mqtt::MqttSetup::connect(&fed_dir, strict.port, &filer_users, &k.device_ids).await?;
-        let w = o.window;
-        let sr = ms_
-            .run(o.notices, None, w, Duration::from_secs(3600))
+        let mut strict = mosquitto_for(&k, Autosave::EveryChange).await?;
+        let sr = strict
+            .clients
+            .run(o.notices, None, o.window, Duration::from_secs(3600))
             .await?;
         t.info(
             "throughput/W",
@@ -600,14 +734,7 @@ async fn flows(o: &Options, t: &mut Table) -> Result<(Option<f64>, bool), String
                 ms(percentile(&sr.service, 99.0))
             ),
         );
-        problems.extend(
-            sr.problems
-                .iter()
-                .map(|p| format!("mosquitto (strict): {p}")),
-        );
-        drop(ms_);
-        drop(strict);
-        m = mqtt::MqttSetup::connect(&fed_dir, broker.port, &filer_users, &k.device_ids).await?;
+        collect(&mut problems, "mosquitto (strict)", &sr);
     }
     if wants(o, "latency") {
         let total = (o.rate * o.latency_secs) as usize;
@@ -620,7 +747,7 @@ async fn flows(o: &Options, t: &mut Table) -> Result<(Option<f64>, bool), String
             "latency: mosquitto at {} messages/s offered",
             o.rate
         ));
-        let mr = m.run(total, Some(o.rate), 1, max_wall).await?;
+        let mr = m.clients.run(total, Some(o.rate), 1, max_wall).await?;
         for (who, r) in [("Kring", &kr), ("mosquitto", &mr)] {
             t.info(
                 "latency",
@@ -658,8 +785,8 @@ async fn flows(o: &Options, t: &mut Table) -> Result<(Option<f64>, bool), String
             "<= 1.00",
             verdict(sustained && lr <= 1.0),
         );
-        problems.extend(kr.problems.iter().map(|p| format!("Kring: {p}")));
-        problems.extend(mr.problems.iter().map(|p| format!("mosquitto: {p}")));
+        collect(&mut problems, "Kring", &kr);
+        collect(&mut problems, "mosquitto", &mr);
     }
     t.note(format!(
         "throughput/latency: {} filer(s) at {FILER_RELAY} file into a community hubbed at {HUB}. Throughput is \
@@ -670,17 +797,263 @@ async fn flows(o: &Options, t: &mut Table) -> Result<(Option<f64>, bool), String
          Devices dev0-4@{HUB}, dev5-9@{FILER_RELAY} are raw QUIC connections (user certificates) that receive \
          every entry and acknowledge each run of entries (one Request::Ack up to the highest seq when the stream \
          pauses 2 ms, as the real client does) without decrypting (see client-cost); 10 QoS 1 MQTT subscribers \
-         with clean_session false (rumqttc acknowledges every PUBLISH), the same users' certificates. Latency \
-         runs are open loop from the scheduled instant (a filer files every notice due when it is free); \
+         with clean_session false (rumqttc acknowledges every PUBLISH), the same users' certificates. Relay CPU \
+         is user + system time of the relay processes (/proc) from the first filing to the last delivery. \
+         Latency runs are open loop from the scheduled instant (a filer files every notice due when it is free); \
          scheduling stops {:.0} s after the start if a side falls behind.",
         k.filers(),
         o.latency_secs + 2.0
     ));
-    for p in &problems {
-        t.info("PROBLEM", "delivery", p.clone());
+    let delivered = problem_rows(t, &problems);
+    Ok((ratio, last, delivered))
+}
+
+/// single-relay: the throughput flow with everything at the hub.
+async fn single_relay(
+    o: &Options,
+    t: &mut Table,
+    federated: Option<&FlowResult>,
+) -> Result<bool, String> {
+    mqtt::mosquitto_binary()?;
+    progress("single-relay: setting up one relay (bz, the hub), filers and devices");
+    let mut k = KringSetup::create(
+        Shape::single_relay(o.filers, DEVICES, 1).with_request_limit(o.relay_rps),
+    )
+    .await?;
+    t.info(
+        "single-relay",
+        "setup",
+        format!("{} ({:.1} s)", k.shape.describe(), k.setup.as_secs_f64()),
+    );
+    let mut m = mosquitto_for(&k, Autosave::EverySecond).await?;
+    let mut problems = Vec::new();
+    let names = (["single-relay/1", "single-relay/W"], false);
+    for c in compare_windows(o, t, names, &mut k, &mut m.clients, &mut problems).await? {
+        let (scenario, kr) = (c.scenario, &c.kring);
+        if c.window == o.window
+            && let Some(f) = federated
+        {
+            t.info(
+                scenario,
+                "Kring: single relay vs federated",
+                format!(
+                    "{:.2}x the msg/s, {:.2}x the relay CPU per delivery (federated: {:.1} msg/s, {:.0} µs)",
+                    kr.notices_per_s() / f.notices_per_s().max(1e-9),
+                    kr.cpu_per_delivery_us().unwrap_or_default()
+                        / f.cpu_per_delivery_us().unwrap_or_default().max(1e-9),
+                    f.notices_per_s(),
+                    f.cpu_per_delivery_us().unwrap_or_default()
+                ),
+            );
+        }
     }
-    drop(m);
-    drop(broker);
-    drop(k);
-    Ok((ratio, problems.is_empty()))
+    t.note(format!(
+        "single-relay: the throughput flow with the filer(s) and all {DEVICES} devices at {HUB}, the community's \
+         hub: one relay process, no federation hop; the filer's acknowledgement is {HUB}'s ordering (durable). \
+         mosquitto as in throughput. With 1 in flight a filer files faster than the relay's per-identity limit \
+         (requests_per_second, default 200/s after a burst of 400) lets it, here and in throughput/1: such a \
+         run measures the limit and the relay's audit record of each refusal (--relay-rps raises it)."
+    ));
+    Ok(problem_rows(t, &problems))
+}
+
+/// Deliveries per fan-out step (full, quick).
+const FANOUT_DELIVERIES: (usize, usize) = (50_000, 10_000);
+
+/// fan-out: one community at one relay with more and more devices.
+async fn fan_out(o: &Options, t: &mut Table) -> Result<bool, String> {
+    mqtt::mosquitto_binary()?;
+    let scenario = "fan-out";
+    let target = if o.quick {
+        FANOUT_DELIVERIES.1
+    } else {
+        FANOUT_DELIVERIES.0
+    };
+    let mut problems = Vec::new();
+    // (devices, relay CPU per delivery in µs)
+    let mut cost = Vec::new();
+    for &n in &o.fanout {
+        let notices = (target / n).max(o.window);
+        progress(&format!(
+            "fan-out: one relay, {n} devices, {notices} notices, {} in flight",
+            o.window
+        ));
+        let mut k =
+            KringSetup::create(Shape::single_relay(o.filers, n, 1).with_request_limit(o.relay_rps))
+                .await?;
+        let kr = closed_loop(&mut k, notices, o.window).await?;
+        // Kring's devices go before mosquitto's subscribers come.
+        k.disconnect_devices();
+        progress(&format!("fan-out: mosquitto, {n} subscribers"));
+        let mut m = mosquitto_for(&k, Autosave::EverySecond).await?;
+        let mr = m
+            .clients
+            .run(notices, None, o.window, Duration::from_secs(3600))
+            .await?;
+        drop(m);
+        let us = kr.cpu_per_delivery_us().unwrap_or_default();
+        t.info(
+            scenario,
+            format!("{n} devices: Kring"),
+            format!(
+                "{:.1} notices/s = {:.0} deliveries/s; p99 {}; relay CPU {us:.1} µs per delivery \
+                 ({notices} notices; setup {:.1} s)",
+                kr.notices_per_s(),
+                kr.deliveries_per_s(),
+                ms(percentile(&kr.service, 99.0)),
+                k.setup.as_secs_f64()
+            ),
+        );
+        t.info(
+            scenario,
+            format!("{n} devices: mosquitto"),
+            format!(
+                "{:.1} msg/s = {:.0} deliveries/s; p99 {}",
+                mr.notices_per_s(),
+                mr.deliveries_per_s(),
+                ms(percentile(&mr.service, 99.0))
+            ),
+        );
+        t.info(
+            scenario,
+            format!("{n} devices: Kring / mosquitto"),
+            format!("{:.2}", kr.notices_per_s() / mr.notices_per_s().max(1e-9)),
+        );
+        collect(&mut problems, &format!("Kring, {n} devices"), &kr);
+        collect(&mut problems, &format!("mosquitto, {n} subscribers"), &mr);
+        cost.push((n, us));
+    }
+    if let (Some(&(n0, c0)), Some(&(n1, c1))) = (cost.first(), cost.last())
+        && n1 > n0
+    {
+        let r = c1 / c0.max(1e-9);
+        let trend = if r > 1.25 {
+            "grows"
+        } else if r < 0.8 {
+            "falls"
+        } else {
+            "stays flat"
+        };
+        t.goal(
+            scenario,
+            format!("CPU per delivery, {n1} vs {n0} devices"),
+            format!("{r:.2}x ({c1:.1} vs {c0:.1} µs): {trend}"),
+            "<= 1.25 (does not grow)",
+            verdict_if(n1 >= 1000, r <= 1.25),
+        );
+    }
+    t.note(format!(
+        "fan-out: one community hubbed at {HUB}; filer(s) and N devices at {HUB} (raw QUIC devices as in \
+         throughput, each its own user and member); closed loop with {} in flight; about {target} deliveries per \
+         step (notices = {target} / N, at least one window); relay CPU per delivery = CPU time of {HUB} over the run \
+         / deliveries. mosquitto: N QoS 1 subscribers, the same users' certificates, connected after Kring's \
+         devices left.{}",
+        o.window,
+        if o.quick && o.fanout.last().is_some_and(|&n| n < 1000) {
+            " --quick runs 10 and 100 devices only (the goal is judged at 1,000)."
+        } else {
+            ""
+        }
+    ));
+    Ok(problem_rows(t, &problems))
+}
+
+/// Devices per community in `communities`: with the filer and the owner, 10 members.
+const COMMUNITY_DEVICES: usize = 8;
+/// Notices per community in `communities` (full, quick).
+const COMMUNITY_ROUNDS: (usize, usize) = (3, 5);
+/// `requests_per_second` of the relay in `communities` unless `--relay-rps`: one
+/// notice per filing and an Ack per community and device would otherwise meet
+/// the per-identity limit (200/s, burst 400), and the run would measure the limit
+/// and the audit record of each refusal.
+const COMMUNITIES_RPS: u32 = 100_000;
+
+/// communities: a relay hubbing many communities against one community.
+async fn communities(o: &Options, t: &mut Table) -> Result<bool, String> {
+    let scenario = "communities";
+    let n = o.communities;
+    let rounds = if o.quick {
+        COMMUNITY_ROUNDS.1
+    } else {
+        COMMUNITY_ROUNDS.0
+    };
+    let total = n * rounds;
+    let mut problems = Vec::new();
+    // (communities, notices/s, relay CPU per notice in µs)
+    let mut figures = Vec::new();
+    let counts = if n > 1 { vec![1, n] } else { vec![1] };
+    for c in counts {
+        progress(&format!(
+            "communities: {c} communit{} of {} members at {HUB}, {total} notices",
+            if c == 1 { "y" } else { "ies" },
+            COMMUNITY_DEVICES + 2
+        ));
+        let mut k = KringSetup::create(
+            Shape::single_relay(1, COMMUNITY_DEVICES, c)
+                .with_request_limit(Some(o.relay_rps.unwrap_or(COMMUNITIES_RPS))),
+        )
+        .await?;
+        let r = closed_loop(&mut k, total, 1).await?;
+        let us = r.cpu_per_notice_us().unwrap_or_default();
+        let label = if c == 1 {
+            "1 community".to_string()
+        } else {
+            format!("{c} communities")
+        };
+        t.info(
+            scenario,
+            format!("{label}: filed+delivered"),
+            format!(
+                "{:.1} notices/s to all {} ({} of {} deliveries); p50 {} p99 {}; setup {:.1} s",
+                r.notices_per_s(),
+                r.devices,
+                r.deliveries,
+                r.notices * r.devices,
+                ms(percentile(&r.service, 50.0)),
+                ms(percentile(&r.service, 99.0)),
+                k.setup.as_secs_f64()
+            ),
+        );
+        t.info(
+            scenario,
+            format!("{label}: relay CPU per notice"),
+            format!(
+                "{us:.0} µs ({:.2} s of CPU for {} notices; {:.2} Acks per notice and device)",
+                r.server_cpu.unwrap_or_default(),
+                r.notices,
+                r.device_acks.unwrap_or_default() as f64 / (r.notices * r.devices).max(1) as f64
+            ),
+        );
+        collect(&mut problems, &label, &r);
+        figures.push((c, r.notices_per_s(), us));
+    }
+    if let [(_, rate1, cpu1), (cn, rate_n, cpu_n)] = figures[..] {
+        let growth = cpu_n / cpu1.max(1e-9) - 1.0;
+        t.goal(
+            scenario,
+            format!("CPU per notice, {cn} vs 1 community"),
+            format!(
+                "{:+.1}% (notices/s {:.2}x)",
+                growth * 100.0,
+                rate_n / rate1.max(1e-9)
+            ),
+            "within 25%",
+            verdict_if(cn >= 1000, growth <= 0.25),
+        );
+    }
+    t.note(format!(
+        "communities: one relay ({HUB}) hubbing N communities of 10 members (an owner, the filer and the same \
+         {COMMUNITY_DEVICES} devices in each; every device a raw QUIC connection that acknowledges per community); \
+         the filer files {total} notices, one per filing, to the communities in turn ({rounds} per community); \
+         for comparison, the same number into the one community of another relay. Relay CPU per notice = CPU time of {HUB} from \
+         the first filing to the last delivery / notices. The relay runs with requests_per_second {} \
+         (--relay-rps; the relay's default, 200 per identity, would refuse the filer and the devices' Acks).{}",
+        o.relay_rps.unwrap_or(COMMUNITIES_RPS),
+        if n < 1000 {
+            " The goal is judged at 1,000 communities."
+        } else {
+            ""
+        }
+    ));
+    Ok(problem_rows(t, &problems))
 }

@@ -22,8 +22,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::common::BODY_BYTES;
-use crate::kring_flow::DEVICES;
+use crate::common::{BODY_BYTES, Tally};
+use crate::kring_flow::FlowResult;
 
 /// How the broker's persistence is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +203,39 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Broker { child, port })
+    }
+}
+
+/// A broker in its own temporary directory with its publishers and subscribers
+/// connected: one side of a comparison.
+#[derive(Debug)]
+pub struct Session {
+    // Dropped in this order: the clients, the broker, its directory.
+    pub clients: MqttSetup,
+    _broker: Broker,
+    _dir: tempfile::TempDir,
+}
+
+impl Session {
+    /// Starts a broker with the certificates of the federation in `fed_dir` and
+    /// connects `pub_users` as publishers and `sub_users` as subscribers.
+    pub async fn start(
+        fed_dir: &Path,
+        autosave: Autosave,
+        pub_users: &[String],
+        sub_users: &[String],
+    ) -> Result<Session, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("kring-bench-mosquitto-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let broker = Broker::start(fed_dir, dir.path(), autosave)?;
+        let clients = MqttSetup::connect(fed_dir, broker.port, pub_users, sub_users).await?;
+        Ok(Session {
+            clients,
+            _broker: broker,
+            _dir: dir,
+        })
     }
 }
 
@@ -399,8 +432,8 @@ async fn drive_subscriber(
 }
 
 impl MqttSetup {
-    /// Connects `publishers` publishers (the users `pub_users`) and [`DEVICES`]
-    /// subscribers (`sub_users`), subscribed with QoS 1 to the bench topic.
+    /// Connects publishers (the users `pub_users`) and subscribers (`sub_users`),
+    /// subscribed with QoS 1 to the bench topic.
     pub async fn connect(
         fed_dir: &Path,
         port: u16,
@@ -430,7 +463,9 @@ impl MqttSetup {
                 std::future::pending::<()>().await;
             }));
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now()
+            + Duration::from_secs(20)
+            + Duration::from_millis(20 * sub_users.len() as u64);
         let mut ready = std::collections::HashSet::new();
         while ready.len() < sub_users.len() {
             match tokio::time::timeout_at(deadline.into(), sub_rx.recv()).await {
@@ -471,7 +506,7 @@ impl MqttSetup {
         rate: Option<f64>,
         window: usize,
         max_wall: Duration,
-    ) -> Result<crate::kring_flow::FlowResult, String> {
+    ) -> Result<FlowResult, String> {
         let window = window.max(1);
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
@@ -557,6 +592,7 @@ impl MqttSetup {
             sent.iter().map(|&(i, s, st, _)| (i, (s, st))).collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut timed_out = false;
+        let mut tally = Tally::default();
         loop {
             {
                 if let Ok(e) = self.errors.lock()
@@ -565,9 +601,11 @@ impl MqttSetup {
                     return Err(e.join("; "));
                 }
                 let l = self.logs.lock().map_err(|_| "subscriber log poisoned")?;
-                if l.iter()
-                    .all(|v| v.iter().filter(|(t, _, _)| *t == tag).count() >= n)
-                {
+                let mut all = true;
+                for (s, v) in l.iter().enumerate() {
+                    all &= tally.update(s, v, |(t, _, _)| *t == tag) >= n;
+                }
+                if all {
                     break;
                 }
             }
@@ -611,10 +649,10 @@ impl MqttSetup {
         service.sort();
         let mut publishing: Vec<Duration> = sent.iter().map(|&(_, _, s, a)| a - s).collect();
         publishing.sort();
-        let _ = DEVICES;
-        Ok(crate::kring_flow::FlowResult {
+        Ok(FlowResult {
             notices: n,
             offered: total,
+            devices: logs.len(),
             deliveries: latency.len(),
             window: last.saturating_duration_since(first_start),
             filing_window: publishing_done.saturating_duration_since(first_start),
@@ -622,6 +660,8 @@ impl MqttSetup {
             service,
             filing: publishing,
             problems,
+            server_cpu: None,
+            device_acks: None,
         })
     }
 }

@@ -21,7 +21,7 @@ use kring_tests::{Federation, RelayLauncher};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
 use crate::common::{CLEARANCE, LABEL, body, demo_binary, rss_bytes};
-use crate::kring_flow::raw_connect;
+use crate::kring_flow::{issue_users, raw_connect};
 
 const RELAY: &str = "bz";
 
@@ -76,7 +76,7 @@ pub fn measure_store(data_dir: &Path) -> Result<StoreBytes, String> {
 /// Publishes key packages for `user` over a raw connection (no client state: the
 /// private keys are thrown away; these members never join, only their relay
 /// records matter).
-async fn publish_raw(dir: &Path) -> Result<(), String> {
+pub async fn publish_raw(dir: &Path) -> Result<(), String> {
     let profile = Profile::load(dir).map_err(|e| e.to_string())?;
     let creds = Credentials::load(&profile).map_err(|e| e.to_string())?;
     let signer = creds.mls_signer().map_err(|e| e.to_string())?;
@@ -132,8 +132,8 @@ impl Storage {
     }
 }
 
-/// Runs `jobs` with at most `parallel` at a time.
-async fn bounded<F, Fut>(
+/// Runs `f` on every item, with at most `parallel` at a time.
+pub async fn bounded<F, Fut>(
     items: Vec<std::path::PathBuf>,
     parallel: usize,
     f: F,
@@ -166,10 +166,7 @@ pub async fn storage(members: usize, notices: usize) -> Result<Storage, String> 
     fed.issue_user(&owner, CLEARANCE, &[])
         .map_err(|e| e.to_string())?;
     let others: Vec<String> = (1..members).map(|i| format!("m{i}@{RELAY}")).collect();
-    for u in &others {
-        fed.issue_user(u, CLEARANCE, &[])
-            .map_err(|e| format!("issuing {u}: {e}"))?;
-    }
+    issue_users(&fed, &others)?;
     fed.start(RELAY).map_err(|e| e.to_string())?;
     let mut oc = fed.client(&owner).map_err(|e| e.to_string())?;
     oc.publish_key_packages(3)
@@ -240,10 +237,7 @@ pub async fn memory(devices: usize) -> Result<Memory, String> {
     let mut fed = Federation::create(RelayLauncher::demo_binary(demo_binary()?))
         .map_err(|e| e.to_string())?;
     let users: Vec<String> = (0..devices).map(|i| format!("d{i}@{RELAY}")).collect();
-    for u in &users {
-        fed.issue_user(u, CLEARANCE, &[])
-            .map_err(|e| format!("issuing {u}: {e}"))?;
-    }
+    issue_users(&fed, &users)?;
     fed.start(RELAY).map_err(|e| e.to_string())?;
     let pid = fed.relay_pid(RELAY).ok_or("relay not running")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
