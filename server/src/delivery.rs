@@ -47,6 +47,7 @@ pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: 
     // Highest seq sent on this stream per community (ahead of the durable cursor).
     let mut sent: HashMap<String, u64> = HashMap::new();
     let mut welcomes_sent: HashSet<uuid::Uuid> = HashSet::new();
+    let mut members = Memberships::default();
     let mut caught_up_sent = false;
     info!("subscription opened");
     loop {
@@ -66,6 +67,7 @@ pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: 
             &mut send,
             &mut sent,
             &mut welcomes_sent,
+            &mut members,
             max,
         )
         .await
@@ -103,6 +105,7 @@ async fn round(
     send: &mut quinn::SendStream,
     sent: &mut HashMap<String, u64>,
     welcomes_sent: &mut HashSet<uuid::Uuid>,
+    members: &mut Memberships,
     max: usize,
 ) -> Result<Option<bool>, RelayError> {
     let engine = relay.engine();
@@ -174,25 +177,33 @@ async fn round(
     }
     let mut more = false;
     let mut out = Vec::new();
-    for (community, m) in memberships(relay, &caller.id)? {
-        let cursor = relay.cursor_of(&caller.id, &community, &m)?;
-        let from = sent.get(&community).copied().unwrap_or(0).max(cursor);
-        let log = keys::log_prefix(&community);
+    for (community, m) in members.current(relay, &caller.id)? {
+        let log = keys::log_prefix(community);
+        // Nothing appended since what this stream handed on: no store read at all
+        // (a device in many communities wakes for every one of them).
+        if let (Some(&upto), Some(head)) = (sent.get(community), relay.log_head(&log))
+            && upto >= head
+        {
+            continue;
+        }
+        let cursor = relay.cursor_of(&caller.id, community, m)?;
+        let from = sent.get(community).copied().unwrap_or(0).max(cursor);
         // Nothing past the member's removal, nor past what is on disk.
         let end = m
             .removed_seq
             .unwrap_or(u64::MAX)
             .min(relay.readable_upto(&log));
         if from >= end {
+            note_sent(sent, community, from);
             continue;
         }
         // Entries other devices' tasks already read and encoded, else a page from
         // the store (encoded once here and shared from then on).
         let cache = relay.entry_cache();
-        let mut run = cache.run(&community, from, end, PAGE);
+        let mut run = cache.run(community, from, end, PAGE);
         let full = if run.is_empty() {
             let page =
-                engine.scan_bounded(&log, Some(&keys::log(&community, from)), PAGE, PAGE_BYTES)?;
+                engine.scan_bounded(&log, Some(&keys::log(community, from)), PAGE, PAGE_BYTES)?;
             // A full page that does not reach `end`: there is more to send at once
             // (but not when `end` stopped it: what is past it waits for a flush or a
             // commit).
@@ -204,8 +215,12 @@ async fn round(
                     break;
                 }
                 let shared = Arc::new(share(entry, &k, max)?);
-                cache.insert(&community, shared.clone());
+                cache.insert(community, shared.clone());
                 run.push(shared);
+            }
+            if run.is_empty() {
+                // Nothing after `from`: what this stream has is everything.
+                note_sent(sent, community, from);
             }
             full
         } else {
@@ -271,6 +286,36 @@ fn share(entry: LogEntry, key: &[u8], max: usize) -> Result<SharedEntry, RelayEr
         reason: format!("cannot be sent: {e}"),
     })?;
     Ok(SharedEntry { seq, frame, notice })
+}
+
+/// This stream has handed on `community`'s log up to `seq` (or the device had it).
+fn note_sent(sent: &mut HashMap<String, u64>, community: &str, seq: u64) {
+    let upto = sent.entry(community.to_string()).or_insert(seq);
+    *upto = (*upto).max(seq);
+}
+
+/// A subscription's membership records, read again only after a batch wrote
+/// membership records (of anyone: they change rarely).
+#[derive(Debug, Default)]
+struct Memberships {
+    read_at: Option<u64>,
+    records: Vec<(String, MemberRecord)>,
+}
+
+impl Memberships {
+    fn current(
+        &mut self,
+        relay: &Relay,
+        user: &str,
+    ) -> Result<&[(String, MemberRecord)], RelayError> {
+        // The count first: a write after it moves it again, and the next round reads.
+        let writes = relay.member_writes();
+        if self.read_at != Some(writes) {
+            self.records = memberships(relay, user)?;
+            self.read_at = Some(writes);
+        }
+        Ok(&self.records)
+    }
 }
 
 /// Membership records read from the store at once.

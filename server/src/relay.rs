@@ -679,6 +679,18 @@ impl Relay {
     /// The highest seq of a log or outbox (`sequence`: [`keys::log_prefix`] or an
     /// outbox prefix) that may be sent to a device or a peer: nothing at or after the
     /// first entry not yet on disk, unless [`deliver_early`](Self::deliver_early)
+    /// The highest seq appended to a log (`keys::log_prefix`) since the relay
+    /// started, if any ([`Watermark::head`](crate::store::Watermark::head)).
+    pub fn log_head(&self, log: &[u8]) -> Option<u64> {
+        self.durability.watermark().head(log)
+    }
+
+    /// Moves whenever a batch wrote membership records
+    /// ([`Watermark::member_writes`](crate::store::Watermark::member_writes)).
+    pub fn member_writes(&self) -> u64 {
+        self.durability.watermark().member_writes()
+    }
+
     /// The log entries delivery shares between devices.
     pub fn entry_cache(&self) -> &crate::entry_cache::EntryCache {
         &self.entries

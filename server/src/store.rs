@@ -520,6 +520,30 @@ mod tests {
         assert!(!m.is_unflushed(&welcome));
     }
 
+    #[tokio::test]
+    async fn log_heads_only_grow_and_membership_writes_are_counted_once_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let e: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).unwrap());
+        let d = Durability::start(e.clone());
+        let log = keys::log_prefix("a@bz");
+        assert_eq!(d.watermark().head(&log), None);
+        let mut b = Batch::default();
+        b.put(keys::log("a@bz", 3), vec![3]);
+        b.put(keys::log("a@bz", 4), vec![4]);
+        d.apply(b).unwrap();
+        assert_eq!(d.watermark().head(&log), Some(4));
+        assert_eq!(d.watermark().member_writes(), 0);
+        // Retention deletes entries: the head stays where the log reached.
+        let mut b = Batch::default();
+        b.delete(keys::log("a@bz", 4));
+        b.put(keys::member("u@bz", "a@bz"), vec![1]);
+        d.apply(b).unwrap();
+        assert_eq!(d.watermark().head(&log), Some(4));
+        assert_eq!(d.watermark().member_writes(), 1);
+        assert_eq!(d.watermark().head(&keys::log_prefix("b@bz")), None);
+        d.stop().await.unwrap();
+    }
+
     /// An engine whose batches fail.
     #[derive(Debug)]
     struct Refusing;

@@ -134,9 +134,17 @@ impl Durability {
             failpoint.before_apply(self.engine.as_ref(), n, &batch)?;
         }
         self.watermark.record(n, &batch);
+        let members = batch
+            .ops
+            .iter()
+            .any(|(k, _)| k.starts_with(crate::keyspace::MEMBER));
         match self.engine.apply(batch) {
             Ok(()) => {
                 self.watermark.lock().applied = n;
+                // After the apply: memberships read once the count moved are the new ones.
+                if members {
+                    self.watermark.members_written();
+                }
                 Ok(n)
             }
             Err(e) => {

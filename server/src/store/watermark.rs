@@ -76,6 +76,11 @@ pub(super) struct Unflushed {
     pub(super) sequences: HashMap<Vec<u8>, VecDeque<(u64, u64)>>,
     /// Gated keys written by un-flushed batches, with the write number.
     pub(super) keys: HashMap<Vec<u8>, u64>,
+    /// Per gated sequence: the highest seq any batch of this run appended to it
+    /// (recorded before the batch is applied, so never behind what readers see).
+    pub(super) heads: HashMap<Vec<u8>, u64>,
+    /// Counts the applied batches that wrote a membership record.
+    pub(super) member_writes: u64,
 }
 
 impl Watermark {
@@ -108,6 +113,25 @@ impl Watermark {
         }
     }
 
+    /// The highest seq appended to `sequence` since the relay started, if any was:
+    /// a reader that has handed on everything up to it has nothing new there.
+    pub fn head(&self, sequence: &[u8]) -> Option<u64> {
+        self.lock().heads.get(sequence).copied()
+    }
+
+    /// Changes whenever an applied batch wrote a membership record: a reader that
+    /// holds memberships read after seeing one value holds them current while it
+    /// stays.
+    pub fn member_writes(&self) -> u64 {
+        self.lock().member_writes
+    }
+
+    /// Counts an applied batch that wrote membership records.
+    pub(super) fn members_written(&self) {
+        let mut s = self.lock();
+        s.member_writes = s.member_writes.wrapping_add(1);
+    }
+
     /// True if gated `key` was written by a batch not yet on disk.
     pub fn is_unflushed(&self, key: &[u8]) -> bool {
         let s = self.lock();
@@ -128,8 +152,9 @@ impl Watermark {
 
     /// Records what batch `n` (about to be applied) appends and writes.
     pub(super) fn record(&self, n: u64, batch: &Batch) {
-        // First seq per sequence of this batch (a batch touches few sequences).
-        let mut firsts: Vec<(&[u8], u64)> = Vec::new();
+        // First and last seq per sequence of this batch (a batch touches few
+        // sequences).
+        let mut firsts: Vec<(&[u8], u64, u64)> = Vec::new();
         let mut keys: Vec<&[u8]> = Vec::new();
         for (key, value) in &batch.ops {
             if value.is_none() {
@@ -137,9 +162,12 @@ impl Watermark {
             }
             match gate(key) {
                 Some(Gate::Sequence { sequence, seq }) => {
-                    match firsts.iter_mut().find(|(name, _)| *name == sequence) {
-                        Some((_, first)) => *first = (*first).min(seq),
-                        None => firsts.push((sequence, seq)),
+                    match firsts.iter_mut().find(|(name, _, _)| *name == sequence) {
+                        Some((_, first, last)) => {
+                            *first = (*first).min(seq);
+                            *last = (*last).max(seq);
+                        }
+                        None => firsts.push((sequence, seq, seq)),
                     }
                 }
                 Some(Gate::Key) => keys.push(key),
@@ -150,7 +178,13 @@ impl Watermark {
             return;
         }
         let mut s = self.lock();
-        for (sequence, first) in firsts {
+        for (sequence, first, last) in firsts {
+            match s.heads.get_mut(sequence) {
+                Some(head) => *head = (*head).max(last),
+                None => {
+                    s.heads.insert(sequence.to_vec(), last);
+                }
+            }
             match s.sequences.get_mut(sequence) {
                 Some(q) => q.push_back((n, first)),
                 None => {
