@@ -40,8 +40,14 @@ const PAGE_BYTES: usize = 1 << 20;
 /// Bytes of frames gathered before they are written to the device's stream.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// Serves one subscription until the device goes away or the relay shuts down.
-pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: quinn::SendStream) {
+/// Serves one subscription until the device goes away, opens a newer one on the same
+/// connection (`superseded` moves), or the relay shuts down.
+pub async fn run_subscription(
+    relay: Arc<Relay>,
+    caller: Arc<Caller>,
+    mut send: quinn::SendStream,
+    mut superseded: tokio::sync::watch::Receiver<u64>,
+) {
     let max = relay.limits().max_frame;
     let mut changes = relay.visible();
     // Highest seq sent on this stream per community (ahead of the durable cursor).
@@ -93,6 +99,7 @@ pub async fn run_subscription(relay: Arc<Relay>, caller: Arc<Caller>, mut send: 
             r = changes.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(30)) => {},
             _ = send.stopped() => { debug!("device closed the subscription"); return; }
+            _ = superseded.changed() => { debug!("a newer subscription took its place"); return; }
         }
     }
 }
@@ -202,6 +209,7 @@ async fn round(
         let cache = relay.entry_cache();
         let mut run = cache.run(community, from, end, PAGE);
         let full = if run.is_empty() {
+            let generation = cache.generation(community);
             let page =
                 engine.scan_bounded(&log, Some(&keys::log(community, from)), PAGE, PAGE_BYTES)?;
             // A full page that does not reach `end`: there is more to send at once
@@ -215,7 +223,7 @@ async fn round(
                     break;
                 }
                 let shared = Arc::new(share(entry, &k, max)?);
-                cache.insert(community, shared.clone());
+                cache.insert(community, generation, shared.clone());
                 run.push(shared);
             }
             if run.is_empty() {

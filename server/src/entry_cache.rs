@@ -9,8 +9,10 @@
 //! Only entries readable by delivery go in (on disk, or released early from a hub:
 //! [`Relay::readable_upto`](crate::relay::Relay::readable_upto)): such an entry
 //! never changes under its seq. Retention deletes entries, so it calls
-//! [`EntryCache::forget`] for the community it swept. What the cache holds is
-//! bounded in bytes; the oldest entries go first.
+//! [`EntryCache::forget`] for the community it swept, which also moves the
+//! community's generation: a task that read entries from the store before the
+//! sweep offers them with the generation it saw then, and they are not kept. What
+//! the cache holds is bounded in bytes; the oldest entries go first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,6 +44,8 @@ struct Inner {
     /// Insertion order, for eviction.
     order: VecDeque<(String, u64)>,
     bytes: usize,
+    /// Per community, how often it was forgotten.
+    generations: HashMap<String, u64>,
 }
 
 /// What an entry counts against the bound.
@@ -87,13 +91,23 @@ impl EntryCache {
         out
     }
 
-    /// Keeps `entry` of `community`, evicting the oldest entries beyond the bound.
-    pub fn insert(&self, community: &str, entry: Arc<SharedEntry>) {
+    /// The generation of `community`'s entries: read it before reading entries from
+    /// the store, and offer them with it ([`EntryCache::insert`]).
+    pub fn generation(&self, community: &str) -> u64 {
+        self.lock().generations.get(community).copied().unwrap_or(0)
+    }
+
+    /// Keeps `entry` of `community`, read from the store in `generation`, evicting
+    /// the oldest entries beyond the bound; not if the community was forgotten since.
+    pub fn insert(&self, community: &str, generation: u64, entry: Arc<SharedEntry>) {
         let size = cost(community, &entry);
         if size > self.max_bytes {
             return;
         }
         let mut inner = self.lock();
+        if inner.generations.get(community).copied().unwrap_or(0) != generation {
+            return;
+        }
         let seq = entry.seq;
         let log = inner.by_community.entry(community.to_string()).or_default();
         if log.insert(seq, entry).is_some() {
@@ -124,6 +138,8 @@ impl EntryCache {
     /// Drops every entry of `community` (its log changed other than by appending).
     pub fn forget(&self, community: &str) {
         let mut inner = self.lock();
+        let generation = inner.generations.entry(community.to_string()).or_insert(0);
+        *generation = generation.wrapping_add(1);
         if let Some(log) = inner.by_community.remove(community) {
             let freed: usize = log.values().map(|e| cost(community, e)).sum();
             inner.bytes = inner.bytes.saturating_sub(freed);
@@ -157,7 +173,7 @@ mod tests {
     fn a_run_is_consecutive_bounded_and_stops_at_a_gap() {
         let c = EntryCache::new(1 << 20);
         for seq in [1, 2, 3, 5, 6] {
-            c.insert("a@bz", entry(seq, 10));
+            c.insert("a@bz", 0, entry(seq, 10));
         }
         assert_eq!(seqs(&c.run("a@bz", 0, 100, 100)), vec![1, 2, 3]);
         assert_eq!(seqs(&c.run("a@bz", 1, 2, 100)), vec![2]);
@@ -172,27 +188,38 @@ mod tests {
         let one = cost("a@bz", &entry(1, 100));
         let c = EntryCache::new(3 * one);
         for seq in 1..=5 {
-            c.insert("a@bz", entry(seq, 100));
+            c.insert("a@bz", 0, entry(seq, 100));
             assert!(c.bytes() <= 3 * one);
         }
         assert_eq!(seqs(&c.run("a@bz", 2, 100, 100)), vec![3, 4, 5]);
         assert!(c.run("a@bz", 0, 100, 100).is_empty());
         // Putting the same entry twice counts it once.
-        c.insert("a@bz", entry(5, 100));
+        c.insert("a@bz", 0, entry(5, 100));
         assert_eq!(c.bytes(), 3 * one);
         // Too large for the cache at all: not kept, nothing evicted.
-        c.insert("a@bz", entry(6, 4 * one));
+        c.insert("a@bz", 0, entry(6, 4 * one));
         assert_eq!(seqs(&c.run("a@bz", 2, 100, 100)), vec![3, 4, 5]);
     }
 
     #[test]
     fn forgetting_a_community_frees_its_entries_only() {
         let c = EntryCache::new(1 << 20);
-        c.insert("a@bz", entry(1, 10));
-        c.insert("b@bz", entry(1, 10));
+        c.insert("a@bz", 0, entry(1, 10));
+        c.insert("b@bz", 0, entry(1, 10));
         c.forget("a@bz");
         assert!(c.run("a@bz", 0, 10, 10).is_empty());
         assert_eq!(seqs(&c.run("b@bz", 0, 10, 10)), vec![1]);
         assert_eq!(c.bytes(), cost("b@bz", &entry(1, 10)));
+    }
+
+    #[test]
+    fn entries_read_before_a_forget_are_not_kept_after_it() {
+        let c = EntryCache::new(1 << 20);
+        let read_at = c.generation("a@bz");
+        c.forget("a@bz"); // retention swept while the entries were being read
+        c.insert("a@bz", read_at, entry(1, 10));
+        assert!(c.run("a@bz", 0, 10, 10).is_empty());
+        c.insert("a@bz", c.generation("a@bz"), entry(1, 10));
+        assert_eq!(seqs(&c.run("a@bz", 0, 10, 10)), vec![1]);
     }
 }

@@ -590,7 +590,7 @@ async fn serve_client(
     let mut request_no = 0u64;
     // One push channel per connection: a device needs no more, and each holds a
     // delivery task and its page of entries.
-    let push_channel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let push_channel = Arc::new(PushSlot::default());
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -611,14 +611,28 @@ async fn serve_client(
     }
 }
 
-/// Clears a connection's push-channel flag when its subscription ends.
-struct PushChannel(Arc<std::sync::atomic::AtomicBool>);
+/// A connection's one push channel. A device that opens a new one has given up the
+/// one before (it syncs, drops the stream, and syncs again), which the relay may not
+/// have noticed yet: the new one ends the old one and takes its place.
+#[derive(Debug)]
+struct PushSlot {
+    /// Held by the subscription being served.
+    open: tokio::sync::Mutex<()>,
+    /// Moved by a new subscription: the one before ends.
+    superseded: tokio::sync::watch::Sender<u64>,
+}
 
-impl Drop for PushChannel {
-    fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::Release);
+impl Default for PushSlot {
+    fn default() -> Self {
+        Self {
+            open: tokio::sync::Mutex::new(()),
+            superseded: tokio::sync::watch::channel(0).0,
+        }
     }
 }
+
+/// How long a new subscription waits for the one before to end.
+const SUPERSEDE_WAIT: Duration = Duration::from_secs(2);
 
 /// One request stream of a device: rate limit (every stream, `Subscribe` too, before
 /// any of it is read), the frame (within the frame deadline, its bytes charged to the
@@ -627,7 +641,7 @@ async fn handle_stream(
     relay: Arc<Relay>,
     caller: Arc<Caller>,
     budget: ByteBudget,
-    push_channel: Arc<std::sync::atomic::AtomicBool>,
+    push_channel: Arc<PushSlot>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -670,7 +684,18 @@ async fn handle_stream(
         // send is dropped at once rather than buffered for the stream's lifetime.
         drop(hold);
         drop(recv);
-        if push_channel.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let open = match push_channel.open.try_lock() {
+            Ok(open) => Some(open),
+            Err(_) => {
+                push_channel
+                    .superseded
+                    .send_modify(|g| *g = g.wrapping_add(1));
+                tokio::time::timeout(SUPERSEDE_WAIT, push_channel.open.lock())
+                    .await
+                    .ok()
+            }
+        };
+        let Some(_open) = open else {
             let code = ErrorCode::BadRequest {
                 reason: "this connection already has a push channel (one per connection)".into(),
             };
@@ -679,9 +704,9 @@ async fn handle_stream(
             let _ = write_frame(&mut send, &Push::Closed(code), max).await;
             let _ = send.finish();
             return;
-        }
-        let _open = PushChannel(push_channel);
-        crate::delivery::run_subscription(relay, caller, send).await;
+        };
+        let superseded = push_channel.superseded.subscribe();
+        crate::delivery::run_subscription(relay, caller, send, superseded).await;
         return;
     }
     if let Err(code) = expect_end(&mut recv).await {

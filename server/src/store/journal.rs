@@ -1,31 +1,33 @@
 //! The store's write-ahead journal: what makes an applied batch durable.
 //!
-//! The key-value engine applies every batch at once (readers see it) but is flushed
+//! The key-value engine applies every batch at once (readers see it) but is synced
 //! to disk only now and then, at a checkpoint. What makes a batch durable before an
 //! acknowledgement is the journal: each batch is encoded as one record, appended to
 //! an in-memory buffer in the order the engine applied them, and [`Journal::sync`]
 //! writes the buffer to the current journal file and `fdatasync`s it (one write and
 //! one sync for every batch since the previous one: the relay's group commit).
 //!
-//! Every batch also writes its journal position (its *lsn*, 1, 2, …) into the engine,
-//! atomically with its own keys, so after any crash the engine knows exactly which
+//! The engine records the journal position (*lsn*, 1, 2, …) of the last batch it
+//! holds, atomically with those batches, so after any crash it knows exactly which
 //! batches it holds: [`replay`] re-applies just the records after that position, in
 //! order, and the store is the state after the last durable batch (or later, never
 //! earlier, and always the state after some whole batch).
 //!
 //! Files: `DATA_DIR/journal/NNNNNNNNNNNNNNNN.log`, numbered in order. Once the current
 //! file passes [`CHECKPOINT_BYTES`], the next sync starts a new file and a background
-//! checkpoint flushes the engine; files wholly covered by that flush are then
-//! deleted.
+//! checkpoint makes the engine durable (every file of it synced, not only flushed);
+//! files wholly covered by that checkpoint are then deleted.
 //!
-//! Record: `len: u32 LE | crc32(body): u32 LE | body`, body = `lsn: u64 LE | count:
-//! u32 LE | count × op`, op = `0 | klen: u32 | key` (delete) or `1 | klen: u32 | key |
-//! vlen: u32 | value` (put). A record cut short or failing its checksum at the end of
-//! the last file is a write the crash interrupted (never acknowledged) and is
-//! dropped; anywhere else it is corruption and opening fails.
+//! Record: `len: u32 LE | crc32(len bytes, body): u32 LE | body`, body = `lsn: u64 LE
+//! | count: u32 LE | count × op`, op = `0 | klen: u32 | key` (delete) or `1 | klen:
+//! u32 | key | vlen: u32 | value` (put). A damaged record after which no whole record
+//! follows (in its file or a later one) is a write the crash interrupted (never
+//! acknowledged: an acknowledged record was synced before anything after it was
+//! written) and is dropped with what follows it; a damaged record with a whole one
+//! after it is corruption, and opening fails.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,10 +42,18 @@ const MAX_RECORD: usize = 1 << 30;
 /// One write of a batch: key → new value, `None` deletes.
 pub type Op = (Vec<u8>, Option<Vec<u8>>);
 
-/// Appends the record of batch `lsn` with `ops` to `out`.
+/// Appends the record of batch `lsn` with `ops` to `out` (nothing on error).
 pub fn encode(lsn: u64, ops: &[Op], out: &mut Vec<u8>) -> Result<(), RelayError> {
-    let too_many = |what, count| StoreError::TooMany { what, count };
     let start = out.len();
+    let r = encode_at(lsn, ops, out, start);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+fn encode_at(lsn: u64, ops: &[Op], out: &mut Vec<u8>, start: usize) -> Result<(), RelayError> {
+    let too_many = |what, count| StoreError::TooMany { what, count };
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&lsn.to_le_bytes());
     let count = u32::try_from(ops.len()).map_err(|_| too_many("writes", ops.len()))?;
@@ -60,13 +70,21 @@ pub fn encode(lsn: u64, ops: &[Op], out: &mut Vec<u8>) -> Result<(), RelayError>
     }
     let body_len = out.len() - start - 8;
     if body_len > MAX_RECORD {
-        out.truncate(start);
         return Err(too_many("bytes", body_len).into());
     }
-    let crc = crc32fast::hash(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len32(body_len)?.to_le_bytes());
+    let crc = checksum(&out[start..start + 4], &out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// The checksum of a record: over its length field and its body, so a damaged
+/// length cannot pass for a shorter or longer record.
+fn checksum(len: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(len);
+    h.update(body);
+    h.finalize()
 }
 
 /// Decodes a record's body into its lsn and writes.
@@ -110,63 +128,32 @@ fn decode_body(body: &[u8]) -> Option<(u64, Vec<Op>)> {
     c.0.is_empty().then_some((lsn, ops))
 }
 
-/// What reading one record found.
-enum Next {
-    Record(u64, Vec<Op>),
-    /// Clean end of the file.
-    End,
-    /// A record cut short or failing its checksum, `at` this offset.
-    Bad {
-        at: u64,
-        reason: &'static str,
-    },
+/// A whole record at the start of `buf`: its lsn, its writes and its length in
+/// bytes; or why the bytes there are not one.
+fn parse(buf: &[u8]) -> Result<(u64, Vec<Op>, usize), &'static str> {
+    let Some((header, rest)) = buf.split_first_chunk::<8>() else {
+        return Err("a record header cut short");
+    };
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    if len > MAX_RECORD {
+        return Err("a record longer than any batch");
+    }
+    let Some(body) = rest.get(..len) else {
+        return Err("a record cut short");
+    };
+    if checksum(&header[..4], body) != u32::from_le_bytes([c0, c1, c2, c3]) {
+        return Err("a record failing its checksum");
+    }
+    match decode_body(body) {
+        Some((lsn, ops)) => Ok((lsn, ops, 8 + len)),
+        None => Err("a record that does not decode"),
+    }
 }
 
-fn read_record(r: &mut impl Read, at: u64) -> Result<Next, std::io::Error> {
-    let mut header = [0u8; 8];
-    let mut got = 0;
-    while got < header.len() {
-        match r.read(&mut header[got..])? {
-            0 if got == 0 => return Ok(Next::End),
-            0 => {
-                return Ok(Next::Bad {
-                    at,
-                    reason: "a record header cut short",
-                });
-            }
-            n => got += n,
-        }
-    }
-    let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
-    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-    let crc = u32::from_le_bytes([c0, c1, c2, c3]);
-    if len > MAX_RECORD {
-        return Ok(Next::Bad {
-            at,
-            reason: "a record longer than any batch",
-        });
-    }
-    let mut body = Vec::new();
-    let read = r.take(len as u64).read_to_end(&mut body)?;
-    if read < len {
-        return Ok(Next::Bad {
-            at,
-            reason: "a record cut short",
-        });
-    }
-    if crc32fast::hash(&body) != crc {
-        return Ok(Next::Bad {
-            at,
-            reason: "a record failing its checksum",
-        });
-    }
-    Ok(match decode_body(&body) {
-        Some((lsn, ops)) => Next::Record(lsn, ops),
-        None => Next::Bad {
-            at,
-            reason: "a record that does not decode",
-        },
-    })
+/// True if a whole record of a batch after `last` starts anywhere in `buf`.
+fn whole_record_in(buf: &[u8], last: u64) -> bool {
+    (0..buf.len()).any(|i| matches!(parse(&buf[i..]), Ok((lsn, _, _)) if lsn > last))
 }
 
 /// The journal files in `dir`, in order (number, path).
@@ -217,40 +204,20 @@ pub fn replay(
     mut apply: impl FnMut(u64, Vec<Op>) -> Result<(), RelayError>,
 ) -> Result<(u64, Vec<(u64, PathBuf)>), RelayError> {
     let found = files(dir)?;
-    let mut last = applied;
-    for (i, (_, path)) in found.iter().enumerate() {
-        let io = |source| StoreError::Journal {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| StoreError::Journal {
             path: path.clone(),
             source,
-        };
-        let mut r = BufReader::new(File::open(path).map_err(io)?);
-        let mut at = 0u64;
-        loop {
-            match read_record(&mut r, at).map_err(io)? {
-                Next::End => break,
-                Next::Bad { at, reason } => {
-                    let is_tail = i + 1 == found.len();
-                    let mut rest = Vec::new();
-                    let trailing = r.read_to_end(&mut rest).map_err(io)?;
-                    if is_tail && rest.iter().all(|&b| b == 0) {
-                        tracing::warn!(
-                            file = %path.display(),
-                            offset = at,
-                            reason,
-                            trailing,
-                            "journal ends in an interrupted write; dropped"
-                        );
-                        break;
-                    }
-                    return Err(StoreError::JournalCorrupt {
-                        path: path.clone(),
-                        offset: at,
-                        reason,
-                    }
-                    .into());
-                }
-                Next::Record(lsn, ops) => {
-                    at = at.saturating_add(8 + encoded_len(&ops));
+        })
+    };
+    let mut last = applied;
+    'files: for (i, (_, path)) in found.iter().enumerate() {
+        let bytes = read(path)?;
+        let mut at = 0usize;
+        while at < bytes.len() {
+            match parse(&bytes[at..]) {
+                Ok((lsn, ops, used)) => {
+                    at += used;
                     if lsn <= last {
                         continue;
                     }
@@ -265,18 +232,35 @@ pub fn replay(
                     apply(lsn, ops)?;
                     last = lsn;
                 }
+                Err(reason) => {
+                    // An acknowledged record was synced before anything after it was
+                    // written: with no whole record after this one, it is the write a
+                    // crash interrupted, never acknowledged.
+                    let mut later = whole_record_in(&bytes[at + 1..], last);
+                    for (_, next) in &found[i + 1..] {
+                        later = later || whole_record_in(&read(next)?, last);
+                    }
+                    if later {
+                        return Err(StoreError::JournalCorrupt {
+                            path: path.clone(),
+                            offset: at as u64,
+                            reason,
+                        }
+                        .into());
+                    }
+                    tracing::warn!(
+                        file = %path.display(),
+                        offset = at,
+                        reason,
+                        dropped = bytes.len() - at,
+                        "the journal ends in a write a crash interrupted; dropped"
+                    );
+                    break 'files;
+                }
             }
         }
     }
     Ok((last, found))
-}
-
-fn encoded_len(ops: &[Op]) -> u64 {
-    let ops_len: usize = ops
-        .iter()
-        .map(|(k, v)| 5 + k.len() + v.as_ref().map_or(0, |v| 4 + v.len()))
-        .sum();
-    (12 + ops_len) as u64
 }
 
 /// Flushes the engine (everything applied so far becomes durable there).
@@ -295,6 +279,9 @@ pub struct Journal {
     checkpointing: Arc<AtomicBool>,
     /// Files closed but not yet covered by a completed checkpoint.
     retired: Arc<Mutex<Vec<PathBuf>>>,
+    /// A write or sync failed: what reached the disk is unknown, so nothing more is
+    /// recorded or acknowledged until the relay restarts and replays.
+    failed: AtomicBool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -316,9 +303,6 @@ struct Current {
     len: u64,
     /// Written but not yet synced.
     unsynced: bool,
-    /// A write or sync failed: what was in the page cache is unknown, so nothing
-    /// more is acknowledged until the relay restarts and replays.
-    failed: bool,
 }
 
 impl Journal {
@@ -361,12 +345,12 @@ impl Journal {
                 number,
                 len: 0,
                 unsynced: false,
-                failed: false,
             }),
             checkpoint,
             checkpoint_bytes: CHECKPOINT_BYTES,
             checkpointing: Arc::new(AtomicBool::new(false)),
             retired: Arc::new(Mutex::new(Vec::new())),
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -378,6 +362,9 @@ impl Journal {
         ops: Vec<Op>,
         apply: impl FnOnce(u64, Vec<Op>) -> Result<(), RelayError>,
     ) -> Result<(), RelayError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::JournalFailed.into());
+        }
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let lsn = pending.lsn + 1;
         let mark = pending.records.len();
@@ -399,7 +386,7 @@ impl Journal {
     /// in the background.
     pub fn sync(&self) -> Result<(), RelayError> {
         let mut current = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.failed {
+        if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::JournalFailed.into());
         }
         let records = {
@@ -413,16 +400,14 @@ impl Journal {
         };
         if !records.is_empty() {
             if let Err(e) = current.file.write_all(&records) {
-                current.failed = true;
-                return Err(io(e).into());
+                return Err(self.fail(io(e)));
             }
             current.len += records.len() as u64;
             current.unsynced = true;
         }
         if current.unsynced {
             if let Err(e) = current.file.sync_data() {
-                current.failed = true;
-                return Err(io(e).into());
+                return Err(self.fail(io(e)));
             }
             current.unsynced = false;
         }
@@ -434,6 +419,18 @@ impl Journal {
             tracing::error!(error = %e, "cannot start a new journal file; the current one grows on");
         }
         Ok(())
+    }
+
+    /// Stops recording for good (the relay must restart and replay) and drops what
+    /// is buffered; returns `e`.
+    fn fail(&self, e: StoreError) -> RelayError {
+        self.failed.store(true, Ordering::Release);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records = Vec::new();
+        tracing::error!(error = %e, "the store's journal failed; restart the relay (it replays the journal)");
+        e.into()
     }
 
     /// Closes the current file, opens the next and checkpoints the closed ones in a
@@ -449,14 +446,17 @@ impl Journal {
                 path: path.clone(),
                 source,
             })?;
-        sync_dir(&self.dir)?;
+        if let Err(e) = sync_dir(&self.dir) {
+            // Not started: the next rotation makes the same file again.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         let closed = file_name(&self.dir, current.number);
         *current = Current {
             file,
             number,
             len: 0,
             unsynced: false,
-            failed: false,
         };
         self.retired
             .lock()
@@ -471,13 +471,23 @@ impl Journal {
         let spawned = std::thread::Builder::new()
             .name("kring-checkpoint".into())
             .spawn(move || {
+                // The flag goes down however this ends (a panic in the engine too).
+                struct Lower(Arc<AtomicBool>);
+                impl Drop for Lower {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                let _lower = Lower(flag);
                 let covered: Vec<PathBuf> =
                     retired.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 match checkpoint() {
                     Ok(()) => {
+                        let mut deleted = Vec::new();
                         for path in &covered {
-                            if let Err(e) = std::fs::remove_file(path) {
-                                tracing::warn!(file = %path.display(), error = %e, "cannot delete a checkpointed journal file");
+                            match std::fs::remove_file(path) {
+                                Ok(()) => deleted.push(path.clone()),
+                                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot delete a checkpointed journal file; the next checkpoint tries again"),
                             }
                         }
                         if let Err(e) = sync_dir(&dir) {
@@ -486,14 +496,13 @@ impl Journal {
                         retired
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .retain(|p| !covered.contains(p));
+                            .retain(|p| !deleted.contains(p));
                         tracing::debug!(files = covered.len(), "journal checkpointed");
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "store checkpoint failed; the journal keeps its files")
                     }
                 }
-                flag.store(false, Ordering::Release);
             });
         if let Err(e) = spawned {
             self.checkpointing.store(false, Ordering::Release);
@@ -514,8 +523,9 @@ impl Drop for Journal {
                 .unwrap_or_else(PoisonError::into_inner)
                 .records,
         );
+        let failed = self.failed.load(Ordering::Acquire);
         let current = self.file.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if !records.is_empty() && !current.failed {
+        if !records.is_empty() && !failed {
             let _ = current.file.write_all(&records);
         }
     }
@@ -536,36 +546,32 @@ mod tests {
     fn a_record_decodes_to_what_was_encoded() {
         let mut out = Vec::new();
         encode(7, &ops(3), &mut out).unwrap();
+        let first = out.len();
         encode(8, &[], &mut out).unwrap();
-        let mut r = &out[..];
-        let Next::Record(lsn, got) = read_record(&mut r, 0).unwrap() else {
-            panic!("no record")
-        };
-        assert_eq!((lsn, got), (7, ops(3)));
-        assert_eq!(encoded_len(&ops(3)) + 8, (out.len() - r.len()) as u64);
-        assert!(matches!(read_record(&mut r, 0).unwrap(), Next::Record(8, v) if v.is_empty()));
-        assert!(matches!(read_record(&mut r, 0).unwrap(), Next::End));
+        assert_eq!(parse(&out).unwrap(), (7, ops(3), first));
+        assert_eq!(
+            parse(&out[first..]).unwrap(),
+            (8, Vec::new(), out.len() - first)
+        );
     }
 
     #[test]
     fn a_damaged_record_is_not_read_as_one() {
         let mut out = Vec::new();
         encode(1, &ops(9), &mut out).unwrap();
-        for cut in 1..out.len() {
-            let mut r = &out[..cut];
-            assert!(
-                matches!(read_record(&mut r, 0).unwrap(), Next::Bad { .. }),
-                "cut at {cut}"
-            );
+        for cut in 0..out.len() {
+            assert!(parse(&out[..cut]).is_err(), "cut at {cut}");
         }
         for flip in 0..out.len() {
-            let mut damaged = out.clone();
-            damaged[flip] ^= 0x40;
-            let mut r = &damaged[..];
-            assert!(
-                !matches!(read_record(&mut r, 0).unwrap(), Next::Record(1, ref v) if *v == ops(9)),
-                "flip at {flip}"
-            );
+            for bit in 0..8 {
+                let mut damaged = out.clone();
+                damaged[flip] ^= 1 << bit;
+                damaged.extend_from_slice(&[0; 64]);
+                assert!(
+                    !matches!(parse(&damaged), Ok((1, ref v, _)) if *v == ops(9)),
+                    "bit {bit} of byte {flip}"
+                );
+            }
         }
     }
 
@@ -620,25 +626,53 @@ mod tests {
     fn a_torn_tail_is_dropped_and_damage_elsewhere_refused() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path(), 0);
+        let mut sizes = Vec::new();
         for n in 1..=3 {
             j.record(ops(n), |_, _| Ok(())).unwrap();
+            sizes.push(j.pending.lock().unwrap().records.len());
         }
         j.sync().unwrap();
         drop(j);
         let (_, found) = replay(dir.path(), 0, |_, _| Ok(())).unwrap();
         let path = found[0].1.clone();
         let whole = std::fs::read(&path).unwrap();
+        let third = sizes[1];
         // Cut inside the last record: the first two replay.
-        let last_len = 8 + encoded_len(&ops(3)) as usize;
-        std::fs::write(&path, &whole[..whole.len() - last_len / 2]).unwrap();
-        let (last, _) = replay(dir.path(), 0, |_, _| Ok(())).unwrap();
-        assert_eq!(last, 2);
+        std::fs::write(&path, &whole[..third + 5]).unwrap();
+        assert_eq!(replay(dir.path(), 0, |_, _| Ok(())).unwrap().0, 2);
+        // The last record torn, with stale bytes (not zeros) after it: still a tail.
+        let mut stale = whole[..third + 5].to_vec();
+        stale.extend_from_slice(&[0xA5; 300]);
+        std::fs::write(&path, &stale).unwrap();
+        assert_eq!(replay(dir.path(), 0, |_, _| Ok(())).unwrap().0, 2);
         // Damage in the middle, with a whole record after it: corruption.
         let mut damaged = whole.clone();
         damaged[12] ^= 1;
         std::fs::write(&path, &damaged).unwrap();
         let err = replay(dir.path(), 0, |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
+        // A damaged length that runs past the end hides nothing either.
+        let mut long = whole.clone();
+        long[3] ^= 0x10;
+        std::fs::write(&path, &long).unwrap();
+        let err = replay(dir.path(), 0, |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        // A torn tail in a file followed only by an empty one (a crash between
+        // starting the next file and deleting this one) is still a tail.
+        std::fs::write(&path, &whole[..third + 5]).unwrap();
+        std::fs::write(file_name(dir.path(), found[0].0 + 1), b"").unwrap();
+        assert_eq!(replay(dir.path(), 0, |_, _| Ok(())).unwrap().0, 2);
+    }
+
+    #[test]
+    fn after_a_failed_write_nothing_more_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), 0);
+        j.record(ops(1), |_, _| Ok(())).unwrap();
+        let _ = j.fail(StoreError::ShutDown);
+        assert!(j.pending.lock().unwrap().records.is_empty());
+        assert!(j.record(ops(2), |_, _| panic!("applied")).is_err());
+        assert!(j.sync().is_err());
     }
 
     #[test]

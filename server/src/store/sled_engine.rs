@@ -87,17 +87,25 @@ impl Inner {
         max_bytes: usize,
         reverse: bool,
     ) -> Result<Vec<Pair>, RelayError> {
-        type Pending<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a (u64, Option<Vec<u8>>))> + 'a>;
+        type Pending = Box<dyn Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>>;
         type Stored = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>;
-        // The overlay stays read-locked while sled is read: a move into sled cannot
-        // take a key out of the overlay between the two reads.
-        let overlay = self.overlay();
-        let pending = overlay.writes.range(range.clone());
+        if is_empty(&range) {
+            return Ok(Vec::new());
+        }
+        // The overlay's part first, copied (it holds one group commit's writes), then
+        // sled: a key that leaves the overlay meanwhile is in sled by then, with the
+        // value copied or a later one. Writers never wait for a scan.
+        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+            .overlay()
+            .writes
+            .range(range.clone())
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
         let stored = self.tree.range::<Vec<u8>, _>(range);
-        let (mut pending, mut stored): (Pending<'_>, Stored) = if reverse {
-            (Box::new(pending.rev()), Box::new(stored.rev()))
+        let (mut pending, mut stored): (Pending, Stored) = if reverse {
+            (Box::new(pending.into_iter().rev()), Box::new(stored.rev()))
         } else {
-            (Box::new(pending), Box::new(stored))
+            (Box::new(pending.into_iter()), Box::new(stored))
         };
         let mut next_pending = pending.next();
         let mut next_stored = stored.next().transpose()?;
@@ -120,12 +128,12 @@ impl Inner {
                 }
             };
             let pair = if take_pending {
-                let Some((k, (_, v))) = next_pending.take() else {
+                let Some((k, v)) = next_pending.take() else {
                     break;
                 };
                 next_pending = pending.next();
                 match v {
-                    Some(v) => (k.clone(), v.clone()),
+                    Some(v) => (k, v),
                     None => continue, // deleted
                 }
             } else {
@@ -183,8 +191,10 @@ impl SledEngine {
             );
         }
         if !previous.is_empty() {
-            // The replayed batches must be in sled for good before their files go.
+            // The replayed batches (and what a killed relay left in the page cache)
+            // must be in sled for good before their files go.
             db.flush()?;
+            sync_all(&dir.join("store"))?;
         }
         let inner = Arc::new(Inner {
             tree,
@@ -195,6 +205,7 @@ impl SledEngine {
             draining: Mutex::new(()),
         });
         let checkpointed = inner.clone();
+        let synced = dir.join("store");
         let journal = Journal::start(
             &journal_dir,
             last,
@@ -204,6 +215,8 @@ impl SledEngine {
                 // into sled with it, then sled to disk.
                 checkpointed.drain()?;
                 db.flush()?;
+                // sled's flush does not sync its files (nor its blob files at all).
+                sync_all(&synced)?;
                 Ok(())
             }),
         )?;
@@ -237,6 +250,43 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// `fsync`s every file and directory under `dir`.
+fn sync_all(dir: &std::path::Path) -> Result<(), RelayError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Journal { path, source }
+    };
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io(&d))? {
+            let path = entry.map_err(io(&d))?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&path))?;
+            }
+        }
+        std::fs::File::open(&d)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&d))?;
+    }
+    Ok(())
+}
+
+/// True if `range` holds no key (a start past its end).
+fn is_empty((start, end): &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> bool {
+    let (Bound::Included(s) | Bound::Excluded(s)) = start else {
+        return false;
+    };
+    match end {
+        Bound::Unbounded => false,
+        Bound::Excluded(e) => s >= e,
+        Bound::Included(e) => s > e || (s == e && matches!(start, Bound::Excluded(_))),
+    }
 }
 
 /// The keys with `prefix`, strictly after `after` if given.
@@ -302,8 +352,12 @@ impl Engine for SledEngine {
             overlay.lsn = lsn;
             Ok(())
         })?;
-        if inner.overlay().writes.len() >= DRAIN_AT {
-            inner.drain()?;
+        // The batch is recorded and visible: a failed early move is not its failure
+        // (the next flush moves the overlay again).
+        if inner.overlay().writes.len() >= DRAIN_AT
+            && let Err(e) = inner.drain()
+        {
+            tracing::warn!(error = %e, "cannot move the store's overlay into sled yet");
         }
         Ok(())
     }
