@@ -23,6 +23,7 @@ use kring_protocol::wire::{self, EntryKind, ErrorCode, LogEntry, Push};
 use tracing::{debug, info};
 
 use crate::audit::{AuditEvent, AuditKind};
+use crate::core::memberships;
 use crate::decide;
 use crate::entry_cache::SharedEntry;
 use crate::error::RelayError;
@@ -323,31 +324,6 @@ impl Memberships {
             self.read_at = Some(writes);
         }
         Ok(&self.records)
-    }
-}
-
-/// Membership records read from the store at once.
-const MEMBER_PAGE: usize = 1024;
-
-/// Every membership record of `user` (active or ended), by community: all of them,
-/// read a page at a time. How many a peer hub may create is capped
-/// ([`crate::federation::MAX_PEER_COMMUNITIES_PER_USER`]), so none can hide others.
-pub fn memberships(relay: &Relay, user: &str) -> Result<Vec<(String, MemberRecord)>, RelayError> {
-    let engine = relay.engine();
-    let prefix = keys::member_prefix(user);
-    let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = engine.scan(&prefix, after.as_deref(), MEMBER_PAGE)?;
-        let last_page = page.len() < MEMBER_PAGE;
-        for (k, v) in page {
-            let m: MemberRecord = decode(&k, &v)?;
-            out.push((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), m));
-            after = Some(k);
-        }
-        if last_page {
-            return Ok(out);
-        }
     }
 }
 

@@ -54,9 +54,6 @@ use crate::store::{Batch, Engine, decode, get_obj};
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Items per delivery.
 const BATCH: usize = 64;
-/// Bytes of a federation frame kept free for the envelope of a delivery (the request,
-/// its version and item count): a delivery's items fill at most `max_frame` less this.
-pub const DELIVER_MARGIN: usize = 4096;
 pub use crate::config::MIN_MAX_FRAME;
 /// Federation requests one peer relay may make per second, as a multiple of the
 /// per-identity `requests_per_second` (a peer speaks for all its users); the burst
@@ -82,19 +79,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 use crate::keyspace::federation as keys;
 
-fn get_u64(engine: &dyn Engine, key: &[u8]) -> Result<u64, RelayError> {
-    Ok(get_obj::<u64>(engine, key)?.unwrap_or(0))
-}
-
 mod apply;
+mod blobs;
 mod calls;
 mod link;
 mod outbox;
 
+pub use crate::core::outbox::{
+    DELIVER_MARGIN, check_item_len, delivery_budget, enqueue, enqueue_log_entry, load_outbox_heads,
+    outbox_state, store_outgoing,
+};
 pub(crate) use apply::*;
 pub use calls::*;
 pub use link::*;
-pub use outbox::*;
+use outbox::*;
 
 /// A configured federation peer and its link.
 #[derive(Debug)]

@@ -258,13 +258,12 @@ pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<Strin
             continue;
         };
         let peer = crate::federation::Peer::from_config(entry, relay.engine());
-        if let Some(old) =
-            relay
-                .insert_peer(entry, peer.clone())
-                .map_err(|error| ReloadError::Peer {
-                    peer: id.clone(),
-                    error,
-                })?
+        if let Some(old) = relay
+            .insert_peer(&mut relay.cx(), entry, peer.clone())
+            .map_err(|error| ReloadError::Peer {
+                peer: id.clone(),
+                error,
+            })?
         {
             old.retire("its configuration changed");
         }

@@ -35,11 +35,14 @@ use kring_protocol::wire::LogEntry;
 use tracing::{info, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::error::{EntryRefusal, RelayError};
+use crate::error::RelayError;
 use crate::records::{MemberRecord, OutboxRecord, Outgoing};
-use crate::relay::{Relay, Writer, home_relay};
-use crate::store::{Batch, decode, keys as store_keys};
+use crate::relay::{Relay, home_relay};
+use crate::store::{decode, keys as store_keys};
 
+pub use crate::core::retention::{
+    MAX_RETENTION_SECS, apply_from_hub, describe, put_retention, retention_of,
+};
 /// Store keys of retention.
 pub use crate::keyspace::retention as keys;
 
@@ -55,10 +58,6 @@ const PAGE_BYTES: usize = 1 << 20;
 pub const MAX_OUTBOX_SCAN: usize = 100_000;
 /// Records read at once from the retention and membership prefixes.
 const SCAN_PAGE: usize = 1024;
-/// The longest retention period a relay takes from a hub (that of the protocol).
-pub const MAX_RETENTION_SECS: u64 =
-    kring_protocol::mls::MAX_RETENTION_DAYS as u64 * kring_protocol::mls::DAY_SECS;
-
 /// The highest seq up to which one device holds back expired entries: entries after
 /// `joined_seq` are its, and `cursor` (at least `joined_seq`) is the last it
 /// acknowledged. A device that is no longer a member (`removed_seq`, or its user
@@ -119,85 +118,6 @@ pub struct PassReport {
     pub skipped: bool,
 }
 
-/// The retention period of `community` at this relay, if it has one.
-pub fn retention_of(relay: &Relay, b: &Batch, community: &str) -> Result<Option<u64>, RelayError> {
-    Ok(b.get(relay.engine(), &keys::retention(community))?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map(u64::from_be_bytes))
-}
-
-/// Stores a community's retention period (in the caller's batch).
-pub fn put_retention(b: &mut Batch, community: &str, secs: u64) {
-    b.put(keys::retention(community), secs.to_be_bytes().to_vec());
-}
-
-/// `FedBody::Retention` from `peer`: taken only from the community's hub, for a
-/// community this relay holds, within bounds; audited when it changes.
-/// `Ok(Err(why))` when refused.
-pub fn apply_from_hub(
-    relay: &Relay,
-    w: &mut Writer,
-    b: &mut Batch,
-    peer: &str,
-    community: &str,
-    secs: u64,
-) -> Result<Result<(), EntryRefusal>, RelayError> {
-    if home_relay(community) != peer {
-        return Ok(Err(EntryRefusal::RetentionNotFromHub {
-            peer: peer.into(),
-            community: community.into(),
-        }));
-    }
-    if secs == 0 || secs > MAX_RETENTION_SECS {
-        return Ok(Err(EntryRefusal::RetentionOutOfBounds {
-            secs,
-            community: community.into(),
-        }));
-    }
-    if relay.community_in(b, community)?.is_none() {
-        return Ok(Err(EntryRefusal::RetentionUnknownCommunity {
-            community: community.into(),
-        }));
-    }
-    // A community's period is fixed when it is created (it is in its group context):
-    // the first one a hub announced stays, a different one later is refused.
-    match retention_of(relay, b, community)? {
-        Some(held) if held == secs => return Ok(Ok(())),
-        Some(held) => {
-            return Ok(Err(EntryRefusal::RetentionChanged {
-                peer: peer.into(),
-                community: community.into(),
-                announced: describe(secs),
-                held: describe(held),
-            }));
-        }
-        None => {}
-    }
-    put_retention(b, community, secs);
-    w.audit.append(
-        b,
-        crate::relay::now(),
-        AuditEvent::new(
-            AuditKind::Membership,
-            peer,
-            community,
-            "community-retention",
-            format!("log entries kept {}", describe(secs)),
-        ),
-    )?;
-    Ok(Ok(()))
-}
-
-/// A retention period as people read it.
-pub fn describe(secs: u64) -> String {
-    let day = kring_protocol::mls::DAY_SECS;
-    if secs.is_multiple_of(day) {
-        format!("{} day(s)", secs / day)
-    } else {
-        format!("{secs} s")
-    }
-}
-
 /// The retention task: a pass at start, then every [`PASS_EVERY`] (in test builds,
 /// see [`test_clock`], every 100 ms with the test's time); each also sweeps the
 /// attachments no notice refers to any more ([`crate::relay::sweep_blobs`]).
@@ -231,7 +151,10 @@ pub async fn run(relay: Arc<Relay>) {
             }
             Err(e) => warn!(error = %e, "retention pass failed"),
         }
-        if let Err(e) = crate::relay::sweep_blobs(&relay, now) {
+        if let Err(e) = crate::core::sweep_blobs(
+            &relay,
+            &mut crate::core::Cx::at(now, std::time::Instant::now()),
+        ) {
             warn!(error = %e, "sweeping attachments failed");
         }
     }
@@ -358,7 +281,7 @@ pub fn pass(relay: &Relay, now: i64) -> Result<PassReport, RelayError> {
                 .iter()
                 .flat_map(|(_, ids)| ids.iter().copied())
                 .collect();
-            crate::relay::release_blobs(relay, &ids)?;
+            crate::core::release_blobs(relay, &mut relay.cx(), &ids)?;
             *report.pruned.entry(community.clone()).or_default() += count as u64;
             budget = budget.saturating_sub(count);
             if count < marks.len() || budget == 0 {

@@ -401,7 +401,7 @@ fn pass_on(
         .filter(|p| Some(p.as_str()) != source)
         .collect();
     for p in &peers {
-        crate::federation::enqueue(relay, w, b, p, body.clone())?;
+        crate::core::outbox::enqueue(relay, w, b, p, body.clone())?;
     }
     Ok(peers)
 }

@@ -184,10 +184,12 @@ mod durability;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
 mod journal;
+mod mem_engine;
 mod sled_engine;
 mod watermark;
 
-pub use durability::Durability;
+pub use durability::{Applier, Durability};
+pub use mem_engine::MemEngine;
 pub use sled_engine::SledEngine;
 #[cfg(test)]
 use watermark::{Gate, gate};

@@ -3,6 +3,7 @@
 //! limits on what a peer may register here.
 
 use super::*;
+use crate::core::outbox::get_u64;
 
 /// Applies items from `peer` exactly once each, then makes them durable.
 ///

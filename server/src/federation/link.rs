@@ -348,7 +348,16 @@ pub(super) async fn handle_stream(
                 }))
             } else {
                 relay
-                    .handshake_at_hub(&sender, Some(&peer), &community, &message, welcome)
+                    .call(|core, cx| {
+                        core.handshake_at_hub(
+                            cx,
+                            &sender,
+                            Some(peer.as_str()),
+                            &community,
+                            &message,
+                            welcome,
+                        )
+                    })
                     .await
             };
             FedResponse::Response(match r {
@@ -426,7 +435,11 @@ pub(super) async fn handle_stream(
         }
         FedRequest::FetchKeyPackage { user, requester } => {
             let r = match check_fetch(&relay, &peer, &requester, &user) {
-                Ok(()) => relay.take_key_package(&requester, &user).await,
+                Ok(()) => {
+                    relay
+                        .call(|core, cx| core.take_key_package(cx, &requester, &user))
+                        .await
+                }
                 Err(code) => Err(RelayError::Refused(code)),
             };
             FedResponse::Response(match r {

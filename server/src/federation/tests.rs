@@ -1,9 +1,10 @@
 use super::keys;
 use super::{
     AuditThrottle, BATCH, DELIVER_MARGIN, MIN_MAX_FRAME, RecentNames, Record, TokenBucket,
-    batch_len, delivery_budget, encoded_len, refused_at_send,
+    batch_len, delivery_budget, refused_at_send,
 };
 use super::{EntryRefusal, check_envelope, check_epoch};
+use crate::core::outbox::encoded_len;
 use kring_protocol::wire::{FedBody, FedItem};
 use std::time::{Duration, Instant};
 

@@ -432,7 +432,7 @@ pub(super) async fn recover_log(
                 let done = page.len() < limits::MAX_LOG_PAGE;
                 for (k, v) in &page {
                     let entry: LogEntry = decode(k, v)?;
-                    crate::federation::enqueue_log_entry(relay, w, b, holder, &rec, &entry)?;
+                    crate::core::outbox::enqueue_log_entry(relay, w, b, holder, &rec, &entry)?;
                 }
                 match page.last() {
                     Some((k, _)) if !done => from = k.clone(),

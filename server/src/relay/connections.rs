@@ -2,6 +2,7 @@
 //! the connection registry, per-identity request budgets and rate limits.
 
 use super::*;
+use crate::core::Bucket;
 
 impl Relay {
     /// Checks a certificate chain presented in TLS and reads the identity from it.

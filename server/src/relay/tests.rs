@@ -12,6 +12,10 @@ use kring_protocol::validator::FederationValidator;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::signatures::Signer as _;
 
+use kring_protocol::notice_aad::NoticeAad;
+use kring_protocol::wire::{EntryKind, FedBody, LogEntry, NoticeUpload, Request, Response};
+use uuid::Uuid;
+
 use super::*;
 use crate::audit::AuditRecord;
 use crate::store::{SledEngine, decode};
@@ -536,7 +540,7 @@ async fn attachments_are_announced_uploaded_before_filing_and_handed_to_members_
             Ok(())
         })
         .unwrap();
-    release_blobs(&bz.relay, &[blob.id]).unwrap();
+    crate::core::release_blobs(&bz.relay, &mut bz.relay.cx(), &[blob.id]).unwrap();
     assert_eq!(bz.relay.blobs.sealed_size(&blob.id), Some(blob.size));
     match bz.answer("liaison@bz", get(notice_id, 0)).await {
         Response::BlobChunk { size, .. } => assert_eq!(size, blob.size),
@@ -546,7 +550,7 @@ async fn attachments_are_announced_uploaded_before_filing_and_handed_to_members_
     // Swept only once no notice refers to it: a day on, it stays while its notice
     // is here, and goes with the notice's record.
     let later = now() + 2 * crate::blobs::PARTIAL_TTL;
-    sweep_blobs(&bz.relay, later).unwrap();
+    crate::core::sweep_blobs(&bz.relay, &mut Cx::at(later, Instant::now())).unwrap();
     assert_eq!(bz.relay.blobs.sealed_size(&blob.id), Some(blob.size));
     bz.relay
         .write(|_, b| {
@@ -554,7 +558,7 @@ async fn attachments_are_announced_uploaded_before_filing_and_handed_to_members_
             Ok(())
         })
         .unwrap();
-    sweep_blobs(&bz.relay, later).unwrap();
+    crate::core::sweep_blobs(&bz.relay, &mut Cx::at(later, Instant::now())).unwrap();
     assert_eq!(bz.relay.blobs.sealed_size(&blob.id), None);
 }
 

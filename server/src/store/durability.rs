@@ -14,15 +14,23 @@ enum FlushMsg {
     Stop(oneshot::Sender<Result<(), Arc<RelayError>>>),
 }
 
+/// Applies batches to the store, numbered in the order they reach it, and records
+/// in the [`Watermark`] what readers may not see before a flush. Synchronous and
+/// without tasks: the relay core writes through it; [`Durability`] flushes.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    engine: Arc<dyn Engine>,
+    watermark: Arc<Watermark>,
+    #[cfg(feature = "failpoints")]
+    failpoint: Option<Arc<failpoint::Failpoint>>,
+}
+
 /// Group commit: one flush for every waiter queued while the previous flush ran.
 #[derive(Debug, Clone)]
 pub struct Durability {
     tx: mpsc::UnboundedSender<FlushMsg>,
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
-    engine: Arc<dyn Engine>,
-    watermark: Arc<Watermark>,
-    #[cfg(feature = "failpoints")]
-    failpoint: Option<Arc<failpoint::Failpoint>>,
+    applier: Applier,
 }
 
 impl std::fmt::Debug for FlushMsg {
@@ -37,81 +45,20 @@ impl std::fmt::Debug for FlushMsg {
 /// Told how long each store flush took and whether it succeeded (the relay's metrics).
 pub type FlushObserver = Arc<dyn Fn(std::time::Duration, bool) + Send + Sync>;
 
-impl Durability {
-    /// Starts the flusher task for `engine`.
-    pub fn start(engine: Arc<dyn Engine>) -> Self {
-        Self::start_observed(engine, None)
+impl Applier {
+    /// Applies to `engine`, with a new watermark.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Self {
+            engine,
+            watermark: Arc::new(Watermark::default()),
+            #[cfg(feature = "failpoints")]
+            failpoint: failpoint::Failpoint::from_env().map(Arc::new),
+        }
     }
 
-    /// [`Durability::start`], telling `observer` about every flush.
-    pub fn start_observed(engine: Arc<dyn Engine>, observer: Option<FlushObserver>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<FlushMsg>();
-        let watermark = Arc::new(Watermark::default());
-        let durable = watermark.clone();
-        let flushed = engine.clone();
-        #[cfg(feature = "failpoints")]
-        let failpoint = failpoint::Failpoint::from_env().map(Arc::new);
-        #[cfg(feature = "failpoints")]
-        let armed = failpoint.clone();
-        let task = tokio::spawn(async move {
-            let (engine, watermark) = (flushed, durable);
-            while let Some(first) = rx.recv().await {
-                let mut waiters = Vec::new();
-                let mut stop = None;
-                let mut push = |m: FlushMsg| match m {
-                    FlushMsg::Wait(w) => waiters.push(w),
-                    FlushMsg::Stop(w) => stop = Some(w),
-                };
-                push(first);
-                while let Ok(m) = rx.try_recv() {
-                    push(m);
-                }
-                // Every batch up to `upto` was applied before the flush starts, so the
-                // flush covers it (later ones perhaps too: the next flush says so).
-                let upto = watermark.applied();
-                #[cfg(feature = "failpoints")]
-                if let Some(failpoint) = &armed {
-                    failpoint
-                        .before_flush(engine.as_ref(), &watermark, upto)
-                        .await;
-                }
-                let engine = engine.clone();
-                let started = std::time::Instant::now();
-                let result = tokio::task::spawn_blocking(move || engine.flush())
-                    .await
-                    .map_err(|e| Arc::new(RelayError::from(e)))
-                    .and_then(|r| r.map_err(Arc::new));
-                if let Some(observe) = &observer {
-                    observe(started.elapsed(), result.is_ok());
-                }
-                match &result {
-                    // Before any waiter wakes: what it wakes others for must be readable.
-                    Ok(()) => {
-                        watermark.flushed(upto);
-                        #[cfg(feature = "failpoints")]
-                        if let Some(failpoint) = &armed {
-                            failpoint.forget(|w| w <= upto);
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "store flush failed"),
-                }
-                for w in waiters {
-                    let _ = w.send(result.clone());
-                }
-                if let Some(w) = stop {
-                    let _ = w.send(result);
-                    return;
-                }
-            }
-        });
-        Self {
-            tx,
-            task: Arc::new(std::sync::Mutex::new(Some(task))),
-            engine,
-            watermark,
-            #[cfg(feature = "failpoints")]
-            failpoint,
-        }
+    /// The store written to.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
     }
 
     /// Applies `batch` atomically (visible in the engine at once, durable after the
@@ -172,6 +119,99 @@ impl Durability {
     /// What readers may see of the store.
     pub fn watermark(&self) -> &Watermark {
         &self.watermark
+    }
+}
+
+impl Durability {
+    /// Starts the flusher task for `engine`.
+    pub fn start(engine: Arc<dyn Engine>) -> Self {
+        Self::start_observed(Applier::new(engine), None)
+    }
+
+    /// Starts the flusher task for what `applier` applies, telling `observer` about
+    /// every flush.
+    pub fn start_observed(applier: Applier, observer: Option<FlushObserver>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<FlushMsg>();
+        let durable = applier.watermark.clone();
+        let flushed = applier.engine.clone();
+        #[cfg(feature = "failpoints")]
+        let armed = applier.failpoint.clone();
+        let task = tokio::spawn(async move {
+            let (engine, watermark) = (flushed, durable);
+            while let Some(first) = rx.recv().await {
+                let mut waiters = Vec::new();
+                let mut stop = None;
+                let mut push = |m: FlushMsg| match m {
+                    FlushMsg::Wait(w) => waiters.push(w),
+                    FlushMsg::Stop(w) => stop = Some(w),
+                };
+                push(first);
+                while let Ok(m) = rx.try_recv() {
+                    push(m);
+                }
+                // Every batch up to `upto` was applied before the flush starts, so the
+                // flush covers it (later ones perhaps too: the next flush says so).
+                let upto = watermark.applied();
+                #[cfg(feature = "failpoints")]
+                if let Some(failpoint) = &armed {
+                    failpoint
+                        .before_flush(engine.as_ref(), &watermark, upto)
+                        .await;
+                }
+                let engine = engine.clone();
+                let started = std::time::Instant::now();
+                let result = tokio::task::spawn_blocking(move || engine.flush())
+                    .await
+                    .map_err(|e| Arc::new(RelayError::from(e)))
+                    .and_then(|r| r.map_err(Arc::new));
+                if let Some(observe) = &observer {
+                    observe(started.elapsed(), result.is_ok());
+                }
+                match &result {
+                    // Before any waiter wakes: what it wakes others for must be readable.
+                    Ok(()) => {
+                        watermark.flushed(upto);
+                        #[cfg(feature = "failpoints")]
+                        if let Some(failpoint) = &armed {
+                            failpoint.forget(|w| w <= upto);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "store flush failed"),
+                }
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+                if let Some(w) = stop {
+                    let _ = w.send(result);
+                    return;
+                }
+            }
+        });
+        Self {
+            tx,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+            applier,
+        }
+    }
+
+    /// What applies batches to the store this flushes.
+    pub fn applier(&self) -> &Applier {
+        &self.applier
+    }
+
+    /// [`Applier::apply`].
+    pub fn apply(&self, batch: Batch) -> Result<u64, RelayError> {
+        self.applier.apply(batch)
+    }
+
+    /// [`Applier::exclusive`].
+    pub fn exclusive<T>(&self, f: impl FnOnce(&dyn Engine) -> T) -> T {
+        self.applier.exclusive(f)
+    }
+
+    /// What readers may see of the store.
+    pub fn watermark(&self) -> &Watermark {
+        &self.applier.watermark
     }
 
     /// Returns once everything applied before this call is on disk.

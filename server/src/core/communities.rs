@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Relay {
+impl Core {
     /// The community record, if this relay takes part in the community.
     pub fn community(&self, id: &str) -> Result<Option<CommunityRecord>, RelayError> {
         self.community_in(&Batch::default(), id)
@@ -22,7 +22,7 @@ impl Relay {
         Ok(Some(rec))
     }
 
-    pub(super) fn member_community(
+    pub(crate) fn member_community(
         &self,
         caller: &Caller,
         id: &str,
@@ -45,8 +45,9 @@ impl Relay {
         }
     }
 
-    pub(super) async fn create_community(
+    pub fn create_community(
         &self,
+        cx: &mut Cx,
         caller: &Caller,
         community: &str,
         group_info: &[u8],
@@ -64,7 +65,7 @@ impl Relay {
         }
         self.recovery
             .may_create(self.engine(), &self.id, community)?;
-        let seq = self.write(|w, b| {
+        let seq = self.write(cx, |w, b| {
             if self.community(community)?.is_some() {
                 return Err(ErrorCode::BadRequest {
                     reason: format!("community {community} already exists"),
@@ -79,7 +80,7 @@ impl Relay {
                 ratchet_tree,
                 &self.anchors,
                 &self.trust(),
-                now() as u64,
+                w.now as u64,
             )
             .map_err(|e| ErrorCode::BadRequest {
                 reason: e.to_string(),
@@ -119,7 +120,7 @@ impl Relay {
                 epoch: view.epoch,
                 last_seq: 0,
                 created_by: caller.id.clone(),
-                created_at: now(),
+                created_at: w.now,
             };
             b.extend(overlay.into_batch());
             put_community(b, &rec)?;
@@ -135,7 +136,7 @@ impl Relay {
             )?;
             w.audit.append(
                 b,
-                now(),
+                w.now,
                 AuditEvent::new(
                     AuditKind::Membership,
                     &caller.id,
@@ -152,40 +153,21 @@ impl Relay {
             )?;
             Ok(0)
         })?;
-        self.durable().await?;
         Ok(Response::Accepted { seq, epoch: 0 })
-    }
-
-    pub(super) async fn handshake(
-        &self,
-        caller: &Caller,
-        community: &str,
-        message: &[u8],
-        welcome: Option<Vec<u8>>,
-    ) -> Result<Response, RelayError> {
-        let rec = self.member_community(caller, community)?;
-        if rec.hub != self.id {
-            // The hub orders every commit: forward it and wait for the verdict.
-            return crate::federation::forward_handshake(
-                self, &rec.hub, &caller.id, community, message, welcome,
-            )
-            .await;
-        }
-        self.handshake_at_hub(&caller.id, None, community, message, welcome)
-            .await
     }
 
     /// Verifies, decides and orders a handshake at this relay, the community's hub.
     /// `origin` is the peer relay that forwarded it (the sender's home relay), if any.
-    pub async fn handshake_at_hub(
+    pub fn handshake_at_hub(
         &self,
+        cx: &mut Cx,
         sender: &str,
         origin: Option<&str>,
         community: &str,
         message: &[u8],
         welcome: Option<Vec<u8>>,
     ) -> Result<Response, RelayError> {
-        let (seq, epoch) = self.write(|w, b| {
+        let (seq, epoch) = self.write(cx, |w, b| {
             let mut rec = match self.community(community)? {
                 Some(rec) if rec.hub == self.id && rec.members.iter().any(|m| m == sender) => rec,
                 _ => return Err(ErrorCode::NotMember.into()),
@@ -210,7 +192,7 @@ impl Relay {
                     message,
                     &self.anchors,
                     &self.trust(),
-                    now() as u64,
+                    w.now as u64,
                     &revoked,
                 )?
             };
@@ -251,7 +233,7 @@ impl Relay {
                 self.self_updates
                     .lock()
                     .map_err(|_| RelayError::Poisoned("self-update times"))?
-                    .check(community, sender, now() as u64)
+                    .check(community, sender, w.now as u64)
                     .map_err(RelayError::Refused)?;
             }
             if !staged.added.is_empty() && welcome.is_none() {
@@ -274,14 +256,14 @@ impl Relay {
                 staged,
                 &self.anchors,
                 &self.trust(),
-                now() as u64,
+                w.now as u64,
             )?;
             let seq = next_seq(&rec)?;
             let entry = LogEntry {
                 community: community.to_string(),
                 seq,
                 sender: sender.to_string(),
-                ordered_at: now(),
+                ordered_at: w.now,
                 kind: EntryKind::Handshake {
                     epoch: epoch_before,
                 },
@@ -292,7 +274,7 @@ impl Relay {
             for (user, _) in &added {
                 w.audit.append(
                     b,
-                    now(),
+                    w.now,
                     AuditEvent::new(
                         AuditKind::Membership,
                         sender,
@@ -305,7 +287,7 @@ impl Relay {
             for user in &removed {
                 w.audit.append(
                     b,
-                    now(),
+                    w.now,
                     AuditEvent::new(
                         AuditKind::Membership,
                         sender,
@@ -318,7 +300,7 @@ impl Relay {
             if let Some(admins) = &new_admins {
                 w.audit.append(
                     b,
-                    now(),
+                    w.now,
                     AuditEvent::new(
                         AuditKind::Admin,
                         sender,
@@ -332,10 +314,10 @@ impl Relay {
                 self.self_updates
                     .lock()
                     .map_err(|_| RelayError::Poisoned("self-update times"))?
-                    .record(community, sender, now() as u64);
+                    .record(community, sender, w.now as u64);
                 w.audit.append(
                     b,
-                    now(),
+                    w.now,
                     AuditEvent::new(
                         AuditKind::Membership,
                         sender,
@@ -365,10 +347,9 @@ impl Relay {
             w.counts.commits_ordered += 1;
             Ok((seq, rec.epoch))
         })?;
-        self.durable().await?;
         // A commit starts a new epoch: removals proposed in the old one are void and
         // must be proposed again if still due.
-        self.enforce_community(community);
+        cx.enforce.push(community.to_string());
         Ok(Response::Accepted { seq, epoch })
     }
 
@@ -420,7 +401,7 @@ impl Relay {
 
     /// Stores the Welcome of a commit once for the new members who are users of
     /// this relay, and queues one copy for each other relay with new members.
-    pub(super) fn route_welcomes(
+    pub(crate) fn route_welcomes(
         &self,
         w: &mut Writer,
         b: &mut Batch,
@@ -446,7 +427,7 @@ impl Relay {
                     welcome: welcome.to_vec(),
                     ratchet_tree: ratchet_tree.to_vec(),
                 };
-                crate::federation::enqueue(self, w, b, home, body)?;
+                crate::core::outbox::enqueue(self, w, b, home, body)?;
             }
         }
         Ok(())

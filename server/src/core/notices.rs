@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Relay {
+impl Core {
     /// The fan-out (`fan_out`) of a new entry to the relays with members.
     pub fn fan_out_entry(
         &self,
@@ -18,7 +18,7 @@ impl Relay {
     /// At the hub: queues a new log entry for every other relay with members in the
     /// community (and `extra` relays, e.g. of members just removed), withholding a
     /// notice from a relay whose accreditation does not admit its label.
-    pub(super) fn fan_out(
+    pub(crate) fn fan_out(
         &self,
         w: &mut Writer,
         b: &mut Batch,
@@ -66,9 +66,9 @@ impl Relay {
                     seq: entry.seq,
                     entry: None,
                 };
-                crate::federation::enqueue(self, w, b, peer, body)?;
+                crate::core::outbox::enqueue(self, w, b, peer, body)?;
             } else {
-                crate::federation::enqueue_log_entry(self, w, b, peer, rec, entry)?;
+                crate::core::outbox::enqueue_log_entry(self, w, b, peer, rec, entry)?;
             }
             // Member relays hold no group context: the hub tells them the
             // retention period with every commit (after it, so they hold the
@@ -80,7 +80,7 @@ impl Relay {
                     community: rec.id.clone(),
                     seconds,
                 };
-                crate::federation::enqueue(self, w, b, peer, body)?;
+                crate::core::outbox::enqueue(self, w, b, peer, body)?;
             }
         }
         Ok(())
@@ -123,7 +123,7 @@ impl Relay {
         b.put_obj(key, &rec)?;
         w.audit.append(
             b,
-            now(),
+            w.now,
             AuditEvent::new(
                 AuditKind::Refusal,
                 hop,
@@ -134,7 +134,7 @@ impl Relay {
         )?;
         let home = home_relay(&rec.sender);
         if !rec.sender.is_empty() && home != self.id {
-            crate::federation::enqueue(
+            crate::core::outbox::enqueue(
                 self,
                 w,
                 b,
@@ -150,15 +150,16 @@ impl Relay {
     }
 
     /// One notice ([`Request::FileNotice`]): a filing of one.
-    pub(super) async fn file_notice(
+    pub fn file_notice(
         &self,
+        cx: &mut Cx,
         caller: &Caller,
         community: &str,
         notice_id: Uuid,
         message: Vec<u8>,
     ) -> Result<Response, RelayError> {
         let upload = NoticeUpload { notice_id, message };
-        match self.file_notices(caller, community, vec![upload]).await? {
+        match self.file_notices(cx, caller, community, vec![upload])? {
             Response::Filed { hub, epoch, seqs } => Ok(match seqs.first() {
                 Some(Some(seq)) => Response::Accepted { seq: *seq, epoch },
                 _ => Response::Queued { notice_id, hub },
@@ -170,8 +171,9 @@ impl Relay {
     /// Files notices of one community, in order, all or none: at the hub they are
     /// ordered; at a spoke each is stored with an outbox item for the hub. One
     /// atomic batch and one fsync for all of them.
-    pub(super) async fn file_notices(
+    pub fn file_notices(
         &self,
+        cx: &mut Cx,
         caller: &Caller,
         community: &str,
         notices: Vec<NoticeUpload>,
@@ -197,7 +199,7 @@ impl Relay {
             .into());
         }
         let count = notices.len();
-        let (hub, epoch, seqs) = self.write(|w, b| {
+        let (hub, epoch, seqs) = self.write(cx, |w, b| {
             let mut rec = self.member_community(caller, community)?;
             for app in &apps {
                 decide::fresh_filing(app.epoch, rec.epoch)?;
@@ -221,14 +223,13 @@ impl Relay {
             }
             Ok((rec.hub, rec.epoch, seqs))
         })?;
-        self.durable().await?;
         Ok(Response::Filed { hub, epoch, seqs })
     }
 
     /// A spoke: checks a notice and stores it with an outbox item for the hub
     /// (`Some(seq)` for a retried filing the hub has ordered already).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn queue_notice(
+    pub(crate) fn queue_notice(
         &self,
         w: &mut Writer,
         b: &mut Batch,
@@ -286,7 +287,7 @@ impl Relay {
         if aad.original.is_some() {
             // The hub applies the TLP:AMBER rule to a forward with what this relay
             // says its organisation's clients are: said just before the notice.
-            crate::federation::enqueue(
+            crate::core::outbox::enqueue(
                 self,
                 w,
                 b,
@@ -296,7 +297,7 @@ impl Relay {
                 },
             )?;
         }
-        crate::federation::enqueue(
+        crate::core::outbox::enqueue(
             self,
             w,
             b,
@@ -399,7 +400,7 @@ impl Relay {
             community: community.to_string(),
             seq,
             sender: sender.to_string(),
-            ordered_at: now(),
+            ordered_at: w.now,
             kind: EntryKind::Notice {
                 notice_id,
                 label: app.aad.clone(),
@@ -431,7 +432,7 @@ impl Relay {
     /// this relay's own `clients` for a forwarder homed here, otherwise what the
     /// forwarder's home relay declared last (`FedBody::DeclaredClients`, sent just
     /// before the forward; nothing declared is no clients).
-    pub(super) fn check_forward(
+    pub(crate) fn check_forward(
         &self,
         b: &Batch,
         rec: &CommunityRecord,
@@ -477,7 +478,7 @@ impl Relay {
 
 /// A refusal of one notice of a filing of `count`, naming the notice when there
 /// are several (the whole filing is refused).
-pub(super) fn name_notice(code: ErrorCode, notice_id: Uuid, count: usize) -> ErrorCode {
+pub(crate) fn name_notice(code: ErrorCode, notice_id: Uuid, count: usize) -> ErrorCode {
     if count < 2 {
         return code;
     }
@@ -495,7 +496,7 @@ pub(super) fn name_notice(code: ErrorCode, notice_id: Uuid, count: usize) -> Err
 /// The label of an application message (and, for a forward, the original's:
 /// [`kring_protocol::notice_aad`]), checked against the community (right group,
 /// within the maximum, epoch window), a clearance and this relay's accreditation.
-pub(super) fn check_notice_label(
+pub(crate) fn check_notice_label(
     app: &groups::AppInfo,
     community: &str,
     rec: &CommunityRecord,

@@ -4,14 +4,15 @@
 
 use super::*;
 
-impl Relay {
-    pub(super) async fn publish_key_packages(
+impl Core {
+    pub fn publish_key_packages(
         &self,
+        cx: &mut Cx,
         caller: &Caller,
         key_packages: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     ) -> Result<Response, RelayError> {
-        let now_s = now() as u64;
+        let now_s = cx.now as u64;
         for kp in key_packages.iter().chain(last_resort.iter()) {
             groups::validate_key_package(kp, &caller.chain, &self.anchors, &self.trust(), now_s)
                 .map_err(|reason| ErrorCode::BadRequest {
@@ -19,7 +20,7 @@ impl Relay {
                 })?;
         }
         let cap = self.limits.key_packages_per_user;
-        let count = self.write(|_, b| {
+        let count = self.write(cx, |_, b| {
             let existing = self
                 .engine
                 .scan(&keys::key_package_prefix(&caller.id), None, cap + 1)?
@@ -42,34 +43,15 @@ impl Relay {
             }
             Ok(existing + key_packages.len())
         })?;
-        self.durable().await?;
         Ok(Response::KeyPackagesStored {
             count: count as u32,
         })
     }
 
-    pub(super) async fn fetch_key_package(
-        &self,
-        caller: &Caller,
-        user: &str,
-    ) -> Result<Response, RelayError> {
-        let home = home_relay(user);
-        if home != self.id {
-            if !self.is_peer(home) {
-                return Err(ErrorCode::NotFound {
-                    what: format!("{user}: relay {home} is not a peer of relay {}", self.id),
-                }
-                .into());
-            }
-            return crate::federation::forward_fetch_key_package(self, home, &caller.id, user)
-                .await;
-        }
-        self.take_key_package(&caller.id, user).await
-    }
-
     /// Hands out one key package of a local user (consumed; the last-resort one is kept).
-    pub async fn take_key_package(
+    pub fn take_key_package(
         &self,
+        cx: &mut Cx,
         requester: &str,
         user: &str,
     ) -> Result<Response, RelayError> {
@@ -80,7 +62,8 @@ impl Relay {
         let retry = |d: std::time::Duration| ErrorCode::RateLimited {
             retry_after_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
         };
-        let kp = self.write(|w, b| {
+        let at = cx.mono;
+        let kp = self.write(cx, |w, b| {
             // Limits per requester and user, and per user (`key_fetch`): past them
             // only the last-resort package is handed out, so one-time packages
             // cannot be drained.
@@ -88,7 +71,6 @@ impl Relay {
                 .key_fetches
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let at = Instant::now();
             let grant = limiter
                 .admit(requester, user, at)
                 .map_err(|RetryAfter(d)| retry(d))?;
@@ -125,7 +107,7 @@ impl Relay {
             };
             w.audit.append(
                 b,
-                now(),
+                w.now,
                 AuditEvent::new(
                     AuditKind::Membership,
                     requester,
@@ -136,7 +118,6 @@ impl Relay {
             )?;
             Ok(kp)
         })?;
-        self.durable().await?;
         // A key package whose certificate was revoked (CRL) or expired since it was
         // published is not handed out.
         let checked = {
@@ -145,18 +126,21 @@ impl Relay {
                 &kp,
                 &self.anchors,
                 &self.trust(),
-                now() as u64,
+                cx.now as u64,
                 &revoked,
             )
         };
         if let Err(reason) = checked {
-            self.audit_now(AuditEvent::new(
-                AuditKind::Refusal,
-                requester,
-                user,
-                "fetch-key-package",
-                format!("stored key package withheld: {reason}"),
-            ));
+            self.audit(
+                cx,
+                AuditEvent::new(
+                    AuditKind::Refusal,
+                    requester,
+                    user,
+                    "fetch-key-package",
+                    format!("stored key package withheld: {reason}"),
+                ),
+            );
             return Err(ErrorCode::Revoked.into());
         }
         Ok(Response::KeyPackage { key_package: kp })

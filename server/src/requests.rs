@@ -1,7 +1,16 @@
-//! One request in, one answer out: the revocation gate, dispatch to the handler
-//! of each request kind, and the audit record of every refusal.
+//! One request in, one answer out: the revocation gate, dispatch to the core's
+//! handler of each request kind (or to the federation for what another relay
+//! decides: a commit to a community hubbed elsewhere, another relay's user's key
+//! package, an attachment fetched through), durability before the answer, and the
+//! audit record of every refusal.
 
-use super::*;
+use kring_protocol::attachment::{BlobId, BlobRef};
+use kring_protocol::wire::{ErrorCode, Request, Response};
+use uuid::Uuid;
+
+use crate::error::RelayError;
+use crate::relay::{Caller, Relay, home_relay, release_welcome, summary};
+use crate::store::keys;
 
 impl Relay {
     /// Handles one request; refusals come back as [`Response::Error`] and are audited.
@@ -40,11 +49,7 @@ impl Relay {
         }
     }
 
-    pub(super) async fn dispatch(
-        &self,
-        caller: &Caller,
-        request: Request,
-    ) -> Result<Response, RelayError> {
+    async fn dispatch(&self, caller: &Caller, request: Request) -> Result<Response, RelayError> {
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::DeclaredClients => Ok(Response::DeclaredClients {
@@ -59,8 +64,10 @@ impl Relay {
                 key_packages,
                 last_resort,
             } => {
-                self.publish_key_packages(caller, key_packages, last_resort)
-                    .await
+                self.call(|core, cx| {
+                    core.publish_key_packages(cx, caller, key_packages, last_resort)
+                })
+                .await
             }
             Request::FetchKeyPackage { user } => self.fetch_key_package(caller, &user).await,
             Request::CreateCommunity {
@@ -68,8 +75,10 @@ impl Relay {
                 group_info,
                 ratchet_tree,
             } => {
-                self.create_community(caller, &community, &group_info, &ratchet_tree)
-                    .await
+                self.call(|core, cx| {
+                    core.create_community(cx, caller, &community, &group_info, &ratchet_tree)
+                })
+                .await
             }
             Request::Handshake {
                 community,
@@ -81,20 +90,26 @@ impl Relay {
                 notice_id,
                 message,
             } => {
-                self.file_notice(caller, &community, notice_id, message)
+                self.call(|core, cx| core.file_notice(cx, caller, &community, notice_id, message))
                     .await
             }
             Request::FileNotices { community, notices } => {
-                self.file_notices(caller, &community, notices).await
+                self.call(|core, cx| core.file_notices(cx, caller, &community, notices))
+                    .await
             }
-            Request::Ack { community, seq } => self.ack(caller, &community, seq).await,
+            Request::Ack { community, seq } => {
+                self.call(|core, cx| core.ack(cx, caller, &community, seq))
+                    .await
+            }
             Request::AckWelcome { id } => {
-                self.write(|_, b| {
-                    b.delete(keys::welcome(&caller.id, &id));
-                    release_welcome(self.engine(), b, &caller.id, &id)
-                })?;
-                self.durable().await?;
-                Ok(Response::Ok)
+                self.call(|core, cx| {
+                    core.write(cx, |_, b| {
+                        b.delete(keys::welcome(&caller.id, &id));
+                        release_welcome(core.engine(), b, &caller.id, &id)
+                    })?;
+                    Ok(Response::Ok)
+                })
+                .await
             }
             Request::ListCommunities => self.list_communities(caller),
             Request::CommunityInfo { community } => {
@@ -107,7 +122,7 @@ impl Relay {
                 limit,
                 verify,
             } => self.audit_log(caller, from, limit, verify),
-            Request::AuditHead => self.audit_head(caller).await,
+            Request::AuditHead => self.call(|core, cx| core.audit_head(cx, caller)).await,
             Request::Revoke { statement } => {
                 crate::revocation::revoke(self, caller, statement, None).await
             }
@@ -136,9 +151,110 @@ impl Relay {
             .into()),
         }
     }
+
+    /// [`Request::Handshake`]: ordered here if this relay is the community's hub,
+    /// otherwise forwarded to the hub, whose verdict is the answer.
+    async fn handshake(
+        &self,
+        caller: &Caller,
+        community: &str,
+        message: &[u8],
+        welcome: Option<Vec<u8>>,
+    ) -> Result<Response, RelayError> {
+        let rec = self.member_community(caller, community)?;
+        if rec.hub != self.id() {
+            return crate::federation::forward_handshake(
+                self, &rec.hub, &caller.id, community, message, welcome,
+            )
+            .await;
+        }
+        self.call(|core, cx| {
+            core.handshake_at_hub(cx, &caller.id, None, community, message, welcome)
+        })
+        .await
+    }
+
+    /// [`Request::FetchKeyPackage`]: handed out here for a user of this relay,
+    /// otherwise fetched from the user's home relay.
+    async fn fetch_key_package(&self, caller: &Caller, user: &str) -> Result<Response, RelayError> {
+        let home = home_relay(user);
+        if home != self.id() {
+            if !self.is_peer(home) {
+                return Err(ErrorCode::NotFound {
+                    what: format!("{user}: relay {home} is not a peer of relay {}", self.id()),
+                }
+                .into());
+            }
+            return crate::federation::forward_fetch_key_package(self, home, &caller.id, user)
+                .await;
+        }
+        self.call(|core, cx| core.take_key_package(cx, &caller.id, user))
+            .await
+    }
+
+    /// [`Request::OfferBlob`]: a member announces a blob for a notice of `community`.
+    async fn offer_blob(
+        &self,
+        caller: &Caller,
+        community: &str,
+        blob: BlobRef,
+    ) -> Result<Response, RelayError> {
+        self.member_community(caller, community)?;
+        let received = self.blobs.offer(&caller.id, blob, crate::now()).await?;
+        Ok(Response::BlobProgress {
+            received,
+            size: blob.size,
+        })
+    }
+
+    /// [`Request::PutBlob`]: bytes of a blob the caller announced.
+    async fn put_blob(
+        &self,
+        caller: &Caller,
+        blob: &BlobId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Response, RelayError> {
+        let (received, size) = self.blobs.put(&caller.id, blob, offset, data).await?;
+        Ok(Response::BlobProgress { received, size })
+    }
+
+    /// [`Request::GetBlob`]: a member whose clearance admits the notice's label.
+    /// A miss is audited too (it may be someone probing for blobs).
+    async fn get_blob(
+        &self,
+        caller: &Caller,
+        community: &str,
+        notice_id: &Uuid,
+        blob: &BlobId,
+        offset: u64,
+    ) -> Result<Response, RelayError> {
+        self.member_community(caller, community)?;
+        let (rec, blob, label) = match self.notice_blob(community, notice_id, blob) {
+            Ok(found) => found,
+            Err(RelayError::Refused(code)) => {
+                self.audit_refusal(
+                    &caller.id,
+                    &format!("{community} notice {notice_id} blob {blob}"),
+                    "get-blob",
+                    &code,
+                );
+                return Err(code.into());
+            }
+            Err(e) => return Err(e),
+        };
+        let d = kring_policy::decide_opt(Some(&label), caller.identity.clearance.as_ref());
+        if !d.allowed {
+            return Err(ErrorCode::PolicyDenied {
+                reason: format!("the attachment's notice is labelled {label}: {d}"),
+            }
+            .into());
+        }
+        self.serve_blob(&rec, notice_id, blob, offset).await
+    }
 }
 
-pub(super) fn request_subject(r: &Request) -> String {
+fn request_subject(r: &Request) -> String {
     match r {
         Request::FetchKeyPackage { user } => user.clone(),
         Request::CreateCommunity { community, .. }

@@ -2,15 +2,17 @@
 //! audit log for org-admins and where a notice stands.
 
 use super::*;
+use crate::store::decode;
 
-impl Relay {
-    pub(super) async fn ack(
+impl Core {
+    pub fn ack(
         &self,
+        cx: &mut Cx,
         caller: &Caller,
         community: &str,
         seq: u64,
     ) -> Result<Response, RelayError> {
-        self.write(|_, b| {
+        self.write(cx, |_, b| {
             let key = keys::member(&caller.id, community);
             let Some(m) = get_obj::<MemberRecord>(self.engine.as_ref(), &key)? else {
                 return Err(ErrorCode::NotMember.into());
@@ -61,11 +63,11 @@ impl Relay {
         Ok(stored.max(m.joined_seq))
     }
 
-    pub(super) fn list_communities(&self, caller: &Caller) -> Result<Response, RelayError> {
+    pub(crate) fn list_communities(&self, caller: &Caller) -> Result<Response, RelayError> {
         let mut out = Vec::new();
         // Every membership record, not only the first page: ended ones must not
         // hide current ones.
-        for (community, m) in crate::delivery::memberships(self, &caller.id)? {
+        for (community, m) in memberships(self, &caller.id)? {
             if m.removed_seq.is_some() {
                 continue;
             }
@@ -80,7 +82,7 @@ impl Relay {
     }
 
     /// Only org-admins of this relay's organisation read its audit log.
-    pub(super) fn audit_reader(&self, caller: &Caller) -> Result<(), RelayError> {
+    pub(crate) fn audit_reader(&self, caller: &Caller) -> Result<(), RelayError> {
         if !caller
             .identity
             .has_role(kring_protocol::identity::ROLE_ORG_ADMIN)
@@ -98,7 +100,7 @@ impl Relay {
     }
 
     /// Whose certificates may sign this relay's audit log.
-    pub(super) fn audit_expected(&self) -> crate::audit::Expected<'_> {
+    pub(crate) fn audit_expected(&self) -> crate::audit::Expected<'_> {
         crate::audit::Expected {
             relay: &self.id,
             organisation: Some(&self.organisation),
@@ -108,15 +110,14 @@ impl Relay {
 
     /// A signed head of the audit log, durable before it is handed out, with the
     /// certificate history.
-    pub(super) async fn audit_head(&self, caller: &Caller) -> Result<Response, RelayError> {
+    pub fn audit_head(&self, cx: &mut Cx, caller: &Caller) -> Result<Response, RelayError> {
         self.audit_reader(caller)?;
-        let head =
-            self.write(|w, _| Ok(w.audit.signed_head(now())))?
-                .ok_or(RelayError::OwnIdentity {
-                    what: "audit checkpoint signer",
-                    reason: "none is configured".into(),
-                })?;
-        self.durable().await?;
+        let head = self
+            .write(cx, |w, _| Ok(w.audit.signed_head(w.now)))?
+            .ok_or(RelayError::OwnIdentity {
+                what: "audit checkpoint signer",
+                reason: "none is configured".into(),
+            })?;
         let certificates = crate::audit::cert_history(self.engine.as_ref())?;
         Ok(Response::AuditHead(kring_protocol::audit::AuditHeadPage {
             head,
@@ -124,7 +125,7 @@ impl Relay {
         }))
     }
 
-    pub(super) fn audit_log(
+    pub(crate) fn audit_log(
         &self,
         caller: &Caller,
         from: u64,
@@ -177,7 +178,7 @@ impl Relay {
         }))
     }
 
-    pub(super) fn notice_status(
+    pub(crate) fn notice_status(
         &self,
         caller: &Caller,
         notice_id: Uuid,
@@ -200,5 +201,30 @@ impl Relay {
             seq: rec.seq,
             refusals: rec.refusals,
         }))
+    }
+}
+
+/// Membership records read from the store at once.
+const MEMBER_PAGE: usize = 1024;
+
+/// Every membership record of `user` (active or ended), by community: all of them,
+/// read a page at a time. How many a peer hub may create is capped
+/// ([`crate::federation::MAX_PEER_COMMUNITIES_PER_USER`]), so none can hide others.
+pub fn memberships(core: &Core, user: &str) -> Result<Vec<(String, MemberRecord)>, RelayError> {
+    let engine = core.engine();
+    let prefix = keys::member_prefix(user);
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = engine.scan(&prefix, after.as_deref(), MEMBER_PAGE)?;
+        let last_page = page.len() < MEMBER_PAGE;
+        for (k, v) in page {
+            let m: MemberRecord = decode(&k, &v)?;
+            out.push((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), m));
+            after = Some(k);
+        }
+        if last_page {
+            return Ok(out);
+        }
     }
 }
