@@ -19,7 +19,7 @@
 //!
 //! Uploads and fetches not completed within [`PARTIAL_TTL`] are discarded, and so
 //! are the pending marks; whole blobs no notice refers to go with
-//! [`crate::relay::sweep_blobs`]. Which notice refers to which blob, and who may
+//! [`crate::core::sweep_blobs`]. Which notice refers to which blob, and who may
 //! fetch it, is in the store (`relay/attachments.rs`); this module only keeps bytes.
 
 use std::collections::HashMap;

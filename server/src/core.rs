@@ -47,8 +47,11 @@ mod communities;
 mod key_packages;
 mod notices;
 pub mod outbox;
+pub mod peers;
 mod queries;
+pub mod recovery;
 pub mod retention;
+pub mod revocation;
 
 pub use blobs::{NoticeBlobs, entry_blobs, put_notice_blobs, release_blobs, sweep_blobs};
 pub use communities::{
@@ -174,18 +177,18 @@ pub struct Core {
     writer: Mutex<Writer>,
     revocations: RwLock<Revocations>,
     pub(crate) enforce: watch::Sender<u64>,
-    enforce_due: Mutex<crate::revocation::EnforceDue>,
+    enforce_due: Mutex<revocation::EnforceDue>,
     /// The revocation set's generation the last full enforcement was asked for.
     enforced_generation: std::sync::atomic::AtomicU64,
-    crl_rate: Mutex<crate::revocation::CrlRateLimit>,
+    crl_rate: Mutex<revocation::CrlRateLimit>,
     pub(crate) rate: Mutex<HashMap<String, Bucket>>,
     pub(crate) key_fetches: Mutex<crate::key_fetch::KeyFetchLimiter>,
     /// When members last updated their own leaf, as the hub.
     pub(crate) self_updates: Mutex<decide::SelfUpdates>,
     /// Federation peers by id (changed by a reload).
-    peers: RwLock<std::collections::BTreeMap<String, Arc<crate::federation::Peer>>>,
+    peers: RwLock<std::collections::BTreeMap<String, Arc<crate::core::peers::Peer>>>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) recovery: crate::recovery::Recovery,
+    pub(crate) recovery: recovery::Recovery,
     pub(crate) blobs: crate::blobs::BlobStore,
     /// Log entries read and encoded once for every device's delivery.
     entries: crate::entry_cache::EntryCache,
@@ -215,7 +218,7 @@ impl Core {
             &config.identity.organisation,
             now,
         )?;
-        let revocations = crate::revocation::load(engine.as_ref(), &anchors)?;
+        let revocations = revocation::load(engine.as_ref(), &anchors, now)?;
         let generation = revocations.generation();
         let (enforce, _) = watch::channel(0);
         Ok(Self {
@@ -245,9 +248,9 @@ impl Core {
             enforce,
             // A first pass at start: the set loaded from the store may have changed
             // since the last one ran.
-            enforce_due: Mutex::new(crate::revocation::EnforceDue::everything()),
+            enforce_due: Mutex::new(revocation::EnforceDue::everything()),
             enforced_generation: std::sync::atomic::AtomicU64::new(generation),
-            crl_rate: Mutex::new(crate::revocation::CrlRateLimit::default()),
+            crl_rate: Mutex::new(revocation::CrlRateLimit::default()),
             peers: RwLock::new(
                 config
                     .peers
@@ -255,7 +258,7 @@ impl Core {
                     .map(|p| {
                         (
                             p.id.clone(),
-                            crate::federation::Peer::from_config(p, engine.as_ref()),
+                            crate::core::peers::Peer::from_config(p, engine.as_ref()),
                         )
                     })
                     .collect(),
@@ -263,7 +266,7 @@ impl Core {
             metrics,
             blobs: crate::blobs::BlobStore::open(&config.data_dir.join("blobs"))?,
             entries: crate::entry_cache::EntryCache::new(ENTRY_CACHE_BYTES),
-            recovery: crate::recovery::Recovery::open(
+            recovery: recovery::Recovery::open(
                 engine.as_ref(),
                 &config.identity.name,
                 &config.peers,
@@ -285,7 +288,7 @@ impl Core {
     }
 
     /// Where a relay restored from a backup stands ([`crate::recovery`]).
-    pub fn recovery(&self) -> &crate::recovery::Recovery {
+    pub fn recovery(&self) -> &recovery::Recovery {
         &self.recovery
     }
 
@@ -355,7 +358,7 @@ impl Core {
     }
 
     /// Removes peer `id` (a reload); the caller retires it.
-    pub fn remove_peer(&self, id: &str) -> Option<Arc<crate::federation::Peer>> {
+    pub fn remove_peer(&self, id: &str) -> Option<Arc<crate::core::peers::Peer>> {
         self.peers
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -368,8 +371,8 @@ impl Core {
         &self,
         cx: &mut Cx,
         entry: &crate::config::PeerToml,
-        peer: Arc<crate::federation::Peer>,
-    ) -> Result<Option<Arc<crate::federation::Peer>>, RelayError> {
+        peer: Arc<crate::core::peers::Peer>,
+    ) -> Result<Option<Arc<crate::core::peers::Peer>>, RelayError> {
         let heads = crate::core::outbox::load_outbox_heads(
             self.engine.as_ref(),
             std::slice::from_ref(entry),
@@ -388,7 +391,7 @@ impl Core {
     }
 
     /// The configured federation peer `id`.
-    pub fn peer(&self, id: &str) -> Option<Arc<crate::federation::Peer>> {
+    pub fn peer(&self, id: &str) -> Option<Arc<crate::core::peers::Peer>> {
         self.peers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -402,7 +405,7 @@ impl Core {
     }
 
     /// Every configured federation peer, by id.
-    pub fn peer_list(&self) -> Vec<Arc<crate::federation::Peer>> {
+    pub fn peer_list(&self) -> Vec<Arc<crate::core::peers::Peer>> {
         self.peers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -473,8 +476,8 @@ impl Core {
         self.enforce.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// The limit on CRLs from peers (see [`crate::revocation::CrlRateLimit`]).
-    pub fn admit_crl(&self, organisation: &str, now: i64) -> crate::revocation::CrlAdmission {
+    /// The limit on CRLs from peers (see [`revocation::CrlRateLimit`]).
+    pub fn admit_crl(&self, organisation: &str, now: i64) -> revocation::CrlAdmission {
         self.crl_rate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -490,7 +493,7 @@ impl Core {
 
     /// What the enforcement task has to look at, for it to take
     /// ([`std::mem::take`]) or to put back after a failed pass.
-    pub fn enforce_due(&self) -> std::sync::MutexGuard<'_, crate::revocation::EnforceDue> {
+    pub fn enforce_due(&self) -> std::sync::MutexGuard<'_, revocation::EnforceDue> {
         self.enforce_due
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -9,8 +9,8 @@
 //! Before a notice goes out, the member's current clearance (from the certificate of
 //! this connection) must admit its label; otherwise it is withheld and audit-logged.
 //!
-//! Only what is on disk goes out: a log up to [`Relay::readable_upto`], welcomes
-//! that are not [`Relay::is_unflushed`]. A crash can then never take back an entry
+//! Only what is on disk goes out: a log up to [`Core::readable_upto`](crate::core::Core::readable_upto), welcomes
+//! that are not [`Core::is_unflushed`](crate::core::Core::is_unflushed). A crash can then never take back an entry
 //! a device has, and give its seq to another one.
 //!
 //! [`Request::Subscribe`]: kring_protocol::wire::Request::Subscribe
@@ -27,7 +27,7 @@ use crate::core::memberships;
 use crate::decide;
 use crate::entry_cache::SharedEntry;
 use crate::error::RelayError;
-use crate::net::push;
+use crate::frames::push;
 use crate::records::{MemberRecord, WelcomeBlob, WelcomeRecord, WelcomeRef};
 use crate::relay::{Caller, Relay};
 use crate::store::{decode, get_obj, keys};

@@ -7,7 +7,7 @@
 //! label?) stays with each task.
 //!
 //! Only entries readable by delivery go in (on disk, or released early from a hub:
-//! [`Relay::readable_upto`](crate::relay::Relay::readable_upto)): such an entry
+//! [`Relay::readable_upto`](crate::core::Core::readable_upto)): such an entry
 //! never changes under its seq. Retention deletes entries, so it calls
 //! [`EntryCache::forget`] for the community it swept, which also moves the
 //! community's generation: a task that read entries from the store before the

@@ -32,6 +32,7 @@ pub mod delivery;
 pub mod entry_cache;
 pub mod error;
 pub mod federation;
+pub mod frames;
 pub mod groups;
 pub mod key_fetch;
 pub mod keyspace;
@@ -189,7 +190,7 @@ pub async fn start(config: config::RelayConfig) -> Result<Running, RelayError> {
         tokio::spawn(metrics::serve(
             listener,
             metrics::Source {
-                relay: Arc::downgrade(&relay),
+                relay: Arc::downgrade(&(relay.clone() as Arc<dyn metrics::GaugeSource>)),
                 metrics: relay.metrics().clone(),
                 data_dir: config.data_dir.clone(),
             },

@@ -31,8 +31,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::relay::Relay;
-
 /// Prefix of every metric name.
 pub const PREFIX: &str = "kring_relay";
 
@@ -401,24 +399,20 @@ impl Metrics {
         }
     }
 
-    /// Sets the gauges read from the relay and its store.
-    pub fn refresh(&self, relay: &Relay, data_dir: &std::path::Path) {
+    /// Sets the gauges from what the relay reports and the store's size.
+    pub fn refresh(&self, gauges: &Gauges, data_dir: &std::path::Path) {
         self.outbox_items.clear();
         self.outbox_age.clear();
         self.link_up.clear();
         let now = Instant::now();
-        for peer in relay.peer_list() {
+        for peer in &gauges.peers {
             let id = &peer.id;
             let label = PeerLabel { peer: id.clone() };
             self.link_up
                 .get_or_create(&label)
-                .set(i64::from(peer.conn().is_some()));
-            let (depth, head) = match crate::federation::outbox_state(relay, id) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(peer = %id, error = %e, "cannot read the outbox for metrics");
-                    continue;
-                }
+                .set(i64::from(peer.link_up));
+            let Some((depth, head)) = peer.outbox else {
+                continue;
             };
             self.outbox_items
                 .get_or_create(&label)
@@ -438,18 +432,17 @@ impl Metrics {
             };
             self.outbox_age.get_or_create(&label).set(age);
         }
-        let (users, certificates) = {
-            let revoked = relay.revocations();
-            (revoked.users().count(), revoked.revoked_certificates())
-        };
-        for (kind, n) in [("user", users), ("certificate", certificates)] {
+        for (kind, n) in [
+            ("user", gauges.revoked_users),
+            ("certificate", gauges.revoked_certificates),
+        ] {
             self.revocations
                 .get_or_create(&KindLabel { kind })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         self.store_bytes
             .set(i64::try_from(dir_size(data_dir)).unwrap_or(i64::MAX));
-        if let Some(t) = kring_protocol::identity::chain_not_after(&relay.cert_chain()) {
+        if let Some(t) = gauges.certificate_not_after {
             self.certificate_expiry.set(t);
         }
     }
@@ -653,11 +646,42 @@ fn response(status: &str, content_type: &str, body: &str, head_only: bool) -> Ve
     out
 }
 
+/// One peer's gauges.
+#[derive(Debug, Clone)]
+pub struct PeerGauges {
+    /// Peer relay id.
+    pub id: String,
+    /// Whether its link is up.
+    pub link_up: bool,
+    /// Items waiting in its outbox and the seq of the oldest (`None` if the outbox
+    /// could not be read).
+    pub outbox: Option<(u64, Option<u64>)>,
+}
+
+/// What a relay reports for its gauges when scraped.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Every configured peer.
+    pub peers: Vec<PeerGauges>,
+    /// Users revoked.
+    pub revoked_users: usize,
+    /// Certificates revoked.
+    pub revoked_certificates: usize,
+    /// When the relay's certificate chain expires (unix seconds).
+    pub certificate_not_after: Option<i64>,
+}
+
+/// Something that reports [`Gauges`] (the running relay).
+pub trait GaugeSource: Send + Sync + std::fmt::Debug {
+    /// The gauges now.
+    fn gauges(&self) -> Gauges;
+}
+
 /// What the server needs of a running relay.
 #[derive(Debug, Clone)]
 pub struct Source {
     /// The relay (the server stops answering `/metrics` with data once it is gone).
-    pub relay: Weak<Relay>,
+    pub relay: Weak<dyn GaugeSource>,
     /// The relay's metrics (kept for `/healthz` after the relay is gone).
     pub metrics: Arc<Metrics>,
     /// The store directory (its size on disk).
@@ -693,7 +717,7 @@ impl Source {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     if let Some(relay) = self.relay.upgrade() {
-                        self.metrics.refresh(&relay, &self.data_dir);
+                        self.metrics.refresh(&relay.gauges(), &self.data_dir);
                     }
                     self.metrics.encode()
                 };

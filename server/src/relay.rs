@@ -24,8 +24,8 @@ use tokio::sync::watch;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::RelayConfig;
 use crate::error::RelayError;
+use crate::frames::ByteBudget;
 use crate::metrics::Metrics;
-use crate::net::ByteBudget;
 use crate::store::{Batch, Durability, Engine, keys};
 
 pub use crate::core::{Caller, Core, OwnIdentity, Writer, home_relay};
@@ -98,8 +98,121 @@ pub struct Relay {
     changes: watch::Sender<u64>,
     visible: watch::Sender<u64>,
     conns: Mutex<HashMap<String, Live>>,
+    /// The link to each federation peer, by peer id.
+    links: Mutex<HashMap<String, Arc<Link>>>,
     /// The QUIC endpoint (for dialling peers), set once bound.
     pub endpoint: std::sync::OnceLock<(quinn::Endpoint, quinn::ClientConfig)>,
+}
+
+/// The link to one federation peer: its live QUIC connection, if any, and a signal
+/// that changes whenever the link comes up or goes.
+#[derive(Debug)]
+pub struct Link {
+    conn: Mutex<Option<quinn::Connection>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            conn: Mutex::new(None),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl Link {
+    /// The live connection, if the link is up.
+    pub fn conn(&self) -> Option<quinn::Connection> {
+        self.conn
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|c| c.close_reason().is_none())
+    }
+
+    /// Sets (or clears) the live connection.
+    pub fn set_conn(&self, conn: Option<quinn::Connection>) {
+        if let Ok(mut c) = self.conn.lock() {
+            *c = conn;
+        }
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Clears the slot if it still holds `conn` (a newer link may have replaced it).
+    pub fn clear_if(&self, conn: &quinn::Connection) {
+        let holds = self
+            .conn
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.stable_id()))
+            == Some(conn.stable_id());
+        if holds {
+            self.set_conn(None);
+        }
+    }
+
+    /// The live connection, waiting up to `deadline` for the link to come up.
+    pub async fn wait_conn(&self, deadline: std::time::Duration) -> Option<quinn::Connection> {
+        let mut rx = self.changed.subscribe();
+        let wait = async {
+            loop {
+                if let Some(c) = self.conn() {
+                    return Some(c);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(deadline, wait).await.ok().flatten()
+    }
+
+    /// A receiver that changes whenever the link comes up or goes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Closes the live link, if any (it is re-dialled by the side that dials).
+    pub fn close(&self, reason: &str) {
+        let conn = self.conn.lock().ok().and_then(|mut c| c.take());
+        if let Some(c) = conn {
+            c.close(CloseCode::Reconfigured.code().into(), reason.as_bytes());
+        }
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The live link's certificate chain, if any.
+    pub fn chain(&self) -> Option<Vec<Vec<u8>>> {
+        self.conn().and_then(|c| crate::frames::peer_chain(&c))
+    }
+}
+
+impl crate::metrics::GaugeSource for Relay {
+    fn gauges(&self) -> crate::metrics::Gauges {
+        let peers = self
+            .peer_list()
+            .iter()
+            .map(|peer| crate::metrics::PeerGauges {
+                id: peer.id.clone(),
+                link_up: self.link(&peer.id).conn().is_some(),
+                outbox: match crate::core::outbox::outbox_state(&self.core, &peer.id) {
+                    Ok(state) => Some(state),
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.id, error = %e, "cannot read the outbox for metrics");
+                        None
+                    }
+                },
+            })
+            .collect();
+        let revoked = self.revocations();
+        crate::metrics::Gauges {
+            peers,
+            revoked_users: revoked.users().count(),
+            revoked_certificates: revoked.revoked_certificates(),
+            certificate_not_after: kring_protocol::identity::chain_not_after(&self.cert_chain()),
+        }
+    }
 }
 
 impl std::ops::Deref for Relay {
@@ -172,6 +285,7 @@ impl Relay {
             changes,
             visible,
             conns: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             endpoint: std::sync::OnceLock::new(),
         }))
     }
@@ -244,7 +358,7 @@ impl Relay {
                     if conn.close_reason().is_some() {
                         continue;
                     }
-                    let chain = crate::net::peer_chain(conn).unwrap_or_default();
+                    let chain = crate::frames::peer_chain(conn).unwrap_or_default();
                     if let Err(why) = revoked.check_chain(identity, &chain) {
                         conn.close(CloseCode::Revoked.code().into(), b"revoked");
                         out.push((id.clone(), why.to_string()));
@@ -261,7 +375,7 @@ impl Relay {
 
     /// A receiver that changes after every flush a request waited for (outbox
     /// senders wait on it). A wake-up is only a hint: what a reader may send is what
-    /// [`Relay::readable_upto`] and [`Relay::is_unflushed`] allow.
+    /// [`Core::readable_upto`] and [`Core::is_unflushed`] allow.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -313,6 +427,22 @@ impl Relay {
             tracing::error!(error = %e, "cannot write the final audit checkpoint");
         }
         self.durability.stop().await
+    }
+
+    /// The link to peer `id` (made empty on first use).
+    pub fn link(&self, id: &str) -> Arc<Link> {
+        self.links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Stops a removed or replaced peer's link tasks and closes its link.
+    pub fn retire_peer(&self, peer: &crate::core::peers::Peer, reason: &str) {
+        peer.retire();
+        self.link(&peer.id).close(reason);
     }
 
     /// A call into the core at the time now.

@@ -243,7 +243,7 @@ pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<Strin
     }
     for id in &plan.peers_removed {
         if let Some(peer) = relay.remove_peer(id) {
-            peer.retire("removed from the configuration");
+            relay.retire_peer(&peer, "removed from the configuration");
         }
         relay.audit_now(AuditEvent::new(
             AuditKind::Link,
@@ -257,7 +257,7 @@ pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<Strin
         let Some(entry) = new.peers.iter().find(|p| &p.id == id) else {
             continue;
         };
-        let peer = crate::federation::Peer::from_config(entry, relay.engine());
+        let peer = crate::core::peers::Peer::from_config(entry, relay.engine());
         if let Some(old) = relay
             .insert_peer(&mut relay.cx(), entry, peer.clone())
             .map_err(|error| ReloadError::Peer {
@@ -265,7 +265,7 @@ pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<Strin
                 error,
             })?
         {
-            old.retire("its configuration changed");
+            relay.retire_peer(&old, "its configuration changed");
         }
         crate::federation::start_link(relay, peer);
         relay.audit_now(AuditEvent::new(
@@ -284,13 +284,15 @@ pub fn apply(relay: &Arc<Relay>, plan: &Plan, new: &RelayConfig) -> Result<Strin
         let Some(peer) = relay.peer(id) else {
             continue;
         };
-        let still = peer.link_chain().map(|chain| {
+        let still = relay.link(&peer.id).chain().map(|chain| {
             relay
                 .authenticate(&chain, kring_protocol::identity::IdentityKind::Relay)
                 .map(|i| i.name == *id)
         });
         if let Some(Err(_) | Ok(false)) = still {
-            peer.close_link("its certificate no longer matches the configuration");
+            relay
+                .link(&peer.id)
+                .close("its certificate no longer matches the configuration");
             relay.audit_now(AuditEvent::new(
                 AuditKind::Link,
                 relay.id(),

@@ -15,7 +15,7 @@ use crate::store::keys;
 impl Relay {
     /// Handles one request; refusals come back as [`Response::Error`] and are audited.
     pub async fn handle(&self, caller: &Caller, request: Request) -> Response {
-        let action = crate::net::request_kind(&request);
+        let action = crate::frames::request_kind(&request);
         let subject = request_subject(&request);
         let result = if self
             .revocations()

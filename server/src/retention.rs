@@ -120,7 +120,7 @@ pub struct PassReport {
 
 /// The retention task: a pass at start, then every [`PASS_EVERY`] (in test builds,
 /// see [`test_clock`], every 100 ms with the test's time); each also sweeps the
-/// attachments no notice refers to any more ([`crate::relay::sweep_blobs`]).
+/// attachments no notice refers to any more ([`crate::core::sweep_blobs`]).
 pub async fn run(relay: Arc<Relay>) {
     let every = if test_clock::active() {
         Duration::from_millis(100)

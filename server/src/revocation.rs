@@ -12,13 +12,13 @@
 //!   organisation (the excess is dropped, with one audit record a minute saying
 //!   so); an accepted CRL's audit record names only the first
 //!   [`AUDITED_SERIALS`] newly revoked serials; an organisation's statements are
-//!   refused beyond [`MAX_STATEMENTS_PER_ORGANISATION`].
+//!   refused beyond [`MAX_STATEMENTS_PER_ORGANISATION`](kring_protocol::revocation::MAX_STATEMENTS_PER_ORGANISATION).
 //! - **Enforcing** ([`enforce_loop`]) runs whenever something becomes revoked that
 //!   was not (and after every commit at a hub): it closes the revoked identities' connections, and at every
 //!   community hubbed here proposes the removal of every member whose credential is
 //!   revoked (as the group's external sender), appending the proposal to the
 //!   community log so that the first online member's client commits it.
-//! - Everything else checks [`Relay::revocations`] where it decides: the TLS
+//! - Everything else checks [`crate::core::Core::revocations`] where it decides: the TLS
 //!   identity at connect and at every request, delivery, key package hand-out,
 //!   commits (credentials are validated with the set) and notices at the hub.
 //!
@@ -36,29 +36,23 @@
 //! CA with that CA (records stored under `X/ORG` are read too), `P/PEER` what a
 //! peer's certificate said (organisation, verified CA).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kring_protocol::identity::{Identity, ROLE_ORG_ADMIN, certificates_from_pem};
+use kring_protocol::identity::certificates_from_pem;
 use kring_protocol::mls::CertSigner;
-use kring_protocol::revocation::{
-    MAX_STATEMENTS_PER_ORGANISATION, RevocationStatement, Revocations, WipeOrder, verify_crl,
-};
-use kring_protocol::wire::{
-    CrlCopy, EntryKind, ErrorCode, FedBody, LogEntry, Response, TrustState, TrustedRelay,
-};
-use serde::{Deserialize, Serialize};
+use kring_protocol::revocation::{RevocationStatement, WipeOrder, verify_crl};
+use kring_protocol::wire::{EntryKind, LogEntry, Response};
 use tracing::{debug, info, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::error::RelayError;
 use crate::groups;
-use crate::records::CommunityRecord;
 use crate::relay::{Caller, Relay, Writer, home_relay, now};
-use crate::store::{Batch, Engine, decode, keys as store_keys};
+use crate::store::{Batch, keys as store_keys};
 
+pub use crate::core::revocation::*;
 /// Store keys of revocation.
 pub use crate::keyspace::revocation as keys;
 
@@ -68,358 +62,25 @@ mod enforce;
 pub use crl::*;
 pub use enforce::*;
 
-/// Most bytes of statements in one answer to a device (half the default frame:
-/// the rest is left for the trust map and the CRLs).
-const STATEMENT_PAGE_BYTES: usize = kring_protocol::wire::DEFAULT_MAX_FRAME / 2;
-
-/// What a peer relay's certificate said: its organisation and its organisation CA.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// Organisation (the certificate's O).
-    pub organisation: String,
-    /// The organisation CA certificate from its chain, DER (empty if none).
-    pub ca: Vec<u8>,
-}
-
-/// Loads the revocation set from the store (everything in it was verified when it
-/// was accepted; CRLs are re-verified so a damaged record cannot revoke at random).
-pub fn load(engine: &dyn Engine, anchors: &[Vec<u8>]) -> Result<Revocations, RelayError> {
-    let mut set = Revocations::new();
-    for (k, v) in engine.scan(keys::STATEMENTS, None, usize::MAX)? {
-        let s: RevocationStatement = decode(&k, &v)?;
-        set.add_statement(&s);
-    }
-    for (k, v) in engine.scan(keys::CRLS, None, usize::MAX)? {
-        let r: CrlRecord = decode(&k, &v)?;
-        match verify_crl(&r.crl, &r.issuer, anchors, now()) {
-            Ok(v) => {
-                set.add_crl(&v);
-            }
-            Err(e) => warn!(error = %e, "stored CRL no longer verifies; ignored"),
-        }
-    }
-    Ok(set)
-}
-
-/// `Request::Trust`: this relay's trust map and the revocations it holds, for its
-/// own devices to validate credentials with (they verify every statement and CRL
-/// themselves).
-pub fn trust_state(relay: &Relay) -> Result<TrustState, RelayError> {
-    let relays = relay
-        .trust()
-        .iter()
-        .map(|(id, t)| TrustedRelay {
-            relay: id.to_string(),
-            organisation: t.organisation.clone(),
-            ca: t.ca,
-        })
-        .collect();
-    let (statements, _) = statement_page(relay, None)?;
-    let mut crls = Vec::new();
-    for (k, v) in relay
-        .engine()
-        .scan(keys::CRLS, None, kring_protocol::identity::MAX_CRLS)?
-    {
-        let r: CrlRecord = decode(&k, &v)?;
-        crls.push(CrlCopy {
-            crl: r.crl,
-            issuer: r.issuer,
-        });
-    }
-    Ok(TrustState {
-        relays,
-        statements,
-        crls,
-    })
-}
-
-/// `Request::TrustStatements`: the statements after user `after`, one page.
-pub fn trust_statements(relay: &Relay, after: Option<&str>) -> Result<Response, RelayError> {
-    let (statements, more) = statement_page(relay, after)?;
-    Ok(Response::TrustStatements { statements, more })
-}
-
-/// Statements in user-id order after `after`: at most
-/// [`MAX_STATEMENTS`](kring_protocol::wire::limits::MAX_STATEMENTS) and about
-/// [`STATEMENT_PAGE_BYTES`] (always at least one); whether more follow.
-fn statement_page(
-    relay: &Relay,
-    after: Option<&str>,
-) -> Result<(Vec<RevocationStatement>, bool), RelayError> {
-    let max = kring_protocol::wire::limits::MAX_STATEMENTS;
-    let after_key = after.map(keys::statement);
-    let mut statements = Vec::new();
-    let mut bytes = 0usize;
-    for (k, v) in relay
-        .engine()
-        .scan(keys::STATEMENTS, after_key.as_deref(), max + 1)?
-    {
-        bytes = bytes.saturating_add(v.len());
-        if statements.len() == max || (!statements.is_empty() && bytes > STATEMENT_PAGE_BYTES) {
-            return Ok((statements, true));
-        }
-        statements.push(decode::<RevocationStatement>(&k, &v)?);
-    }
-    Ok((statements, false))
-}
-
-fn refused(code: ErrorCode) -> RelayError {
-    RelayError::Refused(code)
-}
-
-/// `Request::Revoke` (and, with `wipe`, `Request::RevokeAndWipe`): an org-admin of
-/// this relay's organisation revokes a user of that organisation, and may order the
-/// user's device wiped (the user must be homed here: the order is kept by the home
-/// relay, which alone serves the device).
+/// `Request::Revoke` (and, with `wipe`, `Request::RevokeAndWipe`), decided by the
+/// core ([`crate::core::revocation::revoke`]); once durable, enforcement runs over
+/// everything.
 pub async fn revoke(
     relay: &Relay,
     caller: &Caller,
     statement: RevocationStatement,
     wipe: Option<WipeOrder>,
 ) -> Result<Response, RelayError> {
-    if !caller.identity.has_role(ROLE_ORG_ADMIN) {
-        return Err(refused(ErrorCode::Unauthenticated {
-            reason: format!(
-                "{} is not an org-admin; only org-admins may revoke",
-                caller.id
-            ),
-        }));
-    }
-    if statement.revoker_chain.first() != caller.chain.first()
-        || wipe
-            .as_ref()
-            .is_some_and(|w| w.revoker_chain.first() != caller.chain.first())
-    {
-        return Err(refused(ErrorCode::Unauthenticated {
-            reason: "the statement must be signed with the caller's own certificate".into(),
-        }));
-    }
-    // The revoker's organisation and the revoked user's home relay are checked
-    // against the configured trust map, never against what a certificate claims.
-    statement
-        .verify(relay.anchors(), &relay.trust(), now())
-        .map_err(|e| statement_refusal(&e))?;
-    if let Some(w) = &wipe {
-        if w.user != statement.user {
-            return Err(refused(ErrorCode::BadRequest {
-                reason: format!(
-                    "the wipe order is for {}, the revocation for {}",
-                    w.user, statement.user
-                ),
-            }));
-        }
-        if home_relay(&w.user) != relay.id() {
-            return Err(refused(ErrorCode::BadRequest {
-                reason: format!(
-                    "{} is a user of relay {}: a wipe order is kept by the user's home \
-                     relay, so an org-admin homed there must give it",
-                    w.user,
-                    home_relay(&w.user)
-                ),
-            }));
-        }
-        w.verify(relay.anchors(), &relay.trust(), now())
-            .map_err(|e| statement_refusal(&e))?;
-    }
-    let peers = relay
-        .write(|w, b| {
-            let peers = accept_statement(relay, w, b, &statement, None)?;
-            if let Some(order) = &wipe {
-                b.put_obj(keys::wipe(&order.user), order)?;
-                w.audit.append(
-                    b,
-                    now(),
-                    AuditEvent::new(
-                        AuditKind::Revocation,
-                        caller.id.clone(),
-                        order.user.clone(),
-                        "wipe-ordered",
-                        "the device is to delete its archive, MLS state, private key and \
-                         passphrase file when it next reaches this relay",
-                    ),
-                )?;
-            }
-            Ok(peers)
-        })?
-        .unwrap_or_default();
-    relay.durable().await?;
+    let answer = relay
+        .call(|core, cx| crate::core::revocation::revoke(core, cx, caller, statement, wipe))
+        .await?;
     relay.enforce_soon();
-    let removals = hubbed_with_member(relay, &statement.user)?;
-    Ok(Response::Revoked {
-        user: statement.user,
-        peers,
-        removals,
-    })
+    Ok(answer)
 }
 
-/// The answer to a revoked device of `user` for which an org-admin ordered a wipe
-/// (audited each time it is handed out); `None` if there is no order (the device
-/// gets `Error(Revoked)`).
+/// [`crate::core::revocation::wipe_answer`] at the time now.
 pub fn wipe_answer(relay: &Relay, user: &str) -> Option<Response> {
-    let order: WipeOrder = match relay.engine().get(&keys::wipe(user)) {
-        Ok(Some(v)) => match decode(&keys::wipe(user), &v) {
-            Ok(order) => order,
-            Err(e) => {
-                warn!(error = %e, user, "stored wipe order unreadable");
-                return None;
-            }
-        },
-        Ok(None) => return None,
-        Err(e) => {
-            warn!(error = %e, user, "cannot read the wipe orders");
-            return None;
-        }
-    };
-    relay.audit_now(AuditEvent::new(
-        AuditKind::Revocation,
-        relay.id(),
-        user,
-        "wipe-order-sent",
-        "the wipe order went to the revoked device with the refusal",
-    ));
-    Some(Response::WipeOrdered(order))
-}
-
-fn statement_refusal(e: &kring_protocol::revocation::RevocationError) -> RelayError {
-    use kring_protocol::revocation::RevocationError as E;
-    refused(match e {
-        E::NotOrgAdmin(_) | E::OtherOrganisation { .. } | E::Revoker(_) | E::BadSignature => {
-            ErrorCode::Unauthenticated {
-                reason: e.to_string(),
-            }
-        }
-        E::Invalid(_) | E::Crl(_) => ErrorCode::BadRequest {
-            reason: e.to_string(),
-        },
-    })
-}
-
-/// Communities hubbed here that have `user` as a member.
-fn hubbed_with_member(relay: &Relay, user: &str) -> Result<Vec<String>, RelayError> {
-    Ok(hubbed_communities(relay)?
-        .into_iter()
-        .filter(|c| c.members.iter().any(|m| m == user))
-        .map(|c| c.id)
-        .collect())
-}
-
-fn hubbed_communities(relay: &Relay) -> Result<Vec<CommunityRecord>, RelayError> {
-    let mut out = Vec::new();
-    for (k, v) in relay
-        .engine()
-        .scan(store_keys::COMMUNITIES, None, usize::MAX)?
-    {
-        let c: CommunityRecord = decode(&k, &v)?;
-        if c.hub == relay.id() {
-            out.push(c);
-        }
-    }
-    Ok(out)
-}
-
-/// Takes a verified statement into the batch: stored, audited, the user's key
-/// packages deleted (if local), queued for every peer but `source`. `None` if the
-/// user was already revoked here (nothing is passed on).
-pub fn accept_statement(
-    relay: &Relay,
-    w: &mut Writer,
-    b: &mut Batch,
-    statement: &RevocationStatement,
-    source: Option<&str>,
-) -> Result<Option<Vec<String>>, RelayError> {
-    if relay
-        .engine()
-        .get(&keys::statement(&statement.user))?
-        .is_some()
-    {
-        return Ok(None);
-    }
-    let held = relay.revocations().statements_of(&statement.organisation);
-    if held >= MAX_STATEMENTS_PER_ORGANISATION {
-        return Err(refused(ErrorCode::BadRequest {
-            reason: format!(
-                "organisation {} already has {held} revocation statements, the most a relay holds for one organisation; {} is not revoked here",
-                statement.organisation, statement.user
-            ),
-        }));
-    }
-    b.put_obj(keys::statement(&statement.user), statement)?;
-    let revoker = statement
-        .revoker_chain
-        .first()
-        .and_then(|c| Identity::from_der(c).ok())
-        .map(|i| i.id())
-        .unwrap_or_else(|| "-".into());
-    let via = source
-        .map(|s| format!(" (received from relay {s})"))
-        .unwrap_or_default();
-    w.audit.append(
-        b,
-        now(),
-        AuditEvent::new(
-            AuditKind::Revocation,
-            revoker,
-            statement.user.clone(),
-            "revoke",
-            format!("{}{via}", statement.reason),
-        ),
-    )?;
-    if home_relay(&statement.user) == relay.id() {
-        for (k, _) in relay.engine().scan(
-            &store_keys::key_package_prefix(&statement.user),
-            None,
-            usize::MAX,
-        )? {
-            b.delete(k);
-        }
-        b.delete(store_keys::last_resort(&statement.user));
-    }
-    let peers = pass_on(
-        relay,
-        w,
-        b,
-        source,
-        FedBody::Revocation {
-            statement: statement.clone(),
-        },
-    )?;
-    relay.revocations_mut().add_statement(statement);
-    Ok(Some(peers))
-}
-
-fn pass_on(
-    relay: &Relay,
-    w: &mut Writer,
-    b: &mut Batch,
-    source: Option<&str>,
-    body: FedBody,
-) -> Result<Vec<String>, RelayError> {
-    let peers: Vec<String> = relay
-        .peer_list()
-        .iter()
-        .map(|p| p.id.clone())
-        .filter(|p| Some(p.as_str()) != source)
-        .collect();
-    for p in &peers {
-        crate::core::outbox::enqueue(relay, w, b, p, body.clone())?;
-    }
-    Ok(peers)
-}
-
-/// Applies a revocation statement received from `peer` (inside the batch of the
-/// federation item).
-pub fn apply_statement(
-    relay: &Relay,
-    w: &mut Writer,
-    b: &mut Batch,
-    peer: &str,
-    statement: &RevocationStatement,
-) -> Result<(), RelayError> {
-    statement
-        .verify(relay.anchors(), &relay.trust(), now())
-        .map_err(|e| statement_refusal(&e))?;
-    accept_statement(relay, w, b, statement, Some(peer))?;
-    Ok(())
+    crate::core::revocation::wipe_answer(relay, &mut relay.cx(), user)
 }
 
 // ----- enforcement -------------------------------------------------------------------
@@ -437,7 +98,8 @@ mod tests {
     use super::*;
     use crate::audit::AuditRecord;
     use crate::config::RelayConfig;
-    use crate::store::SledEngine;
+    use crate::store::{Engine, SledEngine, decode};
+    use kring_protocol::revocation::MAX_STATEMENTS_PER_ORGANISATION;
 
     fn authority(dir: &Path, name: &str, cert: &str, key: &str) -> Authority {
         Authority::load(
@@ -650,7 +312,7 @@ mod tests {
             assert!(relay.engine().get(&key).unwrap().is_some());
         }
         // What a restart loads.
-        let loaded = load(relay.engine(), relay.anchors()).unwrap();
+        let loaded = load(relay.engine(), relay.anchors(), now()).unwrap();
         assert_eq!(loaded.crl_issuers(), 2);
         assert_eq!(loaded.revoked_certificates(), 2);
     }

@@ -125,7 +125,7 @@ impl Core {
             b.extend(overlay.into_batch());
             put_community(b, &rec)?;
             if let Some(secs) = view.retention_secs {
-                crate::retention::put_retention(b, community, secs);
+                crate::core::retention::put_retention(b, community, secs);
             }
             b.put_obj(
                 keys::member(&caller.id, community),
@@ -145,7 +145,7 @@ impl Core {
                     match view.retention_secs {
                         Some(secs) => format!(
                             "maximum label {max_label}, notices kept {}",
-                            crate::retention::describe(secs)
+                            crate::core::retention::describe(secs)
                         ),
                         None => format!("maximum label {max_label}"),
                     },

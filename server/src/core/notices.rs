@@ -74,7 +74,7 @@ impl Core {
             // retention period with every commit (after it, so they hold the
             // community by then).
             if matches!(entry.kind, EntryKind::Handshake { .. })
-                && let Some(seconds) = crate::retention::retention_of(self, b, &rec.id)?
+                && let Some(seconds) = crate::core::retention::retention_of(self, b, &rec.id)?
             {
                 let body = FedBody::Retention {
                     community: rec.id.clone(),
@@ -149,7 +149,7 @@ impl Core {
         Ok(())
     }
 
-    /// One notice ([`Request::FileNotice`]): a filing of one.
+    /// One notice ([`Request::FileNotice`](kring_protocol::wire::Request::FileNotice)): a filing of one.
     pub fn file_notice(
         &self,
         cx: &mut Cx,

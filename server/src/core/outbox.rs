@@ -65,7 +65,7 @@ pub fn enqueue(
     store_outgoing(core, w, b, peer, Outgoing::Body(body))
 }
 
-/// Most bytes the seq of a [`FedItem`] takes (a varint u64).
+/// Most bytes the seq of a [`FedItem`](kring_protocol::wire::FedItem) takes (a varint u64).
 pub const SEQ_LEN: usize = 10;
 
 /// Bytes of the postcard encoding of `value` (`usize::MAX` if it cannot be encoded).

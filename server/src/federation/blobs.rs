@@ -15,7 +15,7 @@ use crate::core::blobs::NoticeBlobs;
 pub const FETCH_THROUGH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Relay {
-    /// [`FedRequest::FetchBlob`](kring_protocol::wire::FedRequest::FetchBlob) from
+    /// [`FedRequest::FetchBlob`] from
     /// relay `peer`: the community's hub (asking the filer's home relay) or a relay
     /// with members in the community (asking its hub), accredited for the label. Only
     /// the hub fetches through on a peer's behalf (from the filer's home relay); any

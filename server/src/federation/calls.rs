@@ -55,7 +55,7 @@ pub(crate) async fn call(
     }
 }
 
-/// One request/response on a link (for [`crate::recovery`]); the error says why
+/// One request/response on a link (for a restored relay's recovery); the error says why
 /// no answer came.
 pub(crate) async fn call_peer(
     conn: &quinn::Connection,
@@ -90,7 +90,8 @@ pub(super) async fn exchange(
         .peer(to)
         .ok_or_else(|| unavailable("not a federation peer".into()))?;
     let started = tokio::time::Instant::now();
-    let conn = peer
+    let conn = relay
+        .link(&peer.id)
         .wait_conn(FORWARD_TIMEOUT)
         .await
         .ok_or_else(|| unavailable(format!("no link within {} s", FORWARD_TIMEOUT.as_secs())))?;

@@ -28,7 +28,7 @@ pub(super) async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
         if peer.is_retired() {
             return;
         }
-        if let Some(c) = peer.conn() {
+        if let Some(c) = relay.link(&peer.id).conn() {
             c.closed().await;
             continue;
         }
@@ -49,7 +49,7 @@ pub(super) async fn dial_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
                 Ok(identity) => {
                     // Registered like every connection: connection cap, request byte
                     // budget, cut off when revoked or expired.
-                    let chain = crate::net::peer_chain(&conn).unwrap_or_default();
+                    let chain = crate::frames::peer_chain(&conn).unwrap_or_default();
                     match relay.register_connection(&identity, &chain, conn.clone()) {
                         Ok(registration) => {
                             backoff = Duration::from_millis(100);
@@ -176,7 +176,7 @@ pub(super) async fn run_link(
     }
     let info = PeerInfo {
         organisation: identity.organisation.clone(),
-        ca: crate::net::peer_chain(&conn)
+        ca: crate::frames::peer_chain(&conn)
             .and_then(|c| relay.verified_issuer(&c))
             .unwrap_or_default(),
     };
@@ -208,7 +208,8 @@ pub(super) async fn run_link(
             ),
         )
     });
-    peer.set_conn(Some(conn.clone()));
+    let link = relay.link(&peer.id);
+    link.set_conn(Some(conn.clone()));
     info!(accreditation = %text, "link up");
     loop {
         match conn.accept_bi().await {
@@ -226,15 +227,7 @@ pub(super) async fn run_link(
         }
     }
     // Only clear the slot if it still holds this connection.
-    if peer
-        .conn
-        .lock()
-        .ok()
-        .and_then(|c| c.as_ref().map(|c| c.stable_id()))
-        == Some(conn.stable_id())
-    {
-        peer.set_conn(None);
-    }
+    link.clear_if(&conn);
     relay.audit_now(AuditEvent::new(
         AuditKind::Link,
         relay.id(),
@@ -295,8 +288,8 @@ pub(super) async fn handle_stream(
         }
     }
     let budget = relay.request_budget(&peer);
-    let read = match crate::net::read_request_frame(&mut recv, max, &budget, deadline).await {
-        Ok(Some((r, hold))) => crate::net::expect_end(&mut recv)
+    let read = match crate::frames::read_request_frame(&mut recv, max, &budget, deadline).await {
+        Ok(Some((r, hold))) => crate::frames::expect_end(&mut recv)
             .await
             .map(|()| (r, hold))
             .map_err(|code| ("federation-decode", code.to_string(), code)),
@@ -380,14 +373,13 @@ pub(super) async fn handle_stream(
                 }
             })
         }
-        FedRequest::Whereabouts => {
-            crate::recovery::whereabouts(&relay, &peer).unwrap_or_else(|e| {
+        FedRequest::Whereabouts => crate::core::recovery::whereabouts(&relay, &peer)
+            .unwrap_or_else(|e| {
                 relay.metrics().refused(kind, &e.to_code());
                 FedResponse::Response(Response::Error(e.to_code()))
-            })
-        }
+            }),
         FedRequest::FetchLog { community, after } => {
-            crate::recovery::fetch_log(&relay, &peer, &community, after).unwrap_or_else(|e| {
+            crate::core::recovery::fetch_log(&relay, &peer, &community, after).unwrap_or_else(|e| {
                 relay.metrics().refused(kind, &e.to_code());
                 FedResponse::Response(Response::Error(e.to_code()))
             })

@@ -22,7 +22,8 @@ pub(super) fn batch_len(lens: &[usize], budget: usize) -> usize {
 
 pub(super) async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
     let mut changes = relay.changes();
-    let mut link = peer.link.subscribe();
+    let slot = relay.link(&peer.id);
+    let mut link = slot.subscribe();
     // Bytes of items per delivery: the frame less the envelope, halved after a
     // delivery that failed (a peer may read smaller frames), grown again after one
     // that went through. One item always goes, whatever its size.
@@ -34,7 +35,7 @@ pub(super) async fn outbox_loop(relay: Arc<Relay>, peer: Arc<Peer>) {
             return;
         }
         changes.mark_unchanged();
-        let Some(conn) = peer.conn() else {
+        let Some(conn) = slot.conn() else {
             let _ = link.changed().await;
             continue;
         };

@@ -52,9 +52,11 @@ pub(super) async fn call(
             reason: format!("relay {peer}: {why}"),
         })
     };
-    let conn = relay
+    relay
         .peer(peer)
-        .ok_or_else(|| unavailable("not a peer".into()))?
+        .ok_or_else(|| unavailable("not a peer".into()))?;
+    let conn = relay
+        .link(peer)
         .wait_conn(Duration::from_secs(30))
         .await
         .ok_or_else(|| unavailable("no link".into()))?;

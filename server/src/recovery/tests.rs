@@ -1,4 +1,8 @@
+use std::collections::BTreeSet;
+
 use super::*;
+use crate::records::CommunityRecord;
+use crate::store::{Batch, Engine};
 
 #[test]
 fn queued_items_move_past_what_the_peer_applied() {

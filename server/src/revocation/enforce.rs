@@ -3,36 +3,6 @@
 
 use super::*;
 
-/// What the enforcement task has to look at next.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct EnforceDue {
-    /// Everything: the revocation set changed (or the relay started).
-    pub all: bool,
-    /// Communities hubbed here where a commit landed since the last pass.
-    pub communities: BTreeSet<String>,
-}
-
-impl EnforceDue {
-    /// Everything is due.
-    pub fn everything() -> Self {
-        Self {
-            all: true,
-            communities: BTreeSet::new(),
-        }
-    }
-
-    /// Nothing is due.
-    pub fn is_empty(&self) -> bool {
-        !self.all && self.communities.is_empty()
-    }
-
-    /// Adds what `other` has due.
-    pub fn merge(&mut self, other: EnforceDue) {
-        self.all |= other.all;
-        self.communities.extend(other.communities);
-    }
-}
-
 /// Runs until the relay stops: enforces the revocation set when it changes and
 /// looks again at a community hubbed here when a commit lands in it (only then:
 /// nothing is re-verified while nothing changes); re-reads configured CRL files
