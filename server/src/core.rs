@@ -42,6 +42,7 @@ fn corrupt_label(community: &str, e: impl std::fmt::Display) -> RelayError {
     }
 }
 
+pub mod apply;
 pub mod blobs;
 mod communities;
 mod key_packages;
@@ -95,6 +96,9 @@ pub struct Writer {
     pub now: i64,
     /// Federation items the batch being written queues: (peer, item kind).
     pub sent: Vec<(String, &'static str)>,
+    /// The monotonic clock at the time of the write, as the caller gave it (none
+    /// before the first write).
+    pub mono: Option<Instant>,
 }
 
 /// One call into the core: the time it is made at, given by the shell, and what
@@ -110,6 +114,9 @@ pub struct Cx {
     pub wrote: u64,
     /// Federation items queued, in order: (peer, item kind).
     pub sent: Vec<(String, &'static str)>,
+    /// The answer may go before what the call wrote is durable (a device's cursor:
+    /// losing it in a crash only repeats deliveries the device skips).
+    pub answer_before_durable: bool,
     /// Hubbed communities whose pending removals enforcement must look at again
     /// (a commit started a new epoch), once the write is durable.
     pub enforce: Vec<String>,
@@ -123,6 +130,7 @@ impl Cx {
             mono,
             wrote: 0,
             sent: Vec::new(),
+            answer_before_durable: false,
             enforce: Vec::new(),
         }
     }
@@ -240,6 +248,7 @@ impl Core {
                 counts: BatchCounts::default(),
                 now,
                 sent: Vec::new(),
+                mono: None,
             }),
             rate: Mutex::new(HashMap::new()),
             key_fetches: Mutex::new(crate::key_fetch::KeyFetchLimiter::default()),
@@ -574,6 +583,7 @@ impl Core {
             .lock()
             .map_err(|_| RelayError::Poisoned("writer"))?;
         w.now = cx.now;
+        w.mono = Some(cx.mono);
         w.sent.clear();
         let mut batch = Batch::default();
         let result = f(&mut w, &mut batch).and_then(|v| self.applier.apply(batch).map(|n| (v, n)));

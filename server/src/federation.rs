@@ -29,24 +29,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kring_policy::{Clearance, Label, decide};
+use kring_policy::Clearance;
 use kring_protocol::close::CloseCode;
 use kring_protocol::identity::{Identity, IdentityKind};
-use kring_protocol::mls::{MessageHeader, MessageKind};
 use kring_protocol::wire::{
-    CommunitySummary, EntryKind, ErrorCode, FedBody, FedItem, FedRequest, FedResponse, LogEntry,
-    Response,
+    EntryKind, ErrorCode, FedBody, FedItem, FedRequest, FedResponse, LogEntry, Response,
 };
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::error::{EntryRefusal, PeerAuthError, RelayError};
+use crate::error::{PeerAuthError, RelayError};
 use crate::frames::{read_frame, write_frame};
 use crate::groups;
-use crate::records::{CommunityRecord, NoticeRecord, OutboxRecord, Outgoing};
-use crate::relay::{Relay, Writer, home_relay, now};
+use crate::records::{NoticeRecord, OutboxRecord, Outgoing};
+use crate::relay::{Relay, home_relay, now};
 use crate::revocation::PeerInfo;
-use crate::store::{Batch, decode, get_obj};
+use crate::store::{decode, get_obj};
 
 /// How long a forwarded commit or key package fetch may take, link set-up included.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,11 +55,7 @@ pub use crate::config::MIN_MAX_FRAME;
 /// per-identity `requests_per_second` (a peer speaks for all its users); the burst
 /// is twice that.
 pub const PEER_RATE_FACTOR: u32 = 10;
-/// Most communities hubbed at one peer that one user of this relay may be a member
-/// of here; a hub registering the user in more is refused.
-pub const MAX_PEER_COMMUNITIES_PER_USER: u64 = 1_000;
-/// Most communities one peer hub may register at this relay.
-pub const MAX_PEER_COMMUNITIES: u64 = 100_000;
+pub use crate::core::apply::{MAX_PEER_COMMUNITIES, MAX_PEER_COMMUNITIES_PER_USER, check_envelope};
 /// Longest wait between dial attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -77,9 +71,6 @@ pub use crate::core::outbox::{
     DELIVER_MARGIN, check_item_len, delivery_budget, enqueue, enqueue_log_entry, load_outbox_heads,
     outbox_state, store_outgoing,
 };
-use crate::core::peers::Record;
-#[cfg(test)]
-use crate::core::peers::{AuditThrottle, RecentNames, TokenBucket};
 pub use crate::core::peers::{
     MAX_REQUESTERS_PER_PEER, Peer, REFUSAL_AUDIT_PER_WINDOW, REFUSAL_AUDIT_WINDOW, REQUESTER_WINDOW,
 };
@@ -88,68 +79,12 @@ pub use calls::*;
 pub use link::*;
 use outbox::*;
 
-/// Audit-logs a refusal of `peer`'s input in the writer's batch, within the cap of
-/// `AuditThrottle`.
-pub fn audit_peer_refusal(
-    relay: &Relay,
-    w: &mut Writer,
-    b: &mut Batch,
-    peer: &str,
-    event: AuditEvent,
-) -> Result<(), RelayError> {
-    for e in throttled(relay, peer, event) {
-        w.audit.append(b, now(), e)?;
-    }
-    Ok(())
-}
-
-/// [`audit_peer_refusal`] in a batch of its own.
+/// Audit-logs a refusal of `peer`'s input in a batch of its own, within the cap of
+/// the peer's audit throttle.
 fn audit_peer_refusal_now(relay: &Relay, peer: &str, event: AuditEvent) {
-    for e in throttled(relay, peer, event) {
+    for e in crate::core::peers::throttled(relay, peer, event, Instant::now()) {
         relay.audit_now(e);
     }
-}
-
-fn unrecorded_event(peer: &str, n: u64) -> AuditEvent {
-    AuditEvent::new(
-        AuditKind::Refusal,
-        peer,
-        "-",
-        "peer-refusals-summary",
-        format!(
-            "{n} further refusals of relay {peer}'s requests and items were counted, not \
-             recorded one by one (at most {REFUSAL_AUDIT_PER_WINDOW} per {} s)",
-            REFUSAL_AUDIT_WINDOW.as_secs()
-        ),
-    )
-}
-
-/// The audit records to write for `event`, a refusal of `peer`'s input.
-fn throttled(relay: &Relay, peer: &str, event: AuditEvent) -> Vec<AuditEvent> {
-    let Some(p) = relay.peer(peer) else {
-        return vec![event];
-    };
-    let verdict = p.refusal_verdict(Instant::now());
-    let mut out = Vec::new();
-    if let Some(n) = verdict.unrecorded {
-        out.push(unrecorded_event(peer, n));
-    }
-    match verdict.record {
-        Record::Full => out.push(event),
-        Record::Note => out.push(AuditEvent::new(
-            AuditKind::Refusal,
-            peer,
-            "-",
-            "peer-refusals-summary",
-            format!(
-                "more than {REFUSAL_AUDIT_PER_WINDOW} refusals of relay {peer}'s input in {} s: \
-                 further ones in this window are counted, then recorded as one summary",
-                REFUSAL_AUDIT_WINDOW.as_secs()
-            ),
-        )),
-        Record::Count => {}
-    }
-    out
 }
 
 #[cfg(test)]

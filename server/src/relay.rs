@@ -468,8 +468,9 @@ impl Relay {
     }
 
     /// Calls the core at the time now and carries out what it asks: the answer
-    /// waits until what the call wrote is durable, then enforcement looks at the
-    /// communities it names. A failed flush fails the call.
+    /// waits until what the call wrote is durable (unless the core said it need
+    /// not), then enforcement looks at the communities it names. A failed flush
+    /// fails the call.
     pub async fn call<T>(
         &self,
         f: impl FnOnce(&Core, &mut Cx) -> Result<T, RelayError>,
@@ -484,7 +485,7 @@ impl Relay {
 
     /// What a core call asked for once it returned: durability, then enforcement.
     pub async fn finish(&self, cx: Cx) -> Result<(), RelayError> {
-        if cx.wrote > 0 {
+        if cx.wrote > 0 && !cx.answer_before_durable {
             self.durable().await?;
         }
         for community in &cx.enforce {

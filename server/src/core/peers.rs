@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use kring_policy::Clearance;
 
+use crate::audit::{AuditEvent, AuditKind};
+use crate::core::{Core, Writer};
+use crate::error::RelayError;
 use crate::keyspace::federation as keys;
+use crate::store::Batch;
 use crate::store::{Engine, get_obj};
 
 pub use crate::core::revocation::PeerInfo;
@@ -271,4 +275,67 @@ impl RecentNames {
         self.seen.insert(name.to_string(), now);
         true
     }
+}
+
+/// Audit-logs a refusal of `peer`'s input in the writer's batch, within the cap of
+/// `AuditThrottle`.
+pub fn audit_peer_refusal(
+    core: &Core,
+    w: &mut Writer,
+    b: &mut Batch,
+    peer: &str,
+    event: AuditEvent,
+) -> Result<(), RelayError> {
+    // Without a monotonic reading (no write has set one) every refusal is
+    // recorded in full.
+    let events = match w.mono {
+        Some(at) => throttled(core, peer, event, at),
+        None => vec![event],
+    };
+    for e in events {
+        w.audit.append(b, w.now, e)?;
+    }
+    Ok(())
+}
+
+pub fn unrecorded_event(peer: &str, n: u64) -> AuditEvent {
+    AuditEvent::new(
+        AuditKind::Refusal,
+        peer,
+        "-",
+        "peer-refusals-summary",
+        format!(
+            "{n} further refusals of relay {peer}'s requests and items were counted, not \
+             recorded one by one (at most {REFUSAL_AUDIT_PER_WINDOW} per {} s)",
+            REFUSAL_AUDIT_WINDOW.as_secs()
+        ),
+    )
+}
+
+/// The audit records to write for `event`, a refusal of `peer`'s input at `now`.
+pub fn throttled(core: &Core, peer: &str, event: AuditEvent, now: Instant) -> Vec<AuditEvent> {
+    let Some(p) = core.peer(peer) else {
+        return vec![event];
+    };
+    let verdict = p.refusal_verdict(now);
+    let mut out = Vec::new();
+    if let Some(n) = verdict.unrecorded {
+        out.push(unrecorded_event(peer, n));
+    }
+    match verdict.record {
+        Record::Full => out.push(event),
+        Record::Note => out.push(AuditEvent::new(
+            AuditKind::Refusal,
+            peer,
+            "-",
+            "peer-refusals-summary",
+            format!(
+                "more than {REFUSAL_AUDIT_PER_WINDOW} refusals of relay {peer}'s input in {} s: \
+                 further ones in this window are counted, then recorded as one summary",
+                REFUSAL_AUDIT_WINDOW.as_secs()
+            ),
+        )),
+        Record::Count => {}
+    }
+    out
 }

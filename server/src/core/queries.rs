@@ -5,6 +5,8 @@ use super::*;
 use crate::store::decode;
 
 impl Core {
+    /// [`Request::Ack`](kring_protocol::wire::Request::Ack): moves a device's cursor
+    /// forward (never back); answered without waiting for the flush.
     pub fn ack(
         &self,
         cx: &mut Cx,
@@ -36,6 +38,7 @@ impl Core {
         // only makes the device receive entries again, which it skips (its own
         // cursor is durable before it acknowledges), and a moved cursor gives no
         // other device anything new. The next group commit flushes it.
+        cx.answer_before_durable = true;
         Ok(Response::Ok)
     }
 
@@ -209,7 +212,7 @@ const MEMBER_PAGE: usize = 1024;
 
 /// Every membership record of `user` (active or ended), by community: all of them,
 /// read a page at a time. How many a peer hub may create is capped
-/// ([`crate::federation::MAX_PEER_COMMUNITIES_PER_USER`]), so none can hide others.
+/// ([`crate::core::apply::MAX_PEER_COMMUNITIES_PER_USER`]), so none can hide others.
 pub fn memberships(core: &Core, user: &str) -> Result<Vec<(String, MemberRecord)>, RelayError> {
     let engine = core.engine();
     let prefix = keys::member_prefix(user);

@@ -253,7 +253,7 @@ pub(super) async fn handle_stream(
     if let Some(p) = relay.peer(&peer) {
         let at = Instant::now();
         if let Some(n) = p.refusals_unrecorded(at) {
-            relay.audit_now(unrecorded_event(&peer, n));
+            relay.audit_now(crate::core::peers::unrecorded_event(&peer, n));
         }
         let per_second = relay
             .limits()

@@ -1,10 +1,9 @@
 use super::keys;
-use super::{
-    AuditThrottle, BATCH, DELIVER_MARGIN, MIN_MAX_FRAME, RecentNames, Record, TokenBucket,
-    batch_len, delivery_budget, refused_at_send,
-};
-use super::{EntryRefusal, check_envelope, check_epoch};
+use super::{BATCH, DELIVER_MARGIN, MIN_MAX_FRAME, batch_len, delivery_budget, refused_at_send};
+use crate::core::apply::{check_envelope, check_epoch};
 use crate::core::outbox::encoded_len;
+use crate::core::peers::{AuditThrottle, RecentNames, Record, TokenBucket};
+use crate::error::EntryRefusal;
 use kring_protocol::wire::{FedBody, FedItem};
 use std::time::{Duration, Instant};
 
