@@ -53,6 +53,8 @@ mod queries;
 pub mod recovery;
 pub mod retention;
 pub mod revocation;
+#[cfg(test)]
+mod tests;
 
 pub use blobs::{NoticeBlobs, entry_blobs, put_notice_blobs, release_blobs, sweep_blobs};
 pub use communities::{
