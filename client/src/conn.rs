@@ -177,8 +177,8 @@ fn load_certs(path: &std::path::Path, what: &str) -> Result<Vec<CertificateDer<'
     Ok(certs)
 }
 
-/// An open, authenticated connection to the home relay.
-#[derive(Debug)]
+/// An open, authenticated connection to the home relay (a clone shares it).
+#[derive(Debug, Clone)]
 pub struct RelayConnection {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,

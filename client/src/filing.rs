@@ -54,6 +54,62 @@ impl Prepared {
     }
 }
 
+/// A filing checked and encrypted on this device, its advanced ratchet on disk,
+/// not sent yet ([`Client::seal_notices`]).
+pub struct SealedFiling {
+    community: String,
+    prepared: Vec<Prepared>,
+    epoch: u64,
+    notices: Vec<NoticeUpload>,
+}
+
+impl SealedFiling {
+    /// The group epoch the notices are encrypted in.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// How many notices it holds.
+    pub fn len(&self) -> usize {
+        self.notices.len()
+    }
+
+    /// Whether it holds no notice (never, as sealed).
+    pub fn is_empty(&self) -> bool {
+        self.notices.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SealedFiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the notices' content.
+        f.debug_struct("SealedFiling")
+            .field("community", &self.community)
+            .field("notices", &self.notices.len())
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+/// A sealed filing sent to the home relay, its answer not taken yet
+/// ([`Client::send_sealed`], [`Client::finish_filing`]).
+pub struct PendingFiling {
+    community: String,
+    prepared: Vec<Prepared>,
+    epoch: u64,
+    answer: tokio::task::JoinHandle<Result<Response>>,
+}
+
+impl std::fmt::Debug for PendingFiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFiling")
+            .field("community", &self.community)
+            .field("notices", &self.prepared.len())
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
 /// Shortest notice id prefix accepted in place of a full id.
 pub const MIN_ID_PREFIX: usize = 6;
 
@@ -123,8 +179,42 @@ impl Client {
     /// last notice (the hub orders a relay's notices in filing order) and then asks
     /// once for each other one still queued.
     pub async fn file_notices(&mut self, drafts: Vec<NoticeDraft>) -> Result<Vec<FiledNotice>> {
-        let Some(first) = drafts.first() else {
+        if drafts.is_empty() {
             return Ok(Vec::new());
+        }
+        let sealed = self.seal_notices(drafts).await?;
+        let pending = self.send_sealed(sealed).await?;
+        self.finish_filing(pending).await
+    }
+
+    /// The first half of [`file_notices`](Self::file_notices): checks the drafts,
+    /// uploads their attachments, encrypts them and puts the advanced ratchet on
+    /// disk. Nothing is sent yet: [`send_sealed`](Self::send_sealed) sends it and
+    /// [`finish_filing`](Self::finish_filing) takes the answer.
+    ///
+    /// A filer with many notices keeps the relay busy by sealing the next filing
+    /// while the previous one is on its way:
+    ///
+    /// ```text
+    /// let mut pending = None;
+    /// while let Some(drafts) = next() {
+    ///     let sealed = client.seal_notices(drafts).await?;   // meanwhile, the previous
+    ///     if let Some(p) = pending.take() {                  // filing travels
+    ///         client.finish_filing(p).await?;
+    ///     }
+    ///     pending = Some(client.send_sealed(sealed).await?);
+    /// }
+    /// ```
+    ///
+    /// Each filing is sent only once the previous one is answered, so the relay
+    /// receives this device's filings in order, one at a time. A filing sealed in an
+    /// epoch that has passed by the time it is sent is refused (`WrongEpoch`) and
+    /// sealed again by [`finish_filing`](Self::finish_filing).
+    pub async fn seal_notices(&mut self, drafts: Vec<NoticeDraft>) -> Result<SealedFiling> {
+        let Some(first) = drafts.first() else {
+            return Err(ClientError::Usage(
+                "a filing needs at least one notice".into(),
+            ));
         };
         if drafts.len() > MAX_NOTICES_PER_FILING {
             return Err(ClientError::Usage(format!(
@@ -145,7 +235,7 @@ impl Client {
             }
             prepared.push(p);
         }
-        self.file_prepared(&community, prepared).await
+        self.seal_prepared(&community, prepared, false).await
     }
 
     /// Files checked notices of `community` (see [`file_notices`](Self::file_notices)):
@@ -156,12 +246,26 @@ impl Client {
         community: &str,
         prepared: Vec<Prepared>,
     ) -> Result<Vec<FiledNotice>> {
+        let sealed = self.seal_prepared(community, prepared, false).await?;
+        let pending = self.send_sealed(sealed).await?;
+        self.finish_filing(pending).await
+    }
+
+    /// Checks each label against the community's maximum and encrypts each notice
+    /// with its authenticated data in the current epoch (after the sync, leaf
+    /// update or commit of pending proposals that filing needs first); the advanced
+    /// ratchet is on disk when it returns. `synced`: this device synced just before.
+    async fn seal_prepared(
+        &mut self,
+        community: &str,
+        prepared: Vec<Prepared>,
+        mut synced: bool,
+    ) -> Result<SealedFiling> {
         let community = community.to_string();
         // No sync first: the home relay refuses a filing in an epoch older than the
         // one it knows (WrongEpoch), and then this device syncs and encrypts again.
         // A community this device has not joined yet needs a sync to be found.
-        let mut synced = false;
-        if !self.store.community(&community)?.is_some_and(|r| r.active) {
+        if !synced && !self.store.community(&community)?.is_some_and(|r| r.active) {
             self.sync().await?;
             synced = true;
         }
@@ -184,9 +288,7 @@ impl Client {
             }
         }
 
-        let mut attempt = 0;
         loop {
-            attempt += 1;
             let mut group = self.load_group(&community)?;
             if !synced && self.group_update_due(&community, &group)? {
                 // This device's leaf is older than the community's update period (it
@@ -220,11 +322,58 @@ impl Client {
             }
             // The advanced ratchet is on disk before anything leaves the device.
             self.store.flush()?;
-            let request = Request::FileNotices {
-                community: community.clone(),
+            return Ok(SealedFiling {
+                community,
+                prepared,
+                epoch,
                 notices,
-            };
-            match self.call(&request).await {
+            });
+        }
+    }
+
+    /// Sends a sealed filing to the home relay and returns at once; the answer is
+    /// taken by [`finish_filing`](Self::finish_filing). Dropped unfinished, the
+    /// filing still reaches the relay, and its notices come back to this device by
+    /// sync like anyone else's.
+    pub async fn send_sealed(&mut self, sealed: SealedFiling) -> Result<PendingFiling> {
+        let conn = self.connect().await?.clone();
+        let SealedFiling {
+            community,
+            prepared,
+            epoch,
+            notices,
+        } = sealed;
+        let request = Request::FileNotices {
+            community: community.clone(),
+            notices,
+        };
+        let answer = tokio::spawn(async move { conn.call(&request).await });
+        Ok(PendingFiling {
+            community,
+            prepared,
+            epoch,
+            answer,
+        })
+    }
+
+    /// Takes the home relay's answer to a filing sent with
+    /// [`send_sealed`](Self::send_sealed) and stores the notices (then, for a
+    /// community hubbed at another relay, waits for the hub's ordering as
+    /// [`file_notices`](Self::file_notices) does). A filing the relay refuses as
+    /// sealed in an old epoch is synced, sealed again and sent again.
+    pub async fn finish_filing(&mut self, pending: PendingFiling) -> Result<Vec<FiledNotice>> {
+        let PendingFiling {
+            community,
+            mut prepared,
+            mut epoch,
+            mut answer,
+        } = pending;
+        let mut attempt = 1;
+        loop {
+            let reply = (&mut answer)
+                .await
+                .map_err(|e| ClientError::Protocol(format!("the filing's request ended: {e}")))?;
+            match reply {
                 Ok(Response::Filed { hub, seqs, .. }) if seqs.len() == prepared.len() => {
                     let notices = prepared.into_iter().map(|p| p.notice).collect();
                     return self.filed(notices, epoch, hub, seqs).await;
@@ -233,8 +382,13 @@ impl Client {
                 Err(ClientError::Relay(ErrorCode::WrongEpoch { .. }))
                     if attempt < COMMIT_ATTEMPTS =>
                 {
+                    attempt += 1;
                     self.sync().await?;
-                    synced = true;
+                    let sealed = self.seal_prepared(&community, prepared, true).await?;
+                    let again = self.send_sealed(sealed).await?;
+                    prepared = again.prepared;
+                    epoch = again.epoch;
+                    answer = again.answer;
                 }
                 Err(e) => return Err(e),
             }

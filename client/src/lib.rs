@@ -43,7 +43,7 @@ pub use audit::AuditSummary;
 pub use client::{Client, DEFAULT_PUBLISH, MAX_PUBLISH};
 pub use community::{AdminChange, CommitReceipt};
 pub use error::{ClientError, Result};
-pub use filing::FiledNotice;
+pub use filing::{FiledNotice, PendingFiling, SealedFiling};
 pub use keys::{Clock, KeyUpdate, MemberLeaf};
 pub use notice::{Category, Notice, NoticeDraft, NoticeKind};
 pub use ordering::Ordering;

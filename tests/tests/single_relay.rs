@@ -181,6 +181,52 @@ async fn a_stale_filer_catches_up_and_a_filing_keeps_its_order() {
 /// epoch and succeeds. Both commit at once, round after round, until the relay has
 /// seen a conflict (each round's two adds race; a round without a conflict proves
 /// nothing).
+/// A filer seals its next filing while the previous one is on its way: the relay
+/// gets them one after the other and orders them as filed. A filing sealed before
+/// a commit it had not seen is refused for its epoch when sent, sealed again in the
+/// new epoch and ordered; the member the commit added reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filings_sealed_ahead_keep_their_order_and_survive_a_new_epoch() {
+    let mut fed = federation();
+    fed.issue_user("analist@bz", "NL:STG-GEHEIM", &[]).unwrap();
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    let mut newcomer = ready(&fed, "analist@bz").await;
+    community_c(&mut admin, &mut member).await;
+    let label = "NL:DEP-VERTROUWELIJK";
+    let batch = |titles: &[&str]| titles.iter().map(|t| draft("c", label, t)).collect();
+
+    let first = member.seal_notices(batch(&["a1", "a2"])).await.unwrap();
+    let first = member.send_sealed(first).await.unwrap();
+    // Sealed while the first is in flight, sent once it is answered.
+    let second = member.seal_notices(batch(&["b1", "b2"])).await.unwrap();
+    let one = member.finish_filing(first).await.unwrap();
+    let second = member.send_sealed(second).await.unwrap();
+    let two = member.finish_filing(second).await.unwrap();
+    let seqs: Vec<u64> = one.iter().chain(&two).map(|f| f.seq.unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+    // Sealed in the epoch before a commit `member` has not seen.
+    let stale = member.seal_notices(batch(&["c1"])).await.unwrap();
+    let epoch_sealed = stale.epoch();
+    let added = admin
+        .add_members("c", &["analist@bz".to_string()])
+        .await
+        .unwrap();
+    let stale = member.send_sealed(stale).await.unwrap();
+    let three = member.finish_filing(stale).await.unwrap();
+    assert_eq!(three.len(), 1);
+    assert!(epoch_sealed < added.epoch, "{epoch_sealed} {}", added.epoch);
+    assert_eq!(three[0].epoch, added.epoch, "sealed again in the new epoch");
+    assert!(three[0].seq.unwrap() > seqs[3]);
+
+    newcomer.sync().await.unwrap();
+    assert_eq!(titles(&newcomer, "c@bz"), ["c1"]);
+    admin.sync().await.unwrap();
+    assert_eq!(titles(&admin, "c@bz"), ["a1", "a2", "b1", "b2", "c1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_one_wins_other_retries() {
     const ROUNDS: usize = 10;

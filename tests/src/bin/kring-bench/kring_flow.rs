@@ -4,8 +4,10 @@
 //! The throughput scenario's shape ([`Shape::federated`]): the community
 //! `bench@bz` is hubbed at `bz`. Its filers are users of `nctv`
 //! (`filer0@nctv`, ...), each an in-process [`Client`] filing `window` notices per
-//! request (`Client::file_notices`: one sync, one round trip, one fsync per filing;
-//! the client API files sequentially per device: it takes `&mut self`).
+//! request (one round trip and one fsync per filing). In the closed loop a filer
+//! seals its next filing (`Client::seal_notices`: encrypt, ratchet on disk) while
+//! the previous one is on its way, and sends it once that one is answered: one
+//! filing in flight per filer, as one window of messages for mosquitto.
 //! Ten devices are split across both relays (`dev0..4@bz`, `dev5..9@nctv`); each is
 //! a raw QUIC connection with the user's certificate that subscribes, receives
 //! every pushed entry and acknowledges runs of them (`Request::Ack`, what a real
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use kring_client::conn::{Credentials, RelayConnection, Timeouts};
 use kring_client::profile::Profile;
-use kring_client::{Client, SyncEvent};
+use kring_client::{Client, PendingFiling, SyncEvent};
 use kring_protocol::wire::limits::MAX_NOTICES_PER_FILING;
 use kring_protocol::wire::{EntryKind, Push, Request, Response};
 use kring_tests::{Federation, RelayLauncher};
@@ -568,34 +570,66 @@ impl KringSetup {
                 // (notice id, scheduled instant, filing start, ack instant)
                 let mut filed: Vec<(Uuid, Instant, Instant, Instant)> = Vec::new();
                 let mut error = None;
+                // Closed loop: the next filing is sealed while the previous one is on
+                // its way (Client::seal_notices); it is sent once that one is
+                // answered, so one filing is in flight. Open loop: a filer claims
+                // what is due only when it is free, as before.
+                let ahead = rate.is_none();
+                let mut pending: Option<(PendingFiling, Vec<Instant>, Instant)> = None;
                 loop {
-                    if Instant::now().saturating_duration_since(t0) > max_wall {
+                    if !ahead
+                        && let Some(p) = pending.take()
+                        && let Err(e) = finish(&mut filer, p, &mut filed).await
+                    {
+                        error = Some(e);
                         break;
                     }
-                    let Some((from, to)) = claim(&next, total, window, rate, t0).await else {
+                    let claimed = if Instant::now().saturating_duration_since(t0) > max_wall {
+                        None
+                    } else {
+                        claim(&next, total, window, rate, t0).await
+                    };
+                    let sealed = match claimed {
+                        None => None,
+                        Some((from, to)) => {
+                            let community = &communities[(from / window) % communities.len()];
+                            let now = Instant::now();
+                            let scheduled: Vec<Instant> = (from..to)
+                                .map(|i| match rate {
+                                    Some(r) => t0 + Duration::from_secs_f64(i as f64 / r),
+                                    None => now,
+                                })
+                                .collect();
+                            let drafts = (from..to)
+                                .map(|i| {
+                                    kring_tests::signal(
+                                        community,
+                                        LABEL,
+                                        &format!("bench {i}"),
+                                        &body,
+                                    )
+                                })
+                                .collect();
+                            Some((filer.seal_notices(drafts).await, scheduled, now))
+                        }
+                    };
+                    if let Some(p) = pending.take()
+                        && let Err(e) = finish(&mut filer, p, &mut filed).await
+                    {
+                        error = Some(e);
+                        break;
+                    }
+                    let Some((sealed, scheduled, start)) = sealed else {
                         break;
                     };
-                    let community = &communities[(from / window) % communities.len()];
-                    let now = Instant::now();
-                    let scheduled: Vec<Instant> = (from..to)
-                        .map(|i| match rate {
-                            Some(r) => t0 + Duration::from_secs_f64(i as f64 / r),
-                            None => now,
-                        })
-                        .collect();
-                    let drafts = (from..to)
-                        .map(|i| {
-                            kring_tests::signal(community, LABEL, &format!("bench {i}"), &body)
-                        })
-                        .collect();
-                    let start = Instant::now();
-                    match filer.file_notices(drafts).await {
-                        Ok(f) => {
-                            let acked = Instant::now();
-                            for (f, s) in f.into_iter().zip(scheduled) {
-                                filed.push((f.notice.id, s, start, acked));
+                    match sealed {
+                        Ok(s) => match filer.send_sealed(s).await {
+                            Ok(p) => pending = Some((p, scheduled, start)),
+                            Err(e) => {
+                                error = Some(format!("{}: filing: {e}", filer.user()));
+                                break;
                             }
-                        }
+                        },
                         Err(e) => {
                             error = Some(format!("{}: filing: {e}", filer.user()));
                             break;
@@ -701,6 +735,24 @@ impl KringSetup {
             device_acks: Some(acks),
         })
     }
+}
+
+/// Takes the answer to a filing in flight and records each notice's scheduled
+/// instant, filing start and acknowledgement.
+async fn finish(
+    filer: &mut Client,
+    (pending, scheduled, start): (PendingFiling, Vec<Instant>, Instant),
+    filed: &mut Vec<(Uuid, Instant, Instant, Instant)>,
+) -> Result<(), String> {
+    let notices = filer
+        .finish_filing(pending)
+        .await
+        .map_err(|e| format!("{}: filing: {e}", filer.user()))?;
+    let acked = Instant::now();
+    for (f, s) in notices.into_iter().zip(scheduled) {
+        filed.push((f.notice.id, s, start, acked));
+    }
+    Ok(())
 }
 
 /// Claims the next notices to file, `[from, to)`: closed loop, the next `window`;

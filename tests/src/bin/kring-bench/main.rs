@@ -794,8 +794,8 @@ async fn flows(
     t.note(format!(
         "throughput/latency: {} filer(s) at {FILER_RELAY} file into a community hubbed at {HUB}. Throughput is \
          closed loop with the same number in flight on both sides: a filer files W notices in one filing \
-         (Client::file_notices: one group load, one request, one fsync at the relay; it takes &mut self) and waits \
-         for the answer; a publisher publishes W messages and waits for their W PUBACKs. A filing is \
+         (one request, one fsync at the relay) and waits for the answer, sealing the next filing meanwhile \
+         (Client::seal_notices: encrypted, ratchet on disk; sent once the answer is in); a publisher publishes W messages and waits for their W PUBACKs. A filing is \
          acknowledged when durable (fsync'd) at {FILER_RELAY} (Queued); mosquitto acknowledges from memory. \
          Devices dev0-4@{HUB}, dev5-9@{FILER_RELAY} are raw QUIC connections (user certificates) that receive \
          every entry and acknowledge each run of entries (one Request::Ack up to the highest seq when the stream \
