@@ -198,18 +198,25 @@ impl Client {
     /// ```text
     /// let mut pending = None;
     /// while let Some(drafts) = next() {
-    ///     let sealed = client.seal_notices(drafts).await?;   // meanwhile, the previous
+    ///     let sealed = client.seal_notices(drafts).await;    // meanwhile, the previous
     ///     if let Some(p) = pending.take() {                  // filing travels
-    ///         client.finish_filing(p).await?;
-    ///     }
-    ///     pending = Some(client.send_sealed(sealed).await?);
+    ///         client.finish_filing(p).await?;                // (finished even when
+    ///     }                                                  // sealing failed)
+    ///     pending = Some(client.send_sealed(sealed?).await?);
+    /// }
+    /// if let Some(p) = pending.take() {
+    ///     client.finish_filing(p).await?;
     /// }
     /// ```
     ///
-    /// Each filing is sent only once the previous one is answered, so the relay
-    /// receives this device's filings in order, one at a time. A filing sealed in an
-    /// epoch that has passed by the time it is sent is refused (`WrongEpoch`) and
-    /// sealed again by [`finish_filing`](Self::finish_filing).
+    /// Used so, each filing is sent only once the previous one is answered: the
+    /// relay receives this device's filings in order, one at a time (nothing stops
+    /// a caller from sending a second before the first is finished; the relay may
+    /// then order them either way). A filing sealed in an epoch that has passed by
+    /// the time it is sent is refused (`WrongEpoch`) and sealed again by
+    /// [`finish_filing`](Self::finish_filing). Every filing sent must be finished:
+    /// only then does this device store its own notices (it cannot decrypt them
+    /// later).
     pub async fn seal_notices(&mut self, drafts: Vec<NoticeDraft>) -> Result<SealedFiling> {
         let Some(first) = drafts.first() else {
             return Err(ClientError::Usage(
@@ -332,9 +339,10 @@ impl Client {
     }
 
     /// Sends a sealed filing to the home relay and returns at once; the answer is
-    /// taken by [`finish_filing`](Self::finish_filing). Dropped unfinished, the
-    /// filing still reaches the relay, and its notices come back to this device by
-    /// sync like anyone else's.
+    /// taken by [`finish_filing`](Self::finish_filing). A filing dropped unfinished
+    /// may still reach the relay and be delivered to the other members, but this
+    /// device then never stores those notices of its own (a sender cannot decrypt
+    /// its own messages): finish every filing sent.
     pub async fn send_sealed(&mut self, sealed: SealedFiling) -> Result<PendingFiling> {
         let conn = self.connect().await?.clone();
         let SealedFiling {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kring_policy::{Label, decide_opt, within};
 use kring_protocol::mls::{ClientGroup, MlsError, Received};
 use kring_protocol::notice_aad::NoticeAad;
-use kring_protocol::wire::{EntryKind, LogEntry, LogMark, Push, Request, Response};
+use kring_protocol::wire::{EntryKind, LogEntry, LogMark, Push, Request, Response, limits};
 use uuid::Uuid;
 
 use crate::client::{Client, unexpected};
@@ -139,6 +139,12 @@ impl SyncReport {
 const FLUSH_EVERY: usize = 256;
 /// How long a live device waits for more pushes before it flushes and acknowledges.
 const ACK_DELAY: Duration = Duration::from_millis(2);
+/// Shortest time between two acknowledgements of a live device (one request for
+/// every community with entries since the last): a trickle of notices across many
+/// communities costs the relay one request per interval, not one per notice and
+/// community. Acknowledging later is always safe: the relay keeps what is not
+/// acknowledged and sends it again after a reconnection, and the device skips it.
+const ACK_INTERVAL: Duration = Duration::from_millis(25);
 /// How long a live device stays idle before it releases its local store.
 const IDLE_RELEASE: Duration = Duration::from_millis(500);
 /// How often an idle live device checks whether a leaf update is due.
@@ -149,11 +155,21 @@ const KEY_CHECK_EVERY: Duration = Duration::from_secs(3600);
 struct Owed {
     acks: BTreeMap<String, u64>,
     commit: BTreeSet<String>,
+    /// When the last acknowledgement went.
+    acked_at: Option<std::time::Instant>,
 }
 
 impl Owed {
     fn is_empty(&self) -> bool {
         self.acks.is_empty() && self.commit.is_empty()
+    }
+
+    /// How long until the owed acks may go ([`ACK_INTERVAL`] after the last).
+    fn ack_wait(&self, now: std::time::Instant) -> Duration {
+        match self.acked_at {
+            Some(at) if !self.acks.is_empty() => (at + ACK_INTERVAL).saturating_duration_since(now),
+            _ => Duration::ZERO,
+        }
     }
 
     fn ack(&mut self, community: &str, seq: u64) {
@@ -355,12 +371,18 @@ impl Client {
                     }
                 } else {
                     // A run of pushes: take what arrives within ACK_DELAY of the last
-                    // one, then flush once, emit, and acknowledge.
-                    match tokio::time::timeout(ACK_DELAY, sub.next()).await {
+                    // one, then flush once and emit; acknowledge once ACK_INTERVAL has
+                    // passed since the last acknowledgement.
+                    let wait = if held.is_empty() {
+                        owed.ack_wait(std::time::Instant::now()).max(ACK_DELAY)
+                    } else {
+                        ACK_DELAY
+                    };
+                    match tokio::time::timeout(wait, sub.next()).await {
                         Ok(push) => push?,
                         Err(_) => {
                             self.release_held(&mut held, emit)?;
-                            self.settle(&mut owed, emit).await?;
+                            self.settle_paced(&mut owed, emit).await?;
                             continue;
                         }
                     }
@@ -439,21 +461,48 @@ impl Client {
         Ok(())
     }
 
-    /// Sends owed acks and commits pending removal proposals.
+    /// [`settle`](Self::settle), but the acks wait until [`ACK_INTERVAL`] has passed
+    /// since the last ones (commits of pending removals go at once).
+    async fn settle_paced(
+        &mut self,
+        owed: &mut Owed,
+        emit: &mut (dyn FnMut(SyncEvent) + Send),
+    ) -> Result<()> {
+        if owed.ack_wait(std::time::Instant::now()).is_zero() {
+            return self.settle(owed, emit).await;
+        }
+        let acks = std::mem::take(&mut owed.acks);
+        let settled = self.settle(owed, emit).await;
+        owed.acks = acks;
+        settled
+    }
+
+    /// Sends owed acks (one request for all communities) and commits pending
+    /// removal proposals.
     async fn settle(
         &mut self,
         owed: &mut Owed,
         emit: &mut (dyn FnMut(SyncEvent) + Send),
     ) -> Result<()> {
-        for (community, seq) in std::mem::take(&mut owed.acks) {
-            let request = Request::Ack {
-                community: community.clone(),
-                seq,
+        let acks: Vec<LogMark> = std::mem::take(&mut owed.acks)
+            .into_iter()
+            .map(|(community, seq)| LogMark { community, seq })
+            .collect();
+        for chunk in acks.chunks(limits::MAX_LIST) {
+            let request = match chunk {
+                [one] => Request::Ack {
+                    community: one.community.clone(),
+                    seq: one.seq,
+                },
+                more => Request::AckMany {
+                    marks: more.to_vec(),
+                },
             };
             match self.call(&request).await? {
                 Response::Ok => {}
                 other => return Err(unexpected("Ack", &other)),
             }
+            owed.acked_at = Some(std::time::Instant::now());
         }
         for community in std::mem::take(&mut owed.commit) {
             if let Err(e) = self.commit_pending_proposals(&community, emit).await {

@@ -111,9 +111,12 @@ pub struct Cx {
     pub now: i64,
     /// The monotonic clock's reading at the same moment (rate limits).
     pub mono: Instant,
-    /// The highest write number the call applied (0: it wrote nothing). The shell
-    /// waits until it is durable before answering.
+    /// The highest write number the call applied (0: it wrote nothing).
     pub wrote: u64,
+    /// The highest write number the call's answer rests on: its own writes, or, for
+    /// a write that found nothing to change, everything applied before it. The
+    /// shell waits until it is durable before answering.
+    pub depends_on: u64,
     /// Federation items queued, in order: (peer, item kind).
     pub sent: Vec<(String, &'static str)>,
     /// The answer may go before what the call wrote is durable (a device's cursor:
@@ -131,6 +134,7 @@ impl Cx {
             now,
             mono,
             wrote: 0,
+            depends_on: 0,
             sent: Vec::new(),
             answer_before_durable: false,
             enforce: Vec::new(),
@@ -564,7 +568,7 @@ impl Core {
     /// it fills. The effect is visible in the store at once, but its new log
     /// entries, outbox items and welcomes reach nobody before the flush (the
     /// store's `Watermark`); the shell waits for the flush before acknowledging
-    /// (`cx.wrote` says there is something to wait for).
+    /// (`cx.depends_on` says what to wait for).
     pub fn write<T>(
         &self,
         cx: &mut Cx,
@@ -584,8 +588,10 @@ impl Core {
             .writer
             .lock()
             .map_err(|_| RelayError::Poisoned("writer"))?;
-        w.now = cx.now;
-        w.mono = Some(cx.mono);
+        // Never earlier than a write before it (a call's time is read before it
+        // waits for the lock).
+        w.now = w.now.max(cx.now);
+        w.mono = Some(w.mono.map_or(cx.mono, |m| m.max(cx.mono)));
         w.sent.clear();
         let mut batch = Batch::default();
         let result = f(&mut w, &mut batch).and_then(|v| self.applier.apply(batch).map(|n| (v, n)));
@@ -593,6 +599,15 @@ impl Core {
             Ok((v, n)) => {
                 self.metrics.counted(std::mem::take(&mut w.counts));
                 cx.wrote = cx.wrote.max(n);
+                // What the call decided on may be in batches not yet flushed (a retried
+                // filing finds the notice another request wrote): the answer waits for
+                // those as well.
+                let read = if n > 0 {
+                    n
+                } else {
+                    self.applier.watermark().applied()
+                };
+                cx.depends_on = cx.depends_on.max(read);
                 cx.sent.append(&mut w.sent);
                 Ok((v, n))
             }

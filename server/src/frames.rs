@@ -290,6 +290,7 @@ pub fn request_kind(r: &Request) -> &'static str {
         Request::OfferBlob { .. } => "offer-blob",
         Request::PutBlob { .. } => "put-blob",
         Request::GetBlob { .. } => "get-blob",
+        Request::AckMany { .. } => "ack-many",
     }
 }
 

@@ -354,16 +354,16 @@ impl Metrics {
     }
 
     /// Item `seq` was put in the outbox to `peer` (for the oldest item's age).
-    pub fn outbox_enqueued(&self, peer: &str, seq: u64) {
+    pub fn outbox_enqueued(&self, peer: &str, seq: u64, at: Instant) {
         let mut marks = self
             .marks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match marks.get_mut(peer) {
-            Some(m) => m.enqueued(seq, Instant::now()),
+            Some(m) => m.enqueued(seq, at),
             None => {
                 let mut m = EnqueueMarks::default();
-                m.enqueued(seq, Instant::now());
+                m.enqueued(seq, at);
                 marks.insert(peer.to_string(), m);
             }
         }

@@ -485,7 +485,7 @@ impl Relay {
 
     /// What a core call asked for once it returned: durability, then enforcement.
     pub async fn finish(&self, cx: Cx) -> Result<(), RelayError> {
-        if cx.wrote > 0 && !cx.answer_before_durable {
+        if cx.depends_on > 0 && !cx.answer_before_durable {
             self.durable().await?;
         }
         for community in &cx.enforce {

@@ -101,6 +101,14 @@ impl Relay {
                 self.call(|core, cx| core.ack(cx, caller, &community, seq))
                     .await
             }
+            Request::AckMany { marks } => {
+                let marks: Vec<(&str, u64)> = marks
+                    .iter()
+                    .map(|m| (m.community.as_str(), m.seq))
+                    .collect();
+                self.call(|core, cx| core.ack_many(cx, caller, &marks))
+                    .await
+            }
             Request::AckWelcome { id } => {
                 self.call(|core, cx| {
                     core.write(cx, |_, b| {
@@ -280,6 +288,7 @@ fn request_subject(r: &Request) -> String {
             ..
         } => format!("{community} notice {notice_id} blob {blob}"),
         Request::AckWelcome { id } => id.to_string(),
+        Request::AckMany { marks } => format!("{} cursors", marks.len()),
         _ => "-".into(),
     }
 }

@@ -264,6 +264,18 @@ fn main() -> Res<()> {
             blob: kring_protocol::attachment::BlobId([7; 32]),
             offset: 64,
         },
+        Request::AckMany {
+            marks: vec![
+                kring_protocol::wire::LogMark {
+                    community: "fuzz@bz".into(),
+                    seq: 7,
+                },
+                kring_protocol::wire::LogMark {
+                    community: "other@nctv".into(),
+                    seq: 2,
+                },
+            ],
+        },
     ];
     let errors = vec![
         ErrorCode::PolicyDenied {
@@ -622,6 +634,7 @@ fn request_name(m: &Request) -> &'static str {
         Request::OfferBlob { .. } => "offer-blob",
         Request::PutBlob { .. } => "put-blob",
         Request::GetBlob { .. } => "get-blob",
+        Request::AckMany { .. } => "ack-many",
     }
 }
 

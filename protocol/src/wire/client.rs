@@ -189,6 +189,12 @@ pub enum Request {
         /// First byte wanted.
         offset: u64,
     },
+    /// [`Request::Ack`] for several communities at once: the device's new cursor in
+    /// each (one request for a run of entries of many communities). All or none.
+    AckMany {
+        /// One to [`limits::MAX_LIST`] cursors.
+        marks: Vec<LogMark>,
+    },
 }
 
 /// A position in a community log: the community and a sequence number.
@@ -567,6 +573,15 @@ impl Validate for Request {
                 None => Ok(()),
             },
             Request::Cursors { cursors } => check_marks("cursors", cursors),
+            Request::AckMany { marks } => {
+                if marks.is_empty() {
+                    return Err(WireError::Invalid {
+                        field: "marks",
+                        reason: "no cursor to acknowledge".into(),
+                    });
+                }
+                check_marks("marks", marks)
+            }
             Request::FileNotices { community, notices } => {
                 check_qualified_id("community", community)?;
                 if notices.is_empty() || notices.len() > limits::MAX_NOTICES_PER_FILING {

@@ -130,6 +130,39 @@ fn ids_are_validated() {
     .unwrap();
 }
 
+/// One request acknowledges a run of entries of several communities: at least one
+/// cursor, at most [`limits::MAX_LIST`], each naming a community; it travels as the
+/// last request variant.
+#[test]
+fn many_cursors_are_acknowledged_in_one_bounded_request() {
+    let mark = |community: &str, seq| LogMark {
+        community: community.into(),
+        seq,
+    };
+    let many = Request::AckMany {
+        marks: vec![mark("a@bz", 3), mark("b@nctv", 9)],
+    };
+    many.validate().unwrap();
+    let frame = encode_frame(&many, DEFAULT_MAX_FRAME).unwrap();
+    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    dec.feed(&frame).unwrap();
+    let payload = dec.next_payload().unwrap().unwrap();
+    assert_eq!(decode_payload::<Request>(&payload).unwrap(), many);
+    assert!(Request::AckMany { marks: Vec::new() }.validate().is_err());
+    let too_many = vec![mark("a@bz", 1); limits::MAX_LIST + 1];
+    assert!(Request::AckMany { marks: too_many }.validate().is_err());
+    let unqualified = vec![mark("a@bz", 1), mark("nowhere", 2)];
+    assert!(Request::AckMany { marks: unqualified }.validate().is_err());
+    let tag = |r: &Request| encode_frame(r, DEFAULT_MAX_FRAME).unwrap()[FRAME_HEADER + 1];
+    let last_before = Request::GetBlob {
+        community: "a@bz".into(),
+        notice_id: uuid::Uuid::nil(),
+        blob: crate::attachment::BlobId([0; 32]),
+        offset: 0,
+    };
+    assert_eq!(tag(&many), tag(&last_before) + 1);
+}
+
 /// Postcard numbers enum variants by position: a variant added in the middle
 /// would make an older peer read one request as another. New ones go last.
 #[test]

@@ -162,7 +162,9 @@ pub fn store_outgoing(
     b.put_obj(keys::outbox(peer, seq), &OutboxRecord { seq, item })?;
     b.put_obj(keys::outbox_next(peer), &(seq + 1))?;
     w.sent.push((peer.to_string(), kind));
-    core.metrics().outbox_enqueued(peer, seq);
+    if let Some(at) = w.mono {
+        core.metrics().outbox_enqueued(peer, seq, at);
+    }
     Ok(())
 }
 

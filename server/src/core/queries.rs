@@ -14,23 +14,20 @@ impl Core {
         community: &str,
         seq: u64,
     ) -> Result<Response, RelayError> {
+        self.ack_many(cx, caller, &[(community, seq)])
+    }
+
+    /// [`Request::AckMany`](kring_protocol::wire::Request::AckMany): [`Core::ack`]
+    /// for several communities in one write, all or none.
+    pub fn ack_many(
+        &self,
+        cx: &mut Cx,
+        caller: &Caller,
+        marks: &[(&str, u64)],
+    ) -> Result<Response, RelayError> {
         self.write(cx, |_, b| {
-            let key = keys::member(&caller.id, community);
-            let Some(m) = get_obj::<MemberRecord>(self.engine.as_ref(), &key)? else {
-                return Err(ErrorCode::NotMember.into());
-            };
-            let rec = self.community(community)?.ok_or(ErrorCode::NotMember)?;
-            let limit = m.removed_seq.unwrap_or(rec.last_seq);
-            if seq > limit {
-                return Err(ErrorCode::BadRequest {
-                    reason: format!("cannot acknowledge {seq}: the log ends at {limit}"),
-                }
-                .into());
-            }
-            let ckey = keys::cursor(&caller.id, community);
-            let current = self.cursor_of(&caller.id, community, &m)?;
-            if seq > current {
-                b.put(ckey, seq.to_be_bytes().to_vec());
+            for &(community, seq) in marks {
+                self.move_cursor(b, caller, community, seq)?;
             }
             Ok(())
         })?;
@@ -42,6 +39,39 @@ impl Core {
         Ok(Response::Ok)
     }
 
+    /// Moves `caller`'s cursor in `community` up to `seq` in `b` (a member, or a
+    /// former member up to where it left; never past the end of the log).
+    fn move_cursor(
+        &self,
+        b: &mut Batch,
+        caller: &Caller,
+        community: &str,
+        seq: u64,
+    ) -> Result<(), RelayError> {
+        let key = keys::member(&caller.id, community);
+        let Some(m) = b.get_obj::<MemberRecord>(self.engine.as_ref(), &key)? else {
+            return Err(ErrorCode::NotMember.into());
+        };
+        let rec = self.community(community)?.ok_or(ErrorCode::NotMember)?;
+        let limit = m.removed_seq.unwrap_or(rec.last_seq);
+        if seq > limit {
+            return Err(ErrorCode::BadRequest {
+                reason: format!("cannot acknowledge {seq} in {community}: the log ends at {limit}"),
+            }
+            .into());
+        }
+        // Read through the batch: the same community may come twice in one request.
+        let stored = b.get(self.engine.as_ref(), &keys::cursor(&caller.id, community))?;
+        let current = cursor_value(stored, &caller.id, community, &m)?;
+        if seq > current {
+            b.put(
+                keys::cursor(&caller.id, community),
+                seq.to_be_bytes().to_vec(),
+            );
+        }
+        Ok(())
+    }
+
     /// A device's delivery cursor: everything up to it was acknowledged.
     pub fn cursor_of(
         &self,
@@ -49,21 +79,8 @@ impl Core {
         community: &str,
         m: &MemberRecord,
     ) -> Result<u64, RelayError> {
-        let stored = match self.engine.get(&keys::cursor(device, community))? {
-            Some(v) if v.len() == 8 => {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&v);
-                u64::from_be_bytes(a)
-            }
-            Some(_) => {
-                return Err(RelayError::Corrupt {
-                    key: format!("cursor {device} {community}"),
-                    reason: "not 8 bytes".into(),
-                });
-            }
-            None => 0,
-        };
-        Ok(stored.max(m.joined_seq))
+        let stored = self.engine.get(&keys::cursor(device, community))?;
+        cursor_value(stored, device, community, m)
     }
 
     pub(crate) fn list_communities(&self, caller: &Caller) -> Result<Response, RelayError> {
@@ -230,4 +247,24 @@ pub fn memberships(core: &Core, user: &str) -> Result<Vec<(String, MemberRecord)
             return Ok(out);
         }
     }
+}
+
+/// A device's cursor from its stored bytes (none: nothing acknowledged), never
+/// before the entry that added it.
+fn cursor_value(
+    stored: Option<Vec<u8>>,
+    device: &str,
+    community: &str,
+    m: &MemberRecord,
+) -> Result<u64, RelayError> {
+    let stored = match stored {
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| RelayError::Corrupt {
+                key: format!("cursor {device} {community}"),
+                reason: "not 8 bytes".into(),
+            })?,
+        None => 0,
+    };
+    Ok(stored.max(m.joined_seq))
 }

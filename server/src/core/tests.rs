@@ -1191,9 +1191,13 @@ fn a_retried_filing_gets_the_same_answer_and_writes_nothing_again() {
         }
     );
     assert!(cx.wrote > 0);
+    let first_write = cx.wrote;
     let (again, cx) = bz.file("liaison@bz", "kring@bz", &[(id, message.clone())]);
     assert_eq!(again.unwrap(), first);
     assert_eq!(cx.wrote, 0);
+    // The same answer rests on the first filing's batch: the shell makes it durable
+    // before answering again.
+    assert!(cx.depends_on >= first_write, "{cx:?}");
     // The single-notice request says the same.
     let mut cx = bz.cx();
     let single = bz
@@ -1680,7 +1684,10 @@ fn only_members_acknowledge_and_never_past_the_end_of_the_log() {
     let (answer, _) = ack("liaison@bz", "nergens@bz", 0);
     assert_eq!(refused(answer), ErrorCode::NotMember);
     let (answer, cx) = ack("liaison@bz", "kring@bz", 1);
-    assert_bad_request(&refused(answer), "cannot acknowledge 1: the log ends at 0");
+    assert_bad_request(
+        &refused(answer),
+        "cannot acknowledge 1 in kring@bz: the log ends at 0",
+    );
     assert_eq!(cx.wrote, 0);
 
     let message = liaison.notice("NL:STG-CONFIDENTIEEL");
@@ -1697,6 +1704,56 @@ fn only_members_acknowledge_and_never_past_the_end_of_the_log() {
     assert_eq!(cursor, Some(1u64.to_be_bytes().to_vec()));
     let (answer, _) = ack("liaison@bz", "kring@bz", 2);
     assert_bad_request(&refused(answer), "the log ends at 1");
+}
+
+#[test]
+fn one_request_moves_the_cursors_of_several_communities_all_or_none() {
+    let bz = Bz::open();
+    let mut first = bz.create("liaison@bz", "een@bz", "NL:STG-GEHEIM");
+    let mut second = bz.create("liaison@bz", "twee@bz", "NL:STG-GEHEIM");
+    for (device, community) in [(&mut first, "een@bz"), (&mut second, "twee@bz")] {
+        for n in 1..=2u128 {
+            let id = Uuid::from_u128(n + if community == "een@bz" { 0 } else { 10 });
+            let message = device.notice("NL:STG-CONFIDENTIEEL");
+            let (filed, _) = bz.file("liaison@bz", community, &[(id, message)]);
+            assert!(filed.is_ok(), "{filed:?}");
+        }
+    }
+    let cursor = |community: &str| {
+        bz.core
+            .engine()
+            .get(&keys::cursor("liaison@bz", community))
+            .unwrap()
+            .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+    };
+    let ack_many = |marks: &[(&str, u64)]| {
+        let mut cx = bz.cx();
+        let answer = bz.core.ack_many(&mut cx, &bz.caller("liaison@bz"), marks);
+        (answer, cx)
+    };
+
+    // One community the caller is not in refuses the whole request.
+    let (answer, cx) = ack_many(&[("een@bz", 1), ("nergens@bz", 1)]);
+    assert_eq!(refused(answer), ErrorCode::NotMember);
+    assert_eq!(cx.wrote, 0);
+    assert_eq!(cursor("een@bz"), None);
+    // One past the end of its log likewise.
+    let (answer, cx) = ack_many(&[("een@bz", 1), ("twee@bz", 3)]);
+    assert_bad_request(
+        &refused(answer),
+        "cannot acknowledge 3 in twee@bz: the log ends at 2",
+    );
+    assert_eq!(cx.wrote, 0);
+
+    // Both move in one write, answered before the flush; a community named twice
+    // keeps the higher cursor, and a cursor never moves back.
+    let (answer, cx) = ack_many(&[("een@bz", 2), ("twee@bz", 1), ("een@bz", 1)]);
+    assert_eq!(answer.unwrap(), Response::Ok);
+    assert!(cx.wrote > 0 && cx.answer_before_durable);
+    assert_eq!((cursor("een@bz"), cursor("twee@bz")), (Some(2), Some(1)));
+    let (answer, _) = ack_many(&[("een@bz", 1), ("twee@bz", 2)]);
+    assert_eq!(answer.unwrap(), Response::Ok);
+    assert_eq!((cursor("een@bz"), cursor("twee@bz")), (Some(2), Some(2)));
 }
 
 #[test]

@@ -170,6 +170,13 @@ pub(super) async fn run_link(
         conn.close(CloseCode::Refused.code().into(), b"wrong organisation");
         return;
     }
+    // A link made for a peer a reload has since removed or replaced is not
+    // installed: the current peer's own link follows.
+    let current = relay.peer(&peer.id).is_some_and(|p| Arc::ptr_eq(&p, &peer));
+    if peer.is_retired() || !current {
+        conn.close(CloseCode::Reconfigured.code().into(), b"peer reconfigured");
+        return;
+    }
     let granted = identity.clearance.clone();
     if let Ok(mut a) = peer.accreditation.lock() {
         *a = granted.clone();

@@ -31,7 +31,7 @@ use kring_client::conn::{Credentials, RelayConnection, Timeouts};
 use kring_client::profile::Profile;
 use kring_client::{Client, PendingFiling, SyncEvent};
 use kring_protocol::wire::limits::MAX_NOTICES_PER_FILING;
-use kring_protocol::wire::{EntryKind, Push, Request, Response};
+use kring_protocol::wire::{EntryKind, LogMark, Push, Request, Response, limits};
 use kring_tests::{Federation, RelayLauncher};
 use uuid::Uuid;
 
@@ -153,7 +153,7 @@ impl Shape {
 #[derive(Debug, Default)]
 struct DeviceLog {
     received: Vec<(Uuid, Instant)>,
-    /// `Ack` requests sent.
+    /// Acknowledgement requests sent (`Ack` or `AckMany`).
     acks: usize,
     live: bool,
     error: Option<String>,
@@ -267,8 +267,9 @@ pub async fn raw_connect(dir: &std::path::Path) -> Result<RelayConnection, Strin
 /// A device that receives and acknowledges every entry and welcome, recording
 /// when each notice arrived. Like the real client (`kring_client` sync), it
 /// acknowledges a run of entries once: when the push stream pauses for
-/// [`ACK_DELAY`] or after [`ACK_EVERY`] entries, one `Ack` per community of its
-/// highest sequence number acknowledges every entry up to it.
+/// [`ACK_DELAY`] (and [`ACK_INTERVAL`] has passed since its last acknowledgement)
+/// or after [`ACK_EVERY`] entries, one request (`Ack`, or `AckMany` for several
+/// communities) carries each community's highest sequence number.
 async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
     let result: Result<(), String> = async {
         let conn = raw_connect(&dir).await?;
@@ -276,11 +277,17 @@ async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
         // Highest unacknowledged seq per community, and entries since the last ack.
         let mut owed: BTreeMap<String, u64> = BTreeMap::new();
         let mut unacked = 0usize;
+        let mut acked_at: Option<Instant> = None;
         loop {
             let push = if owed.is_empty() {
                 Some(sub.next().await.map_err(|e| e.to_string())?)
             } else if unacked < ACK_EVERY {
-                match tokio::time::timeout(ACK_DELAY, sub.next()).await {
+                let due = acked_at.map_or(ACK_DELAY, |at: Instant| {
+                    (at + ACK_INTERVAL)
+                        .saturating_duration_since(Instant::now())
+                        .max(ACK_DELAY)
+                });
+                match tokio::time::timeout(due, sub.next()).await {
                     Ok(p) => Some(p.map_err(|e| e.to_string())?),
                     Err(_) => None,
                 }
@@ -288,16 +295,26 @@ async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
                 None
             };
             let Some(push) = push else {
-                for (community, seq) in std::mem::take(&mut owed) {
-                    match conn
-                        .call(&Request::Ack { community, seq })
-                        .await
-                        .map_err(|e| e.to_string())?
-                    {
+                let marks: Vec<LogMark> = std::mem::take(&mut owed)
+                    .into_iter()
+                    .map(|(community, seq)| LogMark { community, seq })
+                    .collect();
+                for chunk in marks.chunks(limits::MAX_LIST) {
+                    let request = match chunk {
+                        [one] => Request::Ack {
+                            community: one.community.clone(),
+                            seq: one.seq,
+                        },
+                        more => Request::AckMany {
+                            marks: more.to_vec(),
+                        },
+                    };
+                    match conn.call(&request).await.map_err(|e| e.to_string())? {
                         Response::Ok => record(&logs, d, |l| l.acks += 1),
                         other => return Err(format!("Ack answered {other:?}")),
                     }
                 }
+                acked_at = Some(Instant::now());
                 unacked = 0;
                 continue;
             };
@@ -330,6 +347,9 @@ async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
 /// A raw device acknowledges when its push stream pauses this long (the real
 /// client's delay).
 const ACK_DELAY: Duration = Duration::from_millis(2);
+/// ... but not sooner than this after its last acknowledgement (the real client's
+/// interval) ...
+const ACK_INTERVAL: Duration = Duration::from_millis(25);
 /// ... or after this many entries.
 const ACK_EVERY: usize = 256;
 

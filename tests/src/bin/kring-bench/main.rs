@@ -798,8 +798,9 @@ async fn flows(
          (Client::seal_notices: encrypted, ratchet on disk; sent once the answer is in); a publisher publishes W messages and waits for their W PUBACKs. A filing is \
          acknowledged when durable (fsync'd) at {FILER_RELAY} (Queued); mosquitto acknowledges from memory. \
          Devices dev0-4@{HUB}, dev5-9@{FILER_RELAY} are raw QUIC connections (user certificates) that receive \
-         every entry and acknowledge each run of entries (one Request::Ack up to the highest seq when the stream \
-         pauses 2 ms, as the real client does) without decrypting (see client-cost); 10 QoS 1 MQTT subscribers \
+         every entry and acknowledge runs of entries as the real client does (when the stream pauses 2 ms and \
+         25 ms have passed since the last acknowledgement: one Ack, or AckMany for several communities, up to \
+         each community's highest seq) without decrypting (see client-cost); 10 QoS 1 MQTT subscribers \
          with clean_session false (rumqttc acknowledges every PUBLISH), the same users' certificates. Relay CPU \
          is user + system time of the relay processes (/proc) from the first filing to the last delivery. \
          Latency runs are open loop from the scheduled instant (a filer files every notice due when it is free); \

@@ -211,7 +211,7 @@ pub(crate) async fn communities(o: &Options, t: &mut Table) -> Result<bool, Stri
             scenario,
             format!("{label}: relay CPU per notice"),
             format!(
-                "{us:.0} µs ({:.2} s of CPU for {} notices; {:.2} Acks per notice and device)",
+                "{us:.0} µs ({:.2} s of CPU for {} notices; {:.2} acknowledgements per notice and device)",
                 r.server_cpu.unwrap_or_default(),
                 r.notices,
                 r.device_acks.unwrap_or_default() as f64 / (r.notices * r.devices).max(1) as f64
@@ -236,7 +236,8 @@ pub(crate) async fn communities(o: &Options, t: &mut Table) -> Result<bool, Stri
     }
     t.note(format!(
         "communities: one relay ({HUB}) hubbing N communities of 10 members (an owner, the filer and the same \
-         {COMMUNITY_DEVICES} devices in each; every device a raw QUIC connection that acknowledges per community); \
+         {COMMUNITY_DEVICES} devices in each; every device a raw QUIC connection that acknowledges as the real client does: one request for \
+         the communities of a run, at most one every 25 ms); \
          the filer files {total} notices, one per filing, to the communities in turn ({rounds} per community); \
          for comparison, the same number into the one community of another relay. Relay CPU per notice = CPU time of {HUB} from \
          the first filing to the last delivery / notices. The relay runs with requests_per_second {} \
