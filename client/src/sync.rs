@@ -13,7 +13,7 @@ use std::time::Duration;
 use kring_policy::{Label, decide_opt, within};
 use kring_protocol::mls::{ClientGroup, MlsError, Received};
 use kring_protocol::notice_aad::NoticeAad;
-use kring_protocol::wire::{EntryKind, LogEntry, LogMark, Push, Request, Response, limits};
+use kring_protocol::wire::{EntryKind, LogEntry, LogMark, Push, Request, Response};
 use uuid::Uuid;
 
 use crate::client::{Client, unexpected};
@@ -488,16 +488,7 @@ impl Client {
             .into_iter()
             .map(|(community, seq)| LogMark { community, seq })
             .collect();
-        for chunk in acks.chunks(limits::MAX_LIST) {
-            let request = match chunk {
-                [one] => Request::Ack {
-                    community: one.community.clone(),
-                    seq: one.seq,
-                },
-                more => Request::AckMany {
-                    marks: more.to_vec(),
-                },
-            };
+        for request in Request::acknowledging(acks) {
             match self.call(&request).await? {
                 Response::Ok => {}
                 other => return Err(unexpected("Ack", &other)),

@@ -197,6 +197,26 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The requests that acknowledge `marks`: one `Ack` for a single community,
+    /// `AckMany` for several (at most [`limits::MAX_LIST`] per request); none for
+    /// no marks.
+    pub fn acknowledging(marks: Vec<LogMark>) -> Vec<Request> {
+        match <[LogMark; 1]>::try_from(marks) {
+            Ok([one]) => vec![Request::Ack {
+                community: one.community,
+                seq: one.seq,
+            }],
+            Err(marks) => marks
+                .chunks(limits::MAX_LIST)
+                .map(|chunk| Request::AckMany {
+                    marks: chunk.to_vec(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A position in a community log: the community and a sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogMark {

@@ -161,6 +161,19 @@ fn many_cursors_are_acknowledged_in_one_bounded_request() {
         offset: 0,
     };
     assert_eq!(tag(&many), tag(&last_before) + 1);
+    // One community goes as a plain Ack, many as AckMany in requests of at most
+    // MAX_LIST.
+    assert_eq!(
+        Request::acknowledging(vec![mark("a@bz", 4)]),
+        [Request::Ack {
+            community: "a@bz".into(),
+            seq: 4
+        }]
+    );
+    assert!(Request::acknowledging(Vec::new()).is_empty());
+    let lots = Request::acknowledging(vec![mark("a@bz", 1); limits::MAX_LIST + 1]);
+    assert_eq!(lots.len(), 2);
+    assert!(lots.iter().all(|r| r.validate().is_ok()));
 }
 
 /// Postcard numbers enum variants by position: a variant added in the middle

@@ -31,7 +31,7 @@ use kring_client::conn::{Credentials, RelayConnection, Timeouts};
 use kring_client::profile::Profile;
 use kring_client::{Client, PendingFiling, SyncEvent};
 use kring_protocol::wire::limits::MAX_NOTICES_PER_FILING;
-use kring_protocol::wire::{EntryKind, LogMark, Push, Request, Response, limits};
+use kring_protocol::wire::{EntryKind, LogMark, Push, Request, Response};
 use kring_tests::{Federation, RelayLauncher};
 use uuid::Uuid;
 
@@ -299,16 +299,7 @@ async fn raw_device(dir: std::path::PathBuf, d: usize, logs: Logs) {
                     .into_iter()
                     .map(|(community, seq)| LogMark { community, seq })
                     .collect();
-                for chunk in marks.chunks(limits::MAX_LIST) {
-                    let request = match chunk {
-                        [one] => Request::Ack {
-                            community: one.community.clone(),
-                            seq: one.seq,
-                        },
-                        more => Request::AckMany {
-                            marks: more.to_vec(),
-                        },
-                    };
+                for request in Request::acknowledging(marks) {
                     match conn.call(&request).await.map_err(|e| e.to_string())? {
                         Response::Ok => record(&logs, d, |l| l.acks += 1),
                         other => return Err(format!("Ack answered {other:?}")),
