@@ -119,106 +119,73 @@ async fn round(
     let engine = relay.engine();
     // Welcomes stored per member (older relays), then those shared per commit: all
     // of them, a bounded page at a time (their keys are in no delivery order, so
-    // a walk starts from the start and skips what this stream sent). Walked only
-    // when a batch wrote welcomes since the last walk, or the last walk passed one
-    // not yet on disk.
-    let welcome_writes = relay.welcome_writes();
-    if members.welcomes_read != Some(welcome_writes) || members.welcomes_unflushed {
-        members.welcomes_read = Some(welcome_writes);
-        members.welcomes_unflushed = false;
-        let prefix = keys::welcome_prefix(&caller.id);
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = engine.scan_bounded(&prefix, after.as_deref(), PAGE, PAGE_BYTES)?;
-            let last_page = page.len() < PAGE && page_bytes(&page) < PAGE_BYTES;
-            for (k, v) in page {
-                after = Some(k.clone());
-                if relay.is_unflushed(&k) {
-                    members.welcomes_unflushed = true;
-                    continue; // not on disk yet: the flush wakes this task again
-                }
-                let w: WelcomeRecord = decode(&k, &v)?;
-                if !welcomes_sent.insert(w.id) {
-                    continue;
-                }
-                let msg = Push::Welcome {
-                    id: w.id,
-                    community: w.community,
-                    welcome: w.welcome,
-                    ratchet_tree: w.ratchet_tree,
-                };
-                if !push(send, &msg, max).await {
-                    return Ok(None);
-                }
+    // every round walks them from the start and skips what this stream sent).
+    let prefix = keys::welcome_prefix(&caller.id);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = engine.scan_bounded(&prefix, after.as_deref(), PAGE, PAGE_BYTES)?;
+        let last_page = page.len() < PAGE && page_bytes(&page) < PAGE_BYTES;
+        for (k, v) in page {
+            after = Some(k.clone());
+            if relay.is_unflushed(&k) {
+                continue; // not on disk yet: the flush wakes this task again
             }
-            if last_page {
-                break;
+            let w: WelcomeRecord = decode(&k, &v)?;
+            if !welcomes_sent.insert(w.id) {
+                continue;
+            }
+            let msg = Push::Welcome {
+                id: w.id,
+                community: w.community,
+                welcome: w.welcome,
+                ratchet_tree: w.ratchet_tree,
+            };
+            if !push(send, &msg, max).await {
+                return Ok(None);
             }
         }
-        let prefix = keys::welcome_ref_prefix(&caller.id);
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = engine.scan(&prefix, after.as_deref(), PAGE)?;
-            let last_page = page.len() < PAGE;
-            for (k, v) in page {
-                after = Some(k.clone());
-                if relay.is_unflushed(&k) {
-                    members.welcomes_unflushed = true;
-                    continue;
-                }
-                let r: WelcomeRef = decode(&k, &v)?;
-                if welcomes_sent.contains(&r.id) {
-                    continue;
-                }
-                let blob_key = keys::welcome_blob(&r.blob);
-                let blob: WelcomeBlob =
-                    get_obj(engine, &blob_key)?.ok_or_else(|| RelayError::Corrupt {
-                        key: String::from_utf8_lossy(&k).into_owned(),
-                        reason: "the welcome it refers to is missing".into(),
-                    })?;
-                welcomes_sent.insert(r.id);
-                let msg = Push::Welcome {
-                    id: r.id,
-                    community: r.community,
-                    welcome: blob.welcome,
-                    ratchet_tree: blob.ratchet_tree,
-                };
-                if !push(send, &msg, max).await {
-                    return Ok(None);
-                }
+        if last_page {
+            break;
+        }
+    }
+    let prefix = keys::welcome_ref_prefix(&caller.id);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = engine.scan(&prefix, after.as_deref(), PAGE)?;
+        let last_page = page.len() < PAGE;
+        for (k, v) in page {
+            after = Some(k.clone());
+            if relay.is_unflushed(&k) {
+                continue;
             }
-            if last_page {
-                break;
+            let r: WelcomeRef = decode(&k, &v)?;
+            if welcomes_sent.contains(&r.id) {
+                continue;
             }
+            let blob_key = keys::welcome_blob(&r.blob);
+            let blob: WelcomeBlob =
+                get_obj(engine, &blob_key)?.ok_or_else(|| RelayError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "the welcome it refers to is missing".into(),
+                })?;
+            welcomes_sent.insert(r.id);
+            let msg = Push::Welcome {
+                id: r.id,
+                community: r.community,
+                welcome: blob.welcome,
+                ratchet_tree: blob.ratchet_tree,
+            };
+            if !push(send, &msg, max).await {
+                return Ok(None);
+            }
+        }
+        if last_page {
+            break;
         }
     }
     let mut more = false;
     let mut out = Vec::new();
-    // The logs to look at: those appended to since the last round and those this
-    // stream had not handed on up to their head (not readable yet, or a full page),
-    // or all of them on the first round, after a membership change, or when the
-    // watermark forgot appends this stream had not seen. A device in many
-    // communities does not pay for all of them on every notice.
-    let appended = relay.logs_appended_since(members.appended);
-    let reread = members.refresh(relay, &caller.id)?;
-    let look: Vec<usize> = match appended.logs {
-        Some(logs) if !reread && members.appended.is_some() => {
-            let mut look: Vec<usize> = logs
-                .iter()
-                .filter_map(|log| members.by_log.get(log).copied())
-                .chain(members.pending.iter().copied())
-                .collect();
-            look.sort_unstable();
-            look.dedup();
-            look
-        }
-        _ => (0..members.records.len()).collect(),
-    };
-    members.appended = Some(appended.upto);
-    for &i in &look {
-        let Some((community, m)) = members.records.get(i) else {
-            continue;
-        };
+    for (community, m) in members.current(relay, &caller.id)? {
         let log = keys::log_prefix(community);
         // Nothing appended since what this stream handed on: no store read at all
         // (a device in many communities wakes for every one of them).
@@ -304,19 +271,6 @@ async fn round(
         }
         more |= full;
     }
-    // Logs left short of their head are looked at again next round.
-    for i in look {
-        let Some((community, m)) = members.records.get(i) else {
-            continue;
-        };
-        let head = relay.log_head(&keys::log_prefix(community)).unwrap_or(0);
-        let goal = head.min(m.removed_seq.unwrap_or(u64::MAX));
-        if sent.get(community).is_some_and(|s| *s >= goal) {
-            members.pending.remove(&i);
-        } else {
-            members.pending.insert(i);
-        }
-    }
     if !write_out(send, &mut out).await {
         return Ok(None);
     }
@@ -349,44 +303,27 @@ fn note_sent(sent: &mut HashMap<String, u64>, community: &str, seq: u64) {
     *upto = (*upto).max(seq);
 }
 
-/// What a subscription keeps between rounds: its member's membership records
-/// (read again only after a batch wrote membership records, of anyone: they change
-/// rarely), which logs to look at again, and when it last walked the welcomes.
+/// A subscription's membership records, read again only after a batch wrote
+/// membership records (of anyone: they change rarely).
 #[derive(Debug, Default)]
 struct Memberships {
     read_at: Option<u64>,
     records: Vec<(String, MemberRecord)>,
-    /// Index in `records` by log prefix.
-    by_log: HashMap<Vec<u8>, usize>,
-    /// Indexes in `records` of logs not handed on up to their head.
-    pending: HashSet<usize>,
-    /// The watermark's append number this stream has looked up to.
-    appended: Option<u64>,
-    /// The welcome count of the last walk of the welcomes.
-    welcomes_read: Option<u64>,
-    /// The last walk passed a welcome not yet on disk.
-    welcomes_unflushed: bool,
 }
 
 impl Memberships {
-    /// Reads the records again if a batch wrote membership records since they
-    /// were read; true if it did (every log is then looked at).
-    fn refresh(&mut self, relay: &Relay, user: &str) -> Result<bool, RelayError> {
+    fn current(
+        &mut self,
+        relay: &Relay,
+        user: &str,
+    ) -> Result<&[(String, MemberRecord)], RelayError> {
         // The count first: a write after it moves it again, and the next round reads.
         let writes = relay.member_writes();
-        if self.read_at == Some(writes) {
-            return Ok(false);
+        if self.read_at != Some(writes) {
+            self.records = memberships(relay, user)?;
+            self.read_at = Some(writes);
         }
-        self.records = memberships(relay, user)?;
-        self.by_log = self
-            .records
-            .iter()
-            .enumerate()
-            .map(|(i, (community, _))| (keys::log_prefix(community), i))
-            .collect();
-        self.pending.clear();
-        self.read_at = Some(writes);
-        Ok(true)
+        Ok(&self.records)
     }
 }
 

@@ -85,20 +85,12 @@ impl Applier {
             .ops
             .iter()
             .any(|(k, _)| k.starts_with(crate::keyspace::MEMBER));
-        let welcomes = batch
-            .ops
-            .iter()
-            .any(|(k, v)| v.is_some() && super::watermark::is_welcome(k));
         match self.engine.apply(batch) {
             Ok(()) => {
                 self.watermark.lock().applied = n;
-                // After the apply: memberships (welcomes) read once the count moved
-                // are the new ones.
+                // After the apply: memberships read once the count moved are the new ones.
                 if members {
                     self.watermark.members_written();
-                }
-                if welcomes {
-                    self.watermark.welcomes_written();
                 }
                 Ok(n)
             }
