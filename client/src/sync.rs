@@ -488,6 +488,12 @@ impl Client {
             .into_iter()
             .map(|(community, seq)| LogMark { community, seq })
             .collect();
+        if !acks.is_empty() {
+            // What the acknowledged entries changed here (a commit's group state, a
+            // cursor) is on disk before the relay may forget them, also for entries
+            // that raised no event; a flush with nothing new returns at once.
+            self.store.flush()?;
+        }
         for request in Request::acknowledging(acks) {
             match self.call(&request).await? {
                 Response::Ok => {}

@@ -538,6 +538,18 @@ impl Core {
         self.applier.watermark().head(log)
     }
 
+    /// The community logs appended to since a reader's last look
+    /// ([`Watermark::logs_appended_since`](crate::store::Watermark::logs_appended_since)).
+    pub fn logs_appended_since(&self, since: Option<u64>) -> crate::store::Appended {
+        self.applier.watermark().logs_appended_since(since)
+    }
+
+    /// Moves whenever a batch wrote pending welcomes
+    /// ([`Watermark::welcome_writes`](crate::store::Watermark::welcome_writes)).
+    pub fn welcome_writes(&self) -> u64 {
+        self.applier.watermark().welcome_writes()
+    }
+
     /// Moves whenever a batch wrote membership records
     /// ([`Watermark::member_writes`](crate::store::Watermark::member_writes)).
     pub fn member_writes(&self) -> u64 {
@@ -553,7 +565,7 @@ impl Core {
     /// outbox prefix) that may be sent to a device or a peer: nothing at or after the
     /// first entry not yet on disk, unless the shell released it early
     /// ([`Watermark::release`](crate::store::Watermark::release)). `u64::MAX` when
-    /// all of it is on disk.
+    /// all of it is on disk. Ask after reading the entries, never before.
     pub fn readable_upto(&self, sequence: &[u8]) -> u64 {
         self.applier.watermark().readable_upto(sequence)
     }

@@ -191,9 +191,9 @@ mod watermark;
 pub use durability::{Applier, Durability};
 pub use mem_engine::MemEngine;
 pub use sled_engine::SledEngine;
+pub use watermark::{Appended, Watermark, is_gated};
 #[cfg(test)]
 use watermark::{Gate, gate};
-pub use watermark::{Watermark, is_gated};
 
 #[cfg(test)]
 mod tests {
@@ -504,6 +504,32 @@ mod tests {
         assert_eq!(m.readable_upto(b"o/p\0"), 0);
         m.flushed(2);
         assert_eq!(m.readable_upto(b"o/p\0"), u64::MAX);
+    }
+
+    #[test]
+    fn readers_learn_which_logs_were_appended_to_since_they_last_looked() {
+        let m = Watermark::default();
+        let log = |c: &str| keys::log_prefix(c);
+        let first = m.logs_appended_since(None);
+        assert_eq!((first.logs, first.upto), (None, 0));
+        assert_eq!(m.logs_appended_since(Some(0)).logs, Some(Vec::new()));
+        applied(&m, 1, &appends("a@bz", 1..=2, &[]));
+        applied(&m, 2, &appends("b@bz", 1..=1, &[]));
+        applied(&m, 3, &appends("a@bz", 3..=3, &[4]));
+        let all = m.logs_appended_since(Some(0));
+        assert_eq!(all.logs, Some(vec![log("a@bz"), log("b@bz")]));
+        // Outbox items are not log appends.
+        assert_eq!(all.upto, 3);
+        let later = m.logs_appended_since(Some(2));
+        assert_eq!(later.logs, Some(vec![log("a@bz")]));
+        assert_eq!(m.logs_appended_since(Some(3)).logs, Some(Vec::new()));
+        // A reader further behind than what is kept looks at everything.
+        for n in 0..super::watermark::APPENDS_KEPT as u64 {
+            applied(&m, 4 + n, &appends("c@bz", n + 1..=n + 1, &[]));
+        }
+        assert_eq!(m.logs_appended_since(Some(0)).logs, None);
+        let recent = m.logs_appended_since(Some(3 + 1));
+        assert_eq!(recent.logs, Some(vec![log("c@bz")]));
     }
 
     #[test]

@@ -13,12 +13,18 @@ fn federation() -> Federation {
 /// `admin` (liaison@bz) creates `c@bz` (maximum NL:STG-CONFIDENTIEEL) and adds
 /// `member` (admin@bz), who joins.
 async fn community_c(admin: &mut Client, member: &mut Client) {
+    community(admin, member, "c").await;
+}
+
+/// `admin` (liaison@bz) creates `name@bz` (maximum NL:STG-CONFIDENTIEEL) and adds
+/// `member` (admin@bz), who joins.
+async fn community(admin: &mut Client, member: &mut Client, name: &str) {
     admin
-        .create_community("c", "NL:STG-CONFIDENTIEEL")
+        .create_community(name, "NL:STG-CONFIDENTIEEL")
         .await
         .unwrap();
     admin
-        .add_members("c", &["admin@bz".to_string()])
+        .add_members(name, &["admin@bz".to_string()])
         .await
         .unwrap();
     member.sync().await.unwrap();
@@ -176,11 +182,6 @@ async fn a_stale_filer_catches_up_and_a_filing_keeps_its_order() {
     assert_eq!(titles(&newcomer, "c@bz"), ["one", "two", "three"]);
 }
 
-/// Two admins commit for the same epoch: one wins, the other is refused with
-/// WrongEpoch by the relay (counted in its metrics), syncs, retries at the next
-/// epoch and succeeds. Both commit at once, round after round, until the relay has
-/// seen a conflict (each round's two adds race; a round without a conflict proves
-/// nothing).
 /// A filer seals its next filing while the previous one is on its way: the relay
 /// gets them one after the other and orders them as filed. A filing sealed before
 /// a commit it had not seen is refused for its epoch when sent, sealed again in the
@@ -227,6 +228,59 @@ async fn filings_sealed_ahead_keep_their_order_and_survive_a_new_epoch() {
     assert_eq!(titles(&admin, "c@bz"), ["a1", "a2", "b1", "b2", "c1"]);
 }
 
+/// After a restart, a device that missed more than a page of notices in a quiet
+/// community (nothing appended to it since the relay started) gets all of them in
+/// one sync, once: delivery keeps looking at a log until it has handed it on to its
+/// end, not only at the logs appended to since its last round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_more_than_a_page_of_a_quiet_community_is_delivered() {
+    const NOTICES: usize = 300; // more than the relay's page of 256 entries
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    community_c(&mut admin, &mut member).await;
+    community(&mut admin, &mut member, "d").await;
+    member.disconnect().await;
+
+    let want: Vec<String> = (0..NOTICES).map(|i| format!("n{i:03}")).collect();
+    for chunk in want.chunks(100) {
+        let drafts = chunk
+            .iter()
+            .map(|t| draft("c", "NL:DEP-VERTROUWELIJK", t))
+            .collect();
+        admin.file_notices(drafts).await.unwrap();
+    }
+    admin.disconnect().await;
+    fed.stop("bz").unwrap();
+    fed.start("bz").unwrap();
+
+    // One notice to the other community after the restart: delivery rounds then
+    // have a log appended to, and the quiet one must not be forgotten.
+    admin
+        .file_notice(draft("d", "NL:DEP-VERTROUWELIJK", "busy"))
+        .await
+        .unwrap();
+    member.sync().await.unwrap();
+    let got = titles(&member, "c@bz");
+    assert_eq!(
+        got.len(),
+        NOTICES,
+        "first {:?}, last {:?}",
+        got.first(),
+        got.last()
+    );
+    assert_eq!(got, want);
+    assert_eq!(titles(&member, "d@bz"), ["busy"]);
+    let again = member.sync().await.unwrap();
+    assert_eq!(again.notices().count(), 0);
+}
+
+/// Two admins commit for the same epoch: one wins, the other is refused with
+/// WrongEpoch by the relay (counted in its metrics), syncs, retries at the next
+/// epoch and succeeds. Both commit at once, round after round, until the relay has
+/// seen a conflict (each round's two adds race; a round without a conflict proves
+/// nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_one_wins_other_retries() {
     const ROUNDS: usize = 10;

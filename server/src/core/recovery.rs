@@ -468,15 +468,17 @@ pub fn fetch_log(
     }
     let engine = core.engine();
     let prefix = crate::store::keys::log_prefix(community);
+    let page = engine.scan(
+        &prefix,
+        Some(&crate::store::keys::log(community, after)),
+        limits::MAX_LOG_PAGE,
+    )?;
+    // After the read: an entry it saw that is not on disk yet is held back.
     let readable = core.readable_upto(&prefix);
     let mut entries = Vec::new();
     let mut bytes = 0usize;
     let max_bytes = core.limits().max_frame / 2;
-    for (k, v) in engine.scan(
-        &prefix,
-        Some(&crate::store::keys::log(community, after)),
-        limits::MAX_LOG_PAGE,
-    )? {
+    for (k, v) in page {
         let entry: LogEntry = decode(&k, &v)?;
         if entry.seq > readable {
             break;

@@ -130,10 +130,13 @@ pub(super) fn pending(
 ) -> Result<Vec<FedItem>, RelayError> {
     let engine = relay.engine();
     let prefix = keys::outbox_prefix(peer);
+    let page = engine.scan_bounded(&prefix, None, BATCH, budget)?;
+    // After the read, never before: a batch is recorded in the watermark before it
+    // is applied, so an item the read saw that is not on disk yet is held back.
     let durable = relay.readable_upto(&prefix);
     let mut items = Vec::new();
     let mut lens = Vec::new();
-    for (k, v) in engine.scan_bounded(&prefix, None, BATCH, budget)? {
+    for (k, v) in page {
         let stored: OutboxRecord = decode(&k, &v)?;
         if stored.seq > durable {
             break;

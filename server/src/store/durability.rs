@@ -85,13 +85,16 @@ impl Applier {
             .ops
             .iter()
             .any(|(k, _)| k.starts_with(crate::keyspace::MEMBER));
+        let welcomes = batch
+            .ops
+            .iter()
+            .any(|(k, v)| v.is_some() && super::watermark::is_welcome(k));
         match self.engine.apply(batch) {
             Ok(()) => {
-                self.watermark.lock().applied = n;
-                // After the apply: memberships read once the count moved are the new ones.
-                if members {
-                    self.watermark.members_written();
-                }
+                // After the apply, and together with the write number: memberships
+                // (welcomes) read once a count moved are the new ones, and no flush
+                // covers the batch before its counts moved.
+                self.watermark.note_applied(n, members, welcomes);
                 Ok(n)
             }
             Err(e) => {

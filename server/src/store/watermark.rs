@@ -15,6 +15,15 @@ const GATED_SEQUENCES: [&[u8]; 2] = [keys::LOGS, crate::keyspace::OUTBOX];
 /// [`keys::welcome_ref`]).
 const GATED_KEYS: [&[u8]; 2] = [crate::keyspace::WELCOME, crate::keyspace::WELCOME_REF];
 
+/// Most log appends the [`Watermark`] remembers for [`Watermark::logs_appended_since`];
+/// a reader further behind looks at every log.
+pub(super) const APPENDS_KEPT: usize = 16_384;
+
+/// True for a pending welcome's key (`w/` or `v/`).
+pub(super) fn is_welcome(key: &[u8]) -> bool {
+    GATED_KEYS.iter().any(|p| key.starts_with(p))
+}
+
 /// What the [`Watermark`] does with a key.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Gate<'a> {
@@ -81,6 +90,22 @@ pub(super) struct Unflushed {
     pub(super) heads: HashMap<Vec<u8>, u64>,
     /// Counts the applied batches that wrote a membership record.
     pub(super) member_writes: u64,
+    /// Counts the applied batches that wrote a pending welcome.
+    pub(super) welcome_writes: u64,
+    /// The last [`APPENDS_KEPT`] appends to a community log, numbered: (number, log).
+    pub(super) appends: VecDeque<(u64, Vec<u8>)>,
+    /// Number of the last append recorded (0: none yet).
+    pub(super) last_append: u64,
+}
+
+/// The logs appended to since a reader's last look ([`Watermark::logs_appended_since`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The logs (by [`keys::log_prefix`]); `None` when appends the reader has not
+    /// seen were forgotten: it looks at every log.
+    pub logs: Option<Vec<Vec<u8>>>,
+    /// Pass this next time.
+    pub upto: u64,
 }
 
 impl Watermark {
@@ -100,7 +125,10 @@ impl Watermark {
 
     /// The highest seq of `sequence` (a key prefix such as [`keys::log_prefix`]) a
     /// reader may hand on: everything below its first un-flushed element
-    /// (`u64::MAX` when it has none).
+    /// (`u64::MAX` when it has none). Ask after reading the store, never before:
+    /// `u64::MAX` bounds nothing, and a batch applied between the two would slip
+    /// through; a batch is recorded before it is applied, so one the read saw is
+    /// known here.
     pub fn readable_upto(&self, sequence: &[u8]) -> u64 {
         let s = self.lock();
         match s
@@ -126,10 +154,51 @@ impl Watermark {
         self.lock().member_writes
     }
 
-    /// Counts an applied batch that wrote membership records.
-    pub(super) fn members_written(&self) {
+    /// Changes whenever an applied batch wrote a pending welcome (counted after the
+    /// apply, like [`member_writes`](Self::member_writes)).
+    pub fn welcome_writes(&self) -> u64 {
+        self.lock().welcome_writes
+    }
+
+    /// Batch `n` was applied; it wrote membership records (`members`) or pending
+    /// welcomes (`welcomes`). One step: a flush (which covers the applied batches)
+    /// never makes the batch readable before its counts moved.
+    pub(super) fn note_applied(&self, n: u64, members: bool, welcomes: bool) {
         let mut s = self.lock();
-        s.member_writes = s.member_writes.wrapping_add(1);
+        s.applied = n;
+        if members {
+            s.member_writes = s.member_writes.wrapping_add(1);
+        }
+        if welcomes {
+            s.welcome_writes = s.welcome_writes.wrapping_add(1);
+        }
+    }
+
+    /// The community logs appended to after append number `since` (0 or `None`
+    /// from a reader that has not looked yet: every log). Recorded before each
+    /// batch is applied, like the heads: a reader that looks at a log too early
+    /// finds nothing readable yet and must look again after the flush (see
+    /// `delivery`'s pending logs).
+    pub fn logs_appended_since(&self, since: Option<u64>) -> Appended {
+        let s = self.lock();
+        let upto = s.last_append;
+        let oldest = s.appends.front().map_or(upto + 1, |(n, _)| *n);
+        // Append numbers are consecutive: those after `since` are the deque's tail.
+        let logs = since.filter(|since| *since + 1 >= oldest).map(|since| {
+            let skip = usize::try_from(since + 1 - oldest).unwrap_or(usize::MAX);
+            s.appends
+                .iter()
+                .skip(skip)
+                .map(|(_, log)| log.clone())
+                .collect::<Vec<_>>()
+        });
+        drop(s);
+        let logs = logs.map(|mut logs| {
+            logs.sort_unstable();
+            logs.dedup();
+            logs
+        });
+        Appended { logs, upto }
     }
 
     /// True if gated `key` was written by a batch not yet on disk.
@@ -179,6 +248,14 @@ impl Watermark {
         }
         let mut s = self.lock();
         for (sequence, first, last) in firsts {
+            if sequence.starts_with(keys::LOGS) {
+                s.last_append += 1;
+                let numbered = (s.last_append, sequence.to_vec());
+                s.appends.push_back(numbered);
+                if s.appends.len() > APPENDS_KEPT {
+                    s.appends.pop_front();
+                }
+            }
             match s.heads.get_mut(sequence) {
                 Some(head) => *head = (*head).max(last),
                 None => {
