@@ -9,6 +9,7 @@
 //! delivery and outbox senders.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -71,6 +72,11 @@ pub struct Caller {
     pub id: String,
     /// Certificate chain presented in TLS, leaf first (DER).
     pub chain: Vec<Vec<u8>>,
+    /// One more than the revocation set's generation at the last check this
+    /// caller passed (0: none yet): the set only grows, and its generation moves
+    /// whenever something becomes revoked, so a check at the same generation
+    /// would pass again and is skipped (it parses the chain).
+    passed_at: AtomicU64,
 }
 
 impl Caller {
@@ -81,7 +87,27 @@ impl Caller {
             identity,
             id,
             chain,
+            passed_at: AtomicU64::new(0),
         }
+    }
+
+    /// Checks this caller's identity and chain against `revocations`
+    /// ([`Revocations::check_chain`]), at no cost if it passed at the set's current
+    /// generation.
+    ///
+    /// # Errors
+    /// How the caller is revoked.
+    pub fn check_revocation(
+        &self,
+        revocations: &Revocations,
+    ) -> Result<(), kring_protocol::revocation::Revoked> {
+        let mark = revocations.generation().wrapping_add(1);
+        if self.passed_at.load(Ordering::Acquire) == mark {
+            return Ok(());
+        }
+        revocations.check_chain(&self.identity, &self.chain)?;
+        self.passed_at.store(mark, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -544,10 +570,10 @@ impl Core {
         self.applier.watermark().logs_appended_since(since)
     }
 
-    /// Moves whenever a batch wrote pending welcomes
+    /// Moves whenever a batch wrote pending welcomes for `user`
     /// ([`Watermark::welcome_writes`](crate::store::Watermark::welcome_writes)).
-    pub fn welcome_writes(&self) -> u64 {
-        self.applier.watermark().welcome_writes()
+    pub fn welcome_writes(&self, user: &str) -> u64 {
+        self.applier.watermark().welcome_writes(user)
     }
 
     /// Moves whenever a batch wrote membership records

@@ -59,12 +59,18 @@ pub async fn run_subscription(
     info!("subscription opened");
     loop {
         changes.mark_unchanged();
-        if relay
-            .revocations()
-            .check_chain(&caller.identity, &caller.chain)
-            .is_err()
-        {
+        let revoked = caller.check_revocation(&relay.revocations());
+        if let Err(why) = revoked {
             info!("subscription closed: identity revoked");
+            // The enforcement pass audits the connection it closes; a device that
+            // learns it here may be gone before that pass, so this is audited too.
+            relay.audit_now(AuditEvent::new(
+                AuditKind::Revocation,
+                relay.id(),
+                caller.id.clone(),
+                "cut-off",
+                format!("subscription closed: {why}"),
+            ));
             let _ = push(&mut send, &Push::Closed(ErrorCode::Revoked), max).await;
             return;
         }
@@ -88,6 +94,8 @@ pub async fn run_subscription(
             }
         };
         if more {
+            // Let the other tasks of this worker run between pages.
+            tokio::task::yield_now().await;
             continue;
         }
         if !caught_up_sent {
@@ -120,9 +128,9 @@ async fn round(
     // Welcomes stored per member (older relays), then those shared per commit: all
     // of them, a bounded page at a time (their keys are in no delivery order, so
     // a walk starts from the start and skips what this stream sent). Walked only
-    // when a batch wrote welcomes since the last walk, or the last walk passed one
-    // not yet on disk.
-    let welcome_writes = relay.welcome_writes();
+    // when a batch wrote welcomes for this user since the last walk, or the last
+    // walk passed one not yet on disk.
+    let welcome_writes = relay.welcome_writes(&caller.id);
     if members.welcomes_read != Some(welcome_writes) || !members.welcomes_waiting.is_empty() {
         members.welcomes_read = Some(welcome_writes);
         members.welcomes_waiting.clear();
@@ -226,8 +234,9 @@ async fn round(
             Step::Done { full } => full,
             Step::Gone => return Ok(None),
             Step::Restart => {
-                // A Welcome was written since the walk: walk again at once, then
-                // this log and those after it.
+                // A Welcome for this user was written since the walk, or a
+                // membership began again: walk (read) again at once, then look
+                // at this log and those after it.
                 members.pending.extend(&look[at..]);
                 more = true;
                 break;
@@ -259,7 +268,8 @@ async fn round(
 enum Step {
     /// Handed on what it could; `full` if a page limit stopped it (more at once).
     Done { full: bool },
-    /// A Welcome was written during the round: start the round again.
+    /// A Welcome for this user was written during the round, or the member was
+    /// removed and added again: start the round again.
     Restart,
     /// The device went away.
     Gone,
@@ -306,19 +316,28 @@ async fn deliver_log(
         let engine = relay.engine();
         let page =
             engine.scan_bounded(&log, Some(&keys::log(community, from)), PAGE, PAGE_BYTES)?;
-        let full = page.len() == PAGE || page_bytes(&page) >= PAGE_BYTES;
+        let mut full = page.len() == PAGE || page_bytes(&page) >= PAGE_BYTES;
         for (k, v) in page {
             let entry: LogEntry = decode(&k, &v)?;
             if entry.seq > removed {
+                // Nothing past the removal, ever.
+                full = false;
+                if run.is_empty() {
+                    // Nothing left up to it either (retention may have taken
+                    // it): this member has had all of the log it will get.
+                    note_sent(sent, community, removed);
+                }
                 break;
             }
             run.push(Arc::new(share(entry, &k, relay.limits().max_frame)?));
         }
         (full, Some(generation))
     } else {
-        // The run stopped short of the removal: the rest comes from the store at
-        // once.
-        (run.last().is_some_and(|e| e.seq < removed), None)
+        // The run stopped short of the removal and of the head (the cache holds
+        // no more): the rest comes from the store at once.
+        let last = run.last().map_or(from, |e| e.seq);
+        let head = relay.log_head(&log).unwrap_or(u64::MAX);
+        (run.len() == PAGE || (last < removed && last < head), None)
     };
     // After the read, never before: a batch is recorded in the watermark before it
     // is applied, so whatever the read saw that is not on disk yet is known by now
@@ -331,11 +350,14 @@ async fn deliver_log(
         // membership before what the read saw.
         let key = keys::member(&caller.id, community);
         removed = match get_obj::<MemberRecord>(relay.engine(), &key)? {
+            // Removed and added again since: what lies between is not theirs;
+            // the next round starts from the new membership.
+            Some(now) if now.joined_seq != m.joined_seq => return Ok(Step::Restart),
             Some(now) => removed.min(now.removed_seq.unwrap_or(u64::MAX)),
             None => from,
         };
     }
-    if members.welcomes_read != Some(relay.welcome_writes()) {
+    if members.welcomes_read != Some(relay.welcome_writes(&caller.id)) {
         return Ok(Step::Restart);
     }
     let end = removed.min(readable);

@@ -17,11 +17,7 @@ impl Relay {
     pub async fn handle(&self, caller: &Caller, request: Request) -> Response {
         let action = crate::frames::request_kind(&request);
         let subject = request_subject(&request);
-        let result = if self
-            .revocations()
-            .check_chain(&caller.identity, &caller.chain)
-            .is_err()
-        {
+        let result = if caller.check_revocation(&self.revocations()).is_err() {
             // An org-admin may have ordered the device wiped: the order goes in
             // place of the refusal.
             if let Some(answer) = crate::revocation::wipe_answer(self, &caller.id) {

@@ -572,6 +572,34 @@ mod tests {
         d.stop().await.unwrap();
     }
 
+    #[tokio::test]
+    async fn welcome_writes_are_counted_per_user_once_applied_and_deletes_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let e: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).unwrap());
+        let d = Durability::start(e.clone());
+        let w = d.watermark();
+        let id = uuid::Uuid::from_u128(7);
+        assert_eq!((w.welcome_writes("a@bz"), w.welcome_writes("b@bz")), (0, 0));
+        let mut b = Batch::default();
+        b.put(keys::welcome_ref("a@bz", &id), vec![1]);
+        b.put(keys::welcome("a@bz", &id), vec![1]);
+        d.apply(b).unwrap();
+        // One batch, one count, for a@bz only (b@bz does not share its bucket).
+        assert_eq!(w.welcome_writes("a@bz"), 1);
+        assert_eq!(w.welcome_writes("b@bz"), 0);
+        let mut b = Batch::default();
+        b.put(keys::welcome_ref("b@bz", &id), vec![1]);
+        b.delete(keys::welcome_ref("a@bz", &id));
+        d.apply(b).unwrap();
+        assert_eq!((w.welcome_writes("a@bz"), w.welcome_writes("b@bz")), (1, 1));
+        // Other keys are no welcomes.
+        let mut b = Batch::default();
+        b.put(keys::member("a@bz", "c@bz"), vec![1]);
+        d.apply(b).unwrap();
+        assert_eq!(w.welcome_writes("a@bz"), 1);
+        d.stop().await.unwrap();
+    }
+
     /// An engine whose batches fail.
     #[derive(Debug)]
     struct Refusing;

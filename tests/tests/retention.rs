@@ -338,3 +338,75 @@ async fn revocation_wipes_the_archive_and_a_wipe_order_the_key_too() {
         assert!(actions.iter().any(|a| a == want), "{want}: {actions:?}");
     }
 }
+
+/// A member removed while offline, whose whole backlog up to the removal has since
+/// been dropped by retention, while more than a page of later entries is still
+/// held for others: its device's next sync ends normally (the relay finds nothing
+/// of the log left for it, rather than looking for it again and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_whose_backlog_expired_syncs_to_the_end() {
+    const LATER: usize = 300; // more than the relay's page of 256 entries
+    let mut fed = federation();
+    fed.issue_user("weg@bz", LABEL, &[]).unwrap();
+    let clock_bz = fed.dir().join("clock-bz");
+    fed.start_with_env("bz", &[(CLOCK_VAR, clock_bz.to_str().unwrap())])
+        .unwrap();
+    let mut liaison = ready(&fed, "liaison@bz").await;
+    let mut admin = ready(&fed, "admin@bz").await;
+    let mut gone = ready(&fed, "weg@bz").await;
+    liaison
+        .create_community_retaining("kort", LABEL, 30, Some(1))
+        .await
+        .unwrap();
+    liaison
+        .add_members("kort@bz", &["admin@bz", "weg@bz"])
+        .await
+        .unwrap();
+    join(&mut admin, "kort@bz").await;
+    join(&mut gone, "kort@bz").await;
+    gone.disconnect().await;
+    for title in ["een", "twee"] {
+        liaison
+            .file_notice(draft("kort@bz", LABEL, title))
+            .await
+            .unwrap();
+    }
+    liaison
+        .remove_members("kort@bz", &["weg@bz"])
+        .await
+        .unwrap();
+    // The remaining devices have everything up to the removal; then they go
+    // offline and the later entries wait for them.
+    sync_until(&mut admin, "kort@bz", &["een", "twee"]).await;
+    admin.disconnect().await;
+    liaison.sync().await.unwrap();
+    let titles_later: Vec<String> = (0..LATER).map(|i| format!("n{i:03}")).collect();
+    for chunk in titles_later.chunks(100) {
+        let drafts = chunk.iter().map(|t| draft("kort@bz", LABEL, t)).collect();
+        liaison.file_notices(drafts).await.unwrap();
+    }
+    liaison.disconnect().await;
+
+    let later = kring_tests::now() + 2 * DAY;
+    set_relay_clock(&clock_bz, later);
+    let pruned = pass_until(
+        &relay_log(&fed, "bz"),
+        later,
+        "bz holds the later entries",
+        |_, held| held > 0,
+    )
+    .await;
+    // Everything up to the removal went (in that pass or one just before it).
+    let log = std::fs::read_to_string(relay_log(&fed, "bz")).unwrap();
+    assert!(
+        pruned > 0 || log.contains("action=log-pruned"),
+        "nothing of kort@bz was dropped"
+    );
+
+    let report = tokio::time::timeout(Duration::from_secs(60), gone.sync())
+        .await
+        .expect("the removed member's sync ends")
+        .unwrap();
+    assert_eq!(report.notices().count(), 0);
+    assert!(titles(&gone, "kort@bz").is_empty());
+}

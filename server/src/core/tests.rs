@@ -1823,3 +1823,19 @@ fn a_notice_is_withheld_from_a_peer_relay_not_accredited_for_its_label() {
     assert_eq!(filed_seqs(answer), vec![Some(3)]);
     assert_eq!(cx.sent, vec![("nctv".to_string(), "notice-entry")]);
 }
+
+#[test]
+fn a_callers_revocation_check_is_skipped_only_while_nothing_new_is_revoked() {
+    let bz = Bz::open();
+    let admin = bz.caller("admin@bz");
+    let liaison = bz.caller("liaison@bz");
+    assert!(admin.check_revocation(&bz.core.revocations()).is_ok());
+    assert!(liaison.check_revocation(&bz.core.revocations()).is_ok());
+    // A revocation moves the set's generation: the next check of every caller
+    // looks again, and the revoked one fails, every time.
+    bz.revoke("admin@bz");
+    for _ in 0..2 {
+        assert!(admin.check_revocation(&bz.core.revocations()).is_err());
+        assert!(liaison.check_revocation(&bz.core.revocations()).is_ok());
+    }
+}

@@ -85,16 +85,20 @@ impl Applier {
             .ops
             .iter()
             .any(|(k, _)| k.starts_with(crate::keyspace::MEMBER));
-        let welcomes = batch
+        let mut welcomes: Vec<u16> = batch
             .ops
             .iter()
-            .any(|(k, v)| v.is_some() && super::watermark::is_welcome(k));
+            .filter(|(_, v)| v.is_some())
+            .filter_map(|(k, _)| super::watermark::welcome_bucket_of(k))
+            .collect();
+        welcomes.sort_unstable();
+        welcomes.dedup();
         match self.engine.apply(batch) {
             Ok(()) => {
                 // After the apply, and together with the write number: memberships
                 // (welcomes) read once a count moved are the new ones, and no flush
                 // covers the batch before its counts moved.
-                self.watermark.note_applied(n, members, welcomes);
+                self.watermark.note_applied(n, members, &welcomes);
                 Ok(n)
             }
             Err(e) => {

@@ -19,9 +19,25 @@ const GATED_KEYS: [&[u8]; 2] = [crate::keyspace::WELCOME, crate::keyspace::WELCO
 /// a reader further behind looks at every log.
 pub(super) const APPENDS_KEPT: usize = 16_384;
 
-/// True for a pending welcome's key (`w/` or `v/`).
-pub(super) fn is_welcome(key: &[u8]) -> bool {
-    GATED_KEYS.iter().any(|p| key.starts_with(p))
+/// Buckets of [`Watermark::welcome_writes`]: users share a counter by a hash of
+/// their name (a shared bucket only costs a needless walk), so the count is
+/// bounded whatever the number of users.
+const WELCOME_BUCKETS: u64 = 1024;
+
+/// The [`Watermark::welcome_writes`] bucket of `user`.
+fn welcome_bucket(user: &[u8]) -> u16 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    user.hash(&mut h);
+    u16::try_from(h.finish() % WELCOME_BUCKETS).unwrap_or_default()
+}
+
+/// The bucket of the user a pending welcome's key (`w/USER\0…` or `v/USER\0…`)
+/// is for; `None` for any other key.
+pub(super) fn welcome_bucket_of(key: &[u8]) -> Option<u16> {
+    let rest = GATED_KEYS.iter().find_map(|p| key.strip_prefix(*p))?;
+    let user = rest.split(|b| *b == 0).next()?;
+    Some(welcome_bucket(user))
 }
 
 /// What the [`Watermark`] does with a key.
@@ -90,8 +106,9 @@ pub(super) struct Unflushed {
     pub(super) heads: HashMap<Vec<u8>, u64>,
     /// Counts the applied batches that wrote a membership record.
     pub(super) member_writes: u64,
-    /// Counts the applied batches that wrote a pending welcome.
-    pub(super) welcome_writes: u64,
+    /// Per bucket of users, counts the applied batches that wrote a pending
+    /// welcome for one of them (a bucket never written is 0).
+    pub(super) welcome_writes: HashMap<u16, u64>,
     /// The last [`APPENDS_KEPT`] appends to a community log, numbered: (number, log).
     pub(super) appends: VecDeque<(u64, Vec<u8>)>,
     /// Number of the last append recorded (0: none yet).
@@ -154,23 +171,31 @@ impl Watermark {
         self.lock().member_writes
     }
 
-    /// Changes whenever an applied batch wrote a pending welcome (counted after the
-    /// apply, like [`member_writes`](Self::member_writes)).
-    pub fn welcome_writes(&self) -> u64 {
-        self.lock().welcome_writes
+    /// Changes whenever an applied batch wrote a pending welcome for `user` (or
+    /// for a user sharing its bucket); counted like
+    /// [`member_writes`](Self::member_writes).
+    pub fn welcome_writes(&self, user: &str) -> u64 {
+        let bucket = welcome_bucket(user.as_bytes());
+        self.lock()
+            .welcome_writes
+            .get(&bucket)
+            .copied()
+            .unwrap_or(0)
     }
 
-    /// Batch `n` was applied; it wrote membership records (`members`) or pending
-    /// welcomes (`welcomes`). One step: a flush (which covers the applied batches)
-    /// never makes the batch readable before its counts moved.
-    pub(super) fn note_applied(&self, n: u64, members: bool, welcomes: bool) {
+    /// Batch `n` was applied; it wrote membership records (`members`) and pending
+    /// welcomes for the users of `welcomes` (buckets). One step: a flush (which
+    /// covers the applied batches) never makes the batch readable before its counts
+    /// moved.
+    pub(super) fn note_applied(&self, n: u64, members: bool, welcomes: &[u16]) {
         let mut s = self.lock();
         s.applied = n;
         if members {
             s.member_writes = s.member_writes.wrapping_add(1);
         }
-        if welcomes {
-            s.welcome_writes = s.welcome_writes.wrapping_add(1);
+        for bucket in welcomes {
+            let count = s.welcome_writes.entry(*bucket).or_insert(0);
+            *count = count.wrapping_add(1);
         }
     }
 
