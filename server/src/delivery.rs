@@ -322,9 +322,10 @@ async fn deliver_log(
             if entry.seq > removed {
                 // Nothing past the removal, ever.
                 full = false;
-                if run.is_empty() {
+                if run.is_empty() && !relay.recovery().active() {
                     // Nothing left up to it either (retention may have taken
-                    // it): this member has had all of the log it will get.
+                    // it): this member has had all of the log it will get. (Not
+                    // while a restored relay may still fill in earlier seqs.)
                     note_sent(sent, community, removed);
                 }
                 break;

@@ -89,7 +89,7 @@ impl Applier {
             .ops
             .iter()
             .filter(|(_, v)| v.is_some())
-            .filter_map(|(k, _)| super::watermark::welcome_bucket_of(k))
+            .filter_map(|(k, _)| self.watermark.welcome_bucket_of(k))
             .collect();
         welcomes.sort_unstable();
         welcomes.dedup();

@@ -24,20 +24,11 @@ pub(super) const APPENDS_KEPT: usize = 16_384;
 /// bounded whatever the number of users.
 const WELCOME_BUCKETS: u64 = 1024;
 
-/// The [`Watermark::welcome_writes`] bucket of `user`.
-fn welcome_bucket(user: &[u8]) -> u16 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    user.hash(&mut h);
-    u16::try_from(h.finish() % WELCOME_BUCKETS).unwrap_or_default()
-}
-
-/// The bucket of the user a pending welcome's key (`w/USER\0…` or `v/USER\0…`)
-/// is for; `None` for any other key.
-pub(super) fn welcome_bucket_of(key: &[u8]) -> Option<u16> {
+/// The user a pending welcome's key (`w/USER\0…` or `v/USER\0…`) is for; `None`
+/// for any other key.
+fn welcome_user(key: &[u8]) -> Option<&[u8]> {
     let rest = GATED_KEYS.iter().find_map(|p| key.strip_prefix(*p))?;
-    let user = rest.split(|b| *b == 0).next()?;
-    Some(welcome_bucket(user))
+    rest.split(|b| *b == 0).next()
 }
 
 /// What the [`Watermark`] does with a key.
@@ -88,6 +79,9 @@ pub struct Watermark {
     pub(super) state: Mutex<Unflushed>,
     /// Held by [`Durability::apply`](super::Durability::apply) around recording and applying one batch.
     pub(super) applying: Mutex<()>,
+    /// Keys of the welcome buckets' hash, random per process: nobody can choose a
+    /// user that shares another's bucket.
+    buckets: std::collections::hash_map::RandomState,
 }
 
 #[derive(Debug, Default)]
@@ -175,12 +169,31 @@ impl Watermark {
     /// for a user sharing its bucket); counted like
     /// [`member_writes`](Self::member_writes).
     pub fn welcome_writes(&self, user: &str) -> u64 {
-        let bucket = welcome_bucket(user.as_bytes());
+        let bucket = self.welcome_bucket(user.as_bytes());
         self.lock()
             .welcome_writes
             .get(&bucket)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The [`welcome_writes`](Self::welcome_writes) bucket of `user`.
+    fn welcome_bucket(&self, user: &[u8]) -> u16 {
+        use std::hash::BuildHasher;
+        u16::try_from(self.buckets.hash_one(user) % WELCOME_BUCKETS).unwrap_or_default()
+    }
+
+    /// The bucket of the user a pending welcome's key is for; `None` for any other
+    /// key.
+    pub(super) fn welcome_bucket_of(&self, key: &[u8]) -> Option<u16> {
+        welcome_user(key).map(|user| self.welcome_bucket(user))
+    }
+
+    /// True if `a` and `b` share a welcome bucket (for tests that need two users
+    /// apart).
+    #[cfg(test)]
+    pub(super) fn same_welcome_bucket(&self, a: &str, b: &str) -> bool {
+        self.welcome_bucket(a.as_bytes()) == self.welcome_bucket(b.as_bytes())
     }
 
     /// Batch `n` was applied; it wrote membership records (`members`) and pending
