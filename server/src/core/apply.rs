@@ -324,6 +324,15 @@ pub fn apply_welcomes(
         let reason = format!("welcome for {whom} not routed via its hub to its home relay");
         return refuse(core, w, b, peer, community, reason);
     }
+    // A name with a `\0` or other bytes no user id has would be stored under
+    // another user's keys, where it waits for ever.
+    if let Some(bad) = users
+        .iter()
+        .find(|u| kring_protocol::identity::parse_user_id(u).is_err())
+    {
+        let reason = format!("welcome for a malformed user id {bad:?}");
+        return refuse(core, w, b, peer, community, reason);
+    }
     crate::core::store_welcome(b, users, community, welcome, ratchet_tree)
 }
 

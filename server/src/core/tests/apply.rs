@@ -304,6 +304,13 @@ fn a_welcome_not_routed_via_its_hub_to_its_members_home_relay_is_refused() {
         "kring@nctv",
         "welcome for analist@aivd not routed",
     );
+    // A name that would land under another user's keys.
+    bz.receive_refused(
+        "nctv",
+        welcome_for(&["liaison@bz", "liaison@bz\0junk@bz"]),
+        "kring@nctv",
+        "welcome for a malformed user id \"liaison@bz\\0junk@bz\"",
+    );
     assert_eq!(bz.state(), before);
     assert_eq!(welcomes_waiting(&bz, "liaison@bz"), 0);
 
