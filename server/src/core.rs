@@ -495,11 +495,30 @@ impl Core {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The revocation set, for [`crate::revocation`] to extend (never shrink).
-    pub fn revocations_mut(&self) -> RwLockWriteGuard<'_, Revocations> {
+    fn revocations_mut(&self) -> RwLockWriteGuard<'_, Revocations> {
         self.revocations
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a verified revocation statement into the revocation set; `false` if
+    /// the user was revoked already. The set is only ever added to, never replaced,
+    /// so its generation only moves forward ([`Caller::check_revocation`] relies
+    /// on that).
+    pub fn add_revocation_statement(
+        &self,
+        statement: &kring_protocol::revocation::RevocationStatement,
+    ) -> bool {
+        self.revocations_mut().add_statement(statement)
+    }
+
+    /// Takes a verified CRL into the revocation set (see
+    /// [`Revocations::add_crl`]); `None` if it is not newer than the one held.
+    pub fn add_crl(
+        &self,
+        crl: &kring_protocol::revocation::VerifiedCrl,
+    ) -> Option<kring_protocol::revocation::CrlChange> {
+        self.revocations_mut().add_crl(crl)
     }
 
     /// Asks the enforcement task to run over everything if something became

@@ -337,7 +337,7 @@ pub fn accept_statement(
             statement: statement.clone(),
         },
     )?;
-    core.revocations_mut().add_statement(statement);
+    core.add_revocation_statement(statement);
     Ok(Some(peers))
 }
 
@@ -502,7 +502,7 @@ pub fn accept_crl(
             }
         }
     }
-    let Some(change) = core.revocations_mut().add_crl(&verified) else {
+    let Some(change) = core.add_crl(&verified) else {
         return Ok(None);
     };
     b.put_obj(

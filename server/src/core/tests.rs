@@ -573,7 +573,7 @@ impl Bz {
     /// A statement of `admin@bz` revoking `user`, taken into the relay's set.
     fn revoke(&self, user: &str) {
         let statement = self.statement("admin@bz", user);
-        assert!(self.core.revocations_mut().add_statement(&statement));
+        assert!(self.core.add_revocation_statement(&statement));
     }
 }
 
