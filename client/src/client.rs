@@ -50,6 +50,8 @@ pub struct Client {
     pub(crate) scheduled_updates: bool,
     /// See [`Client::open_notes`].
     pub(crate) notes: Vec<String>,
+    /// Filings sent and not finished yet ([`Client::send_sealed`]).
+    pub(crate) in_flight: crate::filing::InFlight,
 }
 
 /// A callback receiving the events of every sync (see [`Client::set_event_sink`]).
@@ -134,6 +136,7 @@ impl Client {
             clock: crate::keys::system_clock(),
             scheduled_updates: true,
             notes: note.into_iter().collect(),
+            in_flight: Default::default(),
         })
     }
 

@@ -309,14 +309,58 @@ impl RelayConnection {
         }
     }
 
+    /// Sends one request on a stream opened before this returns, and hands back the
+    /// task that takes its answer. Requests sent one after another this way reach
+    /// the relay in the order sent (it accepts a connection's streams in the order
+    /// they were opened), while several are in flight. The answer is the relay's,
+    /// not sent again when rate limited: a [`Response::Error`] becomes
+    /// [`ClientError::Relay`].
+    pub async fn send_in_order(
+        &self,
+        request: &Request,
+    ) -> Result<tokio::task::JoinHandle<Result<Response>>> {
+        let frame = wire::encode_frame(request, DEFAULT_MAX_FRAME)?;
+        let timeout = self.timeouts.request;
+        let streams = tokio::time::timeout(timeout, self.conn.open_bi())
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                relay: self.relay.clone(),
+                reason: format!("no stream within {} s", timeout.as_secs_f32()),
+            })?
+            .map_err(|e| connection_error(&self.relay, &e))?;
+        let this = self.clone();
+        Ok(tokio::spawn(async move {
+            let answer = tokio::time::timeout(timeout, this.exchange(streams, &frame))
+                .await
+                .map_err(|_| ClientError::Unreachable {
+                    relay: this.relay.clone(),
+                    reason: format!("no answer within {} s", timeout.as_secs_f32()),
+                })??;
+            match answer {
+                Response::Error(code) => Err(ClientError::Relay(code)),
+                Response::WipeOrdered(order) => Err(ClientError::WipeOrdered(Box::new(order))),
+                other => Ok(other),
+            }
+        }))
+    }
+
     async fn request_inner(&self, request: &Request) -> Result<Response> {
         let frame = wire::encode_frame(request, DEFAULT_MAX_FRAME)?;
-        let (mut send, mut recv) = self
+        let streams = self
             .conn
             .open_bi()
             .await
             .map_err(|e| connection_error(&self.relay, &e))?;
-        send.write_all(&frame)
+        self.exchange(streams, &frame).await
+    }
+
+    /// Writes `frame` on a stream just opened and reads the one frame of the answer.
+    async fn exchange(
+        &self,
+        (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
+        frame: &[u8],
+    ) -> Result<Response> {
+        send.write_all(frame)
             .await
             .map_err(|e| self.write_error(e))?;
         // Finishing only fails if the stream was already closed, which the read

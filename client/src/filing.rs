@@ -4,6 +4,8 @@
 //! hop): the label must be within the user's own clearance and within the
 //! community's maximum label. The binary label is the MLS authenticated data.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use kring_policy::{Label, within};
@@ -15,6 +17,7 @@ use uuid::Uuid;
 use crate::attachments::blob_refs;
 use crate::client::{Client, not_member, unexpected};
 use crate::community::COMMIT_ATTEMPTS;
+use crate::conn::RATE_LIMIT_PATIENCE;
 use crate::error::{ClientError, Result};
 use crate::labels::parse_label;
 use crate::notice::{Attachment, MAX_TITLE, Notice, NoticeDraft, NoticeKind, now_utc};
@@ -78,6 +81,16 @@ impl SealedFiling {
     pub fn is_empty(&self) -> bool {
         self.notices.is_empty()
     }
+
+    /// The request [`Client::send_sealed`] sends, for a caller that sends it some
+    /// other way. This device then never stores these notices of its own (it cannot
+    /// decrypt its own messages), so a filing sent so is not finished here.
+    pub fn request(&self) -> Request {
+        Request::FileNotices {
+            community: self.community.clone(),
+            notices: self.notices.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for SealedFiling {
@@ -97,7 +110,44 @@ pub struct PendingFiling {
     community: String,
     prepared: Vec<Prepared>,
     epoch: u64,
-    answer: tokio::task::JoinHandle<Result<Response>>,
+    answer: AnswerTask,
+    _in_flight: InFlightGuard,
+}
+
+/// The task that takes a filing's answer.
+type AnswerTask = tokio::task::JoinHandle<Result<Response>>;
+
+/// How many filings of a device are sent and not finished.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, AtomicOrdering::SeqCst);
+        InFlightGuard(Arc::clone(&self.0))
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(AtomicOrdering::SeqCst)
+    }
+}
+
+/// One filing in flight; counted until dropped.
+#[derive(Debug)]
+struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::SeqCst);
+    }
+}
+
+impl PendingFiling {
+    /// Whether the relay's answer is in ([`Client::finish_filing`] then waits for
+    /// nothing but the local store, and the hub's ordering if asked to).
+    pub fn is_answered(&self) -> bool {
+        self.answer.is_finished()
+    }
 }
 
 impl std::fmt::Debug for PendingFiling {
@@ -209,12 +259,15 @@ impl Client {
     /// }
     /// ```
     ///
-    /// Used so, each filing is sent only once the previous one is answered: the
-    /// relay receives this device's filings in order, one at a time (nothing stops
-    /// a caller from sending a second before the first is finished; the relay may
-    /// then order them either way). A filing sealed in an epoch that has passed by
-    /// the time it is sent is refused (`WrongEpoch`) and sealed again by
-    /// [`finish_filing`](Self::finish_filing). Every filing sent must be finished:
+    /// Several filings may be in flight: send each as soon as it is sealed, and
+    /// finish them in the order sent. The relay orders one connection's filings in
+    /// the order they were sent, so members read them in that order too. While
+    /// filings are in flight, sealing starts no change of epoch of this device's own
+    /// (a due leaf update, a commit of pending proposals): those wait for a sealing
+    /// with nothing in flight. A filing sealed in an epoch that has passed by the
+    /// time it reaches the relay is refused (`WrongEpoch`), and so is every later
+    /// one sealed in that epoch; [`finish_filing`](Self::finish_filing) seals each
+    /// again, in the order they are finished. Every filing sent must be finished:
     /// only then does this device store its own notices (it cannot decrypt them
     /// later).
     pub async fn seal_notices(&mut self, drafts: Vec<NoticeDraft>) -> Result<SealedFiling> {
@@ -242,7 +295,9 @@ impl Client {
             }
             prepared.push(p);
         }
-        self.seal_prepared(&community, prepared, false).await
+        let keep_order = self.in_flight.count() > 0;
+        self.seal_prepared(&community, prepared, false, keep_order)
+            .await
     }
 
     /// Files checked notices of `community` (see [`file_notices`](Self::file_notices)):
@@ -253,7 +308,10 @@ impl Client {
         community: &str,
         prepared: Vec<Prepared>,
     ) -> Result<Vec<FiledNotice>> {
-        let sealed = self.seal_prepared(community, prepared, false).await?;
+        let keep_order = self.in_flight.count() > 0;
+        let sealed = self
+            .seal_prepared(community, prepared, false, keep_order)
+            .await?;
         let pending = self.send_sealed(sealed).await?;
         self.finish_filing(pending).await
     }
@@ -262,11 +320,14 @@ impl Client {
     /// with its authenticated data in the current epoch (after the sync, leaf
     /// update or commit of pending proposals that filing needs first); the advanced
     /// ratchet is on disk when it returns. `synced`: this device synced just before.
+    /// `keep_order`: filings are in flight, so no change of epoch is started here
+    /// (a due leaf update or a commit of pending proposals waits).
     async fn seal_prepared(
         &mut self,
         community: &str,
         prepared: Vec<Prepared>,
         mut synced: bool,
+        keep_order: bool,
     ) -> Result<SealedFiling> {
         let community = community.to_string();
         // No sync first: the home relay refuses a filing in an epoch older than the
@@ -297,7 +358,7 @@ impl Client {
 
         loop {
             let mut group = self.load_group(&community)?;
-            if !synced && self.group_update_due(&community, &group)? {
+            if !synced && !keep_order && self.group_update_due(&community, &group)? {
                 // This device's leaf is older than the community's update period (it
                 // was offline, say): catch up and update it before filing.
                 self.sync().await?;
@@ -314,7 +375,7 @@ impl Client {
                 // Left over from an interrupted commit, not accepted since (we synced).
                 group.commit_refused(&self.provider)?;
             }
-            if group.has_pending_proposals() {
+            if group.has_pending_proposals() && !keep_order {
                 self.commit_pending_proposals(&community, &mut |_| {})
                     .await?;
                 group = self.load_group(&community)?;
@@ -343,7 +404,21 @@ impl Client {
     /// may still reach the relay and be delivered to the other members, but this
     /// device then never stores those notices of its own (a sender cannot decrypt
     /// its own messages): finish every filing sent.
+    ///
+    /// Filings sent one after another are ordered by the relay in the order sent
+    /// (see [`seal_notices`](Self::seal_notices)); that order holds within one
+    /// connection, so a connection lost while filings are in flight is not replaced
+    /// until they are finished.
     pub async fn send_sealed(&mut self, sealed: SealedFiling) -> Result<PendingFiling> {
+        let lost = self.conn.as_ref().is_some_and(|c| c.is_closed());
+        if lost && self.in_flight.count() > 0 {
+            return Err(ClientError::Unreachable {
+                relay: self.profile.relay_id.clone(),
+                reason: "the connection ended while filings were in flight; finish them \
+                         before sending more"
+                    .into(),
+            });
+        }
         let conn = self.connect().await?.clone();
         let SealedFiling {
             community,
@@ -355,12 +430,13 @@ impl Client {
             community: community.clone(),
             notices,
         };
-        let answer = tokio::spawn(async move { conn.call(&request).await });
+        let answer = conn.send_in_order(&request).await?;
         Ok(PendingFiling {
             community,
             prepared,
             epoch,
             answer,
+            _in_flight: self.in_flight.enter(),
         })
     }
 
@@ -368,15 +444,22 @@ impl Client {
     /// [`send_sealed`](Self::send_sealed) and stores the notices (then, for a
     /// community hubbed at another relay, waits for the hub's ordering as
     /// [`file_notices`](Self::file_notices) does). A filing the relay refuses as
-    /// sealed in an old epoch is synced, sealed again and sent again.
+    /// sealed in an old epoch is synced, sealed again and sent again. One refused as
+    /// over the relay's rate limit (before the relay read it) is sealed again and
+    /// sent again after the pause the relay names, for at most
+    /// [`RATE_LIMIT_PATIENCE`]: sealed again rather than sent again as it was,
+    /// because later filings may have been ordered meanwhile, and members read a
+    /// sender's messages only in about the order they were sealed.
     pub async fn finish_filing(&mut self, pending: PendingFiling) -> Result<Vec<FiledNotice>> {
         let PendingFiling {
             community,
             mut prepared,
             mut epoch,
             mut answer,
+            _in_flight,
         } = pending;
         let mut attempt = 1;
+        let mut paused = Duration::ZERO;
         loop {
             let reply = (&mut answer)
                 .await
@@ -392,15 +475,38 @@ impl Client {
                 {
                     attempt += 1;
                     self.sync().await?;
-                    let sealed = self.seal_prepared(&community, prepared, true).await?;
-                    let again = self.send_sealed(sealed).await?;
-                    prepared = again.prepared;
-                    epoch = again.epoch;
-                    answer = again.answer;
+                    // Synced: sealed in the epoch now current.
+                    (prepared, epoch, answer) = self.seal_again(&community, prepared, true).await?;
+                }
+                Err(ClientError::Relay(ErrorCode::RateLimited { retry_after_ms }))
+                    if paused < RATE_LIMIT_PATIENCE =>
+                {
+                    let pause = Duration::from_millis(retry_after_ms.clamp(1, 1000));
+                    tracing::debug!(?pause, "filing rate limited by the relay; sealing again");
+                    tokio::time::sleep(pause).await;
+                    paused += pause;
+                    (prepared, epoch, answer) =
+                        self.seal_again(&community, prepared, false).await?;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Seals `prepared` again and sends it: after a sync (`synced`, which may have
+    /// moved the epoch), or as it is, starting no epoch change (a filing refused
+    /// before it was read; later ones may be in flight).
+    async fn seal_again(
+        &mut self,
+        community: &str,
+        prepared: Vec<Prepared>,
+        synced: bool,
+    ) -> Result<(Vec<Prepared>, u64, AnswerTask)> {
+        let sealed = self
+            .seal_prepared(community, prepared, synced, !synced)
+            .await?;
+        let again = self.send_sealed(sealed).await?;
+        Ok((again.prepared, again.epoch, again.answer))
     }
 
     /// Checks a draft of `community` against the user's clearance and turns it into

@@ -413,8 +413,9 @@ impl Store {
         self.flush_unless_deferred()
     }
 
-    /// While `on`, [`commit`](Self::commit) and [`commit_plain`](Self::commit_plain)
-    /// apply their batch atomically but leave the fsync to the next
+    /// While `on`, [`commit`](Self::commit), [`commit_plain`](Self::commit_plain)
+    /// and [`insert_notice`](Self::insert_notice) apply their writes but leave the
+    /// fsync to the next
     /// [`flush`](Self::flush): the sync loop flushes once before it acknowledges a
     /// run of entries (a crash before that only makes the relay deliver them again).
     pub fn defer_flush(&self, on: bool) {
@@ -451,7 +452,8 @@ impl Store {
     }
 
     /// Stores a notice unless one with the same id is stored already; returns whether
-    /// it was new. Flushed before returning.
+    /// it was new. Flushed before returning (unless flushes are deferred, see
+    /// [`defer_flush`](Self::defer_flush)).
     pub fn insert_notice(&self, notice: &StoredNotice) -> Result<bool, StoreError> {
         let mut batch = Batch::new();
         batch.put_notice(notice)?;
@@ -460,7 +462,7 @@ impl Store {
         };
         let new = self.tree()?.insert_new(&key, &value)?;
         if new {
-            self.flush()?;
+            self.flush_unless_deferred()?;
         }
         Ok(new)
     }

@@ -4,7 +4,8 @@
 //! ack → [`delivery`]):
 //! - [`config`]: `relay.toml`, validated before anything binds.
 //! - [`tls`]: TLS 1.3 mutual authentication for QUIC.
-//! - [`net`]: the endpoint, a task per connection and per request stream.
+//! - [`net`]: the endpoint, a task per connection and per request stream;
+//!   [`filing_order`]: a connection's filings ordered as the device opened them.
 //! - [`relay`]: the request handlers (the only code that writes the store).
 //! - [`decide`]: the relay's policy decisions as pure functions.
 //! - [`groups`]: MLS public-group tracking (openmls `PublicGroup`).
@@ -32,6 +33,7 @@ pub mod delivery;
 pub mod entry_cache;
 pub mod error;
 pub mod federation;
+pub mod filing_order;
 pub mod frames;
 pub mod groups;
 pub mod key_fetch;

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::audit::{AuditEvent, AuditKind};
+use crate::filing_order::{StreamOrder, Turn};
 use crate::frames::*;
 use crate::relay::{Caller, Registration, Relay};
 
@@ -357,6 +358,7 @@ async fn serve_client(
     // One push channel per connection: a device needs no more, and each holds a
     // delivery task and its page of entries.
     let push_channel = Arc::new(PushSlot::default());
+    let order = Arc::new(StreamOrder::default());
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -365,6 +367,9 @@ async fn serve_client(
                 break;
             }
         };
+        // Streams come in the order the device opened them; so are its filings
+        // ordered.
+        let turn = order.turn(request_no);
         request_no += 1;
         let relay = relay.clone();
         let caller = caller.clone();
@@ -372,7 +377,7 @@ async fn serve_client(
         let span = info_span!("req", n = request_no, kind = tracing::field::Empty);
         let push_channel = push_channel.clone();
         tokio::spawn(
-            handle_stream(relay, caller, budget, push_channel, send, recv).instrument(span),
+            handle_stream(relay, caller, budget, push_channel, turn, send, recv).instrument(span),
         );
     }
 }
@@ -402,18 +407,21 @@ const SUPERSEDE_WAIT: Duration = Duration::from_secs(2);
 
 /// One request stream of a device: rate limit (every stream, `Subscribe` too, before
 /// any of it is read), the frame (within the frame deadline, its bytes charged to the
-/// identity's budget until the answer is sent), then the request.
+/// identity's budget until the answer is sent), then the request; a filing once
+/// every earlier stream of the connection is done ([`crate::filing_order`]).
 async fn handle_stream(
     relay: Arc<Relay>,
     caller: Arc<Caller>,
     budget: ByteBudget,
     push_channel: Arc<PushSlot>,
+    turn: Turn,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let max = relay.limits().max_frame;
     let deadline = Duration::from_millis(relay.limits().frame_timeout_ms);
     if let Err(code) = relay.check_rate(&caller.id) {
+        drop(turn);
         debug!(error = %code, "request refused");
         relay.metrics().refused(crate::metrics::KIND_UNREAD, &code);
         let _ = write_frame(&mut send, &Response::Error(code), max).await;
@@ -426,6 +434,7 @@ async fn handle_stream(
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(refusal) => {
+                drop(turn);
                 debug!(error = %refusal.code, action = refusal.action, "request frame refused");
                 relay
                     .metrics()
@@ -442,6 +451,8 @@ async fn handle_stream(
                 return;
             }
         };
+    // Only a filing keeps its turn; any other stream is done once read.
+    let turn = is_filing(&request).then_some(turn);
     let kind = request_kind(&request);
     tracing::Span::current().record("kind", kind);
     relay.metrics().request(kind);
@@ -482,13 +493,27 @@ async fn handle_stream(
         let _ = send.finish();
         return;
     }
-    let response = relay.handle(&caller, request).await;
+    let response = match turn {
+        Some(turn) => {
+            turn.wait().await;
+            relay.handle_in_turn(&caller, request, turn).await
+        }
+        None => relay.handle(&caller, request).await,
+    };
     if let Response::Error(code) = &response {
         debug!(error = %code, "request refused");
     }
     let _ = write_frame(&mut send, &response, max).await;
     let _ = send.finish();
     drop(hold);
+}
+
+/// Whether `request` files notices: the requests a connection's order applies to.
+fn is_filing(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::FileNotice { .. } | Request::FileNotices { .. }
+    )
 }
 
 /// Reads and discards what a peer still sends on a stream refused before its frame

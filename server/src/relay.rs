@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::RelayConfig;
 use crate::error::RelayError;
+use crate::filing_order::Turn;
 use crate::frames::ByteBudget;
 use crate::metrics::Metrics;
 use crate::store::{Batch, Durability, Engine, keys};
@@ -475,8 +476,19 @@ impl Relay {
         &self,
         f: impl FnOnce(&Core, &mut Cx) -> Result<T, RelayError>,
     ) -> Result<T, RelayError> {
+        self.call_in_turn(Turn::free(), f).await
+    }
+
+    /// [`call`](Self::call) that gives up `turn` once the core call returned, before
+    /// waiting for durability: what the call ordered is ordered.
+    pub async fn call_in_turn<T>(
+        &self,
+        turn: Turn,
+        f: impl FnOnce(&Core, &mut Cx) -> Result<T, RelayError>,
+    ) -> Result<T, RelayError> {
         let mut cx = self.cx();
         let result = f(&self.core, &mut cx);
+        drop(turn);
         let finished = self.finish(cx).await;
         let value = result?;
         finished?;

@@ -9,12 +9,20 @@ use kring_protocol::wire::{ErrorCode, Request, Response};
 use uuid::Uuid;
 
 use crate::error::RelayError;
+use crate::filing_order::Turn;
 use crate::relay::{Caller, Relay, home_relay, release_welcome, summary};
 use crate::store::keys;
 
 impl Relay {
     /// Handles one request; refusals come back as [`Response::Error`] and are audited.
     pub async fn handle(&self, caller: &Caller, request: Request) -> Response {
+        self.handle_in_turn(caller, request, Turn::free()).await
+    }
+
+    /// [`handle`](Self::handle) for a stream with a place in its connection's order
+    /// ([`crate::filing_order`]): a filing gives up its turn once the core has
+    /// ordered or queued it (or refused it), before its fsync is waited for.
+    pub async fn handle_in_turn(&self, caller: &Caller, request: Request, turn: Turn) -> Response {
         let action = crate::frames::request_kind(&request);
         let subject = request_subject(&request);
         let result = if caller.check_revocation(&self.revocations()).is_err() {
@@ -26,7 +34,7 @@ impl Relay {
             }
             Err(RelayError::Refused(ErrorCode::Revoked))
         } else {
-            self.dispatch(caller, request).await
+            self.dispatch(caller, request, turn).await
         };
         match result {
             Ok(r) => r,
@@ -45,7 +53,12 @@ impl Relay {
         }
     }
 
-    async fn dispatch(&self, caller: &Caller, request: Request) -> Result<Response, RelayError> {
+    async fn dispatch(
+        &self,
+        caller: &Caller,
+        request: Request,
+        turn: Turn,
+    ) -> Result<Response, RelayError> {
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::DeclaredClients => Ok(Response::DeclaredClients {
@@ -86,12 +99,16 @@ impl Relay {
                 notice_id,
                 message,
             } => {
-                self.call(|core, cx| core.file_notice(cx, caller, &community, notice_id, message))
-                    .await
+                self.call_in_turn(turn, |core, cx| {
+                    core.file_notice(cx, caller, &community, notice_id, message)
+                })
+                .await
             }
             Request::FileNotices { community, notices } => {
-                self.call(|core, cx| core.file_notices(cx, caller, &community, notices))
-                    .await
+                self.call_in_turn(turn, |core, cx| {
+                    core.file_notices(cx, caller, &community, notices)
+                })
+                .await
             }
             Request::Ack { community, seq } => {
                 self.call(|core, cx| core.ack(cx, caller, &community, seq))

@@ -382,6 +382,44 @@ async fn spoke_killed_mid_stream_catches_up_in_order() {
     assert_eq!(titles(&post, "d@bz"), want);
 }
 
+/// A device at a spoke with several filings in flight to a community hubbed at
+/// another relay: its relay queues them in the order sent, the hub orders them so,
+/// and a member at the hub reads every notice in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filings_in_flight_at_a_spoke_reach_the_hub_in_the_order_sent() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    fed.start("post-a").unwrap();
+    let mut bz = ready(&fed, "liaison@bz").await;
+    let mut post = ready(&fed, "analist@post-a").await;
+    bz.create_community("d", "NL:STG-CONFIDENTIEEL")
+        .await
+        .unwrap();
+    bz.add_members("d@bz", &["analist@post-a"]).await.unwrap();
+    join(&mut post, "d@bz").await;
+    let mut in_flight = Vec::new();
+    let mut want = Vec::new();
+    for f in 0..5 {
+        let names: Vec<String> = (0..30).map(|i| format!("f{f}n{i}")).collect();
+        let drafts = names
+            .iter()
+            .map(|t| draft("d@bz", "NL:DEP-VERTROUWELIJK", t))
+            .collect();
+        let sealed = post.seal_notices(drafts).await.unwrap();
+        in_flight.push(post.send_sealed(sealed).await.unwrap());
+        want.extend(names);
+    }
+    let mut seqs = Vec::new();
+    for pending in in_flight {
+        let filed = post.finish_filing(pending).await.unwrap();
+        seqs.extend(filed.iter().map(|f| f.seq.expect("ordered by the hub")));
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let want: Vec<&str> = want.iter().map(|s| s.as_str()).collect();
+    sync_until(&mut bz, "d@bz", &want).await;
+    assert_eq!(titles(&bz, "d@bz"), want);
+}
+
 /// Adding a member is refused when the hub's view of their home relay's accreditation
 /// does not admit the community's maximum; and when a relay's accreditation is
 /// lowered after it joined, the hub withholds notices above it from that relay,

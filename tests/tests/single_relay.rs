@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
 
 use kring_client::Client;
+use kring_protocol::wire::Response;
 use kring_tests::steps::{draft, ready, titles};
 use kring_tests::{Federation, RelayLauncher};
 
@@ -220,6 +221,138 @@ async fn filings_sealed_ahead_keep_their_order_and_survive_a_new_epoch() {
     assert_eq!(titles(&newcomer, "c@bz"), ["c1"]);
     admin.sync().await.unwrap();
     assert_eq!(titles(&admin, "c@bz"), ["a1", "a2", "b1", "b2", "c1"]);
+}
+
+/// A device with several filings in flight on one connection: the relay orders them
+/// in the order they were sent, and the other members read every notice in that
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_filings_in_flight_are_ordered_as_sent() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    community_c(&mut admin, &mut member).await;
+    let label = "NL:DEP-VERTROUWELIJK";
+    let (filings, per_filing) = (6, 20);
+    let mut in_flight = Vec::new();
+    let mut sent = Vec::new();
+    for f in 0..filings {
+        let names: Vec<String> = (0..per_filing).map(|i| format!("f{f}n{i}")).collect();
+        let drafts = names.iter().map(|t| draft("c", label, t)).collect();
+        let sealed = member.seal_notices(drafts).await.unwrap();
+        in_flight.push(member.send_sealed(sealed).await.unwrap());
+        sent.extend(names);
+    }
+    let mut seqs = Vec::new();
+    for pending in in_flight {
+        let filed = member.finish_filing(pending).await.unwrap();
+        seqs.extend(filed.iter().map(|f| f.seq.unwrap()));
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(titles(&member, "c@bz"), sent);
+    admin.sync().await.unwrap();
+    assert_eq!(titles(&admin, "c@bz"), sent);
+}
+
+/// Filings in flight that the relay refuses as over its rate limit (before reading
+/// them) are sealed again and sent again when finished: every notice is filed once
+/// and every member reads all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_filings_in_flight_are_sealed_again() {
+    let mut fed = federation();
+    fed.set_relay_option("bz", "requests_per_second", 5.into())
+        .unwrap();
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    community_c(&mut admin, &mut member).await;
+    // Sixteen at once: more than the burst of ten the limit allows.
+    let label = "NL:DEP-VERTROUWELIJK";
+    let mut in_flight = Vec::new();
+    let mut sent = Vec::new();
+    for f in 0..16 {
+        let names: Vec<String> = (0..5).map(|i| format!("r{f}n{i}")).collect();
+        let sealed = member
+            .seal_notices(names.iter().map(|t| draft("c", label, t)).collect())
+            .await
+            .unwrap();
+        in_flight.push(member.send_sealed(sealed).await.unwrap());
+        sent.extend(names);
+    }
+    for pending in in_flight {
+        member.finish_filing(pending).await.unwrap();
+    }
+    let mut filed = titles(&member, "c@bz");
+    filed.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(filed, want, "each notice stored once by its filer");
+    admin.sync().await.unwrap();
+    let mut read = titles(&admin, "c@bz");
+    read.sort();
+    assert_eq!(read, want, "every member reads every notice");
+}
+
+/// The relay orders a connection's filings in the order their streams were opened,
+/// not in the order their frames arrive: a second filing whose frame arrives first
+/// waits for the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filing_waits_for_the_earlier_streams_of_its_connection() {
+    let mut fed = federation();
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    community_c(&mut admin, &mut member).await;
+    let label = "NL:DEP-VERTROUWELIJK";
+    let batch = |prefix: &str| {
+        (0..80)
+            .map(|i| draft("c", label, &format!("{prefix}{i}")))
+            .collect::<Vec<_>>()
+    };
+    // Sealed in this order: 80 messages each, more than a member's ratchet keeps
+    // for messages that arrive late.
+    let first = member.seal_notices(batch("a")).await.unwrap().request();
+    let second = member.seal_notices(batch("b")).await.unwrap().request();
+    let frame = |r| kring_protocol::wire::encode_frame(&r, 1 << 20).unwrap();
+    let (first, second) = (frame(first), frame(second));
+
+    let (_ep, conn) = kring_tests::chaos::raw_user_connect(&fed, "admin@bz")
+        .await
+        .unwrap();
+    let (mut send_a, recv_a) = conn.open_bi().await.unwrap();
+    let (mut send_b, recv_b) = conn.open_bi().await.unwrap();
+    send_b.write_all(&second).await.unwrap();
+    send_b.finish().unwrap();
+    let read = |mut recv: quinn::RecvStream| async move {
+        let bytes = recv.read_to_end(1 << 20).await.unwrap();
+        let mut decoder = kring_protocol::wire::FrameDecoder::new(1 << 20);
+        decoder.feed(&bytes).unwrap();
+        let payload = decoder.next_payload().unwrap().unwrap();
+        kring_protocol::wire::decode_payload::<Response>(&payload).unwrap()
+    };
+    let answer_b = tokio::spawn(read(recv_b));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !answer_b.is_finished(),
+        "the second filing was answered before the first arrived"
+    );
+    send_a.write_all(&first).await.unwrap();
+    send_a.finish().unwrap();
+    let seqs = |r: Response| match r {
+        Response::Filed { seqs, .. } => seqs.into_iter().map(Option::unwrap).collect::<Vec<_>>(),
+        other => panic!("not filed: {other:?}"),
+    };
+    let a = seqs(read(recv_a).await);
+    let b = seqs(answer_b.await.unwrap());
+    assert!(a.last().unwrap() < b.first().unwrap(), "{a:?} {b:?}");
+
+    admin.sync().await.unwrap();
+    let expected: Vec<String> = (0..80)
+        .map(|i| format!("a{i}"))
+        .chain((0..80).map(|i| format!("b{i}")))
+        .collect();
+    assert_eq!(titles(&admin, "c@bz"), expected);
 }
 
 /// After a restart, a device that missed more than a page of notices in a quiet

@@ -7,7 +7,9 @@
 //! request (one round trip and one fsync per filing). In the closed loop a filer
 //! seals its next filing (`Client::seal_notices`: encrypt, ratchet on disk) while
 //! the previous one is on its way, and sends it once that one is answered: one
-//! filing in flight per filer, as one window of messages for mosquitto.
+//! filing in flight per filer, as one window of messages for mosquitto. With
+//! [`KringSetup::filings_in_flight`] D, the window is split into D filings, each
+//! sent as soon as it is sealed and finished in the order sent.
 //! Ten devices are split across both relays (`dev0..4@bz`, `dev5..9@nctv`); each is
 //! a raw QUIC connection with the user's certificate that subscribes, receives
 //! every pushed entry and acknowledges runs of them (`Request::Ack`, what a real
@@ -22,7 +24,7 @@
 //! federation), with any number of devices and communities (every filer and device
 //! a member of each; filings go to the communities in turn).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -174,6 +176,8 @@ pub struct KringSetup {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub device_ids: Vec<String>,
     pub setup: Duration,
+    /// Filings each filer keeps in flight (1: the next is sealed while one travels).
+    pub filings_in_flight: usize,
 }
 
 impl std::fmt::Debug for KringSetup {
@@ -519,6 +523,7 @@ impl KringSetup {
             tasks,
             device_ids,
             setup: start.elapsed(),
+            filings_in_flight: 1,
         })
     }
 
@@ -573,6 +578,12 @@ impl KringSetup {
         let t0 = Instant::now() + Duration::from_millis(50);
         let window = window.clamp(1, MAX_NOTICES_PER_FILING);
         let mut handles = Vec::new();
+        let depth = self.filings_in_flight.max(1);
+        // Closed loop: `window` in flight as `depth` filings of (up to) window/depth.
+        let per_filing = match rate {
+            None => window.div_ceil(depth),
+            Some(_) => window,
+        };
         for mut filer in std::mem::take(&mut self.filers) {
             let next = Arc::clone(&next);
             let body = body.clone();
@@ -581,29 +592,42 @@ impl KringSetup {
                 // (notice id, scheduled instant, filing start, ack instant)
                 let mut filed: Vec<(Uuid, Instant, Instant, Instant)> = Vec::new();
                 let mut error = None;
-                // Closed loop: the next filing is sealed while the previous one is on
-                // its way (Client::seal_notices); it is sent once that one is
-                // answered, so one filing is in flight. Open loop: a filer claims
-                // what is due only when it is free, as before.
-                let ahead = rate.is_none();
-                let mut pending: Option<(PendingFiling, Vec<Instant>, Instant)> = None;
+                // Each filing is sealed (Client::seal_notices) and sent at once; at
+                // most `depth` are in flight, finished in the order sent. With one,
+                // the next is sealed while the previous travels and sent once it is
+                // answered.
+                let mut pending: VecDeque<InFlight> = VecDeque::new();
                 loop {
-                    if !ahead
-                        && let Some(p) = pending.take()
-                        && let Err(e) = finish(&mut filer, p, &mut filed).await
-                    {
-                        error = Some(e);
+                    if depth == 1 && rate.is_some() {
+                        // Open loop, one at a time: claim what is due only when free.
+                        if let Some(p) = pending.pop_front()
+                            && let Err(e) = finish(&mut filer, p, &mut filed).await
+                        {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                    // Take the answers already in.
+                    while pending.front().is_some_and(|p| p.0.is_answered()) {
+                        if let Some(p) = pending.pop_front()
+                            && let Err(e) = finish(&mut filer, p, &mut filed).await
+                        {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                    if error.is_some() {
                         break;
                     }
                     let claimed = if Instant::now().saturating_duration_since(t0) > max_wall {
                         None
                     } else {
-                        claim(&next, total, window, rate, t0).await
+                        claim(&next, total, per_filing, rate, t0).await
                     };
                     let sealed = match claimed {
                         None => None,
                         Some((from, to)) => {
-                            let community = &communities[(from / window) % communities.len()];
+                            let community = &communities[(from / per_filing) % communities.len()];
                             let now = Instant::now();
                             let scheduled: Vec<Instant> = (from..to)
                                 .map(|i| match rate {
@@ -624,10 +648,17 @@ impl KringSetup {
                             Some((filer.seal_notices(drafts).await, scheduled, now))
                         }
                     };
-                    if let Some(p) = pending.take()
-                        && let Err(e) = finish(&mut filer, p, &mut filed).await
-                    {
-                        error = Some(e);
+                    // Room for the one just sealed (with one in flight: the previous
+                    // one is finished only now, after the next was sealed).
+                    while pending.len() >= depth {
+                        if let Some(p) = pending.pop_front()
+                            && let Err(e) = finish(&mut filer, p, &mut filed).await
+                        {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                    if error.is_some() {
                         break;
                     }
                     let Some((sealed, scheduled, start)) = sealed else {
@@ -635,7 +666,7 @@ impl KringSetup {
                     };
                     match sealed {
                         Ok(s) => match filer.send_sealed(s).await {
-                            Ok(p) => pending = Some((p, scheduled, start)),
+                            Ok(p) => pending.push_back(InFlight(p, scheduled, start)),
                             Err(e) => {
                                 error = Some(format!("{}: filing: {e}", filer.user()));
                                 break;
@@ -645,6 +676,12 @@ impl KringSetup {
                             error = Some(format!("{}: filing: {e}", filer.user()));
                             break;
                         }
+                    }
+                }
+                // Every filing sent is finished, also after an error.
+                while let Some(p) = pending.pop_front() {
+                    if let Err(e) = finish(&mut filer, p, &mut filed).await {
+                        error.get_or_insert(e);
                     }
                 }
                 (filer, filed, error)
@@ -695,8 +732,14 @@ impl KringSetup {
         let mut service = Vec::with_capacity(n * devices);
         let mut last = t0;
         let mut problems = Vec::new();
+        let mut latency_at: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         for (d, log) in self.logs.iter().enumerate() {
             let log = lock(log)?;
+            let relay = self.device_ids[d]
+                .rsplit_once('@')
+                .map(|(_, r)| r.to_string())
+                .unwrap_or_default();
+            let at_relay = latency_at.entry(relay).or_default();
             acks += log.acks;
             let mut seen = HashSet::new();
             let mut duplicates = 0;
@@ -709,6 +752,7 @@ impl KringSetup {
                     continue;
                 }
                 latency.push(at.saturating_duration_since(sched));
+                at_relay.push(at.saturating_duration_since(sched));
                 service.push(at.saturating_duration_since(start));
                 last = last.max(*at);
             }
@@ -728,8 +772,16 @@ impl KringSetup {
         }
         latency.sort();
         service.sort();
+        for l in latency_at.values_mut() {
+            l.sort();
+        }
         let mut filing: Vec<Duration> = filed.iter().map(|&(_, _, s, a)| a - s).collect();
         filing.sort();
+        let mut acked: Vec<Duration> = filed
+            .iter()
+            .map(|&(_, s, _, a)| a.saturating_duration_since(s))
+            .collect();
+        acked.sort();
         let first_start = filed.iter().map(|f| f.2).min().unwrap_or(t0);
         Ok(FlowResult {
             notices: n,
@@ -744,15 +796,20 @@ impl KringSetup {
             problems,
             server_cpu: Some(relay_cpu),
             device_acks: Some(acks),
+            latency_at,
+            acked,
         })
     }
 }
+
+/// A filing in flight: its notices' scheduled instants and when it was sealed.
+struct InFlight(PendingFiling, Vec<Instant>, Instant);
 
 /// Takes the answer to a filing in flight and records each notice's scheduled
 /// instant, filing start and acknowledgement.
 async fn finish(
     filer: &mut Client,
-    (pending, scheduled, start): (PendingFiling, Vec<Instant>, Instant),
+    InFlight(pending, scheduled, start): InFlight,
     filed: &mut Vec<(Uuid, Instant, Instant, Instant)>,
 ) -> Result<(), String> {
     let notices = filer
@@ -827,6 +884,11 @@ pub struct FlowResult {
     /// `Ack` requests the devices sent during the run (Kring only; sent after the
     /// last delivery may be missed).
     pub device_acks: Option<usize>,
+    /// Delivery latency from the scheduled instant by the devices' relay (sorted;
+    /// Kring only).
+    pub latency_at: BTreeMap<String, Vec<Duration>>,
+    /// Scheduled instant -> the filer's acknowledgement (sorted; Kring only).
+    pub acked: Vec<Duration>,
 }
 
 impl FlowResult {

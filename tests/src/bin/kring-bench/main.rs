@@ -80,6 +80,10 @@ const USAGE: &str = "kring-bench [--quick] [--only SCENARIO,...] [options]\n\n\
     \x20                  filer / publisher in the pipelined run (default 100 =\n\
     \x20                  rumqttc's and mosquitto's inflight limit; throughput and\n\
     \x20                  single-relay always make a run with 1 in flight too)\n\
+    --filings-in-flight D\n\
+    \x20                  throughput, latency, single-relay: filings each filer\n\
+    \x20                  keeps in flight (default 1); closed loop, the W in\n\
+    \x20                  flight are split into D filings of W/D\n\
     --fanout LIST      fan-out: comma-separated device counts (default\n\
     \x20                  10,100,1000; quick 10,100)\n\
     --communities N    communities: communities at the hub (default 1000, quick 100)\n\
@@ -101,6 +105,7 @@ struct Options {
     members: usize,
     devices: usize,
     window: usize,
+    filings_in_flight: usize,
     fanout: Vec<usize>,
     communities: usize,
     relay_rps: Option<u32>,
@@ -119,6 +124,7 @@ fn parse_args() -> Result<Option<Options>, String> {
         members: if quick { 100 } else { 1000 },
         devices: 1000,
         window: 100,
+        filings_in_flight: 1,
         fanout: if quick {
             vec![10, 100]
         } else {
@@ -161,6 +167,9 @@ fn parse_args() -> Result<Option<Options>, String> {
             "--members" => o.members = num(it.next(), "--members", 5000)?.max(2),
             "--devices" => o.devices = num(it.next(), "--devices", 10_000)?,
             "--window" => o.window = num(it.next(), "--window", MAX_NOTICES_PER_FILING)?,
+            "--filings-in-flight" => {
+                o.filings_in_flight = num(it.next(), "--filings-in-flight", 64)?;
+            }
             "--fanout" => {
                 let v = it.next().ok_or("--fanout needs a list")?;
                 let mut list = v
@@ -696,6 +705,7 @@ async fn flows(
         Shape::federated(o.filers).with_request_limit(Some(o.relay_rps.unwrap_or(BENCH_RPS))),
     )
     .await?;
+    k.filings_in_flight = o.filings_in_flight;
     t.info(
         "setup",
         "Kring",
@@ -773,6 +783,25 @@ async fn flows(
                 ),
             );
         }
+        let p50_p99 = |v: &[Duration]| {
+            format!(
+                "p50 {}  p99 {}",
+                ms(percentile(v, 50.0)),
+                ms(percentile(v, 99.0))
+            )
+        };
+        t.info(
+            "latency",
+            "Kring: scheduled->filer's ack",
+            p50_p99(&kr.acked),
+        );
+        for (relay, l) in &kr.latency_at {
+            t.info(
+                "latency",
+                format!("Kring: scheduled->delivery at {relay}"),
+                p50_p99(l),
+            );
+        }
         let kp99 = percentile(&kr.latency, 99.0).as_secs_f64();
         let mp99 = percentile(&mr.latency, 99.0).as_secs_f64();
         let sustained = kr.notices == kr.offered;
@@ -795,7 +824,8 @@ async fn flows(
         "throughput/latency: {} filer(s) at {FILER_RELAY} file into a community hubbed at {HUB}. Throughput is \
          closed loop with the same number in flight on both sides: a filer files W notices in one filing \
          (one request, one fsync at the relay) and waits for the answer, sealing the next filing meanwhile \
-         (Client::seal_notices: encrypted, ratchet on disk; sent once the answer is in); a publisher publishes W messages and waits for their W PUBACKs. A filing is \
+         (Client::seal_notices: encrypted, ratchet on disk; sent once the answer is in; with \
+         --filings-in-flight D, D filings of W/D in flight, each sent as soon as it is sealed); a publisher publishes W messages and waits for their W PUBACKs. A filing is \
          acknowledged when durable (fsync'd) at {FILER_RELAY} (Queued); mosquitto acknowledges from memory. \
          Devices dev0-4@{HUB}, dev5-9@{FILER_RELAY} are raw QUIC connections (user certificates) that receive \
          every entry and acknowledge runs of entries as the real client does (when the stream pauses 2 ms and \

@@ -662,6 +662,8 @@ impl MqttSetup {
             problems,
             server_cpu: None,
             device_acks: None,
+            latency_at: Default::default(),
+            acked: Vec::new(),
         })
     }
 }

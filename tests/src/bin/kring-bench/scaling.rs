@@ -16,6 +16,7 @@ pub(crate) async fn single_relay(
             .with_request_limit(Some(o.relay_rps.unwrap_or(BENCH_RPS))),
     )
     .await?;
+    k.filings_in_flight = o.filings_in_flight;
     t.info(
         "single-relay",
         "setup",
