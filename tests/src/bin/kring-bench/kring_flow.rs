@@ -193,6 +193,9 @@ impl Drop for KringSetup {
         for t in &self.tasks {
             t.abort();
         }
+        // The filers' stores close (and flush) before the federation's directory,
+        // which holds them, is deleted with `fed`.
+        self.filers.clear();
     }
 }
 
