@@ -487,6 +487,7 @@ async fn handle_stream(
         return;
     }
     if let Err(code) = expect_end(&mut recv).await {
+        drop(turn);
         relay.metrics().refused(kind, &code);
         relay.audit_refusal(&caller.id, "-", "decode", &code);
         let _ = write_frame(&mut send, &Response::Error(code), max).await;
