@@ -108,10 +108,16 @@ impl std::fmt::Debug for SealedFiling {
 /// ([`Client::send_sealed`], [`Client::finish_filing`]).
 pub struct PendingFiling {
     community: String,
+    sent: Sent,
+    _in_flight: InFlightGuard,
+}
+
+/// What a filing sent is: its notices, epoch, request and the task taking its answer.
+struct Sent {
     prepared: Vec<Prepared>,
     epoch: u64,
+    request: Request,
     answer: AnswerTask,
-    _in_flight: InFlightGuard,
 }
 
 /// The task that takes a filing's answer.
@@ -146,7 +152,7 @@ impl PendingFiling {
     /// Whether the relay's answer is in ([`Client::finish_filing`] then waits for
     /// nothing but the local store, and the hub's ordering if asked to).
     pub fn is_answered(&self) -> bool {
-        self.answer.is_finished()
+        self.sent.answer.is_finished()
     }
 }
 
@@ -154,8 +160,8 @@ impl std::fmt::Debug for PendingFiling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingFiling")
             .field("community", &self.community)
-            .field("notices", &self.prepared.len())
-            .field("epoch", &self.epoch)
+            .field("notices", &self.sent.prepared.len())
+            .field("epoch", &self.sent.epoch)
             .finish()
     }
 }
@@ -433,9 +439,12 @@ impl Client {
         let answer = conn.send_in_order(&request).await?;
         Ok(PendingFiling {
             community,
-            prepared,
-            epoch,
-            answer,
+            sent: Sent {
+                prepared,
+                epoch,
+                request,
+                answer,
+            },
             _in_flight: self.in_flight.enter(),
         })
     }
@@ -445,19 +454,25 @@ impl Client {
     /// community hubbed at another relay, waits for the hub's ordering as
     /// [`file_notices`](Self::file_notices) does). A filing the relay refuses as
     /// sealed in an old epoch is synced, sealed again and sent again. One refused as
-    /// over the relay's rate limit (before the relay read it) is sealed again and
-    /// sent again after the pause the relay names, for at most
-    /// [`RATE_LIMIT_PATIENCE`]: sealed again rather than sent again as it was,
-    /// because later filings may have been ordered meanwhile, and members read a
-    /// sender's messages only in about the order they were sealed.
+    /// over the relay's rate limit (before the relay read it) is sent again as it
+    /// was after the pause the relay names, for at most [`RATE_LIMIT_PATIENCE`], but
+    /// only while no other filing of this device is in flight: a later one may have
+    /// been ordered meanwhile, and members read a sender's messages only while they
+    /// are at most 64 generations behind the newest they have read (sealing it again
+    /// would put it behind a filing sealed ahead and not sent yet). With others in
+    /// flight the refusal is returned: those notices are not filed.
     pub async fn finish_filing(&mut self, pending: PendingFiling) -> Result<Vec<FiledNotice>> {
         let PendingFiling {
             community,
-            mut prepared,
-            mut epoch,
-            mut answer,
+            sent,
             _in_flight,
         } = pending;
+        let Sent {
+            mut prepared,
+            mut epoch,
+            mut request,
+            mut answer,
+        } = sent;
         let mut attempt = 1;
         let mut paused = Duration::ZERO;
         loop {
@@ -476,37 +491,28 @@ impl Client {
                     attempt += 1;
                     self.sync().await?;
                     // Synced: sealed in the epoch now current.
-                    (prepared, epoch, answer) = self.seal_again(&community, prepared, true).await?;
+                    let sealed = self
+                        .seal_prepared(&community, prepared, true, false)
+                        .await?;
+                    Sent {
+                        prepared,
+                        epoch,
+                        request,
+                        answer,
+                    } = self.send_sealed(sealed).await?.sent;
                 }
                 Err(ClientError::Relay(ErrorCode::RateLimited { retry_after_ms }))
-                    if paused < RATE_LIMIT_PATIENCE =>
+                    if paused < RATE_LIMIT_PATIENCE && self.in_flight.count() <= 1 =>
                 {
                     let pause = Duration::from_millis(retry_after_ms.clamp(1, 1000));
-                    tracing::debug!(?pause, "filing rate limited by the relay; sealing again");
+                    tracing::debug!(?pause, "filing rate limited by the relay; sending again");
                     tokio::time::sleep(pause).await;
                     paused += pause;
-                    (prepared, epoch, answer) =
-                        self.seal_again(&community, prepared, false).await?;
+                    answer = self.connect().await?.send_in_order(&request).await?;
                 }
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Seals `prepared` again and sends it: after a sync (`synced`, which may have
-    /// moved the epoch), or as it is, starting no epoch change (a filing refused
-    /// before it was read; later ones may be in flight).
-    async fn seal_again(
-        &mut self,
-        community: &str,
-        prepared: Vec<Prepared>,
-        synced: bool,
-    ) -> Result<(Vec<Prepared>, u64, AnswerTask)> {
-        let sealed = self
-            .seal_prepared(community, prepared, synced, !synced)
-            .await?;
-        let again = self.send_sealed(sealed).await?;
-        Ok((again.prepared, again.epoch, again.answer))
     }
 
     /// Checks a draft of `community` against the user's clearance and turns it into

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 pub struct Turnstile {
     /// Every stream below this one is done.
     next: u64,
-    /// Streams done above `next` (at most the connection's concurrent streams).
+    /// Streams done above `next`: kept while stream `next` is unread, which its
+    /// frame deadline bounds.
     done: BTreeSet<u64>,
 }
 
@@ -82,8 +83,9 @@ impl StreamOrder {
     fn finish(&self, n: u64) {
         let next = match self.state.lock() {
             Ok(mut t) => t.finish(n),
-            // A panic while the lock was held left a turnstile nobody can trust;
-            // later filings of this connection then wait for their frame deadline.
+            // A panic while the lock was held (nothing in it can panic) would leave
+            // a turnstile nobody can trust: later filings of this connection would
+            // then wait until the connection ends.
             Err(_) => return,
         };
         self.next.send_if_modified(|v| {
