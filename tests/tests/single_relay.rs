@@ -25,6 +25,16 @@ async fn community_c(admin: &mut Client, member: &mut Client) {
     member.sync().await.unwrap();
 }
 
+/// `fed` with `bz` started, and `c@bz` made by `liaison@bz` with `admin@bz` joined
+/// ([`community_c`]): the federation, the admin and the member.
+async fn relay_with_community_c(mut fed: Federation) -> (Federation, Client, Client) {
+    fed.start("bz").unwrap();
+    let mut admin = ready(&fed, "liaison@bz").await;
+    let mut member = ready(&fed, "admin@bz").await;
+    community_c(&mut admin, &mut member).await;
+    (fed, admin, member)
+}
+
 /// Three users on relay `bz`: an admin creates a community, adds two members, files;
 /// a member offline during filing gets the notice on reconnect, exactly once; the
 /// relay is restarted between filing and reading and loses nothing.
@@ -228,11 +238,7 @@ async fn filings_sealed_ahead_keep_their_order_and_survive_a_new_epoch() {
 /// order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_filings_in_flight_are_ordered_as_sent() {
-    let mut fed = federation();
-    fed.start("bz").unwrap();
-    let mut admin = ready(&fed, "liaison@bz").await;
-    let mut member = ready(&fed, "admin@bz").await;
-    community_c(&mut admin, &mut member).await;
+    let (_fed, mut admin, mut member) = relay_with_community_c(federation()).await;
     let label = "NL:DEP-VERTROUWELIJK";
     let (filings, per_filing) = (6, 20);
     let mut in_flight = Vec::new();
@@ -261,13 +267,10 @@ async fn several_filings_in_flight_are_ordered_as_sent() {
 /// again as it was. Every member reads every filed notice, in the order sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_filings_in_flight_are_not_sent_again_behind_later_ones() {
-    let mut fed = federation();
+    let fed = federation();
     fed.set_relay_option("bz", "requests_per_second", 5.into())
         .unwrap();
-    fed.start("bz").unwrap();
-    let mut admin = ready(&fed, "liaison@bz").await;
-    let mut member = ready(&fed, "admin@bz").await;
-    community_c(&mut admin, &mut member).await;
+    let (_fed, mut admin, mut member) = relay_with_community_c(fed).await;
     // Sixteen at once: more than the burst of ten the limit allows. Filings of 30
     // notices, so that one sent again behind a later one would be unreadable.
     let label = "NL:DEP-VERTROUWELIJK";
@@ -304,11 +307,7 @@ async fn rate_limited_filings_in_flight_are_not_sent_again_behind_later_ones() {
 /// waits for the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filing_waits_for_the_earlier_streams_of_its_connection() {
-    let mut fed = federation();
-    fed.start("bz").unwrap();
-    let mut admin = ready(&fed, "liaison@bz").await;
-    let mut member = ready(&fed, "admin@bz").await;
-    community_c(&mut admin, &mut member).await;
+    let (fed, mut admin, mut member) = relay_with_community_c(federation()).await;
     let label = "NL:DEP-VERTROUWELIJK";
     let batch = |prefix: &str| {
         (0..80)
@@ -336,10 +335,10 @@ async fn a_filing_waits_for_the_earlier_streams_of_its_connection() {
         let payload = decoder.next_payload().unwrap().unwrap();
         kring_protocol::wire::decode_payload::<Response>(&payload).unwrap()
     };
-    let answer_b = tokio::spawn(read(recv_b));
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut answer_b = tokio::spawn(read(recv_b));
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut answer_b).await;
     assert!(
-        !answer_b.is_finished(),
+        early.is_err(),
         "the second filing was answered before the first arrived"
     );
     send_a.write_all(&first).await.unwrap();
@@ -367,11 +366,7 @@ async fn a_filing_waits_for_the_earlier_streams_of_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_more_than_a_page_of_a_quiet_community_is_delivered() {
     const NOTICES: usize = 300; // more than the relay's page of 256 entries
-    let mut fed = federation();
-    fed.start("bz").unwrap();
-    let mut admin = ready(&fed, "liaison@bz").await;
-    let mut member = ready(&fed, "admin@bz").await;
-    community_c(&mut admin, &mut member).await;
+    let (mut fed, mut admin, mut member) = relay_with_community_c(federation()).await;
     member.disconnect().await;
 
     let want: Vec<String> = (0..NOTICES).map(|i| format!("n{i:03}")).collect();
