@@ -2,30 +2,115 @@
 //!
 //! A batch goes to the journal (in order) and into an in-memory overlay of the
 //! writes sled does not hold yet; reads see the overlay over sled. [`Engine::flush`]
-//! writes and syncs the journal (one `fdatasync` on the caller's thread) and then
-//! moves the overlay into sled as ONE sled batch, with the journal position of the
-//! last batch it holds (`J/`). sled pays its per-batch cost (every sled batch rolls
-//! and writes its log buffer, waking its I/O thread pool) once per group commit
-//! rather than once per relay batch. sled itself is flushed at checkpoints, when a
-//! journal file fills, and when the store is opened after the journal was replayed.
+//! writes and syncs the journal (one `fdatasync` on the caller's thread) and nothing
+//! else: the overlay is moved into sled as ONE sled batch, with the journal position
+//! of the last batch it holds (`J/`), by a thread of its own once it holds
+//! [`DrainAt::keys`] keys or [`DrainAt::bytes`] bytes. sled pays its per-batch cost
+//! (every sled batch rolls and writes its log buffer with a synchronous
+//! `sync_file_range`, waking its I/O thread pool) once per few thousand writes rather
+//! than once per group commit, and never on a commit's way to its acknowledgement.
+//! A writer moves the overlay itself only when it reaches eight times that (the
+//! thread fell behind). sled itself is flushed at checkpoints, when a journal file
+//! fills, and when the store is opened after the journal was replayed.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use super::journal::{self, Journal, Op};
+use super::journal::{self, Journal};
 use super::{Batch, Engine, Pair, keys};
 use crate::error::{RelayError, StoreError};
 
-/// The overlay is moved into sled early once it holds this many keys (a relay that
-/// writes without ever waiting for a flush).
-const DRAIN_AT: usize = 65_536;
+/// When the overlay is moved into sled: in the background once it holds `keys`
+/// keys or `bytes` bytes (keys and values), by the writer itself at eight times
+/// that. What the overlay holds is also what a restart replays from the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainAt {
+    /// Keys in the overlay.
+    pub keys: usize,
+    /// Bytes of keys and values in the overlay.
+    pub bytes: usize,
+}
+
+impl DrainAt {
+    /// What a relay uses: a few thousand writes, a few MiB.
+    pub const DEFAULT: DrainAt = DrainAt {
+        keys: 4_096,
+        bytes: 4 << 20,
+    };
+
+    fn reached(&self, keys: usize, bytes: usize, times: usize) -> bool {
+        keys >= self.keys.saturating_mul(times) || bytes >= self.bytes.saturating_mul(times)
+    }
+}
+
+/// The writer moves the overlay itself at this multiple of [`DrainAt`].
+const HARD: usize = 8;
 
 /// [`Engine`] on one sled tree, an overlay and a journal.
 #[derive(Debug, Clone)]
 pub struct SledEngine {
     inner: Arc<Inner>,
     journal: Arc<Journal>,
+    /// Wakes the thread that moves the overlay into sled.
+    drainer: Arc<Drainer>,
+    drain_at: DrainAt,
+}
+
+/// The thread that moves the overlay into sled whenever it is woken. It ends, and is
+/// waited for, when the last handle to the engine goes: the store is closed (sled's
+/// lock let go) once the last handle is dropped.
+#[derive(Debug)]
+struct Drainer {
+    /// `None`: no thread could be started, and writers move the overlay themselves.
+    wake: Option<SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drainer {
+    fn start(inner: Arc<Inner>) -> Self {
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name("kring-drain".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    if let Err(e) = inner.drain() {
+                        tracing::warn!(error = %e, "cannot move the store's overlay into sled yet");
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => Self {
+                wake: Some(wake),
+                thread: Some(thread),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the store's drain thread; writers move \
+                    the overlay into sled themselves");
+                Self {
+                    wake: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+
+    /// Wakes the thread; false if there is none to wake.
+    fn wake(&self) -> bool {
+        self.wake
+            .as_ref()
+            .is_some_and(|w| !matches!(w.try_send(()), Err(TrySendError::Disconnected(()))))
+    }
+}
+
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        self.wake = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -37,11 +122,18 @@ struct Inner {
 }
 
 /// Writes of batches sled does not hold yet: key → (the batch that wrote it last,
-/// the value, `None` deleted), and the last batch recorded.
+/// the value, `None` deleted), the last batch recorded, and the bytes of keys and
+/// values held.
 #[derive(Debug, Default)]
 struct Overlay {
     writes: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
     lsn: u64,
+    bytes: usize,
+}
+
+/// Bytes an overlay entry counts for.
+fn entry_bytes(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len)
 }
 
 impl Inner {
@@ -70,11 +162,16 @@ impl Inner {
         b.insert(keys::JOURNAL, &upto.to_be_bytes());
         self.tree.apply_batch(b)?;
         // Only now: a reader that finds a key gone from the overlay finds it in sled.
-        self.overlay
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .writes
-            .retain(|_, (lsn, _)| *lsn > upto);
+        let mut overlay = self.overlay.write().unwrap_or_else(PoisonError::into_inner);
+        let mut freed = 0;
+        overlay.writes.retain(|k, (lsn, v)| {
+            let keep = *lsn > upto;
+            if !keep {
+                freed += entry_bytes(k, v);
+            }
+            keep
+        });
+        overlay.bytes = overlay.bytes.saturating_sub(freed);
         Ok(())
     }
 
@@ -92,18 +189,15 @@ impl Inner {
         if is_empty(&range) {
             return Ok(Vec::new());
         }
-        // The overlay's part first, copied (it holds one group commit's writes), then
-        // sled: a key that leaves the overlay meanwhile is in sled by then, with the
-        // value copied or a later one. Writers never wait for a scan.
-        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
-            .overlay()
-            .writes
-            .range(range.clone())
-            .map(|(k, (_, v))| (k.clone(), v.clone()))
-            .collect();
+        // The overlay's part first, copied, then sled: a key that leaves the overlay
+        // meanwhile is in sled by then, with the value copied or a later one. Writers
+        // never wait for a scan. Copied in scan order only until it holds `limit`
+        // values or `max_bytes`: the merge below stops before it would need a key
+        // past the last one copied (every value copied comes out before it).
+        let pending = self.overlay_part(&range, limit, max_bytes, reverse);
         let stored = self.tree.range::<Vec<u8>, _>(range);
         let (mut pending, mut stored): (Pending, Stored) = if reverse {
-            (Box::new(pending.into_iter().rev()), Box::new(stored.rev()))
+            (Box::new(pending.into_iter()), Box::new(stored.rev()))
         } else {
             (Box::new(pending.into_iter()), Box::new(stored))
         };
@@ -150,10 +244,48 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The overlay's writes in `range`, in scan order, up to and including the one
+    /// that makes `limit` values or `max_bytes` (deletions copied as they come).
+    fn overlay_part(
+        &self,
+        range: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+        limit: usize,
+        max_bytes: usize,
+        reverse: bool,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let overlay = self.overlay();
+        let writes = overlay.writes.range::<Vec<u8>, _>(range.clone());
+        let writes: Box<dyn Iterator<Item = _>> = if reverse {
+            Box::new(writes.rev())
+        } else {
+            Box::new(writes)
+        };
+        let (mut values, mut bytes) = (0usize, 0usize);
+        let mut out = Vec::new();
+        for (k, (_, v)) in writes {
+            if values >= limit || bytes >= max_bytes {
+                break;
+            }
+            if v.is_some() {
+                values += 1;
+                bytes = bytes.saturating_add(entry_bytes(k, v));
+            }
+            out.push((k.clone(), v.clone()));
+        }
+        out
+    }
+}
+
 impl SledEngine {
     /// Opens (or creates) the store in `dir` (the engine in `dir/store`, the journal
     /// in `dir/journal`), bringing the engine up to the journal's last whole batch.
     pub fn open(dir: &std::path::Path) -> Result<Self, RelayError> {
+        Self::open_with(dir, DrainAt::DEFAULT)
+    }
+
+    /// [`open`](Self::open), moving the overlay into sled at `drain_at`.
+    pub fn open_with(dir: &std::path::Path, drain_at: DrainAt) -> Result<Self, RelayError> {
         std::fs::create_dir_all(dir.join("journal")).map_err(|source| StoreError::CreateDir {
             dir: dir.join("journal"),
             source,
@@ -179,12 +311,25 @@ impl SledEngine {
             None => 0,
         };
         let journal_dir = dir.join("journal");
+        // Every batch sled lacks, into one sled batch (a later write of a key
+        // replaces an earlier one) with the position of the last.
         let mut replayed = 0u64;
+        let mut missing = sled::Batch::default();
+        let mut upto = applied;
         let (last, previous) = journal::replay(&journal_dir, applied, |lsn, ops| {
             replayed += 1;
-            apply_to(&tree, lsn, ops)
+            for (k, v) in ops {
+                match v {
+                    Some(v) => missing.insert(k, v),
+                    None => missing.remove(k),
+                }
+            }
+            upto = lsn;
+            Ok(())
         })?;
         if replayed > 0 {
+            missing.insert(keys::JOURNAL, &upto.to_be_bytes());
+            tree.apply_batch(missing)?;
             tracing::info!(
                 batches = replayed,
                 "store brought up to date from its journal"
@@ -201,9 +346,11 @@ impl SledEngine {
             overlay: RwLock::new(Overlay {
                 writes: BTreeMap::new(),
                 lsn: last,
+                bytes: 0,
             }),
             draining: Mutex::new(()),
         });
+        let drainer = Arc::new(Drainer::start(inner.clone()));
         let checkpointed = inner.clone();
         let synced = dir.join("store");
         let journal = Journal::start(
@@ -223,22 +370,10 @@ impl SledEngine {
         Ok(Self {
             inner,
             journal: Arc::new(journal),
+            drainer,
+            drain_at,
         })
     }
-}
-
-/// Applies batch `lsn` to the tree, with the journal position, atomically.
-fn apply_to(tree: &sled::Tree, lsn: u64, ops: Vec<Op>) -> Result<(), RelayError> {
-    let mut b = sled::Batch::default();
-    for (k, v) in ops {
-        match v {
-            Some(v) => b.insert(k, v),
-            None => b.remove(k),
-        }
-    }
-    b.insert(keys::JOURNAL, &lsn.to_be_bytes());
-    tree.apply_batch(b)?;
-    Ok(())
 }
 
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -347,14 +482,28 @@ impl Engine for SledEngine {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             for (k, v) in ops {
+                let added = entry_bytes(&k, &v);
+                if let Some((_, old)) = overlay.writes.get(&k) {
+                    let replaced = entry_bytes(&k, old);
+                    overlay.bytes = overlay.bytes.saturating_sub(replaced);
+                }
                 overlay.writes.insert(k, (lsn, v));
+                overlay.bytes = overlay.bytes.saturating_add(added);
             }
             overlay.lsn = lsn;
             Ok(())
         })?;
         // The batch is recorded and visible: a failed early move is not its failure
-        // (the next flush moves the overlay again).
-        if inner.overlay().writes.len() >= DRAIN_AT
+        // (a later one moves the overlay again).
+        let (keys, bytes) = {
+            let overlay = inner.overlay();
+            (overlay.writes.len(), overlay.bytes)
+        };
+        if !self.drain_at.reached(keys, bytes, 1) {
+            return Ok(());
+        }
+        let woken = self.drainer.wake();
+        if (!woken || self.drain_at.reached(keys, bytes, HARD))
             && let Err(e) = inner.drain()
         {
             tracing::warn!(error = %e, "cannot move the store's overlay into sled yet");
@@ -363,8 +512,7 @@ impl Engine for SledEngine {
     }
 
     fn flush(&self) -> Result<(), RelayError> {
-        self.journal.sync()?;
-        self.inner.drain()
+        self.journal.sync()
     }
 }
 
@@ -425,19 +573,33 @@ mod tests {
     /// Opens the store again once sled's background writes of the closed one have
     /// let go of its lock.
     fn reopen(dir: &std::path::Path) -> SledEngine {
+        reopen_with(dir, DrainAt::DEFAULT)
+    }
+
+    fn reopen_with(dir: &std::path::Path, drain_at: DrainAt) -> SledEngine {
         for _ in 0..200 {
-            match SledEngine::open(dir) {
+            match SledEngine::open_with(dir, drain_at) {
                 Ok(e) => return e,
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
         }
-        SledEngine::open(dir).unwrap()
+        SledEngine::open_with(dir, drain_at).unwrap()
     }
+
+    /// Moves the overlay into sled after a few writes, in the background and (at
+    /// eight times that) in the writer, while reads go on.
+    const SMALL: DrainAt = DrainAt { keys: 6, bytes: 24 };
 
     #[test]
     fn reads_see_the_overlay_over_sled_as_one_store_across_flushes_and_reopens() {
+        for drain_at in [DrainAt::DEFAULT, SMALL] {
+            reads_see_one_store(drain_at);
+        }
+    }
+
+    fn reads_see_one_store(drain_at: DrainAt) {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = SledEngine::open(dir.path()).unwrap();
+        let mut e = SledEngine::open_with(dir.path(), drain_at).unwrap();
         let mut model = BTreeMap::new();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for round in 0..400 {
@@ -459,7 +621,7 @@ mod tests {
                 3 => {
                     e.flush().unwrap();
                     drop(e);
-                    e = reopen(dir.path());
+                    e = reopen_with(dir.path(), drain_at);
                 }
                 _ => {}
             }
@@ -477,6 +639,8 @@ mod tests {
             b.put(b"x/b".to_vec(), b"1".to_vec());
             e.apply(b).unwrap();
             e.flush().unwrap();
+            // sled holds this batch; the next stays in the overlay.
+            e.inner.drain().unwrap();
             let mut b = Batch::default();
             b.put(b"x/a".to_vec(), b"2".to_vec());
             b.delete(b"x/b".to_vec());
@@ -490,5 +654,92 @@ mod tests {
         assert_eq!(e.get(b"x/a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(e.get(b"x/b").unwrap(), None);
         assert_eq!(e.scan(b"x/", None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_overlay_moves_into_sled_in_the_background_once_it_passes_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SledEngine::open_with(dir.path(), SMALL).unwrap();
+        let mut b = Batch::default();
+        b.put(b"x/a".to_vec(), b"1".to_vec());
+        e.apply(b).unwrap();
+        e.flush().unwrap();
+        // Below the bound: durable in the journal, still in the overlay only.
+        assert_eq!(e.inner.tree.get(b"x/a").unwrap(), None);
+        assert_eq!(e.inner.overlay().bytes, 4);
+        let mut b = Batch::default();
+        for i in 0..SMALL.keys {
+            b.put(format!("y{i}").into_bytes(), Vec::new());
+        }
+        e.apply(b).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while e.inner.tree.get(b"x/a").unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "overlay never moved");
+            std::thread::yield_now();
+        }
+        // Moved as one batch with its journal position; reads unchanged.
+        let drained = e.inner.tree.get(keys::JOURNAL).unwrap().unwrap();
+        assert_eq!(drained.as_ref(), &2u64.to_be_bytes());
+        assert_eq!(e.scan(b"y", None, 100).unwrap().len(), SMALL.keys);
+        assert_eq!(e.get(b"x/a").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn overlay_bytes_count_each_key_once_with_its_latest_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SledEngine::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(b"k".to_vec(), vec![0; 10]);
+        e.apply(b).unwrap();
+        let mut b = Batch::default();
+        b.put(b"k".to_vec(), vec![0; 3]);
+        b.delete(b"j".to_vec());
+        e.apply(b).unwrap();
+        assert_eq!(e.inner.overlay().bytes, 1 + 3 + 1);
+        e.inner.drain().unwrap();
+        assert_eq!(e.inner.overlay().bytes, 0);
+        assert!(e.inner.overlay().writes.is_empty());
+    }
+
+    #[test]
+    fn bounded_scans_over_a_large_overlay_with_deletions_return_what_the_store_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SledEngine::open(dir.path()).unwrap();
+        // In sled: x/00..x/19; in the overlay: the even ones deleted, x/20..x/39 new.
+        let mut b = Batch::default();
+        for i in 0..20 {
+            b.put(format!("x/{i:02}").into_bytes(), vec![1]);
+        }
+        e.apply(b).unwrap();
+        e.inner.drain().unwrap();
+        let mut b = Batch::default();
+        for i in (0..20).step_by(2) {
+            b.delete(format!("x/{i:02}").into_bytes());
+        }
+        for i in 20..40 {
+            b.put(format!("x/{i:02}").into_bytes(), vec![2]);
+        }
+        e.apply(b).unwrap();
+        let want: Vec<String> = (1..20)
+            .step_by(2)
+            .chain(20..40)
+            .map(|i| format!("x/{i:02}"))
+            .collect();
+        let names = |pairs: Vec<Pair>| -> Vec<String> {
+            pairs
+                .into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap())
+                .collect()
+        };
+        for limit in [1, 3, 10, 11, 25, 100] {
+            let got = names(e.scan(b"x/", None, limit).unwrap());
+            assert_eq!(got, want[..limit.min(want.len())], "limit {limit}");
+        }
+        let last = e.last(b"x/").unwrap().unwrap();
+        assert_eq!(last.0, b"x/39".to_vec());
+        // Each pair is 5 bytes: a bound of 12 stops after the third.
+        let got = names(e.scan_bounded(b"x/", Some(b"x/05"), 100, 12).unwrap());
+        assert_eq!(got, ["x/07", "x/09", "x/11"]);
+        assert_eq!(e.inner.overlay().writes.len(), 30);
     }
 }

@@ -451,8 +451,8 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
             );
         }
         t.note(
-            "storage: relay stopped before and after filing; every key+value of its sled tree summed by \
-             key class (l/ log, n/ notice records, a/ audit, u/ cursors, W/ welcomes, ...); per notice = \
+            "storage: relay stopped before and after filing; every key+value of its store (sled, and \
+             what its journal holds beyond sled) summed by key class (l/ log, n/ notice records, a/ audit, u/ cursors, W/ welcomes, ...); per notice = \
              delta / notices",
         );
     }

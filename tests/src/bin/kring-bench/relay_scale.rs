@@ -2,8 +2,9 @@
 //!
 //! - storage: bytes the relay stores per notice in communities of different
 //!   sizes. The relay is stopped gracefully before and after filing N notices and
-//!   its store is read directly (every key and value of the sled tree, summed by key
-//!   class: `l/` log, `n/` notice records, `a/` audit, ...); bytes per notice =
+//!   its store is read directly (every key and value, the journal's last batches
+//!   moved into sled first, summed by key class: `l/` log, `n/` notice records,
+//!   `a/` audit, ...); bytes per notice =
 //!   (after - before) / N. The store's on-disk size is printed too but is not the
 //!   measure (sled allocates and compacts in segments).
 //! - memory: the relay's resident set (`VmRSS`) with N devices connected, each
@@ -52,23 +53,23 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Reads every key and value of a stopped relay's store.
+/// Reads every key and value of a stopped relay's store (opened as the relay
+/// opens it: what its journal holds beyond sled is moved into sled first).
 pub fn measure_store(data_dir: &Path) -> Result<StoreBytes, String> {
-    let db = sled::Config::new()
-        .path(data_dir.join("store"))
-        .open()
+    use kring_relay::store::Engine;
+    let engine = kring_relay::store::SledEngine::open(data_dir)
         .map_err(|e| format!("opening the relay store {}: {e}", data_dir.display()))?;
-    let tree = db.open_tree("kring").map_err(|e| e.to_string())?;
+    let pairs = engine
+        .scan(b"", None, usize::MAX)
+        .map_err(|e| format!("reading the relay store {}: {e}", data_dir.display()))?;
+    drop(engine);
     let mut out = StoreBytes::default();
-    for item in tree.iter() {
-        let (k, v) = item.map_err(|e| e.to_string())?;
+    for (k, v) in pairs {
         let class = k.first().map_or('?', |b| char::from(*b));
         let entry = out.by_class.entry(class).or_default();
         entry.0 += 1;
         entry.1 += (k.len() + v.len()) as u64;
     }
-    drop(tree);
-    drop(db);
     out.disk = dir_bytes(data_dir);
     Ok(out)
 }
