@@ -34,10 +34,11 @@ pub struct DrainAt {
 }
 
 impl DrainAt {
-    /// What a relay uses: a few thousand writes, a few MiB.
+    /// What a relay uses: a few hundred writes, a few hundred KiB (larger moves
+    /// write bursts to disk that hold up the journal's syncs).
     pub const DEFAULT: DrainAt = DrainAt {
-        keys: 4_096,
-        bytes: 4 << 20,
+        keys: 256,
+        bytes: 256 << 10,
     };
 
     fn reached(&self, keys: usize, bytes: usize, times: usize) -> bool {
@@ -47,6 +48,11 @@ impl DrainAt {
 
 /// The writer moves the overlay itself at this multiple of [`DrainAt`].
 const HARD: usize = 8;
+
+/// Keys per sled batch when the overlay moves: sled holds its global write lock
+/// (which its reads wait for) while it applies one batch, so the move goes in
+/// short steps.
+const DRAIN_CHUNK: usize = 256;
 
 /// [`Engine`] on one sled tree, an overlay and a journal.
 #[derive(Debug, Clone)]
@@ -145,22 +151,35 @@ impl Inner {
     /// position; the overlay keeps only what was written meanwhile.
     fn drain(&self) -> Result<(), RelayError> {
         let _one = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut b = sled::Batch::default();
+        let mut chunks = Vec::new();
         let upto = {
             let overlay = self.overlay();
             if overlay.writes.is_empty() {
                 return Ok(());
             }
-            for (k, (_, v)) in &overlay.writes {
+            let mut b = sled::Batch::default();
+            for (i, (k, (_, v))) in overlay.writes.iter().enumerate() {
+                if i > 0 && i % DRAIN_CHUNK == 0 {
+                    chunks.push(std::mem::take(&mut b));
+                }
                 match v {
                     Some(v) => b.insert(k.as_slice(), v.as_slice()),
                     None => b.remove(k.as_slice()),
                 }
             }
+            chunks.push(b);
             overlay.lsn
         };
-        b.insert(keys::JOURNAL, &upto.to_be_bytes());
-        self.tree.apply_batch(b)?;
+        // The journal position goes with the last chunk: a crash before it leaves
+        // the older position, and opening replays every batch after it again (the
+        // keys moved already get the same values once more).
+        let last = chunks.len() - 1;
+        for (i, mut b) in chunks.into_iter().enumerate() {
+            if i == last {
+                b.insert(keys::JOURNAL, &upto.to_be_bytes());
+            }
+            self.tree.apply_batch(b)?;
+        }
         // Only now: a reader that finds a key gone from the overlay finds it in sled.
         let mut overlay = self.overlay.write().unwrap_or_else(PoisonError::into_inner);
         let mut freed = 0;
