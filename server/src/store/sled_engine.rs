@@ -2,20 +2,25 @@
 //!
 //! A batch goes to the journal (in order) and into an in-memory overlay of the
 //! writes sled does not hold yet; reads see the overlay over sled. [`Engine::flush`]
-//! writes and syncs the journal (one `fdatasync` on the caller's thread) and nothing
-//! else: the overlay is moved into sled as ONE sled batch, with the journal position
-//! of the last batch it holds (`J/`), by a thread of its own once it holds
-//! [`DrainAt::keys`] keys or [`DrainAt::bytes`] bytes. sled pays its per-batch cost
-//! (every sled batch rolls and writes its log buffer with a synchronous
-//! `sync_file_range`, waking its I/O thread pool) once per few thousand writes rather
-//! than once per group commit, and never on a commit's way to its acknowledgement.
-//! A writer moves the overlay itself only when it reaches eight times that (the
-//! thread fell behind). sled itself is flushed at checkpoints, when a journal file
-//! fills, and when the store is opened after the journal was replayed.
+//! writes and syncs the journal (one `fdatasync` on the caller's thread). The overlay
+//! is moved into sled as ONE atomic sled batch, with the journal position of the last
+//! batch it holds (`J/`), by a thread of its own once it holds [`DrainAt::keys`] keys
+//! or [`DrainAt::bytes`] bytes: sled pays its per-batch cost (every sled batch rolls
+//! and writes its log buffer with a synchronous `sync_file_range`, waking its I/O
+//! thread pool) once per few hundred writes rather than once per group commit, and
+//! off the commits' way to their acknowledgement. Should that thread fall behind (or
+//! not run), a flush moves the overlay itself once it reaches eight times the bound,
+//! and fails if the move fails: no acknowledgement goes out while sled refuses
+//! writes, and the overlay stays bounded. sled itself is flushed at checkpoints,
+//! when a journal file fills, and when the store is opened after the journal was
+//! replayed.
+//!
+//! A move is one sled batch because it may hold batches the journal has not synced
+//! yet: sled then holds whole batches or none of them, never part of one.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::journal::{self, Journal};
@@ -23,8 +28,7 @@ use super::{Batch, Engine, Pair, keys};
 use crate::error::{RelayError, StoreError};
 
 /// When the overlay is moved into sled: in the background once it holds `keys`
-/// keys or `bytes` bytes (keys and values), by the writer itself at eight times
-/// that. What the overlay holds is also what a restart replays from the journal.
+/// keys or `bytes` bytes (keys and values), by a flush at eight times that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainAt {
     /// Keys in the overlay.
@@ -46,13 +50,12 @@ impl DrainAt {
     }
 }
 
-/// The writer moves the overlay itself at this multiple of [`DrainAt`].
+/// A flush moves the overlay itself at this multiple of [`DrainAt`].
 const HARD: usize = 8;
 
-/// Keys per sled batch when the overlay moves: sled holds its global write lock
-/// (which its reads wait for) while it applies one batch, so the move goes in
-/// short steps.
-const DRAIN_CHUNK: usize = 256;
+/// Opening the store replays the journal into sled in batches of about this many
+/// keys (whole journal batches, each sled batch with the position of its last).
+const REPLAY_KEYS: usize = 4_096;
 
 /// [`Engine`] on one sled tree, an overlay and a journal.
 #[derive(Debug, Clone)]
@@ -65,11 +68,11 @@ pub struct SledEngine {
 }
 
 /// The thread that moves the overlay into sled whenever it is woken. It ends, and is
-/// waited for, when the last handle to the engine goes: the store is closed (sled's
-/// lock let go) once the last handle is dropped.
+/// waited for, when the last handle to the engine goes (a checkpoint still running
+/// then holds the store open until it ends).
 #[derive(Debug)]
 struct Drainer {
-    /// `None`: no thread could be started, and writers move the overlay themselves.
+    /// `None`: no thread could be started, and flushes move the overlay themselves.
     wake: Option<SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -92,7 +95,7 @@ impl Drainer {
                 thread: Some(thread),
             },
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start the store's drain thread; writers move \
+                tracing::warn!(error = %e, "cannot start the store's drain thread; flushes move \
                     the overlay into sled themselves");
                 Self {
                     wake: None,
@@ -102,11 +105,16 @@ impl Drainer {
         }
     }
 
-    /// Wakes the thread; false if there is none to wake.
-    fn wake(&self) -> bool {
-        self.wake
-            .as_ref()
-            .is_some_and(|w| !matches!(w.try_send(()), Err(TrySendError::Disconnected(()))))
+    /// Wakes the thread (if it runs).
+    fn wake(&self) {
+        if let Some(w) = &self.wake {
+            let _ = w.try_send(());
+        }
+    }
+
+    /// Whether the thread runs (it ends only with the engine, or if a move panics).
+    fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 }
 
@@ -147,39 +155,34 @@ impl Inner {
         self.overlay.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Keys and bytes the overlay holds.
+    fn size(&self) -> (usize, usize) {
+        let overlay = self.overlay();
+        (overlay.writes.len(), overlay.bytes)
+    }
+
     /// Moves every write of the overlay into sled as one batch with its journal
     /// position; the overlay keeps only what was written meanwhile.
     fn drain(&self) -> Result<(), RelayError> {
         let _one = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut chunks = Vec::new();
+        let mut b = sled::Batch::default();
         let upto = {
             let overlay = self.overlay();
             if overlay.writes.is_empty() {
                 return Ok(());
             }
-            let mut b = sled::Batch::default();
-            for (i, (k, (_, v))) in overlay.writes.iter().enumerate() {
-                if i > 0 && i % DRAIN_CHUNK == 0 {
-                    chunks.push(std::mem::take(&mut b));
-                }
+            for (k, (_, v)) in &overlay.writes {
                 match v {
                     Some(v) => b.insert(k.as_slice(), v.as_slice()),
                     None => b.remove(k.as_slice()),
                 }
             }
-            chunks.push(b);
             overlay.lsn
         };
-        // The journal position goes with the last chunk: a crash before it leaves
-        // the older position, and opening replays every batch after it again (the
-        // keys moved already get the same values once more).
-        let last = chunks.len() - 1;
-        for (i, mut b) in chunks.into_iter().enumerate() {
-            if i == last {
-                b.insert(keys::JOURNAL, &upto.to_be_bytes());
-            }
-            self.tree.apply_batch(b)?;
-        }
+        // One atomic sled batch: it may hold batches the journal has not synced yet,
+        // so sled holds every batch up to `upto` or none of them.
+        b.insert(keys::JOURNAL, &upto.to_be_bytes());
+        self.tree.apply_batch(b)?;
         // Only now: a reader that finds a key gone from the overlay finds it in sled.
         let mut overlay = self.overlay.write().unwrap_or_else(PoisonError::into_inner);
         let mut freed = 0;
@@ -305,6 +308,14 @@ impl SledEngine {
 
     /// [`open`](Self::open), moving the overlay into sled at `drain_at`.
     pub fn open_with(dir: &std::path::Path, drain_at: DrainAt) -> Result<Self, RelayError> {
+        Self::open_inner(dir, drain_at, true)
+    }
+
+    fn open_inner(
+        dir: &std::path::Path,
+        drain_at: DrainAt,
+        drain_thread: bool,
+    ) -> Result<Self, RelayError> {
         std::fs::create_dir_all(dir.join("journal")).map_err(|source| StoreError::CreateDir {
             dir: dir.join("journal"),
             source,
@@ -330,25 +341,37 @@ impl SledEngine {
             None => 0,
         };
         let journal_dir = dir.join("journal");
-        // Every batch sled lacks, into one sled batch (a later write of a key
-        // replaces an earlier one) with the position of the last.
+        // Every batch sled lacks, whole journal batches at a time into sled batches
+        // of about REPLAY_KEYS keys, each with the position of its last: every
+        // replayed record is on disk in the journal, so a crash between two of them
+        // only replays the rest again.
         let mut replayed = 0u64;
         let mut missing = sled::Batch::default();
+        let mut pending_keys = 0usize;
         let mut upto = applied;
         let (last, previous) = journal::replay(&journal_dir, applied, |lsn, ops| {
             replayed += 1;
+            upto = lsn;
             for (k, v) in ops {
+                pending_keys += 1;
                 match v {
                     Some(v) => missing.insert(k, v),
                     None => missing.remove(k),
                 }
             }
-            upto = lsn;
+            if pending_keys >= REPLAY_KEYS {
+                let mut b = std::mem::take(&mut missing);
+                b.insert(keys::JOURNAL, &lsn.to_be_bytes());
+                tree.apply_batch(b)?;
+                pending_keys = 0;
+            }
             Ok(())
         })?;
         if replayed > 0 {
-            missing.insert(keys::JOURNAL, &upto.to_be_bytes());
-            tree.apply_batch(missing)?;
+            if pending_keys > 0 {
+                missing.insert(keys::JOURNAL, &upto.to_be_bytes());
+                tree.apply_batch(missing)?;
+            }
             tracing::info!(
                 batches = replayed,
                 "store brought up to date from its journal"
@@ -369,7 +392,13 @@ impl SledEngine {
             }),
             draining: Mutex::new(()),
         });
-        let drainer = Arc::new(Drainer::start(inner.clone()));
+        let drainer = Arc::new(match drain_thread {
+            true => Drainer::start(inner.clone()),
+            false => Drainer {
+                wake: None,
+                thread: None,
+            },
+        });
         let checkpointed = inner.clone();
         let synced = dir.join("store");
         let journal = Journal::start(
@@ -512,26 +541,25 @@ impl Engine for SledEngine {
             overlay.lsn = lsn;
             Ok(())
         })?;
-        // The batch is recorded and visible: a failed early move is not its failure
-        // (a later one moves the overlay again).
-        let (keys, bytes) = {
-            let overlay = inner.overlay();
-            (overlay.writes.len(), overlay.bytes)
-        };
-        if !self.drain_at.reached(keys, bytes, 1) {
-            return Ok(());
-        }
-        let woken = self.drainer.wake();
-        if (!woken || self.drain_at.reached(keys, bytes, HARD))
-            && let Err(e) = inner.drain()
-        {
-            tracing::warn!(error = %e, "cannot move the store's overlay into sled yet");
+        // The batch is recorded and visible; the move into sled is the thread's (or,
+        // past the hard bound, the next flush's).
+        let (keys, bytes) = self.inner.size();
+        if self.drain_at.reached(keys, bytes, 1) {
+            self.drainer.wake();
         }
         Ok(())
     }
 
     fn flush(&self) -> Result<(), RelayError> {
-        self.journal.sync()
+        self.journal.sync()?;
+        // The thread fell behind, failed, or does not run: move the overlay here,
+        // and fail the flush (no acknowledgement) if sled refuses it.
+        let (keys, bytes) = self.inner.size();
+        let times = if self.drainer.running() { HARD } else { 1 };
+        if self.drain_at.reached(keys, bytes, times) {
+            self.inner.drain()?;
+        }
+        Ok(())
     }
 }
 
@@ -701,6 +729,67 @@ mod tests {
         assert_eq!(drained.as_ref(), &2u64.to_be_bytes());
         assert_eq!(e.scan(b"y", None, 100).unwrap().len(), SMALL.keys);
         assert_eq!(e.get(b"x/a").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn without_its_thread_a_flush_moves_the_overlay_once_it_passes_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SledEngine::open_inner(dir.path(), SMALL, false).unwrap();
+        let mut b = Batch::default();
+        for i in 0..SMALL.keys {
+            b.put(format!("y{i}").into_bytes(), Vec::new());
+        }
+        e.apply(b).unwrap();
+        // Applied, not moved: only a flush moves it.
+        assert_eq!(e.inner.tree.get(b"y0").unwrap(), None);
+        e.flush().unwrap();
+        assert_eq!(
+            e.inner.tree.get(b"y0").unwrap(),
+            Some(sled::IVec::from(&b""[..]))
+        );
+        assert!(e.inner.overlay().writes.is_empty());
+        // Below the bound a flush leaves the overlay alone.
+        let mut b = Batch::default();
+        b.put(b"z".to_vec(), b"1".to_vec());
+        e.apply(b).unwrap();
+        e.flush().unwrap();
+        assert_eq!(e.inner.tree.get(b"z").unwrap(), None);
+        assert_eq!(e.get(b"z").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn a_restart_replays_a_long_journal_in_several_sled_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let e = SledEngine::open_inner(dir.path(), DrainAt::DEFAULT, false).unwrap();
+            for round in 0..3 {
+                let mut b = Batch::default();
+                for i in 0..REPLAY_KEYS {
+                    b.put(format!("x/{i:05}").into_bytes(), vec![round]);
+                }
+                e.apply(b).unwrap();
+            }
+            let mut b = Batch::default();
+            b.delete(b"x/00001".to_vec());
+            e.apply(b).unwrap();
+            // Durable in the journal only (no flush: it would move the overlay).
+            e.journal.sync().unwrap();
+            assert_eq!(e.inner.tree.get(b"x/00000").unwrap(), None);
+        }
+        let e = reopen(dir.path());
+        assert_eq!(
+            e.inner.tree.get(keys::JOURNAL).unwrap().unwrap().as_ref(),
+            &4u64.to_be_bytes()
+        );
+        assert_eq!(
+            e.inner.tree.get(b"x/00000").unwrap().unwrap().as_ref(),
+            &[2]
+        );
+        assert_eq!(e.get(b"x/00001").unwrap(), None);
+        assert_eq!(
+            e.scan(b"x/", None, usize::MAX).unwrap().len(),
+            REPLAY_KEYS - 1
+        );
     }
 
     #[test]
