@@ -52,6 +52,8 @@ pub struct Client {
     pub(crate) notes: Vec<String>,
     /// Filings sent and not finished yet ([`Client::send_sealed`]).
     pub(crate) in_flight: crate::filing::InFlight,
+    /// The group the last sealing left loaded (see [`crate::filing::LoadedGroup`]).
+    pub(crate) sealing: Option<crate::filing::LoadedGroup>,
 }
 
 /// A callback receiving the events of every sync (see [`Client::set_event_sink`]).
@@ -137,6 +139,7 @@ impl Client {
             scheduled_updates: true,
             notes: note.into_iter().collect(),
             in_flight: Default::default(),
+            sealing: None,
         })
     }
 

@@ -357,6 +357,7 @@ impl Store {
             tree: Mutex::new(Some(tree)),
             overlay: Mutex::new(None),
             defer_flush: std::sync::atomic::AtomicBool::new(false),
+            mls_writes: std::sync::atomic::AtomicU64::new(0),
         });
         let mls = MlsKv {
             shared: Arc::clone(&shared),
@@ -373,9 +374,22 @@ impl Store {
         }
         let mut guard = self.shared.tree.lock().map_err(|_| StoreError::Poisoned)?;
         if let Some(tree) = guard.take() {
+            // Another process may change MLS state before the next access.
+            self.shared.mls_changed();
             tree.flush()?;
         }
         Ok(())
+    }
+
+    /// A count that moves whenever MLS state in this store may have changed: every
+    /// write of openmls storage (buffered or not), every rollback that drops
+    /// buffered writes, every release of the database. A group loaded (or last
+    /// written) while the count was `n` is still what the store holds while the
+    /// count is `n`.
+    pub fn mls_writes(&self) -> u64 {
+        self.shared
+            .mls_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn tree(&self) -> Result<SealedTree, StoreError> {
@@ -437,7 +451,13 @@ impl Store {
 
     /// Drops buffered MLS writes (the group must be reloaded from the store).
     pub fn rollback(&self) -> Result<(), StoreError> {
-        self.mls.with_overlay(|o| *o = None)
+        let dropped = self
+            .mls
+            .with_overlay(|o| o.take().is_some_and(|o| !o.is_empty()))?;
+        if dropped {
+            self.shared.mls_changed();
+        }
+        Ok(())
     }
 
     /// Flushes everything written so far to disk.
@@ -710,6 +730,47 @@ mod tests {
             own: false,
             ordered_at: None,
         }
+    }
+
+    #[test]
+    fn the_mls_write_count_moves_with_every_possible_change_of_mls_state_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kv = store.mls_backend();
+        let n0 = store.mls_writes();
+        // Not MLS state: notices, an empty rollback, a flush.
+        store.insert_notice(&notice(1, "c@bz")).unwrap();
+        store.rollback().unwrap();
+        store.begin().unwrap();
+        store.rollback().unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.mls_writes(), n0);
+        // Direct writes.
+        kv.insert(b"g", b"1".to_vec()).unwrap();
+        let n1 = store.mls_writes();
+        assert!(n1 > n0);
+        kv.remove(b"g").unwrap();
+        let n2 = store.mls_writes();
+        assert!(n2 > n1);
+        kv.apply(vec![(b"h".to_vec(), Some(b"2".to_vec()))])
+            .unwrap();
+        let n3 = store.mls_writes();
+        assert!(n3 > n2);
+        // A buffered write, and the rollback that drops it.
+        store.begin().unwrap();
+        kv.insert(b"g", b"3".to_vec()).unwrap();
+        let n4 = store.mls_writes();
+        assert!(n4 > n3);
+        store.rollback().unwrap();
+        let n5 = store.mls_writes();
+        assert!(n5 > n4);
+        assert_eq!(kv.get(b"g").unwrap(), None);
+        // A release: another process may write before the next access.
+        store.release().unwrap();
+        let n6 = store.mls_writes();
+        assert!(n6 > n5);
+        assert_eq!(kv.get(b"h").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(store.mls_writes(), n6);
     }
 
     #[test]

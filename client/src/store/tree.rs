@@ -22,6 +22,18 @@ pub(super) struct Shared {
     pub(super) overlay: Mutex<Option<Overlay>>,
     /// While set, commits are applied but not flushed; [`Store::flush`] flushes.
     pub(super) defer_flush: std::sync::atomic::AtomicBool,
+    /// Counts what may change MLS state under a loaded group: writes of `m/` keys
+    /// (buffered or not), dropped buffers and releases of the database (another
+    /// process may write meanwhile). See [`Store::mls_writes`].
+    pub(super) mls_writes: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// Notes that MLS state may have changed.
+    pub(super) fn mls_changed(&self) {
+        self.mls_writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -222,6 +234,7 @@ impl KvBackend for MlsKv {
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         let key = Self::key(key)?;
+        self.shared.mls_changed();
         let value = self.with_overlay(|o| match o {
             Some(o) => {
                 o.insert(key.clone(), Some(value));
@@ -237,6 +250,7 @@ impl KvBackend for MlsKv {
 
     fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
         let key = Self::key(key)?;
+        self.shared.mls_changed();
         let buffered = self.with_overlay(|o| match o {
             Some(o) => {
                 o.insert(key.clone(), None);
@@ -251,6 +265,7 @@ impl KvBackend for MlsKv {
     }
 
     fn apply(&self, batch: KvBatch) -> Result<(), StoreError> {
+        self.shared.mls_changed();
         let mut keyed = Vec::with_capacity(batch.len());
         for (k, v) in batch {
             keyed.push((Self::key(&k)?, v));
