@@ -60,9 +60,12 @@ impl Prepared {
 
 /// A community's group as the last sealing left it, and the store's MLS write
 /// count then. Sealing reuses it while the count has not moved: nothing may have
-/// changed the group's state in the store since (openmls writes every change of a
-/// group through to the store, so the two agree). Decoding the group is about two
-/// fifths of sealing a small filing.
+/// changed the group's state in the store since (every call of openmls that
+/// succeeds writes the change it made to the group through to the store, so the two
+/// agree; a group is never kept after an error, when memory may be ahead of the
+/// store). The count is only meaningful with one owner of the store, the `Client`.
+/// A sync drops a group whose count moved. Decoding the group is about two fifths
+/// of sealing a small filing.
 pub(crate) struct LoadedGroup {
     pub(crate) community: String,
     pub(crate) group: ClientGroup,
@@ -408,17 +411,32 @@ impl Client {
             }
             // The advanced ratchet is on disk before anything leaves the device.
             self.store.flush()?;
-            self.sealing = Some(LoadedGroup {
-                community: community.clone(),
-                group,
-                mls_writes: self.store.mls_writes(),
-            });
+            // Kept only with its writes in the store (not buffered for a rollback).
+            if matches!(self.store.in_transaction(), Ok(false)) {
+                self.sealing = Some(LoadedGroup {
+                    community: community.clone(),
+                    group,
+                    mls_writes: self.store.mls_writes(),
+                });
+            }
             return Ok(SealedFiling {
                 community,
                 prepared,
                 epoch,
                 notices,
             });
+        }
+    }
+
+    /// Drops the group the last sealing left loaded if the store's MLS state may
+    /// have changed since (its secrets are not kept in memory past their use).
+    pub(crate) fn forget_stale_group(&mut self) {
+        if self
+            .sealing
+            .as_ref()
+            .is_some_and(|l| l.mls_writes != self.store.mls_writes())
+        {
+            self.sealing = None;
         }
     }
 

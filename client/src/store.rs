@@ -382,10 +382,11 @@ impl Store {
     }
 
     /// A count that moves whenever MLS state in this store may have changed: every
-    /// write of openmls storage (buffered or not), every rollback that drops
-    /// buffered writes, every release of the database. A group loaded (or last
-    /// written) while the count was `n` is still what the store holds while the
-    /// count is `n`.
+    /// write of openmls storage (buffered or not), every rollback or failed commit
+    /// that drops buffered writes, every release of the database. A group loaded
+    /// (or last written) while the count was `n` is still what the store holds while
+    /// the count is `n`, provided the store has one owner (writes from another
+    /// thread between that write and reading the count would go unnoticed).
     pub fn mls_writes(&self) -> u64 {
         self.shared
             .mls_writes
@@ -422,8 +423,17 @@ impl Store {
     /// atomic sled batch, ends the transaction and flushes to disk.
     pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let overlay = self.mls.with_overlay(Option::take)?.unwrap_or_default();
-        self.tree()?
-            .apply(overlay.into_iter().chain(batch.writes))?;
+        let buffered = !overlay.is_empty();
+        let applied = self
+            .tree()
+            .and_then(|t| t.apply(overlay.into_iter().chain(batch.writes)));
+        if let Err(e) = applied {
+            if buffered {
+                // The buffered MLS writes are gone.
+                self.shared.mls_changed();
+            }
+            return Err(e);
+        }
         self.flush_unless_deferred()
     }
 
@@ -733,7 +743,7 @@ mod tests {
     }
 
     #[test]
-    fn the_mls_write_count_moves_with_every_possible_change_of_mls_state_only() {
+    fn the_mls_write_count_moves_with_mls_writes_dropped_buffers_and_releases_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let kv = store.mls_backend();

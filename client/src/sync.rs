@@ -206,6 +206,7 @@ impl Client {
     pub async fn sync(&mut self) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let result = self.sync_with(&mut |e| report.events.push(e)).await;
+        self.forget_stale_group();
         if let Some(sink) = self.event_sink.as_mut() {
             for event in &report.events {
                 sink(event);
@@ -217,6 +218,7 @@ impl Client {
     /// [`sync`](Self::sync), handing each event to `emit` as it happens.
     pub async fn sync_with(&mut self, emit: &mut (dyn FnMut(SyncEvent) + Send)) -> Result<()> {
         self.reset_transaction()?;
+        self.forget_stale_group();
         let timeout = self.timeouts.request;
         self.report_cursors().await?;
         let mut sub = self.connect().await?.subscribe().await?;

@@ -325,7 +325,17 @@ mod tests {
             d.stop().await.unwrap();
             assert!(d.wait().await.is_err());
         }
-        let e = SledEngine::open(dir.path()).unwrap();
+        // sled lets go of its lock once its own background writes of the closed
+        // store end.
+        let mut opened = SledEngine::open(dir.path());
+        for _ in 0..200 {
+            if opened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            opened = SledEngine::open(dir.path());
+        }
+        let e = opened.unwrap();
         assert_eq!(
             e.get(&keys::community("x@bz")).unwrap(),
             Some(b"rec".to_vec())
