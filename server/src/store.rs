@@ -327,15 +327,7 @@ mod tests {
         }
         // sled lets go of its lock once its own background writes of the closed
         // store end.
-        let mut opened = SledEngine::open(dir.path());
-        for _ in 0..200 {
-            if opened.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            opened = SledEngine::open(dir.path());
-        }
-        let e = opened.unwrap();
+        let e = SledEngine::open_once_free(dir.path(), sled_engine::DrainAt::DEFAULT).unwrap();
         assert_eq!(
             e.get(&keys::community("x@bz")).unwrap(),
             Some(b"rec".to_vec())

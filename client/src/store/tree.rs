@@ -34,9 +34,7 @@ impl Shared {
         self.mls_writes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
-}
 
-impl Shared {
     /// The open tree, opening the database if it was released.
     pub(super) fn tree(&self) -> Result<SealedTree, StoreError> {
         let mut guard = self.tree.lock().map_err(|_| StoreError::Poisoned)?;
