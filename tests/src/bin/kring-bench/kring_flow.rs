@@ -844,8 +844,13 @@ async fn claim(
         let to = match rate {
             None => (from + window).min(total),
             Some(r) => {
-                tokio::time::sleep_until((t0 + Duration::from_secs_f64(from as f64 / r)).into())
-                    .await;
+                // Sleep only for an instant still ahead, as the MQTT publisher does:
+                // tokio rounds every deadline up to its next 1 ms tick, so even
+                // `sleep_until` of an instant already past waits up to a millisecond.
+                let due = t0 + Duration::from_secs_f64(from as f64 / r);
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let due =
                     (Instant::now().saturating_duration_since(t0).as_secs_f64() * r) as usize + 1;
                 due.clamp(from + 1, from + window).min(total)
