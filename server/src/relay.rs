@@ -275,7 +275,7 @@ impl Relay {
         let core = Core::open(config, engine, metrics.clone(), now())?;
         let durability = Durability::start_observed(core.applier().clone(), {
             Some(Arc::new(move |took, ok| metrics.flushed(took, ok)))
-        });
+        })?;
         let (changes, _) = watch::channel(0);
         let (visible, _) = watch::channel(0);
         Ok(Arc::new(Self {

@@ -314,7 +314,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let e: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).unwrap());
-            let d = Durability::start(e.clone());
+            let d = Durability::start(e.clone()).unwrap();
             let mut b = Batch::default();
             b.put(keys::community("x@bz"), b"rec".to_vec());
             e.apply(b).unwrap();
@@ -386,7 +386,7 @@ mod tests {
             return;
         };
         let e: Arc<dyn Engine> = Arc::new(SledEngine::open(std::path::Path::new(&dir)).unwrap());
-        let d = Durability::start(e.clone());
+        let d = Durability::start(e.clone()).unwrap();
         let put = |seq: u64| {
             let mut b = Batch::default();
             b.put(keys::log("x@bz", seq), vec![seq as u8; 64]);
@@ -554,7 +554,7 @@ mod tests {
     async fn log_heads_only_grow_and_membership_writes_are_counted_once_applied() {
         let dir = tempfile::tempdir().unwrap();
         let e: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).unwrap());
-        let d = Durability::start(e.clone());
+        let d = Durability::start(e.clone()).unwrap();
         let log = keys::log_prefix("a@bz");
         assert_eq!(d.watermark().head(&log), None);
         let mut b = Batch::default();
@@ -578,7 +578,7 @@ mod tests {
     async fn welcome_writes_are_counted_per_user_once_applied_and_deletes_do_not_count() {
         let dir = tempfile::tempdir().unwrap();
         let e: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).unwrap());
-        let d = Durability::start(e.clone());
+        let d = Durability::start(e.clone()).unwrap();
         let w = d.watermark();
         let id = uuid::Uuid::from_u128(7);
         // Two users in different buckets (buckets are random per process).
@@ -632,7 +632,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_that_fails_to_apply_is_forgotten() {
-        let d = Durability::start(Arc::new(Refusing));
+        let d = Durability::start(Arc::new(Refusing)).unwrap();
         assert!(d.apply(appends("a@bz", 1..=1, &[1])).is_err());
         let m = d.watermark();
         assert_eq!(m.applied(), 0);
@@ -649,7 +649,7 @@ mod tests {
     async fn a_wait_makes_everything_applied_before_it_readable() {
         let dir = tempfile::tempdir().unwrap();
         let e: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).unwrap());
-        let d = Durability::start(e.clone());
+        let d = Durability::start(e.clone()).unwrap();
         let a = keys::log_prefix("a@bz");
         assert_eq!(d.apply(appends("a@bz", 1..=2, &[1])).unwrap(), 1);
         assert_eq!(d.apply(appends("a@bz", 3..=3, &[2])).unwrap(), 2);

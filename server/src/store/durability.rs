@@ -29,7 +29,8 @@ pub struct Applier {
 #[derive(Debug, Clone)]
 pub struct Durability {
     tx: mpsc::UnboundedSender<FlushMsg>,
-    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// The flusher thread, taken by [`Durability::stop`] to wait for its end.
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     applier: Applier,
 }
 
@@ -130,75 +131,37 @@ impl Applier {
 }
 
 impl Durability {
-    /// Starts the flusher task for `engine`.
-    pub fn start(engine: Arc<dyn Engine>) -> Self {
+    /// Starts the flusher thread for `engine`.
+    pub fn start(engine: Arc<dyn Engine>) -> Result<Self, RelayError> {
         Self::start_observed(Applier::new(engine), None)
     }
 
-    /// Starts the flusher task for what `applier` applies, telling `observer` about
-    /// every flush.
-    pub fn start_observed(applier: Applier, observer: Option<FlushObserver>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<FlushMsg>();
-        let durable = applier.watermark.clone();
-        let flushed = applier.engine.clone();
-        #[cfg(feature = "failpoints")]
-        let armed = applier.failpoint.clone();
-        let task = tokio::spawn(async move {
-            let (engine, watermark) = (flushed, durable);
-            while let Some(first) = rx.recv().await {
-                let mut waiters = Vec::new();
-                let mut stop = None;
-                let mut push = |m: FlushMsg| match m {
-                    FlushMsg::Wait(w) => waiters.push(w),
-                    FlushMsg::Stop(w) => stop = Some(w),
-                };
-                push(first);
-                while let Ok(m) = rx.try_recv() {
-                    push(m);
-                }
-                // Every batch up to `upto` was applied before the flush starts, so the
-                // flush covers it (later ones perhaps too: the next flush says so).
-                let upto = watermark.applied();
-                #[cfg(feature = "failpoints")]
-                if let Some(failpoint) = &armed {
-                    failpoint
-                        .before_flush(engine.as_ref(), &watermark, upto)
-                        .await;
-                }
-                let engine = engine.clone();
-                let started = std::time::Instant::now();
-                let result = tokio::task::spawn_blocking(move || engine.flush())
-                    .await
-                    .map_err(|e| Arc::new(RelayError::from(e)))
-                    .and_then(|r| r.map_err(Arc::new));
-                if let Some(observe) = &observer {
-                    observe(started.elapsed(), result.is_ok());
-                }
-                match &result {
-                    // Before any waiter wakes: what it wakes others for must be readable.
-                    Ok(()) => {
-                        watermark.flushed(upto);
-                        #[cfg(feature = "failpoints")]
-                        if let Some(failpoint) = &armed {
-                            failpoint.forget(|w| w <= upto);
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "store flush failed"),
-                }
-                for w in waiters {
-                    let _ = w.send(result.clone());
-                }
-                if let Some(w) = stop {
-                    let _ = w.send(result);
-                    return;
-                }
-            }
-        });
-        Self {
+    /// Starts the flusher thread for what `applier` applies, telling `observer`
+    /// about every flush. Fails only if the thread cannot be started.
+    ///
+    /// The flusher is a thread of its own rather than a task that hands each flush
+    /// to the blocking pool: a commit then wakes one thread to flush and is woken
+    /// once, instead of waking a task, a pool thread and the task again.
+    pub fn start_observed(
+        applier: Applier,
+        observer: Option<FlushObserver>,
+    ) -> Result<Self, RelayError> {
+        let (tx, rx) = mpsc::unbounded_channel::<FlushMsg>();
+        let flusher = Flusher {
+            engine: applier.engine.clone(),
+            watermark: applier.watermark.clone(),
+            observer,
+            #[cfg(feature = "failpoints")]
+            failpoint: applier.failpoint.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("kring-flusher".into())
+            .spawn(move || flusher.run(rx))?;
+        Ok(Self {
             tx,
-            task: Arc::new(std::sync::Mutex::new(Some(task))),
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
             applier,
-        }
+        })
     }
 
     /// What applies batches to the store this flushes.
@@ -231,9 +194,10 @@ impl Durability {
     pub async fn stop(&self) -> Result<(), RelayError> {
         let (tx, rx) = oneshot::channel();
         let result = self.send(FlushMsg::Stop(tx), rx).await;
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
-        if let Some(task) = task {
-            let _ = task.await;
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            // It has answered the stop: it ends at once.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         result
     }
@@ -247,5 +211,69 @@ impl Durability {
         rx.await
             .map_err(|_| StoreError::ShutDown)?
             .map_err(|e| StoreError::Flush(e).into())
+    }
+}
+
+/// The flusher thread's state: what it flushes and whom it tells.
+struct Flusher {
+    engine: Arc<dyn Engine>,
+    watermark: Arc<Watermark>,
+    observer: Option<FlushObserver>,
+    #[cfg(feature = "failpoints")]
+    failpoint: Option<Arc<failpoint::Failpoint>>,
+}
+
+impl Flusher {
+    /// Flushes once for every waiter queued so far, until stopped or until every
+    /// [`Durability`] handle is gone.
+    fn run(self, mut rx: mpsc::UnboundedReceiver<FlushMsg>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut waiters = Vec::new();
+            let mut stop = None;
+            let mut push = |m: FlushMsg| match m {
+                FlushMsg::Wait(w) => waiters.push(w),
+                FlushMsg::Stop(w) => stop = Some(w),
+            };
+            push(first);
+            while let Ok(m) = rx.try_recv() {
+                push(m);
+            }
+            let result = self.flush();
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+            if let Some(w) = stop {
+                let _ = w.send(result);
+                return;
+            }
+        }
+    }
+
+    /// One flush of everything applied so far.
+    fn flush(&self) -> Result<(), Arc<RelayError>> {
+        // Every batch up to `upto` was applied before the flush starts, so the
+        // flush covers it (later ones perhaps too: the next flush says so).
+        let upto = self.watermark.applied();
+        #[cfg(feature = "failpoints")]
+        if let Some(failpoint) = &self.failpoint {
+            failpoint.before_flush(self.engine.as_ref(), &self.watermark, upto);
+        }
+        let started = std::time::Instant::now();
+        let result = self.engine.flush().map_err(Arc::new);
+        if let Some(observe) = &self.observer {
+            observe(started.elapsed(), result.is_ok());
+        }
+        match &result {
+            // Before any waiter wakes: what it wakes others for must be readable.
+            Ok(()) => {
+                self.watermark.flushed(upto);
+                #[cfg(feature = "failpoints")]
+                if let Some(failpoint) = &self.failpoint {
+                    failpoint.forget(|w| w <= upto);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "store flush failed"),
+        }
+        result
     }
 }

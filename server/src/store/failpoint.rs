@@ -75,15 +75,16 @@ impl Failpoint {
     }
 
     /// Called by the flusher before it flushes everything up to write `upto`.
-    pub(super) async fn before_flush(&self, engine: &dyn Engine, watermark: &Watermark, upto: u64) {
+    /// Runs on the flusher thread: blocking it holds every flush.
+    pub(super) fn before_flush(&self, engine: &dyn Engine, watermark: &Watermark, upto: u64) {
         if !watermark.appends_unflushed(super::keys::LOGS, upto) {
             return;
         }
         tracing::warn!("failpoint {ABORT_BEFORE_LOG_FLUSH}: holding");
         if let Some(file) = &self.release {
-            let deadline = tokio::time::Instant::now() + LONGEST_HOLD;
-            while !file.exists() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            let deadline = std::time::Instant::now() + LONGEST_HOLD;
+            while !file.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         // No batch applies from here on.
