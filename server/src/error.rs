@@ -122,6 +122,12 @@ pub enum StoreError {
     /// The store's writer has shut down (the relay is stopping).
     #[error("the store is shut down")]
     ShutDown,
+    /// A flush of the store panicked; nothing it covered is acknowledged, and the
+    /// next commit tries again. Restart the relay if it persists.
+    #[error(
+        "a flush of the store panicked (see the relay's log); restart the relay if it persists"
+    )]
+    FlushPanicked,
     /// A community's MLS group state is missing.
     #[error("community {0} has no group state")]
     NoGroupState(String),

@@ -608,11 +608,17 @@ mod tests {
         d.stop().await.unwrap();
     }
 
-    /// An engine whose batches fail.
+    /// An engine that fails in one way.
     #[derive(Debug)]
-    struct Refusing;
+    enum Broken {
+        /// Every batch fails to apply.
+        Refusing,
+        /// Every flush panics.
+        Panicking,
+    }
+    use Broken::{Panicking, Refusing};
 
-    impl Engine for Refusing {
+    impl Engine for Broken {
         fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
             Ok(None)
         }
@@ -623,11 +629,40 @@ mod tests {
             Ok(None)
         }
         fn apply(&self, _: Batch) -> Result<(), RelayError> {
-            Err(StoreError::Injected("disk full").into())
+            match self {
+                Refusing => Err(StoreError::Injected("disk full").into()),
+                Panicking => Ok(()),
+            }
         }
         fn flush(&self) -> Result<(), RelayError> {
-            Ok(())
+            match self {
+                Refusing => Ok(()),
+                Panicking => panic!("injected flush panic"),
+            }
         }
+    }
+
+    #[tokio::test]
+    async fn a_flush_that_panics_fails_its_waiters_and_the_next_flush_runs() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let observed = seen.clone();
+        let d = Durability::start_observed(
+            Applier::new(Arc::new(Panicking)),
+            Some(Arc::new(move |_, ok| observed.lock().unwrap().push(ok))),
+        )
+        .unwrap();
+        d.apply(appends("a@bz", 1..=1, &[1])).unwrap();
+        for _ in 0..2 {
+            let err = d.wait().await.unwrap_err();
+            assert!(
+                matches!(&err, RelayError::Store(StoreError::Flush(e))
+                    if matches!(e.as_ref(), RelayError::Store(StoreError::FlushPanicked))),
+                "{err}"
+            );
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![false, false]);
+        assert_eq!(d.watermark().durable(), 0, "nothing counts as on disk");
+        assert!(d.stop().await.is_err());
     }
 
     #[tokio::test]

@@ -140,8 +140,8 @@ impl Durability {
     /// about every flush. Fails only if the thread cannot be started.
     ///
     /// The flusher is a thread of its own rather than a task that hands each flush
-    /// to the blocking pool: a commit then wakes one thread to flush and is woken
-    /// once, instead of waking a task, a pool thread and the task again.
+    /// to tokio's blocking pool: a commit wakes it and is woken by it, with no
+    /// hand-off to the pool in between.
     pub fn start_observed(
         applier: Applier,
         observer: Option<FlushObserver>,
@@ -196,8 +196,8 @@ impl Durability {
         let result = self.send(FlushMsg::Stop(tx), rx).await;
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(thread) = thread {
-            // It has answered the stop: it ends at once.
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            // It has answered the stop (or ended before): it returns at once.
+            let _ = thread.join();
         }
         result
     }
@@ -259,7 +259,11 @@ impl Flusher {
             failpoint.before_flush(self.engine.as_ref(), &self.watermark, upto);
         }
         let started = std::time::Instant::now();
-        let result = self.engine.flush().map_err(Arc::new);
+        // A panic fails this flush like an error (its waiters are answered, the
+        // observer hears of it) and leaves the thread to take the next one.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.engine.flush()))
+            .unwrap_or_else(|_| Err(StoreError::FlushPanicked.into()))
+            .map_err(Arc::new);
         if let Some(observe) = &self.observer {
             observe(started.elapsed(), result.is_ok());
         }
