@@ -29,7 +29,8 @@ use super::{Batch, Engine, Pair, keys};
 use crate::error::{RelayError, StoreError};
 
 /// When the overlay is moved into sled: in the background once it holds `keys`
-/// keys or `bytes` bytes (keys and values), by a flush at eight times that.
+/// keys or `bytes` bytes (keys and values), by a flush at [`DrainAt::hard`] (or at
+/// this bound when no thread runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainAt {
     /// Keys in the overlay.
@@ -48,8 +49,8 @@ impl DrainAt {
         bytes: 64 << 10,
     };
 
-    fn reached(&self, keys: usize, bytes: usize, times: usize) -> bool {
-        keys >= self.keys.saturating_mul(times) || bytes >= self.bytes.saturating_mul(times)
+    fn reached(&self, keys: usize, bytes: usize) -> bool {
+        keys >= self.keys || bytes >= self.bytes
     }
 
     /// The bound at which a flush moves the overlay while the thread runs.
@@ -563,7 +564,7 @@ impl Engine for SledEngine {
         // The batch is recorded and visible; the move into sled is the thread's (or,
         // past the hard bound, the next flush's).
         let (keys, bytes) = self.inner.size();
-        if self.drain_at.reached(keys, bytes, 1) {
+        if self.drain_at.reached(keys, bytes) {
             self.drainer.wake();
         }
         Ok(())
@@ -579,7 +580,7 @@ impl Engine for SledEngine {
         } else {
             self.drain_at
         };
-        if bound.reached(keys, bytes, 1) {
+        if bound.reached(keys, bytes) {
             self.inner.drain()?;
         }
         Ok(())
