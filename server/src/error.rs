@@ -172,7 +172,8 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The journal does not continue where the store's engine stopped.
+    /// The journal does not continue where the store's engine, or its own previous
+    /// whole record, stopped.
     #[error(
         "the store's journal {} continues at batch {found}, expected batch {expected}; restore the relay from a backup",
         path.display()

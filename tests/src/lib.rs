@@ -316,6 +316,7 @@ impl Federation {
                 std::env::var("KRING_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("KRING_FAILPOINT")
+            .env_remove("KRING_JOURNAL_FILE_BYTES")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

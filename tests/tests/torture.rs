@@ -4,6 +4,10 @@
 //! entitled device exactly once, in hub order; every relay's log copy agrees with the
 //! hub's; every store reopens.
 //!
+//! The relays' journals close their files at 64 KiB instead of 64 MiB
+//! (`KRING_JOURNAL_FILE_BYTES`), so the kills also land in checkpoints and in files
+//! written over the records of older ones.
+//!
 //! `KRING_TORTURE_KILLS` sets the number of kills (default 10), `KRING_TORTURE_SEED`
 //! repeats a run (the seed is printed at the start).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic loudly
@@ -26,6 +30,8 @@ const RELAYS: [&str; 3] = ["bz", "nctv", "post-a"];
 const COMMUNITY: &str = "torture@bz";
 const FILERS: [&str; 3] = ["liaison@bz", "liaison@nctv", "analist@post-a"];
 const READERS: [&str; 1] = ["admin@bz"];
+/// Every relay's environment: small journal files (see the module's doc).
+const SMALL_JOURNAL: [(&str, &str); 1] = [("KRING_JOURNAL_FILE_BYTES", "65536")];
 
 async fn ready(fed: &Federation, user: &str) -> Client {
     let mut c = fed.client(user).unwrap();
@@ -116,7 +122,7 @@ fn chaos(
         std::thread::sleep(rng.millis(50, 1500));
         for id in down.drain(..) {
             let mut f = fed.lock().unwrap();
-            if let Err(e) = f.start(id) {
+            if let Err(e) = f.start_with_env(id, &SMALL_JOURNAL) {
                 let log = std::fs::read_to_string(f.log_file(id)).unwrap_or_default();
                 let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
                 panic!(
@@ -126,7 +132,10 @@ fn chaos(
         }
     }
     for id in down {
-        fed.lock().unwrap().start(id).unwrap();
+        fed.lock()
+            .unwrap()
+            .start_with_env(id, &SMALL_JOURNAL)
+            .unwrap();
     }
     done
 }
@@ -159,7 +168,7 @@ async fn acknowledged_notices_survive_random_sigkills() {
     let mut fed =
         Federation::create(RelayLauncher::demo_binary(env!("CARGO_BIN_EXE_kring-demo"))).unwrap();
     for id in RELAYS {
-        fed.start(id).unwrap();
+        fed.start_with_env(id, &SMALL_JOURNAL).unwrap();
     }
     let mut clients = Vec::new();
     for u in FILERS.iter().chain(READERS.iter()) {
@@ -289,6 +298,23 @@ async fn acknowledged_notices_survive_random_sigkills() {
     for id in RELAYS {
         fed.stop(id).unwrap();
     }
+    // Every start begins a journal file, as does every file that fills: the hub's
+    // files filled (and were checkpointed and reused) while it was being killed.
+    let journal = fed.data_dir(HUB).join("journal");
+    let newest = std::fs::read_dir(&journal)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name();
+            name.to_str()?.strip_suffix(".log")?.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap();
+    let starts = 1 + kill_log.iter().filter(|(v, _)| *v == HUB).count();
+    assert!(
+        newest >= starts + 2,
+        "the hub's journal filled {} files in the run",
+        newest.saturating_sub(starts)
+    );
     let hub_log = notice_log(&fed, HUB);
     let hub_ids: BTreeSet<Uuid> = hub_log.iter().map(|(_, id, _)| *id).collect();
     assert_eq!(
@@ -352,7 +378,7 @@ async fn acknowledged_notices_survive_random_sigkills() {
 
     // Every store reopens in a real relay too, and serves.
     for id in RELAYS {
-        fed.start(id).unwrap();
+        fed.start_with_env(id, &SMALL_JOURNAL).unwrap();
     }
     for c in devices.iter_mut() {
         c.ping().await.unwrap();

@@ -10,6 +10,10 @@
 //! store back as it was at the last flush, as a power cut would leave it (an exiting
 //! process alone would not lose what the engine already wrote to the page cache),
 //! and exits at once with code [`EXIT_CODE`], running no destructor.
+//!
+//! `KRING_JOURNAL_FILE_BYTES=N` ([`JOURNAL_FILE_BYTES`]): the store's journal closes
+//! and checkpoints its files once they pass `N` bytes instead of 64 MiB, so a crash
+//! test rotates, checkpoints and reuses journal files many times.
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +23,8 @@ use crate::error::RelayError;
 
 /// The environment variable that arms the failpoint.
 pub const VAR: &str = "KRING_FAILPOINT";
+/// The environment variable that sets the journal's file size.
+pub const JOURNAL_FILE_BYTES: &str = "KRING_JOURNAL_FILE_BYTES";
 /// The exit code of a relay the failpoint stopped.
 pub const EXIT_CODE: i32 = 86;
 const ABORT_BEFORE_LOG_FLUSH: &str = "abort-before-log-flush";

@@ -678,13 +678,40 @@ mod tests {
     #[test]
     fn reads_see_the_overlay_over_sled_as_one_store_across_flushes_and_reopens() {
         for drain_at in [DrainAt::DEFAULT, SMALL] {
-            reads_see_one_store(drain_at);
+            reads_see_one_store(drain_at, None);
         }
     }
 
-    fn reads_see_one_store(drain_at: DrainAt) {
+    /// Journal files of a few hundred bytes: checkpoints run all the time, and most
+    /// files written are reused ones, read back after every reopen.
+    #[test]
+    fn reads_see_one_store_while_journal_files_fill_and_are_reused() {
+        for drain_at in [DrainAt::DEFAULT, SMALL] {
+            let dir = reads_see_one_store(drain_at, Some(200));
+            let journal = dir.path().join("journal");
+            let names: Vec<String> = std::fs::read_dir(&journal)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            let spares = names.iter().filter(|n| n.ends_with(".spare")).count();
+            assert!((1..=journal::SPARE_FILES).contains(&spares), "{names:?}");
+            let numbers: Vec<u64> = names
+                .iter()
+                .filter_map(|n| n.strip_suffix(".log")?.parse().ok())
+                .collect();
+            assert!(numbers.iter().all(|&n| n > 10), "files rotated: {names:?}");
+        }
+    }
+
+    fn reads_see_one_store(drain_at: DrainAt, checkpoint_every: Option<u64>) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
+        let open = |e: &SledEngine| {
+            if let Some(bytes) = checkpoint_every {
+                e.journal.checkpoint_every(bytes);
+            }
+        };
         let mut e = SledEngine::open_with(dir.path(), drain_at).unwrap();
+        open(&e);
         let mut model = BTreeMap::new();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for round in 0..400 {
@@ -707,11 +734,18 @@ mod tests {
                     e.flush().unwrap();
                     drop(e);
                     e = reopen_with(dir.path(), drain_at);
+                    open(&e);
+                }
+                4 if checkpoint_every.is_some() => {
+                    e.flush().unwrap();
+                    e.journal.await_checkpoint();
                 }
                 _ => {}
             }
             check(&e, &model, &mut rng);
         }
+        drop(e);
+        dir
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! - `membership`: adding / removing one member of a 1,000-member community,
 //!   committer vs relay verification;
 //! - `storage`: relay bytes per notice at community sizes 10 and 1,000;
+//! - `journal`: one group commit of the relay's store (a 3 KiB write, its journal
+//!   record and `fdatasync`) in a new journal file and in a reused one;
 //! - `memory`: relay RSS with 1,000 connected idle devices;
 //! - `revocation`: revocation acknowledged -> the device cut off at its relay, and
 //!   -> the member removed at the hub of its community (another relay).
@@ -32,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 mod common;
+mod journal;
 mod kring_flow;
 mod mls_cost;
 mod mqtt;
@@ -47,7 +50,7 @@ use kring_flow::{DEVICES, FILER_RELAY, FlowResult, HUB, KringSetup, Shape};
 use kring_protocol::wire::limits::MAX_NOTICES_PER_FILING;
 use mqtt::{Autosave, MqttSetup, Session};
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "throughput",
     "latency",
     "single-relay",
@@ -56,16 +59,17 @@ const SCENARIOS: [&str; 10] = [
     "client-cost",
     "membership",
     "storage",
+    "journal",
     "memory",
     "revocation",
 ];
 
 const USAGE: &str = "kring-bench [--quick] [--only SCENARIO,...] [options]\n\n\
     Scenarios: throughput, latency, single-relay, fan-out, communities,\n\
-    client-cost, membership, storage, memory, revocation\n\
+    client-cost, membership, storage, journal, memory, revocation\n\
     (default: all). Throughput, latency, single-relay and fan-out need mosquitto\n\
     (install it with scripts/mosquitto.sh install); every scenario but\n\
-    client-cost and membership needs kring-demo next to this binary:\n\
+    client-cost, membership and journal needs kring-demo next to this binary:\n\
     \x20   cargo build --release --bin kring-demo --bin kring-bench\n\n\
     --quick            smaller counts, finishes in under 2 minutes on 2 cores\n\
     --only LIST        comma-separated scenarios\n\
@@ -454,6 +458,40 @@ async fn run(o: &Options) -> (Table, Option<f64>, bool) {
             "storage: relay stopped before and after filing; every key+value of its store (sled, and \
              what its journal holds beyond sled) summed by key class (l/ log, n/ notice records, a/ audit, u/ cursors, W/ welcomes, ...); per notice = \
              delta / notices",
+        );
+    }
+    if wants(o, "journal") {
+        let n = if o.quick { 500 } else { 2_000 };
+        progress(&format!(
+            "journal, {n} commits in a new file and in a reused one"
+        ));
+        match tokio::task::spawn_blocking(move || journal::run(n)).await {
+            Ok(Ok(j)) => {
+                let us = |d: std::time::Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
+                let line = |d: &[std::time::Duration]| {
+                    format!(
+                        "p50 {}  p90 {}  p99 {}",
+                        us(percentile(d, 50.0)),
+                        us(percentile(d, 90.0)),
+                        us(percentile(d, 99.0))
+                    )
+                };
+                t.info("journal", "commit, new file (appending)", line(&j.fresh));
+                t.info("journal", "commit, reused file", line(&j.reused));
+            }
+            Ok(Err(e)) => {
+                ok = false;
+                t.info("journal", "FAILED", e);
+            }
+            Err(e) => {
+                ok = false;
+                t.info("journal", "FAILED", e.to_string());
+            }
+        }
+        t.note(
+            "journal: the relay's store in a temporary directory; each commit applies one \
+             3 KiB write and flushes (journal write + fdatasync), one at a time; the reused \
+             file is measured after the journal filled two 64 MiB files",
         );
     }
     if wants(o, "memory") {
