@@ -24,20 +24,25 @@
 //! long), and a checkpoint frees no 64 MiB of blocks at once, a burst that holds up
 //! the syncs behind it (more so on a file system mounted with `discard`).
 //!
-//! What a reused file held before is older than anything written since: every
-//! record in it is at or below the engine's durable position, the checkpoint that
-//! freed the file having made it so. Replay skips such records as it skips any the
-//! engine holds, and they never count as evidence of damage.
+//! Every file starts with a header holding a random key chosen when the file is
+//! opened for writing (`MAGIC | key: u32 LE | crc32(magic, key): u32 LE`), and
+//! every record's checksum is XORed with it: a record is read only as part of the
+//! file it was written to. What a reused file held before fails every check under
+//! its new key, and so do record-shaped bytes a client placed inside a value (it
+//! cannot know the key of the file they are read back from; a guess passes one time
+//! in 2³²). A file without a header, written by an earlier release, is read with
+//! key 0 (plain checksums).
 //!
-//! Record: `len: u32 LE | crc32(len bytes, body): u32 LE | body`, body = `lsn: u64 LE
-//! | count: u32 LE | count × op`, op = `0 | klen: u32 | key` (delete) or `1 | klen:
-//! u32 | key | vlen: u32 | value` (put). A damaged record after which no whole record
-//! of a later batch follows in its file ends that file: it is a write the crash
-//! interrupted (never acknowledged: an acknowledged record was synced before anything
-//! after it was written) or the end of what was written over a reused file, and is
-//! dropped with what follows it. A damaged record with a whole later one after it is
-//! corruption, as is a later file that does not go on from the last whole record (a
-//! file is closed only once all it holds is synced), and opening fails.
+//! Record: `len: u32 LE | crc32(len bytes, body) ^ key: u32 LE | body`, body =
+//! `lsn: u64 LE | count: u32 LE | count × op`, op = `0 | klen: u32 | key` (delete)
+//! or `1 | klen: u32 | key | vlen: u32 | value` (put). A damaged record after which
+//! no whole record of a later batch follows in its file ends that file: it is a
+//! write the crash interrupted (never acknowledged: an acknowledged record was
+//! synced before anything after it was written) or the end of what was written over
+//! a reused file, and is dropped with what follows it. A damaged record with a whole
+//! later one after it is corruption, as is a later file that does not go on from the
+//! last whole record (a file is closed only once all it holds is synced), and
+//! opening fails. A damaged header is a damaged record at the file's start.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -55,6 +60,13 @@ const MAX_RECORD: usize = 1 << 30;
 pub const SPARE_FILES: usize = 2;
 /// The fewest bytes a record takes: header, lsn and count.
 const MIN_RECORD: usize = 8 + 8 + 4;
+/// A journal file starts with its header: [`MAGIC`] | key: u32 LE | crc32(magic,
+/// key): u32 LE.
+const HEADER_LEN: usize = 12;
+/// The first bytes of a journal file with a header. Read as a record's length they
+/// exceed [`MAX_RECORD`], so a file without a header (written by an earlier release,
+/// records from its first byte) is never taken for one with.
+const MAGIC: [u8; 4] = *b"KRJ\xf1";
 
 /// One write of a batch: key → new value, `None` deletes.
 pub type Op = (Vec<u8>, Option<Vec<u8>>);
@@ -145,9 +157,74 @@ fn decode_body(body: &[u8]) -> Option<(u64, Vec<Op>)> {
     c.0.is_empty().then_some((lsn, ops))
 }
 
-/// A whole record at the start of `buf`: its lsn, its writes and its length in
-/// bytes; or why the bytes there are not one.
-fn parse(buf: &[u8]) -> Result<(u64, Vec<Op>, usize), &'static str> {
+/// Binds the records in `buf` (as [`encode`] made them) to the file they are written
+/// to: each checksum is XORed with the file's key.
+fn seal(buf: &mut [u8], key: u32) {
+    let mut at = 0usize;
+    while let Some(h) = buf.get_mut(at..at + 8) {
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) ^ key;
+        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        at = at.saturating_add(8 + len);
+    }
+}
+
+/// The header of a file whose records are sealed with `key`.
+fn header(key: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0; HEADER_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4..8].copy_from_slice(&key.to_le_bytes());
+    let crc = crc32fast::hash(&h[..8]);
+    h[8..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// What a journal file's first bytes say about it.
+#[derive(Debug, PartialEq)]
+enum Header {
+    /// No header (an earlier release's file): records from the first byte, key 0.
+    None,
+    /// A whole header: records after it, sealed with this key.
+    Keyed(u32),
+    /// A header that fails its checksum: the key it claims, if it holds one whole.
+    Damaged(Option<u32>),
+}
+
+fn read_header(buf: &[u8]) -> Header {
+    let magic_len = buf.len().min(MAGIC.len());
+    if buf.is_empty() || buf[..magic_len] != MAGIC[..magic_len] {
+        return Header::None;
+    }
+    let Some(h) = buf.first_chunk::<HEADER_LEN>() else {
+        return Header::Damaged(None);
+    };
+    let key = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if h[..] == header(key)[..] {
+        Header::Keyed(key)
+    } else {
+        Header::Damaged(Some(key))
+    }
+}
+
+/// A fresh random key for a journal file, never 0 (the key of a file without a
+/// header).
+fn new_key() -> std::io::Result<u32> {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    loop {
+        let mut b = [0u8; 4];
+        rng.fill(&mut b)
+            .map_err(|_| std::io::Error::other("the system's random number generator failed"))?;
+        let key = u32::from_le_bytes(b);
+        if key != 0 {
+            return Ok(key);
+        }
+    }
+}
+
+/// A whole record of the file with `key` at the start of `buf`: its lsn, its writes
+/// and its length in bytes; or why the bytes there are not one.
+fn parse(buf: &[u8], key: u32) -> Result<(u64, Vec<Op>, usize), &'static str> {
     let Some((header, rest)) = buf.split_first_chunk::<8>() else {
         return Err("a record header cut short");
     };
@@ -159,7 +236,7 @@ fn parse(buf: &[u8]) -> Result<(u64, Vec<Op>, usize), &'static str> {
     let Some(body) = rest.get(..len) else {
         return Err("a record cut short");
     };
-    if checksum(&header[..4], body) != u32::from_le_bytes([c0, c1, c2, c3]) {
+    if checksum(&header[..4], body) ^ key != u32::from_le_bytes([c0, c1, c2, c3]) {
         return Err("a record failing its checksum");
     }
     match decode_body(body) {
@@ -168,17 +245,17 @@ fn parse(buf: &[u8]) -> Result<(u64, Vec<Op>, usize), &'static str> {
     }
 }
 
-/// True if a whole record of a batch after `last`, and at most `bound`, starts
-/// anywhere in `buf`. Only a record whose lsn lies in that window is checked in
-/// full, so scanning megabytes of what a reused file held before stays linear.
-fn whole_record_in(buf: &[u8], last: u64, bound: u64) -> bool {
+/// True if a whole record of the file with `key`, of a batch after `last` and at
+/// most `bound`, starts anywhere in `buf`. Only a record whose lsn lies in that
+/// window is checked in full, so scanning megabytes stays linear.
+fn whole_record_in(buf: &[u8], key: u32, last: u64, bound: u64) -> bool {
     (0..buf.len()).any(|i| {
         let lsn = buf
             .get(i + 8..i + 16)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_le_bytes);
         matches!(lsn, Some(lsn) if lsn > last && lsn <= bound)
-            && matches!(parse(&buf[i..]), Ok((lsn, _, _)) if lsn > last)
+            && matches!(parse(&buf[i..], key), Ok((lsn, _, _)) if lsn > last)
     })
 }
 
@@ -252,35 +329,44 @@ fn retire(dir: &Path, number: u64, path: &Path, kept: &mut Vec<PathBuf>) -> std:
     }
 }
 
-/// Opens journal file `number` for writing from its start: a spare renamed to it if
-/// one is kept, else a new file.
-fn open_next(dir: &Path, number: u64, spares: &mut Vec<PathBuf>) -> Result<File, RelayError> {
+/// Opens journal file `number` for writing from its start (a spare renamed to it if
+/// one is kept, else a new file) and writes its header with a fresh key; returns
+/// the file and its key. Whatever the file held before fails every check under the
+/// new key.
+fn open_next(
+    dir: &Path,
+    number: u64,
+    spares: &mut Vec<PathBuf>,
+) -> Result<(File, u32), RelayError> {
     let path = file_name(dir, number);
     let io = |source| StoreError::Journal {
         path: path.clone(),
         source,
     };
+    let mut file = None;
     if let Some(spare) = spares.pop() {
         match std::fs::rename(&spare, &path) {
-            Ok(()) => {
-                return OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| io(e).into());
-            }
+            Ok(()) => file = Some(OpenOptions::new().write(true).open(&path).map_err(io)?),
             Err(e) => {
                 tracing::warn!(file = %spare.display(), error = %e, "cannot reuse a spare journal file; starting a new one");
             }
         }
     }
-    // Not `create_new`: a file left by a start that failed half-way holds nothing
-    // newer than the engine's durable position, and is written over like a spare.
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io(e).into())
+    let file = match file {
+        Some(file) => file,
+        // Not `create_new`: a file left by a start that failed half-way holds
+        // nothing newer than the engine's durable position, and is written over
+        // like a spare.
+        None => OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?,
+    };
+    let key = new_key().map_err(io)?;
+    file.write_all_at(&header(key), 0).map_err(io)?;
+    Ok((file, key))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RelayError> {
@@ -321,11 +407,19 @@ pub fn replay(
         })?;
         total = total.saturating_add(meta.len());
     }
-    'files: for (_, path) in &found {
+    for (_, path) in &found {
         let bytes = read(path)?;
-        let mut at = 0usize;
-        while at < bytes.len() {
-            match parse(&bytes[at..]) {
+        let (key, mut at, mut damage) = match read_header(&bytes) {
+            Header::None => (0, 0, None),
+            Header::Keyed(key) => (key, HEADER_LEN, None),
+            Header::Damaged(key) => (
+                key.unwrap_or(0),
+                HEADER_LEN,
+                Some(("a file header failing its checksum", 0)),
+            ),
+        };
+        while damage.is_none() && at < bytes.len() {
+            match parse(&bytes[at..], key) {
                 Ok((lsn, ops, used)) => {
                     at += used;
                     if lsn <= last {
@@ -342,33 +436,34 @@ pub fn replay(
                     apply(lsn, ops)?;
                     last = lsn;
                 }
-                Err(reason) => {
-                    // An acknowledged record was synced before anything after it was
-                    // written: with no whole record of a later batch after this one
-                    // in its file, it is the write a crash interrupted (never
-                    // acknowledged) or the end of what was written over a reused
-                    // file. A later file then goes on from the last whole record, or
-                    // the gap shows.
-                    let bound = last.saturating_add(total / MIN_RECORD as u64 + 1);
-                    if whole_record_in(&bytes[at + 1..], last, bound) {
-                        return Err(StoreError::JournalCorrupt {
-                            path: path.clone(),
-                            offset: at as u64,
-                            reason,
-                        }
-                        .into());
-                    }
-                    tracing::debug!(
-                        file = %path.display(),
-                        offset = at,
-                        reason,
-                        "the file's records end here; what follows is a write a crash \
-                         interrupted or what a reused file held before"
-                    );
-                    continue 'files;
-                }
+                Err(reason) => damage = Some((reason, at)),
             }
         }
+        let Some((reason, at)) = damage else {
+            continue;
+        };
+        // An acknowledged record was synced before anything after it was written:
+        // with no whole record of a later batch after this one in its file, it is
+        // the write a crash interrupted (never acknowledged) or the end of what was
+        // written over a reused file. A later file then goes on from the last whole
+        // record, or the gap shows.
+        let bound = last.saturating_add(total / MIN_RECORD as u64 + 1);
+        let rest = bytes.get(at + 1..).unwrap_or_default();
+        if whole_record_in(rest, key, last, bound) {
+            return Err(StoreError::JournalCorrupt {
+                path: path.clone(),
+                offset: at as u64,
+                reason,
+            }
+            .into());
+        }
+        tracing::debug!(
+            file = %path.display(),
+            offset = at,
+            reason,
+            "the file's records end here; what follows is a write a crash \
+             interrupted or what a reused file held before"
+        );
     }
     Ok((last, found))
 }
@@ -412,7 +507,9 @@ struct Pending {
 struct Current {
     file: File,
     number: u64,
-    /// Bytes of records written to the file: the next write goes here.
+    /// The key its records are sealed with.
+    key: u32,
+    /// Bytes written to the file (header and records): the next write goes here.
     len: u64,
     /// Written but not yet synced.
     unsynced: bool,
@@ -430,7 +527,7 @@ impl Journal {
     ) -> Result<Self, RelayError> {
         let number = previous.last().map_or(1, |(n, _)| n + 1);
         let mut kept = spares(dir)?;
-        let file = open_next(dir, number, &mut kept)?;
+        let (file, key) = open_next(dir, number, &mut kept)?;
         file.sync_all().map_err(|source| StoreError::Journal {
             path: file_name(dir, number),
             source,
@@ -458,7 +555,8 @@ impl Journal {
             file: Mutex::new(Current {
                 file,
                 number,
-                len: 0,
+                key,
+                len: HEADER_LEN as u64,
                 unsynced: false,
             }),
             checkpoint,
@@ -505,10 +603,11 @@ impl Journal {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::JournalFailed.into());
         }
-        let records = {
+        let mut records = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             std::mem::take(&mut pending.records)
         };
+        seal(&mut records, current.key);
         let path = file_name(&self.dir, current.number);
         let io = |source| StoreError::Journal {
             path: path.clone(),
@@ -554,7 +653,7 @@ impl Journal {
     fn rotate(&self, current: &mut Current) -> Result<(), RelayError> {
         let number = current.number + 1;
         let path = file_name(&self.dir, number);
-        let file = open_next(
+        let (file, key) = open_next(
             &self.dir,
             number,
             &mut self.spares.lock().unwrap_or_else(PoisonError::into_inner),
@@ -568,7 +667,8 @@ impl Journal {
         *current = Current {
             file,
             number,
-            len: 0,
+            key,
+            len: HEADER_LEN as u64,
             unsynced: false,
         };
         self.retired
@@ -653,7 +753,7 @@ impl Drop for Journal {
     /// Hands what is still buffered to the operating system (no sync): a relay that
     /// stops without a last sync loses nothing a plain exit would keep.
     fn drop(&mut self) {
-        let records = std::mem::take(
+        let mut records = std::mem::take(
             &mut self
                 .pending
                 .get_mut()
@@ -663,6 +763,7 @@ impl Drop for Journal {
         let failed = self.failed.load(Ordering::Acquire);
         let current = self.file.get_mut().unwrap_or_else(PoisonError::into_inner);
         if !records.is_empty() && !failed {
+            seal(&mut records, current.key);
             let _ = current.file.write_all_at(&records, current.len);
         }
     }
@@ -685,9 +786,9 @@ mod tests {
         encode(7, &ops(3), &mut out).unwrap();
         let first = out.len();
         encode(8, &[], &mut out).unwrap();
-        assert_eq!(parse(&out).unwrap(), (7, ops(3), first));
+        assert_eq!(parse(&out, 0).unwrap(), (7, ops(3), first));
         assert_eq!(
-            parse(&out[first..]).unwrap(),
+            parse(&out[first..], 0).unwrap(),
             (8, Vec::new(), out.len() - first)
         );
     }
@@ -697,7 +798,7 @@ mod tests {
         let mut out = Vec::new();
         encode(1, &ops(9), &mut out).unwrap();
         for cut in 0..out.len() {
-            assert!(parse(&out[..cut]).is_err(), "cut at {cut}");
+            assert!(parse(&out[..cut], 0).is_err(), "cut at {cut}");
         }
         for flip in 0..out.len() {
             for bit in 0..8 {
@@ -705,7 +806,7 @@ mod tests {
                 damaged[flip] ^= 1 << bit;
                 damaged.extend_from_slice(&[0; 64]);
                 assert!(
-                    !matches!(parse(&damaged), Ok((1, ref v, _)) if *v == ops(9)),
+                    !matches!(parse(&damaged, 0), Ok((1, ref v, _)) if *v == ops(9)),
                     "bit {bit} of byte {flip}"
                 );
             }
@@ -773,7 +874,7 @@ mod tests {
         let (_, found) = replay(dir.path(), 0, |_, _| Ok(())).unwrap();
         let path = found[0].1.clone();
         let whole = std::fs::read(&path).unwrap();
-        let third = sizes[1];
+        let third = HEADER_LEN + sizes[1];
         // Cut inside the last record: the first two replay.
         std::fs::write(&path, &whole[..third + 5]).unwrap();
         assert_eq!(replay(dir.path(), 0, |_, _| Ok(())).unwrap().0, 2);
@@ -784,13 +885,13 @@ mod tests {
         assert_eq!(replay(dir.path(), 0, |_, _| Ok(())).unwrap().0, 2);
         // Damage in the middle, with a whole record after it: corruption.
         let mut damaged = whole.clone();
-        damaged[12] ^= 1;
+        damaged[HEADER_LEN + 12] ^= 1;
         std::fs::write(&path, &damaged).unwrap();
         let err = replay(dir.path(), 0, |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
         // A damaged length that runs past the end hides nothing either.
         let mut long = whole.clone();
-        long[3] ^= 0x10;
+        long[HEADER_LEN + 3] ^= 0x10;
         std::fs::write(&path, &long).unwrap();
         let err = replay(dir.path(), 0, |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
@@ -926,7 +1027,7 @@ mod tests {
         // it is not a later batch).
         let whole = std::fs::read(&third).unwrap();
         let mut torn = whole.clone();
-        torn[20] ^= 1;
+        torn[HEADER_LEN + 20] ^= 1;
         std::fs::write(&third, &torn).unwrap();
         assert_eq!(
             replay(dir.path(), 2, |_, _| panic!("replayed")).unwrap().0,
@@ -953,7 +1054,7 @@ mod tests {
         );
         let fourth = file_name(dir.path(), 4);
         let mut damaged = std::fs::read(&fourth).unwrap();
-        damaged[first - 3] ^= 1;
+        damaged[HEADER_LEN + first - 3] ^= 1;
         std::fs::write(&fourth, &damaged).unwrap();
         let err = replay(dir.path(), 3, |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
@@ -999,7 +1100,7 @@ mod tests {
         // file does not go on from the last whole one.
         let third = file_name(dir.path(), 3);
         let mut damaged = std::fs::read(&third).unwrap();
-        damaged[30] ^= 1;
+        damaged[HEADER_LEN + 30] ^= 1;
         std::fs::write(&third, &damaged).unwrap();
         let err = replay(dir.path(), 2, |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("expected batch 3"), "{err}");
@@ -1010,11 +1111,130 @@ mod tests {
         let mut buf = vec![0xA5; 7];
         encode(50, &ops(2), &mut buf).unwrap();
         buf.extend_from_slice(&[0x5A; 9]);
-        assert!(whole_record_in(&buf, 10, 60));
-        assert!(!whole_record_in(&buf, 10, 49), "beyond the bound");
+        assert!(whole_record_in(&buf, 0, 10, 60));
+        assert!(!whole_record_in(&buf, 0, 10, 49), "beyond the bound");
+        assert!(!whole_record_in(&buf, 7, 10, 60), "another file's key");
         assert!(
-            !whole_record_in(&buf, 50, 60),
+            !whole_record_in(&buf, 0, 50, 60),
             "not after the engine's position"
         );
+    }
+
+    #[test]
+    fn a_record_is_read_only_under_its_files_key() {
+        let mut out = Vec::new();
+        encode(4, &ops(5), &mut out).unwrap();
+        let plain = out.clone();
+        seal(&mut out, 0x1234_5678);
+        assert!(parse(&out, 0x1234_5678).is_ok());
+        assert!(parse(&out, 0x1234_5679).is_err());
+        assert!(parse(&plain, 0x1234_5678).is_err());
+        assert_eq!(read_header(&header(9)), Header::Keyed(9));
+        let mut h = header(9);
+        h[6] ^= 1;
+        assert!(matches!(read_header(&h), Header::Damaged(Some(_))));
+        assert_eq!(read_header(&h[..6]), Header::Damaged(None));
+        assert_eq!(read_header(&plain), Header::None);
+        assert_eq!(read_header(b""), Header::None);
+    }
+
+    /// Two full files, the first reused as the third: returns the journal (next
+    /// batch 3) and the third file's path.
+    fn with_a_reused_file(dir: &Path, first: Vec<Op>) -> (Journal, PathBuf) {
+        let j = journal(dir, 0);
+        j.checkpoint_every(100);
+        j.record(first, |_, _| Ok(())).unwrap();
+        j.sync().unwrap();
+        j.await_checkpoint();
+        j.record(ops(90), |_, _| Ok(())).unwrap();
+        j.sync().unwrap();
+        j.await_checkpoint();
+        assert_eq!(listing(dir), (vec![3], 1));
+        (j, file_name(dir, 3))
+    }
+
+    #[test]
+    fn record_shaped_bytes_inside_a_value_are_never_read_as_a_record() {
+        // A value that holds what would be a whole record of batch 4, in plain and
+        // under a guessed key, in the batch whose file is reused next.
+        let mut forged = Vec::new();
+        encode(4, &ops(1), &mut forged).unwrap();
+        let mut guessed = forged.clone();
+        seal(&mut guessed, 0xdead_beef);
+        forged.extend_from_slice(&guessed);
+        forged.resize(120, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let (j, third) = with_a_reused_file(dir.path(), vec![(b"v".to_vec(), Some(forged))]);
+        // A short record over the start of the old ones, then torn: a tail, even
+        // though record-shaped bytes of a later batch follow it in the file.
+        j.record(ops(1), |_, _| Ok(())).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        let mut torn = std::fs::read(&third).unwrap();
+        torn[HEADER_LEN + 9] ^= 1;
+        std::fs::write(&third, &torn).unwrap();
+        assert_eq!(
+            replay(dir.path(), 2, |_, _| panic!("replayed")).unwrap().0,
+            2
+        );
+    }
+
+    #[test]
+    fn a_spare_renamed_but_never_written_replays_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, third) = with_a_reused_file(dir.path(), ops(90));
+        drop(j);
+        // A crash after the rename, before the new header reached the disk: the
+        // file holds its old header and records, all at or below the engine's
+        // position.
+        let spare = spares(dir.path()).unwrap().pop().unwrap();
+        let old = std::fs::read(&third).unwrap();
+        std::fs::write(&third, &old[..HEADER_LEN]).unwrap();
+        std::fs::rename(&spare, file_name(dir.path(), 4)).unwrap();
+        assert_eq!(
+            replay(dir.path(), 2, |_, _| panic!("replayed")).unwrap().0,
+            2
+        );
+    }
+
+    #[test]
+    fn a_damaged_header_is_a_tail_or_corruption_like_a_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), 0);
+        j.record(ops(1), |_, _| Ok(())).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        let path = file_name(dir.path(), 1);
+        let whole = std::fs::read(&path).unwrap();
+        // Cut inside the header: nothing was synced in this file.
+        std::fs::write(&path, &whole[..7]).unwrap();
+        assert_eq!(replay(dir.path(), 0, |_, _| Ok(())).unwrap().0, 0);
+        // A damaged header before a whole record: corruption.
+        let mut damaged = whole.clone();
+        damaged[9] ^= 1;
+        std::fs::write(&path, &damaged).unwrap();
+        let err = replay(dir.path(), 0, |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_a_header_is_read_with_plain_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        for n in 1..=3 {
+            encode(u64::from(n), &ops(n), &mut out).unwrap();
+        }
+        std::fs::write(file_name(dir.path(), 1), &out).unwrap();
+        assert_eq!(replayed(dir.path(), 1), vec![(2, ops(2)), (3, ops(3))]);
+        // Started after it: the next file has a header and goes on from batch 3.
+        let j = journal(dir.path(), 1);
+        j.record(ops(4), |lsn, _| {
+            assert_eq!(lsn, 4);
+            Ok(())
+        })
+        .unwrap();
+        j.sync().unwrap();
+        drop(j);
+        assert_eq!(replayed(dir.path(), 3), vec![(4, ops(4))]);
     }
 }

@@ -388,10 +388,10 @@ impl SledEngine {
             Ok(())
         })?;
         if replayed > 0 {
-            if pending_keys > 0 {
-                missing.insert(keys::JOURNAL, &upto.to_be_bytes());
-                tree.apply_batch(missing)?;
-            }
+            // Always, even with no writes left over: sled's position must reach
+            // the journal's last batch before the files holding it go.
+            missing.insert(keys::JOURNAL, &upto.to_be_bytes());
+            tree.apply_batch(missing)?;
             tracing::info!(
                 batches = replayed,
                 "store brought up to date from its journal"
@@ -543,6 +543,11 @@ impl Engine for SledEngine {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), RelayError> {
+        // An empty batch changes nothing and takes no journal position: every
+        // position the journal gives out is one sled records with its writes.
+        if batch.is_empty() {
+            return Ok(());
+        }
         let inner = &self.inner;
         self.journal.record(batch.into_ops(), |lsn, ops| {
             let mut overlay = inner
@@ -773,6 +778,32 @@ mod tests {
         assert_eq!(e.get(b"x/a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(e.get(b"x/b").unwrap(), None);
         assert_eq!(e.scan(b"x/", None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_empty_batch_leaves_no_gap_once_its_file_is_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let e = SledEngine::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            b.put(b"x/a".to_vec(), b"1".to_vec());
+            e.apply(b).unwrap();
+            e.flush().unwrap();
+            e.inner.drain().unwrap();
+            // Nothing to write, then the file closes and its checkpoint retires it.
+            e.apply(Batch::default()).unwrap();
+            e.journal.checkpoint_every(1);
+            e.flush().unwrap();
+            e.journal.await_checkpoint();
+            e.journal.checkpoint_every(journal::CHECKPOINT_BYTES);
+            let mut b = Batch::default();
+            b.put(b"x/b".to_vec(), b"2".to_vec());
+            e.apply(b).unwrap();
+            e.flush().unwrap();
+        }
+        let e = reopen(dir.path());
+        assert_eq!(e.get(b"x/a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(e.get(b"x/b").unwrap(), Some(b"2".to_vec()));
     }
 
     #[test]
