@@ -29,8 +29,8 @@
 //! every record's checksum is XORed with it: a record is read only as part of the
 //! file it was written to. What a reused file held before fails every check under
 //! its new key, and so do record-shaped bytes a client placed inside a value (it
-//! cannot know the key of the file they are read back from; a guess passes one time
-//! in 2³²). A file without a header, written by an earlier release, is read with
+//! cannot know the key of the file they are read back from; each planted record is
+//! one guess that passes one time in 2³²). A file without a header, written by an earlier release, is read with
 //! key 0 (plain checksums).
 //!
 //! Record: `len: u32 LE | crc32(len bytes, body) ^ key: u32 LE | body`, body =
@@ -42,7 +42,9 @@
 //! a reused file, and is dropped with what follows it. A damaged record with a whole
 //! later one after it is corruption, as is a later file that does not go on from the
 //! last whole record (a file is closed only once all it holds is synced), and
-//! opening fails. A damaged header is a damaged record at the file's start.
+//! opening fails. A damaged header is a damaged record at the file's start; as it
+//! hides the file's key, a record of a later batch right after it under any key
+//! counts as a whole later record.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -264,6 +266,20 @@ fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RelayError> {
     numbered(dir, ".log")
 }
 
+/// True if `buf` starts with what decodes as a record of a batch after `last`, at
+/// most `bound`, sealed with some key (the one its checksum implies).
+fn record_under_any_key(buf: &[u8], last: u64, bound: u64) -> bool {
+    let Some((header, rest)) = buf.split_first_chunk::<8>() else {
+        return false;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    len <= MAX_RECORD
+        && rest
+            .get(..len)
+            .and_then(decode_body)
+            .is_some_and(|(lsn, _)| lsn > last && lsn <= bound)
+}
+
 /// The files in `dir` named by a number and `suffix`, in order (number, path).
 fn numbered(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>, RelayError> {
     let io = |source| StoreError::Journal {
@@ -449,7 +465,12 @@ pub fn replay(
         // record, or the gap shows.
         let bound = last.saturating_add(total / MIN_RECORD as u64 + 1);
         let rest = bytes.get(at + 1..).unwrap_or_default();
-        if whole_record_in(rest, key, last, bound) {
+        // A damaged header hides the file's key: a record of a later batch right
+        // after it, whatever key it was sealed with, shows the file held records.
+        let after_header = bytes.get(HEADER_LEN..).unwrap_or_default();
+        if whole_record_in(rest, key, last, bound)
+            || (at == 0 && record_under_any_key(after_header, last, bound))
+        {
             return Err(StoreError::JournalCorrupt {
                 path: path.clone(),
                 offset: at as u64,
@@ -1157,12 +1178,13 @@ mod tests {
     fn record_shaped_bytes_inside_a_value_are_never_read_as_a_record() {
         // A value that holds what would be a whole record of batch 4, in plain and
         // under a guessed key, in the batch whose file is reused next.
-        let mut forged = Vec::new();
+        // Leading bytes: the forged ones lie past what is written over them below.
+        let mut forged = vec![0; 64];
         encode(4, &ops(1), &mut forged).unwrap();
         let mut guessed = forged.clone();
         seal(&mut guessed, 0xdead_beef);
         forged.extend_from_slice(&guessed);
-        forged.resize(120, 0);
+        forged.resize(160, 0);
         let dir = tempfile::tempdir().unwrap();
         let (j, third) = with_a_reused_file(dir.path(), vec![(b"v".to_vec(), Some(forged))]);
         // A short record over the start of the old ones, then torn: a tail, even
@@ -1209,12 +1231,15 @@ mod tests {
         // Cut inside the header: nothing was synced in this file.
         std::fs::write(&path, &whole[..7]).unwrap();
         assert_eq!(replay(dir.path(), 0, |_, _| Ok(())).unwrap().0, 0);
-        // A damaged header before a whole record: corruption.
-        let mut damaged = whole.clone();
-        damaged[9] ^= 1;
-        std::fs::write(&path, &damaged).unwrap();
-        let err = replay(dir.path(), 0, |_, _| Ok(())).unwrap_err();
-        assert!(err.to_string().contains("corrupt"), "{err}");
+        // A damaged header (magic, key or checksum) before a whole record:
+        // corruption, never a silent tail.
+        for byte in 0..HEADER_LEN {
+            let mut damaged = whole.clone();
+            damaged[byte] ^= 1;
+            std::fs::write(&path, &damaged).unwrap();
+            let err = replay(dir.path(), 0, |_, _| Ok(())).unwrap_err();
+            assert!(err.to_string().contains("corrupt"), "byte {byte}: {err}");
+        }
     }
 
     #[test]
