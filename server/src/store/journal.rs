@@ -30,8 +30,8 @@
 //! file it was written to. What a reused file held before fails every check under
 //! its new key, and so do record-shaped bytes a client placed inside a value (it
 //! cannot know the key of the file they are read back from; each planted record is
-//! one guess that passes one time in 2³²). A file without a header, written by an earlier release, is read with
-//! key 0 (plain checksums).
+//! one guess that passes one time in 2³²). A file without a header, written by an
+//! earlier release, is read with key 0 (plain checksums).
 //!
 //! Record: `len: u32 LE | crc32(len bytes, body) ^ key: u32 LE | body`, body =
 //! `lsn: u64 LE | count: u32 LE | count × op`, op = `0 | klen: u32 | key` (delete)
@@ -261,11 +261,6 @@ fn whole_record_in(buf: &[u8], key: u32, last: u64, bound: u64) -> bool {
     })
 }
 
-/// The journal files in `dir`, in order (number, path).
-fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RelayError> {
-    numbered(dir, ".log")
-}
-
 /// True if `buf` starts with what decodes as a record of a batch after `last`, at
 /// most `bound`, sealed with some key (the one its checksum implies).
 fn record_under_any_key(buf: &[u8], last: u64, bound: u64) -> bool {
@@ -278,6 +273,11 @@ fn record_under_any_key(buf: &[u8], last: u64, bound: u64) -> bool {
             .get(..len)
             .and_then(decode_body)
             .is_some_and(|(lsn, _)| lsn > last && lsn <= bound)
+}
+
+/// The journal files in `dir`, in order (number, path).
+fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RelayError> {
+    numbered(dir, ".log")
 }
 
 /// The files in `dir` named by a number and `suffix`, in order (number, path).
